@@ -1,0 +1,103 @@
+"""``hostctl provision-save @NAME [--context_type TYPE] [--FIELD VALUE]... [--delete]``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from hostctl.cli.common import JsonFlag, complete_context, emit_json, say, state
+from hostctl.contexts.schema import TYPES, Kind, all_field_names
+from hostctl.contexts.store import ContextStore
+from hostctl.errors import InvalidInput
+
+_BOOL_WORDS = {"1", "0", "true", "false", "yes", "no", "on", "off", "y", "n", "null"}
+_FIELD_LIST = ", ".join(all_field_names())
+
+
+def _bool_field(key: str) -> bool:
+    return any(
+        key in t.fields and t.fields[key].kind is Kind.BOOL for t in TYPES.values()
+    )
+
+
+def parse_field_args(tokens: list[str]) -> tuple[str, dict[str, str]]:
+    """Split ``@NAME --field value --other=value`` into the name and the field changes.
+
+    A value that starts with ``--`` must be written ``--field=--value``; a boolean field
+    given alone (``--site_enabled``) means true. A field given twice is refused.
+    """
+    name: str | None = None
+    changes: dict[str, str] = {}
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        i += 1
+        if not token.startswith("--"):
+            if name is not None:
+                raise InvalidInput(f"one context at a time: got {name} and {token}")
+            name = token
+            continue
+        key, eq, value = token[2:].partition("=")
+        key = key.replace("-", "_")
+        if not key:
+            raise InvalidInput(f"malformed option {token!r}")
+        if not eq:
+            following = tokens[i] if i < len(tokens) else None
+            if _bool_field(key) and (following is None or following.lower() not in _BOOL_WORDS):
+                value = "true"
+            elif following is None or following.startswith("--"):
+                raise InvalidInput(
+                    f"--{key} needs a value (write --{key}=VALUE for a value that starts "
+                    "with --)"
+                )
+            else:
+                value = following
+                i += 1
+        if key in changes:
+            raise InvalidInput(f"--{key} is given twice")
+        changes[key] = value
+    if name is None:
+        raise InvalidInput("name the context: hostctl provision-save @NAME ...")
+    return name, changes
+
+
+def provision_save(
+    ctx: typer.Context,
+    args: Annotated[list[str] | None, typer.Argument(
+        metavar="@NAME [--FIELD VALUE]...", help="The context, then its fields.",
+        autocompletion=complete_context, show_default=False)] = None,
+    context_type: Annotated[str | None, typer.Option(
+        "--context_type", "--context-type", metavar="TYPE",
+        help="server, platform or site; needed to create, optional to update.")] = None,
+    delete: Annotated[bool, typer.Option(
+        "--delete", help="Delete the context (refused while another refers to it).")] = False,
+    json_: JsonFlag = False,
+) -> None:
+    """Create or update a context; --FIELD null resets a field to its default."""
+    st = state(ctx)
+    name, changes = parse_field_args(list(args or []))
+    store = ContextStore(st.paths)
+    if delete:
+        if changes or context_type:
+            raise InvalidInput("--delete takes no fields")
+        gone = store.delete(name)
+        if json_:
+            emit_json(gone.to_json())
+        else:
+            say(st, f"Deleted {gone.display_name} ({gone.type})")
+        return
+    result = store.save(name, changes, context_type)
+    if json_:
+        emit_json(result.context.to_json())
+        return
+    c = result.context
+    if result.created:
+        say(st, f"Created {c.display_name} ({c.type})")
+    elif result.changed:
+        say(st, f"Updated {c.display_name} ({c.type}): {', '.join(result.changed)}")
+    else:
+        say(st, f"Unchanged {c.display_name} ({c.type})")
+
+
+HELP_EPILOG = "Fields: " + _FIELD_LIST + ". See 'hostctl context fields' for each type."

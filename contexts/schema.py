@@ -1,0 +1,282 @@
+"""Typed schemas for the three context types: server, platform, site.
+
+Each field has a kind that says how a command-line string becomes a stored value, and how a
+stored value is checked when a file is read back:
+
+    str     any text without control characters
+    int     a whole number, with a range (ports are 1-65535)
+    bool    true/false, yes/no, on/off, 1/0 (any case)
+    list    comma-separated; blanks dropped, duplicates removed, order kept
+    choice  one of a fixed set of words
+    path    an absolute path, normalised
+    host    a host name (lower case letters, digits, '.', '-')
+    ref     the name of another context of a given type
+
+The string ``null`` resets a field to its default (Aegir's convention). Fields follow
+Aegir's provision contexts; secret fields are never shown unless asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+from hostctl.contexts.names import display, parse_name, shown
+from hostctl.errors import InvalidInput, UnknownField
+
+Value = str | int | bool | list[str]
+
+NULL = "null"
+_TRUE = {"1", "true", "yes", "on", "y"}
+_FALSE = {"0", "false", "no", "off", "n"}
+_HOST = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*")
+
+
+class Kind(Enum):
+    STR = "str"
+    INT = "int"
+    BOOL = "bool"
+    LIST = "list"
+    CHOICE = "choice"
+    PATH = "path"
+    HOST = "host"
+    REF = "ref"
+
+
+Default = Value | None | Callable[[str], Value | None]
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    kind: Kind
+    help: str
+    default: Default = None
+    required: bool = False
+    secret: bool = False
+    choices: tuple[str, ...] = ()
+    ref_type: str = ""
+    minimum: int | None = None
+    maximum: int | None = None
+
+    def default_for(self, context_name: str) -> Value | None:
+        d = self.default
+        value = d(context_name) if callable(d) else d
+        return list(value) if isinstance(value, list) else value
+
+    def parse(self, raw: str) -> Value:
+        """Turn a command-line string into a value of this field's kind."""
+        try:
+            return self._parse(raw)
+        except InvalidInput as exc:
+            raise InvalidInput(f"--{self.name}: {exc}") from None
+
+    def _parse(self, raw: str) -> Value:
+        if self.kind is Kind.BOOL:
+            low = raw.strip().lower()
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+            raise InvalidInput(f"{shown(raw)} is not a boolean (use true or false)")
+        if self.kind is Kind.INT:
+            try:
+                number = int(raw.strip(), 10)
+            except ValueError:
+                raise InvalidInput(f"{shown(raw)} is not a whole number") from None
+            return self._check_int(number)
+        if self.kind is Kind.LIST:
+            items: list[str] = []
+            for part in raw.split(","):
+                item = self._check_text(part.strip())
+                if item and item not in items:
+                    items.append(item)
+            return items
+        if self.kind is Kind.REF:
+            return display(parse_name(raw.strip()))
+        if self.kind is Kind.HOST:
+            return self._check_scalar(raw.strip().lower())
+        return self._check_scalar(raw.strip() if self.kind is not Kind.STR else raw)
+
+    def check(self, value: object) -> Value:
+        """Check a value read from a file; raise InvalidInput if it is not of this kind."""
+        if self.kind is Kind.BOOL:
+            if isinstance(value, bool):
+                return value
+            raise InvalidInput("not a boolean")
+        if self.kind is Kind.INT:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return self._check_int(value)
+            raise InvalidInput("not a whole number")
+        if self.kind is Kind.LIST:
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                return [self._check_text(v) for v in value]
+            raise InvalidInput("not a list of strings")
+        if not isinstance(value, str):
+            raise InvalidInput("not a string")
+        if self.kind is Kind.REF:
+            return display(parse_name(value))
+        return self._check_scalar(value)
+
+    def _check_int(self, number: int) -> int:
+        if self.minimum is not None and number < self.minimum:
+            raise InvalidInput(f"{number} is below {self.minimum}")
+        if self.maximum is not None and number > self.maximum:
+            raise InvalidInput(f"{number} is above {self.maximum}")
+        return number
+
+    def _check_scalar(self, text: str) -> str:
+        text = self._check_text(text)
+        if self.kind is Kind.CHOICE and text not in self.choices:
+            raise InvalidInput(f"{shown(text)} is not one of {', '.join(self.choices)}")
+        if self.kind is Kind.PATH:
+            if not os.path.isabs(text):
+                raise InvalidInput(f"{shown(text)} is not an absolute path")
+            return os.path.normpath(text)
+        if self.kind is Kind.HOST and not (_HOST.fullmatch(text) and len(text) <= 253):
+            raise InvalidInput(f"{shown(text)} is not a lower-case host name")
+        return text
+
+    @staticmethod
+    def _check_text(text: str) -> str:
+        if any(ch in text for ch in "\x00\r\n") or not (text.isprintable() or text == ""):
+            raise InvalidInput(f"{shown(text)} contains control characters")
+        return text
+
+
+@dataclass(frozen=True)
+class ContextType:
+    name: str
+    help: str
+    fields: Mapping[str, Field] = field(default_factory=dict)
+
+    def field(self, name: str) -> Field:
+        key = name.replace("-", "_")
+        try:
+            return self.fields[key]
+        except KeyError:
+            raise UnknownField(
+                f"unknown field --{name} for a {self.name}; known fields: "
+                + ", ".join(sorted(self.fields))
+            ) from None
+
+    def references(self) -> list[Field]:
+        return [f for f in self.fields.values() if f.kind is Kind.REF]
+
+
+def _fields(*items: Field) -> dict[str, Field]:
+    return {f.name: f for f in items}
+
+
+def _port(name: str, default: int | None, help: str) -> Field:
+    return Field(name, Kind.INT, help, default=default, minimum=1, maximum=65535)
+
+
+def _protected() -> Field:
+    return Field(
+        "protected", Kind.BOOL, "refuse dangerous tasks (disable, delete) on it", default=False
+    )
+
+
+SERVER = ContextType(
+    "server",
+    "a machine that runs services (web, database) for platforms and sites",
+    _fields(
+        Field("remote_host", Kind.HOST, "host name the server is reached at", default="localhost"),
+        Field("ip_addresses", Kind.LIST, "IP addresses of the server (comma-separated)",
+              default=[]),
+        Field("http_service_type", Kind.CHOICE, "web server", default="none",
+              choices=("none", "nginx", "apache")),
+        _port("http_port", 80, "port the web server listens on"),
+        _port("http_ssl_port", 443, "port for HTTPS"),
+        Field("http_restart_cmd", Kind.STR, "command that reloads the web server", default=""),
+        Field("web_group", Kind.STR, "UNIX group the web server runs as", default=""),
+        Field("db_service_type", Kind.CHOICE, "database server", default="none",
+              choices=("none", "sqlite", "pgsql", "mysql")),
+        Field("db_host", Kind.HOST, "host of the database server", default="localhost"),
+        _port("db_port", None, "port of the database server (unset: the service's default)"),
+        Field("db_user", Kind.STR, "database administrator user", default=""),
+        Field("db_passwd", Kind.STR, "database administrator password", default="",
+              secret=True),
+        Field("master_url", Kind.STR, "URL of the front end", default=""),
+        Field("admin_email", Kind.STR, "address for the server's notices", default=""),
+        Field("script_user", Kind.STR, "UNIX user that runs hostctl on the server", default=""),
+        Field("aegir_root", Kind.PATH, "home folder of the backend user on the server"),
+        Field("backup_path", Kind.PATH, "folder for backups (unset: under the home)"),
+        Field("config_path", Kind.PATH, "folder for generated service config"),
+        Field("include_path", Kind.PATH, "folder for shared config includes"),
+        Field("clients_path", Kind.PATH, "folder of per-client links"),
+        Field("web_disable_url", Kind.STR, "where a disabled site's visitors are sent",
+              default=""),
+        Field("web_maintenance_url", Kind.STR, "where visitors go during maintenance",
+              default=""),
+        _protected(),
+    ),
+)
+
+PLATFORM = ContextType(
+    "platform",
+    "an application code base that sites run on",
+    _fields(
+        Field("root", Kind.PATH, "folder that holds the application", required=True),
+        Field("web_server", Kind.REF, "server that serves it", ref_type="server"),
+        Field("server", Kind.REF, "server the platform lives on", ref_type="server"),
+        Field("makefile", Kind.STR, "makefile or build recipe to create the root", default=""),
+        Field("make_working_copy", Kind.BOOL, "keep version control data when building",
+              default=False),
+        Field("locked", Kind.BOOL, "a locked platform accepts no new sites", default=False),
+        _protected(),
+    ),
+)
+
+SITE = ContextType(
+    "site",
+    "a web site served from a platform",
+    _fields(
+        Field("uri", Kind.HOST, "the site's address (default: its context name)",
+              default=lambda name: name),
+        Field("platform", Kind.REF, "platform the site runs on", required=True,
+              ref_type="platform"),
+        Field("db_server", Kind.REF, "server that holds the site's database",
+              ref_type="server"),
+        Field("server", Kind.REF, "server the site lives on", ref_type="server"),
+        Field("aliases", Kind.LIST, "other addresses of the site (comma-separated)",
+              default=[]),
+        Field("redirection", Kind.BOOL, "redirect the aliases to the main address",
+              default=False),
+        Field("profile", Kind.STR, "installation profile", default="standard"),
+        Field("install_method", Kind.CHOICE, "how the site is installed", default="profile",
+              choices=("profile", "manual")),
+        Field("language", Kind.STR, "language code", default="en"),
+        Field("site_enabled", Kind.BOOL, "whether the site is served", default=True),
+        Field("client_name", Kind.STR, "the client that owns the site", default=""),
+        Field("cron_key", Kind.STR, "key for the site's cron URL", default="", secret=True),
+        Field("drush_aliases", Kind.LIST, "extra aliases for the site", default=[]),
+        Field("ssl_enabled", Kind.BOOL, "serve the site over HTTPS", default=False),
+        Field("ssl_key", Kind.STR, "name of the site's certificate", default=""),
+        Field("http_basic_auth_username", Kind.STR, "user for HTTP basic authentication",
+              default=""),
+        Field("http_basic_auth_password", Kind.STR, "password for HTTP basic authentication",
+              default="", secret=True),
+        Field("admin_email", Kind.STR, "address of the site's administrator", default=""),
+        _protected(),
+    ),
+)
+
+TYPES: Mapping[str, ContextType] = {t.name: t for t in (SERVER, PLATFORM, SITE)}
+
+
+def context_type(name: str) -> ContextType:
+    try:
+        return TYPES[name]
+    except KeyError:
+        raise InvalidInput(
+            f"unknown context type {shown(name)}; known types: {', '.join(TYPES)}"
+        ) from None
+
+
+def all_field_names() -> list[str]:
+    return sorted({f for t in TYPES.values() for f in t.fields})

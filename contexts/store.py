@@ -1,0 +1,322 @@
+"""The context store: one TOML file per context under ``HOME/contexts/``.
+
+File format (version 1)::
+
+    format = 1
+    name = "@example.com"
+    type = "site"
+    created = "2026-11-22T10:00:00Z"
+    updated = "2026-11-22T10:05:00Z"
+
+    [fields]            # only the fields set explicitly; the rest take their defaults
+    platform = "@platform_app"
+    aliases = ["www.example.com"]
+
+Protocol: every write (create, update, delete) holds ``contexts/.lock`` (an flock, released
+by the kernel if the writer dies) around its whole read-modify-write, so concurrent
+``provision-save`` calls serialise and none loses another's change; one lock for the store
+also keeps references whole (a platform cannot be deleted while a site that names it is
+being saved). Files are replaced atomically (temp file, fsync, rename), so readers take no
+lock and never see half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from contextlib import contextmanager
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import tomli_w
+from filelock import FileLock, Timeout
+
+from hostctl.contexts.names import display, is_valid, parse_name
+from hostctl.contexts.schema import NULL, TYPES, ContextType, Value, context_type
+from hostctl.errors import (
+    Conflict,
+    InvalidInput,
+    MalformedFile,
+    NotFound,
+    OperationFailed,
+)
+from hostctl.files import write_atomic
+from hostctl.paths import Paths
+
+FORMAT = 1
+LOCK_TIMEOUT = 60.0
+SECRET_MASK = "********"
+
+
+def utcnow() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Context:
+    """A context as stored: its explicitly set fields; defaults are filled on access."""
+
+    name: str  # bare, without '@'
+    type: str
+    values: Mapping[str, Value]
+    created: str
+    updated: str
+
+    @property
+    def display_name(self) -> str:
+        return display(self.name)
+
+    @property
+    def schema(self) -> ContextType:
+        return TYPES[self.type]
+
+    def get(self, field: str) -> Value | None:
+        if field in self.values:
+            return self.values[field]
+        return self.schema.field(field).default_for(self.name)
+
+    def effective(self, show_secrets: bool = False) -> dict[str, Value | None]:
+        """Every field of the type, set or default; secrets masked unless asked for."""
+        out: dict[str, Value | None] = {}
+        for name, spec in self.schema.fields.items():
+            value = self.get(name)
+            if spec.secret and value and not show_secrets:
+                value = SECRET_MASK
+            out[name] = value
+        return out
+
+    def refers_to(self, bare: str) -> list[str]:
+        """The reference fields of this context that name ``bare``."""
+        target = display(bare)
+        return [f.name for f in self.schema.references() if self.values.get(f.name) == target]
+
+    def to_json(self, show_secrets: bool = False) -> dict[str, object]:
+        return {
+            "name": self.display_name,
+            "type": self.type,
+            "created": self.created,
+            "updated": self.updated,
+            "fields": self.effective(show_secrets),
+        }
+
+
+@dataclass(frozen=True)
+class SaveResult:
+    context: Context
+    created: bool
+    changed: tuple[str, ...]
+
+
+class ContextStore:
+    """Reads and writes contexts under one home."""
+
+    def __init__(self, paths: Paths) -> None:
+        self.paths = paths
+        self.folder = paths.contexts
+
+    # -- reading ----------------------------------------------------------------------
+
+    def get(self, name: str) -> Context:
+        bare = parse_name(name)
+        ctx = self._read(bare)
+        if ctx is None:
+            raise NotFound(f"no context {display(bare)}")
+        return ctx
+
+    def exists(self, name: str) -> bool:
+        return self.paths.context_file(parse_name(name)).exists()
+
+    def list(self, type_name: str | None = None) -> list[Context]:
+        if type_name is not None:
+            context_type(type_name)
+        found = []
+        for bare in self.names():
+            ctx = self._read(bare)
+            if ctx is not None and (type_name is None or ctx.type == type_name):
+                found.append(ctx)
+        return found
+
+    def names(self) -> list[str]:
+        """Bare names of the stored contexts, sorted; stray files are passed over."""
+        try:
+            entries = os.listdir(self.folder)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise OperationFailed(f"cannot read {self.folder}: {exc.strerror}") from exc
+        stems = (e[: -len(".toml")] for e in entries if e.endswith(".toml"))
+        return sorted(s for s in stems if is_valid(s))
+
+    def referrers(self, name: str) -> list[Context]:
+        bare = parse_name(name)
+        return [c for c in self.list() if c.name != bare and c.refers_to(bare)]
+
+    # -- writing ----------------------------------------------------------------------
+
+    def save(
+        self,
+        name: str,
+        changes: Mapping[str, str],
+        type_name: str | None = None,
+    ) -> SaveResult:
+        """Create or update a context (provision-save).
+
+        ``changes`` maps field names (either spelling) to command-line strings; the string
+        ``null`` resets a field to its default. Everything is validated before anything is
+        written: one bad value and the file is left as it was.
+        """
+        bare = parse_name(name)
+        wanted = context_type(type_name) if type_name is not None else None
+        with self._locked():
+            old = self._read(bare)
+            if old is None and wanted is None:
+                raise InvalidInput(
+                    f"{display(bare)} does not exist; give --context_type "
+                    f"({', '.join(TYPES)}) to create it"
+                )
+            if old is not None and wanted is not None and wanted.name != old.type:
+                raise Conflict(
+                    f"{display(bare)} is a {old.type}, not a {wanted.name}; "
+                    "delete it first to change its type"
+                )
+            schema = wanted if old is None else old.schema
+            assert schema is not None
+            values = dict(old.values) if old else {}
+            changed = []
+            for key, raw in changes.items():
+                spec = schema.field(key)
+                if raw == NULL:
+                    values.pop(spec.name, None)
+                else:
+                    values[spec.name] = spec.parse(raw)
+                changed.append(spec.name)
+            self._check_complete(bare, schema, values)
+            now = utcnow()
+            ctx = Context(
+                name=bare,
+                type=schema.name,
+                values=values,
+                created=old.created if old else now,
+                updated=now,
+            )
+            self._write(ctx)
+        return SaveResult(ctx, created=old is None, changed=tuple(changed))
+
+    def delete(self, name: str) -> Context:
+        """Remove a context; refused while another context refers to it."""
+        bare = parse_name(name)
+        with self._locked():
+            ctx = self._read(bare)
+            if ctx is None:
+                raise NotFound(f"no context {display(bare)}")
+            users = [c for c in self.list() if c.name != bare and c.refers_to(bare)]
+            if users:
+                names = ", ".join(
+                    f"{u.display_name} ({', '.join(u.refers_to(bare))})" for u in users
+                )
+                raise Conflict(f"cannot delete {display(bare)}: it is referred to by {names}")
+            path = self.paths.context_file(bare)
+            try:
+                path.unlink()
+            except OSError as exc:
+                raise OperationFailed(f"cannot delete {path}: {exc.strerror}") from exc
+        return ctx
+
+    # -- internals --------------------------------------------------------------------
+
+    def _check_complete(self, bare: str, schema: ContextType, values: Mapping[str, Value]) -> None:
+        missing = [f.name for f in schema.fields.values() if f.required and f.name not in values]
+        if missing:
+            raise InvalidInput(
+                f"a {schema.name} needs " + ", ".join(f"--{m}" for m in missing)
+            )
+        for spec in schema.references():
+            target = values.get(spec.name)
+            if not isinstance(target, str):
+                continue
+            target_bare = parse_name(target)
+            if target_bare == bare:
+                raise InvalidInput(f"--{spec.name}: a context cannot refer to itself")
+            other = self._read(target_bare)
+            if other is None:
+                raise NotFound(f"--{spec.name}: no context {target}")
+            if other.type != spec.ref_type:
+                raise InvalidInput(
+                    f"--{spec.name}: {target} is a {other.type}, not a {spec.ref_type}"
+                )
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.paths.ensure_dir(self.folder)
+        lock = FileLock(self.folder / ".lock", mode=0o600, timeout=LOCK_TIMEOUT)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise OperationFailed(
+                f"another hostctl has held {self.folder / '.lock'} for {LOCK_TIMEOUT:.0f} s"
+            ) from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _read(self, bare: str) -> Context | None:
+        path = self.paths.context_file(bare)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise MalformedFile(f"cannot read {path}: {exc.strerror}") from exc
+        try:
+            return _decode(bare, raw)
+        except (InvalidInput, ValueError, UnicodeDecodeError) as exc:
+            raise MalformedFile(f"malformed context file {path}: {_one_line(exc)}") from exc
+
+    def _write(self, ctx: Context) -> None:
+        path = self.paths.context_file(ctx.name)
+        doc = {
+            "format": FORMAT,
+            "name": ctx.display_name,
+            "type": ctx.type,
+            "created": ctx.created,
+            "updated": ctx.updated,
+            "fields": dict(ctx.values),
+        }
+        try:
+            write_atomic(path, tomli_w.dumps(doc).encode())
+        except OSError as exc:
+            raise OperationFailed(f"cannot write {path}: {exc.strerror}") from exc
+
+
+def _decode(bare: str, raw: bytes) -> Context:
+    doc = tomllib.loads(raw.decode("utf-8"))
+    if doc.get("format") != FORMAT:
+        raise InvalidInput(f"unsupported format {doc.get('format')!r} (expected {FORMAT})")
+    if doc.get("name") != display(bare):
+        raise InvalidInput(f"it names {doc.get('name')!r}, not {display(bare)}")
+    type_name = doc.get("type")
+    if not isinstance(type_name, str) or type_name not in TYPES:
+        raise InvalidInput(f"unknown type {type_name!r}")
+    schema = TYPES[type_name]
+    fields = doc.get("fields", {})
+    if not isinstance(fields, dict):
+        raise InvalidInput("[fields] is not a table")
+    values: dict[str, Value] = {}
+    for key, value in fields.items():
+        if key not in schema.fields:
+            raise InvalidInput(f"unknown field {key!r} for a {type_name}")
+        try:
+            values[key] = schema.fields[key].check(value)
+        except InvalidInput as exc:
+            raise InvalidInput(f"field {key!r}: {exc}") from None
+    for stamp in ("created", "updated"):
+        if not isinstance(doc.get(stamp), str):
+            raise InvalidInput(f"{stamp!r} is missing")
+    return Context(bare, type_name, values, doc["created"], doc["updated"])
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+

@@ -1,0 +1,1 @@
+"""Task implementations: what each ``provision-<task>`` does to a context."""

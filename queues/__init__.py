@@ -1,0 +1,1 @@
+"""The task queue: a spool directory under the home, and the runners that drain it."""

@@ -1,0 +1,8 @@
+"""``python -m hostctl``: the same entry point as the console script."""
+
+from __future__ import annotations
+
+from hostctl.cli.main import run
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,66 @@
+"""One error root, one exit-status enum.
+
+Core code raises a subclass of :class:`HostctlError`; the root command (``cli/main.py``) is
+the one place that turns it into a one-line message on stderr and the exit code it carries.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitStatus(IntEnum):
+    """Every exit code hostctl uses (see docs/cli.md)."""
+
+    OK = 0  # success, a task that ended in `warning` included
+    ERROR = 1  # a task ended in `error`, or an operation failed at run time
+    USAGE = 2  # usage, invalid input or a refused request
+    INTERNAL = 70  # a bug in hostctl (EX_SOFTWARE); rerun with --traceback
+    INTERRUPTED = 130  # interrupted by the user (SIGINT)
+
+
+class HostctlError(Exception):
+    """Root of every error hostctl reports to its user."""
+
+    exit_status: ExitStatus = ExitStatus.USAGE
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidInput(HostctlError):
+    """A value given on the command line or in a request is not acceptable."""
+
+
+class InvalidName(InvalidInput):
+    """A context name breaks the naming rules."""
+
+
+class UnknownField(InvalidInput):
+    """A context field that the context's type does not have."""
+
+
+class NotFound(HostctlError):
+    """A named thing (context, task, queue) does not exist."""
+
+
+class Conflict(HostctlError):
+    """A request that contradicts what is stored (wrong type, still referenced, ...)."""
+
+
+class MalformedFile(HostctlError):
+    """A file under the home cannot be read as what it should be."""
+
+
+class ForeignHome(HostctlError):
+    """The home belongs to another user; hostctl will not write into it."""
+
+
+class OperationFailed(HostctlError):
+    """Something that should have worked did not (I/O, a child process, a task)."""
+
+    exit_status = ExitStatus.ERROR

@@ -1,0 +1,68 @@
+"""Shared fixtures: every test gets its own home; run_hostctl runs the CLI in-process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from hostctl.cli.main import main
+
+
+@dataclass(frozen=True)
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An isolated, not yet created home for each test (HOSTCTL_HOME points at it)."""
+    path = tmp_path / "home"
+    monkeypatch.setenv("HOSTCTL_HOME", str(path))
+    monkeypatch.delenv("_HOSTCTL_COMPLETE", raising=False)
+    yield path
+
+
+@pytest.fixture
+def run_hostctl(capsys: pytest.CaptureFixture[str]) -> Callable[..., Result]:
+    """Run ``hostctl *argv`` in this process; return exit code, stdout and stderr."""
+
+    def run(*argv: str) -> Result:
+        capsys.readouterr()
+        code = main(list(argv))
+        captured = capsys.readouterr()
+        return Result(int(code), captured.out, captured.err)
+
+    return run
+
+
+def hostctl_exe() -> str:
+    """The installed console script (next to this interpreter, else on PATH)."""
+    beside = Path(sys.executable).with_name("hostctl")
+    found = str(beside) if beside.exists() else shutil.which("hostctl")
+    if not found:
+        pytest.fail("the hostctl console script is not installed: pip install -e .")
+    return found
+
+
+@pytest.fixture
+def hostctl_process(home: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run the installed ``hostctl`` console script as a real subprocess."""
+
+    def run(*argv: str, timeout: float = 60, **kw: object) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "HOSTCTL_HOME": str(home)}
+        env.update(kw.pop("env", {}) or {})  # type: ignore[call-overload]
+        return subprocess.run(
+            [hostctl_exe(), *argv], capture_output=True, text=True, timeout=timeout,
+            env=env, **kw,  # type: ignore[arg-type]
+        )
+
+    return run
