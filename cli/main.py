@@ -10,21 +10,55 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
+import typer.core
 
 # typer ships its own copy of click; its exceptions are the parser's usage errors.
 from typer._click.exceptions import ClickException
 
 from hostctl import __version__
-from hostctl.cli import contexts, save
+from hostctl.cli import contexts, provision, runners, save, tasks
 from hostctl.cli.common import State
 from hostctl.errors import ExitStatus, HostctlError
 from hostctl.paths import Paths, resolve_home
 
+
+class RootGroup(typer.core.TyperGroup):
+    """The root command: static commands plus one provision-TYPE per known task type."""
+
+    def _types(self, ctx: Any) -> dict[str, Any]:
+        from hostctl.queues.tasks import Home
+
+        home = ctx.params.get("home") if ctx is not None else None
+        try:
+            registry = Home(Paths(resolve_home(home))).registry
+        except HostctlError:
+            return {}
+        return {n: registry.get(n) for n in registry.names()}
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        names = list(super().list_commands(ctx))
+        extra = [provision.PREFIX + n for n in self._types(ctx)]
+        return names + sorted(n for n in extra if n not in names)
+
+    def get_command(self, ctx: Any, name: str) -> Any:
+        found = super().get_command(ctx, name)
+        if found is not None or not name.startswith(provision.PREFIX):
+            return found
+        ttype = self._types(ctx).get(name.removeprefix(provision.PREFIX))
+        if ttype is None:
+            return None
+        applies = ", ".join(ttype.context_types)
+        return provision.make_command(
+            ttype.name, f"Run a {ttype.name} task now ({applies}): {ttype.help}.",
+            dict(ttype.options))
+
+
 app = typer.Typer(
     name="hostctl",
+    cls=RootGroup,
     help="Backend of a hosting control panel: contexts, a task queue, provision commands.",
     no_args_is_help=True,
     add_completion=False,
@@ -33,6 +67,10 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(contexts.app, name="context")
+app.add_typer(tasks.app, name="task")
+app.add_typer(tasks.queue_app, name="queue")
+app.command("dispatch")(runners.dispatch)
+app.command("wait-queue")(runners.wait_queue)
 app.command(
     "provision-save",
     context_settings={"ignore_unknown_options": True, "allow_extra_args": True},

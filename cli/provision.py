@@ -1,0 +1,53 @@
+"""``hostctl provision-TYPE @NAME [--OPTION VALUE]...``: run a task now, in the foreground.
+
+One command per known task type (built-in, config.toml, plugins), made when the command
+line names it, so that the home's config decides which exist.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from hostctl.cli.common import complete_context, state
+from hostctl.cli.save import parse_field_args
+from hostctl.errors import ExitStatus
+from hostctl.queues import tasks as ops
+
+PREFIX = "provision-"
+
+
+def provision_task(
+    ctx: typer.Context,
+    args: Annotated[list[str] | None, typer.Argument(
+        metavar="@NAME [--OPTION VALUE]...", help="The context, then the task's options.",
+        autocompletion=complete_context, show_default=False)] = None,
+) -> None:
+    home = ops.Home(state(ctx).paths)
+    type_name = (ctx.info_name or "").removeprefix(PREFIX)
+    name, options = parse_field_args(list(args or []), lambda _: False, f"{PREFIX}{type_name}")
+    task, summary = ops.run_now(home, type_name, name, options)
+    label = task.status.label
+    print(f"hostctl: {type_name} on {task.envelope.context}: {label} (task {task.id})"
+          + (f": {task.reason}" if task.reason and label != "success" else ""),
+          file=sys.stderr)
+    if label == "cancelled":
+        raise typer.Exit(ExitStatus.INTERRUPTED)
+    if label not in ("success", "warning"):
+        raise typer.Exit(ExitStatus.ERROR)
+
+
+def make_command(type_name: str, help_text: str, options: dict[str, str]) -> Any:
+    """A click command for one task type, from the generic provision_task."""
+    sub = typer.Typer(add_completion=False, rich_markup_mode=None)
+    epilog = ("Options: " + ", ".join(f"--{k}" + (f" ({v})" if v else "")
+                                      for k, v in options.items())) if options else None
+    sub.command(
+        f"{PREFIX}{type_name}",
+        help=help_text,
+        epilog=epilog,
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    )(provision_task)
+    return typer.main.get_command(sub)

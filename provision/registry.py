@@ -1,0 +1,218 @@
+"""Task types: built-in, declared in config.toml as commands, or from installed plugins.
+
+A plugin is a distribution with an entry point in the group ``hostctl.tasks`` whose object
+is a :class:`TaskType` (or a function returning one, or a list of them)::
+
+    [project.entry-points."hostctl.tasks"]
+    purge-cache = "mypkg.tasks:purge_cache"        # a TaskType
+
+A built-in or plugin type runs its ``function`` in a child of the already-loaded worker;
+a command type execs its argv directly. Either way the task's output goes to its log and
+its structured result to the file named by ``$HOSTCTL_RESULT``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hostctl.config import Config, CommandTask
+from hostctl.contexts.names import display, parse_name
+from hostctl.contexts.store import Context, ContextStore
+from hostctl.errors import InvalidInput, NotFound
+from hostctl.paths import Paths
+from hostctl.queues.spool import Policy
+from hostctl.queues.task import Envelope
+
+log = logging.getLogger("hostctl")
+
+PLUGIN_GROUP = "hostctl.tasks"
+
+
+@dataclass
+class RunContext:
+    """What a task function gets, in the child process that runs it."""
+
+    task_id: str
+    type: str
+    context: Context
+    options: Mapping[str, str]
+    paths: Paths
+    store: ContextStore
+    result: dict[str, Any] = field(default_factory=dict)
+
+    def say(self, message: str) -> None:
+        print(message, flush=True)
+
+    def warn(self, message: str) -> None:
+        print(f"warning: {message}", flush=True)
+        self.result.setdefault("warnings", []).append(message)
+
+
+TaskFunction = Callable[[RunContext], int | None]
+
+
+@dataclass(frozen=True)
+class TaskType:
+    name: str
+    context_types: tuple[str, ...]
+    help: str = ""
+    options: Mapping[str, str] = field(default_factory=dict)
+    function: TaskFunction | None = None
+    command: CommandTask | None = None
+    timeout: float | None = None
+    max_attempts: int | None = None
+    rerun_on_loss: bool = True  # a run cut off by a dead worker may simply run again
+    source: str = "builtin"
+
+
+class Registry:
+    """Every task type known to this hostctl, by name."""
+
+    def __init__(self, types: Iterable[TaskType], config: Config) -> None:
+        self.types = {t.name: t for t in types}
+        self.config = config
+
+    def names(self) -> list[str]:
+        return sorted(self.types)
+
+    def get(self, name: str) -> TaskType:
+        try:
+            return self.types[name]
+        except KeyError:
+            raise InvalidInput(
+                f"unknown task type {name!r}; known types: {', '.join(self.names())}"
+            ) from None
+
+    def for_context_type(self, context_type: str) -> list[TaskType]:
+        return [t for t in self.types.values() if context_type in t.context_types]
+
+    def validate(self, env: Envelope, store: ContextStore) -> tuple[TaskType, Context]:
+        """Check a request: known type, existing context of a type it applies to, declared
+        options, valid context options. Raises InvalidInput or NotFound."""
+        ttype = self.get(env.type)
+        ctx = store.get(env.context)
+        if ctx.type not in ttype.context_types:
+            raise InvalidInput(
+                f"a {ttype.name} task does not apply to a {ctx.type} "
+                f"(it applies to: {', '.join(ttype.context_types)})"
+            )
+        for key, value in env.options.items():
+            if key not in ttype.options:
+                known = ", ".join(sorted(ttype.options)) or "none"
+                raise InvalidInput(
+                    f"option {key!r} is not declared by the {ttype.name} task "
+                    f"(its options: {known})"
+                )
+            if "\x00" in value:
+                raise InvalidInput(f"option {key!r} contains a NUL byte")
+        for key, value in env.context_options.items():
+            spec = ctx.schema.field(key)
+            if value != "null":
+                spec.parse(value)
+        return ttype, ctx
+
+    def check_envelope(self, store: ContextStore) -> Callable[[Envelope], None]:
+        """A spool ``check`` that refuses what can never run: unknown type or context."""
+
+        def check(env: Envelope) -> None:
+            try:
+                self.validate(env, store)
+            except NotFound as exc:
+                raise InvalidInput(str(exc)) from None
+
+        return check
+
+    def policy(self, env: Envelope) -> Policy:
+        w = self.config.worker
+        ttype = self.types.get(env.type)
+        return Policy(
+            max_attempts=(ttype.max_attempts if ttype and ttype.max_attempts else
+                          w.max_attempts),
+            rerun_on_loss=ttype.rerun_on_loss if ttype else True,
+            backoff_base=w.backoff_base,
+            backoff_max=w.backoff_max,
+        )
+
+    def timeout(self, ttype: TaskType) -> float:
+        return ttype.timeout or self.config.worker.timeout
+
+
+def load(config: Config, plugins: bool = True) -> Registry:
+    from hostctl.provision import builtin
+
+    types: dict[str, TaskType] = {t.name: t for t in builtin.TYPES}
+    for name, spec in config.tasks.items():
+        if name in types:
+            raise InvalidInput(f"config.toml: [tasks.{name}] redefines a built-in task type")
+        types[name] = TaskType(
+            name=name, context_types=spec.context_types,
+            help=spec.help or f"runs {spec.command[0]}", options=spec.options,
+            command=spec, timeout=spec.timeout, max_attempts=spec.max_attempts,
+            rerun_on_loss=spec.rerun_on_loss, source="config",
+        )
+    if plugins:
+        for ttype in _plugin_types():
+            if ttype.name in types:
+                log.warning("plugin task type %s ignored: the name is taken", ttype.name)
+                continue
+            types[ttype.name] = ttype
+    return Registry(types.values(), config)
+
+
+def _plugin_types() -> list[TaskType]:
+    from importlib.metadata import entry_points
+
+    found: list[TaskType] = []
+    for ep in entry_points(group=PLUGIN_GROUP):
+        try:
+            obj = ep.load()
+            if callable(obj) and not isinstance(obj, TaskType):
+                obj = obj()
+            items = obj if isinstance(obj, list | tuple) else [obj]
+            for item in items:
+                if not isinstance(item, TaskType):
+                    raise TypeError(f"{item!r} is not a TaskType")
+                from dataclasses import replace
+
+                found.append(replace(item, source=f"plugin:{ep.value}"))
+        except Exception as exc:  # a broken plugin must not stop the others
+            log.warning("plugin %s (%s) not loaded: %s", ep.name, ep.value, exc)
+    return found
+
+
+def write_result(path: str, result: Mapping[str, Any]) -> None:
+    try:
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(result, fh, default=str)
+    except OSError as exc:
+        print(f"hostctl: cannot write the task's result: {exc}", file=sys.stderr)
+
+
+def context_values(ctx: Context, store: ContextStore) -> dict[str, str]:
+    """A context's fields as strings (lists comma-joined), plus derived ones."""
+    out: dict[str, str] = {"name": ctx.name, "context": display(ctx.name), "type": ctx.type}
+    for key, value in ctx.effective(show_secrets=True).items():
+        out[key] = _as_text(value)
+    if ctx.type == "site" and isinstance(ctx.get("platform"), str):
+        try:
+            platform = store.get(parse_name(str(ctx.get("platform"))))
+            out.setdefault("root", _as_text(platform.get("root")))
+            out["root"] = _as_text(platform.get("root"))
+        except (NotFound, InvalidInput):
+            pass
+    return out
+
+
+def _as_text(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ",".join(value)
+    return str(value)

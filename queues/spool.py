@@ -1,0 +1,742 @@
+"""The local spool: a directory queue under ``HOME/spool`` that never loses a task.
+
+Layout (one local file system; every name below is a plain file unless it ends in ``/``)::
+
+    spool/
+      incoming/     other writers (a front end) drop ``*.task`` files here: tmp name, then
+                    rename. Each is admitted (checked, then published) or quarantined.
+      tmp/          staging for hostctl's own writes (``.ID.tmp``)
+      new/          ready to run:   P ID .task          P = 9 - priority
+      deferred/     waiting:        DUE . P ID .task    DUE = 13 hex digits of Unix ms
+      active/       claimed:        P ID .task          flock'ed by its worker
+      done/         finished:       ID .task            status in its last ``end`` event
+      quarantine/   garbage:        NAME and NAME.reason
+      keys/         de-duplication: HASH holds the id of the last task with that key
+      locks/        publish.lock, context.NAME.lock
+
+``ID`` is 12 hex digits of milliseconds plus 8 random hex digits, so ``sorted(new/)`` is
+the run order: higher priority first, then first queued, first run.
+
+Protocol
+  publish   write ``tmp/.ID.tmp``, fsync, ``link`` it into ``new/`` (link never replaces
+            an existing name), unlink the temp name, fsync ``new/``. Only then is the id
+            reported. A crash leaves at most a temp file, removed by the sweep.
+  claim     open ``new/X``, ``flock(LOCK_EX|LOCK_NB)`` (busy: skip), read and check it,
+            take the context's lock without waiting (busy: skip, so one task per context),
+            ``rename`` to ``active/X`` (ENOENT: another worker won). The flock lives on
+            the inode, so it moves with the file and is released by the kernel the
+            moment its owner dies: no timeouts, no "wait an hour".
+  run       the owner appends events to the file it holds; it never replaces the file
+            (a new inode would drop the lock).
+  finish    append an ``end`` event, then one rename: to ``done/`` or, for a retry, to
+            ``deferred/``; then close (unlock).
+  sweep     for every ``active/X`` whose flock can be taken, the owner is dead: the run
+            is counted as an attempt and the task is deferred with backoff or finished
+            in ``error``, with the reason in its ``end`` event. Due deferred tasks move to
+            ``new/``; stale temp files go.
+  garbage   a file that cannot be read as a task is moved to ``quarantine/`` with a
+            ``.reason`` file beside it, and the queue goes on.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hostctl.errors import Conflict, InvalidInput, NotFound, OperationFailed
+from hostctl.files import fsync_dir
+from hostctl.queues.task import (
+    MAX_TASK_BYTES,
+    Envelope,
+    Task,
+    decode_envelope,
+    decode_task,
+    encode_event,
+    new_id,
+    valid_id,
+)
+
+FOLDERS = ("incoming", "tmp", "new", "deferred", "active", "done", "quarantine", "keys",
+           "locks")
+SUFFIX = ".task"
+STALE_TMP_SECONDS = 3600.0
+_OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What the spool needs to know of a task type to recover and retry it."""
+
+    max_attempts: int = 3
+    rerun_on_loss: bool = True  # may a run whose worker died simply run again?
+    backoff_base: float = 10.0
+    backoff_max: float = 3600.0
+
+
+def backoff(policy: Policy, attempts: int, rng: random.Random | None = None) -> float:
+    """Exponential backoff with jitter: half fixed, half random (never zero)."""
+    ceiling = min(policy.backoff_max, policy.backoff_base * 2 ** max(attempts - 1, 0))
+    return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
+
+
+def _prio_char(priority: int) -> str:
+    return str(9 - priority)
+
+
+def _ready_name(env: Envelope) -> str:
+    return f"{_prio_char(env.priority)}{env.id}{SUFFIX}"
+
+
+def _id_of(name: str) -> str | None:
+    """The task id inside a spool file name of any folder, or None for a stray name."""
+    if not name.endswith(SUFFIX):
+        return None
+    stem = name[: -len(SUFFIX)]
+    stem = stem.rpartition(".")[2]  # deferred: DUE.PID
+    if len(stem) == 21 and stem[0].isdigit():
+        stem = stem[1:]
+    return stem if valid_id(stem) else None
+
+
+@dataclass
+class Claim:
+    """A task this process holds: the task file's lock and its context's lock."""
+
+    task: Task
+    path: Path
+    fd: int
+    context_fd: int
+    spool: Spool
+    released: bool = field(default=False)
+
+    def append(self, kind: str, **fields: Any) -> None:
+        os.write(self.fd, encode_event(kind, **fields))
+
+    def reload(self) -> Task:
+        self.task = self.spool._read_fd(self.fd, "active")
+        return self.task
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            os.close(self.fd)
+            if self.context_fd >= 0:
+                os.close(self.context_fd)
+
+
+class Spool:
+    """The spool-directory queue backend (see the module docstring)."""
+
+    def __init__(self, root: Path, logs: Path) -> None:
+        self.root = root
+        self.logs = logs
+        self._ready = False
+
+    # -- set-up -----------------------------------------------------------------------
+
+    def ensure(self) -> None:
+        if self._ready:
+            return
+        try:
+            for name in FOLDERS:
+                (self.root / name).mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.logs.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OperationFailed(f"cannot create the spool in {self.root}: {exc}") from exc
+        self._ready = True
+
+    def dir(self, name: str) -> Path:
+        return self.root / name
+
+    def log_path(self, task_id: str) -> Path:
+        return self.logs / f"{task_id}.log"
+
+    # -- publish ----------------------------------------------------------------------
+
+    def publish(self, env: Envelope, delay: float = 0.0, dedup: bool = True) -> tuple[str, bool]:
+        """Queue a task durably; return (id, created). An identical queued task wins."""
+        self.ensure()
+        with self._flock(self.dir("locks") / "publish.lock"):
+            key = self._key_path(env)
+            if dedup:
+                existing = self._queued_by_key(key)
+                if existing:
+                    return existing, False
+            self._write_new(env, delay)
+            with suppress(OSError):
+                key.write_text(env.id)
+        return env.id, True
+
+    def _write_new(self, env: Envelope, delay: float) -> None:
+        data = env.encode()
+        tmp = self.dir("tmp") / f".{env.id}.tmp"
+        if delay > 0:
+            due_ms = int((time.time() + delay) * 1000)
+            target_dir = self.dir("deferred")
+            target = target_dir / f"{due_ms:013x}.{_ready_name(env)}"
+        else:
+            target_dir = self.dir("new")
+            target = target_dir / _ready_name(env)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.link(tmp, target)
+            os.unlink(tmp)
+            fsync_dir(target_dir)
+        except FileExistsError:
+            with suppress(OSError):
+                os.unlink(tmp)
+            raise Conflict(f"a task with id {env.id} already exists") from None
+        except OSError as exc:
+            with suppress(OSError):
+                os.unlink(tmp)
+            raise OperationFailed(f"cannot queue the task: {exc.strerror or exc}") from exc
+
+    def _key_path(self, env: Envelope) -> Path:
+        digest = hashlib.sha256(repr(env.dedup_key()).encode()).hexdigest()[:32]
+        return self.dir("keys") / digest
+
+    def _queued_by_key(self, key: Path) -> str | None:
+        try:
+            task_id = key.read_text().strip()
+        except OSError:
+            return None
+        if not valid_id(task_id):
+            return None
+        found = self._locate(task_id)
+        return task_id if found and found[0] in ("new", "deferred") else None
+
+    # -- reading ----------------------------------------------------------------------
+
+    def _locate(self, task_id: str) -> tuple[str, Path] | None:
+        """Where the task lies now, or None."""
+        for state in ("new", "active"):
+            for p in range(10):
+                path = self.dir(state) / f"{p}{task_id}{SUFFIX}"
+                if path.exists():
+                    return state, path
+        done = self.dir("done") / f"{task_id}{SUFFIX}"
+        if done.exists():
+            return "done", done
+        suffix = f"{task_id}{SUFFIX}"
+        with suppress(FileNotFoundError):
+            for name in os.listdir(self.dir("deferred")):
+                if name.endswith(suffix):
+                    return "deferred", self.dir("deferred") / name
+        return None
+
+    def get(self, task_id: str) -> Task:
+        if not valid_id(task_id):
+            raise InvalidInput(f"malformed task id {task_id!r} (20 hex digits)")
+        for _ in range(5):  # the file may move between locate and read
+            found = self._locate(task_id)
+            if found is None:
+                break
+            try:
+                return self._read_path(found[1], found[0])
+            except FileNotFoundError:
+                continue
+        raise NotFound(f"no task {task_id}")
+
+    def list(self, states: tuple[str, ...] = ("new", "deferred", "active", "done")) -> list[Task]:
+        tasks = []
+        for state in states:
+            for name in self._names(state):
+                with suppress(FileNotFoundError, InvalidInput):
+                    tasks.append(self._read_path(self.dir(state) / name, state))
+        tasks.sort(key=lambda t: t.id)
+        return tasks
+
+    def counts(self) -> dict[str, int]:
+        return {s: len(self._names(s)) for s in ("incoming", "new", "deferred", "active",
+                                                 "done", "quarantine")}
+
+    def _names(self, state: str) -> list[str]:
+        try:
+            names = os.listdir(self.dir(state))
+        except FileNotFoundError:
+            return []
+        if state == "quarantine":
+            return [n for n in names if not n.endswith(".reason")]
+        return sorted(n for n in names if not n.startswith("."))
+
+    def _read_path(self, path: Path, state: str) -> Task:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_TASK_BYTES * 16 + 1)
+        return self._decode(data, state, path.name)
+
+    def _read_fd(self, fd: int, state: str, name: str = "") -> Task:
+        size = os.fstat(fd).st_size
+        return self._decode(os.pread(fd, min(size, MAX_TASK_BYTES * 16 + 1), 0), state, name)
+
+    def _decode(self, data: bytes, state: str, name: str) -> Task:
+        due = None
+        if state == "deferred" and "." in name:
+            with suppress(ValueError):
+                due = int(name.split(".", 1)[0], 16) / 1000
+        task = decode_task(data, state, due=due)
+        return Task(task.envelope, task.events, state,
+                    str(self.log_path(task.envelope.id)), due)
+
+    # -- claim ------------------------------------------------------------------------
+
+    def claim(
+        self,
+        check: Callable[[Envelope], None] | None = None,
+        limit: int = 1,
+        skip_contexts: set[str] | None = None,
+    ) -> list[Claim]:
+        """Claim up to ``limit`` ready tasks, at most one per context.
+
+        ``check`` may raise InvalidInput for a submission that must not run (an unknown
+        type, say): the file goes to quarantine with that reason.
+        """
+        self.ensure()
+        claims: list[Claim] = []
+        busy = set(skip_contexts or ())
+        for name in self._names("new"):
+            if len(claims) >= limit:
+                break
+            claim = self._try_claim(name, check, busy)
+            if claim is not None:
+                claims.append(claim)
+                busy.add(claim.task.envelope.context)
+        return claims
+
+    def _try_claim(
+        self, name: str, check: Callable[[Envelope], None] | None, busy: set[str]
+    ) -> Claim | None:
+        path = self.dir("new") / name
+        try:
+            fd = os.open(path, _OPEN_FLAGS)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:  # a symlink, a folder, unreadable: garbage
+            self._quarantine_path(path, f"cannot open: {exc.strerror}")
+            return None
+        keep = False
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return None
+            if not os.path.exists(path):  # moved while we were locking it
+                return None
+            try:
+                if not os.path.samestat(os.fstat(fd), os.lstat(path)):
+                    return None
+                task = self._read_fd(fd, "new", name)
+                if _id_of(name) != task.id or name[0] != str(9 - task.envelope.priority):
+                    raise InvalidInput(f"file name {name!r} does not match the task inside")
+                if check is not None:
+                    check(task.envelope)
+            except InvalidInput as exc:
+                self._quarantine_path(path, str(exc))
+                return None
+            except FileNotFoundError:
+                return None
+            context = task.envelope.context
+            if context in busy:
+                return None
+            ctx_fd = self._try_context_lock(context)
+            if ctx_fd is None:
+                busy.add(context)
+                return None
+            target = self.dir("active") / name
+            try:
+                os.rename(path, target)
+            except FileNotFoundError:
+                os.close(ctx_fd)
+                return None
+            keep = True
+            if task.cancel_requested:  # cancelled while queued, but not moved yet
+                claim = Claim(task, target, fd, ctx_fd, self)
+                self.finish(claim, "cancelled", reason="cancelled before it started")
+                return None
+            return Claim(Task(task.envelope, task.events, "active", task.log_path), target,
+                         fd, ctx_fd, self)
+        finally:
+            if not keep:
+                os.close(fd)
+
+    def publish_claimed(self, env: Envelope, wait: bool = True) -> Claim:
+        """Queue a task already claimed by this process (a foreground provision-TYPE).
+
+        The file is locked before it appears in active/, so no worker can take it; the
+        context's lock is taken first, waiting for a running task on it unless ``wait``
+        is false (then BlockingIOError).
+        """
+        self.ensure()
+        ctx_fd = self._context_lock(env.context, wait)
+        tmp = self.dir("tmp") / f".{env.id}.tmp"
+        try:
+            fd = os.open(tmp, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                         0o600)
+        except BaseException:
+            os.close(ctx_fd)
+            raise
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.write(fd, env.encode())
+            os.fsync(fd)
+            target = self.dir("active") / _ready_name(env)
+            os.rename(tmp, target)
+            fsync_dir(target.parent)
+            task = self._read_fd(fd, "active", target.name)
+        except BaseException:
+            os.close(fd)
+            os.close(ctx_fd)
+            with suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return Claim(task, target, fd, ctx_fd, self)
+
+    def _context_lock(self, context: str, wait: bool) -> int:
+        path = self.dir("locks") / f"context.{context.lstrip('@')}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _try_context_lock(self, context: str) -> int | None:
+        try:
+            return self._context_lock(context, wait=False)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            if exc.errno in (errno.ENAMETOOLONG, errno.ELOOP):
+                raise InvalidInput(f"unusable context name {context!r}") from None
+            raise
+
+    def context_busy(self, context: str) -> bool:
+        fd = self._try_context_lock(context)
+        if fd is None:
+            return True
+        os.close(fd)
+        return False
+
+    # -- finish -----------------------------------------------------------------------
+
+    def heartbeat(self, claim: Claim) -> None:
+        with suppress(OSError):
+            os.utime(claim.fd)
+
+    def finish(self, claim: Claim, outcome: str, **fields: Any) -> None:
+        """Record the end of the attempt and move the task to done/."""
+        claim.append("end", outcome=outcome, **fields)
+        self._move(claim.path, self.dir("done") / f"{claim.task.id}{SUFFIX}")
+        claim.release()
+
+    def defer(self, claim: Claim, delay: float, outcome: str = "retry", **fields: Any) -> None:
+        """Record the attempt's end and queue the task again after ``delay`` seconds."""
+        claim.append("end", outcome=outcome, **fields)
+        self._defer_path(claim, delay)
+        claim.release()
+
+    def _defer_path(self, claim: Claim, delay: float) -> None:
+        due = time.time() + delay
+        claim.append("defer", until=_iso(due))
+        name = f"{int(due * 1000):013x}.{_ready_name(claim.task.envelope)}"
+        self._move(claim.path, self.dir("deferred") / name)
+
+    def requeue(self, claim: Claim) -> None:
+        """Give back a claimed task that never started (no attempt counted)."""
+        self._move(claim.path, self.dir("new") / _ready_name(claim.task.envelope))
+        claim.release()
+
+    def _move(self, src: Path, dst: Path) -> None:
+        try:
+            os.rename(src, dst)
+        except OSError as exc:
+            raise OperationFailed(f"cannot move {src.name} to {dst.parent.name}/: {exc}") from exc
+
+    # -- cancel, retry ----------------------------------------------------------------
+
+    def cancel_queued(self, task_id: str) -> Task | None:
+        """Cancel a queued task; return None if it is not queued (any more)."""
+        for _ in range(20):
+            found = self._locate(task_id)
+            if found is None or found[0] not in ("new", "deferred"):
+                return None
+            state, path = found
+            with self._open_locked(path, wait=False) as fd:
+                if fd is None:  # a worker is claiming it right now
+                    time.sleep(0.01)
+                    continue
+                os.write(fd, encode_event("cancel"))
+                os.write(fd, encode_event("end", outcome="cancelled",
+                                          reason="cancelled before it started"))
+                done = self.dir("done") / f"{task_id}{SUFFIX}"
+                try:
+                    os.rename(path, done)
+                except FileNotFoundError:
+                    continue
+                return self._read_fd(fd, "done", done.name)
+        return None
+
+    def request_cancel(self, task_id: str) -> Task:
+        """Mark a running task as cancelled (its runner stops it); return it."""
+        found = self._locate(task_id)
+        if found is None or found[0] != "active":
+            raise Conflict(f"task {task_id} is not processing")
+        fd = os.open(found[1], _OPEN_FLAGS)
+        try:
+            os.write(fd, encode_event("cancel"))
+            return self._read_fd(fd, "active", found[1].name)
+        finally:
+            os.close(fd)
+
+    def retry(self, task_id: str) -> Task:
+        """Queue a finished task again under the same id; its history stays."""
+        found = self._locate(task_id)
+        if found is None:
+            raise NotFound(f"no task {task_id}")
+        state, path = found
+        if state != "done":
+            raise Conflict(f"task {task_id} is {'queued' if state != 'active' else 'processing'}"
+                           "; only a finished task can be retried")
+        with self._open_locked(path, wait=False) as fd:
+            if fd is None:
+                raise Conflict(f"task {task_id} is being changed by another process")
+            os.write(fd, encode_event("retry"))
+            task = self._read_fd(fd, "new")
+            target = self.dir("new") / _ready_name(task.envelope)
+            try:
+                os.rename(path, target)
+            except FileNotFoundError:
+                raise Conflict(f"task {task_id} moved meanwhile; try again") from None
+            fsync_dir(target.parent)
+            return task
+
+    @contextmanager
+    def _open_locked(self, path: Path, wait: bool) -> Iterator[int | None]:
+        try:
+            fd = os.open(path, _OPEN_FLAGS)
+        except FileNotFoundError:
+            yield None
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield None
+                return
+            yield fd
+        finally:
+            os.close(fd)
+
+    # -- sweep ------------------------------------------------------------------------
+
+    def sweep(self, policy: Callable[[Envelope], Policy], now: float | None = None) -> list[str]:
+        """Recover tasks whose worker died; promote due tasks; drop stale temp files.
+
+        Returns one line per recovered task, for the log.
+        """
+        self.ensure()
+        now = time.time() if now is None else now
+        notes = []
+        for name in self._names("active"):
+            note = self._recover(self.dir("active") / name, policy)
+            if note:
+                notes.append(note)
+        self.promote_due(now)
+        self._drop_stale_tmp(now)
+        return notes
+
+    def _recover(self, path: Path, policy: Callable[[Envelope], Policy]) -> str | None:
+        try:
+            fd = os.open(path, _OPEN_FLAGS)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self._quarantine_path(path, f"cannot open: {exc.strerror}")
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return None  # its owner is alive
+            if not os.path.exists(path):
+                return None
+            try:
+                task = self._read_fd(fd, "active", path.name)
+            except InvalidInput as exc:
+                self._quarantine_path(path, str(exc))
+                return f"quarantined {path.name}: {exc}"
+            claim = Claim(task, path, fd, -1, self)
+            claim.released = True  # fd is closed below
+            env = task.envelope
+            last = task.events[-1] if task.events else None
+            if last is not None and last.get("event") == "end":
+                # finished, but died before the move: complete the move
+                if last.get("outcome") == "retry":
+                    self._defer_path(claim, 0)
+                else:
+                    self._move(path, self.dir("done") / f"{env.id}{SUFFIX}")
+                return f"completed the interrupted move of task {env.id}"
+            started = task.last("start")
+            if started is None or any(ev.get("event") == "end" for ev in
+                                      task.events[task.events.index(started):]):
+                self._move(path, self.dir("new") / _ready_name(env))
+                return f"task {env.id} was claimed but never started: queued again"
+            from hostctl.queues.process import kill_group
+
+            kill_group(started.get("pgid"), started.get("pgid_start"))
+            rules = policy(env)
+            attempts = task.attempt_count
+            reason = (f"its worker (pid {started.get('worker')}) died during attempt "
+                      f"{attempts}")
+            if task.cancel_requested:
+                claim.append("end", outcome="cancelled", reason=f"cancelled; {reason}")
+                self._move(path, self.dir("done") / f"{env.id}{SUFFIX}")
+                return f"task {env.id}: {reason}; it was being cancelled"
+            if rules.rerun_on_loss and attempts < rules.max_attempts:
+                claim.append("end", outcome="lost", reason=reason)
+                self._defer_path(claim, backoff(rules, attempts))
+                return f"task {env.id}: {reason}; queued again"
+            why = (f"{reason}; a {env.type} that was cut off must be checked by a person"
+                   if not rules.rerun_on_loss else
+                   f"{reason}; no attempts left (max {rules.max_attempts})")
+            claim.append("end", outcome="lost", reason=why)
+            self._move(path, self.dir("done") / f"{env.id}{SUFFIX}")
+            return f"task {env.id}: {why}"
+        finally:
+            os.close(fd)
+
+    def promote_due(self, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        moved = 0
+        for name in self._names("deferred"):
+            due_hex, _, ready = name.partition(".")
+            try:
+                due = int(due_hex, 16) / 1000
+            except ValueError:
+                self._quarantine_path(self.dir("deferred") / name, "malformed deferred name")
+                continue
+            if due > now:
+                break
+            with suppress(FileNotFoundError):
+                os.rename(self.dir("deferred") / name, self.dir("new") / ready)
+                moved += 1
+        return moved
+
+    def next_due(self) -> float | None:
+        for name in self._names("deferred"):
+            with suppress(ValueError):
+                return int(name.partition(".")[0], 16) / 1000
+        return None
+
+    def _drop_stale_tmp(self, now: float) -> None:
+        tmp = self.dir("tmp")
+        with suppress(FileNotFoundError):
+            for name in os.listdir(tmp):
+                with suppress(OSError):
+                    if now - os.lstat(tmp / name).st_mtime > STALE_TMP_SECONDS:
+                        os.unlink(tmp / name)
+
+    # -- incoming and garbage ---------------------------------------------------------
+
+    def admit(self, check: Callable[[Envelope], None]) -> list[str]:
+        """Publish what other writers dropped into incoming/; quarantine the rest."""
+        self.ensure()
+        notes = []
+        folder = self.dir("incoming")
+        for name in sorted(os.listdir(folder)):
+            if name.startswith("."):
+                continue
+            path = folder / name
+            try:
+                env = self._read_incoming(path)
+                check(env)
+                self._write_new(env, 0.0)
+            except (InvalidInput, Conflict, NotFound) as exc:
+                self._quarantine_path(path, str(exc))
+                notes.append(f"quarantined incoming/{name}: {exc}")
+                continue
+            except FileNotFoundError:
+                continue
+            with suppress(FileNotFoundError):
+                os.unlink(path)
+            notes.append(f"admitted task {env.id} from incoming/{name}")
+        return notes
+
+    def _read_incoming(self, path: Path) -> Envelope:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                raise
+            raise InvalidInput(f"cannot open: {exc.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            import stat
+
+            if not stat.S_ISREG(st.st_mode):
+                raise InvalidInput("not a regular file")
+            if st.st_size > MAX_TASK_BYTES:
+                raise InvalidInput(f"{st.st_size} bytes is more than {MAX_TASK_BYTES}")
+            data = os.read(fd, MAX_TASK_BYTES + 1)
+        finally:
+            os.close(fd)
+        first, _, rest = data.partition(b"\n")
+        if rest.strip():
+            raise InvalidInput("a submission is one JSON line")
+        return decode_envelope(first)
+
+    def _quarantine_path(self, path: Path, reason: str) -> None:
+        folder = self.dir("quarantine")
+        target = folder / f"{path.name}"
+        if target.exists() or (folder / f"{path.name}.reason").exists():
+            target = folder / f"{path.name}.{new_id()}"
+        try:
+            os.rename(path, target)
+        except FileNotFoundError:
+            return
+        with suppress(OSError):
+            (folder / f"{target.name}.reason").write_text(" ".join(reason.split()) + "\n")
+
+    def quarantined(self) -> list[tuple[str, str]]:
+        out = []
+        folder = self.dir("quarantine")
+        for name in self._names("quarantine"):
+            try:
+                reason = (folder / f"{name}.reason").read_text().strip()
+            except OSError:
+                reason = ""
+            out.append((name, reason))
+        return sorted(out)
+
+    # -- helpers ----------------------------------------------------------------------
+
+    @contextmanager
+    def _flock(self, path: Path) -> Iterator[None]:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+
+def _iso(ts: float) -> str:
+    from hostctl.queues.task import utc_iso
+
+    return utc_iso(ts)

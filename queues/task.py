@@ -1,0 +1,349 @@
+"""A task: an immutable submission plus an append-only history of what happened to it.
+
+A task file holds JSON lines. The first line is the submission (the envelope)::
+
+    {"format": 1, "id": "...", "type": "verify", "context": "@example.com",
+     "options": {}, "context_options": {}, "priority": 5, "created": "...Z"}
+
+Every later line is an event, appended (never rewritten) by the process that holds the
+task's lock::
+
+    {"event": "start", "attempt": 1, "at": "...", "pid": 123, "pgid": 123, "host": "..."}
+    {"event": "end", "attempt": 1, "at": "...", "outcome": "success", "exit": 0,
+     "reason": "", "result": {...}}
+    {"event": "defer", "at": "...", "until": "...", "reason": "..."}
+    {"event": "retry", "at": "..."}            # queued again by hand
+    {"event": "cancel", "at": "..."}           # asked to stop
+
+Where the file lies says whether the task is queued, processing or finished (see
+``spool.py``); the last ``end`` event says how a finished task ended. A torn last line (a
+crash in the middle of an append) is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+from hostctl.errors import InvalidInput
+
+FORMAT = 1
+MAX_TASK_BYTES = 64 * 1024  # a submission larger than this is garbage
+MIN_PRIORITY, MAX_PRIORITY, DEFAULT_PRIORITY = 0, 9, 5
+
+
+class Status(Enum):
+    """Task statuses with Aegir's numeric codes."""
+
+    QUEUED = ("queued", 0)
+    PROCESSING = ("processing", -1)
+    SUCCESS = ("success", 1)
+    ERROR = ("error", 2)
+    WARNING = ("warning", 3)
+    CANCELLED = ("cancelled", 4)
+
+    @property
+    def label(self) -> str:
+        return self.value[0]
+
+    @property
+    def code(self) -> int:
+        return self.value[1]
+
+    @property
+    def finished(self) -> bool:
+        return self.code > 0
+
+    @classmethod
+    def parse(cls, text: str) -> Status:
+        for s in cls:
+            if s.label == text:
+                return s
+        raise InvalidInput(
+            f"unknown status {text!r}; known: {', '.join(s.label for s in cls)}"
+        )
+
+
+# outcomes an ``end`` event records; ``retry`` and ``lost`` are not final on their own
+OUTCOMES = {"success", "warning", "error", "cancelled", "retry", "lost"}
+
+
+def utc_iso(ts: float | None = None) -> str:
+    moment = datetime.fromtimestamp(time.time() if ts is None else ts, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def parse_iso(text: str) -> float:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
+def new_id(now: float | None = None) -> str:
+    """A unique, sortable id: 12 hex digits of milliseconds, then 8 random hex digits."""
+    ms = int((time.time() if now is None else now) * 1000)
+    return f"{ms:012x}{secrets.token_hex(4)}"
+
+
+def valid_id(text: str) -> bool:
+    return len(text) == 20 and all(c in "0123456789abcdef" for c in text)
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What was asked for: written once when the task is queued, never changed."""
+
+    id: str
+    type: str
+    context: str  # '@name'
+    options: Mapping[str, str] = field(default_factory=dict)
+    context_options: Mapping[str, str] = field(default_factory=dict)
+    priority: int = DEFAULT_PRIORITY
+    created: str = ""
+    submitter: int | None = None  # uid of a front end that dropped it, if any
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "format": FORMAT,
+            "id": self.id,
+            "type": self.type,
+            "context": self.context,
+            "options": dict(self.options),
+            "context_options": dict(self.context_options),
+            "priority": self.priority,
+            "created": self.created,
+        }
+        if self.submitter is not None:
+            doc["submitter"] = self.submitter
+        return doc
+
+    def encode(self) -> bytes:
+        return (json.dumps(self.to_json(), separators=(",", ":")) + "\n").encode()
+
+    def dedup_key(self) -> tuple[str, str, str]:
+        return (self.type, self.context, json.dumps(dict(self.options), sort_keys=True))
+
+
+def _str_map(doc: Mapping[str, Any], key: str) -> dict[str, str]:
+    value = doc.get(key, {})
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise InvalidInput(f"{key!r} must be an object of strings")
+    return dict(value)
+
+
+def decode_envelope(line: bytes) -> Envelope:
+    """Parse and check a submission line; raise InvalidInput saying what is wrong."""
+    try:
+        doc = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidInput("not a JSON object")
+    if doc.get("format", FORMAT) != FORMAT:
+        raise InvalidInput(f"unsupported format {doc.get('format')!r}")
+    task_id = doc.get("id")
+    if not isinstance(task_id, str) or not valid_id(task_id):
+        raise InvalidInput("missing or malformed 'id' (20 lower-case hex digits)")
+    for key in ("type", "context"):
+        if not isinstance(doc.get(key), str) or not doc[key]:
+            raise InvalidInput(f"missing {key!r}")
+    priority = doc.get("priority", DEFAULT_PRIORITY)
+    if (not isinstance(priority, int) or isinstance(priority, bool)
+            or not MIN_PRIORITY <= priority <= MAX_PRIORITY):
+        raise InvalidInput("'priority' must be a whole number from 0 to 9")
+    created = doc.get("created") or utc_iso(int(task_id[:12], 16) / 1000)
+    if not isinstance(created, str):
+        raise InvalidInput("'created' must be a string")
+    submitter = doc.get("submitter")
+    if submitter is not None and not isinstance(submitter, int):
+        raise InvalidInput("'submitter' must be a uid")
+    return Envelope(
+        id=task_id,
+        type=doc["type"],
+        context=doc["context"],
+        options=_str_map(doc, "options"),
+        context_options=_str_map(doc, "context_options"),
+        priority=priority,
+        created=created,
+        submitter=submitter,
+    )
+
+
+@dataclass(frozen=True)
+class Attempt:
+    number: int
+    started: str
+    finished: str | None = None
+    outcome: str | None = None
+    exit: int | None = None
+    reason: str = ""
+    pid: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "attempt": self.number,
+            "started": self.started,
+            "finished": self.finished,
+            "outcome": self.outcome,
+            "exit_code": self.exit,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task as read from the spool: the envelope, its events and where it lies."""
+
+    envelope: Envelope
+    events: tuple[Mapping[str, Any], ...]
+    state: str  # the spool folder: new, deferred, active, done
+    log_path: str = ""
+    due: float | None = None  # for deferred tasks
+
+    @property
+    def id(self) -> str:
+        return self.envelope.id
+
+    @property
+    def attempts(self) -> list[Attempt]:
+        out: list[Attempt] = []
+        for ev in self.events:
+            if ev.get("event") == "start":
+                out.append(Attempt(int(ev.get("attempt", len(out) + 1)), str(ev.get("at")),
+                                   pid=ev.get("pid")))
+            elif ev.get("event") == "end" and out and out[-1].finished is None:
+                last = out[-1]
+                out[-1] = Attempt(last.number, last.started, str(ev.get("at")),
+                                  str(ev.get("outcome")), ev.get("exit"),
+                                  str(ev.get("reason", "")), last.pid)
+        return out
+
+    @property
+    def attempt_count(self) -> int:
+        """Attempts that count against max_attempts (since the last manual retry)."""
+        n = 0
+        for ev in self.events:
+            if ev.get("event") == "start":
+                n += 1
+            elif ev.get("event") == "retry":
+                n = 0
+        return n
+
+    def last(self, kind: str) -> Mapping[str, Any] | None:
+        for ev in reversed(self.events):
+            if ev.get("event") == kind:
+                return ev
+        return None
+
+    @property
+    def cancel_requested(self) -> bool:
+        """A cancel event after the last start (or with no start at all)."""
+        for ev in reversed(self.events):
+            if ev.get("event") == "cancel":
+                return True
+            if ev.get("event") in ("start", "retry"):
+                return False
+        return False
+
+    @property
+    def status(self) -> Status:
+        if self.state in ("new", "deferred"):
+            return Status.QUEUED
+        if self.state == "active":
+            return Status.PROCESSING
+        end = self.last("end")
+        outcome = end.get("outcome") if end else None
+        return {
+            "success": Status.SUCCESS,
+            "warning": Status.WARNING,
+            "cancelled": Status.CANCELLED,
+        }.get(str(outcome), Status.ERROR)
+
+    @property
+    def started(self) -> str | None:
+        attempts = self.attempts
+        return attempts[-1].started if attempts else None
+
+    @property
+    def finished(self) -> str | None:
+        if not self.status.finished:
+            return None
+        end = self.last("end")
+        return str(end.get("at")) if end else None
+
+    @property
+    def result(self) -> Mapping[str, Any]:
+        end = self.last("end")
+        value = end.get("result") if end and self.status.finished else None
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def reason(self) -> str:
+        end = self.last("end")
+        return str(end.get("reason", "")) if end else ""
+
+    def to_json(self) -> dict[str, Any]:
+        env = self.envelope
+        return {
+            "id": env.id,
+            "type": env.type,
+            "context": env.context,
+            "status": self.status.label,
+            "status_code": self.status.code,
+            "options": dict(env.options),
+            "context_options": dict(env.context_options),
+            "priority": env.priority,
+            "created": env.created,
+            "started": self.started,
+            "finished": self.finished,
+            "attempts": [a.to_json() for a in self.attempts],
+            "due": utc_iso(self.due) if self.due is not None and self.state == "deferred"
+            else None,
+            "reason": self.reason,
+            "result": dict(self.result),
+            "log": self.log_path,
+            "submitter": env.submitter,
+        }
+
+
+def decode_task(data: bytes, state: str, log_path: str = "", due: float | None = None) -> Task:
+    """Parse a task file; a torn final line is ignored, a bad first line is an error."""
+    if len(data) > MAX_TASK_BYTES * 16:
+        raise InvalidInput(f"task file of {len(data)} bytes is too large")
+    lines = data.split(b"\n")
+    first = lines[0]
+    if len(first) > MAX_TASK_BYTES:
+        raise InvalidInput(f"submission of {len(first)} bytes is larger than {MAX_TASK_BYTES}")
+    if not first.strip():
+        raise InvalidInput("empty task file")
+    if len(lines) == 1:
+        # no newline at all: the writer may have been cut off; accept only whole JSON
+        pass
+    env = decode_envelope(first)
+    events = []
+    for raw in lines[1:]:
+        if not raw.strip():
+            continue
+        try:
+            ev = json.loads(raw)
+        except ValueError:
+            continue  # a torn append
+        if isinstance(ev, dict) and isinstance(ev.get("event"), str):
+            events.append(ev)
+    return Task(env, tuple(events), state, log_path, due)
+
+
+def encode_event(kind: str, **fields: Any) -> bytes:
+    doc = {"event": kind, "at": utc_iso(), **fields}
+    return (json.dumps(doc, separators=(",", ":"), default=str) + "\n").encode()
+
+
+def pid_host() -> dict[str, Any]:
+    return {"pid": os.getpid(), "host": os.uname().nodename}

@@ -1,0 +1,289 @@
+"""The worker: claims tasks, runs each in a child, streams its output, records the end.
+
+One loop, written as :meth:`Worker.step` (claim and start what fits) plus
+:meth:`Worker.wait` (block on the children's pipes and exit notifications, enforce
+timeouts) and :meth:`Worker.run` (repeat until drained or told to stop). The worker is
+single-threaded; every child gets its own process group, so a timeout or a cancel reaches
+the whole tree (TERM, then KILL after the grace period).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import selectors
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from hostctl.config import Config
+from hostctl.contexts.store import ContextStore
+from hostctl.errors import HostctlError
+from hostctl.paths import Paths
+from hostctl.provision.registry import Registry
+from hostctl.provision.runner import judge, launch, prepare, read_result
+from hostctl.queues.process import signal_group, start_time
+from hostctl.queues.spool import Claim, Policy, Spool, backoff
+from hostctl.queues.task import utc_iso
+
+log = logging.getLogger("hostctl")
+
+
+@dataclass
+class Running:
+    claim: Claim
+    pid: int
+    out_fd: int
+    pidfd: int
+    log_fd: int
+    policy: Policy
+    result_path: str
+    deadline: float
+    timeout: float
+    started: float
+    attempt: int
+    buffer: bytes = b""
+    exit_status: int | None = None
+    out_open: bool = True
+    term_at: float | None = None
+    timed_out: float = 0.0
+    cancelled: bool = False
+
+    @property
+    def context(self) -> str:
+        return self.claim.task.envelope.context
+
+
+@dataclass
+class Summary:
+    started: int = 0
+    finished: dict[str, int] = field(default_factory=dict)
+    last_status: str = ""
+
+    def count(self, outcome: str) -> None:
+        self.finished[outcome] = self.finished.get(outcome, 0) + 1
+        self.last_status = outcome
+
+
+class Worker:
+    def __init__(
+        self,
+        paths: Paths,
+        config: Config,
+        registry: Registry,
+        *,
+        concurrency: int | None = None,
+        echo: TextIO | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.paths = paths
+        self.config = config
+        self.registry = registry
+        self.store = ContextStore(paths)
+        self.spool = Spool(paths.spool, paths.logs)
+        self.concurrency = concurrency or config.worker.concurrency
+        self.echo = echo
+        self.clock = clock
+        self.running: dict[int, Running] = {}
+        self.selector = selectors.DefaultSelector()
+        self.summary = Summary()
+        self._check = registry.check_envelope(self.store)
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def sweep(self) -> None:
+        for note in self.spool.sweep(self.registry.policy):
+            log.warning("%s", note)
+        for note in self.spool.admit(self._check):
+            log.info("%s", note)
+
+    def step(self) -> int:
+        """Claim and start as many ready tasks as there are free slots."""
+        free = self.concurrency - len(self.running)
+        if free <= 0:
+            return 0
+        self.spool.promote_due()
+        busy = {r.context for r in self.running.values()}
+        claims = self.spool.claim(self._check, limit=free, skip_contexts=busy)
+        for claim in claims:
+            self.start(claim)
+        return len(claims)
+
+    def wait(self, timeout: float | None) -> None:
+        """Handle output and exits for up to ``timeout`` seconds; enforce deadlines."""
+        if self.running:
+            now = self.clock()
+            soonest = min(r.term_at + self.config.worker.kill_grace if r.term_at else r.deadline
+                          for r in self.running.values())
+            limit = max(0.0, soonest - now)
+            timeout = limit if timeout is None else min(timeout, limit)
+        for key, _ in self.selector.select(timeout):
+            kind, run = key.data
+            if kind == "out":
+                self._read_output(run)
+            else:
+                self._reap(run)
+            if run.exit_status is not None and not run.out_open:
+                self._complete(run)
+        self._enforce_deadlines()
+
+    def run(self, once: bool = True, should_stop: Callable[[], bool] = lambda: False) -> Summary:
+        """Sweep, then run tasks until none is ready (``once``) or until told to stop."""
+        self.spool.ensure()
+        self.sweep()
+        while True:
+            stopping = should_stop()
+            started = 0 if stopping else self.step()
+            if not self.running and (stopping or (once and started == 0)):
+                return self.summary
+            self.wait(None if self.running else 0.5)
+
+    def run_claim(self, claim: Claim) -> Summary:
+        """Run one claimed task to its end (a foreground provision-TYPE)."""
+        self.start(claim)
+        while self.running:
+            self.wait(None)
+        return self.summary
+
+    # -- one task ---------------------------------------------------------------------
+
+    def start(self, claim: Claim) -> None:
+        env = claim.task.envelope
+        attempt = claim.task.attempt_count + 1
+        result_path = str(self.spool.dir("tmp") / f".{env.id}.result")
+        log_fd = os.open(self.spool.log_path(env.id),
+                         os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self.summary.started += 1
+        self._log(log_fd, f"--- hostctl: attempt {attempt} of {env.type} on {env.context}, "
+                          f"task {env.id}, {utc_iso()}\n")
+        try:
+            prep = prepare(env, self.registry, self.store, self.paths, result_path)
+            pid, out_fd = launch(prep, env, self.store, self.paths, result_path)
+        except (HostctlError, OSError) as exc:
+            reason = exc.message if isinstance(exc, HostctlError) else f"cannot start: {exc}"
+            claim.append("start", attempt=attempt, worker=os.getpid())
+            self._log(log_fd, f"--- hostctl: {reason}\n")
+            os.close(log_fd)
+            self.spool.finish(claim, "error", exit=None, reason=reason, result={})
+            self.summary.count("error")
+            return
+        claim.append("start", attempt=attempt, pid=pid, pgid=pid, pgid_start=start_time(pid),
+                     worker=os.getpid(), host=os.uname().nodename)
+        timeout = self.registry.timeout(prep.ttype)
+        now = self.clock()
+        run = Running(claim, pid, out_fd, os.pidfd_open(pid), log_fd,
+                      self.registry.policy(env), result_path, now + timeout, timeout, now,
+                      attempt)
+        os.set_blocking(out_fd, False)
+        self.selector.register(out_fd, selectors.EVENT_READ, ("out", run))
+        self.selector.register(run.pidfd, selectors.EVENT_READ, ("exit", run))
+        self.running[pid] = run
+
+    def stop_all(self, reason: str) -> None:
+        """Ask every running task to stop: TERM to its group now, KILL after the grace."""
+        for run in self.running.values():
+            if run.term_at is None:
+                run.cancelled = True
+                run.claim.append("cancel", reason=reason)
+                self._terminate(run)
+
+    def _terminate(self, run: Running) -> None:
+        run.term_at = self.clock()
+        signal_group(run.pid, signal.SIGTERM)
+
+    def _enforce_deadlines(self) -> None:
+        now = self.clock()
+        for run in list(self.running.values()):
+            if run.exit_status is not None:
+                continue
+            if run.term_at is None and now >= run.deadline:
+                run.timed_out = run.timeout
+                self._log(run.log_fd, f"--- hostctl: timed out after {run.timeout:g} s; "
+                                      "sending TERM\n")
+                self._terminate(run)
+            elif run.term_at is not None and now >= run.term_at + self.config.worker.kill_grace:
+                signal_group(run.pid, signal.SIGKILL)
+
+    def _read_output(self, run: Running) -> None:
+        try:
+            chunk = os.read(run.out_fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EIO:
+                raise
+            chunk = b""
+        if not chunk:
+            self._close_output(run)
+            return
+        self._write_output(run, chunk)
+
+    def _write_output(self, run: Running, chunk: bytes) -> None:
+        data = run.buffer + chunk
+        whole, sep, rest = data.rpartition(b"\n")
+        run.buffer = rest
+        if sep:
+            self._emit(run, whole + sep)
+
+    def _emit(self, run: Running, data: bytes) -> None:
+        self._log(run.log_fd, data)
+        if self.echo is not None:
+            self.echo.write(data.decode("utf-8", "replace"))
+            self.echo.flush()
+
+    def _close_output(self, run: Running) -> None:
+        if run.out_open:
+            run.out_open = False
+            self.selector.unregister(run.out_fd)
+            os.close(run.out_fd)
+
+    def _reap(self, run: Running) -> None:
+        pid, status = os.waitpid(run.pid, os.WNOHANG)
+        if pid == 0:
+            return
+        run.exit_status = status
+        self.selector.unregister(run.pidfd)
+        os.close(run.pidfd)
+        # what the child wrote before it ended; a grandchild that kept the pipe open
+        # does not hold the task up
+        while run.out_open:
+            try:
+                chunk = os.read(run.out_fd, 65536)
+            except (BlockingIOError, OSError):
+                break
+            if not chunk:
+                break
+            self._write_output(run, chunk)
+        self._close_output(run)
+
+    def _complete(self, run: Running) -> None:
+        del self.running[run.pid]
+        if run.buffer:
+            self._emit(run, run.buffer + b"\n")
+        claim = run.claim
+        task = claim.reload()
+        result = read_result(run.result_path)
+        assert run.exit_status is not None
+        verdict = judge(run.exit_status, result, cancelled=run.cancelled or task.cancel_requested,
+                        timed_out=run.timed_out,
+                        attempts_left=run.attempt < run.policy.max_attempts)
+        elapsed = self.clock() - run.started
+        self._log(run.log_fd, f"--- hostctl: {verdict.reason or 'exited with status 0'} "
+                              f"after {elapsed:.2f} s: {verdict.outcome}\n")
+        os.close(run.log_fd)
+        fields = {"exit": verdict.exit, "reason": verdict.reason, "result": dict(verdict.result)}
+        if verdict.outcome == "retry":
+            self.spool.defer(claim, backoff(run.policy, run.attempt), **fields)
+        else:
+            self.spool.finish(claim, verdict.outcome, **fields)
+        self.summary.count(verdict.outcome)
+
+    @staticmethod
+    def _log(fd: int, data: str | bytes) -> None:
+        raw = data.encode() if isinstance(data, str) else data
+        view = memoryview(raw)
+        while view:
+            view = view[os.write(fd, view):]

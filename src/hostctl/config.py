@@ -1,0 +1,175 @@
+"""``HOME/config.toml``, parsed once at the edge into frozen, validated objects.
+
+A missing file means the defaults. Example::
+
+    [worker]
+    concurrency = 2          # tasks at once (different contexts only)
+    max_attempts = 3         # runs of one task, lost workers and exit 75 included
+    backoff_base = 10        # seconds before the first retry; doubles each time
+    backoff_max = 3600
+    timeout = 3600           # default per-task timeout, seconds
+    kill_grace = 10          # TERM, then KILL this many seconds later
+
+    [tasks.cron]             # a command type: an argv template, never a shell
+    command = ["/usr/bin/php", "{root}/cron.php", "--uri={uri}"]
+    context_types = ["site"]
+    options = { verbose = "say more" }   # options a front end may pass
+    timeout = 600
+    rerun_on_loss = true
+    env = { APP_ENV = "prod" }
+
+Placeholders in ``command`` items: ``{name}`` (the context name without ``@``),
+``{context}`` (with ``@``), ``{type}``, ``{task_id}``, any field of the context (a site
+also gets ``{root}`` from its platform), and ``{option.KEY}`` for a declared option.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hostctl.errors import MalformedFile
+
+PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*(?:\.[a-z0-9_-]+)?)\}")
+TASK_NAME = re.compile(r"[a-z][a-z0-9-]{0,40}")
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    concurrency: int = 2
+    max_attempts: int = 3
+    backoff_base: float = 10.0
+    backoff_max: float = 3600.0
+    timeout: float = 3600.0
+    kill_grace: float = 10.0
+
+
+@dataclass(frozen=True)
+class CommandTask:
+    name: str
+    command: tuple[str, ...]
+    context_types: tuple[str, ...]
+    options: Mapping[str, str] = field(default_factory=dict)
+    help: str = ""
+    timeout: float | None = None
+    max_attempts: int | None = None
+    rerun_on_loss: bool = True
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    tasks: Mapping[str, CommandTask] = field(default_factory=dict)
+    path: Path | None = None
+
+
+def load(path: Path) -> Config:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return Config()
+    except OSError as exc:
+        raise MalformedFile(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+        return _parse(doc, path)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError, TypeError) as exc:
+        raise MalformedFile(f"malformed {path}: {' '.join(str(exc).split())}") from exc
+
+
+def _parse(doc: Mapping[str, Any], path: Path) -> Config:
+    _known(doc, {"worker", "tasks", "queues"}, "config.toml")
+    w = _table(doc, "worker")
+    _known(w, set(WorkerSettings.__dataclass_fields__), "[worker]")
+    worker = WorkerSettings(
+        concurrency=_int(w, "concurrency", 2, 1, 256),
+        max_attempts=_int(w, "max_attempts", 3, 1, 100),
+        backoff_base=_num(w, "backoff_base", 10.0),
+        backoff_max=_num(w, "backoff_max", 3600.0),
+        timeout=_num(w, "timeout", 3600.0),
+        kill_grace=_num(w, "kill_grace", 10.0),
+    )
+    tasks = {}
+    for name, spec in _table(doc, "tasks").items():
+        if not TASK_NAME.fullmatch(name):
+            raise ValueError(f"[tasks.{name}]: a task name is lower-case letters, digits, '-'")
+        if not isinstance(spec, dict):
+            raise ValueError(f"[tasks.{name}] must be a table")
+        tasks[name] = _command_task(name, spec)
+    return Config(worker=worker, tasks=tasks, path=path)
+
+
+def _command_task(name: str, spec: Mapping[str, Any]) -> CommandTask:
+    where = f"[tasks.{name}]"
+    _known(spec, {"command", "context_types", "options", "help", "timeout", "max_attempts",
+                  "rerun_on_loss", "env"}, where)
+    command = spec.get("command")
+    if (not isinstance(command, list) or not command
+            or not all(isinstance(c, str) for c in command)):
+        raise ValueError(f"{where}: command must be a non-empty list of strings (an argv)")
+    types = spec.get("context_types", ["site"])
+    if not isinstance(types, list) or not types or not all(
+        t in ("server", "platform", "site") for t in types
+    ):
+        raise ValueError(f"{where}: context_types must list server, platform and/or site")
+    options = spec.get("options", {})
+    if isinstance(options, list):
+        options = {o: "" for o in options}
+    if not isinstance(options, dict) or not all(
+        isinstance(k, str) and re.fullmatch(r"[a-z][a-z0-9_-]*", k) and isinstance(v, str)
+        for k, v in options.items()
+    ):
+        raise ValueError(f"{where}: options must map option names to help texts")
+    for item in command:
+        for ref in PLACEHOLDER.findall(item):
+            if ref.startswith("option.") and ref[7:] not in options:
+                raise ValueError(f"{where}: {{{ref}}} names an undeclared option")
+    env = spec.get("env", {})
+    if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+        raise ValueError(f"{where}: env must map names to strings")
+    timeout = spec.get("timeout")
+    if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+        raise ValueError(f"{where}: timeout must be a positive number of seconds")
+    max_attempts = spec.get("max_attempts")
+    if max_attempts is not None and (not isinstance(max_attempts, int) or max_attempts < 1):
+        raise ValueError(f"{where}: max_attempts must be a whole number of at least 1")
+    rerun = spec.get("rerun_on_loss", True)
+    if not isinstance(rerun, bool):
+        raise ValueError(f"{where}: rerun_on_loss must be true or false")
+    help_text = spec.get("help", "")
+    if not isinstance(help_text, str):
+        raise ValueError(f"{where}: help must be a string")
+    return CommandTask(name, tuple(command), tuple(types), dict(options), help_text,
+                       float(timeout) if timeout else None, max_attempts, rerun, dict(env))
+
+
+def _table(doc: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = doc.get(key, {})
+    if not isinstance(value, dict):
+        raise ValueError(f"[{key}] must be a table")
+    return value
+
+
+def _known(doc: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(doc) - allowed)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}")
+
+
+def _int(doc: Mapping[str, Any], key: str, default: int, lo: int, hi: int) -> int:
+    value = doc.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ValueError(f"{key} must be a whole number from {lo} to {hi}")
+    return value
+
+
+def _num(doc: Mapping[str, Any], key: str, default: float) -> float:
+    value = doc.get(key, default)
+    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{key} must be a number of seconds, 0 or more")
+    return float(value)
