@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -21,7 +22,9 @@ def _bool_field(key: str) -> bool:
     )
 
 
-def parse_field_args(tokens: list[str]) -> tuple[str, dict[str, str]]:
+def parse_field_args(
+    tokens: list[str], flag: Callable[[str], bool] = _bool_field, what: str = "provision-save"
+) -> tuple[str, dict[str, str]]:
     """Split ``@NAME --field value --other=value`` into the name and the field changes.
 
     A value that starts with ``--`` must be written ``--field=--value``; a boolean field
@@ -44,7 +47,7 @@ def parse_field_args(tokens: list[str]) -> tuple[str, dict[str, str]]:
             raise InvalidInput(f"malformed option {token!r}")
         if not eq:
             following = tokens[i] if i < len(tokens) else None
-            if _bool_field(key) and (following is None or following.lower() not in _BOOL_WORDS):
+            if flag(key) and (following is None or following.lower() not in _BOOL_WORDS):
                 value = "true"
             elif following is None or following.startswith("--"):
                 raise InvalidInput(
@@ -58,7 +61,7 @@ def parse_field_args(tokens: list[str]) -> tuple[str, dict[str, str]]:
             raise InvalidInput(f"--{key} is given twice")
         changes[key] = value
     if name is None:
-        raise InvalidInput("name the context: hostctl provision-save @NAME ...")
+        raise InvalidInput(f"name the context: hostctl {what} @NAME ...")
     return name, changes
 
 
