@@ -52,7 +52,7 @@ class RootGroup(typer.core.TyperGroup):
             return None
         applies = ", ".join(ttype.context_types)
         return provision.make_command(
-            ttype.name, f"Run a {ttype.name} task now ({applies}): {ttype.help}.",
+            ttype.name, f"Run {ttype.name} now, in the foreground ({applies}): {ttype.help}.",
             dict(ttype.options))
 
 
@@ -71,6 +71,11 @@ app.add_typer(tasks.app, name="task")
 app.add_typer(tasks.queue_app, name="queue")
 app.command("dispatch")(runners.dispatch)
 app.command("wait-queue")(runners.wait_queue)
+app.add_typer(runners.cron_app, name="cron")
+app.add_typer(runners.service_app, name="service")
+tasks.queue_app.command("list")(runners.queue_list)
+tasks.queue_app.command("pause")(runners.queue_pause)
+tasks.queue_app.command("resume")(runners.queue_resume)
 app.command(
     "provision-save",
     context_settings={"ignore_unknown_options": True, "allow_extra_args": True},

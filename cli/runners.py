@@ -1,34 +1,197 @@
-"""``hostctl dispatch`` and ``hostctl wait-queue``: the runners that drain the queue."""
+"""The runners and their installers: ``dispatch``, ``wait-queue``, ``cron``, ``service``,
+``queue list|pause|resume``.
+
+``dispatch`` and ``wait-queue`` also write what they do to ``HOME/logs/hostctl.log``;
+on stderr they say only warnings and errors (more with ``-v``), so cron mails nothing
+when all is well.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Annotated
 
 import typer
 
-from hostctl.cli.common import say, state
+from hostctl.cli.common import JsonFlag, State, emit_json, say, state, table
 from hostctl.queues import tasks as ops
 
+cron_app = typer.Typer(help="The crontab entry that runs dispatch every minute.",
+                       no_args_is_help=True)
+service_app = typer.Typer(help="Print a configuration that keeps wait-queue running.",
+                          no_args_is_help=True)
 
-def dispatch(ctx: typer.Context) -> None:
-    """One pass: sweep lost tasks, admit dropped ones, run every ready task, exit."""
+
+def _file_log(st: State) -> None:
+    """Also log to HOME/logs/hostctl.log (created 0600)."""
+    import os
+
+    st.paths.ensure_dir(st.paths.logs)
+    path = st.paths.logs / "hostctl.log"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    os.close(fd)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(
+        f"%(asctime)s [{os.getpid()}] %(levelname)s %(message)s"))
+    handler.setLevel(logging.INFO)
+    root = logging.getLogger("hostctl")
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if st.verbose > 1 else logging.INFO)
+    for h in logging.getLogger().handlers:  # stderr keeps the level -v/-q chose
+        h.setLevel(logging.getLogger().level)
+
+
+def dispatch(
+    ctx: typer.Context,
+    force: Annotated[bool, typer.Option("--force", help="Run every queue, due or not.")] = False,
+    queue: Annotated[str | None, typer.Option(
+        "--queue", metavar="NAME", help="Only this queue (tasks, cron, backup, task_gc).")
+    ] = None,
+) -> None:
+    """One pass from cron: sweep lost tasks, run every queue that is due, wait, exit."""
+    from hostctl.queues.dispatcher import Dispatcher
+
     st = state(ctx)
-    summary = ops.drain(ops.Home(st.paths))
-    say(st, _line(summary))
+    _file_log(st)
+    report = Dispatcher(ops.Home(st.paths)).run(force=force, only=queue)
+    log = logging.getLogger("hostctl")
+    if report.locked_out:
+        return
+    for q in report.queues:
+        if q.ran:
+            log.info("queue %s: %s", q.name, q.error or q.note)
+    if report.failed:
+        raise typer.Exit(1)
 
 
 def wait_queue(
     ctx: typer.Context,
-    once: Annotated[bool, typer.Option("--once", help="Drain what is due, then exit.")] = False,
+    max_runtime: Annotated[float, typer.Option(
+        "--max-runtime", min=0, metavar="SECONDS",
+        help="Exit 0 after this long, so the supervisor starts a fresh one.")] = 3600.0,
     concurrency: Annotated[int | None, typer.Option(
         "--concurrency", min=1, max=256, help="Tasks at once (default: from config).")] = None,
+    once: Annotated[bool, typer.Option("--once", help="Drain what is due, then exit.")] = False,
 ) -> None:
-    """Run queued tasks as they come (with --once: drain and exit)."""
+    """The daemon: run each task as soon as it is queued (under Supervisor or systemd)."""
+    from hostctl.queues.daemon import WaitQueue
+
     st = state(ctx)
-    summary = ops.drain(ops.Home(st.paths), concurrency)
-    say(st, _line(summary))
+    _file_log(st)
+    home = ops.Home(st.paths)
+    if once:
+        summary = ops.drain(home, concurrency)
+        logging.getLogger("hostctl").info("wait-queue --once ran %d task(s)", summary.started)
+        return
+    raise typer.Exit(WaitQueue(home, max_runtime, concurrency).run())
 
 
-def _line(summary: ops.Summary) -> str:
-    ended = ", ".join(f"{n} {k}" for k, n in sorted(summary.finished.items())) or "none ended"
-    return f"ran {summary.started} task(s): {ended}"
+@cron_app.command("install")
+def cron_install(ctx: typer.Context) -> None:
+    """Add (or update) the dispatch line, keeping every other crontab line."""
+    from hostctl.queues import crontab
+
+    st = state(ctx)
+    change = crontab.install(st.paths)
+    say(st, "Installed the hostctl crontab entry" if change.changed
+        else "The hostctl crontab entry is already installed")
+
+
+@cron_app.command("remove")
+def cron_remove(ctx: typer.Context) -> None:
+    """Remove hostctl's block from the crontab, and nothing else."""
+    from hostctl.queues import crontab
+
+    st = state(ctx)
+    change = crontab.remove(st.paths)
+    say(st, "Removed the hostctl crontab entry" if change.changed
+        else "No hostctl crontab entry to remove")
+
+
+@cron_app.command("show")
+def cron_show(ctx: typer.Context) -> None:
+    """Print hostctl's crontab block (exit 1 if it is not installed)."""
+    from hostctl.queues import crontab
+
+    current = crontab.show()
+    if current is None:
+        typer.echo("hostctl has no crontab entry; install one with: hostctl cron install",
+                   err=True)
+        raise typer.Exit(1)
+    typer.echo(current, nl=False)
+
+
+def _service(ctx: typer.Context, kind: str, user: str | None, max_runtime: float) -> None:
+    from hostctl.queues import service
+
+    home = ops.Home(state(ctx).paths)
+    registry = home.registry
+    longest = max([registry.timeout(t) for t in registry.types.values()] or [0.0])
+    make = service.supervisor if kind == "supervisor" else service.systemd
+    typer.echo(make(home.paths, longest, home.config.worker.kill_grace, max_runtime, user),
+               nl=False)
+
+
+UserOpt = Annotated[str | None, typer.Option(
+    "--user", help="The backend user (default: the user running this).")]
+RuntimeOpt = Annotated[float, typer.Option(
+    "--max-runtime", min=1, metavar="SECONDS", help="wait-queue's --max-runtime.")]
+
+
+@service_app.command("supervisor")
+def service_supervisor(ctx: typer.Context, user: UserOpt = None,
+                       max_runtime: RuntimeOpt = 3600.0) -> None:
+    """A [program:hostctl-wait-queue] section for Supervisor."""
+    _service(ctx, "supervisor", user, max_runtime)
+
+
+@service_app.command("systemd")
+def service_systemd(ctx: typer.Context, user: UserOpt = None,
+                    max_runtime: RuntimeOpt = 3600.0) -> None:
+    """A systemd unit (hostctl-wait-queue.service)."""
+    _service(ctx, "systemd", user, max_runtime)
+
+
+def queue_list(ctx: typer.Context, json_: JsonFlag = False) -> None:
+    """Each periodic queue: type, frequency, items, enabled, pending, last and next run."""
+    from hostctl.queues.dispatcher import Dispatcher
+
+    infos = Dispatcher(ops.Home(state(ctx).paths)).info()
+    if json_:
+        emit_json([i.to_json() for i in infos])
+        return
+    rows = []
+    for i in infos:
+        d = i.to_json()
+        rows.append((str(d["name"]), str(d["type"]), f"{i.computed.frequency:g}s",
+                     str(i.computed.items), "yes" if i.computed.settings.enabled else "no",
+                     str(i.pending), str(d["last_run"] or "never"),
+                     str(d["next_run"] or "-")))
+    typer.echo(table(rows, ("QUEUE", "TYPE", "EVERY", "ITEMS", "ENABLED", "PENDING",
+                            "LAST RUN", "NEXT RUN")))
+
+
+def queue_pause(
+    ctx: typer.Context,
+    no_wait: Annotated[bool, typer.Option(
+        "--no-wait", help="Do not wait for the running tasks to finish.")] = False,
+) -> None:
+    """Stop starting tasks (runners keep sweeping); wait for the running ones to finish."""
+    st = state(ctx)
+    home = ops.Home(st.paths)
+    spool = home.writable()
+    (spool.root / "paused").touch(mode=0o600)
+    if not no_wait:
+        while spool.counts()["active"]:
+            time.sleep(0.2)
+    say(st, "Paused: no task will start until 'hostctl queue resume'")
+
+
+def queue_resume(ctx: typer.Context) -> None:
+    """Start running tasks again."""
+    st = state(ctx)
+    home = ops.Home(st.paths)
+    spool = home.writable()
+    (spool.root / "paused").unlink(missing_ok=True)
+    say(st, "Resumed")

@@ -161,10 +161,23 @@ def cancel(ctx: typer.Context, task_id: TaskId, json_: JsonFlag = False) -> None
 @queue_app.command("status")
 def status(ctx: typer.Context, json_: JsonFlag = False) -> None:
     """Tasks per status, the oldest queued task's age, and quarantined files."""
-    st = ops.queue_status(_home(ctx))
+    from hostctl.queues.daemon import daemons
+    from hostctl.queues.dispatcher import paused
+
+    home = _home(ctx)
+    st = ops.queue_status(home)
+    workers = daemons(home)
     if json_:
-        emit_json(st.to_json())
+        emit_json({**st.to_json(), "paused": paused(home),
+                   "daemons": [d.to_json() for d in workers]})
         return
+    if paused(home):
+        typer.echo("the queue is PAUSED (hostctl queue resume)")
+    for d in workers:
+        typer.echo(f"wait-queue pid {d.pid}: {'alive' if d.alive else 'dead'}, started "
+                   f"{d.started}, last seen {d.last_seen}, {d.tasks_run} task(s) run")
+    if not any(d.alive for d in workers):
+        typer.echo("no wait-queue daemon is alive")
     typer.echo(table([(k, str(v)) for k, v in st.counts.items()], ("STATUS", "TASKS")))
     if st.oldest_queued_age is not None:
         typer.echo(f"oldest queued task: {st.oldest_queued_age:.1f} s old")

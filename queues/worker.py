@@ -51,6 +51,7 @@ class Running:
     term_at: float | None = None
     timed_out: float = 0.0
     cancelled: bool = False
+    interrupted: str = ""  # the worker itself was stopped: run it again later
 
     @property
     def context(self) -> str:
@@ -97,6 +98,9 @@ class Worker:
     def sweep(self) -> None:
         for note in self.spool.sweep(self.registry.policy):
             log.warning("%s", note)
+        self.admit()
+
+    def admit(self) -> None:
         for note in self.spool.admit(self._check):
             log.info("%s", note)
 
@@ -121,14 +125,21 @@ class Worker:
             limit = max(0.0, soonest - now)
             timeout = limit if timeout is None else min(timeout, limit)
         for key, _ in self.selector.select(timeout):
-            kind, run = key.data
+            kind, target = key.data
+            if kind == "wake":  # a watched folder changed, or a signal came
+                target()
+                continue
             if kind == "out":
-                self._read_output(run)
+                self._read_output(target)
             else:
-                self._reap(run)
-            if run.exit_status is not None and not run.out_open:
-                self._complete(run)
+                self._reap(target)
+            if target.exit_status is not None and not target.out_open:
+                self._complete(target)
         self._enforce_deadlines()
+
+    def watch(self, fileobj: object, callback: Callable[[], None]) -> None:
+        """Wake ``wait`` when ``fileobj`` is readable, and call ``callback``."""
+        self.selector.register(fileobj, selectors.EVENT_READ, ("wake", callback))
 
     def run(self, once: bool = True, should_stop: Callable[[], bool] = lambda: False) -> Summary:
         """Sweep, then run tasks until none is ready (``once``) or until told to stop."""
@@ -182,12 +193,20 @@ class Worker:
         self.selector.register(run.pidfd, selectors.EVENT_READ, ("exit", run))
         self.running[pid] = run
 
-    def stop_all(self, reason: str) -> None:
-        """Ask every running task to stop: TERM to its group now, KILL after the grace."""
+    def stop_all(self, reason: str, requeue: bool = False) -> None:
+        """Stop every running task: TERM to its group now, KILL after the grace period.
+
+        With ``requeue`` the attempt ends as lost (the task runs again later, if its type
+        allows); otherwise the task ends as cancelled.
+        """
         for run in self.running.values():
             if run.term_at is None:
-                run.cancelled = True
-                run.claim.append("cancel", reason=reason)
+                if requeue:
+                    run.interrupted = reason
+                else:
+                    run.cancelled = True
+                    run.claim.append("cancel", reason=reason)
+                self._log(run.log_fd, f"--- hostctl: {reason}; sending TERM\n")
                 self._terminate(run)
 
     def _terminate(self, run: Running) -> None:
@@ -275,6 +294,16 @@ class Worker:
                               f"after {elapsed:.2f} s: {verdict.outcome}\n")
         os.close(run.log_fd)
         fields = {"exit": verdict.exit, "reason": verdict.reason, "result": dict(verdict.result)}
+        if run.interrupted and verdict.outcome != "cancelled":
+            reason = f"{run.interrupted}; {verdict.reason}"
+            fields.update(exit=verdict.exit, reason=reason)
+            if run.policy.rerun_on_loss and run.attempt < run.policy.max_attempts:
+                self.spool.defer(claim, backoff(run.policy, run.attempt), outcome="lost",
+                                 **fields)
+            else:
+                self.spool.finish(claim, "lost", **fields)
+            self.summary.count("lost")
+            return
         if verdict.outcome == "retry":
             self.spool.defer(claim, backoff(run.policy, run.attempt), **fields)
         else:

@@ -62,9 +62,34 @@ class CommandTask:
 
 
 @dataclass(frozen=True)
+class QueueSettings:
+    """One periodic queue, as in Aegir's hook_hosting_queues (same defaults)."""
+
+    name: str
+    type: str = "serial"  # serial, batch or spread
+    frequency: float = 300.0
+    items: int = 5
+    enabled: bool = True
+    threshold: int = 100
+    min_threads: int = 1
+    max_threads: int = 6
+    retention_days: float = 30.0  # task_gc only
+
+
+DEFAULT_QUEUES: Mapping[str, QueueSettings] = {
+    "tasks": QueueSettings("tasks", "serial", 60.0, 5),
+    "cron": QueueSettings("cron", "batch", 3600.0, 5, min_threads=6, max_threads=12),
+    "backup": QueueSettings("backup", "batch", 86400.0, 5, enabled=False, min_threads=1,
+                            max_threads=6),
+    "task_gc": QueueSettings("task_gc", "batch", 3600.0, 20, min_threads=6, max_threads=12),
+}
+
+
+@dataclass(frozen=True)
 class Config:
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     tasks: Mapping[str, CommandTask] = field(default_factory=dict)
+    queues: Mapping[str, QueueSettings] = field(default_factory=lambda: dict(DEFAULT_QUEUES))
     path: Path | None = None
 
 
@@ -101,7 +126,39 @@ def _parse(doc: Mapping[str, Any], path: Path) -> Config:
         if not isinstance(spec, dict):
             raise ValueError(f"[tasks.{name}] must be a table")
         tasks[name] = _command_task(name, spec)
-    return Config(worker=worker, tasks=tasks, path=path)
+    queues = dict(DEFAULT_QUEUES)
+    for name, spec in _table(doc, "queues").items():
+        if name not in DEFAULT_QUEUES:
+            raise ValueError(f"[queues.{name}]: known queues are {', '.join(DEFAULT_QUEUES)}")
+        if not isinstance(spec, dict):
+            raise ValueError(f"[queues.{name}] must be a table")
+        queues[name] = _queue(DEFAULT_QUEUES[name], spec)
+    return Config(worker=worker, tasks=tasks, queues=queues, path=path)
+
+
+def _queue(base: QueueSettings, spec: Mapping[str, Any]) -> QueueSettings:
+    where = f"[queues.{base.name}]"
+    _known(spec, set(QueueSettings.__dataclass_fields__) - {"name"}, where)
+    qtype = spec.get("type", base.type)
+    if qtype not in ("serial", "batch", "spread"):
+        raise ValueError(f"{where}: type must be serial, batch or spread")
+    enabled = spec.get("enabled", base.enabled)
+    if not isinstance(enabled, bool):
+        raise ValueError(f"{where}: enabled must be true or false")
+    frequency = _num(spec, "frequency", base.frequency)
+    if frequency < 1:
+        raise ValueError(f"{where}: frequency must be at least 1 second")
+    q = QueueSettings(
+        name=base.name, type=qtype, frequency=frequency,
+        items=_int(spec, "items", base.items, 0, 10000), enabled=enabled,
+        threshold=_int(spec, "threshold", base.threshold, 1, 1_000_000),
+        min_threads=_int(spec, "min_threads", base.min_threads, 1, 1000),
+        max_threads=_int(spec, "max_threads", base.max_threads, 1, 1000),
+        retention_days=_num(spec, "retention_days", base.retention_days),
+    )
+    if q.min_threads > q.max_threads:
+        raise ValueError(f"{where}: min_threads is above max_threads")
+    return q
 
 
 def _command_task(name: str, spec: Mapping[str, Any]) -> CommandTask:

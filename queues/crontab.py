@@ -1,0 +1,146 @@
+"""The crontab entry for ``hostctl dispatch``, between marker lines.
+
+``install`` adds or replaces the block and keeps every other line byte for byte; it is
+idempotent (the same crontab is not written again). ``remove`` removes only the block.
+Unbalanced markers are refused, the previous crontab is saved under the home first, and the
+whole ``crontab -l`` / edit / ``crontab -`` cycle runs under an flock so that two hostctl
+processes cannot lose each other's edit. The real ``crontab`` command does the reading and
+writing, so cron's own checks and permissions apply.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from hostctl.errors import Conflict, OperationFailed
+from hostctl.files import write_atomic
+from hostctl.paths import Paths
+
+BEGIN = "# BEGIN hostctl"
+END = "# END hostctl"
+
+
+def hostctl_argv() -> list[str]:
+    """How to run this very hostctl from a bare environment (cron, a supervisor)."""
+    first = sys.argv[0] if sys.argv else ""
+    if first.endswith("__main__.py") or not first:
+        return [sys.executable, "-m", "hostctl"]
+    found = first if os.sep in first else (shutil.which(first) or first)
+    return [os.path.abspath(found)]
+
+
+def dispatch_line(paths: Paths) -> str:
+    argv = [*hostctl_argv(), "--home", str(paths.home), "dispatch"]
+    return "* * * * * " + " ".join(shlex.quote(a) for a in argv)
+
+
+def block(paths: Paths) -> str:
+    return f"{BEGIN}\n{dispatch_line(paths)}\n{END}\n"
+
+
+@dataclass(frozen=True)
+class CronChange:
+    changed: bool
+    crontab: str
+    backup: Path | None = None
+
+
+def split(text: str) -> tuple[str, str | None, str]:
+    """(before, block or None, after); refuses unbalanced or repeated markers."""
+    lines = text.splitlines(keepends=True)
+    begins = [i for i, line in enumerate(lines) if line.rstrip("\r\n") == BEGIN]
+    ends = [i for i, line in enumerate(lines) if line.rstrip("\r\n") == END]
+    if not begins and not ends:
+        return text, None, ""
+    if len(begins) != 1 or len(ends) != 1 or ends[0] < begins[0]:
+        raise Conflict(
+            f"the crontab has unbalanced hostctl markers ({len(begins)} '{BEGIN}', "
+            f"{len(ends)} '{END}'); fix it with crontab -e first"
+        )
+    b, e = begins[0], ends[0]
+    return "".join(lines[:b]), "".join(lines[b:e + 1]), "".join(lines[e + 1:])
+
+
+def read_crontab() -> str:
+    proc = _crontab(["-l"], None, check=False)
+    if proc.returncode != 0:
+        if "no crontab" in proc.stderr.lower():
+            return ""
+        raise OperationFailed(f"crontab -l failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def write_crontab(text: str) -> None:
+    _crontab(["-"], text, check=True)
+
+
+def _crontab(args: list[str], stdin: str | None, check: bool) -> subprocess.CompletedProcess[str]:
+    exe = shutil.which("crontab")
+    if exe is None:
+        raise OperationFailed("the crontab command is not installed (Debian: apt install cron)")
+    proc = subprocess.run([exe, *args], input=stdin, capture_output=True, text=True,
+                          timeout=60)
+    if check and proc.returncode != 0:
+        raise OperationFailed(f"crontab {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc
+
+
+@contextmanager
+def _locked(paths: Paths) -> Iterator[None]:
+    folder = paths.ensure_dir(paths.home / "crontab")
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _backup(paths: Paths, text: str) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    path = paths.home / "crontab" / f"crontab.{stamp}"
+    write_atomic(path, text.encode())
+    return path
+
+
+def install(paths: Paths) -> CronChange:
+    with _locked(paths):
+        text = read_crontab()
+        before, current, after = split(text)
+        wanted = block(paths)
+        if current == wanted:
+            return CronChange(False, text)
+        if current is None:
+            sep = "" if not before or before.endswith("\n") else "\n"
+            new = before + sep + wanted
+        else:
+            new = before + wanted + after
+        saved = _backup(paths, text)
+        write_crontab(new)
+        return CronChange(True, new, saved)
+
+
+def remove(paths: Paths) -> CronChange:
+    with _locked(paths):
+        text = read_crontab()
+        before, current, after = split(text)
+        if current is None:
+            return CronChange(False, text)
+        saved = _backup(paths, text)
+        new = before + after
+        write_crontab(new)
+        return CronChange(True, new, saved)
+
+
+def show() -> str | None:
+    return split(read_crontab())[1]

@@ -1,0 +1,280 @@
+"""``hostctl wait-queue``: the daemon that runs each task as soon as it is queued.
+
+It blocks in the kernel (epoll) on inotify watches of ``new/``, ``incoming/`` and
+``deferred/``, on its children's pipes and exit notifications, and on a self-pipe that
+signals write to; it wakes on its own only for what is due: the next deferred task, the
+periodic queues, the sweep and the liveness record (once a minute each).
+
+Signals (handlers only record them; the loop acts and logs one sentence):
+  TERM or INT, first   stop claiming, let the running tasks finish, exit 0
+  TERM or INT, second  TERM the running tasks' groups, KILL after the grace period; the
+                       interrupted runs are queued again (if their type allows), exit 0
+  HUP                  re-read config.toml (task types, limits, queues)
+
+Liveness: ``spool/workers/PID.json`` (pid, start, last seen, tasks run) next to an flock
+on ``spool/locks/worker.PID.lock`` held for the daemon's life: ``queue status`` shows a
+daemon as alive exactly while that lock is held.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hostctl.files import write_atomic
+from hostctl.queues.dispatcher import DispatchReport, Dispatcher, dispatch_lock, paused
+from hostctl.queues.task import utc_iso
+
+if TYPE_CHECKING:
+    from hostctl.queues.tasks import Home
+    from hostctl.queues.worker import Worker
+
+log = logging.getLogger("hostctl")
+HOUSEKEEPING_EVERY = 60.0  # sweep, rescan, liveness, periodic queues
+
+
+@dataclass(frozen=True)
+class DaemonInfo:
+    pid: int
+    host: str
+    started: str
+    last_seen: str
+    tasks_run: int
+    alive: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class WaitQueue:
+    def __init__(self, home: Home, max_runtime: float = 3600.0,
+                 concurrency: int | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.home = home
+        self.max_runtime = max_runtime
+        self.concurrency = concurrency
+        self.clock = clock
+        self.stop_requests = 0
+        self.reload_requested = False
+        self.hard_stopped = False
+        self.worker: Worker | None = None
+        self._start = 0.0
+        self._next_housekeeping = 0.0
+        self._announced_stop = False
+        self._record: Path | None = None
+        self._lock_fd = -1
+        self._pipe: tuple[int, int] | None = None
+
+    # -- signals: record only ---------------------------------------------------------
+
+    def _on_stop(self, signum: int, frame: object) -> None:
+        self.stop_requests += 1
+
+    def _on_hup(self, signum: int, frame: object) -> None:
+        self.reload_requested = True
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def start(self) -> None:
+        from hostctl.queues.inotify import Inotify
+
+        spool = self.home.writable()
+        self.worker = worker = self.home.worker(self.concurrency)
+        self._start = self.clock()
+        self._register_liveness()
+        try:
+            ino = Inotify([spool.dir("new"), spool.dir("incoming"), spool.dir("deferred")])
+            worker.watch(ino, lambda: self._on_folder_change(ino))
+        except OSError as exc:
+            log.warning("no inotify (%s): new tasks are found by the periodic rescan", exc)
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._pipe = (r, w)
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        worker.watch(r, self._drain_pipe)
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        worker.sweep()
+        log.info("wait-queue %d started (max runtime %g s)", os.getpid(), self.max_runtime)
+
+    def step(self, now: float) -> None:
+        """One pass: react to signals, do what is due, claim what fits."""
+        worker = self.worker
+        assert worker is not None
+        if self.stop_requests and not self._announced_stop:
+            self._announced_stop = True
+            log.warning("stopping: %d running task(s) will finish first", len(worker.running))
+        if self.stop_requests >= 2 and not self.hard_stopped:
+            self.hard_stopped = True
+            log.warning("stopping now: the running tasks are stopped and queued again")
+            worker.stop_all("wait-queue was stopped", requeue=True)
+        if self.reload_requested:
+            self.reload_requested = False
+            self._reload()
+        if now >= self._next_housekeeping:
+            self._next_housekeeping = now + HOUSEKEEPING_EVERY
+            worker.sweep()
+            self._periodic()
+            self._touch_liveness()
+        if not self.stopping(now) and not paused(self.home):
+            worker.step()
+
+    def stopping(self, now: float) -> bool:
+        return self.stop_requests > 0 or now - self._start >= self.max_runtime
+
+    def run(self) -> int:
+        self.start()
+        worker = self.worker
+        assert worker is not None
+        try:
+            while True:
+                now = self.clock()
+                self.step(now)
+                if self.stopping(now) and not worker.running:
+                    break
+                worker.wait(self._timeout(now))
+        finally:
+            self._close()
+        log.info("wait-queue %d exits after %d task(s)", os.getpid(), worker.summary.started)
+        return 0
+
+    def _timeout(self, now: float) -> float:
+        waits = [self._next_housekeeping - now]
+        if not self.stopping(now):
+            waits.append(self._start + self.max_runtime - now)
+            due = self.home.spool.next_due()
+            if due is not None:
+                waits.append(due - time.time())
+        return max(0.0, min(waits))
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _on_folder_change(self, ino: Any) -> None:
+        ino.drain()
+        assert self.worker is not None
+        if os.listdir(self.home.spool.dir("incoming")):
+            self.worker.admit()
+
+    def _drain_pipe(self) -> None:
+        assert self._pipe is not None
+        with suppress(BlockingIOError):
+            while os.read(self._pipe[0], 512):
+                pass
+
+    def _reload(self) -> None:
+        from hostctl.errors import HostctlError
+        from hostctl.queues.tasks import Home
+
+        fresh = Home(self.home.paths)
+        try:
+            fresh.registry  # noqa: B018 - parse now, so a broken file keeps the old one
+        except HostctlError as exc:
+            log.error("config not reloaded: %s", exc)
+            return
+        assert self.worker is not None
+        self.home = fresh
+        self.worker.config = fresh.config
+        self.worker.registry = fresh.registry
+        self.worker._check = fresh.registry.check_envelope(self.worker.store)
+        if self.concurrency is None:
+            self.worker.concurrency = fresh.config.worker.concurrency
+        log.warning("config reloaded")
+
+    def _periodic(self) -> None:
+        """The periodic queues (not tasks: that is this daemon's own job), if due."""
+        if paused(self.home) or self.stopping(self.clock()):
+            return
+        with dispatch_lock(self.home) as mine:
+            if not mine:
+                return
+            report = DispatchReport()
+            dispatcher = Dispatcher(self.home)
+            for name in ("task_gc", "cron", "backup"):
+                dispatcher.run_due(self.worker, report, only=name)
+            for q in report.queues:
+                if q.error:
+                    log.error("queue %s: %s", q.name, q.error)
+                elif q.ran:
+                    log.info("queue %s: %s", q.name, q.note)
+
+    def _register_liveness(self) -> None:
+        spool = self.home.spool
+        folder = spool.root / "workers"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        self._lock_fd = os.open(spool.dir("locks") / f"worker.{os.getpid()}.lock",
+                                os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        self._record = folder / f"{os.getpid()}.json"
+        self._started_iso = utc_iso()
+        self._touch_liveness()
+
+    def _touch_liveness(self) -> None:
+        if self._record is None or self.worker is None:
+            return
+        doc = {"pid": os.getpid(), "host": os.uname().nodename, "started": self._started_iso,
+               "last_seen": utc_iso(), "tasks_run": self.worker.summary.started,
+               "max_runtime": self.max_runtime}
+        with suppress(OSError):
+            write_atomic(self._record, json.dumps(doc).encode())
+
+    def _close(self) -> None:
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        if self._record is not None:
+            with suppress(OSError):
+                self._record.unlink()
+        if self._lock_fd >= 0:
+            with suppress(OSError):
+                (self.home.spool.dir("locks") / f"worker.{os.getpid()}.lock").unlink()
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+
+def daemons(home: Home) -> list[DaemonInfo]:
+    """The wait-queue daemons that registered; dead ones are reported and cleaned up."""
+    folder = home.spool.root / "workers"
+    out = []
+    try:
+        names = sorted(os.listdir(folder))
+    except FileNotFoundError:
+        return []
+    for name in names:
+        if not name.endswith(".json"):
+            continue
+        try:
+            doc = json.loads((folder / name).read_bytes())
+            pid = int(doc["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        alive = _lock_held(home.spool.dir("locks") / f"worker.{pid}.lock")
+        out.append(DaemonInfo(pid, str(doc.get("host", "")), str(doc.get("started", "")),
+                              str(doc.get("last_seen", "")), int(doc.get("tasks_run", 0)),
+                              alive))
+        if not alive:
+            with suppress(OSError):
+                (folder / name).unlink()
+    return out
+
+
+def _lock_held(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False

@@ -1,0 +1,256 @@
+"""``hostctl dispatch``: one pass over every periodic queue that is due, from crontab.
+
+Lock discipline: the dispatcher lock (``spool/locks/dispatch.lock``, an flock) is taken
+without waiting; a second dispatcher exits 0 at once. The kernel drops the lock when its
+holder dies, so a dispatcher killed with kill -9 never blocks the next one. ``wait-queue``
+runs the same periodic queues under the same lock, so cron and the daemon can both be
+installed: whichever holds the lock does the periodic work; tasks themselves are claimed
+atomically by whoever is free, never twice.
+
+Order of a pass: sweep lost tasks and admit dropped ones, then task_gc, cron and backup
+(which queue tasks), then tasks (which runs them). A failing queue is reported and the
+others still run.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from hostctl.errors import HostctlError, InvalidInput
+from hostctl.queues.periodic import (
+    Computed,
+    QueueState,
+    compute,
+    gc_candidates,
+    is_due,
+    next_run,
+    remove_task,
+)
+
+if TYPE_CHECKING:
+    from hostctl.queues.tasks import Home
+
+log = logging.getLogger("hostctl")
+ORDER = ("task_gc", "cron", "backup", "tasks")
+
+
+@dataclass
+class QueueRun:
+    name: str
+    ran: bool
+    note: str = ""
+    error: str = ""
+
+
+@dataclass
+class DispatchReport:
+    locked_out: bool = False
+    paused: bool = False
+    queues: list[QueueRun] = field(default_factory=list)
+    started: int = 0
+    finished: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        return any(q.error for q in self.queues)
+
+
+@contextmanager
+def dispatch_lock(home: Home) -> Iterator[bool]:
+    """Yield True if this process holds the dispatcher lock, False if another does."""
+    path = home.spool.dir("locks") / "dispatch.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def paused(home: Home) -> bool:
+    return (home.spool.root / "paused").exists()
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    computed: Computed
+    pending: int
+    running: int
+    last_run: float | None
+    next_run: float | None
+
+    def to_json(self) -> dict[str, object]:
+        from hostctl.queues.task import utc_iso
+
+        q = self.computed.settings
+        return {
+            "name": q.name,
+            "type": q.type,
+            "frequency": q.frequency,
+            "items": q.items,
+            "enabled": q.enabled,
+            "calc_frequency": self.computed.frequency,
+            "calc_items": self.computed.items,
+            "threads": self.computed.threads,
+            "total": self.computed.total,
+            "pending": self.pending,
+            "running": self.running,
+            "last_run": utc_iso(self.last_run) if self.last_run else None,
+            "next_run": utc_iso(self.next_run) if self.next_run else None,
+        }
+
+
+class Dispatcher:
+    def __init__(self, home: Home, clock: Callable[[], float] = time.time) -> None:
+        self.home = home
+        self.clock = clock
+
+    # -- what each queue covers -------------------------------------------------------
+
+    def _sites(self, task_type: str) -> list[str]:
+        if task_type not in self.home.registry.types:
+            return []
+        return [c.display_name for c in self.home.store.list("site") if c.get("site_enabled")]
+
+    def totals(self) -> dict[str, tuple[int, int]]:
+        """(total, pending) per queue."""
+        spool = self.home.spool
+        counts = spool.counts()
+        retention = self.home.config.queues["task_gc"].retention_days
+        gc = len(gc_candidates(spool.dir("done"), spool.logs, retention, self.clock()))
+        cron, backup = len(self._sites("cron")), len(self._sites("backup"))
+        return {
+            "tasks": (counts["new"] + counts["deferred"], counts["new"]),
+            "cron": (cron, cron),
+            "backup": (backup, backup),
+            "task_gc": (gc, gc),
+        }
+
+    def info(self) -> list[QueueInfo]:
+        state = QueueState(self.home.spool.root / "queues.json")
+        now = self.clock()
+        running = self.home.spool.counts()["active"]
+        out = []
+        for name, (total, pending) in self.totals().items():
+            c = compute(self.home.config.queues[name], total)
+            last = state.last_run(name)
+            out.append(QueueInfo(c, pending, running if name == "tasks" else 0, last,
+                                 next_run(c, last, now)))
+        return out
+
+    # -- a pass -----------------------------------------------------------------------
+
+    def run(self, force: bool = False, only: str | None = None) -> DispatchReport:
+        if only is not None and only not in ORDER:
+            raise InvalidInput(f"unknown queue {only!r}; queues: {', '.join(ORDER)}")
+        report = DispatchReport()
+        self.home.writable()
+        with dispatch_lock(self.home) as mine:
+            if not mine:
+                report.locked_out = True
+                log.info("another dispatcher is running; nothing to do")
+                return report
+            worker = self.home.worker()
+            worker.sweep()
+            if paused(self.home):
+                report.paused = True
+                log.info("the queue is paused")
+                return report
+            self.run_due(worker, report, force, only)
+        return report
+
+    def run_due(self, worker: object, report: DispatchReport, force: bool = False,
+                only: str | None = None) -> None:
+        """Run each due queue (the caller holds the dispatcher lock)."""
+        from hostctl.queues.worker import Worker
+
+        assert isinstance(worker, Worker)
+        state = QueueState(self.home.spool.root / "queues.json")
+        totals = self.totals()
+        for name in ORDER:
+            if only is not None and name != only:
+                continue
+            c = compute(self.home.config.queues[name], totals[name][0])
+            now = self.clock()
+            if not is_due(c, state.last_run(name), now, force):
+                report.queues.append(QueueRun(name, False, "not due"))
+                continue
+            state.set_last_run(name, now)
+            try:
+                note = getattr(self, f"_queue_{name}")(c, state, worker, report)
+                report.queues.append(QueueRun(name, True, note))
+            except (HostctlError, OSError) as exc:
+                message = exc.message if isinstance(exc, HostctlError) else str(exc)
+                log.error("queue %s failed: %s", name, message)
+                report.queues.append(QueueRun(name, True, error=message))
+            except Exception as exc:  # one broken queue must not stop the others
+                log.exception("queue %s failed", name)
+                report.queues.append(QueueRun(name, True, error=f"{type(exc).__name__}: {exc}"))
+        try:
+            state.save()
+        except OSError as exc:
+            log.error("cannot save %s: %s", state.path, exc)
+
+    def _queue_tasks(self, c: Computed, state: QueueState, worker: object,
+                     report: DispatchReport) -> str:
+        from hostctl.queues.worker import Worker
+
+        assert isinstance(worker, Worker)
+        running = self.home.spool.counts()["active"]
+        slots = c.items - running
+        if slots <= 0:
+            return f"maximum number of tasks ({c.items}) already running"
+        worker.concurrency = slots
+        summary = worker.run(once=True)
+        report.started += summary.started
+        for k, v in summary.finished.items():
+            report.finished[k] = report.finished.get(k, 0) + v
+        return f"ran {summary.started} task(s)"
+
+    def _queue_sites(self, queue: str, c: Computed, state: QueueState) -> str:
+        sites = self._sites(queue)
+        if queue not in self.home.registry.types:
+            return f"no {queue} task type is configured"
+        times = state.site_times(queue)
+        sites.sort(key=lambda s: (times.get(s, 0.0), s))
+        queued = 0
+        from hostctl.queues import tasks as ops
+
+        for site in sites[: c.items]:
+            try:
+                ops.add(self.home, queue, site, {}, {}, priority=3)
+            except HostctlError as exc:
+                log.warning("queue %s: %s: %s", queue, site, exc)
+                continue
+            state.set_site_time(queue, site, self.clock())
+            queued += 1
+        return f"queued {queued} {queue} task(s)"
+
+    def _queue_cron(self, c: Computed, state: QueueState, worker: object,
+                    report: DispatchReport) -> str:
+        return self._queue_sites("cron", c, state)
+
+    def _queue_backup(self, c: Computed, state: QueueState, worker: object,
+                      report: DispatchReport) -> str:
+        return self._queue_sites("backup", c, state)
+
+    def _queue_task_gc(self, c: Computed, state: QueueState, worker: object,
+                       report: DispatchReport) -> str:
+        spool = self.home.spool
+        q = c.settings
+        victims = gc_candidates(spool.dir("done"), spool.logs, q.retention_days, self.clock())
+        for path in victims[: max(c.items, 1)]:
+            remove_task(path, spool.logs)
+        removed = min(len(victims), max(c.items, 1))
+        return f"removed {removed} finished task(s) older than {q.retention_days:g} days"

@@ -1,0 +1,138 @@
+"""Periodic queues (Aegir's hook_hosting_queues): tasks, cron, backup, task_gc.
+
+Each queue has a ``type``: serial, batch or spread, and Aegir's formulas turn its
+``frequency`` and ``items`` and the number of things it covers (``total``) into how often it
+runs and how much it does each time:
+
+    serial  every ``frequency`` s, ``items`` per run
+    batch   threads = total / threshold, clamped to [min_threads, max_threads];
+            every ceil(frequency / threads) s, ceil(total / threads) per run
+    spread  total > 0: every max(60, frequency / total) s,
+                       ceil(calc_frequency / frequency * total) per run
+            total = 0: every 86400 s, nothing per run
+
+The last run of each queue, and when each site last had its cron and backup queued, live in
+``HOME/spool/queues.json``, written atomically under the dispatcher lock.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hostctl.config import QueueSettings
+from hostctl.files import write_atomic
+
+# a queue whose frequency is cron's minute must run at every tick, although ticks come a
+# little early or late: a queue this close to due counts as due
+TICK_SLACK = 5.0
+
+
+@dataclass(frozen=True)
+class Computed:
+    settings: QueueSettings
+    total: int
+    frequency: float
+    items: int
+    threads: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+
+def compute(q: QueueSettings, total: int) -> Computed:
+    if q.type == "batch":
+        threads = int(min(max(total / q.threshold, q.min_threads), q.max_threads))
+        return Computed(q, total, float(math.ceil(q.frequency / threads)),
+                        math.ceil(total / threads), threads)
+    if q.type == "spread":
+        if total > 0:
+            freq = max(60.0, q.frequency / total)
+            return Computed(q, total, freq, math.ceil(freq / q.frequency * total))
+        return Computed(q, total, 86400.0, 0)
+    return Computed(q, total, q.frequency, q.items)
+
+
+def is_due(c: Computed, last: float | None, now: float, force: bool = False) -> bool:
+    if force:
+        return True
+    if not c.settings.enabled:
+        return False
+    return last is None or now - last >= c.frequency - min(TICK_SLACK, c.frequency / 10)
+
+
+def next_run(c: Computed, last: float | None, now: float) -> float | None:
+    """When the queue runs next (Aegir's estimate, on the computed frequency)."""
+    if not c.settings.enabled:
+        return None
+    if last is None or now - last >= c.frequency:
+        return now  # due: the next dispatch (or the daemon) runs it
+    return last + c.frequency
+
+
+class QueueState:
+    """Last runs and per-site bookkeeping, in one JSON file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.doc: dict[str, Any] = {}
+        try:
+            loaded = json.loads(path.read_bytes())
+            if isinstance(loaded, dict):
+                self.doc = loaded
+        except (OSError, ValueError):
+            self.doc = {}
+
+    def last_run(self, queue: str) -> float | None:
+        value = self.doc.get("last_run", {}).get(queue)
+        return float(value) if isinstance(value, int | float) else None
+
+    def set_last_run(self, queue: str, when: float) -> None:
+        self.doc.setdefault("last_run", {})[queue] = when
+
+    def site_times(self, queue: str) -> Mapping[str, float]:
+        value = self.doc.get("sites", {}).get(queue, {})
+        return value if isinstance(value, dict) else {}
+
+    def set_site_time(self, queue: str, site: str, when: float) -> None:
+        self.doc.setdefault("sites", {}).setdefault(queue, {})[site] = when
+
+    def save(self) -> None:
+        write_atomic(self.path, (json.dumps(self.doc, indent=1, sort_keys=True) + "\n").encode())
+
+
+def gc_candidates(done: Path, logs: Path, retention_days: float, now: float) -> list[Path]:
+    """Finished task files older than the retention period, oldest first."""
+    cutoff = now - retention_days * 86400
+    out = []
+    try:
+        names = os.listdir(done)
+    except FileNotFoundError:
+        return []
+    for name in sorted(names):
+        try:
+            if os.lstat(done / name).st_mtime < cutoff:
+                out.append(done / name)
+        except FileNotFoundError:
+            continue
+    return out
+
+
+def remove_task(path: Path, logs: Path) -> None:
+    task_id = path.name.removesuffix(".task")
+    for victim in (path, logs / f"{task_id}.log"):
+        try:
+            victim.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def now() -> float:
+    return time.time()
