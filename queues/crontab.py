@@ -107,7 +107,8 @@ def _locked(paths: Paths) -> Iterator[None]:
 
 
 def _backup(paths: Paths, text: str) -> Path:
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    now = time.time()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{now % 1:.6f}"[1:]
     path = paths.home / "crontab" / f"crontab.{stamp}"
     write_atomic(path, text.encode())
     return path
