@@ -99,7 +99,8 @@ def root(
         "--home", metavar="PATH",
         help="hostctl's home (default: $HOSTCTL_HOME, else the user data folder).")] = None,
     verbose: Annotated[int, typer.Option(
-        "-v", "--verbose", count=True, show_default=False, help="Say more on stderr (repeat for debug).")] = 0,
+        "-v", "--verbose", count=True, show_default=False,
+        help="Say more on stderr (repeat for debug).")] = 0,
     quiet: Annotated[bool, typer.Option(
         "-q", "--quiet", help="Print only results and errors.")] = False,
     traceback: Annotated[bool, typer.Option(

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import os
 import tomllib
-from contextlib import contextmanager
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 

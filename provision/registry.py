@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from hostctl.config import Config, CommandTask
+from hostctl.config import CommandTask, Config
 from hostctl.contexts.names import display, parse_name
 from hostctl.contexts.store import Context, ContextStore
 from hostctl.errors import InvalidInput, NotFound

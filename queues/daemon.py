@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hostctl.files import write_atomic
-from hostctl.queues.dispatcher import DispatchReport, Dispatcher, dispatch_lock, paused
+from hostctl.queues.dispatcher import Dispatcher, DispatchReport, dispatch_lock, paused
 from hostctl.queues.task import utc_iso
 
 if TYPE_CHECKING:

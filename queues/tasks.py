@@ -120,12 +120,7 @@ def run_now(home: Home, type_name: str, context: str, options: Mapping[str, str]
     if spool.context_busy(env.context):
         print(f"hostctl: waiting for the task running on {env.context}", file=sys.stderr)
     claim = spool.publish_claimed(env, wait=True)
-    worker = home.worker(echo=echo)
-    previous = signal.signal(signal.SIGINT, lambda *_: worker.stop_all("interrupted"))
-    try:
-        summary = worker.run_claim(claim)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    summary = home.worker(echo=echo).run_claim(claim)
     return spool.get(env.id), summary
 
 
@@ -141,7 +136,8 @@ def list_tasks(home: Home, status: str | None = None, context: str | None = None
         Status.PROCESSING: ("active",),
     }.get(wanted, ("done",)) if wanted else ("new", "deferred", "active", "done")
     return [t for t in home.spool.list(states)
-            if (wanted is None or t.status is wanted) and (ctx is None or t.envelope.context == ctx)]
+            if (wanted is None or t.status is wanted)
+            and (ctx is None or t.envelope.context == ctx)]
 
 
 def retry(home: Home, task_id: str) -> Task:

@@ -130,8 +130,12 @@ class Worker:
                 target()
                 continue
             if kind == "out":
+                if not target.out_open:  # closed by a reap earlier in this batch
+                    continue
                 self._read_output(target)
             else:
+                if target.exit_status is not None:
+                    continue
                 self._reap(target)
             if target.exit_status is not None and not target.out_open:
                 self._complete(target)
@@ -156,7 +160,10 @@ class Worker:
         """Run one claimed task to its end (a foreground provision-TYPE)."""
         self.start(claim)
         while self.running:
-            self.wait(None)
+            try:
+                self.wait(None)
+            except KeyboardInterrupt:  # Ctrl-C: stop the task, then report it
+                self.stop_all("interrupted")
         return self.summary
 
     # -- one task ---------------------------------------------------------------------
