@@ -16,10 +16,10 @@ import typer
 import typer.core
 
 # typer ships its own copy of click; its exceptions are the parser's usage errors.
-from typer._click.exceptions import ClickException
+from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
 from hostctl import __version__
-from hostctl.cli import contexts, provision, runners, save, tasks
+from hostctl.cli import contexts, provision, runners, save, security, tasks
 from hostctl.cli.common import State
 from hostctl.errors import ExitStatus, HostctlError
 from hostctl.paths import Paths, resolve_home
@@ -37,6 +37,11 @@ class RootGroup(typer.core.TyperGroup):
         except HostctlError:
             return {}
         return {n: registry.get(n) for n in registry.names()}
+
+    def invoke(self, ctx: Any) -> Any:
+        # the root callback runs after the parser has taken the sub-command's arguments
+        ctx.meta["hostctl.args"] = [*getattr(ctx, "protected_args", ()), *ctx.args]
+        return super().invoke(ctx)
 
     def list_commands(self, ctx: Any) -> list[str]:
         names = list(super().list_commands(ctx))
@@ -73,6 +78,8 @@ app.command("dispatch")(runners.dispatch)
 app.command("wait-queue")(runners.wait_queue)
 app.add_typer(runners.cron_app, name="cron")
 app.add_typer(runners.service_app, name="service")
+app.add_typer(security.frontend_app, name="frontend")
+app.command("doctor")(security.doctor)
 tasks.queue_app.command("list")(runners.queue_list)
 tasks.queue_app.command("pause")(runners.queue_pause)
 tasks.queue_app.command("resume")(runners.queue_resume)
@@ -115,6 +122,12 @@ def root(
         level = logging.DEBUG
     logging.basicConfig(level=level, format="hostctl: %(message)s", stream=sys.stderr)
     ctx.obj = State(paths=Paths(resolve_home(home)), verbose=verbose, quiet=quiet)
+    sub = ctx.invoked_subcommand
+    asks_help = any(a in ("--help", "-h") for a in ctx.meta.get("hostctl.args", ()))
+    if sub and sub != "task" and not ctx.resilient_parsing and not asks_help:
+        from hostctl.queues.dropbox import refuse_frontend
+
+        refuse_frontend(ctx.obj.paths, sub)
 
 
 def _fail(message: str, status: int) -> int:
@@ -138,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     except HostctlError as exc:
         return _fail(exc.message, exc.exit_status)
+    except NoArgsIsHelpError as exc:  # a bare group: its help, laid out, as a usage error
+        sys.stderr.write(exc.format_message().rstrip("\n") + "\n")
+        return exc.exit_code
     except ClickException as exc:
         where = getattr(getattr(exc, "ctx", None), "command_path", "hostctl")
         return _fail(f"{exc.format_message()} (see '{where} --help')", exc.exit_code)

@@ -13,7 +13,7 @@ import typer
 
 from hostctl.cli.common import complete_context, state
 from hostctl.cli.save import parse_field_args
-from hostctl.errors import ExitStatus
+from hostctl.errors import ExitStatus, HostctlError
 from hostctl.queues import tasks as ops
 
 PREFIX = "provision-"
@@ -27,7 +27,10 @@ def provision_task(
 ) -> None:
     home = ops.Home(state(ctx).paths)
     type_name = (ctx.info_name or "").removeprefix(PREFIX)
-    name, options = parse_field_args(list(args or []), lambda _: False, f"{PREFIX}{type_name}")
+    declared = {k.replace("-", "_"): k for k in _declared_options(home, type_name)}
+    name, options = parse_field_args(
+        list(args or []), lambda _: False, f"{PREFIX}{type_name}",
+        lambda key: declared.get(key.replace("-", "_"), key))
     task, summary = ops.run_now(home, type_name, name, options)
     label = task.status.label
     print(f"hostctl: {type_name} on {task.envelope.context}: {label} (task {task.id})"
@@ -37,6 +40,14 @@ def provision_task(
         raise typer.Exit(ExitStatus.INTERRUPTED)
     if label not in ("success", "warning"):
         raise typer.Exit(ExitStatus.ERROR)
+
+
+def _declared_options(home: ops.Home, type_name: str) -> list[str]:
+    """The option names the task type declares, as written (``dry-run`` stays dashed)."""
+    try:
+        return list(home.registry.get(type_name).options)
+    except HostctlError:
+        return []
 
 
 def make_command(type_name: str, help_text: str, options: dict[str, str]) -> Any:

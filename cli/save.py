@@ -22,13 +22,22 @@ def _bool_field(key: str) -> bool:
     )
 
 
+def _field_spelling(key: str) -> str:
+    return key.replace("-", "_")
+
+
 def parse_field_args(
-    tokens: list[str], flag: Callable[[str], bool] = _bool_field, what: str = "provision-save"
+    tokens: list[str],
+    flag: Callable[[str], bool] = _bool_field,
+    what: str = "provision-save",
+    spelling: Callable[[str], str] = _field_spelling,
 ) -> tuple[str, dict[str, str]]:
     """Split ``@NAME --field value --other=value`` into the name and the field changes.
 
     A value that starts with ``--`` must be written ``--field=--value``; a boolean field
     given alone (``--site_enabled``) means true. A field given twice is refused.
+    ``spelling`` maps an option as typed to its canonical name (for context fields, the
+    dashed spelling to the underscored one).
     """
     name: str | None = None
     changes: dict[str, str] = {}
@@ -42,7 +51,7 @@ def parse_field_args(
             name = token
             continue
         key, eq, value = token[2:].partition("=")
-        key = key.replace("-", "_")
+        key = spelling(key)
         if not key:
             raise InvalidInput(f"malformed option {token!r}")
         if not eq:

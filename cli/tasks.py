@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from hostctl.cli.common import JsonFlag, complete_context, emit_json, say, state, table
+from hostctl.contexts.names import display, parse_name
+from hostctl.queues import dropbox
 from hostctl.queues import tasks as ops
-from hostctl.queues.task import Status, Task
+from hostctl.queues.task import Status
 
 app = typer.Typer(help="Queue tasks and follow them.", no_args_is_help=True)
 queue_app = typer.Typer(help="The queue as a whole.", no_args_is_help=True)
@@ -32,6 +34,9 @@ def _complete_status(incomplete: str) -> list[str]:
 
 
 TaskId = Annotated[str, typer.Argument(metavar="ID", help="The task's id.")]
+ReceiptOpt = Annotated[str | None, typer.Option(
+    "--receipt", metavar="TOKEN",
+    help="A front end: the receipt printed by `task add --json` (default: the one kept).")]
 
 
 @app.command("add")
@@ -53,7 +58,26 @@ def add(
         "--delay", min=0, metavar="SECONDS", help="Run no sooner than this.")] = 0.0,
     json_: JsonFlag = False,
 ) -> None:
-    """Validate and queue a task; print its id (an identical queued task's, if any)."""
+    """Validate and queue a task; print its id (an identical queued task's, if any).
+
+    Run by a front-end user who does not own the home, the task goes through the spool's
+    drop box: it is checked when the back end admits it, and its receipt lets this user
+    follow it with `task show` and `task log`.
+    """
+    paths = state(ctx).paths
+    if dropbox.is_frontend(paths):
+        dropped = dropbox.submit(
+            paths, type_, context, ops.parse_pairs(option or [], "--option"),
+            ops.parse_pairs(context_option or [], "--context-option"), priority, delay)
+        kept = dropbox.ReceiptBook.default().keep(dropped)
+        if json_:
+            emit_json({"id": dropped.id, "receipt": dropped.receipt, "status": "incoming"})
+            return
+        typer.echo(dropped.id)
+        if not kept:
+            print(f"hostctl: could not keep the receipt; follow the task with --receipt "
+                  f"{dropped.receipt}", file=sys.stderr)
+        return
     home = _home(ctx)
     added = ops.add(
         home, type_, context,
@@ -80,48 +104,61 @@ def list_(
         autocompletion=complete_context)] = None,
     json_: JsonFlag = False,
 ) -> None:
-    """List tasks, oldest first."""
-    found = ops.list_tasks(_home(ctx), status, context)
+    """List tasks, oldest first (a front-end user: the tasks it submitted)."""
+    paths = state(ctx).paths
+    if dropbox.is_frontend(paths):
+        wanted = Status.parse(status).label if status is not None else None
+        name = display(parse_name(context)) if context is not None else None
+        docs = [d for d in dropbox.frontend_list(paths)
+                if (wanted is None or d.get("status") == wanted)
+                and (name is None or d.get("context") == name)]
+    else:
+        docs = [t.to_json() for t in ops.list_tasks(_home(ctx), status, context)]
     if json_:
-        emit_json([t.to_json() for t in found])
-    elif found:
-        rows = [(t.id, t.envelope.type, t.envelope.context, t.status.label,
-                 str(t.envelope.priority), str(len(t.attempts)), t.envelope.created)
-                for t in found]
+        emit_json(docs)
+    elif docs:
+        rows = [(str(d["id"]), str(d.get("type") or ""), str(d.get("context") or ""),
+                 str(d["status"]), str(d.get("priority") or ""),
+                 str(len(d.get("attempts") or [])), str(d.get("created") or ""))
+                for d in docs]
         typer.echo(table(rows, ("ID", "TYPE", "CONTEXT", "STATUS", "PRIO", "RUNS",
                                 "CREATED")))
 
 
-def _show(task: Task) -> None:
-    doc = task.to_json()
-    typer.echo(f"task {task.id}: {task.envelope.type} on {task.envelope.context}")
+def _show(doc: dict[str, Any]) -> None:
+    typer.echo(f"task {doc['id']}: {doc.get('type') or '?'} on {doc.get('context') or '?'}")
     for key in ("status", "priority", "created", "started", "finished", "due", "reason",
                 "log"):
         if doc.get(key) not in (None, ""):
             typer.echo(f"  {key + ':':10} {doc[key]}")
-    for label, mapping in (("option", doc["options"]), ("context option",
-                                                          doc["context_options"])):
+    for label, mapping in (("option", doc.get("options") or {}),
+                           ("context option", doc.get("context_options") or {})):
         for k, v in mapping.items():
             typer.echo(f"  {label}: {k}={v}")
-    for a in task.attempts:
-        typer.echo(f"  attempt {a.number}: {a.started} -> {a.finished or '...'} "
-                   f"{a.outcome or 'running'}"
-                   + (f" (exit {a.exit})" if a.exit is not None else "")
-                   + (f": {a.reason}" if a.reason else ""))
-    if doc["result"]:
+    for a in doc.get("attempts") or []:
+        typer.echo(f"  attempt {a['attempt']}: {a['started']} -> {a['finished'] or '...'} "
+                   f"{a['outcome'] or 'running'}"
+                   + (f" (exit {a['exit_code']})" if a["exit_code"] is not None else "")
+                   + (f": {a['reason']}" if a["reason"] else ""))
+    if doc.get("result"):
         typer.echo("  result:")
         for k, v in doc["result"].items():
             typer.echo(f"    {k}: {v}")
 
 
 @app.command("show")
-def show(ctx: typer.Context, task_id: TaskId, json_: JsonFlag = False) -> None:
+def show(ctx: typer.Context, task_id: TaskId, receipt: ReceiptOpt = None,
+         json_: JsonFlag = False) -> None:
     """Show one task with its attempts and result."""
-    task = ops.get(_home(ctx), task_id)
-    if json_:
-        emit_json(task.to_json())
+    paths = state(ctx).paths
+    if dropbox.is_frontend(paths):
+        doc = dropbox.frontend_show(paths, task_id, receipt)
     else:
-        _show(task)
+        doc = ops.get(_home(ctx), task_id).to_json()
+    if json_:
+        emit_json(doc)
+    else:
+        _show(doc)
 
 
 @app.command("log")
@@ -130,10 +167,14 @@ def log_(
     task_id: TaskId,
     follow: Annotated[bool, typer.Option(
         "--follow", "-f", help="Keep printing until the task ends.")] = False,
+    receipt: ReceiptOpt = None,
 ) -> None:
     """Print a task's log."""
     out = sys.stdout.buffer
-    for chunk in ops.follow_log(_home(ctx), task_id, follow):
+    paths = state(ctx).paths
+    chunks = (dropbox.frontend_log(paths, task_id, follow, receipt)
+              if dropbox.is_frontend(paths) else ops.follow_log(_home(ctx), task_id, follow))
+    for chunk in chunks:
         out.write(chunk)
         out.flush()
 
@@ -141,6 +182,7 @@ def log_(
 @app.command("retry")
 def retry(ctx: typer.Context, task_id: TaskId, json_: JsonFlag = False) -> None:
     """Queue a finished task again under the same id (its history stays)."""
+    dropbox.refuse_frontend(state(ctx).paths, "task retry")
     task = ops.retry(_home(ctx), task_id)
     if json_:
         emit_json(task.to_json())
@@ -151,6 +193,7 @@ def retry(ctx: typer.Context, task_id: TaskId, json_: JsonFlag = False) -> None:
 @app.command("cancel")
 def cancel(ctx: typer.Context, task_id: TaskId, json_: JsonFlag = False) -> None:
     """Cancel a queued task, or stop a running one (TERM, then KILL after a grace period)."""
+    dropbox.refuse_frontend(state(ctx).paths, "task cancel")
     task = ops.cancel(_home(ctx), task_id)
     if json_:
         emit_json(task.to_json())
@@ -160,7 +203,7 @@ def cancel(ctx: typer.Context, task_id: TaskId, json_: JsonFlag = False) -> None
 
 @queue_app.command("status")
 def status(ctx: typer.Context, json_: JsonFlag = False) -> None:
-    """Tasks per status, the oldest queued task's age, and quarantined files."""
+    """Tasks per status, the oldest queued task's age, quarantined and rejected files."""
     from hostctl.queues.daemon import daemons
     from hostctl.queues.dispatcher import paused
 
@@ -183,3 +226,5 @@ def status(ctx: typer.Context, json_: JsonFlag = False) -> None:
         typer.echo(f"oldest queued task: {st.oldest_queued_age:.1f} s old")
     for name, reason in st.quarantined:
         typer.echo(f"quarantined: {name}: {reason}")
+    for name, reason in st.rejected:
+        typer.echo(f"rejected submission: {name}: {reason}")

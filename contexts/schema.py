@@ -280,3 +280,9 @@ def context_type(name: str) -> ContextType:
 
 def all_field_names() -> list[str]:
     return sorted({f for t in TYPES.values() for f in t.fields})
+
+
+def secret_field_names() -> frozenset[str]:
+    """Fields marked secret in any context type: never shown, never put on a command line."""
+    return frozenset(f.name for t in (SERVER, PLATFORM, SITE) for f in t.fields.values()
+                     if f.secret)

@@ -127,12 +127,22 @@ class ContextStore:
     def exists(self, name: str) -> bool:
         return self.paths.context_file(parse_name(name)).exists()
 
-    def list(self, type_name: str | None = None) -> list[Context]:
+    def list(
+        self, type_name: str | None = None, malformed: list[MalformedFile] | None = None
+    ) -> list[Context]:
+        """The contexts (of one type), by name. A malformed file raises MalformedFile, or,
+        when a ``malformed`` list is given, is added to it and passed over."""
         if type_name is not None:
             context_type(type_name)
         found = []
         for bare in self.names():
-            ctx = self._read(bare)
+            try:
+                ctx = self._read(bare)
+            except MalformedFile as exc:
+                if malformed is None:
+                    raise
+                malformed.append(exc)
+                continue
             if ctx is not None and (type_name is None or ctx.type == type_name):
                 found.append(ctx)
         return found
@@ -168,44 +178,21 @@ class ContextStore:
         """
         bare = parse_name(name)
         wanted = context_type(type_name) if type_name is not None else None
+        # Validate once before taking the lock: a refused save writes nothing at all,
+        # not even the lock file of a fresh home. The lock-held pass below is the one
+        # that counts.
+        self._build(bare, changes, wanted, self._read(bare))
         with self._locked():
             old = self._read(bare)
-            if old is None and wanted is None:
-                raise InvalidInput(
-                    f"{display(bare)} does not exist; give --context_type "
-                    f"({', '.join(TYPES)}) to create it"
-                )
-            if old is not None and wanted is not None and wanted.name != old.type:
-                raise Conflict(
-                    f"{display(bare)} is a {old.type}, not a {wanted.name}; "
-                    "delete it first to change its type"
-                )
-            schema = wanted if old is None else old.schema
-            assert schema is not None
-            values = dict(old.values) if old else {}
-            changed = []
-            for key, raw in changes.items():
-                spec = schema.field(key)
-                if raw == NULL:
-                    values.pop(spec.name, None)
-                else:
-                    values[spec.name] = spec.parse(raw)
-                changed.append(spec.name)
-            self._check_complete(bare, schema, values)
-            now = utcnow()
-            ctx = Context(
-                name=bare,
-                type=schema.name,
-                values=values,
-                created=old.created if old else now,
-                updated=now,
-            )
+            ctx, changed = self._build(bare, changes, wanted, old)
             self._write(ctx)
         return SaveResult(ctx, created=old is None, changed=tuple(changed))
 
     def delete(self, name: str) -> Context:
         """Remove a context; refused while another context refers to it."""
         bare = parse_name(name)
+        if self._read(bare) is None:
+            raise NotFound(f"no context {display(bare)}")
         with self._locked():
             ctx = self._read(bare)
             if ctx is None:
@@ -224,6 +211,45 @@ class ContextStore:
         return ctx
 
     # -- internals --------------------------------------------------------------------
+
+    def _build(
+        self,
+        bare: str,
+        changes: Mapping[str, str],
+        wanted: ContextType | None,
+        old: Context | None,
+    ) -> tuple[Context, list[str]]:
+        if old is None and wanted is None:
+            raise InvalidInput(
+                f"{display(bare)} does not exist; give --context_type "
+                f"({', '.join(TYPES)}) to create it"
+            )
+        if old is not None and wanted is not None and wanted.name != old.type:
+            raise Conflict(
+                f"{display(bare)} is a {old.type}, not a {wanted.name}; "
+                "delete it first to change its type"
+            )
+        schema = wanted if old is None else old.schema
+        assert schema is not None
+        values = dict(old.values) if old else {}
+        changed = []
+        for key, raw in changes.items():
+            spec = schema.field(key)
+            if raw == NULL:
+                values.pop(spec.name, None)
+            else:
+                values[spec.name] = spec.parse(raw)
+            changed.append(spec.name)
+        self._check_complete(bare, schema, values)
+        now = utcnow()
+        ctx = Context(
+            name=bare,
+            type=schema.name,
+            values=values,
+            created=old.created if old else now,
+            updated=now,
+        )
+        return ctx, changed
 
     def _check_complete(self, bare: str, schema: ContextType, values: Mapping[str, Value]) -> None:
         missing = [f.name for f in schema.fields.values() if f.required and f.name not in values]
@@ -271,7 +297,7 @@ class ContextStore:
             raise MalformedFile(f"cannot read {path}: {exc.strerror}") from exc
         try:
             return _decode(bare, raw)
-        except (InvalidInput, ValueError, UnicodeDecodeError) as exc:
+        except (InvalidInput, ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise MalformedFile(f"malformed context file {path}: {_one_line(exc)}") from exc
 
     def _write(self, ctx: Context) -> None:

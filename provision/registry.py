@@ -216,3 +216,28 @@ def _as_text(value: object) -> str:
     if isinstance(value, list):
         return ",".join(value)
     return str(value)
+
+
+def secret_values(ctx: Context, store: ContextStore) -> tuple[bytes, ...]:
+    """The secret field values of a context and of the contexts it refers to, longest
+    first (to be redacted from task logs); values under 4 bytes are left alone."""
+    from hostctl.contexts.schema import secret_field_names
+
+    names = secret_field_names()
+    found: set[bytes] = set()
+    seen: set[str] = set()
+    todo = [ctx]
+    while todo:
+        cur = todo.pop()
+        if cur.name in seen:
+            continue
+        seen.add(cur.name)
+        for key, value in cur.effective(show_secrets=True).items():
+            if key in names and isinstance(value, str) and len(value.encode()) >= 4:
+                found.add(value.encode())
+            elif isinstance(value, str) and value.startswith("@") and len(seen) < 8:
+                try:
+                    todo.append(store.get(parse_name(value)))
+                except (NotFound, InvalidInput):
+                    pass
+    return tuple(sorted(found, key=len, reverse=True))

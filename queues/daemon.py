@@ -85,7 +85,7 @@ class WaitQueue:
     # -- lifecycle --------------------------------------------------------------------
 
     def start(self) -> None:
-        from hostctl.queues.inotify import Inotify
+        from hostctl.queues.inotify import IN_DELETE, Inotify
 
         spool = self.home.writable()
         self.worker = worker = self.home.worker(self.concurrency)
@@ -94,6 +94,8 @@ class WaitQueue:
         try:
             ino = Inotify([spool.dir("new"), spool.dir("incoming"), spool.dir("deferred")])
             worker.watch(ino, lambda: self._on_folder_change(ino))
+            resumed = Inotify([spool.root], IN_DELETE)  # `queue resume` removes `paused`
+            worker.watch(resumed, resumed.drain)
         except OSError as exc:
             log.warning("no inotify (%s): new tasks are found by the periodic rescan", exc)
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -122,9 +124,7 @@ class WaitQueue:
             self._reload()
         if now >= self._next_housekeeping:
             self._next_housekeeping = now + HOUSEKEEPING_EVERY
-            worker.sweep()
-            self._periodic()
-            self._touch_liveness()
+            self._housekeeping()
         if not self.stopping(now) and not paused(self.home):
             worker.step()
 
@@ -188,6 +188,19 @@ class WaitQueue:
         if self.concurrency is None:
             self.worker.concurrency = fresh.config.worker.concurrency
         log.warning("config reloaded")
+
+    def _housekeeping(self) -> None:
+        """Sweep, the periodic queues, liveness: a failure is logged and tried again at
+        the next round; it never stops the daemon."""
+        from hostctl.errors import HostctlError
+
+        assert self.worker is not None
+        for job in (self.worker.sweep, self._periodic, self._touch_liveness):
+            try:
+                job()
+            except (HostctlError, OSError) as exc:
+                message = exc.message if isinstance(exc, HostctlError) else str(exc)
+                log.error("housekeeping: %s", message)
 
     def _periodic(self) -> None:
         """The periodic queues (not tasks: that is this daemon's own job), if due."""

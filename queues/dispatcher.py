@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from hostctl.errors import HostctlError, InvalidInput
+from hostctl.errors import HostctlError, InvalidInput, MalformedFile
 from hostctl.queues.periodic import (
     Computed,
     QueueState,
@@ -31,7 +31,6 @@ from hostctl.queues.periodic import (
     gc_candidates,
     is_due,
     next_run,
-    remove_task,
 )
 
 if TYPE_CHECKING:
@@ -118,24 +117,29 @@ class Dispatcher:
 
     # -- what each queue covers -------------------------------------------------------
 
-    def _sites(self, task_type: str) -> list[str]:
+    def _sites(self, task_type: str, malformed: list[MalformedFile] | None = None) -> list[str]:
+        """The enabled sites; a malformed context file is passed over (into ``malformed``)."""
         if task_type not in self.home.registry.types:
             return []
-        return [c.display_name for c in self.home.store.list("site") if c.get("site_enabled")]
+        sites = self.home.store.list("site", [] if malformed is None else malformed)
+        return [c.display_name for c in sites if c.get("site_enabled")]
+
+    def total(self, name: str) -> tuple[int, int]:
+        """(total, pending) of one queue."""
+        spool = self.home.spool
+        if name == "tasks":
+            counts = spool.counts()
+            return counts["new"] + counts["deferred"], counts["new"]
+        if name == "task_gc":
+            retention = self.home.config.queues["task_gc"].retention_days
+            gc = len(gc_candidates(spool.dir("done"), spool.logs, retention, self.clock()))
+            return gc, gc
+        sites = len(self._sites(name))
+        return sites, sites
 
     def totals(self) -> dict[str, tuple[int, int]]:
         """(total, pending) per queue."""
-        spool = self.home.spool
-        counts = spool.counts()
-        retention = self.home.config.queues["task_gc"].retention_days
-        gc = len(gc_candidates(spool.dir("done"), spool.logs, retention, self.clock()))
-        cron, backup = len(self._sites("cron")), len(self._sites("backup"))
-        return {
-            "tasks": (counts["new"] + counts["deferred"], counts["new"]),
-            "cron": (cron, cron),
-            "backup": (backup, backup),
-            "task_gc": (gc, gc),
-        }
+        return {name: self.total(name) for name in ORDER}
 
     def info(self) -> list[QueueInfo]:
         state = QueueState(self.home.spool.root / "queues.json")
@@ -177,24 +181,23 @@ class Dispatcher:
 
         assert isinstance(worker, Worker)
         state = QueueState(self.home.spool.root / "queues.json")
-        totals = self.totals()
         for name in ORDER:
             if only is not None and name != only:
                 continue
-            c = compute(self.home.config.queues[name], totals[name][0])
-            now = self.clock()
-            if not is_due(c, state.last_run(name), now, force):
-                report.queues.append(QueueRun(name, False, "not due"))
-                continue
-            state.set_last_run(name, now)
-            try:
+            try:  # one broken queue must not stop the others
+                c = compute(self.home.config.queues[name], self.total(name)[0])
+                now = self.clock()
+                if not is_due(c, state.last_run(name), now, force):
+                    report.queues.append(QueueRun(name, False, "not due"))
+                    continue
+                state.set_last_run(name, now)
                 note = getattr(self, f"_queue_{name}")(c, state, worker, report)
                 report.queues.append(QueueRun(name, True, note))
             except (HostctlError, OSError) as exc:
                 message = exc.message if isinstance(exc, HostctlError) else str(exc)
                 log.error("queue %s failed: %s", name, message)
                 report.queues.append(QueueRun(name, True, error=message))
-            except Exception as exc:  # one broken queue must not stop the others
+            except Exception as exc:
                 log.exception("queue %s failed", name)
                 report.queues.append(QueueRun(name, True, error=f"{type(exc).__name__}: {exc}"))
         try:
@@ -219,7 +222,8 @@ class Dispatcher:
         return f"ran {summary.started} task(s)"
 
     def _queue_sites(self, queue: str, c: Computed, state: QueueState) -> str:
-        sites = self._sites(queue)
+        malformed: list[MalformedFile] = []
+        sites = self._sites(queue, malformed)
         if queue not in self.home.registry.types:
             return f"no {queue} task type is configured"
         times = state.site_times(queue)
@@ -235,6 +239,9 @@ class Dispatcher:
                 continue
             state.set_site_time(queue, site, self.clock())
             queued += 1
+        if malformed:  # the good sites got their run; the broken files are the error
+            raise MalformedFile(f"queued {queued} {queue} task(s); passed over "
+                                f"{len(malformed)} unreadable context(s): {malformed[0].message}")
         return f"queued {queued} {queue} task(s)"
 
     def _queue_cron(self, c: Computed, state: QueueState, worker: object,
@@ -251,6 +258,9 @@ class Dispatcher:
         q = c.settings
         victims = gc_candidates(spool.dir("done"), spool.logs, q.retention_days, self.clock())
         for path in victims[: max(c.items, 1)]:
-            remove_task(path, spool.logs)
+            spool.remove_done(path)
+        for path in gc_candidates(spool.dir("rejected"), spool.logs, q.retention_days,
+                                  self.clock()):
+            spool.remove_rejected(path)
         removed = min(len(victims), max(c.items, 1))
         return f"removed {removed} finished task(s) older than {q.retention_days:g} days"

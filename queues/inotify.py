@@ -1,8 +1,9 @@
 """A minimal inotify wrapper (Linux), so an idle worker sleeps in the kernel.
 
 The worker watches the spool's ``new/``, ``incoming/`` and ``deferred/`` folders: a
-publish (a link or rename into ``new/``) wakes it at once. Where inotify is missing the
-worker falls back to its periodic rescan.
+publish (a link or rename into ``new/``) wakes it at once. The daemon also watches the
+spool's root for deletions only: ``queue resume`` removes the ``paused`` file. Where
+inotify is missing the worker falls back to its periodic rescan.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 IN_CLOSE_WRITE = 0x00000008
 IN_MOVED_TO = 0x00000080
 IN_CREATE = 0x00000100
+IN_DELETE = 0x00000200
 IN_NONBLOCK = 0o4000
 IN_CLOEXEC = 0o2000000
 WAKE_MASK = IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE

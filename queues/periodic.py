@@ -125,14 +125,5 @@ def gc_candidates(done: Path, logs: Path, retention_days: float, now: float) -> 
     return out
 
 
-def remove_task(path: Path, logs: Path) -> None:
-    task_id = path.name.removesuffix(".task")
-    for victim in (path, logs / f"{task_id}.log"):
-        try:
-            victim.unlink()
-        except FileNotFoundError:
-            pass
-
-
 def now() -> float:
     return time.time()

@@ -29,8 +29,8 @@ def die_with_parent() -> None:
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat)."""
+def _stat(pid: int | str) -> tuple[int, int, int] | None:
+    """(process group, session, start time in clock ticks) from /proc/PID/stat."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             data = fh.read()
@@ -38,9 +38,26 @@ def start_time(pid: int) -> int | None:
         return None
     rest = data[data.rfind(b")") + 2:].split()
     try:
-        return int(rest[19])
+        return int(rest[2]), int(rest[3]), int(rest[19])
     except (IndexError, ValueError):
         return None
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    found = _stat(pid)
+    return found[2] if found else None
+
+
+def group_start_times(pgid: int) -> list[int]:
+    """Start times of the living processes whose process group and session are ``pgid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            st = _stat(entry)
+            if st is not None and st[0] == pgid and st[1] == pgid:
+                found.append(st[2])
+    return found
 
 
 def signal_group(pgid: int, sig: int) -> bool:
@@ -52,12 +69,28 @@ def signal_group(pgid: int, sig: int) -> bool:
 
 
 def kill_group(pgid: object, leader_start: object) -> bool:
-    """SIGKILL a task's process group if its leader is still the process we started."""
+    """SIGKILL what is left of a task's process group (its session, from setsid)."""
+    return (isinstance(pgid, int) and is_task_group(pgid, leader_start)
+            and signal_group(pgid, signal.SIGKILL))
+
+
+def is_task_group(pgid: object, leader_start: object) -> bool:
+    """Whether process group ``pgid`` is still the one a task's leader started.
+
+    While the leader lives, its start time must be the one recorded (else the pid now
+    belongs to another process). Once the leader is gone, the kernel cannot hand its pid
+    out again while any member of its group lives, so the members still in that group and
+    session, started no earlier than the leader, are the task's own descendants.
+    """
     if not isinstance(pgid, int) or pgid <= 1:
         return False
-    if leader_start is not None and start_time(pgid) != leader_start:
-        return False
-    return signal_group(pgid, signal.SIGKILL)
+    current = start_time(pgid)
+    if current is not None:
+        return leader_start is None or current == leader_start
+    members = group_start_times(pgid)
+    if isinstance(leader_start, int):
+        return bool(members) and all(t >= leader_start for t in members)
+    return bool(members)
 
 
 def alive(pid: int) -> bool:

@@ -3,14 +3,16 @@
 Layout (one local file system; every name below is a plain file unless it ends in ``/``)::
 
     spool/
-      incoming/     other writers (a front end) drop ``*.task`` files here: tmp name, then
-                    rename. Each is admitted (checked, then published) or quarantined.
+      incoming/     the drop box: front ends drop ``*.task`` files here (dot-name, then
+                    rename). Each is admitted (checked, then published) or rejected.
       tmp/          staging for hostctl's own writes (``.ID.tmp``)
       new/          ready to run:   P ID .task          P = 9 - priority
       deferred/     waiting:        DUE . P ID .task    DUE = 13 hex digits of Unix ms
       active/       claimed:        P ID .task          flock'ed by its worker
       done/         finished:       ID .task            status in its last ``end`` event
       quarantine/   garbage:        NAME and NAME.reason
+      rejected/     refused drops:  NAME and NAME.reason
+      outbox/       receipts:       RECEIPT.json (a dropped task's status), RECEIPT.log
       keys/         de-duplication: HASH holds the id of the last task with that key
       locks/        publish.lock, context.NAME.lock
 
@@ -43,8 +45,11 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import logging
 import os
 import random
+import shutil
+import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -53,23 +58,25 @@ from pathlib import Path
 from typing import Any
 
 from hostctl.errors import Conflict, InvalidInput, NotFound, OperationFailed
-from hostctl.files import fsync_dir
+from hostctl.files import NETWORK_FILESYSTEMS, filesystem_type, fsync_dir, write_private
 from hostctl.queues.task import (
     MAX_TASK_BYTES,
     Envelope,
     Task,
-    decode_envelope,
     decode_task,
     encode_event,
     new_id,
     valid_id,
 )
 
-FOLDERS = ("incoming", "tmp", "new", "deferred", "active", "done", "quarantine", "keys",
-           "locks")
+FOLDERS = ("incoming", "tmp", "new", "deferred", "active", "done", "quarantine", "rejected",
+           "outbox", "keys", "locks")
 SUFFIX = ".task"
+log = logging.getLogger(__name__)
 STALE_TMP_SECONDS = 3600.0
-_OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
+# O_NONBLOCK: a FIFO or device planted in a spool folder must not hang the opener.
+_OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+_READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 
 
 @dataclass(frozen=True)
@@ -136,9 +143,10 @@ class Claim:
 class Spool:
     """The spool-directory queue backend (see the module docstring)."""
 
-    def __init__(self, root: Path, logs: Path) -> None:
+    def __init__(self, root: Path, logs: Path, allow_network_filesystem: bool = False) -> None:
         self.root = root
         self.logs = logs
+        self.allow_network_filesystem = allow_network_filesystem
         self._ready = False
 
     # -- set-up -----------------------------------------------------------------------
@@ -147,11 +155,19 @@ class Spool:
         if self._ready:
             return
         try:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
             for name in FOLDERS:
-                (self.root / name).mkdir(mode=0o700, parents=True, exist_ok=True)
+                (self.root / name).mkdir(mode=0o700, exist_ok=True)
             self.logs.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise OperationFailed(f"cannot create the spool in {self.root}: {exc}") from exc
+        if not self.allow_network_filesystem:
+            fstype = filesystem_type(self.root)
+            if fstype in NETWORK_FILESYSTEMS:
+                raise OperationFailed(
+                    f"the spool {self.root} is on a {fstype} file system, where file locks "
+                    "are not reliable; move the home to a local disk (or set "
+                    "[spool] allow_network_filesystem = true in config.toml)")
         self._ready = True
 
     def dir(self, name: str) -> Path:
@@ -173,7 +189,7 @@ class Spool:
                     return existing, False
             self._write_new(env, delay)
             with suppress(OSError):
-                key.write_text(env.id)
+                write_private(key, env.id.encode())
         return env.id, True
 
     def _write_new(self, env: Envelope, delay: float) -> None:
@@ -264,24 +280,34 @@ class Spool:
 
     def counts(self) -> dict[str, int]:
         return {s: len(self._names(s)) for s in ("incoming", "new", "deferred", "active",
-                                                 "done", "quarantine")}
+                                                 "done", "quarantine", "rejected")}
 
     def _names(self, state: str) -> list[str]:
         try:
             names = os.listdir(self.dir(state))
         except FileNotFoundError:
             return []
-        if state == "quarantine":
+        if state in ("quarantine", "rejected"):
             return [n for n in names if not n.endswith(".reason")]
         return sorted(n for n in names if not n.startswith("."))
 
     def _read_path(self, path: Path, state: str) -> Task:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_TASK_BYTES * 16 + 1)
-        return self._decode(data, state, path.name)
+        try:
+            fd = os.open(path, _READ_FLAGS)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:  # a folder, a symlink, unreadable
+            raise InvalidInput(f"cannot open {path.name}: {exc.strerror}") from exc
+        try:
+            return self._read_fd(fd, state, path.name)
+        finally:
+            os.close(fd)
 
     def _read_fd(self, fd: int, state: str, name: str = "") -> Task:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidInput(f"{name or 'the task file'} is not a regular file")
+        size = st.st_size
         return self._decode(os.pread(fd, min(size, MAX_TASK_BYTES * 16 + 1), 0), state, name)
 
     def _decode(self, data: bytes, state: str, name: str) -> Task:
@@ -443,12 +469,14 @@ class Spool:
         """Record the end of the attempt and move the task to done/."""
         claim.append("end", outcome=outcome, **fields)
         self._move(claim.path, self.dir("done") / f"{claim.task.id}{SUFFIX}")
+        self.post_claim(claim, "done")
         claim.release()
 
     def defer(self, claim: Claim, delay: float, outcome: str = "retry", **fields: Any) -> None:
         """Record the attempt's end and queue the task again after ``delay`` seconds."""
         claim.append("end", outcome=outcome, **fields)
         self._defer_path(claim, delay)
+        self.post_claim(claim, "deferred")
         claim.release()
 
     def _defer_path(self, claim: Claim, delay: float) -> None:
@@ -489,7 +517,9 @@ class Spool:
                     os.rename(path, done)
                 except FileNotFoundError:
                     continue
-                return self._read_fd(fd, "done", done.name)
+                task = self._read_fd(fd, "done", done.name)
+                self.post(task)
+                return task
         return None
 
     def request_cancel(self, task_id: str) -> Task:
@@ -524,6 +554,7 @@ class Spool:
             except FileNotFoundError:
                 raise Conflict(f"task {task_id} moved meanwhile; try again") from None
             fsync_dir(target.parent)
+            self.post(task)
             return task
 
     @contextmanager
@@ -562,6 +593,15 @@ class Spool:
         return notes
 
     def _recover(self, path: Path, policy: Callable[[Envelope], Policy]) -> str | None:
+        note = self._recover_one(path, policy)
+        if note:
+            stem = _id_of(path.name)
+            if stem:
+                with suppress(NotFound, InvalidInput):
+                    self.post(self.get(stem))
+        return note
+
+    def _recover_one(self, path: Path, policy: Callable[[Envelope], Policy]) -> str | None:
         try:
             fd = os.open(path, _OPEN_FLAGS)
         except FileNotFoundError:
@@ -655,7 +695,13 @@ class Spool:
     # -- incoming and garbage ---------------------------------------------------------
 
     def admit(self, check: Callable[[Envelope], None]) -> list[str]:
-        """Publish what other writers dropped into incoming/; quarantine the rest."""
+        """Publish what front ends dropped into incoming/; reject the rest with a reason.
+
+        See dropbox.py for the rules. The dropping uid is recorded as the submitter; a
+        receipt in the submission gets its status in outbox/, also when it is rejected.
+        """
+        from hostctl.queues.dropbox import decode_submission, receipt_of
+
         self.ensure()
         notes = []
         folder = self.dir("incoming")
@@ -663,22 +709,28 @@ class Spool:
             if name.startswith("."):
                 continue
             path = folder / name
+            data = b""
             try:
-                env = self._read_incoming(path)
-                check(env)
-                self._write_new(env, 0.0)
+                data, uid = self._read_incoming(path)
+                sub = decode_submission(data, uid)
+                check(sub.envelope)
+                if self._locate(sub.envelope.id) is not None:
+                    raise Conflict(f"a task with id {sub.envelope.id} already exists")
+                self._write_new(sub.envelope, sub.delay)
             except (InvalidInput, Conflict, NotFound) as exc:
-                self._quarantine_path(path, str(exc))
-                notes.append(f"quarantined incoming/{name}: {exc}")
+                self._reject(path, str(exc), receipt_of(data))
+                notes.append(f"rejected incoming/{name}: {exc}")
                 continue
             except FileNotFoundError:
                 continue
             with suppress(FileNotFoundError):
                 os.unlink(path)
-            notes.append(f"admitted task {env.id} from incoming/{name}")
+            self.post(Task(sub.envelope, (), "deferred" if sub.delay else "new"))
+            notes.append(f"admitted task {sub.envelope.id} from incoming/{name} "
+                         f"(uid {sub.envelope.submitter})")
         return notes
 
-    def _read_incoming(self, path: Path) -> Envelope:
+    def _read_incoming(self, path: Path) -> tuple[bytes, int]:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError as exc:
@@ -687,22 +739,117 @@ class Spool:
             raise InvalidInput(f"cannot open: {exc.strerror}") from None
         try:
             st = os.fstat(fd)
-            import stat
-
             if not stat.S_ISREG(st.st_mode):
                 raise InvalidInput("not a regular file")
+            if st.st_nlink != 1:
+                raise InvalidInput("a hard-linked file")
             if st.st_size > MAX_TASK_BYTES:
                 raise InvalidInput(f"{st.st_size} bytes is more than {MAX_TASK_BYTES}")
             data = os.read(fd, MAX_TASK_BYTES + 1)
         finally:
             os.close(fd)
-        first, _, rest = data.partition(b"\n")
-        if rest.strip():
-            raise InvalidInput("a submission is one JSON line")
-        return decode_envelope(first)
+        if len(data) > MAX_TASK_BYTES:
+            raise InvalidInput(f"more than {MAX_TASK_BYTES} bytes")
+        return data, st.st_uid
 
-    def _quarantine_path(self, path: Path, reason: str) -> None:
-        folder = self.dir("quarantine")
+    def _reject(self, path: Path, reason: str, receipt: str) -> None:
+        self._quarantine_path(path, reason, folder=self.dir("rejected"))
+        if receipt:
+            from hostctl.queues.dropbox import rejected_doc
+
+            stem = path.name.removesuffix(SUFFIX)
+            self._write_receipt(receipt, rejected_doc(stem if valid_id(stem) else "", reason))
+
+    # -- receipts (the front end's view of its own tasks) -----------------------------
+
+    def post(self, task: Task) -> None:
+        """Publish a dropped task's status to its receipt in outbox/ (if it has one)."""
+        if task.envelope.receipt:
+            from hostctl.queues.dropbox import receipt_doc
+
+            self._write_receipt(task.envelope.receipt, receipt_doc(task.to_json()))
+
+    def post_claim(self, claim: Claim, state: str) -> None:
+        if claim.task.envelope.receipt:
+            with suppress(OSError, InvalidInput):
+                self.post(self._read_fd(claim.fd, state, claim.path.name))
+
+    def _write_receipt(self, receipt: str, doc: dict[str, Any]) -> None:
+        import json
+
+        from hostctl.queues.dropbox import SHARED_FILE_MODE
+
+        outbox = self.dir("outbox")
+        tmp = outbox / f".{receipt}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+                         | os.O_NOFOLLOW, SHARED_FILE_MODE)
+            os.fchmod(fd, SHARED_FILE_MODE)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(doc, fh)
+                fh.write("\n")
+            os.rename(tmp, outbox / f"{receipt}.json")
+        except OSError:
+            with suppress(OSError):
+                os.unlink(tmp)
+
+    def open_log(self, env: Envelope) -> int:
+        """Open the task's log for appending; a dropped task's log is shared via outbox/."""
+        path = self.log_path(env.id)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
+        if env.receipt and not path.exists():
+            from hostctl.queues.dropbox import SHARED_FILE_MODE
+
+            shared = self.dir("outbox") / f"{env.receipt}.log"
+            with suppress(OSError):
+                fd = os.open(shared, flags | os.O_EXCL, SHARED_FILE_MODE)
+                os.fchmod(fd, SHARED_FILE_MODE)
+                try:
+                    os.link(shared, path)
+                    return fd
+                except OSError:
+                    os.close(fd)
+                    os.unlink(shared)
+        return os.open(path, flags, 0o600)
+
+    def remove_done(self, path: Path) -> None:
+        """Delete a finished task with its log and receipt (task_gc)."""
+        try:
+            task = self._read_path(path, "done")
+        except FileNotFoundError:
+            return
+        except InvalidInput as exc:  # garbage (a folder, a FIFO, a broken file): set aside
+            self._quarantine_path(path, str(exc))
+            return
+        with suppress(FileNotFoundError):
+            os.unlink(path)
+        self.forget(task)
+
+    def remove_rejected(self, path: Path) -> None:
+        """Delete a rejected submission and its reason (task_gc), whatever it is."""
+        for victim in (path, path.with_name(path.name + ".reason")):
+            try:
+                if victim.is_dir() and not victim.is_symlink():
+                    shutil.rmtree(victim)
+                else:
+                    victim.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("cannot remove %s: %s", victim, exc.strerror)
+
+    def forget(self, task: Task) -> None:
+        """Remove a finished task's log and receipt files (task_gc)."""
+        paths = [self.log_path(task.id)]
+        if task.envelope.receipt:
+            paths += [self.dir("outbox") / f"{task.envelope.receipt}.{ext}"
+                      for ext in ("json", "log")]
+        for path in paths:
+            with suppress(FileNotFoundError):
+                os.unlink(path)
+
+    def _quarantine_path(self, path: Path, reason: str, folder: Path | None = None) -> None:
+        folder = folder or self.dir("quarantine")
         target = folder / f"{path.name}"
         if target.exists() or (folder / f"{path.name}.reason").exists():
             target = folder / f"{path.name}.{new_id()}"
@@ -711,12 +858,14 @@ class Spool:
         except FileNotFoundError:
             return
         with suppress(OSError):
-            (folder / f"{target.name}.reason").write_text(" ".join(reason.split()) + "\n")
+            write_private(folder / f"{target.name}.reason",
+                          (" ".join(reason.split()) + "\n").encode())
 
-    def quarantined(self) -> list[tuple[str, str]]:
+    def quarantined(self, where: str = "quarantine") -> list[tuple[str, str]]:
+        """(file, reason) of what lies in quarantine/ (or in rejected/)."""
         out = []
-        folder = self.dir("quarantine")
-        for name in self._names("quarantine"):
+        folder = self.dir(where)
+        for name in self._names(where):
             try:
                 reason = (folder / f"{name}.reason").read_text().strip()
             except OSError:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -84,10 +85,37 @@ def parse_iso(text: str) -> float:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
 
 
+_last_id = [0, 0]  # (ms, random part) of this process's last id from the clock
+_last_lock = threading.Lock()
+
+
+def _after_fork() -> None:
+    """A forked child starts its own sequence: counting on from the parent's last id
+    could repeat the parent's next one."""
+    global _last_lock
+    _last_id[:] = [0, 0]
+    _last_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
 def new_id(now: float | None = None) -> str:
-    """A unique, sortable id: 12 hex digits of milliseconds, then 8 random hex digits."""
-    ms = int((time.time() if now is None else now) * 1000)
-    return f"{ms:012x}{secrets.token_hex(4)}"
+    """A unique, sortable id: 12 hex digits of milliseconds, then 8 random hex digits.
+
+    Ids one process makes within one millisecond count up from the first one's random
+    part (as monotonic ULIDs do), so they sort in the order they were made.
+    """
+    if now is not None:
+        return f"{int(now * 1000):012x}{secrets.token_hex(4)}"
+    with _last_lock:
+        ms, rand = int(time.time() * 1000), secrets.randbits(31)
+        if ms <= _last_id[0]:
+            ms, rand = _last_id[0], _last_id[1] + 1
+            if rand >= 1 << 32:
+                ms, rand = ms + 1, 0
+        _last_id[:] = [ms, rand]
+    return f"{ms:012x}{rand:08x}"
 
 
 def valid_id(text: str) -> bool:
@@ -105,7 +133,8 @@ class Envelope:
     context_options: Mapping[str, str] = field(default_factory=dict)
     priority: int = DEFAULT_PRIORITY
     created: str = ""
-    submitter: int | None = None  # uid of a front end that dropped it, if any
+    submitter: int | None = None  # uid of whoever dropped it into incoming/, if anyone
+    receipt: str = ""  # the dropper's token for its outbox status file (see dropbox.py)
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -120,13 +149,16 @@ class Envelope:
         }
         if self.submitter is not None:
             doc["submitter"] = self.submitter
+        if self.receipt:
+            doc["receipt"] = self.receipt
         return doc
 
     def encode(self) -> bytes:
         return (json.dumps(self.to_json(), separators=(",", ":")) + "\n").encode()
 
-    def dedup_key(self) -> tuple[str, str, str]:
-        return (self.type, self.context, json.dumps(dict(self.options), sort_keys=True))
+    def dedup_key(self) -> tuple[str, str, str, str]:
+        return (self.type, self.context, json.dumps(dict(self.options), sort_keys=True),
+                json.dumps(dict(self.context_options), sort_keys=True))
 
 
 def _str_map(doc: Mapping[str, Any], key: str) -> dict[str, str]:
@@ -164,6 +196,10 @@ def decode_envelope(line: bytes) -> Envelope:
     submitter = doc.get("submitter")
     if submitter is not None and not isinstance(submitter, int):
         raise InvalidInput("'submitter' must be a uid")
+    receipt = doc.get("receipt", "")
+    if not isinstance(receipt, str) or (receipt and (len(receipt) != 32 or not all(
+            c in "0123456789abcdef" for c in receipt))):
+        raise InvalidInput("'receipt' must be 32 lower-case hex digits")
     return Envelope(
         id=task_id,
         type=doc["type"],
@@ -173,6 +209,7 @@ def decode_envelope(line: bytes) -> Envelope:
         priority=priority,
         created=created,
         submitter=submitter,
+        receipt=receipt,
     )
 
 

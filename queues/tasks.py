@@ -16,10 +16,11 @@ from hostctl import config as config_mod
 from hostctl.contexts.names import display, parse_name
 from hostctl.contexts.store import ContextStore
 from hostctl.errors import Conflict, InvalidInput
+from hostctl.files import tail
 from hostctl.paths import Paths
 from hostctl.provision.registry import Registry
 from hostctl.provision.registry import load as load_registry
-from hostctl.queues.process import signal_group, start_time
+from hostctl.queues.process import is_task_group, signal_group
 from hostctl.queues.spool import Spool
 from hostctl.queues.task import (
     MAX_PRIORITY,
@@ -56,7 +57,8 @@ class Home:
 
     @cached_property
     def spool(self) -> Spool:
-        return Spool(self.paths.spool, self.paths.logs)
+        return Spool(self.paths.spool, self.paths.logs,
+                     self.config.spool.allow_network_filesystem)
 
     def writable(self) -> Spool:
         self.paths.ensure_home()
@@ -129,8 +131,8 @@ def get(home: Home, task_id: str) -> Task:
 
 
 def list_tasks(home: Home, status: str | None = None, context: str | None = None) -> list[Task]:
-    wanted = Status.parse(status) if status else None
-    ctx = display(parse_name(context)) if context else None
+    wanted = Status.parse(status) if status is not None else None
+    ctx = display(parse_name(context)) if context is not None else None
     states = {
         Status.QUEUED: ("new", "deferred"),
         Status.PROCESSING: ("active",),
@@ -161,7 +163,7 @@ def cancel(home: Home, task_id: str, grace: float | None = None) -> Task:
     task = spool.request_cancel(task_id)
     started = task.last("start") or {}
     pgid = started.get("pgid")
-    same = isinstance(pgid, int) and start_time(pgid) == started.get("pgid_start")
+    same = isinstance(pgid, int) and is_task_group(pgid, started.get("pgid_start"))
     if same:
         signal_group(pgid, signal.SIGTERM)
     grace = home.config.worker.kill_grace if grace is None else grace
@@ -181,32 +183,8 @@ def follow_log(home: Home, task_id: str, follow: bool,
                poll: float = 0.1) -> Iterator[bytes]:
     """The task's log; with ``follow``, new output until the task has ended."""
     task = home.spool.get(task_id)
-    path = home.spool.log_path(task.id)
-    offset = 0
-    while True:
-        try:
-            with open(path, "rb") as fh:
-                fh.seek(offset)
-                chunk = fh.read()
-        except FileNotFoundError:
-            chunk = b""
-        if chunk:
-            offset += len(chunk)
-            yield chunk
-        if not follow:
-            return
-        if home.spool.get(task_id).status.finished:
-            # one last read: the end may have been written after the previous one
-            try:
-                with open(path, "rb") as fh:
-                    fh.seek(offset)
-                    rest = fh.read()
-            except FileNotFoundError:
-                rest = b""
-            if rest:
-                yield rest
-            return
-        time.sleep(poll)
+    return tail(home.spool.log_path(task.id), follow,
+                lambda: home.spool.get(task_id).status.finished, poll)
 
 
 @dataclass(frozen=True)
@@ -214,12 +192,14 @@ class QueueStatus:
     counts: Mapping[str, int]
     oldest_queued_age: float | None
     quarantined: list[tuple[str, str]]
+    rejected: list[tuple[str, str]]
 
     def to_json(self) -> dict[str, object]:
         return {
             "counts": dict(self.counts),
             "oldest_queued_age": self.oldest_queued_age,
             "quarantined": [{"file": f, "reason": r} for f, r in self.quarantined],
+            "rejected": [{"file": f, "reason": r} for f, r in self.rejected],
         }
 
 
@@ -233,11 +213,12 @@ def queue_status(home: Home) -> QueueStatus:
     counts["deferred"] = raw["deferred"]
     counts["incoming"] = raw["incoming"]
     counts["quarantined"] = raw["quarantine"]
+    counts["rejected"] = raw["rejected"]
     queued = [t for t in tasks if t.status is Status.QUEUED]
     oldest = None
     if queued:
         oldest = max(0.0, time.time() - min(parse_iso(t.envelope.created) for t in queued))
-    return QueueStatus(counts, oldest, spool.quarantined())
+    return QueueStatus(counts, oldest, spool.quarantined(), spool.quarantined("rejected"))
 
 
 def drain(home: Home, concurrency: int | None = None) -> Summary:

@@ -16,6 +16,7 @@ import selectors
 import signal
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -23,13 +24,14 @@ from hostctl.config import Config
 from hostctl.contexts.store import ContextStore
 from hostctl.errors import HostctlError
 from hostctl.paths import Paths
-from hostctl.provision.registry import Registry
-from hostctl.provision.runner import judge, launch, prepare, read_result
+from hostctl.provision.registry import Registry, secret_values
+from hostctl.provision.runner import Verdict, judge, launch, prepare, read_result
 from hostctl.queues.process import signal_group, start_time
 from hostctl.queues.spool import Claim, Policy, Spool, backoff
 from hostctl.queues.task import utc_iso
 
 log = logging.getLogger("hostctl")
+REDACTED = b"[secret]"
 
 
 @dataclass
@@ -52,6 +54,8 @@ class Running:
     timed_out: float = 0.0
     cancelled: bool = False
     interrupted: str = ""  # the worker itself was stopped: run it again later
+    secrets: tuple[bytes, ...] = ()  # redacted from the log
+    log_error: str = ""  # the log could not be written: the task ends in error
 
     @property
     def context(self) -> str:
@@ -84,7 +88,8 @@ class Worker:
         self.config = config
         self.registry = registry
         self.store = ContextStore(paths)
-        self.spool = Spool(paths.spool, paths.logs)
+        self.spool = Spool(paths.spool, paths.logs,
+                           config.spool.allow_network_filesystem)
         self.concurrency = concurrency or config.worker.concurrency
         self.echo = echo
         self.clock = clock
@@ -92,6 +97,7 @@ class Worker:
         self.selector = selectors.DefaultSelector()
         self.summary = Summary()
         self._check = registry.check_envelope(self.store)
+        self.load_note = False
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -108,6 +114,8 @@ class Worker:
         """Claim and start as many ready tasks as there are free slots."""
         free = self.concurrency - len(self.running)
         if free <= 0:
+            return 0
+        if self.overloaded():
             return 0
         self.spool.promote_due()
         busy = {r.context for r in self.running.values()}
@@ -141,6 +149,19 @@ class Worker:
                 self._complete(target)
         self._enforce_deadlines()
 
+    def overloaded(self) -> bool:
+        """Is the machine too busy to start another task? (``[worker] max_load``)"""
+        limit = self.config.worker.max_load
+        if limit <= 0:
+            return False
+        load = os.getloadavg()[0]
+        cpus = os.cpu_count() or 1
+        busy = load > limit * cpus
+        if busy and not self.load_note:
+            log.warning("load %.2f is above %g x %d CPUs: queued tasks wait", load, limit, cpus)
+        self.load_note = busy
+        return busy
+
     def watch(self, fileobj: object, callback: Callable[[], None]) -> None:
         """Wake ``wait`` when ``fileobj`` is readable, and call ``callback``."""
         self.selector.register(fileobj, selectors.EVENT_READ, ("wake", callback))
@@ -172,33 +193,44 @@ class Worker:
         env = claim.task.envelope
         attempt = claim.task.attempt_count + 1
         result_path = str(self.spool.dir("tmp") / f".{env.id}.result")
-        log_fd = os.open(self.spool.log_path(env.id),
-                         os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         self.summary.started += 1
-        self._log(log_fd, f"--- hostctl: attempt {attempt} of {env.type} on {env.context}, "
-                          f"task {env.id}, {utc_iso()}\n")
+        log_fd = -1
+        try:
+            log_fd = self.spool.open_log(env)
+            self._log(log_fd, f"--- hostctl: attempt {attempt} of {env.type} on "
+                              f"{env.context}, task {env.id}, {utc_iso()}\n")
+        except OSError as exc:
+            self._fail_start(claim, attempt, log_fd,
+                             f"cannot write the task's log: {exc.strerror or exc}")
+            return
         try:
             prep = prepare(env, self.registry, self.store, self.paths, result_path)
             pid, out_fd = launch(prep, env, self.store, self.paths, result_path)
         except (HostctlError, OSError) as exc:
             reason = exc.message if isinstance(exc, HostctlError) else f"cannot start: {exc}"
-            claim.append("start", attempt=attempt, worker=os.getpid())
-            self._log(log_fd, f"--- hostctl: {reason}\n")
-            os.close(log_fd)
-            self.spool.finish(claim, "error", exit=None, reason=reason, result={})
-            self.summary.count("error")
+            self._fail_start(claim, attempt, log_fd, reason)
             return
         claim.append("start", attempt=attempt, pid=pid, pgid=pid, pgid_start=start_time(pid),
                      worker=os.getpid(), host=os.uname().nodename)
+        self.spool.post_claim(claim, "active")
         timeout = self.registry.timeout(prep.ttype)
         now = self.clock()
         run = Running(claim, pid, out_fd, os.pidfd_open(pid), log_fd,
                       self.registry.policy(env), result_path, now + timeout, timeout, now,
-                      attempt)
+                      attempt, secrets=secret_values(prep.context, self.store))
         os.set_blocking(out_fd, False)
         self.selector.register(out_fd, selectors.EVENT_READ, ("out", run))
         self.selector.register(run.pidfd, selectors.EVENT_READ, ("exit", run))
         self.running[pid] = run
+
+    def _fail_start(self, claim: Claim, attempt: int, log_fd: int, reason: str) -> None:
+        claim.append("start", attempt=attempt, worker=os.getpid())
+        if log_fd >= 0:
+            with suppress(OSError):
+                self._log(log_fd, f"--- hostctl: {reason}\n")
+            os.close(log_fd)
+        self.spool.finish(claim, "error", exit=None, reason=reason, result={})
+        self.summary.count("error")
 
     def stop_all(self, reason: str, requeue: bool = False) -> None:
         """Stop every running task: TERM to its group now, KILL after the grace period.
@@ -213,7 +245,7 @@ class Worker:
                 else:
                     run.cancelled = True
                     run.claim.append("cancel", reason=reason)
-                self._log(run.log_fd, f"--- hostctl: {reason}; sending TERM\n")
+                self._run_log(run, f"--- hostctl: {reason}; sending TERM\n")
                 self._terminate(run)
 
     def _terminate(self, run: Running) -> None:
@@ -227,7 +259,7 @@ class Worker:
                 continue
             if run.term_at is None and now >= run.deadline:
                 run.timed_out = run.timeout
-                self._log(run.log_fd, f"--- hostctl: timed out after {run.timeout:g} s; "
+                self._run_log(run, f"--- hostctl: timed out after {run.timeout:g} s; "
                                       "sending TERM\n")
                 self._terminate(run)
             elif run.term_at is not None and now >= run.term_at + self.config.worker.kill_grace:
@@ -255,10 +287,22 @@ class Worker:
             self._emit(run, whole + sep)
 
     def _emit(self, run: Running, data: bytes) -> None:
-        self._log(run.log_fd, data)
+        for secret in run.secrets:
+            data = data.replace(secret, REDACTED)
+        self._run_log(run, data)
         if self.echo is not None:
             self.echo.write(data.decode("utf-8", "replace"))
             self.echo.flush()
+
+    def _run_log(self, run: Running, data: str | bytes) -> None:
+        """Write to a running task's log; a failure is kept and ends the task in error."""
+        if run.log_error:
+            return
+        try:
+            self._log(run.log_fd, data)
+        except OSError as exc:
+            run.log_error = f"cannot write the task's log: {exc.strerror or exc}"
+            log.error("task %s: %s", run.claim.task.id, run.log_error)
 
     def _close_output(self, run: Running) -> None:
         if run.out_open:
@@ -286,6 +330,15 @@ class Worker:
         self._close_output(run)
 
     def _complete(self, run: Running) -> None:
+        try:
+            self._record_end(run)
+        except (OSError, HostctlError) as exc:
+            # e.g. a full disk: let go of the task; the next sweep finds it as lost
+            log.error("task %s: cannot record its end: %s", run.claim.task.id, exc)
+            run.claim.release()
+            self.summary.count("lost")
+
+    def _record_end(self, run: Running) -> None:
         del self.running[run.pid]
         if run.buffer:
             self._emit(run, run.buffer + b"\n")
@@ -297,10 +350,14 @@ class Worker:
                         timed_out=run.timed_out,
                         attempts_left=run.attempt < run.policy.max_attempts)
         elapsed = self.clock() - run.started
-        self._log(run.log_fd, f"--- hostctl: {verdict.reason or 'exited with status 0'} "
+        self._run_log(run, f"--- hostctl: {verdict.reason or 'exited with status 0'} "
                               f"after {elapsed:.2f} s: {verdict.outcome}\n")
-        os.close(run.log_fd)
+        with suppress(OSError):
+            os.close(run.log_fd)
         fields = {"exit": verdict.exit, "reason": verdict.reason, "result": dict(verdict.result)}
+        if run.log_error and verdict.outcome in ("success", "warning", "retry"):
+            verdict = Verdict("error", verdict.exit, run.log_error, verdict.result)
+            fields.update(reason=run.log_error)
         if run.interrupted and verdict.outcome != "cancelled":
             reason = f"{run.interrupted}; {verdict.reason}"
             fields.update(exit=verdict.exit, reason=reason)

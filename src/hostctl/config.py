@@ -46,6 +46,15 @@ class WorkerSettings:
     backoff_max: float = 3600.0
     timeout: float = 3600.0
     kill_grace: float = 10.0
+    #: tasks wait while the 1-minute load average is above this many times the number of
+    #: CPUs (0: never wait)
+    max_load: float = 0.0
+
+
+@dataclass(frozen=True)
+class SpoolSettings:
+    #: file locks are not reliable on NFS or CIFS; refuse such a spool unless this is set
+    allow_network_filesystem: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,7 @@ class Config:
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     tasks: Mapping[str, CommandTask] = field(default_factory=dict)
     queues: Mapping[str, QueueSettings] = field(default_factory=lambda: dict(DEFAULT_QUEUES))
+    spool: SpoolSettings = field(default_factory=SpoolSettings)
     path: Path | None = None
 
 
@@ -103,12 +113,13 @@ def load(path: Path) -> Config:
     try:
         doc = tomllib.loads(raw.decode("utf-8"))
         return _parse(doc, path)
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError, TypeError) as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError, TypeError,
+            RecursionError) as exc:
         raise MalformedFile(f"malformed {path}: {' '.join(str(exc).split())}") from exc
 
 
 def _parse(doc: Mapping[str, Any], path: Path) -> Config:
-    _known(doc, {"worker", "tasks", "queues"}, "config.toml")
+    _known(doc, {"worker", "tasks", "queues", "spool"}, "config.toml")
     w = _table(doc, "worker")
     _known(w, set(WorkerSettings.__dataclass_fields__), "[worker]")
     worker = WorkerSettings(
@@ -118,7 +129,13 @@ def _parse(doc: Mapping[str, Any], path: Path) -> Config:
         backoff_max=_num(w, "backoff_max", 3600.0),
         timeout=_num(w, "timeout", 3600.0),
         kill_grace=_num(w, "kill_grace", 10.0),
+        max_load=_num(w, "max_load", 0.0),
     )
+    sp = _table(doc, "spool")
+    _known(sp, set(SpoolSettings.__dataclass_fields__), "[spool]")
+    allow_nfs = sp.get("allow_network_filesystem", False)
+    if not isinstance(allow_nfs, bool):
+        raise ValueError("[spool]: allow_network_filesystem must be true or false")
     tasks = {}
     for name, spec in _table(doc, "tasks").items():
         if not TASK_NAME.fullmatch(name):
@@ -133,7 +150,8 @@ def _parse(doc: Mapping[str, Any], path: Path) -> Config:
         if not isinstance(spec, dict):
             raise ValueError(f"[queues.{name}] must be a table")
         queues[name] = _queue(DEFAULT_QUEUES[name], spec)
-    return Config(worker=worker, tasks=tasks, queues=queues, path=path)
+    return Config(worker=worker, tasks=tasks, queues=queues,
+                  spool=SpoolSettings(allow_network_filesystem=allow_nfs), path=path)
 
 
 def _queue(base: QueueSettings, spec: Mapping[str, Any]) -> QueueSettings:
@@ -162,6 +180,8 @@ def _queue(base: QueueSettings, spec: Mapping[str, Any]) -> QueueSettings:
 
 
 def _command_task(name: str, spec: Mapping[str, Any]) -> CommandTask:
+    from hostctl.contexts.schema import secret_field_names
+
     where = f"[tasks.{name}]"
     _known(spec, {"command", "context_types", "options", "help", "timeout", "max_attempts",
                   "rerun_on_loss", "env"}, where)
@@ -186,6 +206,10 @@ def _command_task(name: str, spec: Mapping[str, Any]) -> CommandTask:
         for ref in PLACEHOLDER.findall(item):
             if ref.startswith("option.") and ref[7:] not in options:
                 raise ValueError(f"{where}: {{{ref}}} names an undeclared option")
+            if ref in secret_field_names():
+                raise ValueError(
+                    f"{where}: {{{ref}}} is a secret and would show in the process list; "
+                    f"read it from $HOSTCTL_FIELD_{ref.upper()} instead")
     env = spec.get("env", {})
     if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
         raise ValueError(f"{where}: env must map names to strings")

@@ -64,3 +64,9 @@ class OperationFailed(HostctlError):
     """Something that should have worked did not (I/O, a child process, a task)."""
 
     exit_status = ExitStatus.ERROR
+
+
+class ProblemsFound(HostctlError):
+    """A check (``hostctl doctor``) found problems that are still there."""
+
+    exit_status = ExitStatus.ERROR

@@ -8,7 +8,17 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from hostctl.errors import OperationFailed
+
+#: file systems whose file locks cannot be trusted between processes or machines
+NETWORK_FILESYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "afs", "9p", "fuse.sshfs",
+    "fuse.s3fs", "fuse.rclone", "davfs", "fuse.davfs2",
+})
 
 
 def fsync_dir(path: Path) -> None:
@@ -36,3 +46,75 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
             pass
         raise
     fsync_dir(path.parent)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Create or replace a small file readable by its owner only (not durable)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
+                 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+def filesystem_type(path: Path, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The type of the file system ``path`` lies on (Linux), or None if unknown."""
+    try:
+        target = os.path.realpath(path)
+        with open(mountinfo, encoding="utf-8", errors="replace") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    best, best_len = None, -1
+    for line in lines:
+        left, sep, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if not sep or len(fields) < 5 or not tail:
+            continue
+        mount_point = _unescape(fields[4])
+        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+        if inside and len(mount_point) >= best_len:
+            best, best_len = tail[0], len(mount_point)
+    return best
+
+
+def _unescape(text: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as octal (\\040)."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and text[i + 1:i + 4].isdigit():
+            out.append(chr(int(text[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def tail(path: Path, follow: bool, finished: Callable[[], bool],
+         poll: float = 0.1) -> Iterator[bytes]:
+    """A file's content; with ``follow``, what is appended until ``finished()``.
+
+    ``finished`` is asked before each read, so the read after it said yes holds all that
+    was written before the end. A missing file reads as empty (not written yet).
+    """
+    offset = 0
+    while True:
+        done = follow and finished()
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                chunk = fh.read()
+        except FileNotFoundError:
+            chunk = b""
+        except PermissionError as exc:
+            raise OperationFailed(f"cannot read {path.name}: {exc.strerror}") from None
+        if chunk:
+            offset += len(chunk)
+            yield chunk
+        if not follow or done:
+            return
+        time.sleep(poll)

@@ -1,0 +1,59 @@
+"""``hostctl frontend setup`` (the drop box for a front-end group) and ``hostctl doctor``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from hostctl.cli.common import JsonFlag, emit_json, say, state
+from hostctl.errors import HostctlError, ProblemsFound
+
+frontend_app = typer.Typer(help="The front end's door: the spool's drop box.",
+                           no_args_is_help=True)
+
+
+@frontend_app.command("setup")
+def frontend_setup(
+    ctx: typer.Context,
+    group: Annotated[str, typer.Option(
+        "--group", "-g", help="The front end's UNIX group (for example www-data).")],
+) -> None:
+    """Let GROUP submit tasks and read their receipts, and nothing else of the home."""
+    from hostctl.queues import dropbox
+
+    st = state(ctx)
+    changes = dropbox.setup(st.paths, group)
+    for line in changes:
+        say(st, f"changed {line}")
+    say(st, f"group {group} may now submit tasks to {st.paths.home} "
+            "(docs/security.md); check with `hostctl doctor`")
+
+
+def doctor(
+    ctx: typer.Context,
+    fix: Annotated[bool, typer.Option(
+        "--fix", help="Repair wrong modes, groups and (as root) owners.")] = False,
+    json_: JsonFlag = False,
+) -> None:
+    """Check the home's owners and modes (and the spool's file system); --fix repairs."""
+    from hostctl.doctor import check
+    from hostctl.queues.tasks import Home
+
+    st = state(ctx)
+    try:
+        allow = Home(st.paths).config.spool.allow_network_filesystem
+    except HostctlError:
+        allow = False
+    findings = check(st.paths, fix=fix, allow_network=allow)
+    left = [f for f in findings if not f.fixed]
+    if json_:
+        emit_json([f.to_json() for f in findings])
+    else:
+        for f in findings:
+            typer.echo(f"{'fixed' if f.fixed else 'PROBLEM'}: {f.path}: {f.problem}")
+        if not findings:
+            say(st, f"{st.paths.home}: owners and modes are as they should be")
+    if left:
+        raise ProblemsFound(f"{len(left)} problem(s) found"
+                            + ("" if fix else "; `hostctl doctor --fix` repairs them"))
