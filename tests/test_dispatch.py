@@ -1,0 +1,236 @@
+"""``hostctl dispatch``: the dispatcher lock, failing queues, --force and --queue, the cron
+and task_gc queues, pause and resume. Real processes and real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from runnerhelpers import (
+    Procs,
+    add_task,
+    hostctl_log,
+    pid_alive,
+    save_sites,
+    sh_task,
+    status_of,
+    task_json,
+    wait_exit,
+    wait_for,
+    write_config,
+)
+
+# touches $0.started (with its pid inside), then waits until $0.go exists
+SLOW = 'echo $$ > "$0.started"; while [ ! -e "$0.go" ]; do sleep 0.05; done; echo slow done'
+
+
+@pytest.fixture
+def procs(home: Path):
+    p = Procs(home)
+    yield p
+    p.cleanup()
+
+
+def slow_config(home: Path, flag: Path, **extra: object) -> None:
+    write_config(home, {"tasks": {"slow": sh_task(SLOW, str(flag), max_attempts=1)},
+                        **extra})
+
+
+def test_second_dispatcher_exits_at_once_while_the_first_holds_the_lock(
+        run_hostctl, home, procs, hostctl_process, tmp_path) -> None:
+    flag = tmp_path / "flag"
+    slow_config(home, flag)
+    save_sites(run_hostctl, home, ["a.example"])
+    slow = add_task(run_hostctl, "slow", "@a.example")
+    first = procs.start("dispatch", log=tmp_path / "first.out")
+    wait_for(lambda: Path(f"{flag}.started").exists(), 30, "the slow task to start")
+
+    # the first dispatcher is blocked on the slow task: a second one that waited for the
+    # lock would hit the timeout
+    second = hostctl_process("dispatch", timeout=30)
+    assert second.returncode == 0, second.stderr
+    assert second.stderr == ""  # cron mails nothing
+    assert second.stdout == ""
+    verbose = hostctl_process("-v", "dispatch", timeout=30)
+    assert verbose.returncode == 0, verbose.stderr
+    assert "another dispatcher is running" in verbose.stderr
+    assert hostctl_log(home).count("another dispatcher is running") == 2
+    assert first.poll() is None
+    assert status_of(run_hostctl, slow) == "processing"
+
+    Path(f"{flag}.go").touch()
+    assert wait_exit(first, 30, "the first dispatcher") == 0
+    assert status_of(run_hostctl, slow) == "success"
+
+
+def test_a_dispatcher_killed_with_kill_9_never_blocks_the_next(
+        run_hostctl, home, procs, hostctl_process, tmp_path) -> None:
+    flag = tmp_path / "flag"
+    slow_config(home, flag)
+    save_sites(run_hostctl, home, ["a.example", "b.example"])
+    slow = add_task(run_hostctl, "slow", "@a.example")
+    first = procs.start("dispatch")
+    started = wait_for(lambda: Path(f"{flag}.started").exists(), 30, "the slow task")
+    assert started
+    task_pid = int(Path(f"{flag}.started").read_text())
+    os.kill(first.pid, signal.SIGKILL)
+    assert wait_exit(first, 10, "the killed dispatcher") == -signal.SIGKILL
+    # the task dies with its worker
+    wait_for(lambda: not pid_alive(task_pid), 10, "the orphaned task to die")
+
+    quick = add_task(run_hostctl, "verify", "@b.example")
+    res = hostctl_process("-v", "dispatch", timeout=30)
+    assert res.returncode == 0, res.stderr
+    assert "another dispatcher" not in res.stderr
+    assert status_of(run_hostctl, quick) == "success"
+    # the cut-off task was found by the sweep: never left in processing
+    doc = task_json(run_hostctl, slow)
+    assert doc["status"] == "error", doc
+    assert len(doc["attempts"]) == 1
+    assert not Path(f"{flag}.go").exists()
+
+
+def test_garbage_in_done_is_quarantined_by_task_gc_and_the_others_still_run(
+        run_hostctl, home, hostctl_process, tmp_path) -> None:
+    ran = tmp_path / "cron.ran"
+    write_config(home, {"tasks": {"cron": sh_task('echo "$HOSTCTL_CONTEXT" >> "$0"',
+                                                  str(ran))}})
+    save_sites(run_hostctl, home, ["a.example"])
+    verify = add_task(run_hostctl, "verify", "@a.example")
+    # something task_gc cannot simply remove: a folder where a finished task file should be
+    done = home / "spool" / "done"
+    odd = done / "01a0000000000000beef.task"
+    (odd / "inside").mkdir(parents=True)
+    os.utime(odd, (time.time() - 90 * 86400,) * 2)
+
+    res = hostctl_process("dispatch", timeout=60)
+    assert res.returncode == 0, res
+    assert "Traceback" not in res.stderr
+    assert status_of(run_hostctl, verify) == "success"
+    assert ran.read_text() == "@a.example\n"  # cron queued it, tasks ran it
+    assert not odd.exists()
+    quarantine = home / "spool" / "quarantine"
+    assert (quarantine / odd.name / "inside").is_dir()  # set aside, not deleted
+    assert "regular file" in (quarantine / f"{odd.name}.reason").read_text()
+
+
+def test_a_malformed_context_file_does_not_stop_the_tasks_queue(
+        run_hostctl, home, hostctl_process) -> None:
+    """The cron queue lists the sites and fails on a broken context file; the tasks queue
+    does not need that file and must still run."""
+    write_config(home, {"tasks": {"cron": sh_task("true")}})
+    save_sites(run_hostctl, home, ["a.example"])
+    verify = add_task(run_hostctl, "verify", "@a.example")
+    (home / "contexts" / "broken.toml").write_text("this is = = not toml\n")
+
+    res = hostctl_process("dispatch", timeout=60)
+    assert status_of(run_hostctl, verify) == "success", res.stderr
+    assert res.returncode == 1, res.stderr  # the cron queue failed, and says so
+    assert "cron" in res.stderr and "broken.toml" in res.stderr
+    assert "queue cron failed" in hostctl_log(home)
+    cron = [t for t in json.loads(run_hostctl("task", "list", "--json").out)
+            if t["type"] == "cron"]
+    assert [t["context"] for t in cron] == ["@a.example"]  # the good site still got its run
+
+
+def test_cron_queue_picks_sites_whose_cron_ran_longest_ago_and_force(
+        run_hostctl, home, tmp_path) -> None:
+    ran = tmp_path / "cron.ran"
+    write_config(home, {"tasks": {"cron": sh_task('echo "$HOSTCTL_CONTEXT" >> "$0"',
+                                                  str(ran))}})
+    save_sites(run_hostctl, home, ["c.example", "a.example", "b.example"])
+    assert run_hostctl("provision-save", "@off.example", "--context_type", "site",
+                       "--platform", "@plat", "--site_enabled", "false").code == 0
+
+    def runs() -> list[str]:
+        return ran.read_text().split() if ran.exists() else []
+
+    # 3 enabled sites, batch with at least 6 threads: one site per run
+    doc = {q["name"]: q for q in json.loads(run_hostctl("queue", "list", "--json").out)}
+    assert doc["cron"]["total"] == 3 and doc["cron"]["calc_items"] == 1
+
+    assert run_hostctl("dispatch").code == 0
+    assert runs() == ["@a.example"]
+    assert run_hostctl("dispatch").code == 0  # not due again for 600 s
+    assert runs() == ["@a.example"]
+    for _ in range(3):
+        assert run_hostctl("dispatch", "--force").code == 0
+    assert runs() == ["@a.example", "@b.example", "@c.example", "@a.example"]
+    cron_tasks = [t for t in json.loads(run_hostctl("task", "list", "--json").out)
+                  if t["type"] == "cron"]
+    assert len(cron_tasks) == 4
+    assert {t["status"] for t in cron_tasks} == {"success"}
+    state = json.loads((home / "spool" / "queues.json").read_text())
+    assert set(state["sites"]["cron"]) == {"@a.example", "@b.example", "@c.example"}
+
+
+def test_queue_option_runs_only_that_queue(run_hostctl, home, tmp_path) -> None:
+    write_config(home, {"tasks": {"cron": sh_task("true")}})
+    save_sites(run_hostctl, home, ["a.example"])
+    res = run_hostctl("dispatch", "--queue", "cron", "--force")
+    assert res.code == 0, res
+    cron = json.loads(run_hostctl("task", "list", "--json").out)
+    assert [(t["type"], t["status"]) for t in cron] == [("cron", "queued")]
+    state = json.loads((home / "spool" / "queues.json").read_text())
+    assert set(state["last_run"]) == {"cron"}
+
+    res = run_hostctl("dispatch", "--queue", "tasks")
+    assert res.code == 0, res
+    assert status_of(run_hostctl, cron[0]["id"]) == "success"
+
+    res = run_hostctl("dispatch", "--queue", "nosuchqueue")
+    assert res.code == 2
+    assert "nosuchqueue" in res.err and "task_gc" in res.err
+
+
+def test_task_gc_removes_finished_tasks_and_their_logs_past_retention(
+        run_hostctl, home) -> None:
+    write_config(home, {"queues": {"task_gc": {"retention_days": 30, "min_threads": 1}}})
+    save_sites(run_hostctl, home, ["a.example", "b.example", "c.example"])
+    ids = [add_task(run_hostctl, "verify", f"@{s}.example") for s in "abc"]
+    assert run_hostctl("dispatch", "--queue", "tasks").code == 0
+    queued = add_task(run_hostctl, "verify", "@a.example", "--delay", "3600")
+    assert [status_of(run_hostctl, i) for i in ids] == ["success"] * 3
+    done, logs = home / "spool" / "done", home / "logs"
+    for i in ids:
+        assert (done / f"{i}.task").exists() and (logs / f"{i}.log").exists()
+    old = time.time() - 40 * 86400
+    for i in ids[:2]:
+        os.utime(done / f"{i}.task", (old, old))
+    doc = {q["name"]: q for q in json.loads(run_hostctl("queue", "list", "--json").out)}
+    assert doc["task_gc"]["pending"] == 2
+
+    res = run_hostctl("dispatch", "--queue", "task_gc", "--force")
+    assert res.code == 0, res
+    for i in ids[:2]:
+        assert not (done / f"{i}.task").exists()
+        assert not (logs / f"{i}.log").exists()
+        assert run_hostctl("task", "show", i).code == 2
+    assert (done / f"{ids[2]}.task").exists() and (logs / f"{ids[2]}.log").exists()
+    assert status_of(run_hostctl, ids[2]) == "success"
+    assert status_of(run_hostctl, queued) == "queued"  # only finished tasks go
+
+
+def test_pause_stops_dispatch_from_running_tasks_and_resume_lets_it(
+        run_hostctl, home) -> None:
+    save_sites(run_hostctl, home, ["a.example"])
+    res = run_hostctl("queue", "pause")
+    assert res.code == 0, res
+    status = json.loads(run_hostctl("queue", "status", "--json").out)
+    assert status["paused"] is True
+    task = add_task(run_hostctl, "verify", "@a.example")
+    for argv in (("dispatch",), ("dispatch", "--force"), ("dispatch", "--queue", "tasks")):
+        res = run_hostctl(*argv)
+        assert res.code == 0, res
+        assert status_of(run_hostctl, task) == "queued"
+    assert "PAUSED" in run_hostctl("queue", "status").out
+
+    assert run_hostctl("queue", "resume").code == 0
+    assert json.loads(run_hostctl("queue", "status", "--json").out)["paused"] is False
+    res = run_hostctl("dispatch")
+    assert res.code == 0, res
+    assert status_of(run_hostctl, task) == "success"
