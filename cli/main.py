@@ -93,6 +93,83 @@ _debug = {"traceback": False}
 COMPLETE_VAR = "_HOSTCTL_COMPLETE"
 
 
+def _plain_coercion() -> None:
+    """Coerce plain parameters (str, int, float, bool, list[str]) without pydantic.
+
+    typer builds a pydantic ``TypeAdapter`` for each parameter it processes, and the
+    first one imports pydantic: about 100 ms of every command. Every parameter of
+    hostctl's is plain, and a plain value (a str, digits, a default) converts exactly as
+    pydantic would convert it; anything else (a malformed or out-of-range number, a
+    value of another type) is handed to typer's own coercion, so its messages are
+    unchanged. Nothing is changed if typer's internals are not the expected ones.
+    """
+    from dataclasses import dataclass
+
+    try:
+        from typer import _coercion, core
+        base = _coercion.RuntimeParam
+        original = core.build_runtime_param
+    except (ImportError, AttributeError):
+        return
+    if getattr(original, "hostctl_plain", False):
+        return
+    unsure = object()
+
+    def plain(annotation: Any, info: Any, value: Any) -> Any:
+        if annotation is str:
+            return value if isinstance(value, str) else unsure
+        if annotation is bool:
+            return value if isinstance(value, bool) else unsure
+        if annotation in (int, float):
+            if isinstance(value, str) and value.isascii() and (
+                    value.isdigit() if annotation is int else
+                    value.replace(".", "", 1).isdigit() and value[0] != "."):
+                number = annotation(value)
+            elif type(value) in (int, float) and (annotation is float or type(value) is int):
+                number = annotation(value)
+            else:
+                return unsure
+            if (info.min is not None and number < info.min) or (
+                    info.max is not None and number > info.max):
+                return unsure  # typer's coercion says why
+            return number
+        if annotation == list[str] and isinstance(value, list | tuple) and all(
+                isinstance(item, str) for item in value):
+            return list(value)
+        return unsure
+
+    @dataclass(frozen=True)
+    class PlainParam(base):  # type: ignore[misc, valid-type]
+        descriptor: Any = None
+
+        def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
+            done = plain(self.annotation, self.parameter_info, value)
+            if done is not unsure:
+                return done
+            return original(self.descriptor)._coerce_value(value, param=param, ctx=ctx)
+
+    def build(descriptor: Any) -> Any:
+        info = descriptor.parameter_info
+        try:
+            simple = (descriptor.file_annotation is None and info.parser is None
+                      and not info.clamp and not descriptor.is_path
+                      and not descriptor.is_choice
+                      and (descriptor.annotation in (str, int, float, bool)
+                           or descriptor.annotation == list[str]))
+        except AttributeError:
+            simple = False
+        if not simple:
+            return original(descriptor)
+        return PlainParam(parameter_info=info, annotation=descriptor.annotation,
+                          descriptor=descriptor)
+
+    build.hostctl_plain = True  # type: ignore[attr-defined]
+    core.build_runtime_param = build
+
+
+_plain_coercion()
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"hostctl {__version__}")
@@ -172,5 +249,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> NoReturn:
-    """Console-script entry point."""
-    sys.exit(main())
+    """Console-script entry point.
+
+    Once the output is flushed, the process ends with ``os._exit``: tearing down the
+    ~300 modules a command has loaded takes the interpreter ~100 ms and does nothing a
+    user could see. The exit handlers (logging's among them) still run first; if a flush
+    fails (a closed pipe), the normal exit reports it as before.
+    """
+    code = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        sys.exit(code)
+    import atexit
+
+    atexit._run_exitfuncs()
+    os._exit(int(code) & 0xFF)

@@ -71,22 +71,46 @@ class TaskType:
 
 
 class Registry:
-    """Every task type known to this hostctl, by name."""
+    """Every task type known to this hostctl, by name.
 
-    def __init__(self, types: Iterable[TaskType], config: Config) -> None:
-        self.types = {t.name: t for t in types}
+    Plugin types are looked up (``plugins``, a scan of the installed distributions' entry
+    points that costs tens of milliseconds) only when something needs them: a name that
+    is neither built in nor in config.toml, or the whole list. A plugin cannot take the
+    name of a built-in or config type, so a known name never needs the scan.
+    """
+
+    def __init__(self, types: Iterable[TaskType], config: Config,
+                 plugins: Callable[[], list[TaskType]] | None = None) -> None:
+        self._types = {t.name: t for t in types}
         self.config = config
+        self._plugins = plugins
+
+    @property
+    def types(self) -> dict[str, TaskType]:
+        """Every type, the plugins' included."""
+        if self._plugins is not None:
+            found, self._plugins = self._plugins(), None
+            for ttype in found:
+                if ttype.name in self._types:
+                    log.warning("plugin task type %s ignored: the name is taken", ttype.name)
+                    continue
+                self._types[ttype.name] = ttype
+        return self._types
+
+    def _find(self, name: str) -> TaskType | None:
+        found = self._types.get(name)
+        return found if found is not None else self.types.get(name)
 
     def names(self) -> list[str]:
         return sorted(self.types)
 
     def get(self, name: str) -> TaskType:
-        try:
-            return self.types[name]
-        except KeyError:
+        found = self._find(name)
+        if found is None:
             raise InvalidInput(
                 f"unknown task type {name!r}; known types: {', '.join(self.names())}"
-            ) from None
+            )
+        return found
 
     def for_context_type(self, context_type: str) -> list[TaskType]:
         return [t for t in self.types.values() if context_type in t.context_types]
@@ -129,7 +153,7 @@ class Registry:
 
     def policy(self, env: Envelope) -> Policy:
         w = self.config.worker
-        ttype = self.types.get(env.type)
+        ttype = self._find(env.type)
         return Policy(
             max_attempts=(ttype.max_attempts if ttype and ttype.max_attempts else
                           w.max_attempts),
@@ -155,13 +179,7 @@ def load(config: Config, plugins: bool = True) -> Registry:
             command=spec, timeout=spec.timeout, max_attempts=spec.max_attempts,
             rerun_on_loss=spec.rerun_on_loss, source="config",
         )
-    if plugins:
-        for ttype in _plugin_types():
-            if ttype.name in types:
-                log.warning("plugin task type %s ignored: the name is taken", ttype.name)
-                continue
-            types[ttype.name] = ttype
-    return Registry(types.values(), config)
+    return Registry(types.values(), config, _plugin_types if plugins else None)
 
 
 def _plugin_types() -> list[TaskType]:

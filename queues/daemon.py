@@ -89,6 +89,7 @@ class WaitQueue:
 
         spool = self.home.writable()
         self.worker = worker = self.home.worker(self.concurrency)
+        worker.registry.names()  # look for plugin types now, not at the first pickup
         self._start = self.clock()
         self._register_liveness()
         try:
@@ -151,7 +152,8 @@ class WaitQueue:
         waits = [self._next_housekeeping - now]
         if not self.stopping(now):
             waits.append(self._start + self.max_runtime - now)
-            due = self.home.spool.next_due()
+            assert self.worker is not None
+            due = self.worker.spool.next_due()  # the worker's: its view of deferred/
             if due is not None:
                 waits.append(due - time.time())
         return max(0.0, min(waits))
@@ -176,7 +178,7 @@ class WaitQueue:
 
         fresh = Home(self.home.paths)
         try:
-            fresh.registry  # noqa: B018 - parse now, so a broken file keeps the old one
+            fresh.registry.names()  # parse now, so a broken file keeps the old one
         except HostctlError as exc:
             log.error("config not reloaded: %s", exc)
             return

@@ -3,7 +3,9 @@
 The worker watches the spool's ``new/``, ``incoming/`` and ``deferred/`` folders: a
 publish (a link or rename into ``new/``) wakes it at once. The daemon also watches the
 spool's root for deletions only: ``queue resume`` removes the ``paused`` file. Where
-inotify is missing the worker falls back to its periodic rescan.
+inotify is missing the worker falls back to its periodic rescan. The spool keeps its
+ordered view of ``new/`` and ``deferred/`` from the names in the events
+(:meth:`Inotify.events`).
 """
 
 from __future__ import annotations
@@ -11,30 +13,53 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import struct
 from pathlib import Path
 
 IN_CLOSE_WRITE = 0x00000008
+IN_MOVED_FROM = 0x00000040
 IN_MOVED_TO = 0x00000080
 IN_CREATE = 0x00000100
 IN_DELETE = 0x00000200
+IN_DELETE_SELF = 0x00000400
+IN_MOVE_SELF = 0x00000800
+IN_Q_OVERFLOW = 0x00004000
+IN_IGNORED = 0x00008000
+IN_ONLYDIR = 0x01000000
 IN_NONBLOCK = 0o4000
 IN_CLOEXEC = 0o2000000
 WAKE_MASK = IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE
+_HEADER = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
+_libc: ctypes.CDLL | None = None
+
+
+def _lib() -> ctypes.CDLL:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    return _libc
 
 
 class Inotify:
     def __init__(self, folders: list[Path], mask: int = WAKE_MASK) -> None:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        libc = _lib()
         fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1 failed")
         self.fd = fd
+        self.watches: dict[int, Path] = {}
         for folder in folders:
-            wd = libc.inotify_add_watch(fd, os.fsencode(folder), mask)
-            if wd < 0:
-                err = ctypes.get_errno()
-                os.close(fd)
-                raise OSError(err, f"inotify_add_watch {folder} failed")
+            self.add(folder, mask)
+
+    def add(self, folder: Path, mask: int) -> int:
+        """Watch one more folder; return its watch descriptor."""
+        wd = _lib().inotify_add_watch(self.fd, os.fsencode(folder), mask)
+        if wd < 0:
+            err = ctypes.get_errno()
+            self.close()
+            raise OSError(err, f"inotify_add_watch {folder} failed")
+        self.watches[wd] = folder
+        return int(wd)
 
     def fileno(self) -> int:
         return self.fd
@@ -50,6 +75,24 @@ class Inotify:
             if not chunk:
                 return total
             total += len(chunk)
+
+    def events(self) -> list[tuple[int, int, str]]:
+        """The pending events as (watch descriptor, mask, name); never blocks."""
+        out = []
+        while True:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return out
+            if not chunk:
+                return out
+            offset, size = 0, len(chunk)
+            while offset + _HEADER.size <= size:
+                wd, mask, _cookie, length = _HEADER.unpack_from(chunk, offset)
+                offset += _HEADER.size
+                raw = chunk[offset:offset + length]
+                offset += length
+                out.append((wd, mask, os.fsdecode(raw.rstrip(b"\0"))))
 
     def close(self) -> None:
         if self.fd >= 0:

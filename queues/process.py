@@ -1,11 +1,16 @@
-"""Child processes of a worker: their own process group, killed with their worker.
+"""Child processes of a worker: their own process group, killed when their task is lost.
 
 Every task runs in a new session (its own process group), so that a timeout or a cancel
-can signal the whole tree with ``killpg``. On Linux the child also asks the kernel to
-SIGKILL it when its worker dies (``PR_SET_PDEATHSIG``): a worker killed with ``kill -9``
-takes its running task with it, and the sweep that later recovers the task kills what is
-left of the group, after checking that the group leader is still the process it started
-(its start time in /proc), so a reused pid is never signalled.
+can signal the whole tree with ``killpg``. A command task is started with ``posix_spawn``
+(see provision/runner.py), which cannot ask for ``PR_SET_PDEATHSIG``: when its worker is
+killed with ``kill -9`` the command runs on until the sweep that recovers the task (at the
+next ``dispatch`` or ``wait-queue`` start, or the daemon's periodic sweep) kills its whole
+group, before the task can run again, after checking that the group is still the one the
+task's leader started (its start time in /proc), so a reused pid is never signalled. The
+worker records the group and the leader's start time in the ``start`` event right after
+the spawn returns (the child has then already been exec'd). A forked child (a task
+function) also asks the kernel to SIGKILL it when its worker dies
+(:func:`die_with_parent`).
 """
 
 from __future__ import annotations
@@ -32,10 +37,15 @@ def die_with_parent() -> None:
 def _stat(pid: int | str) -> tuple[int, int, int] | None:
     """(process group, session, start time in clock ticks) from /proc/PID/stat."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            data = fh.read()
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        data = os.read(fd, 4096)  # one read: procfs makes the whole line at once
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     rest = data[data.rfind(b")") + 2:].split()
     try:
         return int(rest[2]), int(rest[3]), int(rest[19])

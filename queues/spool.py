@@ -45,13 +45,15 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import heapq
 import logging
 import os
 import random
 import shutil
 import stat
 import time
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,7 +128,13 @@ class Claim:
     released: bool = field(default=False)
 
     def append(self, kind: str, **fields: Any) -> None:
-        os.write(self.fd, encode_event(kind, **fields))
+        """Append one event, whole or not at all: a torn line (a full disk) is cut off
+        again, so that it cannot swallow the next event."""
+        data = encode_event(kind, **fields)
+        size = os.fstat(self.fd).st_size
+        if os.write(self.fd, data) != len(data):
+            os.ftruncate(self.fd, size)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     def reload(self) -> Task:
         self.task = self.spool._read_fd(self.fd, "active")
@@ -148,6 +156,7 @@ class Spool:
         self.logs = logs
         self.allow_network_filesystem = allow_network_filesystem
         self._ready = False
+        self._listings: dict[str, _Listing] = {}  # claim's and next_due's view of folders
 
     # -- set-up -----------------------------------------------------------------------
 
@@ -279,8 +288,18 @@ class Spool:
         return tasks
 
     def counts(self) -> dict[str, int]:
-        return {s: len(self._names(s)) for s in ("incoming", "new", "deferred", "active",
-                                                 "done", "quarantine", "rejected")}
+        return {s: self._count(s) for s in ("incoming", "new", "deferred", "active",
+                                            "done", "quarantine", "rejected")}
+
+    def _count(self, state: str) -> int:
+        """len(self._names(state)), without sorting."""
+        try:
+            names = os.listdir(self.dir(state))
+        except FileNotFoundError:
+            return 0
+        if state in ("quarantine", "rejected"):
+            return sum(1 for n in names if not n.endswith(".reason"))
+        return sum(1 for n in names if not n.startswith("."))
 
     def _names(self, state: str) -> list[str]:
         try:
@@ -335,18 +354,48 @@ class Spool:
         self.ensure()
         claims: list[Claim] = []
         busy = set(skip_contexts or ())
-        for name in self._names("new"):
-            if len(claims) >= limit:
-                break
-            claim = self._try_claim(name, check, busy)
-            if claim is not None:
-                claims.append(claim)
-                busy.add(claim.task.envelope.context)
+        listing = self._listing("new")
+        if listing is None:  # no inotify: list the folder
+            for name in self._names("new"):
+                if len(claims) >= limit:
+                    break
+                claim = self._try_claim(name, check, busy)
+                if claim is not None:
+                    claims.append(claim)
+                    busy.add(claim.task.envelope.context)
+            return claims
+        passed: list[str] = []  # still queued (or gone meanwhile): back into the listing
+        names = listing.smallest(passed)
+        try:
+            while len(claims) < limit:
+                name = next(names, None)
+                if name is None:
+                    break
+                if listing.contexts.get(name) in busy:  # known to wait for its context
+                    continue
+                claim = self._try_claim(name, check, busy, listing.contexts)
+                if claim is not None:
+                    passed.pop()
+                    listing.discard(name)
+                    claims.append(claim)
+                    busy.add(claim.task.envelope.context)
+        finally:
+            listing.restore(passed)
         return claims
 
+    def _listing(self, state: str) -> _Listing | None:
+        """The up-to-date ordered view of ``new/`` or ``deferred/``; None without inotify."""
+        listing = self._listings.get(state)
+        if listing is None:
+            listing = self._listings[state] = _Listing(self.dir(state))
+        return listing if listing.refresh() else None
+
     def _try_claim(
-        self, name: str, check: Callable[[Envelope], None] | None, busy: set[str]
+        self, name: str, check: Callable[[Envelope], None] | None, busy: set[str],
+        contexts: dict[str, str] | None = None,
     ) -> Claim | None:
+        """Claim ``new/name``, or None; a task left waiting for its context's lock has its
+        context noted in ``contexts`` (a name's task never changes its context)."""
         path = self.dir("new") / name
         try:
             fd = os.open(path, _OPEN_FLAGS)
@@ -361,9 +410,7 @@ class Spool:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return None
-            if not os.path.exists(path):  # moved while we were locking it
-                return None
-            try:
+            try:  # lstat: FileNotFoundError if it moved while we were locking it
                 if not os.path.samestat(os.fstat(fd), os.lstat(path)):
                     return None
                 task = self._read_fd(fd, "new", name)
@@ -378,10 +425,14 @@ class Spool:
                 return None
             context = task.envelope.context
             if context in busy:
+                if contexts is not None:
+                    contexts[name] = context
                 return None
             ctx_fd = self._try_context_lock(context)
             if ctx_fd is None:
                 busy.add(context)
+                if contexts is not None:
+                    contexts[name] = context
                 return None
             target = self.dir("active") / name
             try:
@@ -413,22 +464,28 @@ class Spool:
         try:
             fd = os.open(tmp, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                          0o600)
-        except BaseException:
+        except BaseException as exc:
             os.close(ctx_fd)
+            if isinstance(exc, OSError):  # a full disk, say: one line, not a traceback
+                raise OperationFailed(f"cannot queue the task: {exc.strerror or exc}") from exc
             raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            os.write(fd, env.encode())
+            data = env.encode()
+            if os.write(fd, data) != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             os.fsync(fd)
             target = self.dir("active") / _ready_name(env)
             os.rename(tmp, target)
             fsync_dir(target.parent)
             task = self._read_fd(fd, "active", target.name)
-        except BaseException:
+        except BaseException as exc:
             os.close(fd)
             os.close(ctx_fd)
             with suppress(OSError):
                 os.unlink(tmp)
+            if isinstance(exc, OSError):
+                raise OperationFailed(f"cannot queue the task: {exc.strerror or exc}") from exc
             raise
         return Claim(task, target, fd, ctx_fd, self)
 
@@ -664,25 +721,43 @@ class Spool:
     def promote_due(self, now: float | None = None) -> int:
         now = time.time() if now is None else now
         moved = 0
-        for name in self._names("deferred"):
-            due_hex, _, ready = name.partition(".")
-            try:
-                due = int(due_hex, 16) / 1000
-            except ValueError:
-                self._quarantine_path(self.dir("deferred") / name, "malformed deferred name")
-                continue
-            if due > now:
-                break
-            with suppress(FileNotFoundError):
-                os.rename(self.dir("deferred") / name, self.dir("new") / ready)
-                moved += 1
+        listing = self._listing("deferred")
+        passed: list[str] = []
+        names = self._names("deferred") if listing is None else listing.smallest(passed)
+        try:
+            for name in names:
+                due_hex, _, ready = name.partition(".")
+                try:
+                    due = int(due_hex, 16) / 1000
+                except ValueError:
+                    self._quarantine_path(self.dir("deferred") / name,
+                                          "malformed deferred name")
+                    continue
+                if due > now:
+                    break
+                with suppress(FileNotFoundError):
+                    os.rename(self.dir("deferred") / name, self.dir("new") / ready)
+                    moved += 1
+        finally:
+            if listing is not None:
+                listing.restore(passed)
         return moved
 
     def next_due(self) -> float | None:
-        for name in self._names("deferred"):
-            with suppress(ValueError):
-                return int(name.partition(".")[0], 16) / 1000
-        return None
+        listing = self._listing("deferred")
+        if listing is None:
+            for name in self._names("deferred"):
+                with suppress(ValueError):
+                    return int(name.partition(".")[0], 16) / 1000
+            return None
+        passed: list[str] = []
+        try:
+            for name in listing.smallest(passed):
+                with suppress(ValueError):
+                    return int(name.partition(".")[0], 16) / 1000
+            return None
+        finally:
+            listing.restore(passed)
 
     def _drop_stale_tmp(self, now: float) -> None:
         tmp = self.dir("tmp")
@@ -889,3 +964,92 @@ def _iso(ts: float) -> str:
     from hostctl.queues.task import utc_iso
 
     return utc_iso(ts)
+
+
+class _Listing:
+    """The names in one spool folder, smallest first, without listing the folder again for
+    every claim (Linux; the caller lists the folder itself when :meth:`refresh` says no).
+
+    An inotify watch on the folder, set before its one full listing, reports every name
+    that arrives (a link, a rename into it, a create) or leaves (a rename out of it, an
+    unlink); :meth:`refresh` applies the reports, so that ``present`` then holds exactly
+    the folder's names (dot-names left out). ``heap`` holds the same names, smallest
+    first, plus stale entries (a name gone meanwhile, or there twice) which are passed
+    over when they come up. A lost report (the kernel's event queue overflowed) or a
+    replaced folder means one more full listing. The cost of a claim therefore does not
+    grow with the length of the queue.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.ino: Any = None
+        self.broken = False  # no inotify here: the caller lists the folder
+        self.heap: list[str] = []
+        self.present: set[str] = set()
+        self.contexts: dict[str, str] = {}  # name -> its task's context, where noted
+
+    def refresh(self) -> bool:
+        """Apply the pending reports; False where inotify cannot be used."""
+        from hostctl.queues import inotify as ino
+
+        if self.broken:
+            return False
+        if self.ino is None:
+            try:
+                watch = ino.Inotify([self.folder], ino.IN_CREATE | ino.IN_MOVED_TO
+                                    | ino.IN_MOVED_FROM | ino.IN_DELETE | ino.IN_DELETE_SELF
+                                    | ino.IN_MOVE_SELF | ino.IN_ONLYDIR)
+            except (OSError, AttributeError):  # no inotify, no such folder, no watch left
+                self.broken = True
+                return False
+            self.ino = watch
+            weakref.finalize(self, watch.close)
+            self._relist()
+            return True
+        relist = False
+        for _wd, mask, name in self.ino.events():
+            if mask & (ino.IN_IGNORED | ino.IN_DELETE_SELF | ino.IN_MOVE_SELF):
+                self.ino.close()  # the folder itself went: watch the new one
+                self.ino = None
+                return self.refresh()
+            if mask & ino.IN_Q_OVERFLOW:
+                relist = True
+            elif mask & (ino.IN_CREATE | ino.IN_MOVED_TO):
+                if name not in self.present and not name.startswith("."):
+                    self.present.add(name)
+                    heapq.heappush(self.heap, name)
+            elif mask & (ino.IN_MOVED_FROM | ino.IN_DELETE):
+                self.discard(name)
+        if relist:
+            self._relist()
+        return True
+
+    def _relist(self) -> None:
+        try:
+            names = [n for n in os.listdir(self.folder) if not n.startswith(".")]
+        except FileNotFoundError:
+            names = []
+        names.sort()  # a sorted list is a heap
+        self.heap = names
+        self.present = set(names)
+        self.contexts = {n: c for n, c in self.contexts.items() if n in self.present}
+
+    def smallest(self, passed: list[str]) -> Iterator[str]:
+        """The present names, smallest first, each once; each one yielded is taken out of
+        the heap and appended to ``passed``, for :meth:`restore` to put back."""
+        seen = set()
+        while self.heap:
+            name = heapq.heappop(self.heap)
+            if name in self.present and name not in seen:
+                seen.add(name)
+                passed.append(name)
+                yield name
+
+    def restore(self, names: Iterable[str]) -> None:
+        for name in names:
+            if name in self.present:
+                heapq.heappush(self.heap, name)
+
+    def discard(self, name: str) -> None:
+        self.present.discard(name)
+        self.contexts.pop(name, None)

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 from hostctl.config import Config
 from hostctl.contexts.store import ContextStore
@@ -32,6 +32,24 @@ from hostctl.queues.task import utc_iso
 
 log = logging.getLogger("hostctl")
 REDACTED = b"[secret]"
+#: no room on the disk for a task's log or its start: wait this long before claiming again
+NO_ROOM_WAIT = 10.0
+#: held back by the load: look at it again this often (nothing else may wake the daemon)
+LOAD_RECHECK = 5.0
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
+
+
+def redact(value: Any, secrets: tuple[bytes, ...]) -> Any:
+    """``value`` (a task's structured result) with every secret replaced, as in its log."""
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret.decode(), REDACTED.decode())
+        return value
+    if isinstance(value, dict):
+        return {redact(k, secrets): redact(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v, secrets) for v in value]
+    return value
 
 
 @dataclass
@@ -98,6 +116,7 @@ class Worker:
         self.summary = Summary()
         self._check = registry.check_envelope(self.store)
         self.load_note = False
+        self.no_room_until = 0.0  # the disk was full: claim nothing before this (clock)
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -115,14 +134,18 @@ class Worker:
         free = self.concurrency - len(self.running)
         if free <= 0:
             return 0
-        if self.overloaded():
+        if self.clock() < self.no_room_until or self.overloaded():
             return 0
         self.spool.promote_due()
         busy = {r.context for r in self.running.values()}
         claims = self.spool.claim(self._check, limit=free, skip_contexts=busy)
+        started = 0
         for claim in claims:
-            self.start(claim)
-        return len(claims)
+            if self.clock() < self.no_room_until:  # the disk filled up: give them back
+                self._give_back(claim)
+                continue
+            started += self.start(claim, queued=True)
+        return started
 
     def wait(self, timeout: float | None) -> None:
         """Handle output and exits for up to ``timeout`` seconds; enforce deadlines."""
@@ -132,6 +155,13 @@ class Worker:
                           for r in self.running.values())
             limit = max(0.0, soonest - now)
             timeout = limit if timeout is None else min(timeout, limit)
+        # held back by a full disk or by the load: no event says when that ends, so look
+        # again in a while
+        recheck = (max(0.0, self.no_room_until - self.clock())
+                   if self.no_room_until > self.clock() else
+                   LOAD_RECHECK if self.load_note else None)
+        if recheck is not None:
+            timeout = recheck if timeout is None else min(timeout, recheck)
         for key, _ in self.selector.select(timeout):
             kind, target = key.data
             if kind == "wake":  # a watched folder changed, or a signal came
@@ -179,7 +209,7 @@ class Worker:
 
     def run_claim(self, claim: Claim) -> Summary:
         """Run one claimed task to its end (a foreground provision-TYPE)."""
-        self.start(claim)
+        self.start(claim, queued=False)
         while self.running:
             try:
                 self.wait(None)
@@ -189,7 +219,12 @@ class Worker:
 
     # -- one task ---------------------------------------------------------------------
 
-    def start(self, claim: Claim) -> None:
+    def start(self, claim: Claim, queued: bool = False) -> bool:
+        """Start the claimed task's child; False if it was given back to the queue.
+
+        A ``queued`` task that finds no room on the disk for its log or its start is
+        given back (it has not run) and the worker claims nothing for a while; a
+        foreground one ends in error."""
         env = claim.task.envelope
         attempt = claim.task.attempt_count + 1
         result_path = str(self.spool.dir("tmp") / f".{env.id}.result")
@@ -200,18 +235,35 @@ class Worker:
             self._log(log_fd, f"--- hostctl: attempt {attempt} of {env.type} on "
                               f"{env.context}, task {env.id}, {utc_iso()}\n")
         except OSError as exc:
+            if queued and exc.errno in _NO_ROOM:
+                self._no_room(claim, log_fd, f"its log: {exc.strerror}")
+                return False
             self._fail_start(claim, attempt, log_fd,
                              f"cannot write the task's log: {exc.strerror or exc}")
-            return
+            return True
         try:
             prep = prepare(env, self.registry, self.store, self.paths, result_path)
             pid, out_fd = launch(prep, env, self.store, self.paths, result_path)
         except (HostctlError, OSError) as exc:
             reason = exc.message if isinstance(exc, HostctlError) else f"cannot start: {exc}"
             self._fail_start(claim, attempt, log_fd, reason)
-            return
-        claim.append("start", attempt=attempt, pid=pid, pgid=pid, pgid_start=start_time(pid),
-                     worker=os.getpid(), host=os.uname().nodename)
+            return True
+        try:
+            claim.append("start", attempt=attempt, pid=pid, pgid=pid,
+                         pgid_start=start_time(pid), worker=os.getpid(),
+                         host=os.uname().nodename)
+        except OSError as exc:
+            # the start cannot be recorded (a full disk): a child that runs unrecorded
+            # could run twice, so stop it at once; the task has not started
+            signal_group(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(out_fd)
+            if queued and exc.errno in _NO_ROOM:
+                self._no_room(claim, log_fd, f"its start: {exc.strerror}")
+                return False
+            self._fail_start(claim, attempt, log_fd,
+                             f"cannot record the task's start: {exc.strerror or exc}")
+            return True
         self.spool.post_claim(claim, "active")
         timeout = self.registry.timeout(prep.ttype)
         now = self.clock()
@@ -222,15 +274,42 @@ class Worker:
         self.selector.register(out_fd, selectors.EVENT_READ, ("out", run))
         self.selector.register(run.pidfd, selectors.EVENT_READ, ("exit", run))
         self.running[pid] = run
+        return True
 
     def _fail_start(self, claim: Claim, attempt: int, log_fd: int, reason: str) -> None:
-        claim.append("start", attempt=attempt, worker=os.getpid())
         if log_fd >= 0:
             with suppress(OSError):
                 self._log(log_fd, f"--- hostctl: {reason}\n")
             os.close(log_fd)
-        self.spool.finish(claim, "error", exit=None, reason=reason, result={})
+        try:
+            claim.append("start", attempt=attempt, worker=os.getpid())
+            self.spool.finish(claim, "error", exit=None, reason=reason, result={})
+        except (OSError, HostctlError) as exc:
+            # e.g. a full disk: let go of the task; the next sweep finds it
+            log.error("task %s: cannot record its end (%s): %s", claim.task.id, reason, exc)
+            claim.release()
+            self.summary.count("lost")
+            return
         self.summary.count("error")
+
+    def _no_room(self, claim: Claim, log_fd: int, what: str) -> None:
+        """No room on the disk to start a queued task: give it back, claim nothing for a
+        while (a dispatch exits, a daemon looks again later)."""
+        if log_fd >= 0:
+            os.close(log_fd)
+        self.summary.started -= 1
+        if self.clock() >= self.no_room_until:
+            log.error("no room on the disk for %s; task %s and the others stay queued "
+                      "(next try in %g s)", what, claim.task.id, NO_ROOM_WAIT)
+        self.no_room_until = self.clock() + NO_ROOM_WAIT
+        self._give_back(claim)
+
+    def _give_back(self, claim: Claim) -> None:
+        """Queue a claimed task that did not start again (no attempt counted)."""
+        try:
+            self.spool.requeue(claim)
+        except (OSError, HostctlError):
+            claim.release()  # left in active/: the next sweep queues it again
 
     def stop_all(self, reason: str, requeue: bool = False) -> None:
         """Stop every running task: TERM to its group now, KILL after the grace period.
@@ -344,7 +423,7 @@ class Worker:
             self._emit(run, run.buffer + b"\n")
         claim = run.claim
         task = claim.reload()
-        result = read_result(run.result_path)
+        result = redact(read_result(run.result_path), run.secrets)
         assert run.exit_status is not None
         verdict = judge(run.exit_status, result, cancelled=run.cancelled or task.cancel_requested,
                         timed_out=run.timed_out,
