@@ -3,8 +3,8 @@
 Postfix's maildrop model. The back end (the home's owner) runs every task; a front end (a
 web UI, another UNIX user in the front-end group) may only:
 
-- drop a submission into ``spool/incoming/`` (mode 1730: group write and search, sticky,
-  no read, so it can neither list the folder nor touch another user's drop);
+- drop a submission into ``spool/incoming/`` (mode 3730: group write and search, sticky,
+  setgid, no read, so it can neither list the folder nor touch another user's drop);
 - read ``spool/outbox/RECEIPT.json`` (the status of what it submitted) and
   ``spool/outbox/RECEIPT.log`` (its log), where RECEIPT is a 32-hex-digit token it chose
   and wrote into its submission. The outbox is 2710: the group may open a name it knows,
@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hostctl.contexts.names import display, parse_name
 from hostctl.errors import ForeignHome, InvalidInput, NotFound, OperationFailed
 from hostctl.files import tail
 from hostctl.paths import Paths
@@ -99,11 +100,17 @@ def decode_submission(data: bytes, submitter: int, now: float | None = None) -> 
     plain = {k: v for k, v in doc.items() if k not in ("receipt", "delay")}
     plain["created"] = created
     env = decode_envelope(json.dumps(plain).encode())
-    return Submission(Envelope(
-        id=env.id, type=env.type, context=env.context, options=env.options,
-        context_options=env.context_options, priority=env.priority, created=created,
-        submitter=submitter, receipt=receipt,
-    ), float(delay))
+    envelope = Envelope(
+        # one spelling of the context ('@name'), as `task add` gives it, so that the
+        # task shows, lists and locks under its context's name
+        id=env.id, type=env.type, context=display(parse_name(env.context)),
+        options=env.options, context_options=env.context_options, priority=env.priority,
+        created=created, submitter=submitter, receipt=receipt,
+    )
+    # the task file adds a few keys to what was dropped: it must still be readable
+    if len(envelope.encode()) > MAX_TASK_BYTES:
+        raise InvalidInput(f"the task would be larger than {MAX_TASK_BYTES} bytes")
+    return Submission(envelope, float(delay))
 
 
 def receipt_of(data: bytes) -> str:
@@ -301,12 +308,28 @@ def setup(paths: Paths, group: str) -> list[str]:
 
 
 def frontend_gid(paths: Paths) -> int | None:
-    """The front-end group, if the drop box is set up (read from incoming/)."""
-    try:
-        st = os.stat(paths.spool / "incoming")
-    except OSError:
+    """The front-end group, if the drop box is set up; else None.
+
+    It is set up when incoming/ or outbox/ is open to its group in any way (group bits,
+    setgid, sticky). Its group is the one most of the home, the spool, incoming/ and
+    outbox/ have among those open to their group (incoming/'s on a tie): one folder whose
+    mode or group went wrong is then reported and repaired by doctor, not taken for the
+    truth (a chmod 0777 of incoming/ must not make doctor lock the front end out).
+    """
+    from collections import Counter
+
+    incoming, outbox = paths.spool / "incoming", paths.spool / "outbox"
+    shared: dict[Path, int] = {}
+    for path in (incoming, outbox, paths.home, paths.spool):
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if st.st_mode & (0o070 | stat.S_ISGID | stat.S_ISVTX):
+            shared[path] = st.st_gid
+    if incoming not in shared and outbox not in shared:
         return None
-    return st.st_gid if stat.S_IMODE(st.st_mode) == INCOMING_MODE else None
+    return Counter(shared.values()).most_common(1)[0][0]
 
 
 # -- the front end's view of its tasks ---------------------------------------------------

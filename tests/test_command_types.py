@@ -216,3 +216,24 @@ def test_plugin_task_type_from_an_entry_point(root: Path, run_hostctl, hostctl_p
     doc = show(run_hostctl, task_id)
     assert doc["status"] == "success" and doc["result"] == {"greeted": "@b.example"}
     assert len(ids_in(root.parent / "home", "done")) == 2
+
+
+def test_plugins_are_looked_up_only_when_a_name_is_not_known_otherwise() -> None:
+    from hostctl.config import Config
+    from hostctl.errors import InvalidInput
+    from hostctl.provision.registry import Registry, TaskType
+
+    scans = []
+
+    def plugins() -> list[TaskType]:
+        scans.append(1)
+        return [TaskType("extra", ("site",)), TaskType("verify", ("site",), "a clash")]
+
+    builtin = TaskType("verify", ("server", "site"), "built in")
+    reg = Registry([builtin], Config(), plugins)
+    assert reg.get("verify") is builtin and not scans  # a known name: no scan
+    assert reg.get("extra").name == "extra" and scans == [1]
+    assert reg.names() == ["extra", "verify"] and reg.get("verify") is builtin
+    assert scans == [1]  # scanned once
+    with pytest.raises(InvalidInput, match="known types: extra, verify"):
+        reg.get("nope")

@@ -1,7 +1,8 @@
 """kill -9 of a worker in the middle of a task: the next sweep recovers the task at once
 (its file lock is gone, not some age), counts the cut-off run as an attempt with the
 reason, and brings the task to a final status; nothing of the task's process group stays
-behind. Real processes, real flocks, real signals."""
+behind (the sweep kills it before the task runs again). Real processes, real flocks, real
+signals."""
 
 from __future__ import annotations
 
@@ -92,9 +93,9 @@ def kill_worker_mid_task(run_hostctl, home: Path, root: Path, task_type: str, si
     os.kill(worker, signal.SIGKILL)
     killed_at = time.monotonic()
     wait_for(lambda: not pid_alive(worker), 10, "the worker to die")
-    # the command died with its worker (PR_SET_PDEATHSIG) ...
-    wait_for(lambda: not pid_alive(cmd_pid), 10, "the task's command to die with its worker")
-    # ... and until a sweep runs, the task still shows as processing
+    # a command task is spawned without PR_SET_PDEATHSIG: what is left of it is killed by
+    # the sweep that recovers the task (each test checks that); until a sweep runs, the
+    # task still shows as processing
     assert folder_of(home, task_id) == ["active"]
     return task_id, cmd_pid, child_pid, killed_at
 
@@ -106,6 +107,8 @@ def test_killed_wait_queue_task_is_recovered_by_the_next_dispatch_and_runs_again
     task_id, cmd_pid, child_pid, killed_at = kill_worker_mid_task(
         run_hostctl, home, root, "rerun", "crash.example", ("wait-queue", "--max-runtime", "60"),
         cleanup)
+    # a command task outlives its worker (no PR_SET_PDEATHSIG): the sweep must kill it
+    assert pid_alive(cmd_pid)
 
     res = hostctl_process("dispatch", timeout=60)
     recovered_after = time.monotonic() - killed_at
@@ -122,6 +125,7 @@ def test_killed_wait_queue_task_is_recovered_by_the_next_dispatch_and_runs_again
     assert "second run" in (home / "logs" / f"{task_id}.log").read_text()
 
     # nothing of the first attempt's process group is left running
+    wait_for(lambda: not pid_alive(cmd_pid), 5, f"the killed task's command {cmd_pid} to be gone")
     wait_for(lambda: not pid_alive(child_pid), 5,
              f"the killed task's background child {child_pid} to be gone")
     assert group_members(cmd_pid) == []
@@ -149,6 +153,7 @@ def test_killed_worker_task_without_rerun_ends_in_error_with_the_reason(
     assert "died" in doc["reason"]
     assert folder_of(home, task_id) == ["done"]
     assert "second run" not in (home / "logs" / f"{task_id}.log").read_text()  # not rerun
+    wait_for(lambda: not pid_alive(cmd_pid), 5, f"the killed task's command {cmd_pid} to be gone")
     wait_for(lambda: not pid_alive(child_pid), 5,
              f"the killed task's background child {child_pid} to be gone")
     assert group_members(cmd_pid) == []
@@ -166,7 +171,7 @@ def test_killed_dispatch_does_not_block_the_next_one(run_hostctl, hostctl_proces
     doc = show_process(hostctl_process, task_id)
     assert doc["status"] == "success", doc
     assert [a["outcome"] for a in doc["attempts"]] == ["lost", "success"]
-    assert not pid_alive(cmd_pid)
+    wait_for(lambda: not pid_alive(cmd_pid), 5, "the first attempt's command to be gone")
 
 
 def test_a_task_never_stays_processing_after_its_worker_died(
@@ -182,7 +187,7 @@ def test_a_task_never_stays_processing_after_its_worker_died(
     [name] = os.listdir(home / "spool" / "active")
     task_id = name[1:21]
     os.kill(proc, signal.SIGKILL)
-    wait_for(lambda: not pid_alive(cmd_pid), 10, "the command to die with its worker")
+    wait_for(lambda: not pid_alive(proc), 10, "the foreground hostctl to die")
     res = hostctl_process("task", "list", "--status", "processing", "--json", timeout=30)
     assert task_id in res.stdout  # no sweep yet
 
@@ -192,4 +197,6 @@ def test_a_task_never_stays_processing_after_its_worker_died(
     assert doc["status"] == "error" and doc["attempts"][0]["outcome"] == "lost"
     res = hostctl_process("task", "list", "--status", "processing", "--json", timeout=30)
     assert res.returncode == 0 and task_id not in res.stdout
+    wait_for(lambda: not pid_alive(cmd_pid), 5, "the command to be gone")
     wait_for(lambda: not pid_alive(child_pid), 5, "the background child to be gone")
+    assert group_members(cmd_pid) == []

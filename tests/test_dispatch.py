@@ -79,14 +79,14 @@ def test_a_dispatcher_killed_with_kill_9_never_blocks_the_next(
     task_pid = int(Path(f"{flag}.started").read_text())
     os.kill(first.pid, signal.SIGKILL)
     assert wait_exit(first, 10, "the killed dispatcher") == -signal.SIGKILL
-    # the task dies with its worker
-    wait_for(lambda: not pid_alive(task_pid), 10, "the orphaned task to die")
 
     quick = add_task(run_hostctl, "verify", "@b.example")
     res = hostctl_process("-v", "dispatch", timeout=30)
     assert res.returncode == 0, res.stderr
     assert "another dispatcher" not in res.stderr
     assert status_of(run_hostctl, quick) == "success"
+    # the orphaned command (spawned, so it outlived its worker) was killed by the sweep
+    wait_for(lambda: not pid_alive(task_pid), 10, "the orphaned task to be killed")
     # the cut-off task was found by the sweep: never left in processing
     doc = task_json(run_hostctl, slow)
     assert doc["status"] == "error", doc

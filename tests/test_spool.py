@@ -210,6 +210,93 @@ def test_check_rejection_quarantines_with_a_reason(sp: Spool) -> None:
     assert "unknown task type" in q[0][1]
 
 
+# -- the claim's view of new/ and deferred/ (kept by inotify, not listed per claim) ------
+
+@pytest.fixture(params=["inotify", "listing"])
+def view(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test below runs with the inotify-kept view and with a plain listing."""
+    if request.param == "listing":
+        from hostctl.queues import spool as spool_module
+
+        monkeypatch.setattr(spool_module._Listing, "refresh", lambda self: False)
+    return str(request.param)
+
+
+def test_claim_sees_what_others_queue_after_its_first_look(sp: Spool, view: str) -> None:
+    assert sp.claim() == []
+    other = Spool(sp.root, sp.logs)
+    later, first = env("@b.example"), env("@a.example", priority=9)
+    other.publish(later)
+    other.publish(first)
+    (sp.dir("new") / ".half-written").write_bytes(b"{")  # dot-names are never claimed
+    assert [c.task.id for c in sp.claim(limit=5)] == [first.id, later.id]
+    assert (sp._listings["new"].ino is not None) == (view == "inotify")
+
+
+def test_claim_passes_over_what_others_took_or_cancelled(sp: Spool, view: str) -> None:
+    a, b, c = env("@a.example"), env("@b.example"), env("@c.example")
+    for e in (a, b, c):
+        sp.publish(e)
+        time.sleep(0.002)
+    assert sp.claim(skip_contexts={"@a.example", "@b.example", "@c.example"}) == []
+    other = Spool(sp.root, sp.logs)
+    [taken] = other.claim()
+    assert taken.task.id == a.id
+    assert other.cancel_queued(b.id) is not None
+    assert [x.task.id for x in sp.claim(limit=5)] == [c.id]
+    taken.release()
+
+
+def test_a_requeued_task_is_claimed_again(sp: Spool, view: str) -> None:
+    e = env()
+    sp.publish(e)
+    [claim] = sp.claim()
+    assert sp.claim() == []
+    sp.requeue(claim)
+    [again] = sp.claim()
+    assert again.task.id == e.id
+    again.release()
+
+
+def test_tasks_skipped_for_a_busy_context_wait_for_it(sp: Spool, view: str) -> None:
+    a1, a2, b1 = env("@a.example"), env("@a.example", options={"n": "2"}), env("@b.example")
+    for e in (a1, a2, b1):
+        sp.publish(e)
+        time.sleep(0.002)
+    other = Spool(sp.root, sp.logs)
+    [held] = other.claim()
+    assert held.task.id == a1.id
+    assert [c.task.id for c in sp.claim(limit=5)] == [b1.id]  # a2 waits for @a
+    assert sp.claim(limit=5) == []
+    other.finish(held, "success", exit=0)
+    assert [c.task.id for c in sp.claim(limit=5)] == [a2.id]
+
+
+def test_claim_follows_a_replaced_new_folder(sp: Spool, view: str, tmp_path: Path) -> None:
+    old = env("@a.example")
+    sp.publish(old)
+    assert sp.claim(skip_contexts={"@a.example"}) == []
+    sp.dir("new").rename(tmp_path / "old-new")
+    sp.dir("new").mkdir()
+    e = env("@b.example")
+    Spool(sp.root, sp.logs).publish(e)
+    assert [c.task.id for c in sp.claim(limit=5)] == [e.id]
+
+
+def test_next_due_follows_deferred(sp: Spool, view: str) -> None:
+    assert sp.next_due() is None
+    other = Spool(sp.root, sp.logs)
+    later, sooner = env("@a.example"), env("@b.example")
+    other.publish(later, delay=600)
+    assert abs((sp.next_due() or 0) - (time.time() + 600)) < 5
+    other.publish(sooner, delay=60)
+    assert abs((sp.next_due() or 0) - (time.time() + 60)) < 5
+    assert other.promote_due(time.time() + 120) == 1
+    assert abs((sp.next_due() or 0) - (time.time() + 600)) < 5
+    assert sp.promote_due(time.time() + 1200) == 1
+    assert sp.next_due() is None and sp.get(later.id).state == "new"
+
+
 # -- finish, defer, retry, cancel --------------------------------------------------------
 
 def test_finish_appends_an_end_event_and_moves_to_done(sp: Spool) -> None:

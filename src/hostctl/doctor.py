@@ -70,8 +70,9 @@ def _rules(paths: Paths, fe: int | None) -> Iterator[_Rule]:
     from hostctl.queues import dropbox
     from hostctl.queues.spool import FOLDERS
 
-    shared_dir = (dropbox.HOME_MODE,) if fe is not None else ()
-    yield _Rule(paths.home, (PRIVATE_DIR, *shared_dir), fe if fe is not None else None)
+    # with a drop box the front end must pass through the home and the spool: 0700 would
+    # lock it out, so only the shared mode is right there
+    yield _Rule(paths.home, (dropbox.HOME_MODE,) if fe is not None else (PRIVATE_DIR,), fe)
     if paths.config_file.exists():
         yield _Rule(paths.config_file, (0o600, 0o400))
     yield from _tree(paths.contexts, files=(0o600, 0o400))
@@ -79,8 +80,7 @@ def _rules(paths: Paths, fe: int | None) -> Iterator[_Rule]:
     yield from _tree(paths.home / "crontab", files=(0o600,))
     if not paths.spool.exists():
         return
-    yield _Rule(paths.spool, (PRIVATE_DIR, *((dropbox.SPOOL_MODE,) if fe is not None else ())),
-                fe)
+    yield _Rule(paths.spool, (dropbox.SPOOL_MODE,) if fe is not None else (PRIVATE_DIR,), fe)
     for name in FOLDERS:
         folder = paths.spool / name
         if name == "incoming" and fe is not None:
