@@ -85,7 +85,7 @@ tasks.queue_app.command("pause")(runners.queue_pause)
 tasks.queue_app.command("resume")(runners.queue_resume)
 app.command(
     "provision-save",
-    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    context_settings=save.HELP_SETTINGS,
     epilog=save.HELP_EPILOG,
 )(save.provision_save)
 

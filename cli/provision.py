@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from hostctl.cli.common import complete_context, state
-from hostctl.cli.save import parse_field_args
+from hostctl.cli.save import HELP_SETTINGS, field_args
 from hostctl.errors import ExitStatus, HostctlError
 from hostctl.queues import tasks as ops
 
@@ -28,9 +28,9 @@ def provision_task(
     home = ops.Home(state(ctx).paths)
     type_name = (ctx.info_name or "").removeprefix(PREFIX)
     declared = {k.replace("-", "_"): k for k in _declared_options(home, type_name)}
-    name, options = parse_field_args(
-        list(args or []), lambda _: False, f"{PREFIX}{type_name}",
-        lambda key: declared.get(key.replace("-", "_"), key))
+    name, options = field_args(
+        ctx, list(args or []), flag=lambda _: False, what=f"{PREFIX}{type_name}",
+        spelling=lambda key: declared.get(key.replace("-", "_"), key))
     task, summary = ops.run_now(home, type_name, name, options)
     label = task.status.label
     print(f"hostctl: {type_name} on {task.envelope.context}: {label} (task {task.id})"
@@ -59,6 +59,6 @@ def make_command(type_name: str, help_text: str, options: dict[str, str]) -> Any
         f"{PREFIX}{type_name}",
         help=help_text,
         epilog=epilog,
-        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+        context_settings=HELP_SETTINGS,
     )(provision_task)
     return typer.main.get_command(sub)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import suppress
 from typing import Annotated
 
 import typer
@@ -23,6 +24,33 @@ service_app = typer.Typer(help="Print a configuration that keeps wait-queue runn
                           no_args_is_help=True)
 
 
+class _LogFile(logging.FileHandler):
+    """A FileHandler that, when a line cannot be written (a full disk), says so in one
+    line on stderr, once until writing works again, instead of logging's traceback."""
+
+    failing = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        super().emit(record)
+        if self.failing and self.stream is not None:
+            try:
+                self.flush()
+            except OSError:
+                return
+            self.failing = False
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        import sys
+
+        if self.failing:
+            return
+        self.failing = True
+        exc = sys.exc_info()[1]
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        with suppress(OSError, ValueError):
+            sys.stderr.write(f"hostctl: cannot write {self.baseFilename}: {reason}\n")
+
+
 def _file_log(st: State) -> None:
     """Also log to HOME/logs/hostctl.log (created 0600)."""
     import os
@@ -31,7 +59,7 @@ def _file_log(st: State) -> None:
     path = st.paths.logs / "hostctl.log"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     os.close(fd)
-    handler = logging.FileHandler(path)
+    handler = _LogFile(path)
     handler.setFormatter(logging.Formatter(
         f"%(asctime)s [{os.getpid()}] %(levelname)s %(message)s"))
     handler.setLevel(logging.INFO)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -26,6 +26,27 @@ def _field_spelling(key: str) -> str:
     return key.replace("-", "_")
 
 
+#: the options that ask for help: these commands read them themselves, where an option
+#: name goes, so that ``--language -h`` is a value, not a call for help (click would take
+#: ``-h`` anywhere)
+HELP_SETTINGS = {"ignore_unknown_options": True, "allow_extra_args": True,
+                 "help_option_names": []}
+
+
+def field_args(ctx: typer.Context, tokens: list[str], **how: Any) -> tuple[str, dict[str, str]]:
+    """:func:`parse_field_args`, or the command's help (exit 0) for a ``--help`` or ``-h``
+    where an option name goes."""
+    try:
+        return parse_field_args(tokens, **how)
+    except _HelpWanted:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0) from None
+
+
+class _HelpWanted(Exception):
+    pass
+
+
 def parse_field_args(
     tokens: list[str],
     flag: Callable[[str], bool] = _bool_field,
@@ -45,6 +66,8 @@ def parse_field_args(
     while i < len(tokens):
         token = tokens[i]
         i += 1
+        if token in ("--help", "-h"):
+            raise _HelpWanted
         if not token.startswith("--"):
             if name is not None:
                 raise InvalidInput(f"one context at a time: got {name} and {token}")
@@ -88,7 +111,7 @@ def provision_save(
 ) -> None:
     """Create or update a context; --FIELD null resets a field to its default."""
     st = state(ctx)
-    name, changes = parse_field_args(list(args or []))
+    name, changes = field_args(ctx, list(args or []))
     store = ContextStore(st.paths)
     if delete:
         if changes or context_type:
