@@ -240,7 +240,11 @@ def main(argv: list[str] | None = None) -> int:
         return ExitStatus.ERROR
     except Exception as exc:  # a bug: one line, unless asked for the trace
         if _debug["traceback"]:
-            raise
+            import traceback
+
+            traceback.print_exc()
+            sys.stderr.flush()
+            return ExitStatus.INTERNAL
         return _fail(
             f"internal error: {type(exc).__name__}: {exc} (rerun with --traceback)",
             ExitStatus.INTERNAL,

@@ -127,10 +127,10 @@ def test_traceback_flag_shows_an_unexpected_error(home: Path) -> None:
                 stderr=subprocess.PIPE, text=True, env=env, timeout=60,
             )
     plain, traced = runs[()], runs[("--traceback",)]
-    assert plain.returncode not in (0, ExitStatus.USAGE)
+    assert plain.returncode == ExitStatus.INTERNAL, plain.stderr
     line = one_line(plain.stderr)
     assert "--traceback" in line
-    assert traced.returncode != 0
+    assert traced.returncode == ExitStatus.INTERNAL, traced.stderr
     assert "Traceback (most recent call last)" in traced.stderr
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import hostctl_exe
 
 from hostctl.errors import ExitStatus
 
@@ -170,3 +172,19 @@ def test_own_home_beside_a_foreign_one_works(
     assert r.code == 0, r
     assert (home / "contexts" / "srv.toml").is_file()
     assert tree(foreign_home) == []
+
+
+def test_without_flag_or_environment_the_home_is_the_user_data_folder(
+        tmp_path: Path) -> None:
+    """No --home, no HOSTCTL_HOME: platformdirs' user data folder for "hostctl" (on Linux,
+    $XDG_DATA_HOME/hostctl), in a real process."""
+    data = tmp_path / "xdg-data"
+    env = {k: v for k, v in os.environ.items() if k != "HOSTCTL_HOME"}
+    env.update(XDG_DATA_HOME=str(data), HOME=str(tmp_path / "user"))
+    res = subprocess.run(
+        [hostctl_exe(), "provision-save", "@s", "--context_type", "server"],
+        capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert (data / "hostctl" / "contexts" / "s.toml").is_file()
+    assert stat.S_IMODE((data / "hostctl").stat().st_mode) == 0o700
+    assert not (tmp_path / "home").exists()  # the fixture's home was not used

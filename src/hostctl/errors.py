@@ -10,7 +10,7 @@ from enum import IntEnum
 
 
 class ExitStatus(IntEnum):
-    """Every exit code hostctl uses (see docs/cli.md)."""
+    """Every exit code hostctl uses (README.md, "Exit codes")."""
 
     OK = 0  # success, a task that ended in `warning` included
     ERROR = 1  # a task ended in `error`, or an operation failed at run time
