@@ -153,7 +153,7 @@ class WaitQueue:
         if not self.stopping(now):
             waits.append(self._start + self.max_runtime - now)
             assert self.worker is not None
-            due = self.worker.spool.next_due()  # the worker's: its view of deferred/
+            due = self.worker.queue.next_due()  # the worker's: its view of deferred/
             if due is not None:
                 waits.append(due - time.time())
         return max(0.0, min(waits))

@@ -519,8 +519,17 @@ class Spool:
     # -- finish -----------------------------------------------------------------------
 
     def heartbeat(self, claim: Claim) -> None:
+        """The claim's flock already says its owner lives; the touch shows when it last
+        looked (the file's mtime)."""
         with suppress(OSError):
             os.utime(claim.fd)
+
+    def started(self, claim: Claim) -> None:
+        """The task's child runs: its front end's receipt says so."""
+        self.post_claim(claim, "active")
+
+    def result_path(self, env: Envelope) -> str:
+        return str(self.dir("tmp") / f".{env.id}.result")
 
     def finish(self, claim: Claim, outcome: str, **fields: Any) -> None:
         """Record the end of the attempt and move the task to done/."""

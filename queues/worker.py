@@ -26,8 +26,9 @@ from hostctl.errors import HostctlError
 from hostctl.paths import Paths
 from hostctl.provision.registry import Registry, secret_values
 from hostctl.provision.runner import Verdict, judge, launch, prepare, read_result
+from hostctl.queues.backend import QueueBackend, TaskClaim
 from hostctl.queues.process import signal_group, start_time
-from hostctl.queues.spool import Claim, Policy, Spool, backoff
+from hostctl.queues.spool import Policy, Spool, backoff
 from hostctl.queues.task import utc_iso
 
 log = logging.getLogger("hostctl")
@@ -36,6 +37,9 @@ REDACTED = b"[secret]"
 NO_ROOM_WAIT = 10.0
 #: held back by the load: look at it again this often (nothing else may wake the daemon)
 LOAD_RECHECK = 5.0
+#: a running task's owner tells the queue it lives this often (a lease, for a backend
+#: that has no locks; the spool's claims are flocks, and it only touches the file)
+HEARTBEAT_EVERY = 30.0
 _NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -54,7 +58,7 @@ def redact(value: Any, secrets: tuple[bytes, ...]) -> Any:
 
 @dataclass
 class Running:
-    claim: Claim
+    claim: TaskClaim
     pid: int
     out_fd: int
     pidfd: int
@@ -74,6 +78,7 @@ class Running:
     interrupted: str = ""  # the worker itself was stopped: run it again later
     secrets: tuple[bytes, ...] = ()  # redacted from the log
     log_error: str = ""  # the log could not be written: the task ends in error
+    beat_at: float = 0.0  # the last heartbeat to the queue (clock)
 
     @property
     def context(self) -> str:
@@ -101,13 +106,16 @@ class Worker:
         concurrency: int | None = None,
         echo: TextIO | None = None,
         clock: Callable[[], float] = time.monotonic,
+        queue: QueueBackend | None = None,
     ) -> None:
         self.paths = paths
         self.config = config
         self.registry = registry
         self.store = ContextStore(paths)
-        self.spool = Spool(paths.spool, paths.logs,
-                           config.spool.allow_network_filesystem)
+        # the only way to the queue (see backend.py); its own Spool, so that its view of
+        # the spool's folders is kept up to date by this worker alone
+        self.queue: QueueBackend = queue if queue is not None else Spool(
+            paths.spool, paths.logs, config.spool.allow_network_filesystem)
         self.concurrency = concurrency or config.worker.concurrency
         self.echo = echo
         self.clock = clock
@@ -121,12 +129,12 @@ class Worker:
     # -- the loop ---------------------------------------------------------------------
 
     def sweep(self) -> None:
-        for note in self.spool.sweep(self.registry.policy):
+        for note in self.queue.sweep(self.registry.policy):
             log.warning("%s", note)
         self.admit()
 
     def admit(self) -> None:
-        for note in self.spool.admit(self._check):
+        for note in self.queue.admit(self._check):
             log.info("%s", note)
 
     def step(self) -> int:
@@ -136,9 +144,9 @@ class Worker:
             return 0
         if self.clock() < self.no_room_until or self.overloaded():
             return 0
-        self.spool.promote_due()
+        self.queue.promote_due()
         busy = {r.context for r in self.running.values()}
-        claims = self.spool.claim(self._check, limit=free, skip_contexts=busy)
+        claims = self.queue.claim(self._check, limit=free, skip_contexts=busy)
         started = 0
         for claim in claims:
             if self.clock() < self.no_room_until:  # the disk filled up: give them back
@@ -151,7 +159,8 @@ class Worker:
         """Handle output and exits for up to ``timeout`` seconds; enforce deadlines."""
         if self.running:
             now = self.clock()
-            soonest = min(r.term_at + self.config.worker.kill_grace if r.term_at else r.deadline
+            soonest = min(min(r.term_at + self.config.worker.kill_grace if r.term_at
+                              else r.deadline, r.beat_at + HEARTBEAT_EVERY)
                           for r in self.running.values())
             limit = max(0.0, soonest - now)
             timeout = limit if timeout is None else min(timeout, limit)
@@ -178,6 +187,15 @@ class Worker:
             if target.exit_status is not None and not target.out_open:
                 self._complete(target)
         self._enforce_deadlines()
+        self._heartbeats()
+
+    def _heartbeats(self) -> None:
+        """Tell the queue that this worker still runs its tasks (see backend.py)."""
+        now = self.clock()
+        for run in self.running.values():
+            if now >= run.beat_at + HEARTBEAT_EVERY:
+                run.beat_at = now
+                self.queue.heartbeat(run.claim)
 
     def overloaded(self) -> bool:
         """Is the machine too busy to start another task? (``[worker] max_load``)"""
@@ -198,7 +216,7 @@ class Worker:
 
     def run(self, once: bool = True, should_stop: Callable[[], bool] = lambda: False) -> Summary:
         """Sweep, then run tasks until none is ready (``once``) or until told to stop."""
-        self.spool.ensure()
+        self.queue.ensure()
         self.sweep()
         while True:
             stopping = should_stop()
@@ -207,7 +225,7 @@ class Worker:
                 return self.summary
             self.wait(None if self.running else 0.5)
 
-    def run_claim(self, claim: Claim) -> Summary:
+    def run_claim(self, claim: TaskClaim) -> Summary:
         """Run one claimed task to its end (a foreground provision-TYPE)."""
         self.start(claim, queued=False)
         while self.running:
@@ -219,7 +237,7 @@ class Worker:
 
     # -- one task ---------------------------------------------------------------------
 
-    def start(self, claim: Claim, queued: bool = False) -> bool:
+    def start(self, claim: TaskClaim, queued: bool = False) -> bool:
         """Start the claimed task's child; False if it was given back to the queue.
 
         A ``queued`` task that finds no room on the disk for its log or its start is
@@ -227,11 +245,11 @@ class Worker:
         foreground one ends in error."""
         env = claim.task.envelope
         attempt = claim.task.attempt_count + 1
-        result_path = str(self.spool.dir("tmp") / f".{env.id}.result")
+        result_path = self.queue.result_path(env)
         self.summary.started += 1
         log_fd = -1
         try:
-            log_fd = self.spool.open_log(env)
+            log_fd = self.queue.open_log(env)
             self._log(log_fd, f"--- hostctl: attempt {attempt} of {env.type} on "
                               f"{env.context}, task {env.id}, {utc_iso()}\n")
         except OSError as exc:
@@ -264,26 +282,26 @@ class Worker:
             self._fail_start(claim, attempt, log_fd,
                              f"cannot record the task's start: {exc.strerror or exc}")
             return True
-        self.spool.post_claim(claim, "active")
+        self.queue.started(claim)
         timeout = self.registry.timeout(prep.ttype)
         now = self.clock()
         run = Running(claim, pid, out_fd, os.pidfd_open(pid), log_fd,
                       self.registry.policy(env), result_path, now + timeout, timeout, now,
-                      attempt, secrets=secret_values(prep.context, self.store))
+                      attempt, secrets=secret_values(prep.context, self.store), beat_at=now)
         os.set_blocking(out_fd, False)
         self.selector.register(out_fd, selectors.EVENT_READ, ("out", run))
         self.selector.register(run.pidfd, selectors.EVENT_READ, ("exit", run))
         self.running[pid] = run
         return True
 
-    def _fail_start(self, claim: Claim, attempt: int, log_fd: int, reason: str) -> None:
+    def _fail_start(self, claim: TaskClaim, attempt: int, log_fd: int, reason: str) -> None:
         if log_fd >= 0:
             with suppress(OSError):
                 self._log(log_fd, f"--- hostctl: {reason}\n")
             os.close(log_fd)
         try:
             claim.append("start", attempt=attempt, worker=os.getpid())
-            self.spool.finish(claim, "error", exit=None, reason=reason, result={})
+            self.queue.finish(claim, "error", exit=None, reason=reason, result={})
         except (OSError, HostctlError) as exc:
             # e.g. a full disk: let go of the task; the next sweep finds it
             log.error("task %s: cannot record its end (%s): %s", claim.task.id, reason, exc)
@@ -292,7 +310,7 @@ class Worker:
             return
         self.summary.count("error")
 
-    def _no_room(self, claim: Claim, log_fd: int, what: str) -> None:
+    def _no_room(self, claim: TaskClaim, log_fd: int, what: str) -> None:
         """No room on the disk to start a queued task: give it back, claim nothing for a
         while (a dispatch exits, a daemon looks again later)."""
         if log_fd >= 0:
@@ -304,10 +322,10 @@ class Worker:
         self.no_room_until = self.clock() + NO_ROOM_WAIT
         self._give_back(claim)
 
-    def _give_back(self, claim: Claim) -> None:
+    def _give_back(self, claim: TaskClaim) -> None:
         """Queue a claimed task that did not start again (no attempt counted)."""
         try:
-            self.spool.requeue(claim)
+            self.queue.requeue(claim)
         except (OSError, HostctlError):
             claim.release()  # left in active/: the next sweep queues it again
 
@@ -441,16 +459,16 @@ class Worker:
             reason = f"{run.interrupted}; {verdict.reason}"
             fields.update(exit=verdict.exit, reason=reason)
             if run.policy.rerun_on_loss and run.attempt < run.policy.max_attempts:
-                self.spool.defer(claim, backoff(run.policy, run.attempt), outcome="lost",
+                self.queue.defer(claim, backoff(run.policy, run.attempt), outcome="lost",
                                  **fields)
             else:
-                self.spool.finish(claim, "lost", **fields)
+                self.queue.finish(claim, "lost", **fields)
             self.summary.count("lost")
             return
         if verdict.outcome == "retry":
-            self.spool.defer(claim, backoff(run.policy, run.attempt), **fields)
+            self.queue.defer(claim, backoff(run.policy, run.attempt), **fields)
         else:
-            self.spool.finish(claim, verdict.outcome, **fields)
+            self.queue.finish(claim, verdict.outcome, **fields)
         self.summary.count(verdict.outcome)
 
     @staticmethod
