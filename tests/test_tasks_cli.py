@@ -52,6 +52,10 @@ def tasks_config(home: Path, **worker: object) -> None:
                          "context_types": ["site"]},
             "sleepy": {"command": ["sh", "-c", "echo napping; sleep 30"],
                        "context_types": ["site"], "timeout": 1},
+            "stream": {"command": ["sh", "-c",
+                                   'echo first line; while [ ! -e "$1/go" ]; do sleep 0.02; '
+                                   'done; echo second line', "sh", "{root}"],
+                       "context_types": ["site"]},
             "chatty": {"command": ["sh", "-c",
                                    "for i in 1 2 3; do echo chunk $i; sleep 0.3; done"],
                        "context_types": ["site"]},
@@ -265,6 +269,27 @@ def test_task_log_follow_ends_when_the_task_ends(root: Path, run_hostctl, home: 
         assert "--- hostctl:" in follow.stdout.rstrip().splitlines()[-1]
     finally:
         assert stop(worker) == 0
+
+
+def test_the_log_is_written_line_by_line_while_the_task_runs(
+        root: Path, run_hostctl, home: Path) -> None:
+    task_id = add(run_hostctl, "stream", "@a.example")
+    log = home / "logs" / f"{task_id}.log"
+    worker = popen_hostctl(home, "wait-queue", "--once")
+    try:
+        wait_for(lambda: log.exists() and "first line\n" in log.read_text(), 20,
+                 "the first line in the log while the task runs")
+        assert show(run_hostctl, task_id)["status"] == "processing"
+        assert "second line" not in log.read_text()
+        (root / "go").touch()
+        wait_for(lambda: show(run_hostctl, task_id)["status"] == "success", 20,
+                 "the task to end")
+        text = log.read_text()
+        assert text.index("first line") < text.index("second line")
+        assert worker.wait(timeout=20) == 0  # --once: nothing more to run
+    finally:
+        (root / "go").touch()
+        stop(worker)
 
 
 def _exe() -> list[str]:
