@@ -22,6 +22,7 @@ crash in the middle of an append) is ignored.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -334,8 +335,8 @@ class Task:
             "context": env.context,
             "status": self.status.label,
             "status_code": self.status.code,
-            "options": dict(env.options),
-            "context_options": dict(env.context_options),
+            "options": masked(env.options),
+            "context_options": masked(env.context_options),
             "priority": env.priority,
             "created": env.created,
             "started": self.started,
@@ -348,6 +349,24 @@ class Task:
             "log": self.log_path,
             "submitter": env.submitter,
         }
+
+
+def masked(values: Mapping[str, str]) -> dict[str, str]:
+    """``values`` as shown to anyone (task show, task list, a receipt): the value of a key
+    that names a secret field (``cron_key``, ``db-passwd``...) is masked, as `context show`
+    masks it. The task file keeps it: the run needs it."""
+    from hostctl.contexts.store import SECRET_MASK
+
+    secret = _secret_names()
+    return {k: SECRET_MASK if v and k.replace("-", "_") in secret else v
+            for k, v in values.items()}
+
+
+@functools.cache
+def _secret_names() -> frozenset[str]:
+    from hostctl.contexts.schema import secret_field_names
+
+    return secret_field_names()
 
 
 def decode_task(data: bytes, state: str, log_path: str = "", due: float | None = None) -> Task:
