@@ -23,6 +23,7 @@ Anything else goes to ``spool/rejected/`` with the reason, which the receipt als
 
 from __future__ import annotations
 
+import codecs
 import errno
 import grp
 import json
@@ -113,14 +114,51 @@ def decode_submission(data: bytes, submitter: int, now: float | None = None) -> 
     return Submission(envelope, float(delay))
 
 
+_BLANK = re.compile(r"[ \t\n\r]*")
+
+
+def _skip_blank(text: str, at: int) -> int:
+    found = _BLANK.match(text, at)
+    return found.end() if found else at
+
+
 def receipt_of(data: bytes) -> str:
-    """The receipt token of a (possibly invalid) submission, or ''."""
-    try:
-        doc = json.loads(data.partition(b"\n")[0])
-    except (ValueError, UnicodeDecodeError):
+    """The receipt token of a (possibly invalid) submission, or ''.
+
+    ``data`` may be only the head of a file too large to admit (see Spool.admit), cut off
+    anywhere: the keys of the top-level object are read one by one, each value decoded
+    whole (so that a value holding the text ``"receipt": ...`` is never taken for the key)
+    until the object ends or the data does. The last ``receipt`` key read counts, as in
+    ``json.loads``; anything unreadable before it means no receipt.
+    """
+    try:  # strict, but a character cut off at the very end is no error
+        text = codecs.getincrementaldecoder("utf-8")().decode(data, final=False)
+    except UnicodeDecodeError:
         return ""
-    token = doc.get("receipt") if isinstance(doc, dict) else None
-    return token if isinstance(token, str) and RECEIPT.fullmatch(token) else ""
+    decoder = json.JSONDecoder()
+    found = ""
+    at = _skip_blank(text, 0)
+    if text[at:at + 1] != "{":
+        return ""
+    at += 1
+    while True:
+        at = _skip_blank(text, at)
+        if text[at:at + 1] != '"':
+            return found  # the end of the object, or of what was read
+        try:
+            key, at = decoder.raw_decode(text, at)  # a JSON string: it starts with '"'
+            at = _skip_blank(text, at)
+            if text[at:at + 1] != ":":
+                return found
+            value, at = decoder.raw_decode(text, _skip_blank(text, at + 1))
+        except (ValueError, RecursionError):
+            return found
+        if key == "receipt":
+            found = value if isinstance(value, str) and RECEIPT.fullmatch(value) else ""
+        at = _skip_blank(text, at)
+        if text[at:at + 1] != ",":
+            return found
+        at += 1
 
 
 def receipt_doc(task_json: Mapping[str, Any]) -> dict[str, Any]:

@@ -76,6 +76,8 @@ FOLDERS = ("incoming", "tmp", "new", "deferred", "active", "done", "quarantine",
 SUFFIX = ".task"
 log = logging.getLogger(__name__)
 STALE_TMP_SECONDS = 3600.0
+#: of a drop too large to admit, this much of its head is read to find its receipt
+RECEIPT_SCAN_BYTES = 16 * MAX_TASK_BYTES
 # O_NONBLOCK: a FIFO or device planted in a spool folder must not hang the opener.
 _OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 _READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
@@ -802,7 +804,8 @@ class Spool:
                     raise Conflict(f"a task with id {sub.envelope.id} already exists")
                 self._write_new(sub.envelope, sub.delay)
             except (InvalidInput, Conflict, NotFound) as exc:
-                self._reject(path, str(exc), receipt_of(data))
+                self._reject(path, str(exc),
+                             receipt_of(exc.head if isinstance(exc, _Refused) else data))
                 notes.append(f"rejected incoming/{name}: {exc}")
                 continue
             except FileNotFoundError:
@@ -815,6 +818,13 @@ class Spool:
         return notes
 
     def _read_incoming(self, path: Path) -> tuple[bytes, int]:
+        """The drop's bytes and owner; _Refused for a file that must not be admitted.
+
+        Only a regular file with one link is read (no symlink, FIFO or device: opened
+        without following, without blocking), and at most MAX_TASK_BYTES of it; of a
+        larger one only its head, up to RECEIPT_SCAN_BYTES, so that its receipt can say
+        it was refused.
+        """
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError as exc:
@@ -828,12 +838,14 @@ class Spool:
             if st.st_nlink != 1:
                 raise InvalidInput("a hard-linked file")
             if st.st_size > MAX_TASK_BYTES:
-                raise InvalidInput(f"{st.st_size} bytes is more than {MAX_TASK_BYTES}")
-            data = os.read(fd, MAX_TASK_BYTES + 1)
+                raise _Refused(f"{st.st_size} bytes is more than {MAX_TASK_BYTES}",
+                               _read_upto(fd, RECEIPT_SCAN_BYTES))
+            data = _read_upto(fd, MAX_TASK_BYTES + 1)
+            if len(data) > MAX_TASK_BYTES:  # it grew after the fstat
+                raise _Refused(f"more than {MAX_TASK_BYTES} bytes",
+                               data + _read_upto(fd, RECEIPT_SCAN_BYTES - len(data)))
         finally:
             os.close(fd)
-        if len(data) > MAX_TASK_BYTES:
-            raise InvalidInput(f"more than {MAX_TASK_BYTES} bytes")
         return data, st.st_uid
 
     def _reject(self, path: Path, reason: str, receipt: str) -> None:
@@ -967,6 +979,27 @@ class Spool:
             yield
         finally:
             os.close(fd)
+
+
+class _Refused(InvalidInput):
+    """A drop refused before it was read whole; ``head`` is what was read of it."""
+
+    def __init__(self, message: str, head: bytes) -> None:
+        super().__init__(message)
+        self.head = head
+
+
+def _read_upto(fd: int, limit: int) -> bytes:
+    """Up to ``limit`` bytes from ``fd``: fewer only at the end of the file."""
+    chunks: list[bytes] = []
+    left = limit
+    while left > 0:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 def _iso(ts: float) -> str:
