@@ -427,6 +427,25 @@ def test_overload_holds_a_one_pass_worker_and_zero_turns_the_check_off(
     assert os.listdir(marks) == [task_id]
 
 
+@pytest.mark.parametrize(("table", "key", "value", "want"), [
+    ("worker", "max_load", '"high"', "max_load must be a number (times the CPU count), 0 or more"),
+    ("worker", "max_load", "-1", "max_load must be a number (times the CPU count), 0 or more"),
+    ("worker", "max_load", "true", "max_load must be a number (times the CPU count), 0 or more"),
+    ("queues.task_gc", "retention_days", '"a month"', "retention_days must be a number of days"),
+    ("worker", "timeout", '"long"', "timeout must be a number of seconds, 0 or more"),
+])
+def test_a_bad_number_in_config_says_what_it_must_be(
+        run_hostctl, home: Path, table: str, key: str, value: str, want: str) -> None:
+    home.mkdir()
+    (home / "config.toml").write_text(f"[{table}]\n{key} = {value}\n")
+    res = run_hostctl("task", "list")
+    assert res.code == 2, res
+    line = one_line_error(res.err)
+    assert want in line, line
+    if key != "timeout":
+        assert "seconds" not in line, line
+
+
 # -- network file systems ----------------------------------------------------------------
 
 

@@ -10,6 +10,9 @@ A missing file means the defaults. Example::
     timeout = 3600           # default per-task timeout, seconds
     kill_grace = 10          # TERM, then KILL this many seconds later
 
+    [frontend]
+    context_options = ["aliases", "language"]  # fields a drop may set (default below)
+
     [tasks.cron]             # a command type: an argv template, never a shell
     command = ["/usr/bin/php", "{root}/cron.php", "--uri={uri}"]
     context_types = ["site"]
@@ -57,6 +60,19 @@ class SpoolSettings:
     allow_network_filesystem: bool = False
 
 
+#: The context fields a front end's submission (a drop) may set as context options: what a
+#: panel's user legitimately changes on a site. Never a secret, a path, a reference to
+#: another context, a guard field (protected, locked) or a field that does what a guarded
+#: task does (site_enabled is the disable task's, which `protected` refuses).
+FRONTEND_CONTEXT_OPTIONS = ("aliases", "redirection", "language", "profile", "client_name",
+                            "ssl_enabled", "admin_email")
+
+
+@dataclass(frozen=True)
+class FrontendSettings:
+    context_options: tuple[str, ...] = FRONTEND_CONTEXT_OPTIONS
+
+
 @dataclass(frozen=True)
 class CommandTask:
     name: str
@@ -100,6 +116,7 @@ class Config:
     tasks: Mapping[str, CommandTask] = field(default_factory=dict)
     queues: Mapping[str, QueueSettings] = field(default_factory=lambda: dict(DEFAULT_QUEUES))
     spool: SpoolSettings = field(default_factory=SpoolSettings)
+    frontend: FrontendSettings = field(default_factory=FrontendSettings)
     path: Path | None = None
 
 
@@ -119,7 +136,7 @@ def load(path: Path) -> Config:
 
 
 def _parse(doc: Mapping[str, Any], path: Path) -> Config:
-    _known(doc, {"worker", "tasks", "queues", "spool"}, "config.toml")
+    _known(doc, {"worker", "tasks", "queues", "spool", "frontend"}, "config.toml")
     w = _table(doc, "worker")
     _known(w, set(WorkerSettings.__dataclass_fields__), "[worker]")
     worker = WorkerSettings(
@@ -129,7 +146,7 @@ def _parse(doc: Mapping[str, Any], path: Path) -> Config:
         backoff_max=_num(w, "backoff_max", 3600.0),
         timeout=_num(w, "timeout", 3600.0),
         kill_grace=_num(w, "kill_grace", 10.0),
-        max_load=_num(w, "max_load", 0.0),
+        max_load=_num(w, "max_load", 0.0, "a number (times the CPU count)"),
     )
     sp = _table(doc, "spool")
     _known(sp, set(SpoolSettings.__dataclass_fields__), "[spool]")
@@ -151,7 +168,24 @@ def _parse(doc: Mapping[str, Any], path: Path) -> Config:
             raise ValueError(f"[queues.{name}] must be a table")
         queues[name] = _queue(DEFAULT_QUEUES[name], spec)
     return Config(worker=worker, tasks=tasks, queues=queues,
-                  spool=SpoolSettings(allow_network_filesystem=allow_nfs), path=path)
+                  spool=SpoolSettings(allow_network_filesystem=allow_nfs),
+                  frontend=_frontend(_table(doc, "frontend")), path=path)
+
+
+def _frontend(fe: Mapping[str, Any]) -> FrontendSettings:
+    from hostctl.contexts.schema import all_field_names
+
+    _known(fe, {"context_options"}, "[frontend]")
+    names = fe.get("context_options", list(FRONTEND_CONTEXT_OPTIONS))
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError("[frontend]: context_options must be a list of field names")
+    for name in names:
+        if name not in all_field_names():
+            raise ValueError(f"[frontend]: context_options: unknown field {name!r}")
+        if name in ("protected", "locked"):  # the drop box refuses them whatever this says
+            raise ValueError(f"[frontend]: context_options: {name!r} guards against "
+                             "dangerous tasks; a front end may never change it")
+    return FrontendSettings(tuple(names))
 
 
 def _queue(base: QueueSettings, spec: Mapping[str, Any]) -> QueueSettings:
@@ -172,7 +206,7 @@ def _queue(base: QueueSettings, spec: Mapping[str, Any]) -> QueueSettings:
         threshold=_int(spec, "threshold", base.threshold, 1, 1_000_000),
         min_threads=_int(spec, "min_threads", base.min_threads, 1, 1000),
         max_threads=_int(spec, "max_threads", base.max_threads, 1, 1000),
-        retention_days=_num(spec, "retention_days", base.retention_days),
+        retention_days=_num(spec, "retention_days", base.retention_days, "a number of days"),
     )
     if q.min_threads > q.max_threads:
         raise ValueError(f"{where}: min_threads is above max_threads")
@@ -249,8 +283,9 @@ def _int(doc: Mapping[str, Any], key: str, default: int, lo: int, hi: int) -> in
     return value
 
 
-def _num(doc: Mapping[str, Any], key: str, default: float) -> float:
+def _num(doc: Mapping[str, Any], key: str, default: float,
+         what: str = "a number of seconds") -> float:
     value = doc.get(key, default)
     if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{key} must be a number of seconds, 0 or more")
+        raise ValueError(f"{key} must be {what}, 0 or more")
     return float(value)
