@@ -9,7 +9,6 @@ when all is well.
 from __future__ import annotations
 
 import logging
-import time
 from contextlib import suppress
 from typing import Annotated
 
@@ -101,18 +100,24 @@ def wait_queue(
     concurrency: Annotated[int | None, typer.Option(
         "--concurrency", min=1, max=256, help="Tasks at once (default: from config).")] = None,
     once: Annotated[bool, typer.Option("--once", help="Drain what is due, then exit.")] = False,
+    housekeeping_every: Annotated[float, typer.Option(
+        "--housekeeping-every", min=0.1, metavar="SECONDS",
+        help="How often to sweep lost tasks, rescan the spool (the safety net for what "
+             "inotify does not report), run due periodic queues and record liveness.")
+    ] = 60.0,
 ) -> None:
     """The daemon: run each task as soon as it is queued (under Supervisor or systemd)."""
-    from hostctl.queues.daemon import WaitQueue
+    from hostctl.queues.daemon import WaitQueue, drain_once
 
     st = state(ctx)
     _file_log(st)
     home = ops.Home(st.paths)
     if once:
-        summary = ops.drain(home, concurrency)
+        summary = drain_once(home, concurrency)
         logging.getLogger("hostctl").info("wait-queue --once ran %d task(s)", summary.started)
         return
-    raise typer.Exit(WaitQueue(home, max_runtime, concurrency).run())
+    raise typer.Exit(WaitQueue(home, max_runtime, concurrency,
+                               housekeeping_every=housekeeping_every).run())
 
 
 @cron_app.command("install")
@@ -206,20 +211,22 @@ def queue_pause(
         "--no-wait", help="Do not wait for the running tasks to finish.")] = False,
 ) -> None:
     """Stop starting tasks (runners keep sweeping); wait for the running ones to finish."""
+    from hostctl.queues.dispatcher import pause
+
     st = state(ctx)
-    home = ops.Home(st.paths)
-    spool = home.writable()
-    (spool.root / "paused").touch(mode=0o600)
-    if not no_wait:
-        while spool.counts()["active"]:
-            time.sleep(0.2)
+    result = pause(ops.Home(st.paths), wait=not no_wait)
+    for note in result.recovered:
+        typer.echo(f"hostctl: {note}", err=True)
+    if result.waited_for:
+        say(st, f"{result.waited_for} running task(s) still run to their end" if no_wait
+            else f"Waited for {result.waited_for} running task(s) to finish")
     say(st, "Paused: no task will start until 'hostctl queue resume'")
 
 
 def queue_resume(ctx: typer.Context) -> None:
     """Start running tasks again."""
+    from hostctl.queues.dispatcher import resume
+
     st = state(ctx)
-    home = ops.Home(st.paths)
-    spool = home.writable()
-    (spool.root / "paused").unlink(missing_ok=True)
+    resume(ops.Home(st.paths))
     say(st, "Resumed")

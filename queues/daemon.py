@@ -2,8 +2,15 @@
 
 It blocks in the kernel (epoll) on inotify watches of ``new/``, ``incoming/`` and
 ``deferred/``, on its children's pipes and exit notifications, and on a self-pipe that
-signals write to; it wakes on its own only for what is due: the next deferred task, the
-periodic queues, the sweep and the liveness record (once a minute each).
+signals write to; it wakes on its own only for what is due: the next deferred task and the
+housekeeping pass (every ``housekeeping_every`` seconds, 60 by default: the sweep of lost
+tasks, the rescan, the periodic queues and the liveness record). The rescan is the safety
+net for what inotify does not report (no inotify at all: the instances or watches of the
+user ran out, say): the pass admits what lies in ``incoming/`` and claims from ``new/``
+whatever the wake-ups missed.
+
+Pause: while ``spool/paused`` exists the daemon starts no task; it keeps sweeping and
+admitting, and ``queue resume`` (removing the file) wakes it at once.
 
 Signals (handlers only record them; the loop acts and logs one sentence):
   TERM or INT, first   stop claiming, let the running tasks finish, exit 0
@@ -36,7 +43,7 @@ from hostctl.queues.task import utc_iso
 
 if TYPE_CHECKING:
     from hostctl.queues.tasks import Home
-    from hostctl.queues.worker import Worker
+    from hostctl.queues.worker import Summary, Worker
 
 log = logging.getLogger("hostctl")
 HOUSEKEEPING_EVERY = 60.0  # sweep, rescan, liveness, periodic queues
@@ -58,11 +65,13 @@ class DaemonInfo:
 class WaitQueue:
     def __init__(self, home: Home, max_runtime: float = 3600.0,
                  concurrency: int | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 housekeeping_every: float = HOUSEKEEPING_EVERY) -> None:
         self.home = home
         self.max_runtime = max_runtime
         self.concurrency = concurrency
         self.clock = clock
+        self.housekeeping_every = housekeeping_every
         self.stop_requests = 0
         self.reload_requested = False
         self.hard_stopped = False
@@ -124,7 +133,7 @@ class WaitQueue:
             self.reload_requested = False
             self._reload()
         if now >= self._next_housekeeping:
-            self._next_housekeeping = now + HOUSEKEEPING_EVERY
+            self._next_housekeeping = now + self.housekeeping_every
             self._housekeeping()
         if not self.stopping(now) and not paused(self.home):
             worker.step()
@@ -142,13 +151,15 @@ class WaitQueue:
                 self.step(now)
                 if self.stopping(now) and not worker.running:
                     break
-                worker.wait(self._timeout(now))
+                worker.wait(self.wake_in(now))
         finally:
             self._close()
         log.info("wait-queue %d exits after %d task(s)", os.getpid(), worker.summary.started)
         return 0
 
-    def _timeout(self, now: float) -> float:
+    def wake_in(self, now: float) -> float:
+        """Seconds the loop may sleep in the kernel before something of its own is due
+        (the housekeeping pass, the max runtime, the next deferred task)."""
         waits = [self._next_housekeeping - now]
         if not self.stopping(now):
             waits.append(self._start + self.max_runtime - now)
@@ -253,6 +264,17 @@ class WaitQueue:
                 (self.home.spool.dir("locks") / f"worker.{os.getpid()}.lock").unlink()
             os.close(self._lock_fd)
             self._lock_fd = -1
+
+
+def drain_once(home: Home, concurrency: int | None = None) -> Summary:
+    """``wait-queue --once``: sweep, admit, run every ready task, return when none is left;
+    while the queue is paused it starts nothing (and stops starting once it is paused)."""
+    worker = home.worker(concurrency)
+    if paused(home):
+        worker.queue.ensure()
+        worker.sweep()
+        return worker.summary
+    return worker.run(once=True, should_stop=lambda: paused(home))
 
 
 def daemons(home: Home) -> list[DaemonInfo]:

@@ -32,8 +32,10 @@ from hostctl.queues.periodic import (
     is_due,
     next_run,
 )
+from hostctl.queues.task import Status, parse_iso
 
 if TYPE_CHECKING:
+    from hostctl.queues.spool import Spool
     from hostctl.queues.tasks import Home
 
 log = logging.getLogger("hostctl")
@@ -79,6 +81,61 @@ def dispatch_lock(home: Home) -> Iterator[bool]:
 
 def paused(home: Home) -> bool:
     return (home.spool.root / "paused").exists()
+
+
+@dataclass(frozen=True)
+class PauseResult:
+    waited_for: int  # tasks that were running (with a live worker) when the queue paused
+    recovered: tuple[str, ...]  # the sweep's notes: running tasks whose worker had died
+
+
+def running_tasks(spool: Spool) -> list[str]:
+    """The tasks in ``active/`` whose worker is alive: it holds the flock on the task file,
+    which the kernel drops when it dies (the sweep's test, without recovering anything)."""
+    folder = spool.dir("active")
+    try:
+        names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
+    except FileNotFoundError:
+        return []
+    live = []
+    for name in names:
+        try:
+            fd = os.open(folder / name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+                         | os.O_NONBLOCK)
+        except OSError:  # finished meanwhile, or garbage the sweep sets aside
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            live.append(name)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return live
+
+
+def pause(home: Home, wait: bool = True, poll: float = 0.2,
+          sleep: Callable[[float], None] = time.sleep) -> PauseResult:
+    """Pause the queue: no runner starts a task until :func:`resume` (they keep sweeping
+    and admitting). With ``wait``, return once no task is running; a task whose worker
+    died is not waited for: the sweep at the end recovers it (as a runner's would)."""
+    spool = home.writable()
+    (spool.root / "paused").touch(mode=0o600)
+    first = running_tasks(spool)
+    if wait:
+        while running_tasks(spool):
+            sleep(poll)
+    recovered = tuple(spool.sweep(home.registry.policy))
+    for note in recovered:
+        log.warning("%s", note)
+    return PauseResult(len(first), recovered)
+
+
+def resume(home: Home) -> None:
+    """Let the runners start tasks again (a waiting wait-queue sees it at once)."""
+    spool = home.writable()
+    (spool.root / "paused").unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -207,6 +264,8 @@ class Dispatcher:
 
     def _queue_tasks(self, c: Computed, state: QueueState, worker: object,
                      report: DispatchReport) -> str:
+        """Run the ready tasks, at most ``items`` minus the tasks already running (by any
+        runner) at once; stop starting new ones as soon as the queue is paused."""
         from hostctl.queues.worker import Worker
 
         assert isinstance(worker, Worker)
@@ -215,34 +274,59 @@ class Dispatcher:
         if slots <= 0:
             return f"maximum number of tasks ({c.items}) already running"
         worker.concurrency = slots
-        summary = worker.run(once=True)
+        summary = worker.run(once=True, should_stop=lambda: paused(self.home))
         report.started += summary.started
         for k, v in summary.finished.items():
             report.finished[k] = report.finished.get(k, 0) + v
-        return f"ran {summary.started} task(s)"
+        return (f"ran {summary.started} task(s), up to {slots} at once "
+                f"({c.items} items, {running} already running)")
+
+    def _settle(self, queue: str, state: QueueState) -> set[str]:
+        """Record when the tasks this queue gave its sites finished successfully; return
+        the sites whose task is still queued or running (not to be given another)."""
+        waiting = set()
+        for site, task_id in list(state.pending(queue).items()):
+            try:
+                task = self.home.spool.get(task_id)
+            except HostctlError:  # removed by task_gc, or unreadable: nothing to wait for
+                state.clear_pending(queue, site)
+                continue
+            if not task.status.finished:
+                waiting.add(site)
+                continue
+            state.clear_pending(queue, site)
+            if task.status in (Status.SUCCESS, Status.WARNING) and task.finished:
+                state.set_site_time(queue, site, parse_iso(task.finished))
+        return waiting
 
     def _queue_sites(self, queue: str, c: Computed, state: QueueState) -> str:
+        """Queue a ``queue`` task for the sites whose last one finished successfully
+        longest ago (never: first); a site whose task has not ended yet is passed over."""
         malformed: list[MalformedFile] = []
         sites = self._sites(queue, malformed)
         if queue not in self.home.registry.types:
             return f"no {queue} task type is configured"
+        waiting = self._settle(queue, state)
         times = state.site_times(queue)
-        sites.sort(key=lambda s: (times.get(s, 0.0), s))
+        due = sorted((s for s in sites if s not in waiting),
+                     key=lambda s: (times.get(s, 0.0), s))
         queued = 0
         from hostctl.queues import tasks as ops
 
-        for site in sites[: c.items]:
+        for site in due[: c.items]:
             try:
-                ops.add(self.home, queue, site, {}, {}, priority=3)
+                added = ops.add(self.home, queue, site, {}, {}, priority=3)
             except HostctlError as exc:
                 log.warning("queue %s: %s: %s", queue, site, exc)
                 continue
-            state.set_site_time(queue, site, self.clock())
-            queued += 1
+            state.set_pending(queue, site, added.task.id)
+            queued += added.created
         if malformed:  # the good sites got their run; the broken files are the error
             raise MalformedFile(f"queued {queued} {queue} task(s); passed over "
                                 f"{len(malformed)} unreadable context(s): {malformed[0].message}")
-        return f"queued {queued} {queue} task(s)"
+        note = f"queued {queued} {queue} task(s)"
+        return note + (f"; {len(waiting)} site(s) still wait for the last one" if waiting
+                       else "")
 
     def _queue_cron(self, c: Computed, state: QueueState, worker: object,
                     report: DispatchReport) -> str:

@@ -11,8 +11,21 @@ runs and how much it does each time:
                        ceil(calc_frequency / frequency * total) per run
             total = 0: every 86400 s, nothing per run
 
-The last run of each queue, and when each site last had its cron and backup queued, live in
-``HOME/spool/queues.json``, written atomically under the dispatcher lock.
+The last run of each queue and, for ``cron`` and ``backup``, each site's bookkeeping live
+in ``HOME/spool/queues.json``, written atomically under the dispatcher lock::
+
+    {"version": 2,
+     "last_run": {"QUEUE": UNIX_TIME, ...},
+     "sites":    {"cron": {"@SITE": UNIX_TIME, ...}, "backup": {...}},
+     "pending":  {"cron": {"@SITE": "TASK_ID", ...}, "backup": {...}}}
+
+``sites`` holds when the site's last cron (or backup) task *finished successfully* (success
+or warning): a site whose task failed keeps its older time and is picked first again.
+``pending`` holds the task each site was last given and that has not been settled yet: the
+next run of the queue reads where that task is (queued or running: the site is passed over,
+never queued twice; finished: its time is recorded and the entry goes). Files written
+before version 2 have no ``pending`` and hold the time a task was queued in ``sites``; they
+are read as they are.
 """
 
 from __future__ import annotations
@@ -77,8 +90,11 @@ def next_run(c: Computed, last: float | None, now: float) -> float | None:
     return last + c.frequency
 
 
+FORMAT_VERSION = 2
+
+
 class QueueState:
-    """Last runs and per-site bookkeeping, in one JSON file."""
+    """Last runs and per-site bookkeeping, in one JSON file (see the module docstring)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -91,20 +107,55 @@ class QueueState:
             self.doc = {}
 
     def last_run(self, queue: str) -> float | None:
-        value = self.doc.get("last_run", {}).get(queue)
+        value = self._get("last_run", queue)
         return float(value) if isinstance(value, int | float) else None
 
     def set_last_run(self, queue: str, when: float) -> None:
-        self.doc.setdefault("last_run", {})[queue] = when
+        outer = self.doc.get("last_run")
+        if not isinstance(outer, dict):
+            outer = self.doc["last_run"] = {}
+        outer[queue] = when
 
     def site_times(self, queue: str) -> Mapping[str, float]:
-        value = self.doc.get("sites", {}).get(queue, {})
-        return value if isinstance(value, dict) else {}
+        """Site -> when its last task of this queue finished successfully."""
+        value = self._get("sites", queue)
+        return {k: float(v) for k, v in value.items() if isinstance(v, int | float)} \
+            if isinstance(value, dict) else {}
 
     def set_site_time(self, queue: str, site: str, when: float) -> None:
-        self.doc.setdefault("sites", {}).setdefault(queue, {})[site] = when
+        """Record a finished run; an older one never replaces a newer one."""
+        sites = self._table("sites", queue)
+        before = sites.get(site)
+        if not isinstance(before, int | float) or when > before:
+            sites[site] = when
+
+    def pending(self, queue: str) -> Mapping[str, str]:
+        """Site -> the id of the task it was given and that is not settled yet."""
+        value = self._get("pending", queue)
+        return {k: v for k, v in value.items() if isinstance(v, str)} \
+            if isinstance(value, dict) else {}
+
+    def set_pending(self, queue: str, site: str, task_id: str) -> None:
+        self._table("pending", queue)[site] = task_id
+
+    def clear_pending(self, queue: str, site: str) -> None:
+        self._table("pending", queue).pop(site, None)
+
+    def _get(self, key: str, queue: str) -> Any:
+        outer = self.doc.get(key)
+        return outer.get(queue) if isinstance(outer, dict) else None
+
+    def _table(self, key: str, queue: str) -> dict[str, Any]:
+        outer = self.doc.get(key)
+        if not isinstance(outer, dict):
+            outer = self.doc[key] = {}
+        inner = outer.get(queue)
+        if not isinstance(inner, dict):
+            inner = outer[queue] = {}
+        return inner
 
     def save(self) -> None:
+        self.doc["version"] = FORMAT_VERSION
         write_atomic(self.path, (json.dumps(self.doc, indent=1, sort_keys=True) + "\n").encode())
 
 

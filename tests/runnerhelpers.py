@@ -93,6 +93,34 @@ def context_switches(pid: int) -> int:
     return total
 
 
+def daemon_record(run: Callable[..., Any], pid: int) -> dict[str, Any] | None:
+    """The daemon ``pid`` as ``queue status --json`` shows it (None: not listed)."""
+    res = run("queue", "status", "--json")
+    assert res.code == 0, res
+    for doc in json.loads(res.out)["daemons"]:
+        if doc["pid"] == pid:
+            return dict(doc)
+    return None
+
+
+def wait_housekeeping(run: Callable[..., Any], pid: int, rounds: int = 1,
+                      timeout: float = 30) -> dict[str, Any]:
+    """Wait until the daemon ``pid`` has recorded its liveness ``rounds`` more times (each
+    housekeeping pass rewrites ``last_seen`` after its sweep and periodic queues): that many
+    passes of its loop have run since. Returns the last record."""
+    seen: list[str] = []
+
+    def advanced() -> dict[str, Any] | None:
+        doc = daemon_record(run, pid)
+        if doc is None:
+            return None
+        if not seen or doc["last_seen"] != seen[-1]:
+            seen.append(doc["last_seen"])
+        return doc if len(seen) > rounds else None
+
+    return wait_for(advanced, timeout, f"{rounds} housekeeping pass(es) of wait-queue {pid}")
+
+
 def daemon_pids(home: Path) -> set[int]:
     """Pids of the wait-queue daemons that registered (spool/workers/PID.json)."""
     try:

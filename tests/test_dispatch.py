@@ -234,3 +234,149 @@ def test_pause_stops_dispatch_from_running_tasks_and_resume_lets_it(
     res = run_hostctl("dispatch")
     assert res.code == 0, res
     assert status_of(run_hostctl, task) == "success"
+
+
+# -- cron and backup: ordered by the last run that succeeded, never two at once ----------
+
+
+def sites_pass(run_hostctl, queue: str) -> None:
+    """One run of ``queue`` (forced), then the tasks queue runs what it queued."""
+    res = run_hostctl("dispatch", "--queue", queue, "--force")
+    assert res.code == 0, res
+    res = run_hostctl("dispatch", "--queue", "tasks", "--force")
+    assert res.code in (0, 1), res  # 1: one of the tasks failed, as it was told to
+
+
+def test_backup_queue_picks_first_the_site_whose_last_backup_failed(
+        run_hostctl, home, tmp_path) -> None:
+    ran = tmp_path / "backup.ran"
+    # every backup writes its site down; b.example's always fails
+    script = 'echo "$HOSTCTL_CONTEXT" >> "$0"; [ "$HOSTCTL_CONTEXT" != "@b.example" ]'
+    write_config(home, {
+        "tasks": {"backup": sh_task(script, str(ran), max_attempts=1)},
+        "queues": {"backup": {"enabled": True, "type": "serial", "items": 2,
+                              "frequency": 86400}},
+    })
+    save_sites(run_hostctl, home, ["a.example", "b.example", "c.example"])
+
+    def runs() -> list[str]:
+        return ran.read_text().split() if ran.exists() else []
+
+    passes = []
+    for _ in range(3):
+        before = len(runs())
+        sites_pass(run_hostctl, "backup")
+        passes.append(set(runs()[before:]))
+    # never backed up: a and b (by name); then b (failed: still never backed up) and c;
+    # then b again and a, whose success is older than c's
+    assert passes == [{"@a.example", "@b.example"}, {"@b.example", "@c.example"},
+                      {"@a.example", "@b.example"}]
+
+    tasks = [t for t in json.loads(run_hostctl("task", "list", "--json").out)
+             if t["type"] == "backup"]
+    assert len(tasks) == 6
+    assert {t["status"] for t in tasks if t["context"] == "@b.example"} == {"error"}
+    # the next run reads how the last ones ended: the times are those of the successes
+    assert run_hostctl("dispatch", "--queue", "backup", "--force").code == 0
+    state = json.loads((home / "spool" / "queues.json").read_text())
+    assert state["version"] == 2
+    times = state["sites"]["backup"]
+    assert set(times) == {"@a.example", "@c.example"}
+    for site in ("@a.example", "@c.example"):
+        last = max((t for t in tasks if t["context"] == site), key=lambda t: t["finished"])
+        assert times[site] == pytest.approx(iso(last["finished"]), abs=0.002)
+
+
+def test_a_site_whose_cron_task_is_still_running_is_not_given_another(
+        run_hostctl, home, procs, tmp_path) -> None:
+    flag = tmp_path / "flag"
+    write_config(home, {
+        "tasks": {"cron": sh_task(SLOW, str(flag))},
+        "queues": {"cron": {"type": "serial", "items": 5, "frequency": 3600}},
+    })
+    save_sites(run_hostctl, home, ["a.example"])
+
+    def cron_tasks() -> list[dict[str, object]]:
+        return [t for t in json.loads(run_hostctl("task", "list", "--json").out)
+                if t["type"] == "cron"]
+
+    assert run_hostctl("dispatch", "--queue", "cron", "--force").code == 0
+    [first] = cron_tasks()
+    daemon = procs.start("wait-queue", "--max-runtime", "120")
+    wait_for(lambda: Path(f"{flag}.started").exists(), 30, "the cron task to start")
+    assert status_of(run_hostctl, str(first["id"])) == "processing"
+
+    # an identical queued task would be found by the spool's de-duplication; a running
+    # one is not: only the queue's own bookkeeping keeps the site from a second run
+    assert run_hostctl("dispatch", "--queue", "cron", "--force").code == 0
+    assert [t["id"] for t in cron_tasks()] == [first["id"]]
+    assert "queued 0 cron task(s); 1 site(s) still wait for the last one" in hostctl_log(home)
+
+    Path(f"{flag}.go").touch()
+    wait_for(lambda: status_of(run_hostctl, str(first["id"])) == "success", 30,
+             "the cron task to end")
+    Path(f"{flag}.go").unlink()
+    assert run_hostctl("dispatch", "--queue", "cron", "--force").code == 0
+    assert len(cron_tasks()) == 2  # settled: the site gets its next run
+    os.kill(daemon.pid, signal.SIGTERM)
+    Path(f"{flag}.go").touch()
+    assert wait_exit(daemon, 30, "wait-queue after TERM") == 0
+
+
+def iso(text: str) -> float:
+    from hostctl.queues.task import parse_iso
+
+    return parse_iso(text)
+
+
+# -- the tasks queue: items minus the tasks already running ---------------------------
+
+# touches $0/ID, waits for $0.go, writes how many tasks are on the board, leaves it
+BOARD = ('touch "$0/$HOSTCTL_TASK_ID"; while [ ! -e "$0.go" ]; do sleep 0.05; done; '
+         'ls "$0" | wc -l >> "$0.counts"; rm "$0/$HOSTCTL_TASK_ID"')
+
+
+def test_tasks_queue_runs_up_to_items_minus_the_tasks_already_running(
+        run_hostctl, home, procs, tmp_path) -> None:
+    flag, board = tmp_path / "flag", tmp_path / "board"
+    board.mkdir()
+    write_config(home, {
+        "queues": {"tasks": {"items": 3}},
+        "tasks": {"slow": sh_task(SLOW, str(flag)), "board": sh_task(BOARD, str(board))},
+    })
+    sites = [f"s{i}.example" for i in range(4)]
+    save_sites(run_hostctl, home, ["z.example", *sites])
+    slow = add_task(run_hostctl, "slow", "@z.example")
+    # another runner holds one slot: a daemon busy with the slow task
+    daemon = procs.start("wait-queue", "--concurrency", "1", "--max-runtime", "120")
+    wait_for(lambda: Path(f"{flag}.started").exists(), 30, "the slow task to start")
+    ids = [add_task(run_hostctl, "board", f"@{s}") for s in sites]
+
+    dispatch = procs.start("dispatch", "--queue", "tasks")
+    wait_for(lambda: len(os.listdir(board)) == 2, 30, "two tasks on the board")
+    time.sleep(1.0)  # room for a third to start, if the dispatcher allowed one
+    assert len(os.listdir(board)) == 2
+    assert [status_of(run_hostctl, i) for i in ids].count("processing") == 2
+
+    Path(f"{board}.go").touch()
+    assert wait_exit(dispatch, 60, "dispatch") == 0
+    assert [status_of(run_hostctl, i) for i in ids] == ["success"] * 4
+    counts = [int(n) for n in Path(f"{board}.counts").read_text().split()]
+    assert len(counts) == 4 and max(counts) == 2, counts
+    assert "ran 4 task(s), up to 2 at once (3 items, 1 already running)" in hostctl_log(home)
+
+    # as many running as there are items: the pass starts nothing
+    write_config(home, {
+        "queues": {"tasks": {"items": 1}},
+        "tasks": {"slow": sh_task(SLOW, str(flag)), "board": sh_task(BOARD, str(board))},
+    })
+    late = add_task(run_hostctl, "board", "@s0.example")
+    assert run_hostctl("dispatch", "--queue", "tasks", "--force").code == 0
+    assert "maximum number of tasks (1) already running" in hostctl_log(home)
+    assert status_of(run_hostctl, late) == "queued"
+    assert status_of(run_hostctl, slow) == "processing"
+
+    Path(f"{flag}.go").touch()
+    wait_for(lambda: status_of(run_hostctl, slow) == "success", 30, "the slow task to end")
+    os.kill(daemon.pid, signal.SIGTERM)
+    assert wait_exit(daemon, 30, "wait-queue after TERM") == 0
