@@ -188,6 +188,12 @@ class ContextStore:
             self._write(ctx)
         return SaveResult(ctx, created=old is None, changed=tuple(changed))
 
+    def check_save(self, name: str, changes: Mapping[str, str]) -> Context:
+        """What ``save(name, changes)`` would make of an existing context, validated as it
+        validates (kinds, required fields, references), without writing anything."""
+        bare = parse_name(name)
+        return self._build(bare, changes, None, self._read(bare))[0]
+
     def delete(self, name: str) -> Context:
         """Remove a context; refused while another context refers to it."""
         bare = parse_name(name)

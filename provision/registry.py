@@ -117,7 +117,9 @@ class Registry:
 
     def validate(self, env: Envelope, store: ContextStore) -> tuple[TaskType, Context]:
         """Check a request: known type, existing context of a type it applies to, declared
-        options, valid context options. Raises InvalidInput or NotFound."""
+        options, and context options that provision-save would accept (known fields, values
+        of their kind, references to existing contexts of the right type, no required field
+        reset), without saving them. Raises InvalidInput or NotFound."""
         ttype = self.get(env.type)
         ctx = store.get(env.context)
         if ctx.type not in ttype.context_types:
@@ -134,20 +136,28 @@ class Registry:
                 )
             if "\x00" in value:
                 raise InvalidInput(f"option {key!r} contains a NUL byte")
-        for key, value in env.context_options.items():
-            spec = ctx.schema.field(key)
-            if value != "null":
-                spec.parse(value)
+        if env.context_options:
+            store.check_save(ctx.name, env.context_options)
         return ttype, ctx
 
     def check_envelope(self, store: ContextStore) -> Callable[[Envelope], None]:
-        """A spool ``check`` that refuses what can never run: unknown type or context."""
+        """A spool ``check`` that refuses what can never run (unknown type or context,
+        invalid options) and, for a front end's submission (one with a submitter: it came
+        through the drop box), a context option outside ``[frontend] context_options``."""
+        allowed = frozenset(self.config.frontend.context_options)
 
         def check(env: Envelope) -> None:
             try:
                 self.validate(env, store)
             except NotFound as exc:
                 raise InvalidInput(str(exc)) from None
+            if env.submitter is not None:
+                refused = sorted(k for k in env.context_options
+                                 if k.replace("-", "_") not in allowed)
+                if refused:
+                    raise InvalidInput(
+                        f"a front end may not set {refused[0]!r}; it may set: "
+                        f"{', '.join(sorted(allowed)) or 'no field'}")
 
         return check
 

@@ -105,7 +105,7 @@ class Backend:
         return doc
 
 
-def make_backend(users: Users, name: str) -> Backend:
+def make_backend(users: Users, name: str, config: dict[str, Any] | None = None) -> Backend:
     home = users.base / name
     www = users.base / f"{name}-www"
     mark = users.base / f"{name}-mark"
@@ -119,7 +119,7 @@ def make_backend(users: Users, name: str) -> Backend:
                              "{option.val}", "--note={option.note}", "{client_name}"],
                  "context_types": ["site"], "options": {"val": "a value", "note": "a note"}},
         "leak": {"command": [sys.executable, "-c", LEAK], "context_types": ["server"]},
-    }})
+    }, **(config or {})})
     os.chmod(home / "config.toml", 0o600)
     be.ok("provision-save", "@srv", "--context_type", "server", "--db_service_type",
           "mysql", "--db_user", "admin", "--db_passwd", SECRET)
@@ -460,6 +460,25 @@ def rejected_drops(home: Path, existing: str) -> list[Drop]:
         _doc_drop("unknown field", "unknown field", {"context_options": {"no_such": "x"}}),
         _doc_drop("bad field value", "not a boolean",
                   {"context_options": {"site_enabled": "maybe"}}),
+        # context options are checked as provision-save checks them...
+        _doc_drop("reference to no context", "no context @nowhere.example",
+                  {"context_options": {"client_name": "x", "db_server": "@nowhere.example"}}),
+        _doc_drop("reference of the wrong type", "@srv is a server, not a platform",
+                  {"context_options": {"platform": "@srv"}}),
+        _doc_drop("required field reset", "a site needs --platform",
+                  {"context_options": {"platform": "null"}}),
+        # ... and a front end may set only [frontend] context_options (safe site fields)
+        _doc_drop("a secret field", "may not set 'cron_key'",
+                  {"context_options": {"language": "fr", "cron_key": "a-new-key"}}),
+        _doc_drop("a secret field, other spelling", "may not set 'http-basic-auth-password'",
+                  {"context_options": {"http-basic-auth-password": "pw"}}),
+        _doc_drop("a reference", "may not set 'db_server'",
+                  {"context_options": {"db_server": "@srv"}}),
+        _doc_drop("a path", "may not set 'root'",
+                  {"type": "verify", "context": "@plat", "options": {},
+                   "context_options": {"root": "/etc"}}),
+        _doc_drop("site_enabled", "may not set 'site_enabled'",
+                  {"context_options": {"site_enabled": "false"}}),
         _doc_drop("priority", "'priority'", {"priority": 42}),
         _doc_drop("delay", "'delay'", {"delay": 10**9}),
         _doc_drop("format", "unsupported format", {"format": 99}),
@@ -646,6 +665,11 @@ def test_rejected_drops_changed_nothing(admission: Admission) -> None:
     site = json.loads(be.ok("context", "show", "@a.example", "--json"))["fields"]
     plat = json.loads(be.ok("context", "show", "@plat", "--json"))["fields"]
     assert (site["protected"], site["site_enabled"], plat["locked"]) == (False, True, False)
+    assert (site["platform"], site["db_server"], site["language"]) == ("@plat", "@srv", "en")
+    assert plat["root"] == str(be.www)
+    secret = json.loads(be.ok("context", "show", "@a.example", "--json", "--show-secrets"))
+    assert (secret["fields"]["cron_key"], secret["fields"]["http_basic_auth_password"]) == \
+        ("", "")
     assert SECRET.encode() in be.path("contexts/srv.toml").read_bytes()
     assert be.show(admission.ok)["status"] == "success"
 
@@ -756,3 +780,81 @@ def test_a_running_wait_queue_admits_drops_as_it_sees_them(users: Users) -> None
             daemon.send_signal(signal.SIGTERM)
         code = daemon.wait(timeout=60)
     assert code == 0, (be.users.base / "home-daemon.out").read_text()
+
+
+# -- context options: checked as provision-save checks them; a front end's are limited -------
+
+SAVE_CASES = [("platform", "@nope"), ("platform", "@srv"), ("platform", "null"),
+              ("platform", "@s.example"), ("db_server", "@plat"), ("site_enabled", "maybe"),
+              ("no_such", "x"), ("db-server", "@nowhere")]
+
+
+def test_task_add_checks_context_options_as_provision_save_does(run_hostctl,
+                                                               home: Path) -> None:
+    """Each context option that provision-save would refuse is refused by `task add` with
+    provision-save's own message (exit 2), and nothing is queued or saved."""
+    for argv in (("@srv", "--context_type", "server"),
+                 ("@plat", "--context_type", "platform", "--root", "/srv/one"),
+                 ("@plat2", "--context_type", "platform", "--root", "/srv/two"),
+                 ("@s.example", "--context_type", "site", "--platform", "@plat",
+                  "--db_server", "@srv")):
+        assert run_hostctl("provision-save", *argv).code == 0
+    site = home / "contexts" / "s.example.toml"
+    before = site.read_bytes()
+    for key, value in SAVE_CASES:
+        saved = run_hostctl("provision-save", "@s.example", f"--{key}={value}")
+        added = run_hostctl("task", "add", "verify", "@s.example", "--context-option",
+                            f"{key}={value}")
+        assert (saved.code, added.code) == (2, 2), (key, value, saved, added)
+        assert added.out == "" and added.err == saved.err, (key, value, saved, added)
+        assert added.err.startswith("hostctl: error: ") and added.err.count("\n") == 1
+    assert site.read_bytes() == before
+    assert json.loads(run_hostctl("task", "list", "--json").out) == []
+    assert not (home / "spool").exists()  # not even a spool was made
+
+    # valid ones are queued, and saved only when the task runs
+    res = run_hostctl("task", "add", "verify", "@s.example", "-c", "platform=@plat2",
+                      "-c", "db_server=null", "-c", "language=fr")
+    assert res.code == 0, res
+    assert site.read_bytes() == before
+    assert run_hostctl("wait-queue", "--once").code == 0
+    fields = json.loads(run_hostctl("context", "show", "@s.example", "--json").out)["fields"]
+    assert (fields["platform"], fields["db_server"], fields["language"]) == \
+        ("@plat2", None, "fr")
+
+
+@pytest.mark.parametrize(("value", "error"), [
+    ('["protected"]', "'protected' guards against dangerous tasks"),
+    ('["locked"]', "'locked' guards against dangerous tasks"),
+    ('["no_such"]', "unknown field 'no_such'"),
+    ('"language"', "must be a list of field names"),
+])
+def test_frontend_context_options_in_config_are_checked(run_hostctl, home: Path,
+                                                        value: str, error: str) -> None:
+    home.mkdir()
+    (home / "config.toml").write_text(f"[frontend]\ncontext_options = {value}\n")
+    res = run_hostctl("task", "list")
+    assert res.code == 2 and res.err.count("\n") == 1 and error in res.err, res
+
+
+def test_the_fields_a_front_end_may_set_are_configurable(users: Users) -> None:
+    """With [frontend] context_options = ["cron_key"], a drop may set the site's cron key
+    (masked in its receipt and in task show) and no longer its language."""
+    be = make_backend(users, "home-fields", {"frontend": {"context_options": ["cron_key"]}})
+    fe1 = users.members[0]
+    key = "cron-" + secrets.token_hex(8)
+    allowed = be.add(fe1, "verify", "@a.example", "--context-option", f"cron_key={key}")
+    refused = be.add(fe1, "verify", "@b.example", "--context-option", "language=fr")
+    be.ok("dispatch")
+    doc = be.fe_json(fe1, "task", "show", allowed)
+    assert doc["status"] == "success" and doc["context_options"] == {"cron_key": "********"}
+    token = receipt_of(fe1, allowed)
+    assert key.encode() not in be.path(f"spool/outbox/{token}.json").read_bytes()
+    assert key not in be.ok("task", "show", allowed, "--json")
+    shown = json.loads(be.ok("context", "show", "@a.example", "--json", "--show-secrets"))
+    assert shown["fields"]["cron_key"] == key
+    doc = be.fe_json(fe1, "task", "show", refused)
+    assert doc["rejected"] is True and "may not set 'language'" in doc["reason"], doc
+    assert "it may set: cron_key" in doc["reason"]
+    shown = json.loads(be.ok("context", "show", "@b.example", "--json"))
+    assert shown["fields"]["language"] == "en"
