@@ -40,6 +40,10 @@ class TaskClaim(Protocol):
     def reload(self) -> Task:
         """The task as recorded now (a cancel asked for meanwhile, say)."""
 
+    def grew(self) -> bool:
+        """Whether anyone else may have recorded something since this claim last read or
+        wrote the task (when False, :meth:`reload` would say nothing new)."""
+
     def release(self) -> None:
         """Let go without recording anything: a sweep finds the task later."""
 

@@ -7,10 +7,10 @@ killed with ``kill -9`` the command runs on until the sweep that recovers the ta
 next ``dispatch`` or ``wait-queue`` start, or the daemon's periodic sweep) kills its whole
 group, before the task can run again, after checking that the group is still the one the
 task's leader started (its start time in /proc), so a reused pid is never signalled. The
-worker records the group and the leader's start time in the ``start`` event right after
-the spawn returns (the child has then already been exec'd). A forked child (a task
-function) also asks the kernel to SIGKILL it when its worker dies
-(:func:`die_with_parent`).
+worker records the group and the window of clock ticks the leader was started in (read
+from the clock before and after the spawn: see :func:`boot_ticks`) in the ``start`` event
+right after the spawn returns. A forked child (a task function) also asks the kernel to
+SIGKILL it when its worker dies (:func:`die_with_parent`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import time
+from collections.abc import Mapping
 from contextlib import suppress
+from typing import Any
 
 _PR_SET_PDEATHSIG = 1
 _libc = None
@@ -59,6 +62,18 @@ def start_time(pid: int) -> int | None:
     return found[2] if found else None
 
 
+_TICK_NS = 1_000_000_000 // (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100)
+
+
+def boot_ticks(up: bool = False) -> int:
+    """Now, in the clock ticks of /proc/PID/stat's start time (CLOCK_BOOTTIME), rounded
+    down, or ``up``. A child started between ``boot_ticks()`` and ``boot_ticks(up=True)``
+    has its start time in that window: reading it back from /proc right after the spawn
+    would cost ~0.1-0.2 ms a task (the read waits for the child's exec)."""
+    ns = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    return -(-ns // _TICK_NS) if up else ns // _TICK_NS
+
+
 def group_start_times(pgid: int) -> list[int]:
     """Start times of the living processes whose process group and session are ``pgid``."""
     found = []
@@ -78,28 +93,37 @@ def signal_group(pgid: int, sig: int) -> bool:
         return False
 
 
-def kill_group(pgid: object, leader_start: object) -> bool:
-    """SIGKILL what is left of a task's process group (its session, from setsid)."""
-    return (isinstance(pgid, int) and is_task_group(pgid, leader_start)
+def kill_group(started: Mapping[str, Any]) -> bool:
+    """SIGKILL what is left of the process group (its session, from setsid) that a task's
+    ``start`` event recorded."""
+    pgid = started.get("pgid")
+    return (isinstance(pgid, int) and is_task_group(started)
             and signal_group(pgid, signal.SIGKILL))
 
 
-def is_task_group(pgid: object, leader_start: object) -> bool:
-    """Whether process group ``pgid`` is still the one a task's leader started.
+def is_task_group(started: Mapping[str, Any]) -> bool:
+    """Whether the process group in a task's ``start`` event is still the one its leader
+    started.
 
-    While the leader lives, its start time must be the one recorded (else the pid now
-    belongs to another process). Once the leader is gone, the kernel cannot hand its pid
-    out again while any member of its group lives, so the members still in that group and
-    session, started no earlier than the leader, are the task's own descendants.
+    The event has ``pgid`` and the leader's start time: ``pgid_start``, exactly, or (as
+    the worker records it) at the earliest, with ``pgid_start_by`` at the latest. While
+    the leader lives, its start time must be in that window (else the pid now belongs to
+    another process). Once the leader is gone, the kernel cannot hand its pid out again
+    while any member of its group lives, so the members still in that group and session,
+    started no earlier than the leader, are the task's own descendants.
     """
+    pgid, earliest, latest = (started.get("pgid"), started.get("pgid_start"),
+                              started.get("pgid_start_by"))
     if not isinstance(pgid, int) or pgid <= 1:
         return False
     current = start_time(pgid)
     if current is not None:
-        return leader_start is None or current == leader_start
+        if not isinstance(earliest, int):
+            return True
+        return earliest <= current <= (latest if isinstance(latest, int) else earliest)
     members = group_start_times(pgid)
-    if isinstance(leader_start, int):
-        return bool(members) and all(t >= leader_start for t in members)
+    if isinstance(earliest, int):
+        return bool(members) and all(t >= earliest for t in members)
     return bool(members)
 
 

@@ -128,6 +128,7 @@ class Claim:
     context_fd: int
     spool: Spool
     released: bool = field(default=False)
+    known_size: int = field(default=-1)  # the file's size after this claim's last write
 
     def append(self, kind: str, **fields: Any) -> None:
         """Append one event, whole or not at all: a torn line (a full disk) is cut off
@@ -137,10 +138,17 @@ class Claim:
         if os.write(self.fd, data) != len(data):
             os.ftruncate(self.fd, size)
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.known_size = size + len(data) if size == self.known_size else -1
 
     def reload(self) -> Task:
         self.task = self.spool._read_fd(self.fd, "active")
+        self.known_size = os.fstat(self.fd).st_size
         return self.task
+
+    def grew(self) -> bool:
+        """Whether someone else may have appended to the task since this claim last read
+        or wrote it (a ``task cancel``, say): :meth:`reload` tells what."""
+        return self.known_size < 0 or os.fstat(self.fd).st_size != self.known_size
 
     def release(self) -> None:
         if not self.released:
@@ -413,9 +421,13 @@ class Spool:
             except BlockingIOError:
                 return None
             try:  # lstat: FileNotFoundError if it moved while we were locking it
-                if not os.path.samestat(os.fstat(fd), os.lstat(path)):
+                st = os.fstat(fd)
+                if not os.path.samestat(st, os.lstat(path)):
                     return None
-                task = self._read_fd(fd, "new", name)
+                if not stat.S_ISREG(st.st_mode):
+                    raise InvalidInput(f"{name} is not a regular file")
+                data = os.pread(fd, min(st.st_size, MAX_TASK_BYTES * 16 + 1), 0)
+                task = self._decode(data, "new", name)
                 if _id_of(name) != task.id or name[0] != str(9 - task.envelope.priority):
                     raise InvalidInput(f"file name {name!r} does not match the task inside")
                 if check is not None:
@@ -448,7 +460,7 @@ class Spool:
                 self.finish(claim, "cancelled", reason="cancelled before it started")
                 return None
             return Claim(Task(task.envelope, task.events, "active", task.log_path), target,
-                         fd, ctx_fd, self)
+                         fd, ctx_fd, self, known_size=len(data))
         finally:
             if not keep:
                 os.close(fd)
@@ -707,7 +719,7 @@ class Spool:
                 return f"task {env.id} was claimed but never started: queued again"
             from hostctl.queues.process import kill_group
 
-            kill_group(started.get("pgid"), started.get("pgid_start"))
+            kill_group(started)
             rules = policy(env)
             attempts = task.attempt_count
             reason = (f"its worker (pid {started.get('worker')}) died during attempt "

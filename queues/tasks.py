@@ -163,7 +163,7 @@ def cancel(home: Home, task_id: str, grace: float | None = None) -> Task:
     task = spool.request_cancel(task_id)
     started = task.last("start") or {}
     pgid = started.get("pgid")
-    same = isinstance(pgid, int) and is_task_group(pgid, started.get("pgid_start"))
+    same = isinstance(pgid, int) and is_task_group(started)
     if same:
         signal_group(pgid, signal.SIGTERM)
     grace = home.config.worker.kill_grace if grace is None else grace

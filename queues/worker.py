@@ -27,7 +27,7 @@ from hostctl.paths import Paths
 from hostctl.provision.registry import Registry, secret_values
 from hostctl.provision.runner import Verdict, judge, launch, prepare, read_result
 from hostctl.queues.backend import QueueBackend, TaskClaim
-from hostctl.queues.process import signal_group, start_time
+from hostctl.queues.process import boot_ticks, signal_group
 from hostctl.queues.spool import Policy, Spool, backoff
 from hostctl.queues.task import utc_iso
 
@@ -261,14 +261,16 @@ class Worker:
             return True
         try:
             prep = prepare(env, self.registry, self.store, self.paths, result_path)
+            earliest = boot_ticks()
             pid, out_fd = launch(prep, env, self.store, self.paths, result_path)
+            latest = boot_ticks(up=True)
         except (HostctlError, OSError) as exc:
             reason = exc.message if isinstance(exc, HostctlError) else f"cannot start: {exc}"
             self._fail_start(claim, attempt, log_fd, reason)
             return True
         try:
             claim.append("start", attempt=attempt, pid=pid, pgid=pid,
-                         pgid_start=start_time(pid), worker=os.getpid(),
+                         pgid_start=earliest, pgid_start_by=latest, worker=os.getpid(),
                          host=os.uname().nodename)
         except OSError as exc:
             # the start cannot be recorded (a full disk): a child that runs unrecorded
@@ -440,10 +442,10 @@ class Worker:
         if run.buffer:
             self._emit(run, run.buffer + b"\n")
         claim = run.claim
-        task = claim.reload()
+        cancelled = run.cancelled or (claim.grew() and claim.reload().cancel_requested)
         result = redact(read_result(run.result_path), run.secrets)
         assert run.exit_status is not None
-        verdict = judge(run.exit_status, result, cancelled=run.cancelled or task.cancel_requested,
+        verdict = judge(run.exit_status, result, cancelled=cancelled,
                         timed_out=run.timed_out,
                         attempts_left=run.attempt < run.policy.max_attempts)
         elapsed = self.clock() - run.started

@@ -114,7 +114,7 @@ def test_a_worker_on_the_bare_interface_runs_tasks_to_every_end(
     # everything a task's run needs went through the interface
     assert {"ensure", "sweep", "admit", "promote_due", "claim", "open_log", "result_path",
             "started", "finish", "defer", "claim.task", "claim.append",
-            "claim.reload"} <= queue.used
+            "claim.grew"} <= queue.used
 
 
 def test_a_foreground_run_uses_only_the_interface(run_hostctl, home: Path) -> None:

@@ -200,3 +200,24 @@ def test_a_task_never_stays_processing_after_its_worker_died(
     wait_for(lambda: not pid_alive(cmd_pid), 5, "the command to be gone")
     wait_for(lambda: not pid_alive(child_pid), 5, "the background child to be gone")
     assert group_members(cmd_pid) == []
+
+
+def test_a_task_group_is_known_by_its_leaders_start_window() -> None:
+    """The sweep signals a group only while its leader's start time lies in the window the
+    worker recorded around the spawn: a pid reused by another process is left alone."""
+    from hostctl.queues.process import boot_ticks, is_task_group
+
+    earliest = boot_ticks()
+    pid = os.posix_spawn("/bin/sh", ["sh", "-c", "sleep 30"], dict(os.environ), setsid=True)
+    latest = boot_ticks(up=True)
+    try:
+        started = {"pgid": pid, "pgid_start": earliest, "pgid_start_by": latest}
+        assert is_task_group(started)
+        # the same pid, recorded as started before this process began: another process's
+        assert not is_task_group({**started, "pgid_start": earliest - 1000,
+                                  "pgid_start_by": earliest - 900})
+        assert not is_task_group({**started, "pgid_start": latest + 1, "pgid_start_by": None})
+        assert not is_task_group({"pgid": 1})  # never init
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
