@@ -32,6 +32,7 @@ Value = str | int | bool | list[str]
 NULL = "null"
 _TRUE = {"1", "true", "yes", "on", "y"}
 _FALSE = {"0", "false", "no", "off", "n"}
+_INT = re.compile(r"[+-]?[0-9]+", re.ASCII)
 _HOST = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*")
 
 
@@ -83,11 +84,10 @@ class Field:
                 return False
             raise InvalidInput(f"{shown(raw)} is not a boolean (use true or false)")
         if self.kind is Kind.INT:
-            try:
-                number = int(raw.strip(), 10)
-            except ValueError:
-                raise InvalidInput(f"{shown(raw)} is not a whole number") from None
-            return self._check_int(number)
+            # int() alone would also take '8_0' and digits of other scripts ('٣' is 3)
+            if not _INT.fullmatch(raw.strip()):
+                raise InvalidInput(f"{shown(raw)} is not a whole number")
+            return self._check_int(int(raw.strip(), 10))
         if self.kind is Kind.LIST:
             items: list[str] = []
             for part in raw.split(","):
@@ -98,7 +98,12 @@ class Field:
         if self.kind is Kind.REF:
             return display(parse_name(raw.strip()))
         if self.kind is Kind.HOST:
-            return self._check_scalar(raw.strip().lower())
+            # checked before lower(), which maps some non-ASCII letters to ASCII ones
+            # (the Kelvin sign to 'k'): a host name is ASCII, IDNA names in xn-- form
+            text = raw.strip()
+            if not text.isascii():
+                raise InvalidInput(f"{shown(raw)} is not a lower-case host name")
+            return self._check_scalar(text.lower())
         return self._check_scalar(raw.strip() if self.kind is not Kind.STR else raw)
 
     def check(self, value: object) -> Value:
@@ -192,7 +197,13 @@ SERVER = ContextType(
               choices=("none", "nginx", "apache")),
         _port("http_port", 80, "port the web server listens on"),
         _port("http_ssl_port", 443, "port for HTTPS"),
-        Field("http_restart_cmd", Kind.STR, "command that reloads the web server", default=""),
+        Field("http_restart_cmd", Kind.STR,
+              "command that reloads the web server, split into words as a shell would but "
+              "never run by one (unset: nginx -s reload)", default=""),
+        Field("nginx_binary", Kind.PATH, "the nginx program (unset: nginx on PATH, else "
+              "/usr/sbin/nginx)"),
+        Field("nginx_conf", Kind.PATH, "the nginx.conf that includes hostctl's vhost folder, "
+              "for nginx -t and the reload (unset: nginx's own default)"),
         Field("web_group", Kind.STR, "UNIX group the web server runs as", default=""),
         Field("db_service_type", Kind.CHOICE, "database server", default="none",
               choices=("none", "sqlite", "pgsql", "mysql")),
@@ -228,6 +239,8 @@ PLATFORM = ContextType(
         Field("make_working_copy", Kind.BOOL, "keep version control data when building",
               default=False),
         Field("locked", Kind.BOOL, "a locked platform accepts no new sites", default=False),
+        Field("manifest", Kind.PATH, "the application's hostctl-app.toml: its web root and "
+              "commands (unset: ROOT/hostctl-app.toml, if there is one)"),
         _protected(),
     ),
 )

@@ -13,6 +13,11 @@ A missing file means the defaults. Example::
     [frontend]
     context_options = ["aliases", "language"]  # fields a drop may set (default below)
 
+    [provision]              # the built-in site tasks (docs/provision.md)
+    require_disable_before_delete = true
+    backup_keep_days = 0     # a site's backup task removes its backups older than this
+    backup_keep = 0          # ... and keeps at most this many (0: no limit)
+
     [tasks.cron]             # a command type: an argv template, never a shell
     command = ["/usr/bin/php", "{root}/cron.php", "--uri={uri}"]
     context_types = ["site"]
@@ -74,6 +79,16 @@ class FrontendSettings:
 
 
 @dataclass(frozen=True)
+class ProvisionSettings:
+    #: a site must be disabled before it can be deleted (Aegir's default)
+    require_disable_before_delete: bool = True
+    #: the backup task removes the site's backups older than this many days (0: never)
+    backup_keep_days: float = 0.0
+    #: the backup task keeps at most this many backups of the site (0: no limit)
+    backup_keep: int = 0
+
+
+@dataclass(frozen=True)
 class CommandTask:
     name: str
     command: tuple[str, ...]
@@ -117,6 +132,7 @@ class Config:
     queues: Mapping[str, QueueSettings] = field(default_factory=lambda: dict(DEFAULT_QUEUES))
     spool: SpoolSettings = field(default_factory=SpoolSettings)
     frontend: FrontendSettings = field(default_factory=FrontendSettings)
+    provision: ProvisionSettings = field(default_factory=ProvisionSettings)
     path: Path | None = None
 
 
@@ -136,7 +152,8 @@ def load(path: Path) -> Config:
 
 
 def _parse(doc: Mapping[str, Any], path: Path) -> Config:
-    _known(doc, {"worker", "tasks", "queues", "spool", "frontend"}, "config.toml")
+    _known(doc, {"worker", "tasks", "queues", "spool", "frontend", "provision"},
+           "config.toml")
     w = _table(doc, "worker")
     _known(w, set(WorkerSettings.__dataclass_fields__), "[worker]")
     worker = WorkerSettings(
@@ -169,7 +186,20 @@ def _parse(doc: Mapping[str, Any], path: Path) -> Config:
         queues[name] = _queue(DEFAULT_QUEUES[name], spec)
     return Config(worker=worker, tasks=tasks, queues=queues,
                   spool=SpoolSettings(allow_network_filesystem=allow_nfs),
-                  frontend=_frontend(_table(doc, "frontend")), path=path)
+                  frontend=_frontend(_table(doc, "frontend")),
+                  provision=_provision(_table(doc, "provision")), path=path)
+
+
+def _provision(spec: Mapping[str, Any]) -> ProvisionSettings:
+    _known(spec, set(ProvisionSettings.__dataclass_fields__), "[provision]")
+    require = spec.get("require_disable_before_delete", True)
+    if not isinstance(require, bool):
+        raise ValueError("[provision]: require_disable_before_delete must be true or false")
+    return ProvisionSettings(
+        require_disable_before_delete=require,
+        backup_keep_days=_num(spec, "backup_keep_days", 0.0, "a number of days"),
+        backup_keep=_int(spec, "backup_keep", 0, 0, 1_000_000),
+    )
 
 
 def _frontend(fe: Mapping[str, Any]) -> FrontendSettings:

@@ -1,0 +1,133 @@
+"""A site's secrets file: ``HOME/secrets/SITE.toml``, mode 0600, in a 0700 folder.
+
+It holds what the site's install made and what only the back end may know: the database
+and its credentials. It is the proof that a site is installed: install writes it last of
+its own steps (and removes it when it rolls back), delete removes it. The context file
+never holds a database password; task logs have every value of this file redacted.
+
+Format (version 1)::
+
+    format = 1
+    site = "@example.com"
+    installed = "2026-11-22T10:00:00Z"
+    platform = "@platform_app"        # where its files are: ROOT/sites/URI
+    uri = "example.com"
+    site_path = "/var/www/app/sites/example.com"
+    web_server = "@server_master"     # "" when no web server serves it
+
+    [db]                               # absent when the site has no database
+    type = "pgsql"                     # or "sqlite"
+    server = "@server_db"
+    name = "examplecom"
+    user = "examplecom"                # "" for SQLite
+    password = "..."                   # "" for SQLite
+    path = ""                          # the SQLite file
+"""
+
+from __future__ import annotations
+
+import os
+import secrets as _random
+import tomllib
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import tomli_w
+
+from hostctl.contexts.names import display
+from hostctl.errors import MalformedFile, OperationFailed
+from hostctl.files import write_atomic
+from hostctl.paths import Paths
+from hostctl.provision import layout
+
+FORMAT = 1
+
+
+def new_password() -> str:
+    """A random password: 32 URL-safe characters (192 bits)."""
+    return _random.token_urlsafe(24)
+
+
+@dataclass(frozen=True)
+class DbCredentials:
+    type: str
+    server: str
+    name: str
+    user: str = ""
+    password: str = ""
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class SiteRecord:
+    site: str  # the context name, with its @
+    installed: str
+    platform: str
+    uri: str
+    site_path: str
+    web_server: str = ""
+    db: DbCredentials | None = None
+
+    def with_(self, **changes: object) -> SiteRecord:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def read(paths: Paths, site: str) -> SiteRecord | None:
+    """The site's record (``site`` without its @), or None if it is not installed."""
+    path = layout.secrets_file(paths, site)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise MalformedFile(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+        if doc.get("format") != FORMAT:
+            raise ValueError(f"unsupported format {doc.get('format')!r}")
+        db = doc.get("db")
+        creds = DbCredentials(**{k: str(v) for k, v in db.items()}) if db else None
+        return SiteRecord(
+            site=str(doc["site"]), installed=str(doc["installed"]),
+            platform=str(doc["platform"]), uri=str(doc["uri"]),
+            site_path=str(doc["site_path"]), web_server=str(doc.get("web_server", "")),
+            db=creds)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise MalformedFile(f"malformed secrets file {path}: {exc}") from exc
+
+
+def write(paths: Paths, record: SiteRecord) -> Path:
+    """Write (or replace) the site's record atomically, mode 0600."""
+    bare = record.site.lstrip("@")
+    folder = paths.ensure_dir(layout.secrets_dir(paths))
+    os.chmod(folder, 0o700)
+    doc: dict[str, object] = {"format": FORMAT}
+    doc.update({k: v for k, v in asdict(record).items() if k != "db"})
+    doc["site"] = display(bare)
+    if record.db is not None:
+        doc["db"] = asdict(record.db)
+    path = layout.secrets_file(paths, bare)
+    try:
+        write_atomic(path, tomli_w.dumps(doc).encode(), mode=0o600)
+    except OSError as exc:
+        raise OperationFailed(f"cannot write {path}: {exc.strerror}") from exc
+    return path
+
+
+def remove(paths: Paths, site: str) -> None:
+    try:
+        layout.secrets_file(paths, site).unlink()
+    except FileNotFoundError:
+        pass
+
+
+def values(paths: Paths, site: str) -> list[str]:
+    """The secret values of a site's record (for redaction); [] if it has none or the
+    file cannot be read."""
+    try:
+        record = read(paths, site)
+    except MalformedFile:
+        return []
+    if record is None or record.db is None or not record.db.password:
+        return []
+    return [record.db.password]

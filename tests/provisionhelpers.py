@@ -1,0 +1,401 @@
+"""Real services for the provision tests: a private nginx on a free loopback port and a
+private PostgreSQL cluster (initdb, pg_ctl) as an unprivileged user, both under a
+temporary folder; platforms with a hostctl-app.toml; HTTP requests with a Host header.
+
+A program the tests need that is missing fails the test when running as root (CI
+installs tests/debian-packages), and skips it otherwise.
+"""
+
+from __future__ import annotations
+
+import glob
+import http.client
+import json
+import os
+import pwd
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+from taskhelpers import wait_for
+
+AS_ROOT = os.geteuid() == 0
+
+
+def need(program: str, *candidates: str) -> str:
+    """The path of ``program`` (PATH or one of ``candidates``); fail as root, else skip."""
+    found = shutil.which(program) or next(
+        (c for pattern in candidates for c in sorted(glob.glob(pattern)) if os.access(c, os.X_OK)),
+        None)
+    if found:
+        return found
+    message = f"{program} is not installed (tests/debian-packages lists its package)"
+    if AS_ROOT:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    def accepting() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    wait_for(accepting, timeout, f"a server on port {port}")
+
+
+def world_readable_dir(prefix: str) -> Path:
+    """A fresh folder under /tmp that nginx's unprivileged workers can traverse."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+# -- nginx ------------------------------------------------------------------------------
+
+
+@dataclass
+class NginxServer:
+    """A private nginx: its conf includes every ``*/nginx/vhost.d/*.conf`` under
+    ``configs`` (give each server context ``config_path = configs/NAME``)."""
+
+    base: Path
+    port: int
+    binary: str
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def conf(self) -> Path:
+        return self.base / "nginx.conf"
+
+    @property
+    def configs(self) -> Path:
+        return self.base / "configs"
+
+    def server_fields(self, name: str) -> list[str]:
+        """provision-save options that make a server context use this nginx."""
+        return ["--http_service_type", "nginx", "--http_port", str(self.port),
+                "--ip_addresses", "127.0.0.1", "--nginx_binary", self.binary,
+                "--nginx_conf", str(self.conf),
+                "--config_path", str(self.configs / name)]
+
+    def get(self, host: str, path: str = "/") -> tuple[int, str, dict[str, str]]:
+        return http_get(self.port, host, path)
+
+    def error_log(self) -> str:
+        try:
+            return (self.base / "error.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+NGINX_CONF = """\
+{user}worker_processes 1;
+daemon off;
+pid {base}/nginx.pid;
+error_log {base}/error.log notice;
+events {{ worker_connections 64; }}
+http {{
+    {types}
+    default_type application/octet-stream;
+    access_log off;
+    client_body_temp_path {base}/tmp/body;
+    proxy_temp_path {base}/tmp/proxy;
+    fastcgi_temp_path {base}/tmp/fastcgi;
+    uwsgi_temp_path {base}/tmp/uwsgi;
+    scgi_temp_path {base}/tmp/scgi;
+    server {{
+        listen 127.0.0.1:{port} default_server;
+        return 404 "no such site\\n";
+    }}
+    include {base}/configs/*/nginx/vhost.d/*.conf;
+}}
+"""
+
+
+def start_nginx(base: Path) -> NginxServer:
+    binary = need("nginx", "/usr/sbin/nginx")
+    port = free_port()
+    (base / "tmp").mkdir(parents=True, exist_ok=True)
+    (base / "configs").mkdir(exist_ok=True)
+    types = ("include /etc/nginx/mime.types;" if os.path.exists("/etc/nginx/mime.types")
+             else "types { text/html html; text/plain txt; }")
+    # as root, nginx drops its workers to this user: the sites' files must be readable by
+    # a stranger, as on a real server
+    user = "user nobody nogroup;\n" if AS_ROOT else ""
+    conf = base / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(base=base, port=port, types=types, user=user))
+    proc = subprocess.Popen([binary, "-c", str(conf), "-e", str(base / "error.log")],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    server = NginxServer(base, port, binary, proc)
+    try:
+        wait_port(port)
+    except AssertionError:
+        server.stop()
+        raise AssertionError(f"nginx did not start: {server.error_log()}") from None
+    return server
+
+
+def http_get(port: int, host: str, path: str = "/") -> tuple[int, str, dict[str, str]]:
+    """GET http://HOST/PATH from 127.0.0.1:PORT (redirects are not followed)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers={"Host": host})
+        res = conn.getresponse()
+        return res.status, res.read().decode("utf-8", "replace"), dict(res.getheaders())
+    finally:
+        conn.close()
+
+
+def wait_answer(nginx: NginxServer, host: str, want: Callable[[int, str], bool],
+                what: str, timeout: float = 15,
+                headers: Mapping[str, str] | None = None) -> tuple[int, str]:
+    """Poll the site until its answer satisfies ``want`` (and has ``headers``): a reload
+    takes effect a little after it returns, and until the old worker has gone a request
+    may still reach it."""
+    seen: list[tuple[int, str]] = []
+
+    def check() -> tuple[int, str] | None:
+        status, body, got = nginx.get(host)
+        seen[:] = [(status, body)]
+        ok = want(status, body) and all(got.get(k) == v for k, v in (headers or {}).items())
+        return (status, body) if ok else None
+
+    try:
+        return wait_for(check, timeout, what)
+    except AssertionError:
+        raise AssertionError(f"{what}: last answer {seen}") from None
+
+
+# -- PostgreSQL -------------------------------------------------------------------------
+
+
+@dataclass
+class PgCluster:
+    base: Path
+    port: int
+    admin: str
+    password: str
+    bindir: str
+    user: str
+
+    def server_fields(self) -> list[str]:
+        return ["--db_service_type", "pgsql", "--db_host", "127.0.0.1",
+                "--db_port", str(self.port), "--db_user", self.admin,
+                "--db_passwd", self.password]
+
+    def psql(self, sql: str, database: str = "postgres", user: str | None = None,
+             password: str | None = None) -> list[str]:
+        env = {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": str(self.port),
+               "PGUSER": user or self.admin, "PGPASSWORD": password or self.password,
+               "PGDATABASE": database}
+        res = subprocess.run([f"{self.bindir}/psql", "-X", "-A", "-t", "-q",
+                              "-v", "ON_ERROR_STOP=1"], input=sql, env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        return [line for line in res.stdout.splitlines() if line]
+
+    def databases(self) -> set[str]:
+        return set(self.psql("SELECT datname FROM pg_database WHERE NOT datistemplate"))
+
+    def roles(self) -> set[str]:
+        return set(self.psql("SELECT rolname FROM pg_roles WHERE rolname !~ '^pg_'"))
+
+    def stop(self) -> None:
+        subprocess.run([f"{self.bindir}/pg_ctl", "-D", str(self.base / "data"), "-m",
+                        "immediate", "stop"], user=self.user, capture_output=True,
+                       timeout=60, cwd="/")
+        shutil.rmtree(self.base.parent, ignore_errors=True)
+
+
+def start_postgres() -> PgCluster:
+    """A cluster in a fresh folder under /tmp (its user must reach it: pytest's own
+    temporary folders are private to root)."""
+    base = world_readable_dir("hostctl-pg-") / "pg"
+    initdb = need("initdb", "/usr/lib/postgresql/*/bin/initdb")
+    bindir = os.path.dirname(os.path.realpath(initdb))
+    need("psql", "/usr/lib/postgresql/*/bin/psql")
+    user = "postgres" if AS_ROOT else pwd.getpwuid(os.getuid()).pw_name
+    if AS_ROOT:
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            pytest.fail("the postgres user is missing (Debian's postgresql package makes it)")
+    base.mkdir(parents=True, exist_ok=True)
+    entry = pwd.getpwnam(user)
+    os.chown(base, entry.pw_uid, entry.pw_gid)
+    base.chmod(0o700)
+    password = "admin-Pa55-" + os.urandom(6).hex()
+    pwfile = base / "pw"
+    pwfile.write_text(password + "\n")
+    os.chown(pwfile, entry.pw_uid, entry.pw_gid)
+    pwfile.chmod(0o600)
+    port = free_port()
+    run = {"user": user, "capture_output": True, "text": True, "timeout": 120, "cwd": "/"}
+    res = subprocess.run([initdb, "-D", str(base / "data"), "-U", "admin",
+                          "--auth=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8",
+                          "--no-sync"], **run)  # type: ignore[call-overload]
+    assert res.returncode == 0, res.stdout + res.stderr
+    (base / "sock").mkdir()
+    os.chown(base / "sock", entry.pw_uid, entry.pw_gid)
+    options = (f"-p {port} -k {base / 'sock'} -c listen_addresses=127.0.0.1 "
+               "-c fsync=off -c log_statement=all")
+    res = subprocess.run([f"{bindir}/pg_ctl", "-D", str(base / "data"), "-l",
+                          str(base / "log"), "-o", options, "-w", "start"],
+                         **run)  # type: ignore[call-overload]
+    assert res.returncode == 0, res.stdout + res.stderr
+    cluster = PgCluster(base, port, "admin", password, bindir, user)
+    wait_port(port)
+    return cluster
+
+
+# -- platforms --------------------------------------------------------------------------
+
+#: an application for the tests: its install command writes the site's page (with the
+#: database it was given) and a table with rows; its cron and login-link commands leave
+#: traces; a flag file can hold the install (to look at the processes meanwhile) or make
+#: it fail
+APP = r'''
+import json, os, sqlite3, subprocess, sys, time
+step = sys.argv[1]
+site_path = os.environ["HOSTCTL_FIELD_SITE_PATH"]
+uri = os.environ["HOSTCTL_FIELD_URI"]
+flags = os.environ.get("APP_FLAGS", "")
+
+def sql(statements):
+    kind = os.environ["DB_TYPE"]
+    if kind == "sqlite":
+        with sqlite3.connect(os.environ["DB_PATH"]) as db:
+            return [list(r) for s in statements for r in db.execute(s).fetchall()]
+    out = subprocess.run(["psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1"],
+                         input="\n".join(statements), capture_output=True, text=True,
+                         env={**os.environ, "PGHOST": os.environ["DB_HOST"],
+                              "PGPORT": os.environ["DB_PORT"], "PGUSER": os.environ["DB_USER"],
+                              "PGPASSWORD": os.environ["DB_PASSWD"],
+                              "PGDATABASE": os.environ["DB_NAME"]})
+    if out.returncode:
+        sys.exit("psql: " + out.stderr)
+    return [line.split("|") for line in out.stdout.splitlines() if line]
+
+if step == "install":
+    print("installing", uri, "with database", os.environ.get("DB_NAME"), flush=True)
+    if flags and os.path.exists(flags + ".hold"):
+        open(flags + ".held", "w").close()
+        while not os.path.exists(flags + ".go"):
+            time.sleep(0.05)
+    if os.environ.get("APP_PRINT_SECRET"):
+        print("the password is", os.environ["DB_PASSWD"], flush=True)
+    if os.environ["DB_TYPE"] != "none":
+        sql(["CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)",
+             "INSERT INTO notes (body) VALUES ('first note')",
+             "INSERT INTO notes (body) VALUES ('second note')"])
+    public = os.path.join(site_path, "public")
+    os.makedirs(public, exist_ok=True)
+    with open(os.path.join(public, "index.html"), "w") as fh:
+        fh.write(f"<h1>Welcome to {uri}</h1>\n<p>database {os.environ.get('DB_NAME')}</p>\n")
+    if flags and os.path.exists(flags + ".fail"):
+        sys.exit("install failed on purpose")
+elif step == "cron":
+    with open(os.path.join(site_path, "cron.log"), "a") as fh:
+        fh.write(f"cron ran for {uri}\n")
+    print("cron done for", uri)
+elif step == "login":
+    print("making a link")
+    print(f"http://{uri}/login/one-time-" + os.environ["HOSTCTL_TASK_ID"])
+'''
+
+
+def make_platform(root: Path, *, web_root: str = "{site_path}/public",
+                  commands: Sequence[str] = ("install", "cron", "login_link"),
+                  env: Mapping[str, str] | None = None, marker: str = "") -> Path:
+    """A platform root with the test application and its hostctl-app.toml."""
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o755)
+    (root / "app.py").write_text(APP)
+    steps = {"install": "install", "cron": "cron", "login_link": "login"}
+    manifest: dict[str, Any] = {
+        "format": 1,
+        "web": {"root": web_root, "index": ["index.html"]},
+        "commands": {name: [sys.executable, "{root}/app.py", steps[name]]
+                     for name in commands},
+    }
+    if env:
+        manifest["env"] = dict(env)
+    (root / "hostctl-app.toml").write_text(tomli_w.dumps(manifest))
+    if marker:
+        (root / "marker.txt").write_text(marker)
+    return root
+
+
+def sqlite_rows(path: str | Path, table: str = "notes") -> list[tuple[Any, ...]]:
+    with sqlite3.connect(path) as db:
+        return db.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
+
+
+def secrets_of(home: Path, site: str) -> dict[str, Any]:
+    import tomllib
+
+    return tomllib.loads((home / "secrets" / f"{site.lstrip('@')}.toml").read_text())
+
+
+def tree(path: Path) -> dict[str, tuple[int, bytes | None]]:
+    """Every entry under ``path``: its mode, and a file's content."""
+    out: dict[str, tuple[int, bytes | None]] = {}
+    for entry in sorted(path.rglob("*")):
+        st = entry.lstat()
+        rel = str(entry.relative_to(path))
+        out[rel] = (st.st_mode, entry.read_bytes() if entry.is_file() else None)
+    return out
+
+
+def task_doc(run: Callable[..., Any], task_id: str) -> dict[str, Any]:
+    res = run("task", "show", task_id, "--json")
+    assert res.code == 0, res
+    doc = json.loads(res.out)
+    assert isinstance(doc, dict)
+    return doc
+
+
+def last_task(run: Callable[..., Any], ttype: str, context: str) -> dict[str, Any]:
+    res = run("task", "list", "--json", "--context", context)
+    assert res.code == 0, res
+    found = [t for t in json.loads(res.out) if t["type"] == ttype]
+    assert found, (ttype, context, res.out)
+    return found[-1]
+
+
+def until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    return wait_for(predicate, timeout, what)
+
+
+def pause(seconds: float) -> None:  # a wait the test needs in itself, not for timing
+    time.sleep(seconds)
