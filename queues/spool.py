@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hostctl.errors import Conflict, InvalidInput, NotFound, OperationFailed
+from hostctl.errors import Conflict, HostctlError, InvalidInput, NotFound, OperationFailed
 from hostctl.files import NETWORK_FILESYSTEMS, filesystem_type, fsync_dir, write_private
 from hostctl.queues.task import (
     MAX_TASK_BYTES,
@@ -167,6 +167,7 @@ class Spool:
         self.allow_network_filesystem = allow_network_filesystem
         self._ready = False
         self._listings: dict[str, _Listing] = {}  # claim's and next_due's view of folders
+        self._admit_said: set[tuple[str, str]] = set()  # drops left by the last admit()
 
     # -- set-up -----------------------------------------------------------------------
 
@@ -797,37 +798,74 @@ class Spool:
 
         See dropbox.py for the rules. The dropping uid is recorded as the submitter; a
         receipt in the submission gets its status in outbox/, also when it is rejected.
+        What fails on the back end's side (a full disk, an I/O error, a malformed context
+        file) is no fault of the drop: it stays in incoming/ untouched, one warning is
+        logged, and the next pass (the next dispatch, drop or housekeeping round) tries
+        again; the warning is not repeated while the same trouble lasts. One admitter at
+        a time (``locks/admit.lock``): a daemon and a dispatch admitting the same drop
+        would publish it twice, or reject it as a duplicate.
         """
+        self.ensure()
+        notes: list[str] = []
+        said, self._admit_said = self._admit_said, set()
+
+        def leave(name: str, key: tuple[str, str], why: str, stays: str) -> None:
+            self._admit_said.add(key)
+            if key not in said:
+                log.warning("cannot admit incoming/%s now (%s); %s in incoming/ until the "
+                            "next try", name, why, stays)
+
+        try:
+            lock = os.open(self.dir("locks") / "admit.lock",
+                           os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:  # not even the lock file can be made (a full disk)
+            leave("*", ("", exc.strerror or str(exc)), exc.strerror or str(exc), "they stay")
+            return notes
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            folder = self.dir("incoming")
+            names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
+            for n, name in enumerate(names):
+                try:
+                    notes.append(self._admit_one(folder / name, check))
+                except FileNotFoundError:
+                    continue  # it went away meanwhile
+                except (OperationFailed, OSError) as exc:
+                    # the same would befall every other drop: leave them all for later
+                    why = (exc.message if isinstance(exc, OperationFailed)
+                           else exc.strerror or str(exc))
+                    left = len(names) - n - 1
+                    leave(name, ("", why), why, f"it and {left} more stay" if left
+                          else "it stays")
+                    break
+                except HostctlError as exc:  # a malformed context file, say
+                    leave(name, (name, str(exc)), str(exc), "it stays")
+        finally:
+            os.close(lock)
+        return notes
+
+    def _admit_one(self, path: Path, check: Callable[[Envelope], None]) -> str:
+        """Admit or reject one drop; return what was done. Raises what is not the drop's
+        fault (OSError, OperationFailed and other HostctlErrors), leaving it in place."""
         from hostctl.queues.dropbox import decode_submission, receipt_of
 
-        self.ensure()
-        notes = []
-        folder = self.dir("incoming")
-        for name in sorted(os.listdir(folder)):
-            if name.startswith("."):
-                continue
-            path = folder / name
-            data = b""
-            try:
-                data, uid = self._read_incoming(path)
-                sub = decode_submission(data, uid)
-                check(sub.envelope)
-                if self._locate(sub.envelope.id) is not None:
-                    raise Conflict(f"a task with id {sub.envelope.id} already exists")
-                self._write_new(sub.envelope, sub.delay)
-            except (InvalidInput, Conflict, NotFound) as exc:
-                self._reject(path, str(exc),
-                             receipt_of(exc.head if isinstance(exc, _Refused) else data))
-                notes.append(f"rejected incoming/{name}: {exc}")
-                continue
-            except FileNotFoundError:
-                continue
-            with suppress(FileNotFoundError):
-                os.unlink(path)
-            self.post(Task(sub.envelope, (), "deferred" if sub.delay else "new"))
-            notes.append(f"admitted task {sub.envelope.id} from incoming/{name} "
-                         f"(uid {sub.envelope.submitter})")
-        return notes
+        data = b""
+        try:
+            data, uid = self._read_incoming(path)
+            sub = decode_submission(data, uid)
+            check(sub.envelope)
+            if self._locate(sub.envelope.id) is not None:
+                raise Conflict(f"a task with id {sub.envelope.id} already exists")
+            self._write_new(sub.envelope, sub.delay)
+        except (InvalidInput, Conflict, NotFound) as exc:
+            self._reject(path, str(exc),
+                         receipt_of(exc.head if isinstance(exc, _Refused) else data))
+            return f"rejected incoming/{path.name}: {exc}"
+        with suppress(FileNotFoundError):
+            os.unlink(path)
+        self.post(Task(sub.envelope, (), "deferred" if sub.delay else "new"))
+        return (f"admitted task {sub.envelope.id} from incoming/{path.name} "
+                f"(uid {sub.envelope.submitter})")
 
     def _read_incoming(self, path: Path) -> tuple[bytes, int]:
         """The drop's bytes and owner; _Refused for a file that must not be admitted.
@@ -861,7 +899,20 @@ class Spool:
         return data, st.st_uid
 
     def _reject(self, path: Path, reason: str, receipt: str) -> None:
-        self._quarantine_path(path, reason, folder=self.dir("rejected"))
+        """Move a drop to rejected/ with its reason beside it. The reason is written
+        first: a disk too full for it raises OSError, and the drop stays where it was."""
+        folder = self.dir("rejected")
+        target = folder / path.name
+        if target.exists() or (folder / f"{path.name}.reason").exists():
+            target = folder / f"{path.name}.{new_id()}"
+        why = folder / f"{target.name}.reason"
+        try:
+            write_private(why, (" ".join(reason.split()) + "\n").encode())
+            os.rename(path, target)
+        except OSError:
+            with suppress(OSError):
+                os.unlink(why)
+            raise
         if receipt:
             from hostctl.queues.dropbox import rejected_doc
 

@@ -5,10 +5,12 @@ or shell syntax."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -17,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from asuser import Users, can_make_users, frontend_users, hostctl_as
 from conftest import hostctl_exe
 from runnerhelpers import (
     Procs,
@@ -63,20 +66,18 @@ def spool_files(home: Path) -> dict[str, list[str]]:
 # -- disk full: a real, small tmpfs ------------------------------------------------------
 
 
-@pytest.fixture
-def disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A 1 MiB tmpfs mounted for this test; HOSTCTL_HOME points inside it. Unmounted at
-    teardown, whatever happened."""
-    mount_point = tmp_path / "disk"
+@contextlib.contextmanager
+def small_tmpfs(mount_point: Path, mode: str = "0700") -> Iterator[Path]:
+    """A 1 MiB tmpfs mounted at ``mount_point`` (made here); unmounted after, whatever
+    happened. Skips the test where no tmpfs can be mounted."""
     mount_point.mkdir()
     if not shutil.which("mount"):
         pytest.skip("no mount command: cannot make a small real file system")
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs",
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size=1m,mode={mode}", "tmpfs",
                           str(mount_point)], capture_output=True, text=True)
     if res.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs (root and CAP_SYS_ADMIN needed): "
                     f"{res.stderr.strip()}")
-    monkeypatch.setenv("HOSTCTL_HOME", str(mount_point / "home"))
     try:
         yield mount_point
     finally:
@@ -84,6 +85,14 @@ def disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         if res.returncode != 0:  # something still holds a file there: detach it anyway
             subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
             pytest.fail(f"the tmpfs was still busy at teardown: {res.stderr.strip()}")
+
+
+@pytest.fixture
+def disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A 1 MiB tmpfs mounted for this test; HOSTCTL_HOME points inside it."""
+    with small_tmpfs(tmp_path / "disk") as mount_point:
+        monkeypatch.setenv("HOSTCTL_HOME", str(mount_point / "home"))
+        yield mount_point
 
 
 def fill(disk: Path, leave: int = 0) -> Path:
@@ -315,6 +324,161 @@ def test_a_task_file_that_cannot_grow_on_a_full_disk_is_not_torn_and_not_lost(
     lines = (home / "spool" / "done" / f"{padded}.task").read_bytes().splitlines()
     assert [json.loads(line).get("event") for line in lines[1:]] == ["start", "end"]
     assert "padded run" in run_hostctl("task", "log", padded).out
+
+
+# -- disk full: what a front end dropped --------------------------------------------------
+
+
+def drop_file(home: Path, task_type: str, context: str, publish: bool = True
+              ) -> tuple[str, str, Path]:
+    """Drop a submission by the documented protocol (as root, so uid 0 is its submitter);
+    return its id, its receipt and its path. Without ``publish`` it keeps its dot-name
+    (the rename that publishes it is the caller's)."""
+    from hostctl.queues.task import new_id
+
+    task_id, receipt = new_id(), secrets.token_hex(16)
+    doc = {"id": task_id, "type": task_type, "context": context, "receipt": receipt}
+    incoming = home / "spool" / "incoming"
+    tmp = incoming / f".{task_id}"
+    tmp.write_text(json.dumps(doc) + "\n")
+    if not publish:
+        return task_id, receipt, tmp
+    final = incoming / f"{task_id}.task"
+    os.rename(tmp, final)
+    return task_id, receipt, final
+
+
+def identity(path: Path) -> tuple[int, int, bytes]:
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns, path.read_bytes()
+
+
+def admission_lines(text: str, name: str) -> list[str]:
+    return [line for line in text.splitlines() if f"cannot admit incoming/{name}" in line]
+
+
+def test_a_full_disk_during_admission_leaves_the_drop_and_the_runners_go_on(
+        run_hostctl, disk: Path) -> None:
+    home = disk / "home"
+    quick_type(home)
+    save_sites(run_hostctl, home, ["a.example", "b.example"])
+    queued = run_hostctl("task", "add", "quick", "@a.example").out.strip()
+    task_id, receipt, drop = drop_file(home, "quick", "@b.example")
+    dropped = identity(drop)
+    before = spool_files(home)
+    filler = fill(disk)
+
+    for argv in (("--verbose", "dispatch"), ("wait-queue", "--once")):
+        res = run_process(home, *argv)
+        assert res.returncode == 0, (argv, res.stderr)
+        assert "Traceback" not in res.stderr and "internal error" not in res.stderr
+        lines = admission_lines(res.stderr, drop.name)
+        assert len(lines) == 1, (argv, res.stderr)  # one line, not one per retry
+        assert ENOSPC_TEXT in lines[0] and "incoming/" in lines[0], lines
+        # untouched: the same file, not copied, not rejected, no receipt, no temp file
+        assert identity(drop) == dropped
+        assert spool_files(home) == before, argv
+    # the dispatch went on with its queues after the failed admission
+    res = run_process(home, "--verbose", "dispatch", "--force")
+    assert re.search(r"queue tasks: ", res.stderr), res.stderr
+    assert show(run_hostctl, queued)["status"] == "queued"
+
+    # room again: the next pass admits it and runs it, with the one queued before
+    filler.unlink()
+    res = run_process(home, "dispatch")
+    assert res.returncode == 0, res.stderr
+    assert os.listdir(home / "spool" / "incoming") == []
+    for done in (queued, task_id):
+        assert show(run_hostctl, done)["status"] == "success"
+    assert show(run_hostctl, task_id)["submitter"] == os.getuid()
+    doc = json.loads((home / "spool" / "outbox" / f"{receipt}.json").read_text())
+    assert (doc["id"], doc["status"]) == (task_id, "success")
+
+
+def test_a_daemon_survives_a_full_disk_during_admission_and_admits_later(
+        run_hostctl, disk: Path, tmp_path: Path) -> None:
+    home = disk / "home"
+    quick_type(home)
+    save_sites(run_hostctl, home, ["a.example", "b.example"])
+    out = tmp_path / "wq.out"
+    procs = Procs(home)
+    try:
+        daemon = procs.start("wait-queue", "--max-runtime", "300", log=out)
+        wait_for(lambda: daemon.pid in daemon_pids(home) or daemon.poll() is not None, 60,
+                 "wait-queue to register")
+        first, first_receipt, tmp = drop_file(home, "quick", "@a.example", publish=False)
+        filler = fill(disk)
+        final = tmp.with_name(f"{first}.task")
+        os.rename(tmp, final)  # published on the full disk: the daemon sees it at once
+        wait_for(lambda: admission_lines(out.read_text(), final.name)
+                 or daemon.poll() is not None, 60, "the daemon to try the drop")
+        assert daemon.poll() is None, out.read_text()
+        assert final.exists() and os.listdir(home / "spool" / "new") == []
+        assert not (home / "spool" / "outbox" / f"{first_receipt}.json").exists()
+
+        # room again; the next drop (or the next housekeeping round) takes both
+        filler.unlink()
+        second, second_receipt, _ = drop_file(home, "quick", "@b.example")
+
+        def ran(receipt: str) -> bool:
+            try:
+                doc = json.loads((home / "spool" / "outbox" / f"{receipt}.json").read_text())
+            except (OSError, ValueError):
+                return False
+            return bool(doc["status"] == "success")
+
+        wait_for(lambda: ran(first_receipt) and ran(second_receipt), 60,
+                 "both drops to be admitted and run")
+        assert os.listdir(home / "spool" / "incoming") == []
+        assert daemon.poll() is None
+        os.kill(daemon.pid, signal.SIGTERM)
+        assert wait_exit(daemon, 60, "wait-queue after TERM") == 0
+    finally:
+        procs.cleanup()
+
+
+@pytest.fixture
+def fe_disk(tmp_path: Path) -> Iterator[tuple[Users, Path]]:
+    """Front-end users and a 1 MiB tmpfs they can reach (inside their base folder)."""
+    if can_make_users():
+        pytest.skip(can_make_users())
+    with frontend_users(1) as users, small_tmpfs(users.base / "disk", "0711") as mount:
+        yield users, mount
+
+
+def test_a_front_end_task_add_on_a_full_disk_fails_cleanly_and_leaves_nothing(
+        fe_disk: tuple[Users, Path]) -> None:
+    users, disk = fe_disk
+    home = disk / "home"
+    fe = users.members[0]
+    backend = ("--home", str(home))
+    assert hostctl_as(None, *backend, "frontend", "setup", "--group", users.group).code == 0
+    quick_type(home)
+    for argv in (("@srv", "--context_type", "server"),
+                 ("@plat", "--context_type", "platform", "--root", str(disk)),
+                 ("@a.example", "--context_type", "site", "--platform", "@plat")):
+        assert hostctl_as(None, *backend, "provision-save", *argv).code == 0
+    env: dict[str, str | None] = {"HOSTCTL_HOME": str(home)}
+    first = hostctl_as(fe, "task", "add", "quick", "@a.example", env=env)
+    assert first.code == 0, first
+    incoming = home / "spool" / "incoming"
+    before = sorted(os.listdir(incoming))
+    assert before == [f"{first.out.strip()}.task"]
+    filler = fill(disk)
+
+    res = hostctl_as(fe, "task", "add", "quick", "@a.example", env=env)
+    assert res.code == 1 and res.out == "", res
+    line = one_line_error(res.err)
+    assert "cannot submit the task" in line and ENOSPC_TEXT in line, line
+    assert sorted(os.listdir(incoming)) == before  # no dot-file, no second drop
+    assert os.listdir(fe.receipts) == [first.out.strip()]  # no receipt for it kept
+
+    filler.unlink()
+    assert hostctl_as(None, *backend, "dispatch").code == 0
+    doc = json.loads(hostctl_as(fe, "task", "show", first.out.strip(), "--json",
+                                env=env).out)
+    assert doc["status"] == "success", doc
+    assert hostctl_as(fe, "task", "add", "quick", "@a.example", env=env).code == 0
 
 
 # -- overload: the real 1-minute load average --------------------------------------------

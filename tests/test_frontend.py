@@ -858,3 +858,59 @@ def test_the_fields_a_front_end_may_set_are_configurable(users: Users) -> None:
     assert "it may set: cron_key" in doc["reason"]
     shown = json.loads(be.ok("context", "show", "@b.example", "--json"))
     assert shown["fields"]["language"] == "en"
+
+
+# -- concurrent admitters ------------------------------------------------------------------
+
+def _admit_until_empty(home: Path, start: Any) -> None:
+    """In a forked child: admit (as dispatch and wait-queue do) until incoming/ is empty."""
+    from hostctl.paths import Paths
+    from hostctl.queues.tasks import Home
+
+    backend = Home(Paths(home))
+    check = backend.registry.check_envelope(backend.store)
+    start.wait(30)
+    incoming = home / "spool" / "incoming"
+    while [n for n in os.listdir(incoming) if not n.startswith(".")]:
+        backend.spool.admit(check)
+
+
+def test_admitters_running_at_once_admit_each_drop_exactly_once(run_hostctl,
+                                                                home: Path) -> None:
+    """A dispatch and wait-queues admit at the same time: each drop must become exactly
+    one task (none published twice, none rejected as its own duplicate), and its receipt
+    must say it is queued."""
+    import multiprocessing
+
+    for argv in (("@srv", "--context_type", "server"),
+                 ("@plat", "--context_type", "platform", "--root", "/srv/www"),
+                 ("@a.example", "--context_type", "site", "--platform", "@plat")):
+        assert run_hostctl("provision-save", *argv).code == 0
+    from hostctl.paths import Paths
+    from hostctl.queues.tasks import Home
+
+    Home(Paths(home)).writable()  # the spool's folders
+    incoming = home / "spool" / "incoming"
+    drops = {}
+    for n in range(300):
+        task_id, receipt = new_id(), secrets.token_hex(16)
+        doc = {"id": task_id, "type": "verify", "context": "@a.example", "receipt": receipt,
+               "delay": 600 if n % 2 else 0}
+        (incoming / f".{task_id}").write_bytes(_line(doc))
+        os.rename(incoming / f".{task_id}", incoming / f"{task_id}.task")
+        drops[task_id] = receipt
+    ctx = multiprocessing.get_context("fork")
+    start = ctx.Barrier(4)
+    procs = [ctx.Process(target=_admit_until_empty, args=(home, start)) for _ in range(4)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(120)
+        assert proc.exitcode == 0
+    names = [n for folder in ("new", "deferred") for n in os.listdir(home / "spool" / folder)]
+    ids = sorted(n.removesuffix(".task")[-20:] for n in names)
+    assert ids == sorted(drops), "a drop was lost or published twice"
+    assert os.listdir(home / "spool" / "rejected") == []
+    for task_id, receipt in drops.items():
+        doc = json.loads((home / "spool" / "outbox" / f"{receipt}.json").read_text())
+        assert (doc["id"], doc["status"]) == (task_id, "queued"), doc
