@@ -363,8 +363,10 @@ def test_a_full_disk_during_admission_leaves_the_drop_and_the_runners_go_on(
     quick_type(home)
     save_sites(run_hostctl, home, ["a.example", "b.example"])
     queued = run_hostctl("task", "add", "quick", "@a.example").out.strip()
+    # a bad drop first (its reason cannot be written), then a good one (nor its task)
+    bad_id, bad_receipt, bad = drop_file(home, "no-such-type", "@b.example")
     task_id, receipt, drop = drop_file(home, "quick", "@b.example")
-    dropped = identity(drop)
+    dropped = {p: identity(p) for p in (bad, drop)}
     before = spool_files(home)
     filler = fill(disk)
 
@@ -372,11 +374,12 @@ def test_a_full_disk_during_admission_leaves_the_drop_and_the_runners_go_on(
         res = run_process(home, *argv)
         assert res.returncode == 0, (argv, res.stderr)
         assert "Traceback" not in res.stderr and "internal error" not in res.stderr
-        lines = admission_lines(res.stderr, drop.name)
-        assert len(lines) == 1, (argv, res.stderr)  # one line, not one per retry
-        assert ENOSPC_TEXT in lines[0] and "incoming/" in lines[0], lines
-        # untouched: the same file, not copied, not rejected, no receipt, no temp file
-        assert identity(drop) == dropped
+        lines = admission_lines(res.stderr, "")
+        assert len(lines) == 1, (argv, res.stderr)  # one line, not one per drop or retry
+        assert ENOSPC_TEXT in lines[0] and f"incoming/{bad.name}" in lines[0], lines
+        assert "it and 1 more stay in incoming/" in lines[0], lines
+        # untouched: the same files, not copied, not rejected, no receipt, no temp file
+        assert {p: identity(p) for p in dropped} == dropped
         assert spool_files(home) == before, argv
     # the dispatch went on with its queues after the failed admission
     res = run_process(home, "--verbose", "dispatch", "--force")
@@ -393,6 +396,10 @@ def test_a_full_disk_during_admission_leaves_the_drop_and_the_runners_go_on(
     assert show(run_hostctl, task_id)["submitter"] == os.getuid()
     doc = json.loads((home / "spool" / "outbox" / f"{receipt}.json").read_text())
     assert (doc["id"], doc["status"]) == (task_id, "success")
+    reason = (home / "spool" / "rejected" / f"{bad.name}.reason").read_text()
+    assert "unknown task type 'no-such-type'" in reason
+    doc = json.loads((home / "spool" / "outbox" / f"{bad_receipt}.json").read_text())
+    assert (doc["id"], doc["rejected"]) == (bad_id, True)
 
 
 def test_a_daemon_survives_a_full_disk_during_admission_and_admits_later(
