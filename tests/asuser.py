@@ -53,6 +53,7 @@ class Users:
     members: tuple[User, ...]  # primary group: the front-end group
     guest: User  # in the front-end group only as a supplementary group
     outsider: User  # not in the front-end group
+    backend: User  # a back end's own user: another primary group, the front-end group too
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,8 @@ def _run(*argv: str) -> None:
 @contextlib.contextmanager
 def frontend_users(count: int = 2) -> Iterator[Users]:
     """A fresh front-end group with ``count`` members (primary group), a guest (another
-    primary group, the front-end group as a supplementary one) and an outsider (not in
+    primary group, the front-end group as a supplementary one), an outsider (not in it)
+    and a back-end user (as the guest: it must be in the group to give its folders to
     it); no logins, no homes made by useradd. Each user gets its own 0700 folder inside a
     base folder under /tmp that every user may pass through."""
     import grp
@@ -111,7 +113,9 @@ def frontend_users(count: int = 2) -> Iterator[Users]:
         members = tuple(user(f"hcfe{tag}u{i}", "-g", group) for i in range(count))
         guest = user(f"hcfe{tag}g", "-g", other, "-G", group)
         outsider = user(f"hcfe{tag}o", "-g", other)
-        yield Users(group, grp.getgrnam(group).gr_gid, base, members, guest, outsider)
+        backend = user(f"hcfe{tag}b", "-g", other, "-G", group)
+        yield Users(group, grp.getgrnam(group).gr_gid, base, members, guest, outsider,
+                    backend)
     finally:
         for name in made:
             subprocess.run(["userdel", name], capture_output=True, timeout=60)
@@ -131,7 +135,11 @@ def preload() -> None:
 
     import hostctl
 
-    for pkg in (hostctl, typer._click, platformdirs):
+    # hostctl's subpackages live in folders of their own (see pyproject.toml's
+    # package-dir), which a walk of hostctl's own folder does not find
+    subpackages = [importlib.import_module(f"hostctl.{name}")
+                   for name in ("cli", "contexts", "queues", "provision")]
+    for pkg in (hostctl, *subpackages, typer._click, platformdirs):
         for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
             if info.name.endswith("__main__"):
                 continue

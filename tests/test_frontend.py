@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import stat
 import subprocess
@@ -914,3 +915,82 @@ def test_admitters_running_at_once_admit_each_drop_exactly_once(run_hostctl,
     for task_id, receipt in drops.items():
         doc = json.loads((home / "spool" / "outbox" / f"{receipt}.json").read_text())
         assert (doc["id"], doc["status"]) == (task_id, "queued"), doc
+
+
+# -- a back end that is not root -----------------------------------------------------------
+
+WHOAMI = 'echo "ran $0 as uid $(id -u), note: $HOSTCTL_OPTION_NOTE"'
+
+
+def test_an_unprivileged_back_end_serves_a_front_end(users: Users) -> None:
+    """Root only makes the users and one empty folder, as an administrator would: the home
+    belongs to a real unprivileged back-end user, which runs frontend setup, provision-save,
+    dispatch and doctor as itself; a front-end user submits through the drop box and reads
+    its receipt and its log. Every file access is what the kernel allows these two users."""
+    backend, fe1 = users.backend, users.members[0]
+    home = users.base / "home-unprivileged"
+    home.mkdir(mode=0o700)
+    os.chown(home, backend.uid, backend.gid)
+
+    def be(*argv: str) -> str:
+        res = hostctl_as(backend, "--home", str(home), *argv)
+        assert res.code == 0, (argv, res)
+        return res.out
+
+    be("frontend", "setup", "--group", users.group)
+    for rel, mode in {"": 0o710, "spool": 0o710, "spool/incoming": 0o3730,
+                      "spool/outbox": 0o2710}.items():
+        st = os.stat(home / rel)
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == \
+            (backend.uid, users.gid, mode), rel
+    sh = shutil.which("sh") or "/bin/sh"
+    config = {"tasks": {"whoami": {"command": [sh, "-c", WHOAMI, "{context}"],
+                                   "context_types": ["site"], "options": {"note": "a note"}}}}
+
+    def write_own_config() -> None:  # as the back end: its file, private
+        write_config(home, config)
+        os.chmod(home / "config.toml", 0o600)
+
+    call_as(backend, write_own_config)
+    be("provision-save", "@srv", "--context_type", "server", "--db_passwd", SECRET)
+    be("provision-save", "@plat", "--context_type", "platform", "--root", str(backend.home))
+    be("provision-save", "@a.example", "--context_type", "site", "--platform", "@plat",
+       "--db_server", "@srv")
+
+    res = hostctl_as(fe1, "task", "add", "whoami", "@a.example", "-o", "note=hello",
+                     "--context-option", "language=fr", env={"HOSTCTL_HOME": str(home)})
+    assert res.code == 0 and res.err == "", res
+    task_id = res.out.strip()
+    assert os.stat(home / "spool" / "incoming" / f"{task_id}.task").st_uid == fe1.uid
+    be("dispatch")
+
+    doc = json.loads(be("task", "show", task_id, "--json"))
+    assert (doc["status"], doc["submitter"]) == ("success", fe1.uid), doc
+    fe_env: dict[str, str | None] = {"HOSTCTL_HOME": str(home)}
+    mine = json.loads(hostctl_as(fe1, "task", "show", task_id, "--json", env=fe_env).out)
+    assert (mine["id"], mine["status"], mine["context_options"]) == \
+        (task_id, "success", {"language": "fr"})
+    log = hostctl_as(fe1, "task", "log", task_id, env=fe_env)
+    assert log.code == 0, log
+    assert f"ran @a.example as uid {backend.uid}, note: hello" in log.out
+    fields = json.loads(be("context", "show", "@a.example", "--json"))["fields"]
+    assert fields["language"] == "fr"
+
+    # everything the back end made is its own; only the receipts are shared, group-read
+    token = receipt_of(fe1, task_id)
+    for top, _dirs, names in os.walk(home):
+        for name in names:
+            st = os.lstat(os.path.join(top, name))
+            assert st.st_uid == backend.uid, os.path.join(top, name)
+    for ext in ("json", "log"):
+        st = os.stat(home / "spool" / "outbox" / f"{token}.{ext}")
+        assert (st.st_gid, stat.S_IMODE(st.st_mode)) == (users.gid, 0o640), ext
+    got = call_as(fe1, lambda: [attempt(lambda: os.listdir(home)),
+                                attempt(lambda: (home / "contexts" / "srv.toml").read_bytes()),
+                                attempt(lambda: os.listdir(home / "logs"))])
+    assert got == ["PermissionError"] * 3
+    assert "as they should be" in be("doctor")
+    os.chmod(home / "contexts" / "srv.toml", 0o644)  # doctor --fix needs no root for modes
+    assert hostctl_as(backend, "--home", str(home), "doctor").code == 1
+    assert "fixed: " in be("doctor", "--fix")
+    assert stat.S_IMODE(os.stat(home / "contexts" / "srv.toml").st_mode) == 0o600
