@@ -723,6 +723,35 @@ def test_the_spool_refuses_a_network_file_system_unless_allowed(
     assert [show(run_hostctl, i)["status"] for i in (first, second)] == ["success"] * 2
 
 
+@pytest.mark.parametrize("fstype", ["nfs4", "cifs"])
+def test_doctor_reports_a_spool_on_a_network_file_system_unless_allowed(
+        run_hostctl, home: Path, tmp_path: Path, fake_mounts: Path, fstype: str) -> None:
+    save_sites(run_hostctl, home, ["a.example"])
+    assert run_hostctl("task", "add", "verify", "@a.example").code == 0
+    real = fake_mounts.read_text()
+    fake_mounts.write_text(real + mountinfo_line(1000, str(tmp_path / "homes"), fstype))
+    res = in_namespace(fake_mounts, home, hostctl_exe(), "doctor")
+    assert res.returncode == 0 and "as they should be" in res.stdout, res  # only beside it
+
+    fake_mounts.write_text(real + mountinfo_line(1000, str(tmp_path), fstype, "srv:/h"))
+    problem = f"on a {fstype} file system: file locks are not reliable there"
+    res = in_namespace(fake_mounts, home, hostctl_exe(), "doctor")
+    assert res.returncode == 1, res
+    assert res.stdout.splitlines() == [f"PROBLEM: {home / 'spool'}: {problem}"], res.stdout
+    assert "1 problem(s) found" in one_line_error(res.stderr)
+    res = in_namespace(fake_mounts, home, hostctl_exe(), "doctor", "--json")
+    assert res.returncode == 1
+    assert json.loads(res.stdout) == [{"path": str(home / "spool"), "problem": problem,
+                                       "fixed": False}]
+    res = in_namespace(fake_mounts, home, hostctl_exe(), "doctor", "--fix")
+    assert res.returncode == 1 and res.stdout.startswith("PROBLEM: "), res  # not fixable
+
+    write_config(home, {"spool": {"allow_network_filesystem": True}})
+    os.chmod(home / "config.toml", 0o600)
+    res = in_namespace(fake_mounts, home, hostctl_exe(), "doctor", "--json")
+    assert (res.returncode, json.loads(res.stdout)) == (0, []), res
+
+
 # -- hostile option values ---------------------------------------------------------------
 
 # Writes its argv and $HOSTCTL_OPTION_VAL to the file named by its first argument.
