@@ -849,16 +849,27 @@ class Spool:
         fault (OSError, OperationFailed and other HostctlErrors), leaving it in place."""
         from hostctl.queues.dropbox import decode_submission, receipt_of
 
-        data = b""
+        data, taken = b"", False
         try:
             data, uid = self._read_incoming(path)
             sub = decode_submission(data, uid)
             check(sub.envelope)
-            if self._locate(sub.envelope.id) is not None:
+            found = self._locate(sub.envelope.id)
+            if found is not None:
+                old = self._envelope_at(*found)
+                # a power cut after the task was published, before the drop's removal
+                # reached the disk, brings the drop back: the same receipt (which only
+                # its submitter knows) from the same uid. It goes; it is no duplicate.
+                taken = old is not None and old.receipt == sub.envelope.receipt != ""
+                if taken and old is not None and old.submitter == sub.envelope.submitter:
+                    with suppress(FileNotFoundError):
+                        os.unlink(path)
+                    return f"incoming/{path.name} was admitted before (task {old.id})"
                 raise Conflict(f"a task with id {sub.envelope.id} already exists")
             self._write_new(sub.envelope, sub.delay)
         except (InvalidInput, Conflict, NotFound) as exc:
-            self._reject(path, str(exc),
+            # the receipt of a task that exists is that task's, never a rejection's
+            self._reject(path, str(exc), "" if taken else
                          receipt_of(exc.head if isinstance(exc, _Refused) else data))
             return f"rejected incoming/{path.name}: {exc}"
         with suppress(FileNotFoundError):
@@ -866,6 +877,12 @@ class Spool:
         self.post(Task(sub.envelope, (), "deferred" if sub.delay else "new"))
         return (f"admitted task {sub.envelope.id} from incoming/{path.name} "
                 f"(uid {sub.envelope.submitter})")
+
+    def _envelope_at(self, state: str, path: Path) -> Envelope | None:
+        try:
+            return self._read_path(path, state).envelope
+        except (OSError, InvalidInput):
+            return None
 
     def _read_incoming(self, path: Path) -> tuple[bytes, int]:
         """The drop's bytes and owner; _Refused for a file that must not be admitted.

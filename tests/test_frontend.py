@@ -994,3 +994,42 @@ def test_an_unprivileged_back_end_serves_a_front_end(users: Users) -> None:
     assert hostctl_as(backend, "--home", str(home), "doctor").code == 1
     assert "fixed: " in be("doctor", "--fix")
     assert stat.S_IMODE(os.stat(home / "contexts" / "srv.toml").st_mode) == 0o600
+
+
+def test_a_drop_back_after_a_power_cut_is_removed_not_rejected(run_hostctl,
+                                                                home: Path) -> None:
+    """Admission publishes the task (fsynced) and then removes the drop: a power cut in
+    between may bring the drop back. Its task exists with its receipt and submitter: the
+    drop goes, its receipt keeps saying queued. Anyone else's drop with that id is still
+    refused as a duplicate, and the task's receipt is left alone."""
+    from hostctl.paths import Paths
+    from hostctl.queues.tasks import Home
+
+    for argv in (("@srv", "--context_type", "server"),
+                 ("@plat", "--context_type", "platform", "--root", "/srv/www"),
+                 ("@a.example", "--context_type", "site", "--platform", "@plat")):
+        assert run_hostctl("provision-save", *argv).code == 0
+    backend = Home(Paths(home))
+    spool = backend.writable()
+    check = backend.registry.check_envelope(backend.store)
+    incoming, outbox = home / "spool" / "incoming", home / "spool" / "outbox"
+    task_id, receipt = new_id(), secrets.token_hex(16)
+    data = _line({"id": task_id, "type": "verify", "context": "@a.example",
+                  "receipt": receipt})
+    drop = incoming / f"{task_id}.task"
+    drop.write_bytes(data)
+    assert spool.admit(check)[0].startswith(f"admitted task {task_id}")
+
+    drop.write_bytes(data)  # its removal was lost
+    notes = spool.admit(check)
+    assert notes == [f"incoming/{drop.name} was admitted before (task {task_id})"]
+    assert os.listdir(incoming) == [] and os.listdir(home / "spool" / "rejected") == []
+    assert json.loads((outbox / f"{receipt}.json").read_text())["status"] == "queued"
+    assert [t.id for t in spool.list()] == [task_id]
+
+    drop.write_bytes(data)
+    os.chown(drop, 65534, -1)  # the same bytes from another user
+    assert "already exists" in spool.admit(check)[0]
+    assert json.loads((outbox / f"{receipt}.json").read_text())["status"] == "queued"
+    assert [t.id for t in spool.list()] == [task_id]
+    assert sorted(os.listdir(home / "spool" / "rejected")) == [drop.name, f"{drop.name}.reason"]
