@@ -1033,3 +1033,41 @@ def test_a_drop_back_after_a_power_cut_is_removed_not_rejected(run_hostctl,
     assert json.loads((outbox / f"{receipt}.json").read_text())["status"] == "queued"
     assert [t.id for t in spool.list()] == [task_id]
     assert sorted(os.listdir(home / "spool" / "rejected")) == [drop.name, f"{drop.name}.reason"]
+
+
+def test_a_drop_on_a_malformed_context_waits_and_the_others_go_in(
+        run_hostctl, home: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A context file the back end cannot read is the back end's trouble, not the drop's:
+    the drop waits in incoming/ (one warning, not one per pass), the others are admitted,
+    and it goes in once the file is repaired."""
+    from hostctl.paths import Paths
+    from hostctl.queues.tasks import Home
+
+    for argv in (("@srv", "--context_type", "server"),
+                 ("@plat", "--context_type", "platform", "--root", "/srv/www"),
+                 ("@a.example", "--context_type", "site", "--platform", "@plat"),
+                 ("@b.example", "--context_type", "site", "--platform", "@plat")):
+        assert run_hostctl("provision-save", *argv).code == 0
+    backend = Home(Paths(home))
+    spool = backend.writable()
+    check = backend.registry.check_envelope(backend.store)
+    incoming = home / "spool" / "incoming"
+    ids = {}
+    for site in ("a.example", "b.example"):
+        ids[site] = new_id()
+        (incoming / f"{ids[site]}.task").write_bytes(
+            _line({"id": ids[site], "type": "verify", "context": f"@{site}"}))
+    ctx = home / "contexts" / "a.example.toml"
+    good = ctx.read_bytes()
+    ctx.write_bytes(b"format = [broken\n")
+    for _ in range(2):
+        notes = spool.admit(check)
+    assert notes == []  # b was admitted by the first pass
+    assert os.listdir(incoming) == [f"{ids['a.example']}.task"]
+    assert os.listdir(home / "spool" / "rejected") == []
+    warned = [r.getMessage() for r in caplog.records if "cannot admit" in r.getMessage()]
+    assert len(warned) == 1 and "malformed context file" in warned[0], warned
+    assert [t.id for t in spool.list()] == [ids["b.example"]]
+    ctx.write_bytes(good)
+    assert spool.admit(check)[0].startswith(f"admitted task {ids['a.example']}")
+    assert sorted(t.id for t in spool.list()) == sorted(ids.values())
