@@ -17,8 +17,11 @@ checks it.
 
 The back end admits a drop (see Spool.admit) only if it is a regular file of at most
 64 KiB holding one JSON object with no keys but :data:`DROP_KEYS`, of a known task type,
-on an existing context, with options that type declares; it records the dropping uid.
-Anything else goes to ``spool/rejected/`` with the reason, which the receipt also carries.
+on an existing context, with options that type declares and context options that
+provision-save would accept and ``[frontend] context_options`` lists (see
+Registry.check_envelope); it records the dropping uid. Anything else goes to
+``spool/rejected/`` with the reason, which the receipt also carries (of a file too large
+to read, its receipt is looked for in its head: see :func:`receipt_of`).
 """
 
 from __future__ import annotations
