@@ -40,6 +40,8 @@ LOAD_RECHECK = 5.0
 #: a running task's owner tells the queue it lives this often (a lease, for a backend
 #: that has no locks; the spool's claims are flocks, and it only touches the file)
 HEARTBEAT_EVERY = 30.0
+#: a task claimed ahead (see Worker.prefetch) is given back if not started within this
+HOLD_AHEAD = 0.05
 _NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -125,6 +127,19 @@ class Worker:
         self._check = registry.check_envelope(self.store)
         self.load_note = False
         self.no_room_until = 0.0  # the disk was full: claim nothing before this (clock)
+        # Claim one task ahead while tasks run (``prefetch``): when a child ends, the next
+        # one is spawned before the ended one's end is recorded, and the claim after it is
+        # made while the new child runs, so the bookkeeping overlaps the tasks instead of
+        # coming between them. A task claimed ahead holds its lock (and its context's) but
+        # has no ``start``; it is started only while the worker is ``accepting`` and given
+        # back (no attempt counted) when it stops; if the worker dies, the sweep queues it
+        # again as "claimed but never started". It is held at most HOLD_AHEAD seconds: a
+        # long task must not keep the next one from another, idle worker.
+        self.prefetch = False
+        self.accepting = True
+        self.held: list[TaskClaim] = []
+        self.held_until = 0.0  # (clock) a task claimed ahead is given back after this
+        self.ahead_given_back = False  # ... and none is claimed ahead until a task ends
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -138,22 +153,66 @@ class Worker:
             log.info("%s", note)
 
     def step(self) -> int:
-        """Claim and start as many ready tasks as there are free slots."""
+        """Claim and start as many ready tasks as there are free slots (a task claimed
+        ahead first); then, with ``prefetch``, claim one ahead."""
+        self.accepting = True
         free = self.concurrency - len(self.running)
         if free <= 0:
+            self._claim_ahead()
             return 0
         if self.clock() < self.no_room_until or self.overloaded():
+            self.hold_off()
             return 0
         self.queue.promote_due()
-        busy = {r.context for r in self.running.values()}
-        claims = self.queue.claim(self._check, limit=free, skip_contexts=busy)
-        started = 0
+        started = self._start_held(free)
+        free -= started
+        claims = (self.queue.claim(self._check, limit=free, skip_contexts=self._busy())
+                  if free > 0 else [])
         for claim in claims:
             if self.clock() < self.no_room_until:  # the disk filled up: give them back
                 self._give_back(claim)
                 continue
             started += self.start(claim, queued=True)
+        self._claim_ahead()
         return started
+
+    def hold_off(self) -> None:
+        """Start nothing more until the next :meth:`step`: a stopping or paused runner,
+        a full disk, the load. Tasks claimed ahead go back to the queue."""
+        self.accepting = False
+        while self.held:
+            self._give_back(self.held.pop())
+
+    def _busy(self) -> set[str]:
+        return {r.context for r in self.running.values()} | {
+            c.task.envelope.context for c in self.held}
+
+    def _start_held(self, free: int) -> int:
+        started = 0
+        while self.held and started < free and self.accepting:
+            claim = self.held.pop(0)
+            if claim.grew() and claim.reload().cancel_requested:
+                try:  # cancelled while claimed ahead: it never starts
+                    self.queue.finish(claim, "cancelled", reason="cancelled before it started")
+                except (OSError, HostctlError):
+                    claim.release()
+                continue
+            started += self.start(claim, queued=True)
+        return started
+
+    def _claim_ahead(self) -> None:
+        if (not self.prefetch or not self.accepting or self.held or not self.running
+                or self.ahead_given_back or self.clock() < self.no_room_until
+                or self.overloaded()):
+            return
+        self.held = self.queue.claim(self._check, limit=1, skip_contexts=self._busy())
+        self.held_until = self.clock() + HOLD_AHEAD
+
+    def _expire_held(self) -> None:
+        if self.held and self.clock() >= self.held_until:
+            self.ahead_given_back = True
+            while self.held:
+                self._give_back(self.held.pop())
 
     def wait(self, timeout: float | None) -> None:
         """Handle output and exits for up to ``timeout`` seconds; enforce deadlines."""
@@ -162,6 +221,8 @@ class Worker:
             soonest = min(min(r.term_at + self.config.worker.kill_grace if r.term_at
                               else r.deadline, r.beat_at + HEARTBEAT_EVERY)
                           for r in self.running.values())
+            if self.held:
+                soonest = min(soonest, self.held_until)
             limit = max(0.0, soonest - now)
             timeout = limit if timeout is None else min(timeout, limit)
         # held back by a full disk or by the load: no event says when that ends, so look
@@ -185,7 +246,12 @@ class Worker:
                     continue
                 self._reap(target)
             if target.exit_status is not None and not target.out_open:
+                # the next task first, then the bookkeeping of this one (see prefetch)
+                self._start_held(self.concurrency - len(self.running) + 1)
                 self._complete(target)
+                self.ahead_given_back = False
+                self._claim_ahead()
+        self._expire_held()
         self._enforce_deadlines()
         self._heartbeats()
 
@@ -218,12 +284,20 @@ class Worker:
         """Sweep, then run tasks until none is ready (``once``) or until told to stop."""
         self.queue.ensure()
         self.sweep()
-        while True:
-            stopping = should_stop()
-            started = 0 if stopping else self.step()
-            if not self.running and (stopping or (once and started == 0)):
-                return self.summary
-            self.wait(None if self.running else 0.5)
+        self.prefetch = True
+        try:
+            while True:
+                stopping = should_stop()
+                if stopping:
+                    self.hold_off()
+                started = 0 if stopping else self.step()
+                if not self.running and not self.held and (
+                        stopping or (once and started == 0)):
+                    return self.summary
+                self.wait(None if self.running else 0.5)
+        finally:
+            self.prefetch = False
+            self.hold_off()
 
     def run_claim(self, claim: TaskClaim) -> Summary:
         """Run one claimed task to its end (a foreground provision-TYPE)."""
@@ -337,6 +411,7 @@ class Worker:
         With ``requeue`` the attempt ends as lost (the task runs again later, if its type
         allows); otherwise the task ends as cancelled.
         """
+        self.hold_off()
         for run in self.running.values():
             if run.term_at is None:
                 if requeue:

@@ -1,0 +1,148 @@
+"""Claiming one task ahead (Worker.prefetch): the next task is claimed while one runs, and
+started the moment that one ends; it is never held for long, never run after a cancel,
+and given back (no attempt counted) when the worker stops."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from runnerhelpers import add_task, save_sites, sh_task, status_of, task_json
+from taskhelpers import folder_of, popen_hostctl, stop, wait_for, write_config
+
+from hostctl.paths import Paths
+from hostctl.queues import tasks as ops
+from hostctl.queues.worker import HOLD_AHEAD, Worker
+
+WAIT = 'echo started; while [ ! -e "$0" ]; do sleep 0.02; done; echo done'
+
+
+def worker_for(home: Path, clock=None) -> Worker:
+    h = ops.Home(Paths(home))
+    kw = {"clock": clock} if clock else {}
+    worker = Worker(h.paths, h.config, h.registry, concurrency=1, **kw)
+    worker.prefetch = True
+    return worker
+
+
+def test_the_next_task_is_claimed_ahead_and_started_when_the_running_one_ends(
+        run_hostctl, home: Path, tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    write_config(home, {"tasks": {"wait": sh_task(WAIT, str(go)), "ok": sh_task("echo ok")}})
+    save_sites(run_hostctl, home, ["a.example", "b.example"])
+    first = add_task(run_hostctl, "wait", "@a.example")
+    second = add_task(run_hostctl, "ok", "@b.example")
+    now = [0.0]  # a clock that stands still: the claim ahead does not expire
+    worker = worker_for(home, clock=lambda: now[0])
+    assert worker.step() == 1
+    assert [c.task.id for c in worker.held] == [second]
+    assert folder_of(home, second) == ["active"]  # claimed ...
+    assert task_json(run_hostctl, second)["attempts"] == []  # ... not started
+    go.touch()
+    for _ in range(400):  # the first ends; the one claimed ahead starts at once
+        worker.wait(0.05)
+        if not worker.running and not worker.held:
+            break
+    assert status_of(run_hostctl, first) == "success"
+    assert status_of(run_hostctl, second) == "success"
+    assert len(task_json(run_hostctl, second)["attempts"]) == 1
+
+
+def test_a_task_claimed_ahead_is_given_back_soon_for_another_worker(
+        run_hostctl, home: Path, tmp_path: Path) -> None:
+    """A one-slot dispatch runs a long task and claims the next one ahead: it gives it
+    back within HOLD_AHEAD, and an idle daemon runs it while the long task still runs."""
+    go = tmp_path / "go"
+    write_config(home, {"queues": {"tasks": {"items": 1}},
+                        "tasks": {"wait": sh_task(WAIT, str(go)), "ok": sh_task("echo ok")}})
+    save_sites(run_hostctl, home, ["a.example", "b.example"])
+    slow = add_task(run_hostctl, "wait", "@a.example")
+    quick = add_task(run_hostctl, "ok", "@b.example")
+    dispatch = popen_hostctl(home, "dispatch", "--queue", "tasks",
+                             log=tmp_path / "dispatch.log")
+    daemon = None
+    try:
+        wait_for(lambda: status_of(run_hostctl, slow) == "processing", 20, "the slow task")
+        daemon = popen_hostctl(home, "wait-queue", "--concurrency", "1",
+                               log=tmp_path / "daemon.log")
+        wait_for(lambda: status_of(run_hostctl, quick) == "success", 20,
+                 "the daemon to run the task the dispatcher had claimed ahead")
+        assert status_of(run_hostctl, slow) == "processing"  # still running
+        doc = task_json(run_hostctl, quick)
+        assert len(doc["attempts"]) == 1  # given back unstarted: no attempt counted
+        go.touch()
+        assert dispatch.wait(timeout=30) == 0
+        assert status_of(run_hostctl, slow) == "success"
+    finally:
+        go.touch()
+        stop(dispatch)
+        if daemon is not None:
+            assert stop(daemon) == 0
+    assert HOLD_AHEAD <= 0.1
+
+
+def test_a_task_cancelled_while_claimed_ahead_never_runs(
+        run_hostctl, home: Path, tmp_path: Path, hostctl_process) -> None:
+    go, ran = tmp_path / "go", tmp_path / "ran"
+    write_config(home, {"worker": {"kill_grace": 1},
+                        "tasks": {"wait": sh_task(WAIT, str(go)),
+                                  "mark": sh_task('echo ran > "$0"', str(ran))}})
+    save_sites(run_hostctl, home, ["a.example", "b.example"])
+    add_task(run_hostctl, "wait", "@a.example")
+    victim = add_task(run_hostctl, "mark", "@b.example")
+    now = [0.0]
+    worker = worker_for(home, clock=lambda: now[0])
+    assert worker.step() == 1 and [c.task.id for c in worker.held] == [victim]
+    # `task cancel` waits for the worker to act on it: run it beside this worker
+    cancel = subprocess.Popen([*_hostctl(), "task", "cancel", victim],
+                              env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: '"cancel"' in _task_file(home, victim), 20, "the cancel request")
+        go.touch()
+        while worker.running or worker.held:
+            worker.wait(0.2)
+        assert cancel.wait(timeout=30) == 0, cancel.stderr.read() if cancel.stderr else ""
+    finally:
+        if cancel.poll() is None:
+            cancel.kill()
+    doc = task_json(run_hostctl, victim)
+    assert doc["status"] == "cancelled", doc
+    assert doc["attempts"] == []
+    assert not ran.exists()
+
+
+def test_a_worker_that_stops_gives_its_claim_ahead_back(
+        run_hostctl, home: Path, tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    write_config(home, {"tasks": {"wait": sh_task(WAIT, str(go)), "ok": sh_task("echo ok")}})
+    save_sites(run_hostctl, home, ["a.example", "b.example"])
+    add_task(run_hostctl, "wait", "@a.example")
+    second = add_task(run_hostctl, "ok", "@b.example")
+    now = [0.0]
+    worker = worker_for(home, clock=lambda: now[0])
+    worker.step()
+    assert [c.task.id for c in worker.held] == [second]
+    worker.hold_off()  # a runner that stops claiming (TERM, pause, a full disk)
+    assert worker.held == [] and folder_of(home, second) == ["new"]
+    go.touch()
+    while worker.running:
+        worker.wait(0.2)
+    assert status_of(run_hostctl, second) == "queued"  # not started after the hold-off
+    assert task_json(run_hostctl, second)["attempts"] == []
+
+
+def _task_file(home: Path, task_id: str) -> str:
+    found = list((home / "spool").glob(f"*/*{task_id}*"))
+    return found[0].read_text() if found else ""
+
+
+def _hostctl() -> list[str]:
+    from conftest import hostctl_exe
+
+    return [hostctl_exe()]
+
+
+def _env(home: Path) -> dict[str, str]:
+    import os
+
+    return {**os.environ, "HOSTCTL_HOME": str(home)}
