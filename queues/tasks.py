@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from hostctl import config as config_mod
 from hostctl.contexts.names import display, parse_name
@@ -32,7 +32,9 @@ from hostctl.queues.task import (
     parse_iso,
     utc_iso,
 )
-from hostctl.queues.worker import Summary, Worker
+
+if TYPE_CHECKING:  # the worker is loaded only by what runs tasks
+    from hostctl.queues.worker import Summary, Worker
 
 MAX_DELAY = 366 * 86400
 
@@ -66,6 +68,8 @@ class Home:
         return self.spool
 
     def worker(self, concurrency: int | None = None, echo: TextIO | None = None) -> Worker:
+        from hostctl.queues.worker import Worker
+
         self.paths.ensure_home()
         return Worker(self.paths, self.config, self.registry, concurrency=concurrency,
                       echo=echo)
