@@ -181,7 +181,7 @@ def load(config: Config, plugins: bool = True) -> Registry:
 
     types: dict[str, TaskType] = {t.name: t for t in builtin.TYPES}
     for name, spec in config.tasks.items():
-        if name in types:
+        if name in types and name not in builtin.REPLACEABLE:
             raise InvalidInput(f"config.toml: [tasks.{name}] redefines a built-in task type")
         types[name] = TaskType(
             name=name, context_types=spec.context_types,
@@ -268,4 +268,9 @@ def secret_values(ctx: Context, store: ContextStore) -> tuple[bytes, ...]:
                     todo.append(store.get(parse_name(value)))
                 except (NotFound, InvalidInput):
                     pass
+        if cur.type == "site":  # what install made: the site's database password
+            from hostctl.provision.secrets import values
+
+            found.update(v.encode() for v in values(store.paths, cur.name)
+                         if len(v.encode()) >= 4)
     return tuple(sorted(found, key=len, reverse=True))

@@ -193,6 +193,10 @@ def _fork(prep: Prepared, env: Envelope, store: ContextStore, paths: Paths,
         code = 70
         try:
             die_with_parent()
+            if not prep.argv:  # a progress bar goes to the terminal, never to the log
+                from hostctl.provision import backup
+
+                backup.TERMINAL = backup.terminal_for_progress()
             devnull = os.open(os.devnull, os.O_RDONLY)
             os.dup2(devnull, 0)
             os.dup2(write_fd, 1)

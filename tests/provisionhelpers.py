@@ -18,7 +18,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -393,9 +392,74 @@ def last_task(run: Callable[..., Any], ttype: str, context: str) -> dict[str, An
     return found[-1]
 
 
-def until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    return wait_for(predicate, timeout, what)
+# -- a home with a server, platforms and sites -------------------------------------------
 
 
-def pause(seconds: float) -> None:  # a wait the test needs in itself, not for timing
-    time.sleep(seconds)
+class Lab:
+    """One test's home: contexts saved and tasks run through ``run_hostctl``, in the
+    foreground (provision-TYPE) or through the queue (task add, then wait-queue --once)."""
+
+    def __init__(self, run: Callable[..., Any], home: Path, www: Path,
+                 nginx: NginxServer | None = None, name: str = "lab") -> None:
+        self.run, self.home, self.www, self.nginx, self.name = run, home, www, nginx, name
+
+    def ok(self, *argv: str) -> Any:
+        res = self.run(*argv)
+        assert res.code == 0, (argv, res)
+        return res
+
+    def save(self, name: str, *fields: str) -> None:
+        self.ok("provision-save", name, *fields)
+
+    def server(self, name: str = "@srv", *fields: str, db: str = "sqlite") -> str:
+        web = self.nginx.server_fields(f"{self.name}-{name.lstrip('@')}") if self.nginx \
+            else ["--http_service_type", "none"]
+        self.save(name, "--context_type", "server", *web, "--db_service_type", db, *fields)
+        return name
+
+    def platform(self, name: str = "@plat", server: str = "@srv", **app: Any) -> Path:
+        root = make_platform(self.www / name.lstrip("@"), **app)
+        self.save(name, "--context_type", "platform", "--root", str(root), "--web_server",
+                  server)
+        return root
+
+    def site(self, name: str, platform: str = "@plat", *fields: str) -> str:
+        self.save(name, "--context_type", "site", "--platform", platform, *fields)
+        return name
+
+    def task(self, ttype: str, context: str, mode: str = "foreground",
+             **options: str) -> dict[str, Any]:
+        """Run a task; return its ``task show --json`` document (any status)."""
+        if mode == "foreground":
+            argv = [f"provision-{ttype}", context]
+            for key, value in options.items():
+                argv += [f"--{key}", value]
+            self.run(*argv)
+            return last_task(self.run, ttype, context)
+        extra = [x for k, v in options.items() for x in ("--option", f"{k}={v}")]
+        res = self.run("task", "add", ttype, context, *extra)
+        assert res.code == 0, res
+        task_id = res.out.strip()
+        self.ok("wait-queue", "--once")
+        return task_doc(self.run, task_id)
+
+    def must(self, ttype: str, context: str, mode: str = "foreground",
+             status: str = "success", **options: str) -> dict[str, Any]:
+        doc = self.task(ttype, context, mode, **options)
+        assert doc["status"] == status, (ttype, context, doc, self.log(doc["id"]))
+        return doc
+
+    def log(self, task_id: str) -> str:
+        res = self.run("task", "log", task_id)
+        return str(res.out)
+
+    def context_file(self, name: str) -> Path:
+        return self.home / "contexts" / f"{name.lstrip('@')}.toml"
+
+    def secrets(self, name: str) -> Path:
+        return self.home / "secrets" / f"{name.lstrip('@')}.toml"
+
+    def vhost(self, server: str, site: str) -> Path:
+        assert self.nginx is not None
+        return (self.nginx.configs / f"{self.name}-{server.lstrip('@')}" / "nginx" /
+                "vhost.d" / f"{site.lstrip('@')}.conf")

@@ -1,0 +1,698 @@
+"""The site tasks: install, verify, backup, restore, delete, disable, enable, clone,
+migrate, login-reset and cron.
+
+Where a site is: its platform's root holds its files in ``ROOT/sites/URI``; its web server
+(the platform's ``web_server``, else its ``server``) serves them through a vhost; its
+database server is the site's ``db_server``, else the platform's ``server``, else its
+``web_server`` (a server whose ``db_service_type`` is ``none`` gives it no database). What
+install made is recorded in the site's secrets file (provision/secrets.py), which is also
+how every other task knows that the site is installed.
+
+Tasks that create things (install, clone, migrate, restore) record each step in an
+:class:`~hostctl.provision.job.Undo`; when a later step fails, or the task is stopped,
+the steps are undone in reverse order, so a failed task leaves nothing behind: no folder,
+no database, no vhost, no secrets file, no context change.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from hostctl.contexts.names import display, parse_name
+from hostctl.contexts.schema import NULL
+from hostctl.contexts.store import Context, utcnow
+from hostctl.errors import Conflict, InvalidInput, NotFound, OperationFailed
+from hostctl.provision import app, backup, layout, secrets
+from hostctl.provision.checks import Checks
+from hostctl.provision.job import Job, Ran, Undo, stoppable
+from hostctl.provision.registry import RunContext, context_values
+from hostctl.provision.runner import _substitute
+from hostctl.provision.secrets import DbCredentials, SiteRecord
+from hostctl.provision.services import Database, database, suggest_name, web
+from hostctl.provision.services.nginx import Nginx, Vhost, check_host
+
+_TRUE = {"1", "true", "yes", "on", "y"}
+_FALSE = {"0", "false", "no", "off", "n", ""}
+
+
+# -- where a site is --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Place:
+    """Everything about where a site is (or is going): platform, uri, servers, paths."""
+
+    platform: Context
+    uri: str
+    web_server: Context | None
+    db_server: Context | None
+    manifest: app.Manifest
+    site_path: Path
+    web: Nginx | None
+    db: Database | None
+
+    @property
+    def root(self) -> str:
+        return str(self.platform.get("root"))
+
+
+def _ref(job: Job, value: object) -> Context | None:
+    if not isinstance(value, str) or not value:
+        return None
+    return job.store.get(parse_name(value))
+
+
+def place_for(job: Job, site: Context, *, platform: Context | None = None,
+              uri: str | None = None, db_server: Context | None = None) -> Place:
+    platform = platform or job.store.get(parse_name(str(site.get("platform"))))
+    uri = check_host(uri or str(site.get("uri")), "uri")
+    web_server = _ref(job, platform.get("web_server")) or _ref(job, platform.get("server"))
+    if db_server is None:
+        db_server = (_ref(job, site.get("db_server")) or _ref(job, platform.get("server"))
+                     or web_server)
+    manifest = app.load(platform)
+    return Place(platform, uri, web_server, db_server, manifest,
+                 layout.site_path(str(platform.get("root")), uri),
+                 web(web_server, job.paths), database(db_server, job.paths))
+
+
+def values_for(job: Job, site: Context, place: Place,
+               options: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The placeholders of the platform's commands and the HOSTCTL_FIELD_* values."""
+    values = context_values(site, job.store)
+    values.update(uri=place.uri, root=place.root, site_path=str(place.site_path),
+                  platform=place.platform.display_name, task_id=job.rc.task_id)
+    values["docroot"] = str(Path(place.root) / _substitute(place.manifest.web_root, values))
+    for key, value in (options or {}).items():
+        values[f"option.{key}"] = value
+    return values
+
+
+def docroot(job: Job, site: Context, place: Place) -> str:
+    return values_for(job, site, place)["docroot"]
+
+
+def _db_environ(place: Place, creds: DbCredentials | None) -> dict[str, str]:
+    if creds is None or place.db is None:
+        return {"DB_TYPE": "none", "DB_NAME": "", "DB_USER": "", "DB_PASSWD": "",
+                "DB_HOST": "", "DB_PORT": "", "DB_PATH": ""}
+    return place.db.environ(creds)
+
+
+def run_app(job: Job, site: Context, place: Place, step: str,
+            creds: DbCredentials | None) -> Ran | None:
+    """Run the platform's ``step`` command for the site; None if it has none."""
+    template = place.manifest.commands.get(step)
+    if template is None:
+        return None
+    values = values_for(job, site, place, job.rc.options)
+    argv = [_substitute(item, values) for item in template]
+    env = {f"HOSTCTL_FIELD_{k.upper()}": v for k, v in values.items()
+           if not k.startswith("option.")}
+    env.update(_db_environ(place, creds))
+    env.update(place.manifest.env)
+    if creds is not None:
+        job.hide(creds.password)
+    job.say(f"running the platform's {step} command: {argv[0]}")
+    return job.run(argv, env=env, cwd=place.root, log=True,
+                   what=f"the platform's {step} command")
+
+
+def vhost_for(job: Job, site: Context, place: Place) -> Vhost:
+    aliases = site.get("aliases") or []
+    assert isinstance(aliases, list)
+    disable_url = str(place.web_server.get("web_disable_url") or "") if place.web_server else ""
+    return Vhost(site=site.name, uri=place.uri, aliases=tuple(aliases),
+                 redirection=bool(site.get("redirection")), docroot=docroot(job, site, place),
+                 index=place.manifest.index, enabled=bool(site.get("site_enabled")),
+                 disable_url=disable_url)
+
+
+def write_vhost(job: Job, site: Context, place: Place, undo: Undo | None = None) -> str:
+    """Write the site's vhost (served or disabled, as the context says); ``""`` if the
+    site has no web server."""
+    if place.web is None:
+        return ""
+    nginx = place.web
+    old = nginx.current(site.name)
+    path = nginx.write(job, vhost_for(job, site, place))
+    if undo is not None:
+        undo.add(f"the vhost {path}", lambda: nginx.restore(job, site.name, old))
+    return str(path)
+
+
+def fix_permissions(job: Job, top: Path, group: str = "") -> int:
+    """Make the site folder readable by the web server and writable by its owner only:
+    folders 0755 and files 0644 (0750 and 0640 with the server's ``web_group``, which
+    then owns them); execute bits of files are kept. Returns how many entries changed."""
+    gid = -1
+    if group:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            job.warn(f"web_group {group!r} does not exist: permissions set for everyone")
+    changed = 0
+    for path in [top, *backup.walk(top)]:
+        st = path.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            continue
+        mode = stat.S_IMODE(st.st_mode)
+        want = mode | (0o700 if stat.S_ISDIR(st.st_mode) else 0o600)
+        if gid >= 0:
+            want = (want | (0o050 if stat.S_ISDIR(st.st_mode) else 0o040)) & ~0o027
+        else:
+            want = (want | (0o055 if stat.S_ISDIR(st.st_mode) else 0o044)) & ~0o022
+        want &= ~0o7000 if not stat.S_ISDIR(st.st_mode) else ~0o5000
+        try:
+            if gid >= 0 and st.st_gid != gid:
+                os.chown(path, -1, gid, follow_symlinks=False)
+                changed += 1
+            if want != mode:
+                os.chmod(path, want)
+                changed += 1
+        except OSError as exc:
+            job.warn(f"cannot set the permissions of {path}: {exc.strerror}")
+    return changed
+
+
+def _group(place: Place) -> str:
+    return str(place.web_server.get("web_group") or "") if place.web_server else ""
+
+
+def _record(job: Job, site: Context) -> SiteRecord | None:
+    return secrets.read(job.paths, site.name)
+
+
+def _installed(job: Job, site: Context) -> SiteRecord:
+    record = _record(job, site)
+    if record is None:
+        raise Conflict(f"{site.display_name} is not installed (run install first)")
+    job.hide(*secrets.values(job.paths, site.name))
+    return record
+
+
+def _db_of(job: Job, creds: DbCredentials | None) -> Database | None:
+    if creds is None:
+        return None
+    return database(job.store.get(parse_name(creds.server)), job.paths)
+
+
+def _web_of(job: Job, record: SiteRecord) -> Nginx | None:
+    if not record.web_server:
+        return None
+    try:
+        return web(job.store.get(parse_name(record.web_server)), job.paths)
+    except NotFound:
+        job.warn(f"the web server {record.web_server} is gone: its vhost stays")
+        return None
+
+
+def _flag(job: Job, name: str) -> bool:
+    raw = job.rc.options.get(name, "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise InvalidInput(f"--{name} takes yes or no, not {raw!r}")
+
+
+def _open_for_sites(platform: Context) -> None:
+    if platform.get("locked"):
+        raise Conflict(f"platform {platform.display_name} is locked: it accepts no new sites")
+
+
+def _guard(site: Context, task: str) -> None:
+    if site.get("protected"):
+        raise Conflict(f"{site.display_name} is protected: {task} is refused (set "
+                       "--protected no to allow it)")
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ",".join(value)
+    return "" if value is None else str(value)
+
+
+# -- creating and removing installations ------------------------------------------------
+
+
+def create_installation(job: Job, site: Context, place: Place, undo: Undo, *,
+                        archive: backup.Archive | None = None,
+                        keep_db: DbCredentials | None = None,
+                        previous: SiteRecord | None = None) -> SiteRecord:
+    """Make the site's folder and database (empty, or from ``archive``), then its record.
+
+    ``keep_db``: the site keeps this database (a migrate that changes no database
+    server). ``previous``: the record an undo puts back (else it removes the record)."""
+    sites_dir = place.site_path.parent
+    if not sites_dir.exists():
+        sites_dir.mkdir(mode=0o755, parents=True)
+        undo.add(f"the folder {sites_dir}", lambda: _rmdir_if_empty(sites_dir))
+    if place.site_path.exists():
+        raise Conflict(f"the site folder {place.site_path} exists already")
+    if archive is not None:
+        archive.extract_files(place.site_path)
+    else:
+        place.site_path.mkdir(mode=0o755)
+    undo.add(f"the site folder {place.site_path}",
+             lambda: shutil.rmtree(place.site_path, ignore_errors=True))
+    job.say(f"site folder {place.site_path} created")
+
+    creds = keep_db
+    if keep_db is None and place.db is not None:
+        db = place.db
+        creds = db.create(job, suggest_name(job, db, place.uri))
+        made = creds
+        undo.add(f"the database {creds.name}", lambda: db.drop(job, made))
+        if archive is not None:
+            if archive.db_type not in ("none", db.type):
+                raise InvalidInput(f"the backup holds a {archive.db_type} database; "
+                                   f"{place.db_server.display_name if place.db_server else ''}"
+                                   f" is a {db.type} server")
+            with tempfile.TemporaryDirectory(dir=layout.backups_dir(job.paths)) as tmp:
+                dump = archive.extract_dump(Path(tmp))
+                if dump is not None:
+                    db.load(job, creds, dump)
+                    job.say(f"database {creds.name} loaded from {archive.path.name}")
+
+    record = SiteRecord(site=site.display_name, installed=utcnow(),
+                        platform=place.platform.display_name, uri=place.uri,
+                        site_path=str(place.site_path),
+                        web_server=place.web_server.display_name if place.web_server else "",
+                        db=creds)
+    secrets.write(job.paths, record)
+    if previous is None:
+        undo.add("the secrets file", lambda: secrets.remove(job.paths, site.name))
+    else:
+        undo.add("the secrets file", lambda: secrets.write(job.paths, previous))
+    return record
+
+
+def _rmdir_if_empty(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass
+
+
+def remove_installation(job: Job, site: Context, record: SiteRecord) -> None:
+    """Vhost, database, files, then the record: each step may be run again."""
+    nginx = _web_of(job, record)
+    if nginx is not None and nginx.remove(job, site.name):
+        job.say(f"vhost of {site.display_name} removed")
+    db = _db_of(job, record.db)
+    if db is not None and record.db is not None:
+        db.drop(job, record.db)
+    path = Path(record.site_path)
+    if path.exists():
+        shutil.rmtree(path)
+        job.say(f"site folder {path} removed")
+    secrets.remove(job.paths, site.name)
+
+
+def _backup(job: Job, site: Context, record: SiteRecord, reason: str) -> backup.Backup:
+    made = backup.create(job, site, record, reason, _db_of(job, record.db))
+    return made
+
+
+# -- the tasks --------------------------------------------------------------------------
+
+
+def install(rc: RunContext) -> int:
+    job = Job(rc)
+    site = rc.context
+    with stoppable():
+        reinstall = _flag(job, "reinstall")
+        old = _record(job, site)
+        if old is not None and not reinstall:
+            raise Conflict(f"{site.display_name} is installed already (since {old.installed});"
+                           " give --reinstall yes to install it again")
+        place = place_for(job, site)
+        _open_for_sites(place.platform)
+        if old is not None:
+            _guard(site, "reinstall")
+            job.hide(*secrets.values(job.paths, site.name))
+            made = _backup(job, site, old, "reinstall")
+            job.result["backup_file"] = str(made.path)
+            remove_installation(job, site, old)
+        if place.site_path.exists():
+            raise Conflict(f"the site folder {place.site_path} exists already (not made by "
+                           "hostctl); move it away first")
+        with Undo(job) as undo:
+            record = create_installation(job, site, place, undo)
+            run_app(job, site, place, "install", record.db)
+            fix_permissions(job, place.site_path, _group(place))
+            vhost = write_vhost(job, site, place, undo)
+    job.say(f"{site.display_name} installed: {place.uri} from {place.site_path}")
+    job.result.update(_summary(record, vhost))
+    return 0
+
+
+def _summary(record: SiteRecord, vhost: str) -> dict[str, object]:
+    return {"uri": record.uri, "platform": record.platform, "site_path": record.site_path,
+            "vhost": vhost, "db_type": record.db.type if record.db else "none",
+            "db_name": record.db.name if record.db else "",
+            "db_server": record.db.server if record.db else ""}
+
+
+def verify(rc: RunContext) -> int:
+    job = Job(rc)
+    checks = Checks(job)
+    site = rc.context
+    platform = job.store.get(parse_name(str(site.get("platform"))))
+    root = Path(str(platform.get("root")))
+    if root.is_dir():
+        checks.record(True, f"platform root {root} exists")
+    else:
+        checks.record(False, f"platform root {root} is missing")
+    record = _record(job, site)
+    job.result["context"] = site.display_name
+    job.result["installed"] = record is not None
+    if record is None:
+        checks.record(True, f"{site.display_name} is not installed yet: nothing to regenerate")
+        if platform.get("locked"):
+            checks.record(None, f"platform {platform.display_name} is locked: the site "
+                                "cannot be installed on it")
+        return checks.code()
+    job.hide(*secrets.values(job.paths, site.name))
+    if record.platform != platform.display_name or record.uri != site.get("uri"):
+        checks.record(False, f"{site.display_name} is installed on {record.platform} as "
+                             f"{record.uri}, but its context names {platform.display_name} "
+                             f"and {site.get('uri')}: use migrate to move it")
+        return checks.code()
+    place = checks.attempt("the site's services", lambda: place_for(job, site))
+    if place is None:
+        return checks.code()
+    path = Path(record.site_path)
+    if not path.is_dir():
+        checks.record(False, f"site folder {path} is missing")
+    else:
+        changed = fix_permissions(job, path, _group(place))
+        checks.record(True, f"site folder {path}: permissions "
+                            + (f"fixed on {changed} entries" if changed else "in order"))
+    db = _db_of(job, record.db)
+    if db is not None and record.db is not None:
+        creds = record.db
+        there = checks.attempt(f"database {creds.name}", lambda: db.exists(job, creds))
+        if there is not None:
+            checks.record(there, f"database {creds.name} on {creds.server} "
+                                 + ("exists" if there else "is missing"))
+    # the settings: the secrets file rewritten (0600) with what the servers say now
+    written = checks.attempt("the secrets file", lambda: secrets.write(job.paths, record))
+    if written is not None:
+        checks.record(True, f"secrets file {written} rewritten (0600)")
+    if place.web is not None and path.is_dir():
+        vhost = checks.attempt("the vhost", lambda: write_vhost(job, site, place))
+        if vhost:
+            checks.record(True, f"vhost {vhost} regenerated"
+                                + ("" if site.get("site_enabled") else " (disabled)"))
+    job.result.update(_summary(record, ""))
+    return checks.code()
+
+
+def backup_task(rc: RunContext) -> int:
+    job = Job(rc)
+    site = rc.context
+    record = _installed(job, site)
+    made = _backup(job, site, record, "backup")
+    job.result.update(backup_file=str(made.path), backup_file_size=made.size,
+                      file=str(made.path), size=made.size)
+    removed = backup.apply_retention(job, record.uri)
+    if removed:
+        job.result["removed_backups"] = removed
+    return 0
+
+
+def restore(rc: RunContext) -> int:
+    job = Job(rc)
+    site = rc.context
+    with stoppable():
+        record = _installed(job, site)
+        place = place_for(job, site)
+        path = backup.resolve(job, record.uri, job.rc.options.get("file", ""))
+        with backup.Archive(path) as archive:
+            if archive.site != site.display_name:
+                raise Conflict(f"{path.name} is a backup of {archive.site}, not of "
+                               f"{site.display_name}")
+            db = _db_of(job, record.db)
+            if archive.db_type != (record.db.type if record.db else "none"):
+                raise Conflict(f"{path.name} holds a {archive.db_type} database; the site's "
+                               f"is {record.db.type if record.db else 'none'}")
+            pre = _backup(job, site, record, "restore")
+            job.result.update(file=str(path), pre_restore_backup=str(pre.path))
+            site_path = Path(record.site_path)
+            fresh = site_path.with_name(f".{site_path.name}.restore")
+            old = site_path.with_name(f".{site_path.name}.old")
+            for leftover in (fresh, old):
+                shutil.rmtree(leftover, ignore_errors=True)
+            with Undo(job) as undo:
+                archive.extract_files(fresh)
+                undo.add(f"the restored files {fresh}",
+                         lambda: shutil.rmtree(fresh, ignore_errors=True))
+                if db is not None and record.db is not None:
+                    _load_from(job, db, record.db, archive)
+                    undo.add(f"the database {record.db.name}",
+                             lambda: _load_from(job, db, record.db, backup.Archive(pre.path)))
+                os.rename(site_path, old)
+                undo.add(f"the site folder {site_path}", lambda: os.rename(old, site_path))
+                os.rename(fresh, site_path)
+                undo.add(f"the restored files {site_path}", lambda: os.rename(site_path, fresh))
+                fix_permissions(job, site_path, _group(place))
+                write_vhost(job, site, place)
+            shutil.rmtree(old, ignore_errors=True)
+    job.say(f"{site.display_name} restored from {path}")
+    return 0
+
+
+def _load_from(job: Job, db: Database, creds: DbCredentials | None,
+               archive: backup.Archive) -> None:
+    assert creds is not None
+    with tempfile.TemporaryDirectory(dir=layout.backups_dir(job.paths)) as tmp:
+        dump = archive.extract_dump(Path(tmp))
+        if dump is None:
+            raise OperationFailed(f"{archive.path.name} holds no database dump")
+        db.load(job, creds, dump)
+    job.say(f"database {creds.name} loaded from {archive.path.name}")
+
+
+def delete(rc: RunContext) -> int:
+    job = Job(rc)
+    site = rc.context
+    if job.rc.options.get("force"):
+        raise InvalidInput("--force applies to a platform's delete, not a site's")
+    _guard(site, "delete")
+    if site.get("site_enabled") and job.config.provision.require_disable_before_delete:
+        raise Conflict(f"{site.display_name} is enabled: disable it before deleting it "
+                       "([provision] require_disable_before_delete)")
+    with stoppable():
+        record = _record(job, site)
+        if record is not None:
+            job.hide(*secrets.values(job.paths, site.name))
+            made = _backup(job, site, record, "delete")
+            job.result.update(backup_file=str(made.path), backup_file_size=made.size)
+            remove_installation(job, site, record)
+        job.store.delete(site.name)
+    job.say(f"{site.display_name} deleted" + (f"; its last backup: {made.path}"
+                                               if record is not None else ""))
+    job.result["deleted"] = site.display_name
+    return 0
+
+
+def _set_enabled(rc: RunContext, enabled: bool) -> int:
+    job = Job(rc)
+    site = rc.context
+    if not enabled:
+        _guard(site, "disable")
+    with stoppable(), Undo(job) as undo:
+        before = site.values.get("site_enabled")
+        site = job.store.save(site.name, {"site_enabled": "true" if enabled else "false"}
+                              ).context
+        undo.add("the site's site_enabled", lambda: job.store.save(
+            site.name, {"site_enabled": NULL if before is None else _text(before)}))
+        record = _record(job, site)
+        vhost = ""
+        if record is not None:
+            vhost = write_vhost(job, site, place_for(job, site))
+    job.say(f"{site.display_name} {'enabled' if enabled else 'disabled'}"
+            + (f" (vhost {vhost})" if vhost else ""))
+    job.result.update(site_enabled=enabled, vhost=vhost)
+    return 0
+
+
+def disable(rc: RunContext) -> int:
+    return _set_enabled(rc, False)
+
+
+def enable(rc: RunContext) -> int:
+    return _set_enabled(rc, True)
+
+
+#: fields a clone does not take from its original (Aegir: no aliases, no redirection,
+#: no SSL); uri is the new one
+_NOT_CLONED = {"uri", "aliases", "redirection", "ssl_enabled", "ssl_key", "drush_aliases",
+               "protected", "cron_key"}
+
+
+def clone(rc: RunContext) -> int:
+    job = Job(rc)
+    site = rc.context
+    with stoppable():
+        new_uri = check_host(job.rc.options.get("new_uri", "").strip().lower(), "--new_uri")
+        new_name = parse_name(job.rc.options.get("new_name", "").strip() or new_uri)
+        if job.store.exists(new_name):
+            raise Conflict(f"{display(new_name)} exists already")
+        record = _installed(job, site)
+        target = place_for(job, site, uri=new_uri)
+        _open_for_sites(target.platform)
+        if target.site_path.exists():
+            raise Conflict(f"the site folder {target.site_path} exists already")
+        made = _backup(job, site, record, "clone")
+        job.result["backup_file"] = str(made.path)
+        fields = {k: _text(v) for k, v in site.values.items() if k not in _NOT_CLONED}
+        fields["uri"] = new_uri
+        with backup.Archive(made.path) as archive, Undo(job) as undo:
+            copy = job.store.save(new_name, fields, "site").context
+            undo.add(f"the context {copy.display_name}",
+                     lambda: job.store.delete(new_name))
+            new_record = create_installation(job, copy, target, undo, archive=archive)
+            fix_permissions(job, target.site_path, _group(target))
+            vhost = write_vhost(job, copy, target, undo)
+    job.say(f"{site.display_name} cloned to {copy.display_name} ({new_uri})")
+    job.result.update(_summary(new_record, vhost), clone=copy.display_name)
+    return 0
+
+
+def migrate(rc: RunContext) -> int:
+    job = Job(rc)
+    site = rc.context
+    opts = job.rc.options
+    with stoppable():
+        record = _installed(job, site)
+        current = job.store.get(parse_name(record.platform))
+        platform = (job.store.get(parse_name(opts["platform"])) if opts.get("platform")
+                    else current)
+        if platform.type != "platform":
+            raise InvalidInput(f"--platform: {platform.display_name} is a {platform.type}")
+        new_uri = check_host(opts.get("new_uri", "").strip().lower() or record.uri,
+                             "--new_uri")
+        db_server = _ref(job, opts.get("db_server")) if opts.get("db_server") else None
+        if db_server is not None and db_server.type != "server":
+            raise InvalidInput(f"--db_server: {db_server.display_name} is a {db_server.type}")
+        target = place_for(job, site, platform=platform, uri=new_uri, db_server=db_server)
+        same_db = (record.db is None and target.db is None) or (
+            record.db is not None and target.db_server is not None
+            and record.db.server == target.db_server.display_name)
+        same_files = Path(record.site_path) == target.site_path
+        if same_files and same_db:
+            raise InvalidInput("migrate needs another --platform, --new_uri or --db_server")
+        if platform.name != current.name:
+            _open_for_sites(platform)
+        if not same_db and record.db is not None and target.db is not None \
+                and target.db.type != record.db.type:
+            raise InvalidInput(f"cannot move a {record.db.type} database to a "
+                               f"{target.db.type} server")
+        if not same_db and record.db is not None and target.db is None:
+            where = target.db_server.display_name if target.db_server else "the target"
+            raise InvalidInput(f"{where} has no database service for the site's database")
+        if not same_files and target.site_path.exists():
+            raise Conflict(f"the site folder {target.site_path} exists already")
+        made = _backup(job, site, record, "migrate")
+        job.result["backup_file"] = str(made.path)
+        changes: dict[str, str] = {}
+        inverse: dict[str, str] = {}
+        for key, value in (("platform", platform.display_name), ("uri", new_uri),
+                           ("db_server", target.db_server.display_name
+                            if db_server is not None and target.db_server else None)):
+            if value is not None and site.get(key) != value:
+                changes[key] = value
+                old = site.values.get(key)
+                inverse[key] = NULL if old is None else _text(old)
+        old_web = _web_of(job, record)
+        old_vhost = old_web.current(site.name) if old_web is not None else None
+        with backup.Archive(made.path) as archive, Undo(job) as undo:
+            moved = job.store.save(site.name, changes).context
+            undo.add("the site's context", lambda: job.store.save(site.name, inverse))
+            if same_files:
+                new_record = _migrate_db_only(job, moved, target, record, archive, undo)
+            else:
+                new_record = create_installation(
+                    job, moved, target, undo, archive=archive,
+                    keep_db=record.db if same_db else None, previous=record)
+            fix_permissions(job, target.site_path, _group(target))
+            vhost = write_vhost(job, moved, target, undo)
+            if old_web is not None and (target.web is None or
+                                        old_web.vhost_dir != target.web.vhost_dir):
+                old_web.remove(job, site.name)
+                undo.add("the old vhost", lambda: old_web.restore(job, site.name, old_vhost))
+    # the new copy serves the site: the old one goes
+    if not same_files:
+        shutil.rmtree(record.site_path, ignore_errors=True)
+        job.say(f"old site folder {record.site_path} removed")
+    if not same_db and record.db is not None:
+        old_db = _db_of(job, record.db)
+        try:
+            if old_db is not None:
+                old_db.drop(job, record.db)
+        except OperationFailed as exc:
+            job.warn(f"the old database {record.db.name} stays: {exc.message}")
+    job.say(f"{site.display_name} migrated to {platform.display_name} as {new_uri}")
+    job.result.update(_summary(new_record, vhost))
+    return 0
+
+
+def _migrate_db_only(job: Job, site: Context, target: Place, record: SiteRecord,
+                     archive: backup.Archive, undo: Undo) -> SiteRecord:
+    """A migrate that keeps the files where they are and moves the database."""
+    assert target.db is not None
+    db = target.db
+    creds = db.create(job, suggest_name(job, db, target.uri))
+    undo.add(f"the database {creds.name}", lambda: db.drop(job, creds))
+    _load_from(job, db, creds, archive)
+    new = record.with_(db=creds, uri=target.uri, installed=record.installed)
+    secrets.write(job.paths, new)
+    undo.add("the secrets file", lambda: secrets.write(job.paths, record))
+    return new
+
+
+def login_reset(rc: RunContext) -> int:
+    job = Job(rc)
+    site = rc.context
+    record = _installed(job, site)
+    if not site.get("site_enabled"):
+        raise Conflict(f"{site.display_name} is disabled: enable it first")
+    place = place_for(job, site)
+    ran = run_app(job, site, place, "login_link", record.db)
+    if ran is None:
+        raise OperationFailed(f"platform {place.platform.display_name} has no login_link "
+                              "command (hostctl-app.toml [commands])")
+    link = next((ln.strip() for ln in reversed(ran.output.splitlines()) if ln.strip()), "")
+    if not link:
+        raise OperationFailed("the login_link command printed no link")
+    job.result["login_link"] = link
+    return 0
+
+
+def cron(rc: RunContext) -> int:
+    job = Job(rc)
+    site = rc.context
+    record = _record(job, site)
+    if record is None:
+        job.say(f"{site.display_name} is not installed: no cron to run")
+        job.result["ran"] = False
+        return 0
+    job.hide(*secrets.values(job.paths, site.name))
+    place = place_for(job, site)
+    ran = run_app(job, site, place, "cron", record.db)
+    if ran is None:
+        job.say(f"platform {place.platform.display_name} has no cron command")
+    job.result["ran"] = ran is not None
+    return 0
