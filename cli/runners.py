@@ -81,13 +81,7 @@ def dispatch(
 
     st = state(ctx)
     _file_log(st)
-    report = Dispatcher(ops.Home(st.paths)).run(force=force, only=queue)
-    log = logging.getLogger("hostctl")
-    if report.locked_out:
-        return
-    for q in report.queues:
-        if q.ran:
-            log.info("queue %s: %s", q.name, q.error or q.note)
+    report = Dispatcher(ops.Home(st.paths)).run(force=force, only=queue)  # logs each queue
     if report.failed:
         raise typer.Exit(1)
 

@@ -222,15 +222,10 @@ class WaitQueue:
         with dispatch_lock(self.home) as mine:
             if not mine:
                 return
-            report = DispatchReport()
+            report = DispatchReport()  # run_due logs each queue that ran, and each failure
             dispatcher = Dispatcher(self.home)
             for name in ("task_gc", "cron", "backup"):
                 dispatcher.run_due(self.worker, report, only=name)
-            for q in report.queues:
-                if q.error:
-                    log.error("queue %s: %s", q.name, q.error)
-                elif q.ran:
-                    log.info("queue %s: %s", q.name, q.note)
 
     def _register_liveness(self) -> None:
         spool = self.home.spool

@@ -249,6 +249,7 @@ class Dispatcher:
                     continue
                 state.set_last_run(name, now)
                 note = getattr(self, f"_queue_{name}")(c, state, worker, report)
+                log.info("queue %s: %s", name, note)
                 report.queues.append(QueueRun(name, True, note))
             except (HostctlError, OSError) as exc:
                 message = exc.message if isinstance(exc, HostctlError) else str(exc)
@@ -282,8 +283,10 @@ class Dispatcher:
                 f"({c.items} items, {running} already running)")
 
     def _settle(self, queue: str, state: QueueState) -> set[str]:
-        """Record when the tasks this queue gave its sites finished successfully; return
-        the sites whose task is still queued or running (not to be given another)."""
+        """Record how the tasks this queue gave its sites ended (see periodic.py: a success
+        sets the site's time; a first failure leaves it, so the site comes first again; a
+        failure after that sets it too); return the sites whose task is still queued or
+        running (not to be given another)."""
         waiting = set()
         for site, task_id in list(state.pending(queue).items()):
             try:
@@ -295,8 +298,15 @@ class Dispatcher:
                 waiting.add(site)
                 continue
             state.clear_pending(queue, site)
-            if task.status in (Status.SUCCESS, Status.WARNING) and task.finished:
-                state.set_site_time(queue, site, parse_iso(task.finished))
+            ended = parse_iso(task.finished) if task.finished else self.clock()
+            if task.status in (Status.SUCCESS, Status.WARNING):
+                state.set_site_time(queue, site, ended)
+                state.set_failures(queue, site, 0)
+                continue
+            failures = state.failures(queue, site) + 1
+            state.set_failures(queue, site, failures)
+            if failures > 1:
+                state.set_site_time(queue, site, ended)
         return waiting
 
     def _queue_sites(self, queue: str, c: Computed, state: QueueState) -> str:

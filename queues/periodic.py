@@ -17,15 +17,19 @@ in ``HOME/spool/queues.json``, written atomically under the dispatcher lock::
     {"version": 2,
      "last_run": {"QUEUE": UNIX_TIME, ...},
      "sites":    {"cron": {"@SITE": UNIX_TIME, ...}, "backup": {...}},
-     "pending":  {"cron": {"@SITE": "TASK_ID", ...}, "backup": {...}}}
+     "pending":  {"cron": {"@SITE": "TASK_ID", ...}, "backup": {...}},
+     "failures": {"cron": {"@SITE": COUNT, ...}, "backup": {...}}}
 
-``sites`` holds when the site's last cron (or backup) task *finished successfully* (success
-or warning): a site whose task failed keeps its older time and is picked first again.
-``pending`` holds the task each site was last given and that has not been settled yet: the
-next run of the queue reads where that task is (queued or running: the site is passed over,
-never queued twice; finished: its time is recorded and the entry goes). Files written
-before version 2 have no ``pending`` and hold the time a task was queued in ``sites``; they
-are read as they are.
+The queue picks the sites with the oldest time in ``sites`` (none: first). That is when the
+site's last cron (or backup) task *finished successfully* (success or warning): a site whose
+task failed keeps its older time, so it is picked first again at the next run. If that retry
+fails too (``failures``: the failed runs in a row), the failed run's end becomes its time:
+the site takes its turn with the others again, and one site that keeps failing never holds
+the queue's items for itself. ``pending`` holds the task each site was last given that has
+not been settled yet: the next run of the queue reads where that task is (queued or
+running: the site is passed over, never given a second one; finished: as above, and the
+entry goes). Files written before version 2 hold the time a task was queued in ``sites``
+and nothing else; they are read as they are.
 """
 
 from __future__ import annotations
@@ -140,6 +144,18 @@ class QueueState:
 
     def clear_pending(self, queue: str, site: str) -> None:
         self._table("pending", queue).pop(site, None)
+
+    def failures(self, queue: str, site: str) -> int:
+        """The site's failed runs in a row (since its last success)."""
+        value = self._get("failures", queue)
+        count = value.get(site) if isinstance(value, dict) else None
+        return count if isinstance(count, int) and count > 0 else 0
+
+    def set_failures(self, queue: str, site: str, count: int) -> None:
+        if count:
+            self._table("failures", queue)[site] = count
+        else:
+            self._table("failures", queue).pop(site, None)
 
     def _get(self, key: str, queue: str) -> Any:
         outer = self.doc.get(key)

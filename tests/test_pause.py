@@ -41,7 +41,8 @@ def procs(home: Path):
 def slow_setup(run_hostctl, home: Path, flag: Path, **task: object) -> tuple[str, str]:
     """A slow task on @a.example and a quick one queued behind it on the same context (so
     that no runner can start it before the slow one ends); their ids."""
-    write_config(home, {"tasks": {"slow": sh_task(SLOW, str(flag), **task)}})
+    write_config(home, {"tasks": {"slow": sh_task(SLOW, str(flag), **task)},
+                        "queues": {"cron": {"enabled": False}}})
     save_sites(run_hostctl, home, ["a.example"])
     return (add_task(run_hostctl, "slow", "@a.example"),
             add_task(run_hostctl, "verify", "@a.example"))

@@ -4,12 +4,19 @@ on one spool running 500 tasks exactly once. Real processes and real signals."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -18,7 +25,9 @@ from runnerhelpers import (
     add_task,
     context_switches,
     daemon_pids,
+    daemon_record,
     group_members,
+    hostctl_exe,
     hostctl_log,
     pid_alive,
     save_sites,
@@ -27,6 +36,7 @@ from runnerhelpers import (
     task_json,
     wait_exit,
     wait_for,
+    wait_housekeeping,
     write_config,
 )
 
@@ -45,10 +55,10 @@ def procs(home: Path):
     p.cleanup()
 
 
-def start_daemon(procs: Procs, home: Path, *argv: str, log: Path | None = None
-                 ) -> subprocess.Popen[bytes]:
+def start_daemon(procs: Procs, home: Path, *argv: str, log: Path | None = None,
+                 exe: list[str] | None = None) -> subprocess.Popen[bytes]:
     """Start wait-queue and wait until it has registered and done its first pass."""
-    proc = procs.start("wait-queue", *argv, log=log)
+    proc = procs.start("wait-queue", *argv, log=log, exe=exe)
     wait_for(lambda: proc.pid in daemon_pids(home) or proc.poll() is not None, 30,
              "wait-queue to register")
     assert proc.poll() is None, "wait-queue exited at once"
@@ -287,7 +297,8 @@ def test_two_daemons_and_dispatch_run_500_tasks_exactly_once(
     n_tasks, n_sites = 500, 25
     write_config(home, {
         "worker": {"concurrency": 2},
-        "queues": {"tasks": {"frequency": 1, "items": 3}},
+        # the built-in cron type would add tasks of its own to the count
+        "queues": {"tasks": {"frequency": 1, "items": 3}, "cron": {"enabled": False}},
         "tasks": {"append": sh_task('echo "$HOSTCTL_TASK_ID" >> "$0"', str(out),
                                     options={"n": "sequence number"})},
     })
@@ -351,3 +362,298 @@ def test_two_daemons_and_dispatch_run_500_tasks_exactly_once(
           f"dispatchers {[r.pid for r in runners]}")
     assert len(ran_by) >= 2
     assert not any(pid_alive(d.pid) for d in daemons)
+
+
+# -- the second TERM: TERM to the groups, KILL after the grace period ------------------
+
+# writes a TERM down in $0.term and goes on: only KILL ends it
+STUBBORN = ('trap \'echo TERM >> "$0.term"\' TERM; echo $$ > "$0.started"; '
+            'while :; do sleep 0.05; done')
+
+
+def test_second_term_kills_a_task_that_ignores_term_after_the_grace_period(
+        run_hostctl, home, procs, tmp_path) -> None:
+    again, once = tmp_path / "again", tmp_path / "once"
+    grace = 3.0
+    write_config(home, {"worker": {"kill_grace": grace, "concurrency": 2},
+                        "queues": {"cron": {"enabled": False}},
+                        "tasks": {"stubborn": sh_task(STUBBORN, str(again)),
+                                  "fragile": sh_task(STUBBORN, str(once),
+                                                     rerun_on_loss=False)}})
+    save_sites(run_hostctl, home, ["a.example", "b.example"])
+    rerun = add_task(run_hostctl, "stubborn", "@a.example")
+    no_rerun = add_task(run_hostctl, "fragile", "@b.example")
+    daemon = start_daemon(procs, home, "--max-runtime", "120")
+    for flag in (again, once):
+        wait_for(lambda f=flag: Path(f"{f}.started").exists(), 30, "both tasks to start")
+    pids = [int(Path(f"{f}.started").read_text()) for f in (again, once)]
+
+    term(daemon)
+    wait_for(lambda: "stopping:" in hostctl_log(home), 10, "the daemon to note the TERM")
+    assert daemon.poll() is None
+    begun = time.monotonic()
+    term(daemon)
+    for flag in (again, once):
+        wait_for(lambda f=flag: Path(f"{f}.term").exists(), 10, "the tasks' groups to get TERM")
+    # both ignored it: their groups still run, until the KILL after the grace period
+    assert all(group_members(pid) for pid in pids)
+    assert daemon.poll() is None
+    assert wait_exit(daemon, 30, "wait-queue after the grace period") == 0
+    assert time.monotonic() - begun >= grace - 0.05
+    for pid in pids:
+        wait_for(lambda p=pid: not group_members(p), 10, "the killed groups to be gone")
+    for flag in (again, once):
+        assert Path(f"{flag}.term").read_text() == "TERM\n"  # one TERM each, then KILL
+
+    doc = task_json(run_hostctl, rerun)
+    assert doc["status"] == "queued", doc  # its type may simply run again
+    [attempt] = doc["attempts"]
+    assert attempt["outcome"] == "lost"
+    assert "wait-queue was stopped" in attempt["reason"]
+    assert "SIGKILL" in attempt["reason"], attempt
+    doc = task_json(run_hostctl, no_rerun)
+    assert doc["status"] == "error", doc  # its type must not: a person checks it
+    [attempt] = doc["attempts"]
+    assert attempt["outcome"] == "lost"
+    assert "wait-queue was stopped" in attempt["reason"]
+    assert "SIGKILL" in attempt["reason"], attempt
+    log = (home / "logs" / f"{rerun}.log").read_text()
+    assert "wait-queue was stopped; sending TERM" in log
+
+
+# -- liveness in queue status -----------------------------------------------------------
+
+
+def test_queue_status_shows_the_daemons_tasks_run_and_last_seen(
+        run_hostctl, home, procs) -> None:
+    write_config(home, {"queues": {"cron": {"enabled": False}}})  # only the tasks below run
+    save_sites(run_hostctl, home, ["a.example", "b.example", "c.example"])
+    daemon = start_daemon(procs, home, "--max-runtime", "120",
+                          "--housekeeping-every", "0.3")
+    first = daemon_record(run_hostctl, daemon.pid)
+    assert first is not None
+    assert first["alive"] is True and first["host"] == os.uname().nodename
+    assert first["tasks_run"] == 0
+    assert iso(first["started"]) <= iso(first["last_seen"]) <= time.time()
+
+    ids = [add_task(run_hostctl, "verify", f"@{s}.example") for s in "abc"]
+    wait_for(lambda: all(status_of(run_hostctl, i) == "success" for i in ids), 30,
+             "the tasks to run")
+    counted = wait_for(lambda: (d := daemon_record(run_hostctl, daemon.pid))
+                       and d["tasks_run"] == 3 and d, 30, "tasks_run to reach 3")
+    assert counted["started"] == first["started"]
+    assert iso(counted["last_seen"]) > iso(first["last_seen"])
+    later = wait_housekeeping(run_hostctl, daemon.pid, rounds=2)
+    assert iso(later["last_seen"]) > iso(counted["last_seen"])
+    assert later["tasks_run"] == 3  # nothing more ran
+    text = run_hostctl("queue", "status").out
+    assert f"wait-queue pid {daemon.pid}: alive" in text and "3 task(s) run" in text
+
+    term(daemon)
+    assert wait_exit(daemon, 30, "wait-queue after TERM") == 0
+    assert daemon_record(run_hostctl, daemon.pid) is None
+
+
+def iso(text: str) -> float:
+    from hostctl.queues.task import parse_iso
+
+    return parse_iso(text)
+
+
+# -- periodic queues inside the daemon -------------------------------------------------
+
+
+@contextmanager
+def dispatcher_lock(home: Path) -> Iterator[None]:
+    """Hold the dispatcher lock, as a running ``dispatch`` does."""
+    h = ops.Home(Paths(home))
+    path = h.writable().dir("locks") / "dispatch.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def cron_config(home: Path, ran: Path, frequency: float) -> None:
+    write_config(home, {
+        "tasks": {"cron": sh_task('echo "$HOSTCTL_CONTEXT" >> "$0"', str(ran))},
+        "queues": {"cron": {"type": "serial", "frequency": frequency, "items": 5}},
+    })
+
+
+def test_the_daemon_runs_a_due_periodic_queue_under_the_dispatcher_lock(
+        run_hostctl, home, procs, tmp_path) -> None:
+    ran = tmp_path / "cron.ran"
+    cron_config(home, ran, 2)
+    save_sites(run_hostctl, home, ["a.example", "b.example"])
+    state = home / "spool" / "queues.json"
+
+    with dispatcher_lock(home):
+        daemon = start_daemon(procs, home, "--max-runtime", "120",
+                              "--housekeeping-every", "0.3")
+        wait_housekeeping(run_hostctl, daemon.pid, rounds=3)
+        # three passes with the cron queue due, and the lock held by "a dispatcher": none
+        # of them ran it
+        assert not ran.exists()
+        assert "cron" not in json.loads(state.read_text() if state.exists() else "{}").get(
+            "last_run", {})
+        assert "queue cron:" not in hostctl_log(home)
+
+    wait_for(lambda: ran.exists() and sorted(ran.read_text().split())
+             == ["@a.example", "@b.example"], 20, "the daemon to run the cron queue")
+    assert f"[{daemon.pid}] INFO queue cron: queued 2 cron task(s)" in hostctl_log(home)
+    assert json.loads(state.read_text())["last_run"]["cron"] > 0
+    cron = [t for t in json.loads(run_hostctl("task", "list", "--json").out)
+            if t["type"] == "cron"]
+    wait_for(lambda: all(status_of(run_hostctl, t["id"]) == "success" for t in cron), 20,
+             "the cron tasks to succeed")
+    term(daemon)
+    assert wait_exit(daemon, 30, "wait-queue after TERM") == 0
+
+
+LOG_LINE = re.compile(r"^(\S+ \S+) \[(\d+)\] INFO queue cron: queued ", re.M)
+
+
+def test_dispatch_and_the_daemon_never_run_a_periodic_queue_twice_in_one_period(
+        run_hostctl, home, procs, hostctl_process, tmp_path) -> None:
+    ran = tmp_path / "cron.ran"
+    frequency = 2.0
+    cron_config(home, ran, frequency)
+    save_sites(run_hostctl, home, ["a.example", "b.example"])
+    daemon = start_daemon(procs, home, "--max-runtime", "120",
+                          "--housekeeping-every", "0.1")
+    # dispatchers one after the other, as fast as they go, while the daemon looks every
+    # 0.1 s: both compete for every period of the cron queue
+    dispatchers = 0
+    end = time.monotonic() + 3.5 * frequency
+    while time.monotonic() < end:
+        res = hostctl_process("dispatch", "--queue", "cron", timeout=60)
+        assert res.returncode == 0, res.stderr
+        dispatchers += 1
+    term(daemon)
+    assert wait_exit(daemon, 30, "wait-queue after TERM") == 0
+
+    runs = [(datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp(), int(pid))
+            for stamp, pid in LOG_LINE.findall(hostctl_log(home))]
+    by = Counter("daemon" if pid == daemon.pid else "dispatch" for _, pid in runs)
+    print(f"cron queue runs: {dict(by)}; {dispatchers} dispatch processes")
+    assert dispatchers >= 5
+    assert 3 <= len(runs) <= 5, runs
+    gaps = [b[0] - a[0] for a, b in zip(runs, runs[1:], strict=False)]
+    assert all(gap > frequency / 2 for gap in gaps), gaps  # once per period, by either
+    cron = [t for t in json.loads(run_hostctl("task", "list", "--json").out)
+            if t["type"] == "cron"]
+    assert Counter(t["context"] for t in cron) == {"@a.example": len(runs),
+                                                   "@b.example": len(runs)}
+
+
+# -- housekeeping: the sweep and the rescan, on their clock ---------------------------
+
+
+@contextmanager
+def own_signal_handlers() -> Iterator[None]:
+    """Give this (pytest's) process its signal handlers back after a WaitQueue ran in it."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(-1)
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+
+
+def test_step_sweeps_and_rescans_only_when_its_housekeeping_is_due(
+        run_hostctl, home) -> None:
+    from hostctl.queues import dropbox
+    from hostctl.queues.daemon import WaitQueue
+
+    save_sites(run_hostctl, home, ["a.example", "b.example"])
+    h = ops.Home(Paths(home))
+    spool = h.writable()
+    paused = spool.root / "paused"
+    paused.touch()  # no task starts: what moves below is the housekeeping's doing alone
+    wq = WaitQueue(h, clock=lambda: 5000.0, housekeeping_every=30)
+    with own_signal_handlers():
+        wq.start()
+        try:
+            wq.step(5000.0)  # the first pass does the housekeeping
+            assert wq.wake_in(5000.0) == 30
+            record = spool.root / "workers" / f"{os.getpid()}.json"
+            seen = record.read_bytes()
+
+            # a submission in incoming/ (the wake-up that reports it is never read here:
+            # the loop's wait is not called) and a task whose worker died after its claim
+            dropped = dropbox.submit(h.paths, "verify", "@a.example", {}, {}).id
+            lost = ops.add(h, "verify", "@b.example", {}, {}).task.id
+            [name] = os.listdir(spool.dir("new"))
+            os.rename(spool.dir("new") / name, spool.dir("active") / name)
+
+            wq.step(5029.9)
+            assert len(os.listdir(spool.dir("incoming"))) == 1
+            assert status_of(run_hostctl, lost) == "processing"
+            assert record.read_bytes() == seen
+            assert wq.wake_in(5029.9) == pytest.approx(0.1)
+
+            wq.step(5030.0)
+            assert os.listdir(spool.dir("incoming")) == []
+            assert status_of(run_hostctl, dropped) == "queued"  # admitted by the rescan
+            assert status_of(run_hostctl, lost) == "queued"  # recovered by the sweep
+            assert record.read_bytes() != seen  # liveness
+            assert wq.wake_in(5030.0) == 30
+
+            # resumed, the next step claims what the housekeeping found
+            paused.unlink()
+            wq.step(5030.5)
+            assert wq.worker is not None and len(wq.worker.running) == 2
+            while wq.worker.running:
+                wq.worker.wait(1.0)
+            assert [status_of(run_hostctl, i) for i in (dropped, lost)] == ["success"] * 2
+        finally:
+            wq._close()
+
+
+def no_inotify(tmp_path: Path) -> list[str]:
+    """A command prefix that runs the command in a user namespace of its own whose inotify
+    instance limit is 0, as when the user's instances ran out: inotify_init1 fails with
+    EMFILE there, and nowhere else. Skips the test where user namespaces are not allowed."""
+    prefix = ["unshare", "--user", "--map-root-user", "sh", "-c",
+              'echo 0 > /proc/sys/user/max_inotify_instances && exec "$0" "$@"']
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    probe = subprocess.run([*prefix, sys.executable, "-c", PROBE], capture_output=True,
+                           text=True, timeout=30)
+    if probe.returncode != 0 or probe.stdout.strip() != "EMFILE":
+        pytest.skip(f"no user namespace with an inotify limit here: {probe.stderr.strip()}")
+    return prefix
+
+
+PROBE = """
+import ctypes, errno
+libc = ctypes.CDLL(None, use_errno=True)
+print("EMFILE" if libc.inotify_init1(0) < 0 and ctypes.get_errno() == errno.EMFILE else "ok")
+"""
+
+
+def test_without_inotify_the_rescan_finds_what_is_queued(
+        run_hostctl, home, procs, tmp_path) -> None:
+    from hostctl.queues import dropbox
+
+    prefix = no_inotify(tmp_path)
+    save_sites(run_hostctl, home, ["a.example", "b.example"])
+    daemon = start_daemon(procs, home, "--max-runtime", "120", "--housekeeping-every", "1",
+                          exe=[*prefix, hostctl_exe()])
+    assert "no inotify (" in hostctl_log(home)
+
+    h = ops.Home(Paths(home))
+    queued = add_task(run_hostctl, "verify", "@a.example")
+    dropped = dropbox.submit(h.paths, "verify", "@b.example", {}, {}).id
+    # no wake-up comes: the once-a-second rescan finds both (the default, once a minute,
+    # would not within this test's time)
+    done = home / "spool" / "done"
+    wait_for(lambda: all((done / f"{i}.task").exists() for i in (queued, dropped)), 20,
+             "the rescan to find and run both tasks")
+    assert [status_of(run_hostctl, i) for i in (queued, dropped)] == ["success"] * 2
+    term(daemon)
+    assert wait_exit(daemon, 30, "wait-queue after TERM") == 0
