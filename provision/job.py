@@ -122,7 +122,8 @@ class Job:
             proc.wait()
             raise
         if check and proc.returncode != 0:
-            last = next((ln for ln in reversed(output.splitlines()) if ln.strip()), "")
+            last = next((ln for ln in reversed(output.splitlines())
+                         if any(c.isalnum() for c in ln)), "")
             raise OperationFailed(f"{what} exited with status {proc.returncode}"
                                   + (f": {last.strip()}" if last else ""))
         return Ran(proc.returncode, output)
