@@ -99,6 +99,7 @@ class WaitQueue:
         spool = self.home.writable()
         self.worker = worker = self.home.worker(self.concurrency)
         worker.registry.names()  # look for plugin types now, not at the first pickup
+        worker.prefetch = True  # claim one task ahead while tasks run (see Worker)
         self._start = self.clock()
         self._register_liveness()
         try:
@@ -137,6 +138,8 @@ class WaitQueue:
             self._housekeeping()
         if not self.stopping(now) and not paused(self.home):
             worker.step()
+        else:
+            worker.hold_off()  # a task claimed ahead goes back: nothing more starts
 
     def stopping(self, now: float) -> bool:
         return self.stop_requests > 0 or now - self._start >= self.max_runtime

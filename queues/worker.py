@@ -284,7 +284,7 @@ class Worker:
         """Sweep, then run tasks until none is ready (``once``) or until told to stop."""
         self.queue.ensure()
         self.sweep()
-        self.prefetch = True
+        prefetch, self.prefetch = self.prefetch, True
         try:
             while True:
                 stopping = should_stop()
@@ -296,7 +296,7 @@ class Worker:
                     return self.summary
                 self.wait(None if self.running else 0.5)
         finally:
-            self.prefetch = False
+            self.prefetch = prefetch
             self.hold_off()
 
     def run_claim(self, claim: TaskClaim) -> Summary:
