@@ -43,6 +43,7 @@ def verify(rc: RunContext) -> int:
         checks.folder(nginx.vhost_dir, "vhost folder", mode=0o755)
         job.result["vhost_dir"] = str(nginx.vhost_dir)
         job.result["include"] = nginx.include_line()
+        job.say(f"the server's nginx.conf includes the vhosts with: {nginx.include_line()}")
         binary = checks.program("http service nginx", nginx.binary(),
                                 f"nginx_binary, PATH, {DEFAULT_BINARY}")
         if binary is not None:
