@@ -4,12 +4,12 @@ Each field has a kind that says how a command-line string becomes a stored value
 stored value is checked when a file is read back:
 
     str     any text without control characters
-    int     a whole number, with a range (ports are 1-65535)
+    int     a whole number in ASCII digits, with a range (ports are 1-65535)
     bool    true/false, yes/no, on/off, 1/0 (any case)
     list    comma-separated; blanks dropped, duplicates removed, order kept
     choice  one of a fixed set of words
     path    an absolute path, normalised
-    host    a host name (lower case letters, digits, '.', '-')
+    host    a host name in ASCII (letters, lower-cased; digits, '.', '-'; IDNA as xn--)
     ref     the name of another context of a given type
 
 The string ``null`` resets a field to its default (Aegir's convention). Fields follow

@@ -278,8 +278,9 @@ def _command_task(name: str, spec: Mapping[str, Any]) -> CommandTask:
     if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
         raise ValueError(f"{where}: env must map names to strings")
     timeout = spec.get("timeout")
-    if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
-        raise ValueError(f"{where}: timeout must be a positive number of seconds")
+    if timeout is not None and (not _finite(timeout) or timeout <= 0):
+        raise ValueError(f"{where}: timeout must be a positive number of seconds, "
+                         f"at most {MAX_NUMBER:g}")
     max_attempts = spec.get("max_attempts")
     if max_attempts is not None and (not isinstance(max_attempts, int) or max_attempts < 1):
         raise ValueError(f"{where}: max_attempts must be a whole number of at least 1")
@@ -313,9 +314,21 @@ def _int(doc: Mapping[str, Any], key: str, default: int, lo: int, hi: int) -> in
     return value
 
 
+#: the largest number a setting takes (about 31 years in seconds): beyond it, and for nan
+#: and inf, arithmetic on times overflows or never compares true
+MAX_NUMBER = 1e9
+
+
+def _finite(value: object) -> bool:
+    """A number (not a bool) from 0 to MAX_NUMBER; TOML also gives nan, inf and
+    integers too large for a float."""
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and 0 <= value <= MAX_NUMBER)
+
+
 def _num(doc: Mapping[str, Any], key: str, default: float,
          what: str = "a number of seconds") -> float:
     value = doc.get(key, default)
-    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{key} must be {what}, 0 or more")
+    if not _finite(value):
+        raise ValueError(f"{key} must be {what}, from 0 to {MAX_NUMBER:g}")
     return float(value)
