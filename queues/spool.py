@@ -658,12 +658,15 @@ class Spool:
     # -- sweep ------------------------------------------------------------------------
 
     def sweep(self, policy: Callable[[Envelope], Policy], now: float | None = None) -> list[str]:
-        """Recover tasks whose worker died; promote due tasks; drop stale temp files.
+        """Recover tasks whose worker died; promote due tasks; drop stale temp files;
+        list ``new/`` and ``deferred/`` again (the safety net for what inotify missed).
 
         Returns one line per recovered task, for the log.
         """
         self.ensure()
         now = time.time() if now is None else now
+        for listing in self._listings.values():
+            listing.relist()
         notes = []
         for name in self._names("active"):
             note = self._recover(self.dir("active") / name, policy)
@@ -1126,7 +1129,7 @@ class _Listing:
                 return False
             self.ino = watch
             weakref.finalize(self, watch.close)
-            self._relist()
+            self.relist()
             return True
         relist = False
         for _wd, mask, name in self.ino.events():
@@ -1143,10 +1146,10 @@ class _Listing:
             elif mask & (ino.IN_MOVED_FROM | ino.IN_DELETE):
                 self.discard(name)
         if relist:
-            self._relist()
+            self.relist()
         return True
 
-    def _relist(self) -> None:
+    def relist(self) -> None:
         try:
             names = [n for n in os.listdir(self.folder) if not n.startswith(".")]
         except FileNotFoundError:

@@ -523,3 +523,24 @@ def test_events_are_json_lines_with_utc_times() -> None:
     line = encode_event("start", attempt=1)
     doc = json.loads(line)
     assert line.endswith(b"\n") and doc["event"] == "start" and doc["at"].endswith("Z")
+
+
+def test_claims_come_from_a_view_of_new_that_a_sweep_lists_again(sp: Spool) -> None:
+    """Claims read new/ through a view kept up to date by inotify, so their cost does not
+    grow with the queue; a name the view missed (a lost event) is found at the next
+    sweep, which lists the folder again."""
+    first, _ = sp.publish(env("@a.example"))
+    second, _ = sp.publish(env("@b.example"))
+    [claim] = sp.claim(limit=1)
+    assert claim.task.id == first
+    listing = sp._listings["new"]
+    assert listing.broken is False  # inotify: the view is in use
+    # forget the second name, as if its event had been lost
+    [name] = [n for n in listing.present if second in n]
+    listing.discard(name)
+    assert sp.claim(limit=1) == []
+    sp.finish(claim, "success", exit=0, reason="", result={})
+    sp.sweep(rerun())
+    [again] = sp.claim(limit=1)
+    assert again.task.id == second
+    again.release()
