@@ -267,3 +267,43 @@ def test_nginx_missing_program_is_a_warning(home: Path, tmp_path: Path) -> None:
     path = server.write(job, vhost(tmp_path))
     assert path.exists() and 'root "' in path.read_text()
     assert "no nginx program" in job.result["warnings"][0]
+
+
+def test_nginx_reloads_with_the_servers_own_command(home: Path, nginx: NginxServer,
+                                                   tmp_path: Path) -> None:
+    mark = tmp_path / "reloaded by the own command"
+    command = (f"/bin/sh -c 'touch \"$0\" && exec {nginx.binary} -c {nginx.conf} -s reload' "
+               f"'{mark}'")
+    job = job_for(home, "@web", *nginx.server_fields("own"), "--http_restart_cmd", command)
+    server = web(job.rc.context, job.paths)
+    assert server is not None
+    assert server.reload_argv(nginx.binary)[:2] == ["/bin/sh", "-c"]
+    docroot = world_readable_dir("hostctl-docroot-")
+    (docroot / "index.html").write_text("own reload\n")
+    (docroot / "index.html").chmod(0o644)
+    server.write(job, vhost(docroot, site="own.example", uri="own.example", aliases=()))
+    assert mark.exists()
+    wait_answer(nginx, "own.example", lambda s, b: b == "own reload\n", "the site")
+    server.remove(job, "own.example")
+    broken = job_for(home, "@broken", *nginx.server_fields("own"), "--http_restart_cmd",
+                     "/bin/sh -c 'unclosed")
+    nginx_broken = web(broken.rc.context, broken.paths)
+    assert nginx_broken is not None
+    with pytest.raises(InvalidInput, match="http_restart_cmd: No closing quotation"):
+        nginx_broken.reload_argv(nginx.binary)
+
+
+def test_nginx_listen_addresses(home: Path) -> None:
+    job = job_for(home, "@web", "--http_service_type", "nginx", "--http_port", "8080",
+                  "--ip_addresses", "127.0.0.1,::1")
+    server = web(job.rc.context, job.paths)
+    assert server is not None
+    assert server.listens() == ["127.0.0.1:8080", "[::1]:8080"]
+    text = server.render(vhost(Path("/srv/www")))
+    assert "    listen 127.0.0.1:8080;\n    listen [::1]:8080;\n" in text
+    assert "server_name one.example www.one.example;" in text
+    bad = job_for(home, "@bad", "--http_service_type", "nginx", "--ip_addresses", "localhost")
+    nginx_bad = web(bad.rc.context, bad.paths)
+    assert nginx_bad is not None
+    with pytest.raises(InvalidInput, match="not an IP address"):
+        nginx_bad.listens()

@@ -235,7 +235,46 @@ def test_protected_sites_refuse_disable_and_delete(lab: Lab, nginx) -> None:
     answers(nginx, "guarded.example", "Welcome")
     lab.save(site, "--protected", "no")
     lab.must("disable", site)
+    doc = lab.task("delete", site, force="yes")
+    assert doc["status"] == "error" and "applies to a platform" in doc["result"]["error"]
     lab.must("delete", site)
+
+
+def test_web_group_owns_the_site_folder(lab: Lab, nginx) -> None:
+    import grp
+
+    group = next((g for g in ("nogroup", "nobody") if _group_exists(g)), None)
+    if group is None or os.geteuid() != 0:
+        pytest.skip("needs root and a nogroup or nobody group")
+    lab.save("@srv", "--web_group", group)
+    site = lab.site("@group.example")
+    lab.must("install", site)
+    site_path = lab.www / "plat" / "sites" / "group.example"
+    gid = grp.getgrnam(group).gr_gid
+    for path in (site_path, site_path / "public", site_path / "public" / "index.html"):
+        st = path.stat()
+        assert st.st_gid == gid, path
+        assert (st.st_mode & 0o777) == (0o750 if path.is_dir() else 0o640), path
+    answers(nginx, "group.example", "Welcome")  # nginx's workers run as nobody:nogroup
+
+
+def _group_exists(name: str) -> bool:
+    import grp
+
+    try:
+        grp.getgrnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+def test_bad_provision_settings_are_one_clear_error(lab: Lab) -> None:
+    write_config(lab.home, {"provision": {"require_disable_before_delete": "yes"}})
+    res = lab.run("task", "add", "verify", "@srv")
+    assert res.code == 2 and "require_disable_before_delete must be true or false" in res.err
+    write_config(lab.home, {"provision": {"keep_everything": True}})
+    res = lab.run("task", "add", "verify", "@srv")
+    assert res.code == 2 and "[provision]: unknown key(s) keep_everything" in res.err
 
 
 def test_delete_without_disabling_first_when_configured(lab: Lab, nginx) -> None:
@@ -346,6 +385,10 @@ def test_backup_then_changes_then_restore_gives_back_files_and_rows(lab: Lab, ng
     assert tree(site_path) == answers_now
     assert sqlite_rows(db_file)[-1] == (3, "after the backup")
 
+    lab.must("clone", site, new_uri="other.example")
+    theirs = lab.must("backup", "@other.example")["result"]["file"]
+    doc = lab.task("restore", site, file=Path(theirs).name)
+    assert doc["status"] == "error" and "is a backup of @other.example" in doc["result"]["error"]
     for bad, message in ((str(lab.home / "contexts" / "keep.example.toml"), "must be a backup"),
                          ("../contexts/keep.example.toml", "must be a backup"),
                          ("nothing.tar.gz", "no backup")):
@@ -456,8 +499,12 @@ def test_tasks_refused_on_a_site_that_is_not_installed(lab: Lab, nginx) -> None:
 def test_platform_delete_refused_while_it_has_sites_unless_forced(lab: Lab, nginx) -> None:
     root = lab.platform("@old")
     lab.site("@p1.example", "@old")
-    lab.site("@p2.example", "@old")
+    lab.site("@p2.example", "@old", "--protected", "yes")
     lab.must("install", "@p1.example")
+    doc = lab.task("delete", "@old", force="yes")
+    assert doc["status"] == "error" and "has protected sites: @p2.example" in doc[
+        "result"]["error"]
+    lab.save("@p2.example", "--protected", "no")
     doc = lab.task("delete", "@old")
     assert doc["status"] == "error"
     assert "has sites: @p1.example, @p2.example" in doc["result"]["error"]

@@ -95,7 +95,11 @@ class Nginx:
         if configured.strip():
             # the administrator's own setting, never user data; split as a shell would,
             # run without one
-            return shlex.split(configured)
+            try:
+                return shlex.split(configured)
+            except ValueError as exc:
+                raise InvalidInput(f"{self.server.display_name}: http_restart_cmd: {exc} "
+                                   f"in {configured!r}") from None
         return [binary, *self._conf_args(), "-s", "reload"]
 
     def listens(self) -> list[str]:
