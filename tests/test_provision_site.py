@@ -518,3 +518,29 @@ def test_platform_delete_refused_while_it_has_sites_unless_forced(lab: Lab, ngin
     gone(nginx, "p1.example")
     res = lab.run("provision-delete", "@p1.example")
     assert res.code == 2 and "no context @p1.example" in res.err
+
+
+@pytest.mark.parametrize("mode", ["foreground", "queue"])
+def test_server_and_platform_tasks_in_the_foreground_and_through_the_queue(lab: Lab, mode):
+    assert lab.must("verify", "@srv", mode)["result"]["failed_checks"] == 0
+    root = lab.platform("@spare")
+    assert lab.must("verify", "@spare", mode)["result"]["root"] == str(root)
+    assert lab.must("lock", "@spare", mode)["result"]["locked"] is True
+    assert json.loads(lab.ok("context", "show", "@spare", "--json").out)["fields"]["locked"]
+    assert lab.must("unlock", "@spare", mode)["result"]["locked"] is False
+    assert lab.must("delete", "@spare", mode)["result"]["deleted"] == "@spare"
+    assert not root.exists() and not lab.context_file("@spare").exists()
+
+
+def test_tasks_that_make_or_remove_things_never_simply_run_again() -> None:
+    from hostctl.config import Config
+    from hostctl.provision.registry import load
+    from hostctl.queues.task import Envelope
+
+    registry = load(Config(), plugins=False)
+    for name in registry.names():
+        env = Envelope(id="0" * 20, type=name, context="@x", options={},
+                       context_options={}, priority=5, created="2026-01-01T00:00:00Z")
+        again = registry.policy(env).rerun_on_loss
+        unsafe = name in ("install", "clone", "migrate", "delete", "restore")
+        assert again is not unsafe, name
