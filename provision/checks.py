@@ -7,7 +7,6 @@ check is also in the result, under ``checks``.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -83,7 +82,3 @@ class Checks:
     def code(self) -> int:
         self.job.result["failed_checks"] = self.failed
         return 1 if self.failed else 0
-
-
-def which(name: str) -> str | None:
-    return shutil.which(name)
