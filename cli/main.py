@@ -217,6 +217,16 @@ def _fail(message: str, status: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run hostctl with ``argv`` (default: sys.argv[1:]); return the exit code."""
     _debug["traceback"] = False
+    # a value that is not UTF-8 (a 0xff byte from a command line or a file name, kept as
+    # a surrogate) is printed as its escape (also a valid one inside a JSON string), not
+    # an encoding error, whatever the locale
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="backslashreplace")
+            except (OSError, ValueError):
+                pass
     if COMPLETE_VAR in os.environ:  # the shell asks for completions (see completions/)
         from typer._completion_classes import completion_init
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -136,6 +137,11 @@ class Registry:
                 )
             if "\x00" in value:
                 raise InvalidInput(f"option {key!r} contains a NUL byte")
+            try:  # the bytes of a command-line item (a 0xff byte, kept as \udcff, is)
+                os.fsencode(value)
+            except UnicodeEncodeError:
+                raise InvalidInput(f"option {key!r} is not text a command line can carry "
+                                   "(a lone surrogate)") from None
         if env.context_options:
             store.check_save(ctx.name, env.context_options)
         return ttype, ctx

@@ -309,7 +309,7 @@ class Spool:
         except FileNotFoundError:
             return 0
         if state in ("quarantine", "rejected"):
-            return sum(1 for n in names if not n.endswith(".reason"))
+            return len(_set_aside(names))
         return sum(1 for n in names if not n.startswith("."))
 
     def _names(self, state: str) -> list[str]:
@@ -318,7 +318,7 @@ class Spool:
         except FileNotFoundError:
             return []
         if state in ("quarantine", "rejected"):
-            return [n for n in names if not n.endswith(".reason")]
+            return _set_aside(names)
         return sorted(n for n in names if not n.startswith("."))
 
     def _read_path(self, path: Path, state: str) -> Task:
@@ -341,10 +341,7 @@ class Spool:
         return self._decode(os.pread(fd, min(size, MAX_TASK_BYTES * 16 + 1), 0), state, name)
 
     def _decode(self, data: bytes, state: str, name: str) -> Task:
-        due = None
-        if state == "deferred" and "." in name:
-            with suppress(ValueError):
-                due = int(name.split(".", 1)[0], 16) / 1000
+        due = _deferred_due(name) if state == "deferred" else None
         task = decode_task(data, state, due=due)
         return Task(task.envelope, task.events, state,
                     str(self.log_path(task.envelope.id)), due)
@@ -667,6 +664,11 @@ class Spool:
         now = time.time() if now is None else now
         for listing in self._listings.values():
             listing.relist()
+        # promote_due stops at the first task still to come; a malformed name sorted
+        # after it would wait for that task's time: look at every name here
+        for name in self._names("deferred"):
+            if _deferred_due(name) is None:
+                self._quarantine_deferred(name)
         notes = []
         for name in self._names("active"):
             note = self._recover(self.dir("active") / name, policy)
@@ -753,38 +755,49 @@ class Spool:
         names = self._names("deferred") if listing is None else listing.smallest(passed)
         try:
             for name in names:
-                due_hex, _, ready = name.partition(".")
-                try:
-                    due = int(due_hex, 16) / 1000
-                except ValueError:
-                    self._quarantine_path(self.dir("deferred") / name,
-                                          "malformed deferred name")
+                due = _deferred_due(name)
+                if due is None:
+                    self._quarantine_deferred(name)
                     continue
                 if due > now:
                     break
-                with suppress(FileNotFoundError):
-                    os.rename(self.dir("deferred") / name, self.dir("new") / ready)
-                    moved += 1
+                moved += self._promote(name, name.partition(".")[2])
         finally:
             if listing is not None:
                 listing.restore(passed)
         return moved
 
+    def _quarantine_deferred(self, name: str) -> None:
+        self._quarantine_path(self.dir("deferred") / name,
+                              "malformed deferred name (not DUE.NAME, DUE 13 hex digits)")
+
+    def _promote(self, name: str, ready: str) -> int:
+        """Move ``deferred/name`` to ``new/ready``; 1 if it moved. It never replaces a
+        file already there (a task's ids are unique, so that one is garbage: it is set
+        aside)."""
+        source = self.dir("deferred") / name
+        try:
+            rename_noreplace(source, self.dir("new") / ready)
+        except FileNotFoundError:
+            return 0  # promoted by another worker meanwhile
+        except FileExistsError:
+            self._quarantine_path(source, f"new/{ready} is already queued")
+            return 0
+        return 1
+
     def next_due(self) -> float | None:
         listing = self._listing("deferred")
-        if listing is None:
-            for name in self._names("deferred"):
-                with suppress(ValueError):
-                    return int(name.partition(".")[0], 16) / 1000
-            return None
         passed: list[str] = []
+        names = self._names("deferred") if listing is None else listing.smallest(passed)
         try:
-            for name in listing.smallest(passed):
-                with suppress(ValueError):
-                    return int(name.partition(".")[0], 16) / 1000
+            for name in names:
+                due = _deferred_due(name)
+                if due is not None:
+                    return due
             return None
         finally:
-            listing.restore(passed)
+            if listing is not None:
+                listing.restore(passed)
 
     def _drop_stale_tmp(self, now: float) -> None:
         tmp = self.dir("tmp")
@@ -1089,6 +1102,50 @@ def _iso(ts: float) -> str:
     from hostctl.queues.task import utc_iso
 
     return utc_iso(ts)
+
+
+_DUE_DIGITS = 13
+
+
+def _deferred_due(name: str) -> float | None:
+    """When ``deferred/name`` comes due (Unix seconds), or None for a malformed name:
+    DUE (13 lower-case hex digits of Unix ms), a dot, a name that is not a dot-name."""
+    due_hex, dot, ready = name.partition(".")
+    if (len(due_hex) != _DUE_DIGITS or not dot or not ready or ready.startswith(".")
+            or any(c not in "0123456789abcdef" for c in due_hex)):
+        return None
+    return int(due_hex, 16) / 1000
+
+
+def rename_noreplace(src: Path, dst: Path) -> None:
+    """rename(2), but FileExistsError where ``dst`` exists (renameat2's RENAME_NOREPLACE;
+    where the kernel or the file system lacks it, a check just before the rename)."""
+    import ctypes
+
+    from hostctl.queues.inotify import _lib
+
+    fn = getattr(_lib(), "renameat2", None)
+    if fn is not None:
+        if fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.EPERM):
+            raise OSError(err, os.strerror(err), str(src), None, str(dst))
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
+    os.rename(src, dst)
+
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+
+def _set_aside(names: list[str]) -> list[str]:
+    """The files in quarantine/ or rejected/: every name but the ``NAME.reason`` beside a
+    NAME (a file set aside may itself be called ``x.reason``: its reason is
+    ``x.reason.reason``)."""
+    present = set(names)
+    return [n for n in names if not n.endswith(".reason") or f"{n}.reason" in present]
 
 
 class _Listing:

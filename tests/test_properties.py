@@ -579,14 +579,6 @@ def task_add_case(draw: st.DrawFn) -> tuple[list[tuple[str, str]], list[tuple[st
     return options, context_options
 
 
-def utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 @prop(100)
 @given(case=task_add_case())
 @example(case=([("val", "--help")], []))
@@ -598,9 +590,6 @@ def test_task_add_options_reach_the_command_as_single_argv_items_or_are_refused(
         run_hostctl, tmp_path: Path, echo_home: Path,
         case: tuple[list[tuple[str, str]], list[tuple[str, str]]]) -> None:
     options, context_options = case
-    # task show cannot print a value that is not UTF-8 (an argv byte such as 0xff) yet:
-    # see the xfail tests at the end; the provision-TYPE property takes such values
-    assume(all(utf8(v) for _, v in options))
     with sandbox(tmp_path, echo_home) as (base, home):
         hostctl = Hostctl(run_hostctl, home)
         site = fields_info(hostctl)["site"]
@@ -865,7 +854,7 @@ def task_like(draw: st.DrawFn) -> bytes:
 @st.composite
 def garbage_files(draw: st.DrawFn) -> list[Garbage]:
     names = st.one_of(
-        st.text(max_size=24),  # UTF-8 only: see the xfail tests at the end
+        st.text(max_size=24),
         st.sampled_from(["0.task", "x.task", ".hidden", ".x.tmp", "x.reason", "zz",
                          f"5{new_id()}.task", f"{new_id()}.task", "1.x", "ffffffffffff.x",
                          "zz.5x.task", "-rf", " ", "a b", "é.task", "1..x"]),
@@ -876,17 +865,6 @@ def garbage_files(draw: st.DrawFn) -> list[Garbage]:
         name = draw(names)
         if not file_name_ok(name) or any(g.folder == folder and g.name == name for g in out):
             continue
-        # known defects, each kept as an xfail test at the end of this file:
-        rest = name.partition(".")[2]
-        if folder == "deferred" and (rest in ("", "..") or rest.startswith(".")):
-            continue  # deferred/DUE, deferred/DUE..x: not moved aside
-        if (folder == "deferred" and any(g.folder == "new" and g.name == rest for g in out)
-                or folder == "new" and any(g.folder == "deferred"
-                                           and g.name.partition(".")[2] == name
-                                           for g in out)):
-            continue  # deferred/DUE.NAME replaces new/NAME
-        if name.endswith(".reason"):
-            continue  # not counted once quarantined
         kind = draw(st.sampled_from(["file", "file", "file", "dir", "link", "fifo"]))
         content = b""
         if kind == "file":
@@ -1042,9 +1020,6 @@ def spool_home(run_hostctl, tmp_path: Path, echo_home: Path) -> Iterator[tuple[H
         yield hostctl, home / "spool"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "queues/spool.py promote_due: a deferred/ name without '.REST' (DUE alone, 'abc') is "
-    "renamed onto the new/ folder itself: wait-queue ends in IsADirectoryError, exit 70"))
 def test_a_deferred_name_without_a_rest_is_quarantined(spool_home) -> None:
     hostctl, spool = spool_home
     (spool / "deferred" / "abc").write_bytes(b"garbage\n")
@@ -1054,10 +1029,6 @@ def test_a_deferred_name_without_a_rest_is_quarantined(spool_home) -> None:
     assert (spool / "quarantine" / "abc.reason").is_file()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "queues/spool.py: quarantine/NAME.reason is also how a reason file is named, so a "
-    "quarantined file whose own name ends in .reason is neither listed nor counted by "
-    "queue status"))
 def test_a_quarantined_file_named_like_a_reason_is_counted(spool_home) -> None:
     hostctl, spool = spool_home
     (spool / "new" / "x.reason").write_bytes(b"garbage\n")
@@ -1068,11 +1039,6 @@ def test_a_quarantined_file_named_like_a_reason_is_counted(spool_home) -> None:
     assert [q["file"] for q in status["quarantined"]] == ["x.reason"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cli/common.py emit_json and the text output: a rejected drop whose name is not "
-    "UTF-8 (a byte such as 0xff, which a front end may use) cannot be printed where "
-    "stdout is strict UTF-8 (any UTF-8 locale but C.UTF-8): queue status fails with "
-    "UnicodeEncodeError, exit 70"))
 def test_queue_status_shows_a_rejected_drop_whose_name_is_not_utf8(spool_home) -> None:
     hostctl, spool = spool_home
     drop(spool, b"\xff.task", b"not a task\n")
@@ -1084,11 +1050,6 @@ def test_queue_status_shows_a_rejected_drop_whose_name_is_not_utf8(spool_home) -
         assert res.code == 0, (argv, res)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "provision/registry.py validate: an option value holding a lone surrogate (a JSON "
-    "\\ud800 escape in a drop) is admitted; the command cannot be started, its child "
-    "prints a Python traceback into the task log, and task show fails with "
-    "UnicodeEncodeError, exit 70"))
 def test_a_drop_whose_option_cannot_be_an_argv_item_is_rejected(spool_home) -> None:
     hostctl, spool = spool_home
     task_id = new_id()
@@ -1100,11 +1061,6 @@ def test_a_drop_whose_option_cannot_be_an_argv_item_is_rejected(spool_home) -> N
     assert (spool / "rejected" / f"{task_id}.task.reason").is_file()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cli/common.py emit_json and the text output: a value that is not UTF-8 (a byte "
-    "such as 0xff on the command line, which Python keeps as \\udcff) cannot be printed "
-    "where stdout is strict UTF-8 (any UTF-8 locale but C.UTF-8): task show and task "
-    "list fail with UnicodeEncodeError, exit 70"))
 def test_task_show_prints_an_option_value_that_is_not_utf8(spool_home) -> None:
     hostctl, _ = spool_home
     task_id = hostctl.ok("task", "add", "echo", "@site", "--option", "val=\udcff").out.strip()
@@ -1115,9 +1071,6 @@ def test_task_show_prints_an_option_value_that_is_not_utf8(spool_home) -> None:
         assert res.code == 0, (argv, res)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "queues/spool.py promote_due: deferred/DUE..x goes to new/ as the dot-name .x, which "
-    "nothing reads: it is never quarantined, listed or counted"))
 def test_a_deferred_name_whose_rest_is_a_dot_name_is_quarantined(spool_home) -> None:
     hostctl, spool = spool_home
     (spool / "deferred" / "1..x").write_bytes(b"garbage\n")
@@ -1126,9 +1079,6 @@ def test_a_deferred_name_whose_rest_is_a_dot_name_is_quarantined(spool_home) -> 
     assert hostctl.json("queue", "status", "--json")["counts"]["quarantined"] == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "queues/spool.py promote_due: a due deferred/DUE.NAME is renamed over new/NAME, so "
-    "a file already queued under that name (a task, here) is lost"))
 def test_a_due_deferred_file_never_replaces_a_queued_task(spool_home) -> None:
     hostctl, spool = spool_home
     task_id = hostctl.ok("task", "add", "echo", "@site").out.strip()
