@@ -33,14 +33,13 @@ with open(f"{site}/public/index.html", "w") as fh:
              f"<p>its database: {os.environ['DB_TYPE']} {os.environ['DB_NAME']}</p>\n")
 print("installed", os.environ["HOSTCTL_FIELD_URI"])
 PY
-cat > "$HOSTCTL_HOME.config.toml" <<'TOML'
+mkdir -m 700 "$HOSTCTL_HOME"
+cat > "$HOSTCTL_HOME/config.toml" <<'TOML'
 # a command task type: an argv template, never a shell string built from user data
 [tasks.hello]
 command = ["echo", "hello from {uri} on platform root {root}"]
 context_types = ["site"]
 TOML
-mkdir -m 700 "$HOSTCTL_HOME"
-mv "$HOSTCTL_HOME.config.toml" "$HOSTCTL_HOME/config.toml"
 echo "home: $HOSTCTL_HOME"
 
 NGINX=$(command -v nginx || true)
