@@ -29,8 +29,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import tomli_w
-
 from hostctl.contexts.names import display, is_valid, parse_name
 from hostctl.contexts.schema import NULL, TYPES, ContextType, Value, context_type
 from hostctl.errors import (
@@ -327,6 +325,8 @@ class ContextStore:
         return ctx
 
     def _write(self, ctx: Context) -> None:
+        import tomli_w  # here: only writes need it
+
         path = self.paths.context_file(ctx.name)
         doc = {
             "format": FORMAT,

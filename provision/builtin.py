@@ -18,63 +18,109 @@ clone and migrate make first are always the built-in kind.
 
 from __future__ import annotations
 
-from hostctl.provision import platform, server, site
-from hostctl.provision.registry import RunContext, TaskType
+import importlib
+from typing import Any
+
+from hostctl.contexts.names import parse_name
+from hostctl.contexts.store import Context, ContextStore
+from hostctl.paths import Paths
+from hostctl.provision.registry import RunContext, TaskFunction, TaskType
 
 #: built-in types that a config.toml command type of the same name replaces: the ones the
 #: periodic queues run, which an administrator may want done their own way
 REPLACEABLE = frozenset({"cron", "backup"})
 
 
-def verify(rc: RunContext) -> int:
-    kind = rc.context.type
-    if kind == "server":
-        return server.verify(rc)
-    if kind == "platform":
-        return platform.verify(rc)
-    return site.verify(rc)
+class _Lazy:
+    """A task function named by ``module:function`` (in hostctl.provision), imported on
+    first use: ``task add`` and the CLI's start-up need a type's name, options and help,
+    not its code (Registry.load_functions imports it in a worker before it forks)."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self._fn: TaskFunction | None = None
+
+    def load(self) -> TaskFunction:
+        if self._fn is None:
+            module, _, name = self.target.partition(":")
+            self._fn = getattr(importlib.import_module(f"hostctl.provision.{module}"), name)
+        return self._fn
+
+    def __call__(self, rc: RunContext) -> int | None:
+        return self.load()(rc)
 
 
-def _type(name: str, contexts: tuple[str, ...], help_text: str, function: object,
-          timeout: float, rerun: bool = True, **options: str) -> TaskType:
-    return TaskType(name, contexts, help_text, options=options,
-                    function=function,  # type: ignore[arg-type]
-                    timeout=timeout, rerun_on_loss=rerun)
+def _by_context_type(rc: RunContext) -> int | None:
+    """verify and delete: the function of that name in the context type's module."""
+    return _Lazy(f"{rc.context.type}:{rc.type}").load()(rc)
+
+
+def _load_all() -> None:
+    for module in ("server", "platform", "site"):
+        importlib.import_module(f"hostctl.provision.{module}")
+
+
+_by_context_type.load = _load_all  # type: ignore[attr-defined]
+
+
+def _installed(ctx: Context, store: ContextStore, paths: Paths) -> bool:
+    from hostctl.provision import layout
+
+    return layout.secrets_file(paths, ctx.name).exists()
+
+
+def _cron_wanted(ctx: Context, store: ContextStore, paths: Paths) -> bool:
+    """Installed, on a platform whose manifest has a cron command."""
+    from hostctl.provision import app
+
+    if not _installed(ctx, store, paths):
+        return False
+    platform = store.get(parse_name(str(ctx.get("platform"))))
+    return "cron" in app.load(platform).commands
+
+
+def _type(name: str, contexts: tuple[str, ...], help_text: str, function: Any,
+          timeout: float, rerun: bool = True, wanted: Any = None,
+          **options: str) -> TaskType:
+    if isinstance(function, str):
+        function = _Lazy(function)
+    return TaskType(name, contexts, help_text, options=options, function=function,
+                    timeout=timeout, rerun_on_loss=rerun, wanted=wanted)
 
 
 TYPES = (
     _type("verify", ("server", "platform", "site"),
           "check a context's folders, services and settings; regenerate and fix what is "
-          "safe to (a site's vhost, secrets file, permissions)", verify, 600),
+          "safe to (a site's vhost, secrets file, permissions)", _by_context_type, 600),
     _type("lock", ("platform",), "lock a platform: it accepts no new sites",
-          platform.lock, 60),
-    _type("unlock", ("platform",), "unlock a platform", platform.unlock, 60),
+          "platform:lock", 60),
+    _type("unlock", ("platform",), "unlock a platform", "platform:unlock", 60),
     _type("delete", ("platform", "site"),
           "delete a site (a backup first; vhost, database, files and context go; it must "
           "be disabled first) or a platform (refused while it has sites, unless forced)",
-          lambda rc: (platform.delete(rc) if rc.context.type == "platform"
-                      else site.delete(rc)), 3600, rerun=False,
+          _by_context_type, 3600, rerun=False,
           force="platform only; yes: also delete its sites (each backed up first)"),
     _type("install", ("site",),
           "install a site: its folder, database and user, the platform's install "
-          "command, its vhost; undone entirely if a step fails", site.install, 3600,
+          "command, its vhost; undone entirely if a step fails", "site:install", 3600,
           rerun=False, reinstall="yes: back up and remove an installed site first"),
     _type("backup", ("site",), "archive the site's files and a database dump under "
-          "HOME/backups", site.backup_task, 3600),
+          "HOME/backups", "site:backup_task", 3600, wanted=_installed),
     _type("restore", ("site",), "restore a backup (the current state is backed up first)",
-          site.restore, 3600, rerun=False,
+          "site:restore", 3600, rerun=False,
           file="the backup: a file name in HOME/backups (default: the newest)"),
     _type("disable", ("site",), "disable a site: its vhost answers a 'site disabled' page",
-          site.disable, 300),
-    _type("enable", ("site",), "enable a site: its vhost serves it again", site.enable, 300),
+          "site:disable", 300),
+    _type("enable", ("site",), "enable a site: its vhost serves it again", "site:enable", 300),
     _type("clone", ("site",), "copy a site to a new uri: a new site context with its own "
-          "files and database", site.clone, 3600, rerun=False,
+          "files and database", "site:clone", 3600, rerun=False,
           new_uri="the copy's address", new_name="the copy's context (default: new_uri)"),
     _type("migrate", ("site",), "move a site to another platform, uri or database server; "
-          "the old copy is removed", site.migrate, 3600, rerun=False,
+          "the old copy is removed", "site:migrate", 3600, rerun=False,
           platform="the platform to move to", new_uri="a new address",
           db_server="a database server to move the database to"),
     _type("login-reset", ("site",), "a one-time login link from the platform's "
-          "login_link command", site.login_reset, 300),
-    _type("cron", ("site",), "run the platform's cron command for the site", site.cron, 600),
+          "login_link command", "site:login_reset", 300),
+    _type("cron", ("site",), "run the platform's cron command for the site", "site:cron", 600,
+          wanted=_cron_wanted),
 )

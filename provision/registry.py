@@ -55,6 +55,9 @@ class RunContext:
 
 
 TaskFunction = Callable[[RunContext], int | None]
+#: for the periodic queues: does this context want a run of this type now? (a site that
+#: is not installed needs no backup, a platform without a cron command no cron)
+Wanted = Callable[[Context, ContextStore, Paths], bool]
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ class TaskType:
     max_attempts: int | None = None
     rerun_on_loss: bool = True  # a run cut off by a dead worker may simply run again
     source: str = "builtin"
+    wanted: Wanted | None = None  # None: every enabled site (see Wanted)
 
 
 class Registry:
@@ -104,6 +108,15 @@ class Registry:
 
     def names(self) -> list[str]:
         return sorted(self.types)
+
+    def load_functions(self) -> None:
+        """Import every type's code now (a worker, before it forks children): a built-in
+        type's module is otherwise loaded on its first call, which would be in each
+        child, and not at all by commands that only queue tasks."""
+        for ttype in self.types.values():
+            load = getattr(ttype.function, "load", None)
+            if load is not None:
+                load()
 
     def get(self, name: str) -> TaskType:
         found = self._find(name)

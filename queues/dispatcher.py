@@ -175,11 +175,27 @@ class Dispatcher:
     # -- what each queue covers -------------------------------------------------------
 
     def _sites(self, task_type: str, malformed: list[MalformedFile] | None = None) -> list[str]:
-        """The enabled sites; a malformed context file is passed over (into ``malformed``)."""
-        if task_type not in self.home.registry.types:
+        """The enabled sites that want a run of ``task_type`` (its ``wanted``: a built-in
+        backup only for installed sites, a built-in cron only where the platform has a
+        cron command); a malformed context file is passed over (into ``malformed``)."""
+        ttype = self.home.registry.types.get(task_type)
+        if ttype is None:
             return []
-        sites = self.home.store.list("site", [] if malformed is None else malformed)
-        return [c.display_name for c in sites if c.get("site_enabled")]
+        store = self.home.store
+        sites = store.list("site", [] if malformed is None else malformed)
+        out = []
+        for c in sites:
+            if not c.get("site_enabled"):
+                continue
+            try:
+                if ttype.wanted is not None and not ttype.wanted(c, store, self.home.paths):
+                    continue
+            except HostctlError as exc:  # a broken manifest, a missing platform
+                if malformed is not None:
+                    malformed.append(MalformedFile(f"{c.display_name}: {exc.message}"))
+                continue
+            out.append(c.display_name)
+        return out
 
     def total(self, name: str) -> tuple[int, int]:
         """(total, pending) of one queue."""

@@ -125,6 +125,7 @@ class Worker:
         self.selector = selectors.DefaultSelector()
         self.summary = Summary()
         self._check = registry.check_envelope(self.store)
+        registry.load_functions()  # once here, not in every task's child
         self.load_note = False
         self.no_room_until = 0.0  # the disk was full: claim nothing before this (clock)
         # Claim one task ahead while tasks run (``prefetch``): when a child ends, the next

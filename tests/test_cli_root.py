@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,25 @@ def test_console_script_error_is_one_line(hostctl_process, home: Path) -> None:
     assert p.stdout == ""
     assert one_line(p.stderr).startswith("hostctl")
     assert not home.exists()
+
+
+def test_queueing_a_task_loads_no_code_it_does_not_need(home: Path) -> None:
+    """`task add` is what a front end calls for every click: it must not pay for the
+    provisioning code, the worker, or the context writer's libraries."""
+    env = {**os.environ, "HOSTCTL_HOME": str(home)}
+    saved = subprocess.run([hostctl_exe(), "provision-save", "@s", "--context_type", "server"],
+                           capture_output=True, text=True, timeout=60, env=env)
+    assert saved.returncode == 0, saved.stderr
+    script = ("import sys\n"
+              "from hostctl.cli.main import main\n"
+              "code = main(['task', 'add', 'verify', '@s'])\n"
+              "print(code, ' '.join(sorted(sys.modules)))\n")
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60, env=env)
+    assert res.returncode == 0, res.stderr
+    task_id, code, *loaded = res.stdout.split()
+    assert code == "0" and len(task_id) == 20
+    for module in ("hostctl.provision.site", "hostctl.provision.platform",
+                   "hostctl.provision.server", "hostctl.provision.services",
+                   "hostctl.queues.worker", "filelock", "pydantic", "tomli_w"):
+        assert module not in loaded, module

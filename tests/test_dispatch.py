@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from runnerhelpers import (
     sh_task,
     status_of,
     task_json,
+    tasks_json,
     wait_exit,
     wait_for,
     write_config,
@@ -252,8 +254,8 @@ def failing_site_setup(run_hostctl, home: Path, queue: str) -> None:
     tasks it queues succeed on a and b and always fail on c.
 
     cron: a config.toml command type named ``cron`` that fails on @c.example. backup: the
-    built-in type, which backs up an installed site and fails on one that is not: a and b
-    are installed (SQLite, no web server), c is not."""
+    built-in type on three installed sites (SQLite, no web server), c's files removed
+    behind hostctl's back, so that its backup fails for real."""
     queues = {queue: {"enabled": True, "type": "serial", "items": 1, "frequency": 86400}}
     if queue == "cron":
         script = '[ "$HOSTCTL_CONTEXT" != "@c.example" ]'
@@ -263,9 +265,10 @@ def failing_site_setup(run_hostctl, home: Path, queue: str) -> None:
         write_config(home, {"queues": {**queues, "cron": {"enabled": False}}})
     save_sites(run_hostctl, home, ["a.example", "b.example", "c.example"])
     if queue == "backup":
-        for site in ("@a.example", "@b.example"):
+        for site in ("@a.example", "@b.example", "@c.example"):
             res = run_hostctl("provision-install", site)
             assert res.code == 0, res
+        shutil.rmtree(home.parent / "www" / "sites" / "c.example")
 
 
 @pytest.mark.parametrize("queue", ["cron", "backup"])
@@ -396,3 +399,35 @@ def test_tasks_queue_runs_up_to_items_minus_the_tasks_already_running(
     wait_for(lambda: status_of(run_hostctl, slow) == "success", 30, "the slow task to end")
     os.kill(daemon.pid, signal.SIGTERM)
     assert wait_exit(daemon, 30, "wait-queue after TERM") == 0
+
+
+def test_built_in_cron_and_backup_go_only_to_sites_that_want_them(
+        run_hostctl, home: Path, tmp_path: Path) -> None:
+    """The built-in backup is queued for installed sites only, the built-in cron for
+    installed sites whose platform's manifest has a cron command; a saved site that was
+    never installed gets neither."""
+    write_config(home, {"queues": {
+        q: {"enabled": True, "type": "serial", "items": 10, "frequency": 60}
+        for q in ("cron", "backup")}})
+    save_sites(run_hostctl, home, ["bare.example", "plain.example", "app.example"])
+    ran = tmp_path / "cron.ran"
+    app_root = tmp_path / "app"
+    app_root.mkdir()
+    (app_root / "hostctl-app.toml").write_text(
+        'format = 1\n[commands]\ncron = ["sh", "-c", "echo \\"$1\\" >> \\"$0\\"", '
+        f'"{ran}", "{{uri}}"]\n')
+    assert run_hostctl("provision-save", "@app_plat", "--context_type", "platform",
+                       "--root", str(app_root), "--web_server", "@srv").code == 0
+    assert run_hostctl("provision-save", "@app.example", "--platform", "@app_plat").code == 0
+    for site in ("@plain.example", "@app.example"):
+        res = run_hostctl("provision-install", site)
+        assert res.code == 0, res
+
+    res = run_hostctl("dispatch")
+    assert res.code == 0, res
+    tasks = tasks_json(run_hostctl)
+    queued = sorted((t["type"], t["context"]) for t in tasks if t["type"] in ("cron", "backup"))
+    assert queued == [("backup", "@app.example"), ("backup", "@plain.example"),
+                      ("cron", "@app.example")], queued
+    assert all(t["status"] == "success" for t in tasks), tasks
+    assert ran.read_text() == "app.example\n"

@@ -158,8 +158,8 @@ def test_queue_list_json_shows_every_queue(run_hostctl, home) -> None:
     assert cron["next_run"] is not None  # never ran: due now
     backup = doc["backup"]
     assert backup["type"] == "spread" and backup["enabled"] is True
-    # the built-in backup type covers every enabled site: spread over the day
-    assert backup["total"] == 3 and backup["calc_frequency"] == 86400 / 3
+    # the built-in backup type covers the installed sites: none of these is
+    assert backup["total"] == 0 and backup["calc_frequency"] == 86400
     gc = doc["task_gc"]
     assert gc["type"] == "batch" and gc["pending"] == 0
 
