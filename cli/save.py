@@ -68,6 +68,9 @@ def parse_field_args(
         i += 1
         if token in ("--help", "-h"):
             raise _HelpWanted
+        if token.startswith("-") and not token.startswith("--") and len(token) > 1:
+            raise InvalidInput(f"unknown option {token!r} (hostctl's own options, such as "
+                               "-v, -q and --home, go before the command)")
         if not token.startswith("--"):
             if name is not None:
                 raise InvalidInput(f"one context at a time: got {name} and {token}")

@@ -28,6 +28,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from hostctl.contexts.names import display, is_valid, parse_name
 from hostctl.contexts.schema import NULL, TYPES, ContextType, Value, context_type
@@ -115,6 +116,41 @@ class ContextStore:
         # context for every task on it, and parsing TOML costs ~50 us a time. Every write
         # is a rename of a new file, so a changed context has a new inode and mtime.
         self._cache: dict[str, tuple[tuple[int, int, int, int], Context]] = {}
+        self._folder = str(self.folder)
+        # With watch(): whole listings, kept until inotify reports any change in the
+        # folder (a save, a delete, a file edited in place): an idle daemon's periodic
+        # queues then list thousands of contexts without a system call per file.
+        self._watch: Any = None
+        self._lists: dict[str | None, tuple[list[Context], list[MalformedFile]]] = {}
+
+    def watch(self) -> bool:
+        """Keep listings while the folder does not change (see above); False where inotify
+        cannot watch it (no inotify, no folder yet): listings are then made every time."""
+        if self._watch is not None:
+            return True
+        from hostctl.queues import inotify as ino
+
+        try:
+            self._watch = ino.Inotify([self.folder], ino.CONTEXTS_MASK)
+        except (OSError, AttributeError):
+            return False
+        self._lists.clear()
+        return True
+
+    def _listings_valid(self) -> bool:
+        from hostctl.queues import inotify as ino
+
+        if self._watch is None:
+            return False
+        events = self._watch.events()
+        if events:
+            self._lists.clear()
+            if any(mask & (ino.IN_IGNORED | ino.IN_DELETE_SELF | ino.IN_MOVE_SELF
+                           | ino.IN_Q_OVERFLOW) for _wd, mask, _name in events):
+                self._watch.close()  # the folder itself went, or events were lost
+                self._watch = None
+                return False
+        return True
 
     # -- reading ----------------------------------------------------------------------
 
@@ -135,18 +171,25 @@ class ContextStore:
         when a ``malformed`` list is given, is added to it and passed over."""
         if type_name is not None:
             context_type(type_name)
-        found = []
-        for bare in self.names():
-            try:
-                ctx = self._read(bare)
-            except MalformedFile as exc:
-                if malformed is None:
-                    raise
-                malformed.append(exc)
-                continue
-            if ctx is not None and (type_name is None or ctx.type == type_name):
-                found.append(ctx)
-        return found
+        if self._listings_valid() and type_name in self._lists:
+            found, problems = self._lists[type_name]
+        else:
+            found, problems = [], []
+            for bare in self.names():
+                try:
+                    ctx = self._read(bare)
+                except MalformedFile as exc:
+                    problems.append(exc)
+                    continue
+                if ctx is not None and (type_name is None or ctx.type == type_name):
+                    found.append(ctx)
+            if self._watch is not None:
+                self._lists[type_name] = (found, problems)
+        if problems:
+            if malformed is None:
+                raise problems[0]
+            malformed.extend(problems)
+        return list(found)
 
     def names(self) -> list[str]:
         """Bare names of the stored contexts, sorted; stray files are passed over."""
@@ -297,6 +340,18 @@ class ContextStore:
             lock.release()
 
     def _read(self, bare: str) -> Context | None:
+        cached = self._cache.get(bare)
+        if cached is not None:  # one stat, not an open, for a context read before
+            try:
+                st = os.stat(f"{self._folder}/{bare}.toml")
+            except FileNotFoundError:
+                self._cache.pop(bare, None)
+                return None
+            except OSError as exc:
+                raise MalformedFile(f"cannot read {self.paths.context_file(bare)}: "
+                                    f"{exc.strerror}") from exc
+            if cached[0] == (st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns):
+                return cached[1]
         path = self.paths.context_file(bare)
         try:
             # non-blocking: a FIFO put there by hand is malformed, not a hang
@@ -309,9 +364,6 @@ class ContextStore:
         try:
             st = os.fstat(fd)
             key = (st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns)
-            cached = self._cache.get(bare)
-            if cached is not None and cached[0] == key:
-                return cached[1]
             raw = _read_all(fd, st.st_size)
         except OSError as exc:
             raise MalformedFile(f"cannot read {path}: {exc.strerror}") from exc

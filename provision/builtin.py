@@ -69,14 +69,31 @@ def _installed(ctx: Context, store: ContextStore, paths: Paths) -> bool:
     return layout.secrets_file(paths, ctx.name).exists()
 
 
+_HAS_CRON: dict[tuple[str, int, int, int], bool] = {}  # manifest identity -> has cron
+
+
 def _cron_wanted(ctx: Context, store: ContextStore, paths: Paths) -> bool:
-    """Installed, on a platform whose manifest has a cron command."""
+    """Installed, on a platform whose manifest has a cron command (each manifest parsed
+    again only when it changes: a periodic queue asks for every site)."""
+    import os
+
     from hostctl.provision import app
 
     if not _installed(ctx, store, paths):
         return False
     platform = store.get(parse_name(str(ctx.get("platform"))))
-    return "cron" in app.load(platform).commands
+    path, _ = app.manifest_path(platform)
+    try:
+        st = os.stat(path)
+        key = (str(path), st.st_ino, st.st_mtime_ns, st.st_size)
+    except OSError:
+        key = None
+    if key is not None and key in _HAS_CRON:
+        return _HAS_CRON[key]
+    found = "cron" in app.load(platform).commands
+    if key is not None:
+        _HAS_CRON[key] = found
+    return found
 
 
 def _type(name: str, contexts: tuple[str, ...], help_text: str, function: Any,

@@ -222,13 +222,13 @@ class WaitQueue:
         """The periodic queues (not tasks: that is this daemon's own job), if due."""
         if paused(self.home) or self.stopping(self.clock()):
             return
+        self.home.store.watch()  # the queues' listings of sites: kept until one changes
         with dispatch_lock(self.home) as mine:
             if not mine:
                 return
             report = DispatchReport()  # run_due logs each queue that ran, and each failure
-            dispatcher = Dispatcher(self.home)
-            for name in ("task_gc", "cron", "backup"):
-                dispatcher.run_due(self.worker, report, only=name)
+            Dispatcher(self.home).run_due(self.worker, report,
+                                          only=("task_gc", "cron", "backup"))
 
     def _register_liveness(self) -> None:
         spool = self.home.spool
@@ -247,8 +247,8 @@ class WaitQueue:
         doc = {"pid": os.getpid(), "host": os.uname().nodename, "started": self._started_iso,
                "last_seen": utc_iso(), "tasks_run": self.worker.summary.started,
                "max_runtime": self.max_runtime}
-        with suppress(OSError):
-            write_atomic(self._record, json.dumps(doc).encode())
+        with suppress(OSError):  # a stamp, not a record to keep: no fsync (no wake-up)
+            write_atomic(self._record, json.dumps(doc).encode(), durable=False)
 
     def _close(self) -> None:
         signal.set_wakeup_fd(-1)

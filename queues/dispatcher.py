@@ -35,6 +35,7 @@ from hostctl.queues.periodic import (
 from hostctl.queues.task import Status, parse_iso
 
 if TYPE_CHECKING:
+    from hostctl.contexts.store import Context
     from hostctl.queues.spool import Spool
     from hostctl.queues.tasks import Home
 
@@ -171,31 +172,44 @@ class Dispatcher:
     def __init__(self, home: Home, clock: Callable[[], float] = time.time) -> None:
         self.home = home
         self.clock = clock
+        self._site_cache: dict[str, tuple[list[str], list[MalformedFile]]] = {}
+        self._all_sites: tuple[list[Context], list[MalformedFile]] | None = None
 
     # -- what each queue covers -------------------------------------------------------
 
     def _sites(self, task_type: str, malformed: list[MalformedFile] | None = None) -> list[str]:
         """The enabled sites that want a run of ``task_type`` (its ``wanted``: a built-in
         backup only for installed sites, a built-in cron only where the platform has a
-        cron command); a malformed context file is passed over (into ``malformed``)."""
+        cron command); a malformed context file is passed over (into ``malformed``).
+        Listed once per Dispatcher (one pass) and type: every context file is read."""
+        if task_type not in self._site_cache:
+            self._site_cache[task_type] = self._list_sites(task_type)
+        names, problems = self._site_cache[task_type]
+        if malformed is not None:
+            malformed.extend(problems)
+        return names
+
+    def _list_sites(self, task_type: str) -> tuple[list[str], list[MalformedFile]]:
         ttype = self.home.registry.types.get(task_type)
         if ttype is None:
-            return []
+            return [], []
         store = self.home.store
-        sites = store.list("site", [] if malformed is None else malformed)
+        if self._all_sites is None:
+            unreadable: list[MalformedFile] = []
+            self._all_sites = (store.list("site", unreadable), unreadable)
+        malformed = list(self._all_sites[1])
         out = []
-        for c in sites:
+        for c in self._all_sites[0]:
             if not c.get("site_enabled"):
                 continue
             try:
                 if ttype.wanted is not None and not ttype.wanted(c, store, self.home.paths):
                     continue
             except HostctlError as exc:  # a broken manifest, a missing platform
-                if malformed is not None:
-                    malformed.append(MalformedFile(f"{c.display_name}: {exc.message}"))
+                malformed.append(MalformedFile(f"{c.display_name}: {exc.message}"))
                 continue
             out.append(c.display_name)
-        return out
+        return out, malformed
 
     def total(self, name: str) -> tuple[int, int]:
         """(total, pending) of one queue."""
@@ -248,14 +262,16 @@ class Dispatcher:
         return report
 
     def run_due(self, worker: object, report: DispatchReport, force: bool = False,
-                only: str | None = None) -> None:
-        """Run each due queue (the caller holds the dispatcher lock)."""
+                only: str | tuple[str, ...] | None = None) -> None:
+        """Run each due queue (``only``: that one, or those; the caller holds the
+        dispatcher lock)."""
         from hostctl.queues.worker import Worker
 
         assert isinstance(worker, Worker)
         state = QueueState(self.home.spool.root / "queues.json")
+        wanted = ORDER if only is None else (only,) if isinstance(only, str) else only
         for name in ORDER:
-            if only is not None and name != only:
+            if name not in wanted:
                 continue
             try:  # one broken queue must not stop the others
                 c = compute(self.home.config.queues[name], self.total(name)[0])

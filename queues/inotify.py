@@ -29,6 +29,11 @@ IN_ONLYDIR = 0x01000000
 IN_NONBLOCK = 0o4000
 IN_CLOEXEC = 0o2000000
 WAKE_MASK = IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE
+IN_MODIFY = 0x00000002
+IN_ATTRIB = 0x00000004
+#: what changes a folder of contexts (contexts/store.py keeps listings until one comes)
+CONTEXTS_MASK = (IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO
+                 | IN_CREATE | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)
 _HEADER = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
 _libc: ctypes.CDLL | None = None
 

@@ -103,10 +103,12 @@ class QueueState:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.doc: dict[str, Any] = {}
+        self._saved = b""  # what the file holds: a save that changes nothing writes nothing
         try:
-            loaded = json.loads(path.read_bytes())
+            raw = path.read_bytes()
+            loaded = json.loads(raw)
             if isinstance(loaded, dict):
-                self.doc = loaded
+                self.doc, self._saved = loaded, raw
         except (OSError, ValueError):
             self.doc = {}
 
@@ -172,7 +174,10 @@ class QueueState:
 
     def save(self) -> None:
         self.doc["version"] = FORMAT_VERSION
-        write_atomic(self.path, (json.dumps(self.doc, indent=1, sort_keys=True) + "\n").encode())
+        data = (json.dumps(self.doc, indent=1, sort_keys=True) + "\n").encode()
+        if data != self._saved:
+            write_atomic(self.path, data)
+            self._saved = data
 
 
 def gc_candidates(done: Path, logs: Path, retention_days: float, now: float) -> list[Path]:

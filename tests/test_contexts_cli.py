@@ -140,6 +140,18 @@ def test_create_needs_a_type_and_update_keeps_it(run_hostctl, home: Path) -> Non
 # -- refused values ---------------------------------------------------------------------
 
 
+def test_a_global_option_after_the_command_is_refused_saying_where_it_goes(
+        run_hostctl, home: Path) -> None:
+    ok(save(run_hostctl, "@srv", "--context_type", "server"))
+    before = (home / "contexts" / "srv.toml").read_bytes()
+    for flag in ("-q", "-v"):
+        line = one_line_error(save(run_hostctl, "@srv", "--admin_email", "a@b.c", flag))
+        assert repr(flag) in line and "before the command" in line
+        line = one_line_error(run_hostctl("provision-verify", "@srv", flag))
+        assert "before the command" in line
+    assert (home / "contexts" / "srv.toml").read_bytes() == before
+
+
 def test_unknown_field_is_refused_with_the_known_ones(run_hostctl, home: Path) -> None:
     ok(save(run_hostctl, "@srv", "--context_type", "server"))
     before = (home / "contexts" / "srv.toml").read_bytes()
@@ -463,3 +475,31 @@ def test_twenty_concurrent_writers_lose_nothing(run_hostctl, home: Path) -> None
     leftovers = [p.name for p in (home / "contexts").iterdir()
                  if p.name not in ("storm.toml", ".lock")]
     assert leftovers == []
+
+
+def test_a_watched_store_keeps_its_listing_until_the_folder_changes(
+        run_hostctl, home: Path) -> None:
+    """A daemon's store keeps whole listings while inotify reports no change; a save, a
+    delete and a file edited in place by hand each show at the next listing."""
+    from hostctl.contexts.store import ContextStore
+    from hostctl.paths import Paths
+
+    ok(save(run_hostctl, "@srv", "--context_type", "server"))
+    ok(save(run_hostctl, "@plat", "--context_type", "platform", "--root", "/srv/www"))
+    ok(save(run_hostctl, "@a.example", "--context_type", "site", "--platform", "@plat"))
+    store = ContextStore(Paths(home))
+    assert store.watch()
+    first = store.list("site")
+    assert [c.name for c in first] == ["a.example"]
+    assert store.list("site")[0] is first[0]  # kept, not read again
+
+    ok(save(run_hostctl, "@b.example", "--context_type", "site", "--platform", "@plat"))
+    assert [c.name for c in store.list("site")] == ["a.example", "b.example"]
+    path = home / "contexts" / "a.example.toml"
+    text = path.read_text()
+    with open(path, "r+") as fh:  # in place, as some editors write
+        fh.write(text.replace('language = "en"', 'language = "fr"') if 'language' in text
+                 else text.replace("[fields]\n", '[fields]\nlanguage = "fr"\n'))
+    assert store.list("site")[0].get("language") == "fr"
+    ok(save(run_hostctl, "@b.example", "--delete"))
+    assert [c.name for c in store.list("site")] == ["a.example"]
