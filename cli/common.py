@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -29,11 +27,6 @@ def state(ctx: typer.Context) -> State:
 
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
-
-
-def emit_json(doc: Any) -> None:
-    json.dump(doc, sys.stdout, indent=2, sort_keys=False, ensure_ascii=False)
-    sys.stdout.write("\n")
 
 
 def say(st: State, text: str) -> None:

@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from hostctl.cli.common import JsonFlag, complete_context, emit_json, state, table
+from hostctl.cli.common import JsonFlag, complete_context, state, table
+from hostctl.cli.output import emit_json
 from hostctl.contexts.schema import TYPES, Field, Kind, context_type
 from hostctl.contexts.store import Context, ContextStore
 

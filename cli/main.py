@@ -21,6 +21,13 @@ from typer._click.exceptions import ClickException, NoArgsIsHelpError
 from hostctl import __version__
 from hostctl.cli import contexts, provision, runners, save, security, tasks
 from hostctl.cli.common import State
+from hostctl.cli.output import (
+    exit_process,
+    fail,
+    internal_error,
+    logging_level,
+    prepare_streams,
+)
 from hostctl.errors import ExitStatus, HostctlError
 from hostctl.paths import Paths, resolve_home
 
@@ -194,10 +201,8 @@ def root(
         help="Print the version and exit.")] = False,
 ) -> None:
     _debug["traceback"] = traceback
-    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO)[min(verbose, 1)]
-    if verbose > 1:
-        level = logging.DEBUG
-    logging.basicConfig(level=level, format="hostctl: %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging_level(verbose, quiet), format="hostctl: %(message)s",
+                        stream=sys.stderr)
     ctx.obj = State(paths=Paths(resolve_home(home)), verbose=verbose, quiet=quiet)
     sub = ctx.invoked_subcommand
     asks_help = any(a in ("--help", "-h") for a in ctx.meta.get("hostctl.args", ()))
@@ -207,26 +212,10 @@ def root(
         refuse_frontend(ctx.obj.paths, sub)
 
 
-def _fail(message: str, status: int) -> int:
-    text = " ".join(message.split())
-    sys.stderr.write(f"hostctl: error: {text}\n")
-    sys.stderr.flush()
-    return status
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run hostctl with ``argv`` (default: sys.argv[1:]); return the exit code."""
     _debug["traceback"] = False
-    # a value that is not UTF-8 (a 0xff byte from a command line or a file name, kept as
-    # a surrogate) is printed as its escape (also a valid one inside a JSON string), not
-    # an encoding error, whatever the locale
-    for stream in (sys.stdout, sys.stderr):
-        reconfigure = getattr(stream, "reconfigure", None)
-        if reconfigure is not None:
-            try:
-                reconfigure(errors="backslashreplace")
-            except (OSError, ValueError):
-                pass
+    prepare_streams()
     if COMPLETE_VAR in os.environ:  # the shell asks for completions (see completions/)
         from typer._completion_classes import completion_init
 
@@ -237,46 +226,22 @@ def main(argv: list[str] | None = None) -> int:
             args=argv, prog_name="hostctl", complete_var=COMPLETE_VAR, standalone_mode=False
         )
     except HostctlError as exc:
-        return _fail(exc.message, exc.exit_status)
+        return fail(exc.message, exc.exit_status)
     except NoArgsIsHelpError as exc:  # a bare group: its help, laid out, as a usage error
         sys.stderr.write(exc.format_message().rstrip("\n") + "\n")
         return exc.exit_code
     except ClickException as exc:
         where = getattr(getattr(exc, "ctx", None), "command_path", "hostctl")
-        return _fail(f"{exc.format_message()} (see '{where} --help')", exc.exit_code)
+        return fail(f"{exc.format_message()} (see '{where} --help')", exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
-        return _fail("interrupted", ExitStatus.INTERRUPTED)
+        return fail("interrupted", ExitStatus.INTERRUPTED)
     except BrokenPipeError:
         return ExitStatus.ERROR
     except Exception as exc:  # a bug: one line, unless asked for the trace
-        if _debug["traceback"]:
-            import traceback
-
-            traceback.print_exc()
-            sys.stderr.flush()
-            return ExitStatus.INTERNAL
-        return _fail(
-            f"internal error: {type(exc).__name__}: {exc} (rerun with --traceback)",
-            ExitStatus.INTERNAL,
-        )
+        return internal_error(exc, _debug["traceback"])
     return rv if isinstance(rv, int) else ExitStatus.OK
 
 
 def run() -> NoReturn:
-    """Console-script entry point.
-
-    Once the output is flushed, the process ends with ``os._exit``: tearing down the
-    ~300 modules a command has loaded takes the interpreter ~100 ms and does nothing a
-    user could see. The exit handlers (logging's among them) still run first; if a flush
-    fails (a closed pipe), the normal exit reports it as before.
-    """
-    code = main()
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        sys.exit(code)
-    import atexit
-
-    atexit._run_exitfuncs()
-    os._exit(int(code) & 0xFF)
+    """The whole command line (cli/entry.py sends here what its fast path does not take)."""
+    exit_process(main())

@@ -14,7 +14,8 @@ from typing import Annotated
 
 import typer
 
-from hostctl.cli.common import JsonFlag, State, emit_json, say, state, table
+from hostctl.cli.common import JsonFlag, State, say, state, table
+from hostctl.cli.output import emit_json
 from hostctl.queues import tasks as ops
 
 cron_app = typer.Typer(help="The crontab entry that runs dispatch every minute.",

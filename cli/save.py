@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from hostctl.cli.common import JsonFlag, complete_context, emit_json, say, state
+from hostctl.cli.common import JsonFlag, complete_context, say, state
+from hostctl.cli.output import emit_json
 from hostctl.contexts.schema import TYPES, Kind, all_field_names
 from hostctl.contexts.store import ContextStore
 from hostctl.errors import InvalidInput

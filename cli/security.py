@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from hostctl.cli.common import JsonFlag, emit_json, say, state
+from hostctl.cli.common import JsonFlag, say, state
+from hostctl.cli.output import emit_json
 from hostctl.errors import HostctlError, ProblemsFound
 
 frontend_app = typer.Typer(help="The front end's door: the spool's drop box.",

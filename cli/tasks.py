@@ -7,7 +7,9 @@ from typing import Annotated, Any
 
 import typer
 
-from hostctl.cli.common import JsonFlag, complete_context, emit_json, say, state, table
+from hostctl.cli.common import JsonFlag, complete_context, say, state, table
+from hostctl.cli.output import emit_json
+from hostctl.cli.submit import add_task
 from hostctl.contexts.names import display, parse_name
 from hostctl.queues import dropbox
 from hostctl.queues import tasks as ops
@@ -64,34 +66,8 @@ def add(
     drop box: it is checked when the back end admits it, and its receipt lets this user
     follow it with `task show` and `task log`.
     """
-    paths = state(ctx).paths
-    if dropbox.is_frontend(paths):
-        dropped = dropbox.submit(
-            paths, type_, context, ops.parse_pairs(option or [], "--option"),
-            ops.parse_pairs(context_option or [], "--context-option"), priority, delay)
-        kept = dropbox.ReceiptBook.default().keep(dropped)
-        if json_:
-            emit_json({"id": dropped.id, "receipt": dropped.receipt, "status": "incoming"})
-            return
-        typer.echo(dropped.id)
-        if not kept:
-            print(f"hostctl: could not keep the receipt; follow the task with --receipt "
-                  f"{dropped.receipt}", file=sys.stderr)
-        return
-    home = _home(ctx)
-    added = ops.add(
-        home, type_, context,
-        ops.parse_pairs(option or [], "--option"),
-        ops.parse_pairs(context_option or [], "--context-option"),
-        priority, delay,
-    )
-    if json_:
-        emit_json(added.task.to_json())
-    else:
-        typer.echo(added.task.id)
-        if not added.created:
-            print(f"hostctl: an identical task is already queued: {added.task.id}",
-                  file=sys.stderr)
+    add_task(state(ctx).paths, type_, context, option or [], context_option or [],
+             priority, delay, json_)
 
 
 @app.command("list")

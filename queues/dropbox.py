@@ -32,7 +32,6 @@ import grp
 import json
 import os
 import re
-import secrets
 import stat
 import time
 from collections.abc import Iterator, Mapping
@@ -215,6 +214,8 @@ def submit(paths: Paths, type_name: str, context: str, options: Mapping[str, str
            delay: float = 0.0) -> Dropped:
     """Drop a submission into the spool's drop box; return its id and receipt."""
     incoming = paths.spool / "incoming"
+    import secrets  # here: only a front end's submission needs a receipt token
+
     task_id, receipt = new_id(), secrets.token_hex(16)
     doc: dict[str, Any] = {"id": task_id, "type": type_name, "context": context,
                            "options": dict(options), "context_options": dict(context_options),

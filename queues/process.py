@@ -15,7 +15,6 @@ SIGKILL it when its worker dies (:func:`die_with_parent`).
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import time
@@ -33,6 +32,8 @@ def die_with_parent() -> None:
     os.setsid()
     with suppress(OSError, AttributeError):
         if _libc is None:
+            import ctypes
+
             _libc = ctypes.CDLL(None, use_errno=True)
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 

@@ -3,8 +3,8 @@
 The interpreter may live under a folder other users cannot enter, so a fresh ``python``
 started as that user could not even import hostctl. Instead the test process imports every
 module the child needs, forks, and the child drops its privileges (groups, gid, uid) before
-it runs ``hostctl.cli.main.main`` or the callable. The parent collects stdout, stderr and
-the exit status.
+it runs ``hostctl.cli.entry.main`` (the console script's) or the callable. The parent
+collects stdout, stderr and the exit status.
 
 :func:`frontend_users` makes the users and their group (as root) and removes them after.
 """
@@ -239,7 +239,7 @@ def hostctl_as(user: User | None, *argv: str, env: Env | None = None,
     PATH and HOSTCTL_RECEIPTS."""
 
     def body() -> int:
-        from hostctl.cli.main import main
+        from hostctl.cli.entry import main  # the console script's: task add's fast path
 
         return int(main(list(argv)))
 

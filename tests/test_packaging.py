@@ -110,7 +110,7 @@ def test_wheel_declares_the_console_script(wheel: Path, wheel_files: list[str]) 
     with zipfile.ZipFile(wheel) as zf:
         text = zf.read(entry_points).decode()
     assert "[console_scripts]" in text
-    assert "hostctl = hostctl.cli.main:run" in text.replace("  ", " ")
+    assert "hostctl = hostctl.cli.entry:run" in text.replace("  ", " ")
 
 
 def test_the_wheel_runs_on_its_own(wheel: Path, tmp_path: Path) -> None:

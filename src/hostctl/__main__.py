@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hostctl.cli.main import run
+from hostctl.cli.entry import run
 
 if __name__ == "__main__":
     run()
