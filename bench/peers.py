@@ -123,6 +123,30 @@ def floor_spawn(n: int, gap: tuple[float, float]) -> dict[str, Any]:
     return timed(n, gap, 3, one)
 
 
+def floor_drain(n: int) -> dict[str, Any]:
+    """The no-op command spawned ``n`` times one after the other, as a worker with one
+    slot would if it did nothing else: its own session, output on a pipe read to the end,
+    then reaped (posix_spawn, like hostctl's worker). The rate is taken over the whole."""
+    import os
+    import shutil
+
+    exe = shutil.which(NOOP_ARGV[0]) or NOOP_ARGV[0]
+    env = dict(os.environ)
+    started = time.perf_counter()
+    for _ in range(n):
+        r, w = os.pipe()
+        pid = os.posix_spawn(exe, list(NOOP_ARGV), env, setsid=True,
+                             file_actions=[(os.POSIX_SPAWN_DUP2, w, 1),
+                                           (os.POSIX_SPAWN_DUP2, w, 2)])
+        os.close(w)
+        while os.read(r, 65536):
+            pass
+        os.close(r)
+        os.waitpid(pid, 0)
+    elapsed = time.perf_counter() - started
+    return {"tasks": n, "rate": round(n / elapsed, 1), "wall_s": round(elapsed, 3)}
+
+
 def floor_interpreter(n: int, gap: tuple[float, float]) -> dict[str, Any]:
     """A bare interpreter start and exit: ``python3 -c pass``."""
 

@@ -28,7 +28,8 @@ pickup        published -> the command started, with an idle worker already runn
 end-to-end    the enqueue command started (``hostctl task add``, ``rq enqueue``, ``nq``,
               ``tsp``) -> the command started; the floor is ``python3 -c pass``.
 drain         N no-op tasks (``true``) queued in advance on distinct contexts, then one
-              worker, then two: tasks per second between 10 % and 90 % done.
+              worker, then two: tasks per second between 10 % and 90 % done; the floor
+              is the command spawned N times in a row (as a one-slot worker would).
 idle          CPU time and wake-ups (voluntary context switches, all threads) of each
               waiting worker over ``--idle-seconds``, all measured side by side.
 claim         one claim through hostctl's Spool API with 10 ... 100,000 tasks queued.
@@ -252,6 +253,12 @@ class Run:
             self.results["drain"].pop(f"hostctl {key}", None)
             if value:
                 runs[key] = value
+        import peers
+
+        value = self.section("drain", "floor: spawn 1", lambda: peers.floor_drain(n))
+        self.results["drain"].pop("floor: spawn 1", None)
+        if value:
+            self.results["drain"]["floor: spawn"] = {"1": value}
         for name in self.peers:
             if name == "poll":
                 continue

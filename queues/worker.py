@@ -181,6 +181,9 @@ class Worker:
         """Start nothing more until the next :meth:`step`: a stopping or paused runner,
         a full disk, the load. Tasks claimed ahead go back to the queue."""
         self.accepting = False
+        self._give_back_held()
+
+    def _give_back_held(self) -> None:
         while self.held:
             self._give_back(self.held.pop())
 
@@ -212,8 +215,7 @@ class Worker:
     def _expire_held(self) -> None:
         if self.held and self.clock() >= self.held_until:
             self.ahead_given_back = True
-            while self.held:
-                self._give_back(self.held.pop())
+            self._give_back_held()
 
     def wait(self, timeout: float | None) -> None:
         """Handle output and exits for up to ``timeout`` seconds; enforce deadlines."""
