@@ -31,7 +31,7 @@ def provision_task(
     name, options = field_args(
         ctx, list(args or []), flag=lambda _: False, what=f"{PREFIX}{type_name}",
         spelling=lambda key: declared.get(key.replace("-", "_"), key))
-    task, summary = ops.run_now(home, type_name, name, options)
+    task, summary = ops.run_now(home, type_name, name, options, echo=sys.stdout)
     label = task.status.label
     print(f"hostctl: {type_name} on {task.envelope.context}: {label} (task {task.id})"
           + (f": {task.reason}" if task.reason and label != "success" else ""),

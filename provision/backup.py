@@ -94,6 +94,7 @@ def create(job: Job, site: Context, record: SiteRecord, reason: str,
             dump_name = db.dump_name
             db.dump(job, record.db, work / dump_name)
         doc = {"format": FORMAT, "site": site.display_name, "uri": record.uri,
+               "installed": record.installed,
                "platform": record.platform, "created": utcnow(), "reason": reason,
                "db_type": record.db.type if record.db else "none", "dump": dump_name}
         tmp = work / "archive.tar.gz"
@@ -285,10 +286,13 @@ def resolve(job: Job, uri: str, wanted: str) -> Path:
     return path
 
 
-def apply_retention(job: Job, uri: str) -> list[str]:
-    """Remove the site's backups that the retention settings let go; the newest stays."""
+def apply_retention(job: Job, record: SiteRecord) -> list[str]:
+    """Remove the site's backups that the retention settings let go; the newest stays.
+    Only backups of this very installation count (the site and its install time, read
+    from each archive): the last backup of a site deleted before, even under the same
+    uri, or an archive that cannot be read, is never touched."""
     settings = job.config.provision
-    mine = of_site(job, uri)
+    mine = [p for p in of_site(job, record.uri) if _same_installation(p, record)]
     if len(mine) <= 1:
         return []
     keep = mine[-1:]
@@ -323,3 +327,14 @@ def terminal_for_progress() -> int:
         pass
     return -1
 
+
+def _same_installation(path: Path, record: SiteRecord) -> bool:
+    try:
+        archive = Archive(path)
+    except MalformedFile:
+        return False
+    try:
+        return (archive.doc.get("site") == record.site
+                and archive.doc.get("installed") == record.installed)
+    finally:
+        archive.close()

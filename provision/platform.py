@@ -19,6 +19,28 @@ from hostctl.provision.checks import Checks
 from hostctl.provision.job import Job, stoppable
 from hostctl.provision.registry import RunContext
 
+#: folders a platform root may never be (nor hold): the system's own
+_SYSTEM = tuple(Path(p) for p in ("/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib",
+                                  "/lib64", "/opt", "/proc", "/root", "/run", "/sbin",
+                                  "/srv", "/sys", "/tmp", "/usr", "/var", "/var/lib",
+                                  "/var/www"))
+
+
+def _check_removable(job: Job, platform: Context, root: Path) -> None:
+    """Refuse to remove a root that is a system folder, holds the home, or overlaps the
+    root of another platform (the same folder, inside it, or around it)."""
+    home = job.paths.home.resolve()
+    if root in _SYSTEM or root == home or home.is_relative_to(root):
+        raise InvalidInput(f"refusing to remove {root}: it is a system folder or holds "
+                           "the home")
+    for other in job.store.list("platform"):
+        if other.name == platform.name:
+            continue
+        theirs = Path(str(other.get("root"))).resolve()
+        if theirs == root or theirs.is_relative_to(root) or root.is_relative_to(theirs):
+            raise InvalidInput(f"refusing to remove {root}: platform {other.display_name} "
+                               f"lives in {theirs}")
+
 
 def sites_of(job: Job, platform: Context) -> list[Context]:
     return [c for c in job.store.list("site") if c.get("platform") == platform.display_name]
@@ -86,9 +108,7 @@ def delete(rc: RunContext) -> int:
     if guarded:
         raise Conflict(f"{platform.display_name} has protected sites: {', '.join(guarded)}")
     root = Path(str(platform.get("root"))).resolve()
-    home = job.paths.home.resolve()
-    if root == Path("/") or root == home or home.is_relative_to(root):
-        raise InvalidInput(f"refusing to remove {root}: it holds the home or the system")
+    _check_removable(job, platform, root)
     backups = []
     with stoppable():
         for one in sites:

@@ -234,6 +234,11 @@ def _run_function(prep: Prepared, env: Envelope, store: ContextStore, paths: Pat
         print(f"error: {exc.message}", flush=True)
         rc.result.setdefault("error", exc.message)
         code = 1
+    except OSError as exc:  # the file system said no (a file gone meanwhile, a full disk)
+        what = " ".join(str(x) for x in (exc.strerror or exc, exc.filename) if x)
+        print(f"error: {what}", flush=True)
+        rc.result.setdefault("error", what)
+        code = 1
     write_result(result_path, rc.result)
     return int(code or 0)
 

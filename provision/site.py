@@ -23,11 +23,12 @@ import stat
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from hostctl.contexts.names import display, parse_name
 from hostctl.contexts.schema import NULL
-from hostctl.contexts.store import Context, utcnow
+from hostctl.contexts.store import Context
 from hostctl.errors import Conflict, InvalidInput, NotFound, OperationFailed
 from hostctl.provision import app, backup, layout, secrets
 from hostctl.provision.checks import Checks
@@ -96,7 +97,13 @@ def values_for(job: Job, site: Context, place: Place,
 
 
 def docroot(job: Job, site: Context, place: Place) -> str:
-    return values_for(job, site, place)["docroot"]
+    """What the site's vhost serves: the manifest's web root, which must stay inside the
+    platform root once its placeholders (site fields among them) are filled in."""
+    path = os.path.normpath(values_for(job, site, place)["docroot"])
+    root = os.path.normpath(place.root)
+    if path != root and not path.startswith(root.rstrip("/") + "/"):
+        raise InvalidInput(f"the web root {path} is not inside the platform root {root}")
+    return path
 
 
 def _db_environ(place: Place, creds: DbCredentials | None) -> dict[str, str]:
@@ -149,9 +156,13 @@ def write_vhost(job: Job, site: Context, place: Place, undo: Undo | None = None)
 
 
 def fix_permissions(job: Job, top: Path, group: str = "") -> int:
-    """Make the site folder readable by the web server and writable by its owner only:
-    folders 0755 and files 0644 (0750 and 0640 with the server's ``web_group``, which
-    then owns them); execute bits of files are kept. Returns how many entries changed."""
+    """Make the site folder writable by its owner only and passable by the web server:
+    folders 0755 (0750 with the server's ``web_group``, which then owns them); files lose
+    any write bit but their owner's and never gain a read bit they lacked, so a file the
+    application keeps private (a 0600 settings file with its database password) stays
+    private and is not served (with ``web_group``, a file others could read becomes
+    readable by that group instead). Execute bits of files are kept. Returns how many
+    entries changed."""
     gid = -1
     if group:
         try:
@@ -164,11 +175,14 @@ def fix_permissions(job: Job, top: Path, group: str = "") -> int:
         if stat.S_ISLNK(st.st_mode):
             continue
         mode = stat.S_IMODE(st.st_mode)
-        want = mode | (0o700 if stat.S_ISDIR(st.st_mode) else 0o600)
-        if gid >= 0:
-            want = (want | (0o050 if stat.S_ISDIR(st.st_mode) else 0o040)) & ~0o027
+        folder = stat.S_ISDIR(st.st_mode)
+        want = mode | (0o700 if folder else 0o600)
+        if folder:
+            want = (want | 0o050) & ~0o027 if gid >= 0 else (want | 0o055) & ~0o022
+        elif gid >= 0:
+            want = (want | (0o040 if mode & 0o044 else 0)) & ~0o027
         else:
-            want = (want | (0o055 if stat.S_ISDIR(st.st_mode) else 0o044)) & ~0o022
+            want &= ~0o022
         want &= ~0o7000 if not stat.S_ISDIR(st.st_mode) else ~0o5000
         try:
             if gid >= 0 and st.st_gid != gid:
@@ -284,7 +298,10 @@ def create_installation(job: Job, site: Context, place: Place, undo: Undo, *,
                     db.load(job, creds, dump)
                     job.say(f"database {creds.name} loaded from {archive.path.name}")
 
-    record = SiteRecord(site=site.display_name, installed=utcnow(),
+    # to the microsecond: the installation's identity (backup retention tells a site
+    # from one deleted before it under the same name by it)
+    installed = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    record = SiteRecord(site=site.display_name, installed=installed,
                         platform=place.platform.display_name, uri=place.uri,
                         site_path=str(place.site_path),
                         web_server=place.web_server.display_name if place.web_server else "",
@@ -426,7 +443,7 @@ def backup_task(rc: RunContext) -> int:
     made = _backup(job, site, record, "backup")
     job.result.update(backup_file=str(made.path), backup_file_size=made.size,
                       file=str(made.path), size=made.size)
-    removed = backup.apply_retention(job, record.uri)
+    removed = backup.apply_retention(job, record)
     if removed:
         job.result["removed_backups"] = removed
     return 0

@@ -119,7 +119,7 @@ def add(home: Home, type_name: str, context: str, options: Mapping[str, str],
 
 
 def run_now(home: Home, type_name: str, context: str, options: Mapping[str, str],
-            echo: TextIO | None = sys.stdout) -> tuple[Task, Summary]:
+            echo: TextIO | None = None) -> tuple[Task, Summary]:
     """Run a task in the foreground (provision-TYPE), through the same spool and runner."""
     env = build(home, type_name, context, options, {}, 9)
     spool = home.writable()

@@ -11,7 +11,15 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from taskhelpers import build_template, ids_in, python, show, use_template, write_config
+from taskhelpers import (
+    build_template,
+    ids_in,
+    python,
+    save_sites,
+    show,
+    use_template,
+    write_config,
+)
 
 # Writes its argv and the HOSTCTL_* environment to the file named by its first argument.
 DUMP = ("import json, os, sys; json.dump({'argv': sys.argv[2:], 'env': {k: v for k, v in "
@@ -237,3 +245,32 @@ def test_plugins_are_looked_up_only_when_a_name_is_not_known_otherwise() -> None
     assert scans == [1]  # scanned once
     with pytest.raises(InvalidInput, match="known types: extra, verify"):
         reg.get("nope")
+
+
+def test_a_task_function_that_meets_an_os_error_ends_in_error_with_one_line(
+        run_hostctl, home: Path) -> None:
+    """A built-in or plugin function whose file work fails (a file gone meanwhile, a full
+    disk) ends its task in error with the reason in one line, not a traceback."""
+    from hostctl.config import load as load_config
+    from hostctl.paths import Paths
+    from hostctl.provision.registry import Registry, TaskType
+    from hostctl.queues import tasks as ops
+    from hostctl.queues.worker import Worker
+
+    def boom(rc) -> int:
+        print("about to read it")
+        open(rc.paths.home / "no-such-file")  # noqa: SIM115
+        return 0
+
+    save_sites(run_hostctl, home, ["a.example"])
+    config = load_config(home / "config.toml")
+    registry = Registry([TaskType("boom", ("site",), function=boom)], config)
+    h = ops.Home(Paths(home))
+    h.__dict__["registry"] = registry  # this home's types: just the one
+    added = ops.add(h, "boom", "@a.example", {}, {}, 5)
+    Worker(h.paths, config, registry).run(once=True)
+    doc = show(run_hostctl, added.task.id)
+    assert doc["status"] == "error", doc
+    assert doc["result"]["error"].startswith("No such file or directory"), doc
+    log = (home / "logs" / f"{added.task.id}.log").read_text()
+    assert "Traceback" not in log and "error: No such file or directory" in log

@@ -15,6 +15,7 @@ import pytest
 from provisionhelpers import (
     Lab,
     NginxServer,
+    make_platform,
     secrets_of,
     sqlite_rows,
     start_nginx,
@@ -419,6 +420,34 @@ def test_backup_retention_and_names(lab: Lab, nginx) -> None:
     assert other.exists()
 
 
+def test_a_web_root_outside_the_platform_root_is_refused(lab: Lab, nginx) -> None:
+    root = make_platform(lab.www / "escape", web_root="{root}/../../../etc")
+    lab.save("@escape", "--context_type", "platform", "--root", str(root),
+             "--web_server", "@srv")
+    site = lab.site("@out.example", "@escape")
+    doc = lab.task("install", site)
+    assert doc["status"] == "error", doc
+    assert "is not inside the platform root" in doc["result"]["error"]
+    assert not (root / "sites" / "out.example").exists()  # rolled back
+    assert not list((lab.home / "secrets").glob("out.example*"))
+
+
+def test_retention_never_removes_the_last_backup_of_a_deleted_site(lab: Lab, nginx) -> None:
+    """A site deleted, then a new one at the same uri: the new one's retention leaves the
+    backup that the delete made."""
+    write_config(lab.home, {"provision": {"backup_keep": 1}})
+    site = lab.site("@again.example")
+    lab.must("install", site)
+    lab.must("disable", site)
+    final = Path(lab.must("delete", site)["result"]["backup_file"])
+    assert final.exists()
+    lab.site("@again.example")
+    lab.must("install", site)
+    made = [Path(lab.must("backup", site)["result"]["file"]) for _ in range(2)]
+    assert final.exists()  # the deleted installation's last backup stays
+    assert not made[0].exists() and made[1].exists()  # this one's own are kept to 1
+
+
 def test_backup_names_take_a_suffix_when_taken(tmp_path: Path) -> None:
     from datetime import UTC, datetime
 
@@ -519,6 +548,23 @@ def test_platform_delete_refused_while_it_has_sites_unless_forced(lab: Lab, ngin
     gone(nginx, "p1.example")
     res = lab.run("provision-delete", "@p1.example")
     assert res.code == 2 and "no context @p1.example" in res.err
+
+
+def test_platform_delete_never_removes_another_platform_or_a_system_folder(lab: Lab) -> None:
+    outer = lab.platform("@outer")
+    inner = outer / "nested"
+    inner.mkdir()
+    lab.save("@inner", "--context_type", "platform", "--root", str(inner),
+             "--web_server", "@srv")
+    for victim, other in (("@outer", "@inner"), ("@inner", "@outer")):
+        doc = lab.task("delete", victim)
+        assert doc["status"] == "error", doc
+        assert f"platform {other} lives in" in doc["result"]["error"]
+    assert inner.is_dir() and lab.context_file("@outer").exists()
+    lab.save("@etc", "--context_type", "platform", "--root", "/etc", "--web_server", "@srv")
+    doc = lab.task("delete", "@etc")
+    assert doc["status"] == "error" and "system folder" in doc["result"]["error"]
+    assert Path("/etc/passwd").exists() and lab.context_file("@etc").exists()
 
 
 @pytest.mark.parametrize("mode", ["foreground", "queue"])

@@ -160,6 +160,28 @@ def test_site_verify_regenerates_and_fixes(lab: Lab, nginx: NginxServer) -> None
     assert "permissions in order" in json.dumps(lab.must("verify", site)["result"])
 
 
+def test_verify_never_opens_up_a_file_the_application_keeps_private(
+        lab: Lab, nginx: NginxServer) -> None:
+    """A settings file the application wrote 0600 (its database password, say) stays
+    0600 through verify's permission fixes, so the web server cannot serve it; a file
+    left writable by others loses that."""
+    lab.server("@srv")
+    lab.platform("@plat")
+    site = lab.site("@private.example")
+    lab.must("install", site)
+    public = lab.www / "plat" / "sites" / "private.example" / "public"
+    settings = public / "settings.ini"
+    settings.write_text("password = hunter2\n")
+    settings.chmod(0o600)
+    (public / "index.html").chmod(0o666)
+    lab.must("verify", site)
+    assert (settings.stat().st_mode & 0o777) == 0o600
+    assert ((public / "index.html").stat().st_mode & 0o777) == 0o644
+    if os.geteuid() == 0:  # nginx's workers run as nobody: they cannot read it
+        status, body, _ = nginx.get("private.example", "/settings.ini")
+        assert status == 403 and "hunter2" not in body, (status, body)
+
+
 def test_site_verify_fails_on_what_is_missing(lab: Lab, nginx: NginxServer) -> None:
     lab.server("@srv")
     root = lab.platform("@plat")
