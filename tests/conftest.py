@@ -66,3 +66,13 @@ def hostctl_process(home: Path) -> Callable[..., subprocess.CompletedProcess[str
         )
 
     return run
+
+
+@pytest.fixture
+def procs(home: Path):
+    """Background hostctl processes of this test's home, stopped when it ends."""
+    from runnerhelpers import Procs
+
+    p = Procs(home)
+    yield p
+    p.cleanup()

@@ -19,6 +19,8 @@ __all__ = ["group_members", "hostctl_exe", "pid_alive", "wait_for", "write_confi
 
 REPO = Path(__file__).resolve().parent.parent
 SH = shutil.which("sh") or "/bin/sh"
+# touches $0.started (with its pid inside), then waits until $0.go exists
+SLOW = 'echo $$ > "$0.started"; while [ ! -e "$0.go" ]; do sleep 0.05; done; echo slow done'
 
 
 def sh_task(script: str, *args: str, **extra: Any) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from runnerhelpers import (
-    Procs,
+    SLOW,
     add_task,
     hostctl_log,
     pid_alive,
@@ -25,16 +25,6 @@ from runnerhelpers import (
     wait_for,
     write_config,
 )
-
-# touches $0.started (with its pid inside), then waits until $0.go exists
-SLOW = 'echo $$ > "$0.started"; while [ ! -e "$0.go" ]; do sleep 0.05; done; echo slow done'
-
-
-@pytest.fixture
-def procs(home: Path):
-    p = Procs(home)
-    yield p
-    p.cleanup()
 
 
 def slow_config(home: Path, flag: Path, **extra: object) -> None:

@@ -11,8 +11,8 @@ import signal
 import subprocess
 from pathlib import Path
 
-import pytest
 from runnerhelpers import (
+    SLOW,
     Procs,
     add_task,
     hostctl_log,
@@ -26,16 +26,6 @@ from runnerhelpers import (
     wait_housekeeping,
     write_config,
 )
-
-# touches $0.started (with its pid inside), then waits until $0.go exists
-SLOW = 'echo $$ > "$0.started"; while [ ! -e "$0.go" ]; do sleep 0.05; done; echo slow done'
-
-
-@pytest.fixture
-def procs(home: Path):
-    p = Procs(home)
-    yield p
-    p.cleanup()
 
 
 def slow_setup(run_hostctl, home: Path, flag: Path, **task: object) -> tuple[str, str]:

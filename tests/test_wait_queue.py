@@ -48,13 +48,6 @@ BLOCKING = ('trap \'echo TERM >> "$0.term"; exit 143\' TERM; echo $$ > "$0.start
             'while [ ! -e "$0.go" ]; do sleep 0.05; done; echo finished')
 
 
-@pytest.fixture
-def procs(home: Path):
-    p = Procs(home)
-    yield p
-    p.cleanup()
-
-
 def start_daemon(procs: Procs, home: Path, *argv: str, log: Path | None = None,
                  exe: list[str] | None = None) -> subprocess.Popen[bytes]:
     """Start wait-queue and wait until it has registered and done its first pass."""
