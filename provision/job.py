@@ -136,12 +136,19 @@ def stoppable() -> Iterator[None]:
     def stop(signum: int, frame: FrameType | None) -> None:
         raise Stopped(f"stopped by signal {signal.Signals(signum).name}")
 
-    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    with _on_stop(stop):
+        yield
+
+
+@contextmanager
+def _on_stop(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+    """TERM and INT go to ``handler`` while the block runs."""
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
 
 
 class Undo:
@@ -186,9 +193,5 @@ def _ignoring_stop() -> Iterator[None]:
     def note(signum: int, frame: FrameType | None) -> None:
         pass
 
-    old = {sig: signal.signal(sig, note) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with _on_stop(note):
         yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hostctl.files import write_atomic
+from hostctl.files import lock_held, write_atomic
 from hostctl.queues.dispatcher import Dispatcher, DispatchReport, dispatch_lock, paused
 from hostctl.queues.task import utc_iso
 
@@ -291,7 +291,7 @@ def daemons(home: Home) -> list[DaemonInfo]:
             pid = int(doc["pid"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        alive = _lock_held(home.spool.dir("locks") / f"worker.{pid}.lock")
+        alive = lock_held(home.spool.dir("locks") / f"worker.{pid}.lock")
         out.append(DaemonInfo(pid, str(doc.get("host", "")), str(doc.get("started", "")),
                               str(doc.get("last_seen", "")), int(doc.get("tasks_run", 0)),
                               alive))
@@ -299,17 +299,3 @@ def daemons(home: Home) -> list[DaemonInfo]:
             with suppress(OSError):
                 (folder / name).unlink()
     return out
-
-
-def _lock_held(path: Path) -> bool:
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False

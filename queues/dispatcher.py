@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from hostctl.errors import HostctlError, InvalidInput, MalformedFile
+from hostctl.files import lock_held
 from hostctl.queues.periodic import (
     Computed,
     QueueState,
@@ -98,22 +99,7 @@ def running_tasks(spool: Spool) -> list[str]:
         names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
     except FileNotFoundError:
         return []
-    live = []
-    for name in names:
-        try:
-            fd = os.open(folder / name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
-                         | os.O_NONBLOCK)
-        except OSError:  # finished meanwhile, or garbage the sweep sets aside
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            live.append(name)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-    return live
+    return [n for n in names if lock_held(folder / n)]
 
 
 def pause(home: Home, wait: bool = True, poll: float = 0.2,

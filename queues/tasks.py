@@ -223,9 +223,3 @@ def queue_status(home: Home) -> QueueStatus:
     if queued:
         oldest = max(0.0, time.time() - min(parse_iso(t.envelope.created) for t in queued))
     return QueueStatus(counts, oldest, spool.quarantined(), spool.quarantined("rejected"))
-
-
-def drain(home: Home, concurrency: int | None = None) -> Summary:
-    """One pass: sweep, admit, run every ready task, return when none is left."""
-    worker = home.worker(concurrency)
-    return worker.run(once=True)

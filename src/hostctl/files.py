@@ -122,3 +122,24 @@ def tail(path: Path, follow: bool, finished: Callable[[], bool],
         if not follow or done:
             return
         time.sleep(poll)
+
+
+def lock_held(path: Path) -> bool:
+    """Whether another process holds an flock on ``path`` (False if there is no such
+    file): a worker holds one on each task it runs and on its liveness lock, and the
+    kernel drops it when the worker dies."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return False
