@@ -157,7 +157,7 @@ def log_(
 
 @app.command("retry")
 def retry(ctx: typer.Context, task_id: TaskId, json_: JsonFlag = False) -> None:
-    """Queue a finished task again under the same id (its history stays)."""
+    """Queue a finished or quarantined task again under the same id (its history stays)."""
     dropbox.refuse_frontend(state(ctx).paths, "task retry")
     task = ops.retry(_home(ctx), task_id)
     if json_:

@@ -24,7 +24,7 @@ from typing import Any
 from hostctl.config import CommandTask, Config
 from hostctl.contexts.names import display, parse_name
 from hostctl.contexts.store import Context, ContextStore
-from hostctl.errors import InvalidInput, NotFound
+from hostctl.errors import InvalidInput, NotFound, NotJudgedYet
 from hostctl.paths import Paths
 from hostctl.queues.spool import Policy
 from hostctl.queues.task import Envelope
@@ -166,6 +166,8 @@ class Registry:
         allowed = frozenset(self.config.frontend.context_options)
 
         def check(env: Envelope) -> None:
+            if self._find(env.type) is None:  # a type this configuration has not (yet)
+                raise NotJudgedYet(f"unknown task type {env.type!r}")
             try:
                 self.validate(env, store)
             except NotFound as exc:

@@ -18,6 +18,14 @@ Signals (handlers only record them; the loop acts and logs one sentence):
                        interrupted runs are queued again (if their type allows), exit 0
   HUP                  re-read config.toml (task types, limits, queues)
 
+config.toml is followed without a signal too (an inotify watch on the home wakes the
+daemon when a file there is written or renamed into place): before each pass and before
+each admission the daemon compares the file's identity (inode, size, times) with the one
+it loaded, and reloads when it changed. A task whose type the loaded configuration does
+not know is never quarantined for it: it stays queued (see ``Spool.claim``) until a
+configuration knows it, so an id that ``task add`` printed from a newer config.toml is
+never lost to an older one.
+
 Liveness: ``spool/workers/PID.json`` (pid, start, last seen, tasks run) next to an flock
 on ``spool/locks/worker.PID.lock`` held for the daemon's life: ``queue status`` shows a
 daemon as alive exactly while that lock is held.
@@ -82,6 +90,7 @@ class WaitQueue:
         self._record: Path | None = None
         self._lock_fd = -1
         self._pipe: tuple[int, int] | None = None
+        self._config_seen: tuple[int, ...] | None = None
 
     # -- signals: record only ---------------------------------------------------------
 
@@ -94,9 +103,10 @@ class WaitQueue:
     # -- lifecycle --------------------------------------------------------------------
 
     def start(self) -> None:
-        from hostctl.queues.inotify import IN_DELETE, Inotify
+        from hostctl.queues.inotify import IN_CLOSE_WRITE, IN_DELETE, IN_MOVED_TO, Inotify
 
         spool = self.home.writable()
+        self._config_seen = self._config_stamp()  # before it is read: a change after counts
         self.worker = worker = self.home.worker(self.concurrency)
         worker.registry.names()  # look for plugin types now, not at the first pickup
         worker.prefetch = True  # claim one task ahead while tasks run (see Worker)
@@ -107,6 +117,9 @@ class WaitQueue:
             worker.watch(ino, lambda: self._on_folder_change(ino))
             resumed = Inotify([spool.root], IN_DELETE)  # `queue resume` removes `paused`
             worker.watch(resumed, resumed.drain)
+            # config.toml written or renamed into place: wake, and the pass reloads it
+            config = Inotify([self.home.paths.home], IN_CLOSE_WRITE | IN_MOVED_TO)
+            worker.watch(config, config.drain)
         except OSError as exc:
             log.warning("no inotify (%s): new tasks are found by the periodic rescan", exc)
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -130,6 +143,7 @@ class WaitQueue:
             self.hard_stopped = True
             log.warning("stopping now: the running tasks are stopped and queued again")
             worker.stop_all("wait-queue was stopped", requeue=True)
+        self._follow_config()
         if self.reload_requested:
             self.reload_requested = False
             self._reload()
@@ -178,6 +192,10 @@ class WaitQueue:
         ino.drain()
         assert self.worker is not None
         if os.listdir(self.home.spool.dir("incoming")):
+            self._follow_config()  # judge the drops by the configuration of now
+            if self.reload_requested:
+                self.reload_requested = False
+                self._reload()
             self.worker.admit()
 
     def _drain_pipe(self) -> None:
@@ -185,6 +203,20 @@ class WaitQueue:
         with suppress(BlockingIOError):
             while os.read(self._pipe[0], 512):
                 pass
+
+    def _config_stamp(self) -> tuple[int, ...] | None:
+        try:
+            st = os.stat(self.home.paths.config_file)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def _follow_config(self) -> None:
+        """Ask for a reload when config.toml changed since it was last read: one stat."""
+        stamp = self._config_stamp()
+        if stamp != self._config_seen:
+            self._config_seen = stamp
+            self.reload_requested = True
 
     def _reload(self) -> None:
         from hostctl.errors import HostctlError

@@ -59,7 +59,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hostctl.errors import Conflict, HostctlError, InvalidInput, NotFound, OperationFailed
+from hostctl.errors import (
+    Conflict,
+    HostctlError,
+    InvalidInput,
+    NotFound,
+    NotJudgedYet,
+    OperationFailed,
+)
 from hostctl.files import NETWORK_FILESYSTEMS, filesystem_type, fsync_dir, write_private
 from hostctl.queues.task import (
     MAX_TASK_BYTES,
@@ -168,6 +175,7 @@ class Spool:
         self._ready = False
         self._listings: dict[str, _Listing] = {}  # claim's and next_due's view of folders
         self._admit_said: set[tuple[str, str]] = set()  # drops left by the last admit()
+        self._unjudged: tuple[object, dict[str, str]] = (None, {})  # see _waiting()
 
     # -- set-up -----------------------------------------------------------------------
 
@@ -274,6 +282,19 @@ class Spool:
             for name in os.listdir(self.dir("deferred")):
                 if name.endswith(suffix):
                     return "deferred", self.dir("deferred") / name
+        # set aside (its name kept, perhaps with a suffix against a clash), or under a
+        # name that does not say its id: still its task, to be shown and queued again
+        quarantined = sorted(self._names("quarantine"), reverse=True)
+        for name in quarantined:
+            if suffix in name:
+                return "quarantine", self.dir("quarantine") / name
+        needle = f'"{task_id}"'.encode()
+        for name in quarantined:
+            path = self.dir("quarantine") / name
+            with suppress(OSError, InvalidInput):
+                if (needle in _head(path) and
+                        self._read_quarantined(path).id == task_id):
+                    return "quarantine", path
         return None
 
     def get(self, task_id: str) -> Task:
@@ -322,6 +343,8 @@ class Spool:
         return sorted(n for n in names if not n.startswith("."))
 
     def _read_path(self, path: Path, state: str) -> Task:
+        if state == "quarantine":
+            return self._read_quarantined(path)
         try:
             fd = os.open(path, _READ_FLAGS)
         except FileNotFoundError:
@@ -332,6 +355,29 @@ class Spool:
             return self._read_fd(fd, state, path.name)
         finally:
             os.close(fd)
+
+    def _read_quarantined(self, path: Path) -> Task:
+        """A task in quarantine/, with the reason it lies there; InvalidInput (saying
+        that reason) when the file cannot be read as a task."""
+        try:
+            why = (path.parent / f"{path.name}.reason").read_text(errors="replace").strip()
+        except OSError:
+            why = ""
+        try:
+            fd = os.open(path, _READ_FLAGS)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise InvalidInput(f"quarantine/{path.name} ({why or 'no reason recorded'}) "
+                               f"cannot be opened: {exc.strerror}") from exc
+        try:
+            task = self._read_fd(fd, "quarantine", path.name)
+        except InvalidInput as exc:
+            raise InvalidInput(f"quarantine/{path.name} ({why or 'no reason recorded'}) "
+                               f"is not a readable task: {exc}") from None
+        finally:
+            os.close(fd)
+        return Task(task.envelope, task.events, "quarantine", task.log_path, None, why)
 
     def _read_fd(self, fd: int, state: str, name: str = "") -> Task:
         st = os.fstat(fd)
@@ -356,17 +402,23 @@ class Spool:
     ) -> list[Claim]:
         """Claim up to ``limit`` ready tasks, at most one per context.
 
-        ``check`` may raise InvalidInput for a submission that must not run (an unknown
-        type, say): the file goes to quarantine with that reason.
+        ``check`` may raise InvalidInput for a submission that must not run (a context
+        that no longer exists, say): the file goes to quarantine with that reason. It
+        raises NotJudgedYet for a task it cannot judge (a type its configuration does not
+        know): that task stays queued, untouched, and is passed over until the check
+        changes (a configuration reloaded), one warning per type.
         """
         self.ensure()
         claims: list[Claim] = []
         busy = set(skip_contexts or ())
+        waiting = self._waiting(check)
         listing = self._listing("new")
         if listing is None:  # no inotify: list the folder
             for name in self._names("new"):
                 if len(claims) >= limit:
                     break
+                if name in waiting:
+                    continue
                 claim = self._try_claim(name, check, busy)
                 if claim is not None:
                     claims.append(claim)
@@ -379,8 +431,8 @@ class Spool:
                 name = next(names, None)
                 if name is None:
                     break
-                if listing.contexts.get(name) in busy:  # known to wait for its context
-                    continue
+                if listing.contexts.get(name) in busy or name in waiting:
+                    continue  # known to wait for its context, or for its type
                 claim = self._try_claim(name, check, busy, listing.contexts)
                 if claim is not None:
                     passed.pop()
@@ -390,6 +442,13 @@ class Spool:
         finally:
             listing.restore(passed)
         return claims
+
+    def _waiting(self, check: object) -> dict[str, str]:
+        """The names of ``new/`` that ``check`` could not judge (name -> task type); a
+        new check (a configuration reloaded) judges them all again."""
+        if self._unjudged[0] is not check:
+            self._unjudged = (check, {})
+        return self._unjudged[1]
 
     def _listing(self, state: str) -> _Listing | None:
         """The up-to-date ordered view of ``new/`` or ``deferred/``; None without inotify."""
@@ -430,6 +489,13 @@ class Spool:
                     raise InvalidInput(f"file name {name!r} does not match the task inside")
                 if check is not None:
                     check(task.envelope)
+            except NotJudgedYet as exc:
+                waiting = self._waiting(check)
+                if task.envelope.type not in waiting.values():
+                    log.warning("task %s waits in the queue: %s (not in the configuration "
+                                "this process loaded)", task.id, exc)
+                waiting[name] = task.envelope.type
+                return None
             except InvalidInput as exc:
                 self._quarantine_path(path, str(exc))
                 return None
@@ -613,12 +679,15 @@ class Spool:
             os.close(fd)
 
     def retry(self, task_id: str) -> Task:
-        """Queue a finished task again under the same id; its history stays."""
+        """Queue a finished task again under the same id; its history stays. A task in
+        quarantine/ goes back too, once it reads as a task (its reason file goes)."""
         found = self._locate(task_id)
         if found is None:
             raise NotFound(f"no task {task_id}")
         state, path = found
-        if state != "done":
+        if state == "quarantine":
+            self._read_quarantined(path)  # InvalidInput, with the reason, if unreadable
+        elif state != "done":
             raise Conflict(f"task {task_id} is {'queued' if state != 'active' else 'processing'}"
                            "; only a finished task can be retried")
         with self._open_locked(path, wait=False) as fd:
@@ -628,10 +697,16 @@ class Spool:
             task = self._read_fd(fd, "new")
             target = self.dir("new") / _ready_name(task.envelope)
             try:
-                os.rename(path, target)
+                rename_noreplace(path, target)
             except FileNotFoundError:
                 raise Conflict(f"task {task_id} moved meanwhile; try again") from None
+            except FileExistsError:
+                raise Conflict(f"task {task_id} is queued already (new/{target.name})"
+                               ) from None
             fsync_dir(target.parent)
+            if state == "quarantine":
+                with suppress(OSError):
+                    os.unlink(path.parent / f"{path.name}.reason")
             self.post(task)
             return task
 
@@ -1096,6 +1171,16 @@ def _read_upto(fd: int, limit: int) -> bytes:
         chunks.append(chunk)
         left -= len(chunk)
     return b"".join(chunks)
+
+
+def _head(path: Path) -> bytes:
+    """The first line's worth of a file (a task's first line is at most MAX_TASK_BYTES),
+    opened without following a link or blocking on a FIFO."""
+    fd = os.open(path, _READ_FLAGS)
+    try:
+        return os.pread(fd, MAX_TASK_BYTES, 0) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+    finally:
+        os.close(fd)
 
 
 def _iso(ts: float) -> str:

@@ -241,9 +241,10 @@ class Task:
 
     envelope: Envelope
     events: tuple[Mapping[str, Any], ...]
-    state: str  # the spool folder: new, deferred, active, done
+    state: str  # the spool folder: new, deferred, active, done (or quarantine)
     log_path: str = ""
     due: float | None = None  # for deferred tasks
+    set_aside: str = ""  # for a task in quarantine/: why it was put there
 
     @property
     def id(self) -> str:
@@ -296,6 +297,8 @@ class Task:
             return Status.QUEUED
         if self.state == "active":
             return Status.PROCESSING
+        if self.state == "quarantine":
+            return Status.ERROR
         end = self.last("end")
         outcome = end.get("outcome") if end else None
         return {
@@ -324,6 +327,8 @@ class Task:
 
     @property
     def reason(self) -> str:
+        if self.state == "quarantine":  # it will not run as it is: an error, until retried
+            return f"quarantined: {self.set_aside or 'no reason recorded'}"
         end = self.last("end")
         return str(end.get("reason", "")) if end else ""
 

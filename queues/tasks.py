@@ -137,10 +137,11 @@ def get(home: Home, task_id: str) -> Task:
 def list_tasks(home: Home, status: str | None = None, context: str | None = None) -> list[Task]:
     wanted = Status.parse(status) if status is not None else None
     ctx = display(parse_name(context)) if context is not None else None
-    states = {
+    states = {  # a task set aside in quarantine/ is shown as an error, with its reason
         Status.QUEUED: ("new", "deferred"),
         Status.PROCESSING: ("active",),
-    }.get(wanted, ("done",)) if wanted else ("new", "deferred", "active", "done")
+    }.get(wanted, ("done", "quarantine")) if wanted else ("new", "deferred", "active",
+                                                          "done", "quarantine")
     return [t for t in home.spool.list(states)
             if (wanted is None or t.status is wanted)
             and (ctx is None or t.envelope.context == ctx)]

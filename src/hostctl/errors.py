@@ -44,6 +44,11 @@ class UnknownField(InvalidInput):
     """A context field that the context's type does not have."""
 
 
+class NotJudgedYet(InvalidInput):
+    """A queued task this process cannot judge (its type is not in the configuration it
+    loaded): the task waits, queued, for a configuration that knows its type."""
+
+
 class NotFound(HostctlError):
     """A named thing (context, task, queue) does not exist."""
 
