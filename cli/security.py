@@ -52,9 +52,11 @@ def doctor(
         emit_json([f.to_json() for f in findings])
     else:
         for f in findings:
-            typer.echo(f"{'fixed' if f.fixed else 'PROBLEM'}: {f.path}: {f.problem}")
+            why = f" (not fixed, {f.cannot_fix})" if f.cannot_fix else ""
+            typer.echo(f"{'fixed' if f.fixed else 'PROBLEM'}: {f.path}: {f.problem}{why}")
         if not findings:
             say(st, f"{st.paths.home}: owners and modes are as they should be")
     if left:
         raise ProblemsFound(f"{len(left)} problem(s) found"
-                            + ("" if fix else "; `hostctl doctor --fix` repairs them"))
+                            + ("; each says why it is not fixed" if fix
+                               else "; `hostctl doctor --fix` repairs what it can"))

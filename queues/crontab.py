@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from hostctl.errors import Conflict, OperationFailed
+from hostctl.errors import Conflict, InvalidInput, OperationFailed
 from hostctl.files import write_atomic
 from hostctl.paths import Paths
 
@@ -39,9 +39,46 @@ def hostctl_argv() -> list[str]:
     return [os.path.abspath(found)]
 
 
+#: what a bare environment (cron's /usr/bin:/bin, a supervisor's) lacks for tasks
+SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+
+def search_path(executable: str) -> str:
+    """PATH for hostctl started by cron or a supervisor, and so for its tasks: the folder
+    of ``executable`` (hostctl's) first, then the system's."""
+    first = os.path.dirname(executable)
+    folders = [first] if first and ":" not in first else []
+    folders += [f for f in SYSTEM_PATH if f not in folders]
+    return ":".join(folders)
+
+
+def line_safe(what: str, text: str) -> str:
+    """``text`` if a line-based configuration (crontab, Supervisor, systemd) can hold it;
+    else InvalidInput: a control character would end the line or hide in it."""
+    bad = next((c for c in text if ord(c) < 32 or ord(c) == 127), None)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        bad = bad or "?"
+    if bad is not None:
+        raise InvalidInput(f"{what} {text!r} holds a control character or bytes that are "
+                           "not UTF-8; a configuration line cannot carry it: choose "
+                           "another path")
+    return text
+
+
 def dispatch_line(paths: Paths) -> str:
     argv = [*hostctl_argv(), "--home", str(paths.home), "dispatch"]
-    return "* * * * * " + " ".join(shlex.quote(a) for a in argv)
+    for arg in argv:
+        line_safe("the path", arg)
+    # cron runs the line with sh and PATH=/usr/bin:/bin; tasks inherit dispatch's PATH
+    line = " ".join([f"PATH={shlex.quote(search_path(argv[0]))}",
+                     *(shlex.quote(a) for a in argv)])
+    if "\\%" in line:
+        raise InvalidInput(f"a path in {line!r} holds a backslash before a '%', which cron "
+                           "cannot carry; choose another path")
+    # cron turns an unescaped '%' into a new line (crontab(5)); '\%' reaches sh as '%'
+    return "* * * * * " + line.replace("%", "\\%")
 
 
 def block(paths: Paths) -> str:
@@ -115,10 +152,10 @@ def _backup(paths: Paths, text: str) -> Path:
 
 
 def install(paths: Paths) -> CronChange:
+    wanted = block(paths)  # a home no line can carry is refused before anything is made
     with _locked(paths):
         text = read_crontab()
         before, current, after = split(text)
-        wanted = block(paths)
         if current == wanted:
             return CronChange(False, text)
         if current is None:

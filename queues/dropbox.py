@@ -183,7 +183,8 @@ def is_frontend(paths: Paths) -> bool:
     """True when this user does not own the home and so must go through the drop box.
 
     Root is never a front end: it may read any home, and writing into another user's home
-    is refused (see Paths.ensure_home).
+    is refused (see Paths.ensure_home). A user that a folder above the home shuts out gets
+    OperationFailed naming that folder, whatever the command.
     """
     euid = os.geteuid()
     try:
@@ -191,8 +192,28 @@ def is_frontend(paths: Paths) -> bool:
     except FileNotFoundError:
         return False
     except PermissionError:
-        return euid != 0
+        # only a folder above the home can deny a stat of it: say which, for every command
+        # (not the drop box's or a foreign home's message, which would send the user to
+        # the wrong folder)
+        blocker = blocked_above(paths.home)
+        raise OperationFailed(
+            f"cannot reach {paths.home}: permission denied on {blocker or paths.home.parent} "
+            "(a folder above the home that this user may not pass through; its owner "
+            "must give search permission, x, to this user or its group)") from None
     return owner != euid and euid != 0
+
+
+def blocked_above(path: Path) -> Path | None:
+    """The folder above ``path`` that denies this user search permission, if any."""
+    path = Path(os.path.abspath(path))
+    for step in [*reversed(path.parents), path][1:]:
+        try:
+            os.stat(step)
+        except PermissionError:
+            return step.parent
+        except OSError:
+            return None
+    return None
 
 
 def refuse_frontend(paths: Paths, command: str) -> None:

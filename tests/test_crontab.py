@@ -10,7 +10,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from runnerhelpers import hostctl_exe
+from runnerhelpers import add_task, hostctl_exe, save_sites, sh_task, write_config
+
+SYSTEM_PATH = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
 
 CRONTAB = shutil.which("crontab")
 pytestmark = pytest.mark.skipif(
@@ -101,8 +103,9 @@ def test_install_keeps_every_other_line_is_idempotent_and_remove_restores(
     assert lines[0] == BEGIN and lines[-1] == END and len(lines) == 3
     argv = shlex.split(lines[1].removeprefix("* * * * * "))
     assert lines[1].startswith("* * * * * ")
-    assert argv == [hostctl_exe(), "--home", str(home), "dispatch"]
-    assert os.path.isabs(argv[0])
+    assert argv[0] == "PATH=" + ":".join([os.path.dirname(hostctl_exe()), *SYSTEM_PATH])
+    assert argv[1:] == [hostctl_exe(), "--home", str(home), "dispatch"]
+    assert os.path.isabs(argv[1])
     saved = backups(home)
     assert len(saved) == 1
     assert saved[0].read_text() == ODD
@@ -194,3 +197,55 @@ def test_the_installed_line_works_in_crons_bare_environment(
     assert res.stdout == "" and res.stderr == ""  # cron mails nothing
     assert (home / "spool" / "queues.json").exists()
     assert "queue tasks" in (home / "logs" / "hostctl.log").read_text()
+
+
+def as_cron_runs(line: str) -> str:
+    """The command cron hands to sh: the text after the five fields, where an unescaped
+    '%' ends the command and a backslash before '%' is dropped (crontab(5))."""
+    text = line.split(" ", 5)[5]
+    out, escaped = "", False
+    for c in text:
+        if escaped:
+            out += c if c == "%" else "\\" + c
+            escaped = False
+        elif c == "\\":
+            escaped = True
+        elif c == "%":
+            break
+        else:
+            out += c
+    return out + ("\\" if escaped else "")
+
+
+@pytest.mark.parametrize("name", ["home with space", "50% off", "a'b\"c$d;e", "%%x"])
+def test_the_line_reaches_an_odd_home_and_gives_tasks_a_path(
+        run_hostctl, hostctl_process, tmp_path, monkeypatch, name: str) -> None:
+    home = tmp_path / name
+    monkeypatch.setenv("HOSTCTL_HOME", str(home))
+    seen = tmp_path / "seen"
+    save_sites(run_hostctl, home, ["a.example"])
+    write_config(home, {"tasks": {"record": sh_task('echo "$PATH" > "$0"', str(seen))}})
+    add_task(run_hostctl, "record", "@a.example")
+    set_crontab("")
+    res = hostctl_process("cron", "install", env={"HOSTCTL_HOME": str(home)})
+    assert res.returncode == 0, res.stderr
+    line = block_of(current()).splitlines()[1]
+    res = subprocess.run(["/bin/sh", "-c", as_cron_runs(line)], capture_output=True,
+                         text=True, timeout=120, cwd=tmp_path,
+                         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert res.returncode == 0, res.stderr
+    assert (home / "spool" / "queues.json").exists()
+    path = seen.read_text().strip().split(":")
+    assert path[0] == os.path.dirname(hostctl_exe()) and "/usr/local/bin" in path
+
+
+def test_a_home_no_crontab_line_can_carry_is_refused(run_hostctl, tmp_path,
+                                                     monkeypatch) -> None:
+    set_crontab(ODD)
+    for name in ("new\nline", "back\\%slash"):
+        monkeypatch.setenv("HOSTCTL_HOME", str(tmp_path / name))
+        res = run_hostctl("cron", "install")
+        assert res.code == 2, res
+        assert res.err.count("\n") == 1 and "choose another path" in res.err
+        assert current() == ODD
+        assert not (tmp_path / name).exists()

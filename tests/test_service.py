@@ -4,6 +4,8 @@ run by a real supervisord that keeps wait-queue alive across its max runtime."""
 from __future__ import annotations
 
 import getpass
+import json
+import os
 import re
 import shlex
 import shutil
@@ -165,3 +167,167 @@ serverurl=unix://{sock}
     assert down.returncode == 0, down
     assert supervisord.returncode == 0
     assert not any(pid_alive(p) for p in seen)
+
+
+# -- paths as each format reads them back --------------------------------------------------
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+# the section read by Supervisor's own parser, as supervisord reads it (it is the system
+# Python's package, not this interpreter's)
+PARSE_SECTION = """
+import json, shlex, sys
+from supervisor.options import ServerOptions, UnhosedConfigParser
+parser = UnhosedConfigParser()
+parser.read_string(sys.stdin.read())
+config = ServerOptions().processes_from_section(parser, "program:hostctl-wait-queue", "g")[0]
+print(json.dumps({"argv": shlex.split(config.command), "env": config.environment,
+                  "directory": config.directory, "log": str(config.stdout_logfile)}))
+"""
+
+
+def supervisor_reads(section: str) -> dict[str, object]:
+    res = subprocess.run([SYSTEM_PYTHON, "-c", PARSE_SECTION], input=section,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert isinstance(doc, dict)
+    return doc
+
+
+def bare_env() -> dict[str, str]:
+    """A supervisor's bare environment (PYTHONPATH kept: the hostctl this process runs)."""
+    keep = {k: os.environ[k] for k in ("PYTHONPATH",) if k in os.environ}
+    return {"PATH": "/usr/bin:/bin", "HOME": "/nowhere", **keep}
+
+
+def odd_hostctl(tmp_path: Path, folder: str) -> Path:
+    """hostctl's console script, reached through a folder named ``folder``."""
+    place = tmp_path / folder
+    place.mkdir(parents=True)
+    (place / "hostctl").symlink_to(hostctl_exe())
+    return place / "hostctl"
+
+
+ODD_HOMES = ["home with space", "100%", "a,b'c$d;e#f", "ünï cødé", "%(ENV_HOME)s", "x=y z"]
+
+
+def supervisor_parser() -> str:
+    res = subprocess.run([SYSTEM_PYTHON, "-c", "import supervisor.options"],
+                         capture_output=True, timeout=60) if Path(SYSTEM_PYTHON).exists() else None
+    return "" if res is not None and res.returncode == 0 else "Supervisor's parser is missing"
+
+
+@pytest.mark.skipif(bool(supervisor_parser()), reason=supervisor_parser() or "ok")
+@pytest.mark.parametrize("name", ODD_HOMES)
+def test_supervisor_reads_back_every_path_and_the_environment(tmp_path, name: str) -> None:
+    import pwd
+
+    exe = odd_hostctl(tmp_path, "bin dir%1,x'y")
+    home = tmp_path / name
+    res = subprocess.run([str(exe), "--home", str(home), "service", "supervisor"],
+                         capture_output=True, text=True, timeout=60,
+                         env=bare_env())
+    assert res.returncode == 0, res.stderr
+    got = supervisor_reads(res.stdout)
+    assert got["argv"] == [str(exe), "--home", str(home), "wait-queue", "--max-runtime", "3600"]
+    assert got["directory"] == str(home)
+    env = got["env"]
+    assert isinstance(env, dict)
+    me = pwd.getpwuid(os.geteuid())
+    assert env["HOME"] == me.pw_dir and env["USER"] == env["LOGNAME"] == me.pw_name
+    assert env["HOSTCTL_HOME"] == str(home)
+    assert env["PATH"].split(":")[0] == str(exe.parent)
+    assert {"/usr/local/bin", "/usr/bin", "/bin"} <= set(env["PATH"].split(":"))
+    assert got["log"] == "<class 'supervisor.datatypes.Automatic'>"  # not in the home
+
+
+def systemd_words(value: str, command: bool = True) -> list[str]:
+    """A systemd setting split as systemd.syntax(7) says: quotes, C escapes, %%, and for a
+    ``command`` $$ in its arguments (the executable's path has no $ expansion)."""
+    words, word, quote, i, started = [], "", "", 0, False
+    while i < len(value):
+        c = value[i]
+        if c == "\\" and i + 1 < len(value):
+            word += {"n": "\n", "t": "\t"}.get(value[i + 1], value[i + 1])
+            i += 2
+            started = True
+            continue
+        if quote:
+            if c == quote:
+                quote = ""
+            else:
+                word += c
+        elif c in "\"'":
+            quote, started = c, True
+        elif c == " ":
+            if started:
+                words.append(word)
+            word, started = "", False
+        else:
+            word += c
+            started = True
+        i += 1
+    if started:
+        words.append(word)
+    out = [w.replace("%%", "%") for w in words]
+    return out[:1] + [w.replace("$$", "$") if command else w for w in out[1:]]
+
+
+@pytest.mark.parametrize("name", ODD_HOMES + ['a "quoted" \\ home'])
+def test_systemd_reads_back_every_path(tmp_path, name: str) -> None:
+    exe = odd_hostctl(tmp_path, "bin dir%1$x")
+    home = tmp_path / name
+    home.mkdir()
+    res = subprocess.run([str(exe), "--home", str(home), "service", "systemd"],
+                         capture_output=True, text=True, timeout=60,
+                         env=bare_env())
+    assert res.returncode == 0, res.stderr
+    s = settings(res.stdout)
+    assert systemd_words(s["ExecStart"]) == [str(exe), "--home", str(home), "wait-queue",
+                                             "--max-runtime", "3600"]
+    env = dict(w.split("=", 1) for w in systemd_words(s["Environment"], command=False))
+    assert env["HOSTCTL_HOME"] == str(home)
+    assert env["PATH"].split(":")[0] == str(exe.parent)
+    assert s["WorkingDirectory"].replace("%%", "%") == str(home)
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        return
+    unit = tmp_path / "hostctl-wait-queue.service"
+    unit.write_text(res.stdout)
+    # systemd itself finds the executable through the quoting (and refuses a bad line)
+    check = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True,
+                           timeout=60)
+    assert check.returncode == 0, check.stderr
+
+
+@pytest.mark.parametrize(("kind", "name", "says"), [
+    ("supervisor", "new\nline", "control character"),
+    ("systemd", "new\nline", "control character"),
+    ("supervisor", 'a "quoted" home', "double quote"),
+    ("supervisor", "a ;comment", "' ;'"),
+    ("supervisor", "a #comment", "' #'"),
+    ("supervisor", "trailing ", "white space"),
+    ("systemd", "trailing ", "white space"),
+    ("supervisor", "tab\there", "control character"),
+])
+def test_a_path_a_format_cannot_carry_is_refused(tmp_path, hostctl_process, kind: str,
+                                                 name: str, says: str) -> None:
+    res = hostctl_process("--home", str(tmp_path / name), "service", kind)
+    assert res.returncode == 2, res
+    assert res.stdout == ""
+    assert res.stderr.count("\n") == 1 and says in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_systemd_refuses_an_executable_it_would_not_run(tmp_path) -> None:
+    exe = odd_hostctl(tmp_path, "it's here")
+    res = subprocess.run([str(exe), "--home", str(tmp_path / "h"), "service", "systemd"],
+                         capture_output=True, text=True, timeout=60, env=bare_env())
+    assert res.returncode == 2 and res.stdout == "", res
+    assert "executable's path" in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_supervisor_needs_a_real_user(hostctl_process) -> None:
+    res = hostctl_process("service", "supervisor", "--user", "no-such-user-hostctl")
+    assert res.returncode == 2 and res.stdout == "", res
+    assert "no user 'no-such-user-hostctl'" in res.stderr and res.stderr.count("\n") == 1

@@ -9,13 +9,20 @@ What is checked, for the home's owner:
   others (0600), owned by the home's owner; a dropped task's shared log and its receipt may
   be 0640 in the front-end group, and a drop not yet admitted belongs to its submitter;
 - the spool is not on a network file system.
+
+``fix`` changes a path itself, never through a symbolic link (as root that would change
+whatever the link points to), and calls a problem fixed only when a fresh ``lstat`` shows
+it gone; otherwise the finding says why (``cannot_fix``: owned by root, so only root can
+change it; not a member of the group; a link; ...).
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import pwd
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,9 +38,14 @@ class Finding:
     path: Path
     problem: str
     fixed: bool = False
+    cannot_fix: str = ""  # with --fix: why this problem is still there
 
     def to_json(self) -> dict[str, object]:
-        return {"path": str(self.path), "problem": self.problem, "fixed": self.fixed}
+        doc: dict[str, object] = {"path": str(self.path), "problem": self.problem,
+                                  "fixed": self.fixed}
+        if self.cannot_fix:
+            doc["cannot_fix"] = self.cannot_fix
+        return doc
 
 
 @dataclass(frozen=True)
@@ -62,7 +74,9 @@ def check(paths: Paths, fix: bool = False, allow_network: bool = False) -> list[
     fstype = filesystem_type(paths.spool if paths.spool.exists() else home)
     if fstype in NETWORK_FILESYSTEMS and not allow_network:
         findings.append(Finding(paths.spool, f"on a {fstype} file system: file locks are not "
-                                             "reliable there"))
+                                             "reliable there", False,
+                                "doctor does not change a file system; move the home, or "
+                                "allow it in config.toml" if fix else ""))
     return findings
 
 
@@ -137,27 +151,102 @@ def _check_one(rule: _Rule, owner: int, fix: bool) -> Iterator[Finding]:
         st = os.lstat(rule.path)
     except FileNotFoundError:
         return
+    wrong = _wrongs(rule, st, owner)
+    if not wrong:
+        return
+    if not fix:
+        for _, problem in wrong:
+            yield Finding(rule.path, problem)
+        return
+    why = _repair(rule, st, owner, [key for key, _ in wrong])
+    # fixed only when a fresh look says so: a change that did nothing (a chmod through a
+    # link, a file system that ignores modes, a file replaced meanwhile) is no fix
+    try:
+        still = dict(_wrongs(rule, os.lstat(rule.path), owner))
+    except FileNotFoundError:  # gone (a drop admitted meanwhile): nothing wrong is left
+        still = {}
+    for key, problem in wrong:
+        if key in still:
+            yield Finding(rule.path, problem, False,
+                          why.get(key) or f"still {still[key]} after the change")
+        else:
+            yield Finding(rule.path, problem, True)
+
+
+def _wrongs(rule: _Rule, st: os.stat_result, owner: int) -> list[tuple[str, str]]:
+    """(what, problem) for each way ``st`` breaks ``rule``: owner, group, mode."""
+    out = []
     if not rule.owner_free and st.st_uid != owner:
-        fixed = False
-        if fix and os.geteuid() == 0:
-            os.lchown(rule.path, owner, -1)
-            fixed = True
-        yield Finding(rule.path, f"owned by uid {st.st_uid}, not by the home's owner "
-                                 f"(uid {owner})", fixed)
+        out.append(("owner", f"owned by uid {st.st_uid}, not by the home's owner "
+                             f"(uid {owner})"))
     if rule.gid is not None and st.st_gid != rule.gid:
-        fixed = _try(lambda: os.chown(rule.path, -1, rule.gid or 0)) if fix else False
-        yield Finding(rule.path, f"group {st.st_gid}, not the front-end group {rule.gid}",
-                      fixed)
+        out.append(("group", f"group {st.st_gid}, not the front-end group {rule.gid}"))
     mode = stat.S_IMODE(st.st_mode)
     if mode not in rule.modes:
-        want = rule.modes[0]
-        fixed = _try(lambda: os.chmod(rule.path, want)) if fix else False
-        yield Finding(rule.path, f"mode {mode:04o}, want {want:04o}", fixed)
+        out.append(("mode", f"mode {mode:04o}, want {rule.modes[0]:04o}"))
+    return out
 
 
-def _try(action: object) -> bool:
+def _who(uid: int) -> str:
+    if uid == 0:
+        return "root"
     try:
-        action()  # type: ignore[operator]
-    except OSError:
-        return False
-    return True
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _repair(rule: _Rule, st: os.stat_result, owner: int, keys: list[str]) -> dict[str, str]:
+    """Try to repair each of ``keys``; return why each one that failed could not be."""
+    if stat.S_ISLNK(st.st_mode):
+        # never through a link: as root, a chmod or chown that follows one would change
+        # whatever it points to, anywhere
+        return {key: "a symbolic link, which doctor does not follow; replace it with the "
+                     "file or folder itself" for key in keys}
+    euid = os.geteuid()
+    as_root = "run `hostctl doctor --fix` as root"
+    why: dict[str, str] = {}
+    if "owner" in keys:
+        if euid != 0:
+            why["owner"] = f"only root can give it back to uid {owner}; {as_root}"
+        else:
+            why.update(_attempt("owner", lambda: os.lchown(rule.path, owner, -1)))
+    if "group" in keys and rule.gid is not None:
+        gid = rule.gid
+        why.update(_attempt("group", lambda: os.lchown(rule.path, -1, gid)))
+        if "group" in why and euid != 0:
+            why["group"] = (f"uid {euid} may not give it to group {gid} (not a member, or "
+                            f"not its owner); {as_root}")
+    if "mode" in keys:
+        why.update(_attempt("mode", lambda: _chmod_here(rule.path, rule.modes[0])))
+        if "mode" in why and euid != 0:
+            try:
+                uid = os.lstat(rule.path).st_uid
+            except OSError:
+                uid = euid
+            if uid != euid:
+                why["mode"] = f"owned by {_who(uid)}; {as_root}"
+    return why
+
+
+def _attempt(key: str, action: Callable[[], None]) -> dict[str, str]:
+    try:
+        action()
+    except OSError as exc:
+        return {key: exc.strerror or str(exc)}
+    return {}
+
+
+def _chmod_here(path: Path, mode: int) -> None:
+    """chmod ``path`` itself, never what a link put there meanwhile points to."""
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if stat.S_ISLNK(os.fstat(fd).st_mode):
+            raise OSError(errno.ELOOP, "a symbolic link, which doctor does not follow")
+        # an O_PATH descriptor cannot be fchmod-ed; its /proc name reaches that inode
+        try:
+            os.chmod(f"/proc/self/fd/{fd}", mode)
+        except FileNotFoundError:  # no /proc: the name, just seen not to be a link
+            os.chmod(path, mode)
+    finally:
+        os.close(fd)
