@@ -12,9 +12,9 @@ import pytest
 from provisionhelpers import (
     NginxServer,
     PgCluster,
+    expect_answer,
     start_nginx,
     start_postgres,
-    wait_answer,
     world_readable_dir,
 )
 
@@ -203,25 +203,25 @@ def test_nginx_vhost_written_tested_reloaded(home: Path, nginx: NginxServer) -> 
     path = server.write(job, vhost(docroot))
     assert path == nginx.configs / "svc" / "nginx" / "vhost.d" / "one.example.conf"
     assert (path.stat().st_mode & 0o777) == 0o644
-    wait_answer(nginx, "one.example", lambda s, b: s == 200 and b == "hello from one\n",
+    expect_answer(nginx, "one.example", lambda s, b: s == 200 and b == "hello from one\n",
                 "the site to answer")
-    wait_answer(nginx, "www.one.example", lambda s, b: s == 200 and b == "hello from one\n",
+    expect_answer(nginx, "www.one.example", lambda s, b: s == 200 and b == "hello from one\n",
                 "the alias to answer")
 
     server.write(job, vhost(docroot, redirection=True))
-    wait_answer(nginx, "www.one.example", lambda s, b: s == 301, "the alias to redirect",
+    expect_answer(nginx, "www.one.example", lambda s, b: s == 301, "the alias to redirect",
                 headers={"Location": "http://one.example/"})
 
     server.write(job, vhost(docroot, enabled=False))
-    status, body = wait_answer(nginx, "one.example", lambda s, b: s == 503,
+    status, body = expect_answer(nginx, "one.example", lambda s, b: s == 503,
                                "the disabled page")
     assert "one.example is disabled" in body
     server.write(job, vhost(docroot, enabled=False, disable_url="http://panel.example/off"))
-    wait_answer(nginx, "one.example", lambda s, b: s == 302, "the disabled redirect",
+    expect_answer(nginx, "one.example", lambda s, b: s == 302, "the disabled redirect",
                 headers={"Location": "http://panel.example/off"})
 
     assert server.remove(job, "one.example") is True
-    wait_answer(nginx, "one.example", lambda s, b: s == 404 and b == "no such site\n",
+    expect_answer(nginx, "one.example", lambda s, b: s == 404 and b == "no such site\n",
                 "the site to be gone")
     assert server.remove(job, "one.example") is False
     assert job.result.get("warnings") is None
@@ -283,7 +283,7 @@ def test_nginx_reloads_with_the_servers_own_command(home: Path, nginx: NginxServ
     (docroot / "index.html").chmod(0o644)
     server.write(job, vhost(docroot, site="own.example", uri="own.example", aliases=()))
     assert mark.exists()
-    wait_answer(nginx, "own.example", lambda s, b: b == "own reload\n", "the site")
+    expect_answer(nginx, "own.example", lambda s, b: b == "own reload\n", "the site")
     server.remove(job, "own.example")
     broken = job_for(home, "@broken", *nginx.server_fields("own"), "--http_restart_cmd",
                      "/bin/sh -c 'unclosed")

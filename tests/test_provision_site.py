@@ -15,12 +15,12 @@ import pytest
 from provisionhelpers import (
     Lab,
     NginxServer,
+    expect_answer,
     make_platform,
     secrets_of,
     sqlite_rows,
     start_nginx,
     tree,
-    wait_answer,
     world_readable_dir,
 )
 from taskhelpers import write_config
@@ -34,26 +34,27 @@ def nginx() -> Iterator[NginxServer]:
 
 
 @pytest.fixture
-def lab(run_hostctl, home: Path, nginx: NginxServer, request) -> Lab:
+def lab(run_hostctl, home: Path, nginx: NginxServer, request) -> Iterator[Lab]:
     www = world_readable_dir("hostctl-www-")
     name = request.node.name.replace("[", "-").replace("]", "").lower()[:60]
     lab = Lab(run_hostctl, home, www, nginx, name)
     lab.server()
     lab.platform()
-    return lab
+    yield lab
+    lab.close()
 
 
 def answers(nginx: NginxServer, host: str, text: str) -> None:
-    wait_answer(nginx, host, lambda s, b: s == 200 and text in b, f"{host} to show {text!r}")
+    expect_answer(nginx, host, lambda s, b: s == 200 and text in b, f"{host} to show {text!r}")
 
 
 def gone(nginx: NginxServer, host: str) -> None:
-    wait_answer(nginx, host, lambda s, b: s == 404 and b == "no such site\n",
+    expect_answer(nginx, host, lambda s, b: s == 404 and b == "no such site\n",
                 f"{host} to be gone")
 
 
 def disabled(nginx: NginxServer, host: str) -> None:
-    wait_answer(nginx, host, lambda s, b: s == 503 and "is disabled" in b,
+    expect_answer(nginx, host, lambda s, b: s == 503 and "is disabled" in b,
                 f"{host} to show the disabled page")
 
 

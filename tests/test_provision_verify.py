@@ -15,9 +15,9 @@ from provisionhelpers import (
     Lab,
     NginxServer,
     PgCluster,
+    expect_answer,
     start_nginx,
     start_postgres,
-    wait_answer,
     world_readable_dir,
 )
 from taskhelpers import hostctl_cmd
@@ -38,9 +38,11 @@ def pg() -> Iterator[PgCluster]:
 
 
 @pytest.fixture
-def lab(run_hostctl, home: Path, nginx: NginxServer, request) -> Lab:
-    return Lab(run_hostctl, home, world_readable_dir("hostctl-www-"), nginx,
-               request.node.name.lower()[:60])
+def lab(run_hostctl, home: Path, nginx: NginxServer, request) -> Iterator[Lab]:
+    lab = Lab(run_hostctl, home, world_readable_dir("hostctl-www-"), nginx,
+              request.node.name.lower()[:60])
+    yield lab
+    lab.close()
 
 
 def checks(doc: dict) -> dict[str, str]:
@@ -148,14 +150,14 @@ def test_site_verify_regenerates_and_fixes(lab: Lab, nginx: NginxServer) -> None
     (site_path / "public").chmod(0o700)
     lab.secrets(site).chmod(0o644)
     if os.geteuid() == 0:  # nginx's workers (nobody) can no longer read the folder
-        wait_answer(nginx, "fix.example", lambda s, b: s == 403, "a refusal")
+        expect_answer(nginx, "fix.example", lambda s, b: s == 403, "a refusal")
 
     found = checks(lab.must("verify", site))
     assert set(found.values()) == {"ok"}, found
     assert status_of(found, "permissions fixed") == "ok"
     assert vhost.is_file() and (lab.secrets(site).stat().st_mode & 0o777) == 0o600
     assert ((site_path / "public").stat().st_mode & 0o777) == 0o755
-    wait_answer(nginx, "fix.example", lambda s, b: s == 200 and "Welcome" in b,
+    expect_answer(nginx, "fix.example", lambda s, b: s == 200 and "Welcome" in b,
                 "the site to answer again")
     assert "permissions in order" in json.dumps(lab.must("verify", site)["result"])
 

@@ -11,6 +11,30 @@ the test or the reload fails, the folder is put back as it was and the task fail
 When there is no nginx program at all, the vhost is written but neither tested nor
 reloaded, and the task ends in warning.
 
+A warning of ``nginx -t`` that the change brought (``conflicting server name ... ignored``,
+say: nginx would serve that name from another site) is an error, like a refusal: the
+warnings of the configuration as it was are read first, and only new ones count.
+
+A change ends when nginx serves it, not when ``nginx -s reload`` returns (it returns
+before the master has even read the new files). Beside the vhosts lies
+``_hostctl-probe.conf`` (no context name starts with ``_``): a server block for the host
+name ``hHASH.hostctl-probe.invalid`` (HASH of the vhost folder) on the sites' own listen
+addresses, which answers ``/.hostctl-generation`` with a token new at each change and the
+answering worker's pid.
+After the reload the task asks for it (with a bound, ``RELOAD_WAIT``) until the new token
+comes back: a worker of the new configuration answered. nginx keeps its old workers
+accepting for a moment after starting the new ones, so the task then waits until every
+worker of the master (the answering worker's parent) that started before the reload has
+exited or says, in its process title, that it is shutting down, which nginx sets once the
+worker has closed its listening sockets. Both are read from /proc, which any user may read
+of nginx's processes (root's included). This works whatever reloads nginx (the default
+``nginx -s reload`` or the server's ``http_restart_cmd``); a configuration that never
+answers (nginx.conf lacking the ``include`` line) fails the task with that reason.
+
+When the reload fails because no nginx runs (nothing accepts on the probe's address, and
+the server has no ``http_restart_cmd`` of its own), nginx is started (``nginx [-c CONF]``,
+which must daemonize itself, as nginx does by default) and the task says so.
+
 Everything written into a vhost comes from validated values: host names (uri,
 aliases), listen addresses checked by :mod:`ipaddress`, ports, and paths and URLs free of
 the characters nginx would read as syntax or variables.
@@ -18,12 +42,17 @@ the characters nginx would read as syntax or variables.
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import hashlib
+import http.client
 import ipaddress
 import os
 import re
+import secrets
 import shlex
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,6 +70,11 @@ _URL = re.compile(r"https?://[A-Za-z0-9._~:/?#\[\]@!&'()*+,=%-]+")
 #: what nginx would read as the end of a quoted string, an escape or a variable
 _UNSAFE_PATH = re.compile(r'["\\$\x00-\x1f\x7f]')
 DEFAULT_BINARY = "/usr/sbin/nginx"
+PROBE_HOST = "hostctl-probe.invalid"  # .invalid: never a real site's name (RFC 2606)
+PROBE_PATH = "/.hostctl-generation"
+PROBE_FILE = "_hostctl-probe.conf"  # '_' starts no context name: never a site's vhost
+RELOAD_WAIT = 10.0  # seconds nginx has to serve a change
+_TICK_NS = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -182,12 +216,13 @@ class Nginx:
 
     def _change(self, job: Job, path: Path, content: bytes | None) -> None:
         old = path.read_bytes() if path.exists() else None
+        known = self.warnings(job)  # the configuration's own warnings, before the change
         if old == content and content is not None:
-            self.apply(job)  # unchanged: still make sure nginx serves it
+            self.apply(job, known)  # unchanged: still make sure nginx serves it
             return
         self._put(path, content)
         try:
-            self.apply(job)
+            self.apply(job, known)
         except OperationFailed:
             self._put(path, old)
             raise
@@ -202,28 +237,125 @@ class Nginx:
         else:
             write_atomic(path, content, mode=0o644)
 
-    def apply(self, job: Job) -> None:
-        """``nginx -t``, then the reload; a warning (nothing run) without nginx."""
+    def apply(self, job: Job, known: frozenset[str] = frozenset()) -> None:
+        """``nginx -t`` (a warning not in ``known`` is an error), the reload, and the wait
+        until nginx serves the result; a warning (nothing run) without nginx."""
         binary = self.binary()
         if binary is None:
             job.warn(f"no nginx program on {self.server.display_name} (nginx_binary, PATH, "
                      f"{DEFAULT_BINARY}): the vhost is written but neither tested nor "
                      "reloaded")
             return
-        self.test(job, binary)
-        job.run(self.reload_argv(binary), what="reloading nginx")
-        job.say(f"nginx reloaded ({self.vhost_dir})")
+        token = secrets.token_hex(8)
+        self._put(self.vhost_dir / PROBE_FILE, self._probe_conf(token).encode())
+        new = [w for w in self._test(job, binary)[1] if w not in known]
+        if new:
+            raise OperationFailed(f"nginx -t warns: {new[0]} (the change is not applied)")
+        since = time.clock_gettime_ns(time.CLOCK_BOOTTIME) // _TICK_NS
+        argv = self.reload_argv(binary)
+        ran = job.run(argv, what="reloading nginx", check=False)
+        if ran.code != 0:
+            if self.server.get("http_restart_cmd") or self._probe_answer() != "refused":
+                last = ran.output.strip().splitlines()[-1:] or [""]
+                raise OperationFailed(f"reloading nginx ({argv[0]}) exited with status "
+                                      f"{ran.code}: {last[0]}")
+            job.run([binary, *self._conf_args()], what="starting nginx (none was running)")
+            job.say(f"nginx was not running: started it ({binary})")
+        self._wait_served(token, since)
+        job.say(f"nginx serves the change ({self.vhost_dir})")
+
+    def warnings(self, job: Job) -> frozenset[str]:
+        """The warnings ``nginx -t`` gives for the configuration as it is now."""
+        binary = self.binary()
+        return frozenset(self._test(job, binary)[1]) if binary else frozenset()
 
     def test(self, job: Job, binary: str | None = None) -> str:
         binary = binary or self.binary()
         if binary is None:
             raise OperationFailed("no nginx program to test the configuration with")
+        return self._test(job, binary)[0]
+
+    def _test(self, job: Job, binary: str) -> tuple[str, list[str]]:
+        """``nginx -t``: its last line and its warnings; OperationFailed if refused."""
         ran = job.run([binary, "-t", *self._conf_args()], what="nginx -t", check=False)
+        lines = ran.output.strip().splitlines()
         if ran.code != 0:
-            emerg = [ln for ln in ran.output.splitlines() if "[emerg]" in ln]
+            emerg = [ln for ln in lines if "[emerg]" in ln]
             raise OperationFailed("nginx -t: the configuration is refused: "
                                   + (emerg[-1] if emerg else ran.output.strip()[-300:]))
-        return ran.output.strip().splitlines()[-1] if ran.output.strip() else "ok"
+        # "nginx: [warn] PID#TID: text": the pid differs at every run, the text does not
+        warns = [re.sub(r"^\d+#\d+: ", "", ln.split("[warn] ", 1)[1].strip())
+                 for ln in lines if "[warn] " in ln]
+        return (lines[-1] if lines else "ok"), warns
+
+    # -- served, not only reloaded ----------------------------------------------------
+
+    @property
+    def probe_host(self) -> str:
+        """The probe's host name: one per vhost folder, since one nginx may include the
+        folders of several server contexts."""
+        digest = hashlib.sha256(os.fsencode(self.vhost_dir)).hexdigest()[:16]
+        return f"h{digest}.{PROBE_HOST}"
+
+    def _probe_conf(self, token: str) -> str:
+        listens = "\n".join(f"    listen {spec};" for spec in self.listens())
+        return (f"# written by hostctl: tells which configuration nginx serves\n"
+                f"server {{\n{listens}\n    server_name {self.probe_host};\n"
+                f"    access_log off;\n    default_type text/plain;\n"
+                f"    location = {PROBE_PATH} {{ return 200 \"{token} $pid\\n\"; }}\n"
+                f"    location / {{ return 404; }}\n}}\n")
+
+    def _probe_address(self) -> tuple[str, int]:
+        spec = self.listens()[0]
+        host, _, port = spec.rpartition(":")
+        host = host.strip("[]") or "127.0.0.1"
+        if host in ("0.0.0.0", "*"):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        return host, int(port)
+
+    def _probe_answer(self) -> str:
+        """What the probe answers now ("TOKEN PID"), or "refused" when nothing listens,
+        or a short description of another answer."""
+        host, port = self._probe_address()
+        conn = http.client.HTTPConnection(host, port, timeout=5)
+        try:
+            conn.request("GET", PROBE_PATH, headers={"Host": self.probe_host,
+                                                     "Connection": "close"})
+            res = conn.getresponse()
+            body = res.read(200).decode("ascii", "replace").strip()
+            return body if res.status == 200 else f"status {res.status}"
+        except OSError as exc:
+            return "refused" if exc.errno == errno.ECONNREFUSED else (
+                exc.strerror or str(exc))
+        except http.client.HTTPException as exc:
+            return f"not HTTP ({type(exc).__name__})"
+        finally:
+            conn.close()
+
+    def _wait_served(self, token: str, since: int) -> None:
+        """Until a worker of the configuration with ``token`` answers and no worker that
+        started before ``since`` (boot ticks) still accepts; OperationFailed after
+        RELOAD_WAIT seconds."""
+        deadline = time.monotonic() + RELOAD_WAIT
+        answer, delay = "", 0.002
+        while True:
+            answer = self._probe_answer()
+            word, _, pid = answer.partition(" ")
+            if word == token:
+                master = _ppid(int(pid)) if pid.isdigit() else None
+                if master is None or not _old_workers(master, since):
+                    return
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        host, port = self._probe_address()
+        raise OperationFailed(
+            f"nginx does not serve the change after {RELOAD_WAIT:g} s (http://{host}:{port}"
+            f"{PROBE_PATH} for {self.probe_host} answered: {answer or 'nothing'}); does its "
+            f"nginx.conf have `{self.include_line()}` in its http block?")
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -235,6 +367,43 @@ class Nginx:
             yield
         finally:
             os.close(fd)
+
+
+def _proc_stat(pid: int | str) -> list[bytes] | None:
+    """The fields of /proc/PID/stat after the command name (state, ppid, ...)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data[data.rfind(b")") + 2:].split()
+
+
+def _ppid(pid: int) -> int | None:
+    fields = _proc_stat(pid)
+    return int(fields[1]) if fields and len(fields) > 1 else None
+
+
+def _old_workers(master: int, since: int) -> list[int]:
+    """Workers of ``master`` started before ``since`` (boot ticks) that still accept
+    connections (their title does not say they are shutting down)."""
+    old = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        fields = _proc_stat(entry)
+        if not fields or len(fields) < 20 or fields[1] != str(master).encode():
+            continue
+        if int(fields[19]) >= since:
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                title = f.read()
+        except OSError:
+            continue
+        if b"shutting down" not in title and b"worker process" in title:
+            old.append(int(entry))
+    return old
 
 
 def _index_name(name: str) -> str:
