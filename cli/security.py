@@ -9,6 +9,7 @@ import typer
 from hostctl.cli.common import JsonFlag, say, state
 from hostctl.cli.output import emit_json
 from hostctl.errors import HostctlError, ProblemsFound
+from hostctl.text import printable
 
 frontend_app = typer.Typer(help="The front end's door: the spool's drop box.",
                            no_args_is_help=True)
@@ -53,7 +54,8 @@ def doctor(
     else:
         for f in findings:
             why = f" (not fixed, {f.cannot_fix})" if f.cannot_fix else ""
-            typer.echo(f"{'fixed' if f.fixed else 'PROBLEM'}: {f.path}: {f.problem}{why}")
+            typer.echo(f"{'fixed' if f.fixed else 'PROBLEM'}: {printable(str(f.path))}: "
+                       f"{printable(f.problem)}{why}")
         if not findings:
             say(st, f"{st.paths.home}: owners and modes are as they should be")
     if left:

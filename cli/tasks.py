@@ -14,6 +14,7 @@ from hostctl.contexts.names import display, parse_name
 from hostctl.queues import dropbox
 from hostctl.queues import tasks as ops
 from hostctl.queues.task import Status
+from hostctl.text import printable
 
 app = typer.Typer(help="Queue tasks and follow them.", no_args_is_help=True)
 queue_app = typer.Typer(help="The queue as a whole.", no_args_is_help=True)
@@ -200,7 +201,7 @@ def status(ctx: typer.Context, json_: JsonFlag = False) -> None:
     typer.echo(table([(k, str(v)) for k, v in st.counts.items()], ("STATUS", "TASKS")))
     if st.oldest_queued_age is not None:
         typer.echo(f"oldest queued task: {st.oldest_queued_age:.1f} s old")
-    for name, reason in st.quarantined:
-        typer.echo(f"quarantined: {name}: {reason}")
+    for name, reason in st.quarantined:  # names a front end chose: one line each
+        typer.echo(f"quarantined: {printable(name)}: {printable(reason)}")
     for name, reason in st.rejected:
-        typer.echo(f"rejected submission: {name}: {reason}")
+        typer.echo(f"rejected submission: {printable(name)}: {printable(reason)}")

@@ -48,6 +48,7 @@ from hostctl.queues.task import (
     MAX_TASK_BYTES,
     Envelope,
     decode_envelope,
+    loads_strict,
     new_id,
     utc_iso,
 )
@@ -79,10 +80,7 @@ def decode_submission(data: bytes, submitter: int, now: float | None = None) -> 
     first, _, rest = data.partition(b"\n")
     if rest.strip():
         raise InvalidInput("a submission is one JSON line")
-    try:
-        doc = json.loads(first)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"not JSON: {exc}") from None
+    doc = loads_strict(first)
     if not isinstance(doc, dict):
         raise InvalidInput("not a JSON object")
     unknown = sorted(set(doc) - DROP_KEYS)

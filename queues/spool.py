@@ -77,6 +77,7 @@ from hostctl.queues.task import (
     new_id,
     valid_id,
 )
+from hostctl.text import printable
 
 FOLDERS = ("incoming", "tmp", "new", "deferred", "active", "done", "quarantine", "rejected",
            "outbox", "keys", "locks")
@@ -175,6 +176,7 @@ class Spool:
         self._ready = False
         self._listings: dict[str, _Listing] = {}  # claim's and next_due's view of folders
         self._admit_said: set[tuple[str, str]] = set()  # drops left by the last admit()
+        self._stuck: dict[tuple[int, int], str] = {}  # (dev, ino) of incoming/: why
         self._unjudged: tuple[object, dict[str, str]] = (None, {})  # see _waiting()
 
     # -- set-up -----------------------------------------------------------------------
@@ -889,12 +891,21 @@ class Spool:
 
         See dropbox.py for the rules. The dropping uid is recorded as the submitter; a
         receipt in the submission gets its status in outbox/, also when it is rejected.
-        What fails on the back end's side (a full disk, an I/O error, a malformed context
-        file) is no fault of the drop: it stays in incoming/ untouched, one warning is
-        logged, and the next pass (the next dispatch, drop or housekeeping round) tries
-        again; the warning is not repeated while the same trouble lasts. One admitter at
-        a time (``locks/admit.lock``): a daemon and a dispatch admitting the same drop
-        would publish it twice, or reject it as a duplicate.
+
+        Each entry is judged alone: whatever it is (any file type, name, size or content,
+        or changed while it is read), it is admitted, rejected into rejected/ with its
+        reason, or, when it cannot be moved at all (a folder the back end may not write
+        into, say), set aside where it lies: logged once, passed over from then on, and
+        reported by ``doctor``; the entries after it are admitted in the same pass. Only
+        what fails on the back end's own side stops the pass: its own writes (a full
+        disk, a read-only or failing file system) and a malformed context file (which
+        holds back only the drops on that context). Those drops stay in incoming/
+        untouched, one warning is logged, and the next pass (the next dispatch, drop or
+        housekeeping round) tries again; the warning is not repeated while the same
+        trouble lasts. Front ends' dot-names (a drop being written) older than an hour
+        are removed. One admitter at a time (``locks/admit.lock``): a daemon and a
+        dispatch admitting the same drop would publish it twice, or reject it as a
+        duplicate.
         """
         self.ensure()
         notes: list[str] = []
@@ -904,7 +915,7 @@ class Spool:
             self._admit_said.add(key)
             if key not in said:
                 log.warning("cannot admit incoming/%s now (%s); %s in incoming/ until the "
-                            "next try", name, why, stays)
+                            "next try", printable(name), printable(why), stays)
 
         try:
             lock = os.open(self.dir("locks") / "admit.lock",
@@ -915,14 +926,27 @@ class Spool:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             folder = self.dir("incoming")
-            names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
+            now = time.time()
+            names = []
+            for name in sorted(os.listdir(folder)):
+                if name.startswith("."):
+                    _remove_stale_dot(folder / name, now)
+                else:
+                    names.append(name)
             for n, name in enumerate(names):
                 try:
                     notes.append(self._admit_one(folder / name, check))
                 except FileNotFoundError:
                     continue  # it went away meanwhile
+                except _Stuck as exc:  # this entry alone: the others go on
+                    self._admit_said.add((name, "stuck"))
+                    if (name, "stuck") not in said:
+                        log.warning("incoming/%s is set aside where it lies: %s (hostctl "
+                                    "doctor reports it; its owner or root must remove it)",
+                                    printable(name), printable(exc.message))
                 except (OperationFailed, OSError) as exc:
-                    # the same would befall every other drop: leave them all for later
+                    # the back end's own write failed: the same would befall every other
+                    # drop, so leave them all for later
                     why = (exc.message if isinstance(exc, OperationFailed)
                            else exc.strerror or str(exc))
                     left = len(names) - n - 1
@@ -936,15 +960,31 @@ class Spool:
         return notes
 
     def _admit_one(self, path: Path, check: Callable[[Envelope], None]) -> str:
-        """Admit or reject one drop; return what was done. Raises what is not the drop's
-        fault (OSError, OperationFailed and other HostctlErrors), leaving it in place."""
+        """Admit or reject one drop; return what was done. Raises _Stuck for an entry
+        that can be neither admitted nor moved, and what is not the drop's fault
+        (OSError from the back end's own writes, OperationFailed, other HostctlErrors),
+        leaving it in place."""
         from hostctl.queues.dropbox import decode_submission, receipt_of
 
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise _Stuck(f"cannot be looked at: {exc.strerror}") from None
+        if (st.st_dev, st.st_ino) in self._stuck:
+            raise _Stuck(self._stuck[(st.st_dev, st.st_ino)])
         data, taken = b"", False
         try:
-            data, uid = self._read_incoming(path)
-            sub = decode_submission(data, uid)
-            check(sub.envelope)
+            data, uid = self._read_incoming(path, st)
+            try:
+                sub = decode_submission(data, uid)
+                check(sub.envelope)
+            except (HostctlError, OSError):
+                raise
+            except Exception as exc:  # whatever the content makes of the checks: its own
+                raise InvalidInput(f"cannot be judged ({type(exc).__name__}: {exc})"
+                                   ) from None
             found = self._locate(sub.envelope.id)
             if found is not None:
                 old = self._envelope_at(*found)
@@ -953,21 +993,26 @@ class Spool:
                 # its submitter knows) from the same uid. It goes; it is no duplicate.
                 taken = old is not None and old.receipt == sub.envelope.receipt != ""
                 if taken and old is not None and old.submitter == sub.envelope.submitter:
-                    with suppress(FileNotFoundError):
-                        os.unlink(path)
+                    self._unlink_drop(path, st)
                     return f"incoming/{path.name} was admitted before (task {old.id})"
                 raise Conflict(f"a task with id {sub.envelope.id} already exists")
             self._write_new(sub.envelope, sub.delay)
         except (InvalidInput, Conflict, NotFound) as exc:
             # the receipt of a task that exists is that task's, never a rejection's
-            self._reject(path, str(exc), "" if taken else
+            self._reject(path, st, str(exc), "" if taken else
                          receipt_of(exc.head if isinstance(exc, _Refused) else data))
-            return f"rejected incoming/{path.name}: {exc}"
-        with suppress(FileNotFoundError):
-            os.unlink(path)
+            return f"rejected incoming/{printable(path.name)}: {printable(str(exc))}"
+        self._unlink_drop(path, st)
         self.post(Task(sub.envelope, (), "deferred" if sub.delay else "new"))
-        return (f"admitted task {sub.envelope.id} from incoming/{path.name} "
+        return (f"admitted task {sub.envelope.id} from incoming/{printable(path.name)} "
                 f"(uid {sub.envelope.submitter})")
+
+    def _unlink_drop(self, path: Path, st: os.stat_result) -> None:
+        """Remove an admitted drop, if its name still holds the file that was read (its
+        owner may have renamed another drop over it meanwhile: that one stays)."""
+        with suppress(OSError):
+            if os.path.samestat(os.lstat(path), st):
+                os.unlink(path)
 
     def _envelope_at(self, state: str, path: Path) -> Envelope | None:
         try:
@@ -975,14 +1020,17 @@ class Spool:
         except (OSError, InvalidInput):
             return None
 
-    def _read_incoming(self, path: Path) -> tuple[bytes, int]:
+    def _read_incoming(self, path: Path, seen: os.stat_result) -> tuple[bytes, int]:
         """The drop's bytes and owner; _Refused for a file that must not be admitted.
 
         Only a regular file with one link is read (no symlink, FIFO or device: opened
-        without following, without blocking), and at most MAX_TASK_BYTES of it; of a
-        larger one only its head, up to RECEIPT_SCAN_BYTES, so that its receipt can say
-        it was refused.
+        without following, without blocking), and only the file ``seen`` (lstat) found
+        under that name; at most MAX_TASK_BYTES of it; of a larger one only its head, up
+        to RECEIPT_SCAN_BYTES, so that its receipt can say it was refused. Whatever
+        reading it does is its own: an error is a reason to refuse it.
         """
+        if not stat.S_ISREG(seen.st_mode):
+            raise InvalidInput(f"not a regular file ({_file_type(seen.st_mode)})")
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError as exc:
@@ -991,8 +1039,8 @@ class Spool:
             raise InvalidInput(f"cannot open: {exc.strerror}") from None
         try:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise InvalidInput("not a regular file")
+            if not os.path.samestat(st, seen):
+                raise InvalidInput("replaced while it was read")
             if st.st_nlink != 1:
                 raise InvalidInput("a hard-linked file")
             if st.st_size > MAX_TASK_BYTES:
@@ -1002,25 +1050,44 @@ class Spool:
             if len(data) > MAX_TASK_BYTES:  # it grew after the fstat
                 raise _Refused(f"more than {MAX_TASK_BYTES} bytes",
                                data + _read_upto(fd, RECEIPT_SCAN_BYTES - len(data)))
+        except OSError as exc:
+            raise InvalidInput(f"cannot read: {exc.strerror}") from None
         finally:
             os.close(fd)
         return data, st.st_uid
 
-    def _reject(self, path: Path, reason: str, receipt: str) -> None:
+    def _reject(self, path: Path, seen: os.stat_result, reason: str, receipt: str) -> None:
         """Move a drop to rejected/ with its reason beside it. The reason is written
-        first: a disk too full for it raises OSError, and the drop stays where it was."""
+        first: a disk too full for it raises OSError, and the drop stays where it was.
+        A drop that cannot be moved (a folder the back end may not write into, a name
+        replaced meanwhile) raises _Stuck and is remembered, so that the next passes
+        pass it over."""
         folder = self.dir("rejected")
-        target = folder / path.name
-        if target.exists() or (folder / f"{path.name}.reason").exists():
-            target = folder / f"{path.name}.{new_id()}"
+        base = path.name
+        if len(os.fsencode(base)) > _KEEP_NAME_BYTES:  # room for .ID.reason
+            base = os.fsdecode(os.fsencode(base)[:_KEEP_NAME_BYTES])
+        target = folder / base
+        if base != path.name or target.exists() or (folder / f"{base}.reason").exists():
+            target = folder / f"{base}.{new_id()}"
         why = folder / f"{target.name}.reason"
         try:
             write_private(why, (" ".join(reason.split()) + "\n").encode())
-            os.rename(path, target)
-        except OSError:
+            if not os.path.samestat(os.lstat(path), seen):
+                raise _Stuck("replaced while it was judged")  # judged again next pass
+            rename_noreplace(path, target)
+        except BaseException as exc:
             with suppress(OSError):
                 os.unlink(why)
-            raise
+            if isinstance(exc, _Stuck) or not isinstance(exc, OSError):
+                raise
+            if exc.errno == errno.ENOENT:
+                raise
+            if exc.errno in _BACK_END_ERRNOS:
+                raise  # the back end's own trouble: every drop would meet it
+            stuck = (f"{reason}; it cannot be moved to rejected/ ({exc.strerror}: "
+                     f"{_file_type(seen.st_mode)} owned by uid {seen.st_uid})")
+            self._stuck[(seen.st_dev, seen.st_ino)] = stuck
+            raise _Stuck(stuck) from None
         if receipt:
             from hostctl.queues.dropbox import rejected_doc
 
@@ -1150,6 +1217,35 @@ class Spool:
             yield
         finally:
             os.close(fd)
+
+
+class _Stuck(HostctlError):
+    """An entry of incoming/ that can be neither admitted nor moved away."""
+
+
+#: errors of a write that would befall every drop (the back end's own file system)
+_BACK_END_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+#: of a rejected drop's name, this many bytes are kept (NAME.ID.reason fits NAME_MAX)
+_KEEP_NAME_BYTES = 200
+
+
+def _file_type(mode: int) -> str:
+    for test, word in ((stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symbolic link"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISREG, "a regular file")):
+        if test(mode):
+            return word
+    return "an unknown kind of file"
+
+
+def _remove_stale_dot(path: Path, now: float) -> None:
+    """A front end's dot-name (a drop it was writing) older than STALE_TMP_SECONDS: it
+    crashed before its rename. A folder is left to doctor."""
+    with suppress(OSError):
+        st = os.lstat(path)
+        if now - st.st_mtime > STALE_TMP_SECONDS and not stat.S_ISDIR(st.st_mode):
+            os.unlink(path)
 
 
 class _Refused(InvalidInput):

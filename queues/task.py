@@ -171,12 +171,24 @@ def _str_map(doc: Mapping[str, Any], key: str) -> dict[str, str]:
     return dict(value)
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def loads_strict(data: bytes | str) -> Any:
+    """JSON from a file hostctl did not write itself (a drop, a task file); whatever the
+    bytes are, the one error is InvalidInput: not JSON, not UTF-8, nested too deep for
+    the parser's stack, NaN or Infinity, a number of too many digits."""
+    try:
+        return json.loads(data, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        why = "nested too deep" if isinstance(exc, RecursionError) else str(exc)
+        raise InvalidInput(f"not JSON: {why}"[:300]) from None
+
+
 def decode_envelope(line: bytes) -> Envelope:
     """Parse and check a submission line; raise InvalidInput saying what is wrong."""
-    try:
-        doc = json.loads(line)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"not JSON: {exc}") from None
+    doc = loads_strict(line)
     if not isinstance(doc, dict):
         raise InvalidInput("not a JSON object")
     if doc.get("format", FORMAT) != FORMAT:
@@ -393,8 +405,8 @@ def decode_task(data: bytes, state: str, log_path: str = "", due: float | None =
         if not raw.strip():
             continue
         try:
-            ev = json.loads(raw)
-        except ValueError:
+            ev = loads_strict(raw)
+        except InvalidInput:
             continue  # a torn append
         if isinstance(ev, dict) and isinstance(ev.get("event"), str):
             events.append(ev)

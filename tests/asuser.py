@@ -130,7 +130,9 @@ def preload() -> None:
     global _preloaded
     if _preloaded:
         return
+    import filelock  # noqa: F401  (loaded lazily by what writes contexts)
     import platformdirs
+    import tomli_w  # noqa: F401
     import typer._click
 
     import hostctl

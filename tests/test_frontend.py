@@ -494,7 +494,7 @@ def rejected_drops(home: Path, existing: str) -> list[Drop]:
         _big("oversized, a decoy receipt in a value", 3 * MAX_TASK_BYTES, decoy=True),
         _big("huge, its receipt first", 2 * RECEIPT_SCAN_BYTES, receipt_first=True),
         _big("huge, its receipt after the head", 2 * RECEIPT_SCAN_BYTES),
-        Drop("symlink", "cannot open", kind="symlink",
+        Drop("symlink", "not a regular file (a symbolic link)", kind="symlink",
              data=str(home / "contexts" / "srv.toml").encode()),
         Drop("fifo", "not a regular file", kind="fifo"),
         Drop("directory", "not a regular file", kind="directory"),

@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import os
 import pwd
+import shutil
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ class _Rule:
     modes: tuple[int, ...]  # acceptable modes; the first is what --fix sets
     gid: int | None = None  # required group, if any
     owner_free: bool = False  # may belong to someone else (a front end's drop)
+    kept: bool = False  # set aside for good (rejected/): a front end's file, any mode
 
 
 def check(paths: Paths, fix: bool = False, allow_network: bool = False) -> list[Finding]:
@@ -71,6 +73,7 @@ def check(paths: Paths, fix: bool = False, allow_network: bool = False) -> list[
                           "can fix it")
     fe = dropbox.frontend_gid(paths)
     findings = [f for rule in _rules(paths, fe) for f in _check_one(rule, owner, fix)]
+    findings += _stuck_in_incoming(paths.spool / "incoming", fix)
     fstype = filesystem_type(paths.spool if paths.spool.exists() else home)
     if fstype in NETWORK_FILESYSTEMS and not allow_network:
         findings.append(Finding(paths.spool, f"on a {fstype} file system: file locks are not "
@@ -106,7 +109,8 @@ def _rules(paths: Paths, fe: int | None) -> Iterator[_Rule]:
         else:
             yield from _tree(folder, files=(0o600,),
                              owner_free=name in ("incoming", "rejected"),
-                             drop_modes=name in ("incoming", "rejected"))
+                             drop_modes=name in ("incoming", "rejected"),
+                             kept=name == "rejected")
     yield from _tree(paths.spool / "workers", files=(0o600,))
     for entry in _listdir(paths.spool):
         if entry.is_file() and not entry.is_symlink():
@@ -114,7 +118,8 @@ def _rules(paths: Paths, fe: int | None) -> Iterator[_Rule]:
 
 
 def _tree(folder: Path, files: tuple[int, ...], shared_gid: int | None = None,
-          owner_free: bool = False, drop_modes: bool = False) -> Iterator[_Rule]:
+          owner_free: bool = False, drop_modes: bool = False,
+          kept: bool = False) -> Iterator[_Rule]:
     if not folder.exists():
         return
     yield _Rule(folder, (PRIVATE_DIR,))
@@ -129,7 +134,7 @@ def _tree(folder: Path, files: tuple[int, ...], shared_gid: int | None = None,
                 yield _Rule(entry, (SHARED_FILE_MODE,), shared_gid)
                 continue
         modes = (*files, SHARED_FILE_MODE) if drop_modes else files
-        yield _Rule(entry, modes, owner_free=owner_free)
+        yield _Rule(entry, modes, owner_free=owner_free, kept=kept)
 
 
 def _files(folder: Path, modes: tuple[int, ...], gid: int | None = None,
@@ -182,9 +187,39 @@ def _wrongs(rule: _Rule, st: os.stat_result, owner: int) -> list[tuple[str, str]
     if rule.gid is not None and st.st_gid != rule.gid:
         out.append(("group", f"group {st.st_gid}, not the front-end group {rule.gid}"))
     mode = stat.S_IMODE(st.st_mode)
+    if rule.kept and st.st_uid != owner:
+        return out  # a front end's rejected drop: never read again, its mode is its own
     if mode not in rule.modes:
         out.append(("mode", f"mode {mode:04o}, want {rule.modes[0]:04o}"))
     return out
+
+
+def _stuck_in_incoming(incoming: Path, fix: bool) -> list[Finding]:
+    """Entries of incoming/ that admission can neither admit nor move to rejected/: a
+    drop is a file, so any folder there is one (a front end made it, and the back end
+    may not write into it). With ``fix``, root removes it (never following a link)."""
+    found = []
+    for entry in _listdir(incoming):
+        try:
+            st = os.lstat(entry)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            continue
+        problem = (f"a folder (owned by {_who(st.st_uid)}) that admission can neither admit "
+                   "nor move away; it holds up nothing else, but only its owner or root "
+                   "can remove it")
+        if not fix:
+            found.append(Finding(entry, problem))
+            continue
+        if os.geteuid() != 0:
+            found.append(Finding(entry, problem, False,
+                                 "run `hostctl doctor --fix` as root, or its owner removes it"))
+            continue
+        shutil.rmtree(entry, ignore_errors=True)  # never follows a link inside
+        fixed = not os.path.lexists(entry)
+        found.append(Finding(entry, problem, fixed, "" if fixed else "it could not be removed"))
+    return found
 
 
 def _who(uid: int) -> str:
