@@ -188,11 +188,12 @@ def _fork(prep: Prepared, env: Envelope, store: ContextStore, paths: Paths,
     """Fork the worker: for a task function, or a command that could not be spawned."""
     sys.stdout.flush()
     sys.stderr.flush()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # the child: never returns
         code = 70
         try:
-            die_with_parent()
+            die_with_parent(parent)
             if not prep.argv:  # a progress bar goes to the terminal, never to the log
                 from hostctl.provision import backup
 

@@ -26,8 +26,10 @@ _PR_SET_PDEATHSIG = 1
 _libc = None
 
 
-def die_with_parent() -> None:
-    """In a freshly forked child: own session, and SIGKILL when the parent dies."""
+def die_with_parent(parent: int) -> None:
+    """In a freshly forked child of ``parent``: own session, and SIGKILL when the parent
+    dies. A parent that died before the death signal was set (between the fork and the
+    prctl) is noticed at once: the child is no longer its child, and exits."""
     global _libc
     os.setsid()
     with suppress(OSError, AttributeError):
@@ -36,6 +38,74 @@ def die_with_parent() -> None:
 
             _libc = ctypes.CDLL(None, use_errno=True)
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(70)
+
+
+def _living(session: int) -> list[int]:
+    """The processes of ``session`` that have not exited (zombies excepted: a zombie has
+    let go of its files and locks)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        rest = data[data.rfind(b")") + 2:].split()
+        if len(rest) > 3 and rest[3] == str(session).encode() and rest[0] != b"Z":
+            found.append(int(entry))
+    return found
+
+
+def wait_gone(session: object, timeout: float = 5.0) -> bool:
+    """Wait (at most ``timeout`` s) until every process of a killed task's session has
+    exited; whether they have."""
+    if not isinstance(session, int) or session <= 1:
+        return True
+    deadline = time.monotonic() + timeout
+    while _living(session):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def kill_spawned(task_id: str, not_before: int) -> int:
+    """SIGKILL every session that a worker started for ``task_id`` at or after the boot
+    tick ``not_before`` and did not live to record (the worker died between the spawn and
+    its ``start`` event): the sessions of the processes whose environment carries the
+    task's ``HOSTCTL_TASK_ID`` and which started since. Returns how many processes were
+    signalled. Repeated until none is left, since a member may fork meanwhile."""
+    needle = f"HOSTCTL_TASK_ID={task_id}".encode()
+    total = 0
+    for _ in range(10):
+        sessions = set()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            st = _stat(entry)
+            if st is None or st[2] < not_before:
+                continue
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    env = f.read()
+            except OSError:  # gone, or not ours to read (then not ours to kill either)
+                continue
+            if needle in env.split(b"\0"):
+                sessions.add(st[1])
+        members = [pid for sid in sessions for pid in _living(sid)]
+        if not members:
+            return total
+        for pid in members:
+            with suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+                total += 1
+        for sid in sessions:
+            wait_gone(sid, 1.0)
+    return total
 
 
 def _stat(pid: int | str) -> tuple[int, int, int] | None:

@@ -163,6 +163,8 @@ class Claim:
             self.released = True
             os.close(self.fd)
             if self.context_fd >= 0:
+                with suppress(OSError):  # the context is free: no holder to look after
+                    os.ftruncate(self.context_fd, 0)
                 os.close(self.context_fd)
 
 
@@ -178,6 +180,8 @@ class Spool:
         self._admit_said: set[tuple[str, str]] = set()  # drops left by the last admit()
         self._stuck: dict[tuple[int, int], str] = {}  # (dev, ino) of incoming/: why
         self._unjudged: tuple[object, dict[str, str]] = (None, {})  # see _waiting()
+        #: the retry rules of the last sweep, for a lost task recovered by a claim
+        self._policy: Callable[[Envelope], Policy] = lambda _env: Policy()
 
     # -- set-up -----------------------------------------------------------------------
 
@@ -521,6 +525,7 @@ class Spool:
                 os.close(ctx_fd)
                 return None
             keep = True
+            _hold(ctx_fd, name)
             if task.cancel_requested:  # cancelled while queued, but not moved yet
                 claim = Claim(task, target, fd, ctx_fd, self)
                 self.finish(claim, "cancelled", reason="cancelled before it started")
@@ -558,6 +563,7 @@ class Spool:
             target = self.dir("active") / _ready_name(env)
             os.rename(tmp, target)
             fsync_dir(target.parent)
+            _hold(ctx_fd, target.name)
             task = self._read_fd(fd, "active", target.name)
         except BaseException as exc:
             os.close(fd)
@@ -570,14 +576,43 @@ class Spool:
         return Claim(task, target, fd, ctx_fd, self)
 
     def _context_lock(self, context: str, wait: bool) -> int:
+        """The context's lock, held; BlockingIOError while it is busy (``wait``: wait).
+
+        The lock file names the active task that holds it (``_hold``), and is emptied
+        when that task's claim ends. A name still there when the lock is taken means the
+        holder's worker died with the task running: its command may live on (a spawned
+        command outlives its worker), so before anything else runs on the context that
+        task is recovered here, as the sweep would: what is left of its process group is
+        stopped. A task another process is recovering meanwhile makes the context busy.
+        """
         path = self.dir("locks") / f"context.{context.lstrip('@')}.lock"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            while True:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+                holder = os.pread(fd, 64, 0).strip()
+                if not holder or self._settled(os.fsdecode(holder)):
+                    return fd
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                if not wait:
+                    raise BlockingIOError(errno.EWOULDBLOCK, "a lost task is being recovered")
+                time.sleep(0.05)
         except BaseException:
             os.close(fd)
             raise
-        return fd
+
+    def _settled(self, holder: str) -> bool:
+        """Whether the task a dead holder of a context lock left is dealt with: gone from
+        active/, or recovered now (its leftovers stopped)."""
+        path = self.dir("active") / holder
+        if os.sep in holder or not os.path.exists(path):
+            return True
+        try:
+            self._recover_one(path, self._policy)
+        except (OSError, HostctlError) as exc:
+            log.error("cannot recover task file %s: %s", holder, exc)
+            return False
+        return not os.path.exists(path)
 
     def _try_context_lock(self, context: str) -> int | None:
         try:
@@ -738,6 +773,7 @@ class Spool:
         Returns one line per recovered task, for the log.
         """
         self.ensure()
+        self._policy = policy
         now = time.time() if now is None else now
         for listing in self._listings.values():
             listing.relist()
@@ -795,14 +831,27 @@ class Spool:
                 else:
                     self._move(path, self.dir("done") / f"{env.id}{SUFFIX}")
                 return f"completed the interrupted move of task {env.id}"
-            started = task.last("start")
-            if started is None or any(ev.get("event") == "end" for ev in
-                                      task.events[task.events.index(started):]):
+            from hostctl.queues.process import kill_group, kill_spawned, wait_gone
+
+            kinds = [ev.get("event") for ev in task.events]
+            spawn, start = _last_index(kinds, "spawn"), _last_index(kinds, "start")
+            if spawn > start:
+                # its worker died between the spawn and the `start` event: what it spawned
+                # may be running, unrecorded. It is stopped before the task can run again,
+                # and the run counts as an attempt (it may have done its work)
+                spawned = task.events[spawn]
+                not_before = spawned.get("not_before")
+                if isinstance(not_before, int):
+                    kill_spawned(env.id, not_before)
+                claim.append("start", attempt=spawned.get("attempt"),
+                             worker=spawned.get("worker"), at=spawned.get("at"))
+                task = self._read_fd(fd, "active", path.name)
+            elif start < 0 or _last_index(kinds, "end") > start:
                 self._move(path, self.dir("new") / _ready_name(env))
                 return f"task {env.id} was claimed but never started: queued again"
-            from hostctl.queues.process import kill_group
-
-            kill_group(started)
+            started = task.last("start") or {}
+            if kill_group(started):
+                wait_gone(started.get("pgid"))  # its locks are let go only at its exit
             rules = policy(env)
             attempts = task.attempt_count
             reason = (f"its worker (pid {started.get('worker')}) died during attempt "
@@ -1267,6 +1316,21 @@ def _read_upto(fd: int, limit: int) -> bytes:
         chunks.append(chunk)
         left -= len(chunk)
     return b"".join(chunks)
+
+
+def _hold(ctx_fd: int, name: str) -> None:
+    """Name the active task that holds a context's lock in the lock file (see
+    Spool._context_lock); no fsync: the record matters only while processes live."""
+    with suppress(OSError):
+        os.pwrite(ctx_fd, f"{name}\n".encode(), 0)
+
+
+def _last_index(items: list[Any], value: Any) -> int:
+    """The index of the last ``value`` in ``items``, or -1."""
+    for i in range(len(items) - 1, -1, -1):
+        if items[i] == value:
+            return i
+    return -1
 
 
 def _head(path: Path) -> bytes:

@@ -43,6 +43,8 @@ HEARTBEAT_EVERY = 30.0
 #: a task claimed ahead (see Worker.prefetch) is given back if not started within this
 HOLD_AHEAD = 0.05
 _NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
+#: tests only: the worker kills itself right after a spawn, before it records the start
+_DIE_AFTER_SPAWN = os.environ.get("HOSTCTL_TEST_DIE_AFTER_SPAWN") == "1"
 
 
 def redact(value: Any, secrets: tuple[bytes, ...]) -> Any:
@@ -338,13 +340,32 @@ class Worker:
             return True
         try:
             prep = prepare(env, self.registry, self.store, self.paths, result_path)
-            earliest = boot_ticks()
+        except (HostctlError, OSError) as exc:
+            reason = exc.message if isinstance(exc, HostctlError) else f"cannot start: {exc}"
+            self._fail_start(claim, attempt, log_fd, reason)
+            return True
+        earliest = boot_ticks()
+        try:
+            # the intent, before anything of the task can run: a worker that dies between
+            # the spawn and the `start` event leaves this, and the sweep stops whatever
+            # was spawned before the task may run again (process.kill_spawned)
+            claim.append("spawn", attempt=attempt, worker=os.getpid(), not_before=earliest)
+        except OSError as exc:
+            if queued and exc.errno in _NO_ROOM:
+                self._no_room(claim, log_fd, f"its start: {exc.strerror}")
+                return False
+            self._fail_start(claim, attempt, log_fd,
+                             f"cannot record the task's start: {exc.strerror or exc}")
+            return True
+        try:
             pid, out_fd = launch(prep, env, self.store, self.paths, result_path)
             latest = boot_ticks(up=True)
         except (HostctlError, OSError) as exc:
             reason = exc.message if isinstance(exc, HostctlError) else f"cannot start: {exc}"
             self._fail_start(claim, attempt, log_fd, reason)
             return True
+        if _DIE_AFTER_SPAWN:  # tests only: the worst moment for a worker to die
+            os.kill(os.getpid(), signal.SIGKILL)
         try:
             claim.append("start", attempt=attempt, pid=pid, pgid=pid,
                          pgid_start=earliest, pgid_start_by=latest, worker=os.getpid(),
