@@ -27,6 +27,7 @@ from types import FrameType
 from hostctl import config as config_mod
 from hostctl.errors import OperationFailed
 from hostctl.provision.registry import RunContext
+from hostctl.text import Redactor
 
 REDACTED = "[secret]"
 #: environment variables a child must not inherit from the worker: libpq's would point
@@ -53,6 +54,7 @@ class Job:
         self.paths = rc.paths
         self.store = rc.store
         self._secrets: set[str] = set()
+        self._redactor = Redactor((), REDACTED)
 
     @cached_property
     def config(self) -> config_mod.Config:
@@ -67,11 +69,12 @@ class Job:
     def hide(self, *values: str) -> None:
         """Keep these values out of everything this task prints."""
         self._secrets.update(v for v in values if v and len(v) >= 4)
+        self._redactor = Redactor(self._secrets, REDACTED)
 
     def redact(self, text: str) -> str:
-        for secret in sorted(self._secrets, key=len, reverse=True):
-            text = text.replace(secret, REDACTED)
-        return text
+        """``text`` with each secret replaced where it stands as a whole value (see
+        hostctl.text.Redactor: never inside a path or a name that contains it)."""
+        return self._redactor.text(text)
 
     def say(self, message: str) -> None:
         self.rc.say(self.redact(message))

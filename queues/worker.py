@@ -30,9 +30,11 @@ from hostctl.queues.backend import QueueBackend, TaskClaim
 from hostctl.queues.process import boot_ticks, signal_group
 from hostctl.queues.spool import Policy, Spool, backoff
 from hostctl.queues.task import utc_iso
+from hostctl.text import Redactor, printable
 
 log = logging.getLogger("hostctl")
-REDACTED = b"[secret]"
+#: of one line of a task's output, at most this much is kept in its log
+MAX_LINE = 64 * 1024
 #: no room on the disk for a task's log or its start: wait this long before claiming again
 NO_ROOM_WAIT = 10.0
 #: held back by the load: look at it again this often (nothing else may wake the daemon)
@@ -47,12 +49,18 @@ _NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 _DIE_AFTER_SPAWN = os.environ.get("HOSTCTL_TEST_DIE_AFTER_SPAWN") == "1"
 
 
-def redact(value: Any, secrets: tuple[bytes, ...]) -> Any:
+def _log_end(claim: TaskClaim, outcome: str, reason: str) -> None:
+    """One line in hostctl.log for every task's end (a retry and a loss included)."""
+    env = claim.task.envelope
+    level = logging.INFO if outcome in ("success", "warning") else logging.WARNING
+    log.log(level, "task %s (%s on %s) ended: %s%s", env.id, env.type, env.context, outcome,
+            f": {printable(reason)}" if reason else "")
+
+
+def redact(value: Any, secrets: Redactor) -> Any:
     """``value`` (a task's structured result) with every secret replaced, as in its log."""
     if isinstance(value, str):
-        for secret in secrets:
-            value = value.replace(secret.decode(), REDACTED.decode())
-        return value
+        return secrets.text(value)
     if isinstance(value, dict):
         return {redact(k, secrets): redact(v, secrets) for k, v in value.items()}
     if isinstance(value, list):
@@ -80,7 +88,8 @@ class Running:
     timed_out: float = 0.0
     cancelled: bool = False
     interrupted: str = ""  # the worker itself was stopped: run it again later
-    secrets: tuple[bytes, ...] = ()  # redacted from the log
+    secrets: Redactor = field(default_factory=lambda: Redactor(()))  # out of the log
+    cut: int = 0  # bytes of the current output line past MAX_LINE, not kept
     log_error: str = ""  # the log could not be written: the task ends in error
     beat_at: float = 0.0  # the last heartbeat to the queue (clock)
 
@@ -387,7 +396,8 @@ class Worker:
         now = self.clock()
         run = Running(claim, pid, out_fd, os.pidfd_open(pid), log_fd,
                       self.registry.policy(env), result_path, now + timeout, timeout, now,
-                      attempt, secrets=secret_values(prep.context, self.store), beat_at=now)
+                      attempt, secrets=Redactor(secret_values(prep.context, self.store)),
+                      beat_at=now)
         os.set_blocking(out_fd, False)
         self.selector.register(out_fd, selectors.EVENT_READ, ("out", run))
         self.selector.register(run.pidfd, selectors.EVENT_READ, ("exit", run))
@@ -409,6 +419,7 @@ class Worker:
             self.summary.count("lost")
             return
         self.summary.count("error")
+        _log_end(claim, "error", reason)
 
     def _no_room(self, claim: TaskClaim, log_fd: int, what: str) -> None:
         """No room on the disk to start a queued task: give it back, claim nothing for a
@@ -478,15 +489,29 @@ class Worker:
         self._write_output(run, chunk)
 
     def _write_output(self, run: Running, chunk: bytes) -> None:
+        """Whole lines to the log; of a line longer than MAX_LINE only its head is kept
+        (the worker's memory stays bounded whatever a task prints), then a note of how
+        much of it was left out, once the line ends."""
         data = run.buffer + chunk
+        if run.cut:  # inside a line already cut: drop up to its end
+            end = data.find(b"\n")
+            if end < 0:
+                run.cut += len(data)
+                run.buffer = b""
+                return
+            self._emit(run, f" [... {run.cut + end} more bytes of this line not kept]\n"
+                       .encode())
+            run.cut, data = 0, data[end + 1:]
         whole, sep, rest = data.rpartition(b"\n")
-        run.buffer = rest
         if sep:
             self._emit(run, whole + sep)
+        if len(rest) > MAX_LINE:
+            self._emit(run, rest[:MAX_LINE])
+            run.cut, rest = len(rest) - MAX_LINE, b""
+        run.buffer = rest
 
     def _emit(self, run: Running, data: bytes) -> None:
-        for secret in run.secrets:
-            data = data.replace(secret, REDACTED)
+        data = run.secrets.data(data)
         self._run_log(run, data)
         if self.echo is not None:
             self.echo.write(data.decode("utf-8", "replace"))
@@ -540,6 +565,8 @@ class Worker:
         del self.running[run.pid]
         if run.buffer:
             self._emit(run, run.buffer + b"\n")
+        if run.cut:
+            self._emit(run, f" [... {run.cut} more bytes of this line not kept]\n".encode())
         claim = run.claim
         cancelled = run.cancelled or (claim.grew() and claim.reload().cancel_requested)
         result = redact(read_result(run.result_path), run.secrets)
@@ -565,12 +592,14 @@ class Worker:
             else:
                 self.queue.finish(claim, "lost", **fields)
             self.summary.count("lost")
+            _log_end(claim, "lost", reason)
             return
         if verdict.outcome == "retry":
             self.queue.defer(claim, backoff(run.policy, run.attempt), **fields)
         else:
             self.queue.finish(claim, verdict.outcome, **fields)
         self.summary.count(verdict.outcome)
+        _log_end(claim, verdict.outcome, str(fields["reason"]))
 
     @staticmethod
     def _log(fd: int, data: str | bytes) -> None:

@@ -281,8 +281,9 @@ def test_a_log_that_fills_the_disk_ends_its_task_in_error_and_the_worker_goes_on
 
 def test_a_task_file_that_cannot_grow_on_a_full_disk_is_not_torn_and_not_lost(
         run_hostctl, disk: Path) -> None:
-    """The task file ends 40 bytes short of a page and the disk has one page left, which
-    the task's log takes: the start event cannot be written whole. The worker must not
+    """The task file ends 40 bytes short of a page and the disk has two pages left, which
+    the context's lock record and the task's log take: the spawn event cannot be written
+    whole. The worker must not
     crash, must not leave a torn line that would swallow the next event, and the task must
     run once there is room."""
     home = disk / "home"
@@ -302,7 +303,8 @@ def test_a_task_file_that_cannot_grow_on_a_full_disk_is_not_torn_and_not_lost(
     path = home / "spool" / "new" / f"0{padded}.task"
     assert path.stat().st_size == page - 40
     after = run_hostctl("task", "add", "quick", "@b.example").out.strip()
-    filler = fill(disk, leave=page)
+    # one page for the context lock file's holder record, one for the task's log
+    filler = fill(disk, leave=2 * page)
 
     res = run_process(home, "wait-queue", "--once", "--concurrency", "1")
     assert res.returncode == 0, res.stderr
@@ -322,7 +324,7 @@ def test_a_task_file_that_cannot_grow_on_a_full_disk_is_not_torn_and_not_lost(
         doc = show(run_hostctl, task_id)
         assert doc["status"] == "success" and len(doc["attempts"]) == 1, doc
     lines = (home / "spool" / "done" / f"{padded}.task").read_bytes().splitlines()
-    assert [json.loads(line).get("event") for line in lines[1:]] == ["start", "end"]
+    assert [json.loads(line).get("event") for line in lines[1:]] == ["spawn", "start", "end"]
     assert "padded run" in run_hostctl("task", "log", padded).out
 
 
