@@ -9,6 +9,8 @@ import typer
 
 from hostctl.cli.common import JsonFlag, complete_context, say, state
 from hostctl.cli.output import emit_json
+from hostctl.cli.secretinput import HELP as SECRET_HELP
+from hostctl.cli.secretinput import read_secrets
 from hostctl.contexts.schema import TYPES, Kind, all_field_names
 from hostctl.contexts.store import ContextStore
 from hostctl.errors import InvalidInput
@@ -126,7 +128,8 @@ def provision_save(
         else:
             say(st, f"Deleted {gone.display_name} ({gone.type})")
         return
-    result = store.save(name, changes, context_type)
+    # a secret given as - or @FILE is read here: it never is on the command line
+    result = store.save(name, read_secrets(changes), context_type)
     if json_:
         emit_json(result.context.to_json())
         return
@@ -139,4 +142,5 @@ def provision_save(
         say(st, f"Unchanged {c.display_name} ({c.type})")
 
 
-HELP_EPILOG = "Fields: " + _FIELD_LIST + ". See 'hostctl context fields' for each type."
+HELP_EPILOG = ("Fields: " + _FIELD_LIST + ". See 'hostctl context fields' for each type. "
+               + SECRET_HELP)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 
 from hostctl.cli.output import emit_json
+from hostctl.cli.secretinput import read_secrets
 from hostctl.paths import Paths
 from hostctl.queues import dropbox
 from hostctl.queues import tasks as ops
@@ -19,7 +20,9 @@ def add_task(paths: Paths, type_: str, context: str, options: list[str],
     box: it is checked when the back end admits it, and its receipt lets this user follow
     it with `task show` and `task log`."""
     opts = ops.parse_pairs(options, "--option")
-    ctx_opts = ops.parse_pairs(context_options, "--context-option")
+    # a secret field given as -c FIELD=- or FIELD=@FILE is read here, off the command line
+    ctx_opts = read_secrets(ops.parse_pairs(context_options, "--context-option"),
+                            what="--context-option ")
     if dropbox.is_frontend(paths):
         dropped = dropbox.submit(paths, type_, context, opts, ctx_opts, priority, delay)
         kept = dropbox.ReceiptBook.default().keep(dropped)

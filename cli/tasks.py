@@ -54,7 +54,9 @@ def add(
         help="A one-time option for this run (repeatable).")] = None,
     context_option: Annotated[list[str] | None, typer.Option(
         "--context-option", "--context_option", "-c", metavar="FIELD=VALUE",
-        help="Saved into the context before the task runs (repeatable).")] = None,
+        help="Saved into the context before the task runs (repeatable). A secret field "
+             "takes - (read from stdin) or @FILE, never on the command line; @@TEXT is "
+             "the literal @TEXT.")] = None,
     priority: Annotated[int, typer.Option(
         "--priority", "-p", min=0, max=9, help="0 to 9; higher runs sooner.")] = 5,
     delay: Annotated[float, typer.Option(

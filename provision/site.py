@@ -274,7 +274,7 @@ def create_installation(job: Job, site: Context, place: Place, undo: Undo, *,
     if place.site_path.exists():
         raise Conflict(f"the site folder {place.site_path} exists already")
     if archive is not None:
-        archive.extract_files(place.site_path)
+        archive.extract_files(place.site_path, job.warn)
     else:
         place.site_path.mkdir(mode=0o755)
     undo.add(f"the site folder {place.site_path}",
@@ -472,7 +472,7 @@ def restore(rc: RunContext) -> int:
             for leftover in (fresh, old):
                 shutil.rmtree(leftover, ignore_errors=True)
             with Undo(job) as undo:
-                archive.extract_files(fresh)
+                archive.extract_files(fresh, job.warn)
                 undo.add(f"the restored files {fresh}",
                          lambda: shutil.rmtree(fresh, ignore_errors=True))
                 if db is not None and record.db is not None:

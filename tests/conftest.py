@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,46 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("HOSTCTL_HOME", str(path))
     monkeypatch.delenv("_HOSTCTL_COMPLETE", raising=False)
     yield path
+
+
+@pytest.fixture(autouse=True)
+def every_backup_restores(home: Path, tmp_path: Path) -> Iterator[None]:
+    """After each test: every backup its homes now hold passes the restore checker."""
+    yield
+    problems = backups_that_would_not_restore(tmp_path)
+    assert not problems, "backups that would not restore: " + "; ".join(problems)
+
+
+def backups_that_would_not_restore(top: Path) -> list[str]:
+    """Each backup under ``top`` (in a home's backups/ folder, down to ``*/*/backups``)
+    that this version of hostctl made (its manifest lists what was ``skipped``) and that
+    the restore checker refuses, would leave something out of, or cannot extract into
+    a scratch folder: its name and why."""
+    from hostctl.errors import HostctlError
+    from hostctl.provision.backup import Archive
+
+    problems = []
+    found = {p for pattern in ("*/backups/*.tar.gz", "*/*/backups/*.tar.gz")
+             for p in top.glob(pattern)}
+    for path in sorted(found):
+        try:
+            archive = Archive(path)
+        except HostctlError:
+            continue  # not a backup (a test's stand-in file)
+        with archive:
+            if "skipped" not in archive.doc:
+                continue  # an older version's archive a test made on purpose
+            scratch = Path(tempfile.mkdtemp(prefix="restore-check-"))
+            try:
+                left_out = archive.extract_files(scratch / "site", warn=lambda _: None)
+                if left_out:
+                    problems.append(f"{path.name}: restore leaves out "
+                                    + ", ".join(str(s) for s in left_out))
+            except HostctlError as exc:
+                problems.append(f"{path.name}: {exc}")
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+    return problems
 
 
 @pytest.fixture
