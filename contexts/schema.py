@@ -9,8 +9,22 @@ stored value is checked when a file is read back:
     list    comma-separated; blanks dropped, duplicates removed, order kept
     choice  one of a fixed set of words
     path    an absolute path, normalised
-    host    a host name in ASCII (letters, lower-cased; digits, '.', '-'; IDNA as xn--)
+    host    a host name in ASCII (letters, lower-cased; digits, '.', '-'; IDNA as xn--),
+            labels of at most 63 characters, at most 253 in all
+    hosts   a list of host names
+    ips     a list of IP addresses (v4 or v6, written as ipaddress writes them)
+    email   an e-mail address: LOCAL@HOST, LOCAL of the characters RFC 5322 allows
+            unquoted, HOST a host name
+    url     an http(s) URL without white space, quotes, backslashes or control characters
+    word    a name such as a language code, a profile or a UNIX user: letters, digits,
+            '.', '_', '-', '+' and '@'
     ref     the name of another context of a given type
+
+Each value is checked when it is saved (provision-save, a task's context options, a
+front end's drop), so that what is saved can always be acted on: a path holds none of the
+characters nginx would read as syntax (quotes, backslashes, '$'), a host name could be an
+nginx server_name. A value saved before a rule existed is read back as it was (the file is
+not malformed); a task that cannot use it fails saying which field.
 
 The string ``null`` resets a field to its default (Aegir's convention). Fields follow
 Aegir's provision contexts; secret fields are never shown unless asked for.
@@ -18,6 +32,7 @@ Aegir's provision contexts; secret fields are never shown unless asked for.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -33,7 +48,14 @@ NULL = "null"
 _TRUE = {"1", "true", "yes", "on", "y"}
 _FALSE = {"0", "false", "no", "off", "n"}
 _INT = re.compile(r"[+-]?[0-9]+", re.ASCII)
-_HOST = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*")
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_HOST = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+_EMAIL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+                    r"@(.+)")
+_URL = re.compile(r"https?://[A-Za-z0-9._~:/?#\[\]@!&'()*+,;=%-]+")
+_WORD = re.compile(r"[A-Za-z0-9._+@-]+")
+#: what nginx would read in a path as the end of a string, an escape or a variable
+_UNSAFE_PATH = re.compile(r'["\\$]')
 
 
 class Kind(Enum):
@@ -44,6 +66,11 @@ class Kind(Enum):
     CHOICE = "choice"
     PATH = "path"
     HOST = "host"
+    HOSTS = "hosts"
+    IPS = "ips"
+    EMAIL = "email"
+    URL = "url"
+    WORD = "word"
     REF = "ref"
 
 
@@ -88,15 +115,24 @@ class Field:
             if not _INT.fullmatch(raw.strip()):
                 raise InvalidInput(f"{shown(raw)} is not a whole number")
             return self._check_int(int(raw.strip(), 10))
-        if self.kind is Kind.LIST:
+        if self.kind in (Kind.LIST, Kind.HOSTS, Kind.IPS):
             items: list[str] = []
             for part in raw.split(","):
                 item = self._check_text(part.strip())
+                if item and self.kind is Kind.HOSTS:
+                    item = _host(item)
+                elif item and self.kind is Kind.IPS:
+                    item = _ip(item)
                 if item and item not in items:
                     items.append(item)
             return items
         if self.kind is Kind.REF:
             return display(parse_name(raw.strip()))
+        if raw.strip() and self.kind in (Kind.EMAIL, Kind.URL, Kind.WORD):
+            return _checked(self.kind, self._check_text(raw.strip()))
+        if self.kind is Kind.PATH and _UNSAFE_PATH.search(raw):
+            raise InvalidInput(f"{shown(raw)} holds a quote, a backslash or a '$', which "
+                               "a web server's configuration would misread")
         if self.kind is Kind.HOST:
             # checked before lower(), which maps some non-ASCII letters to ASCII ones
             # (the Kelvin sign to 'k'): a host name is ASCII, IDNA names in xn-- form
@@ -116,7 +152,7 @@ class Field:
             if isinstance(value, int) and not isinstance(value, bool):
                 return self._check_int(value)
             raise InvalidInput("not a whole number")
-        if self.kind is Kind.LIST:
+        if self.kind in (Kind.LIST, Kind.HOSTS, Kind.IPS):
             if isinstance(value, list) and all(isinstance(v, str) for v in value):
                 return [self._check_text(v) for v in value]
             raise InvalidInput("not a list of strings")
@@ -145,11 +181,45 @@ class Field:
             raise InvalidInput(f"{shown(text)} is not a lower-case host name")
         return text
 
+
     @staticmethod
     def _check_text(text: str) -> str:
         if any(ch in text for ch in "\x00\r\n") or not (text.isprintable() or text == ""):
             raise InvalidInput(f"{shown(text)} contains control characters")
         return text
+
+
+def _host(text: str) -> str:
+    """A host name as a save takes it: ASCII (IDNA names in their xn-- form), lower-cased,
+    labels of letters, digits and inner '-' of at most 63 characters, 253 in all."""
+    low = text.lower()
+    if not text.isascii() or not _HOST.fullmatch(low) or len(low) > 253:
+        raise InvalidInput(f"{shown(text)} is not a host name (letters, digits, '-' and "
+                           "'.'; an international name in its xn-- form)")
+    return low
+
+
+def _ip(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise InvalidInput(f"{shown(text)} is not an IP address") from None
+
+
+def _checked(kind: Kind, text: str) -> str:
+    if kind is Kind.EMAIL:
+        found = _EMAIL.fullmatch(text)
+        if not found or len(text) > 254:
+            raise InvalidInput(f"{shown(text)} is not an e-mail address (local@host.name)")
+        return text[: found.start(1)] + _host(found.group(1))
+    if kind is Kind.URL:
+        if not _URL.fullmatch(text):
+            raise InvalidInput(f"{shown(text)} is not an http(s) URL without spaces, quotes "
+                               "or backslashes")
+        return text
+    if not _WORD.fullmatch(text):
+        raise InvalidInput(f"{shown(text)} must be letters, digits, '.', '_', '-', '+' or '@'")
+    return text
 
 
 @dataclass(frozen=True)
@@ -191,7 +261,7 @@ SERVER = ContextType(
     "a machine that runs services (web, database) for platforms and sites",
     _fields(
         Field("remote_host", Kind.HOST, "host name the server is reached at", default="localhost"),
-        Field("ip_addresses", Kind.LIST, "IP addresses of the server (comma-separated)",
+        Field("ip_addresses", Kind.IPS, "IP addresses of the server (comma-separated)",
               default=[]),
         Field("http_service_type", Kind.CHOICE, "web server", default="none",
               choices=("none", "nginx", "apache")),
@@ -204,25 +274,26 @@ SERVER = ContextType(
               "/usr/sbin/nginx)"),
         Field("nginx_conf", Kind.PATH, "the nginx.conf that includes hostctl's vhost folder, "
               "for nginx -t and the reload (unset: nginx's own default)"),
-        Field("web_group", Kind.STR, "UNIX group the web server runs as", default=""),
+        Field("web_group", Kind.WORD, "UNIX group the web server runs as", default=""),
         Field("db_service_type", Kind.CHOICE, "database server", default="none",
               choices=("none", "sqlite", "pgsql", "mysql")),
         Field("db_host", Kind.HOST, "host of the database server", default="localhost"),
         _port("db_port", None, "port of the database server (unset: the service's default)"),
-        Field("db_user", Kind.STR, "database administrator user", default=""),
+        Field("db_user", Kind.WORD, "database administrator user", default=""),
         Field("db_passwd", Kind.STR, "database administrator password", default="",
               secret=True),
-        Field("master_url", Kind.STR, "URL of the front end", default=""),
-        Field("admin_email", Kind.STR, "address for the server's notices", default=""),
-        Field("script_user", Kind.STR, "UNIX user that runs hostctl on the server", default=""),
+        Field("master_url", Kind.URL, "URL of the front end", default=""),
+        Field("admin_email", Kind.EMAIL, "address for the server's notices", default=""),
+        Field("script_user", Kind.WORD, "UNIX user that runs hostctl on the server",
+              default=""),
         Field("aegir_root", Kind.PATH, "home folder of the backend user on the server"),
         Field("backup_path", Kind.PATH, "folder for backups (unset: under the home)"),
         Field("config_path", Kind.PATH, "folder for generated service config"),
         Field("include_path", Kind.PATH, "folder for shared config includes"),
         Field("clients_path", Kind.PATH, "folder of per-client links"),
-        Field("web_disable_url", Kind.STR, "where a disabled site's visitors are sent",
+        Field("web_disable_url", Kind.URL, "where a disabled site's visitors are sent",
               default=""),
-        Field("web_maintenance_url", Kind.STR, "where visitors go during maintenance",
+        Field("web_maintenance_url", Kind.URL, "where visitors go during maintenance",
               default=""),
         _protected(),
     ),
@@ -256,14 +327,14 @@ SITE = ContextType(
         Field("db_server", Kind.REF, "server that holds the site's database",
               ref_type="server"),
         Field("server", Kind.REF, "server the site lives on", ref_type="server"),
-        Field("aliases", Kind.LIST, "other addresses of the site (comma-separated)",
-              default=[]),
+        Field("aliases", Kind.HOSTS, "other addresses of the site (comma-separated host "
+              "names; no other site may have them)", default=[]),
         Field("redirection", Kind.BOOL, "redirect the aliases to the main address",
               default=False),
-        Field("profile", Kind.STR, "installation profile", default="standard"),
+        Field("profile", Kind.WORD, "installation profile", default="standard"),
         Field("install_method", Kind.CHOICE, "how the site is installed", default="profile",
               choices=("profile", "manual")),
-        Field("language", Kind.STR, "language code", default="en"),
+        Field("language", Kind.WORD, "language code", default="en"),
         Field("site_enabled", Kind.BOOL, "whether the site is served", default=True),
         Field("client_name", Kind.STR, "the client that owns the site", default=""),
         Field("cron_key", Kind.STR, "key for the site's cron URL", default="", secret=True),
@@ -274,7 +345,7 @@ SITE = ContextType(
               default=""),
         Field("http_basic_auth_password", Kind.STR, "password for HTTP basic authentication",
               default="", secret=True),
-        Field("admin_email", Kind.STR, "address of the site's administrator", default=""),
+        Field("admin_email", Kind.EMAIL, "address of the site's administrator", default=""),
         _protected(),
     ),
 )

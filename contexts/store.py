@@ -291,6 +291,8 @@ class ContextStore:
                 values[spec.name] = spec.parse(raw)
             changed.append(spec.name)
         self._check_complete(bare, schema, values)
+        if schema.name == "site" and (old is None or {"uri", "aliases"} & set(changed)):
+            self._check_host_names(bare, schema, values)
         now = utcnow()
         ctx = Context(
             name=bare,
@@ -321,6 +323,21 @@ class ContextStore:
                 raise InvalidInput(
                     f"--{spec.name}: {target} is a {other.type}, not a {spec.ref_type}"
                 )
+
+    def _check_host_names(self, bare: str, schema: ContextType,
+                          values: Mapping[str, Value]) -> None:
+        """No two sites may claim one host name (a uri or an alias), whoever saves: nginx
+        would serve the name from one of them and only warn. Under the contexts lock when
+        it counts (save), so that two saves cannot both take a name."""
+        mine = _host_names(bare, schema, values)
+        for other in self.list("site", malformed=[]):
+            if other.name == bare:
+                continue
+            taken = mine & _host_names(other.name, other.schema, other.values)
+            if taken:
+                name = sorted(taken)[0]
+                raise Conflict(f"the host name {name} is taken by {other.display_name} "
+                               "(its uri or an alias); no two sites may have one name")
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -428,6 +445,16 @@ def _decode(bare: str, raw: bytes) -> Context:
         if not isinstance(doc.get(stamp), str):
             raise InvalidInput(f"{stamp!r} is missing")
     return Context(bare, type_name, values, doc["created"], doc["updated"])
+
+
+def _host_names(bare: str, schema: ContextType, values: Mapping[str, Value]) -> set[str]:
+    """A site's uri (its name when unset) and aliases, lower-cased."""
+    uri = values.get("uri", schema.fields["uri"].default_for(bare))
+    aliases = values.get("aliases") or []
+    names = {str(uri).lower()} if uri else set()
+    if isinstance(aliases, list):
+        names.update(a.lower() for a in aliases)
+    return names
 
 
 def _one_line(exc: BaseException) -> str:

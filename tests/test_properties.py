@@ -18,6 +18,7 @@ commands run as real child processes.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -71,8 +72,11 @@ MAX_NAME = 235
 BOOL_TRUE = {"1", "true", "yes", "on", "y"}
 BOOL_FALSE = {"0", "false", "no", "off", "n"}
 BOOL_WORDS = BOOL_TRUE | BOOL_FALSE | {"null"}
-HOST = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*",
-                  re.ASCII)
+HOST = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}"
+                  r"[a-z0-9])?)*", re.ASCII)
+EMAIL_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+URL = re.compile(r"https?://[A-Za-z0-9._~:/?#\[\]@!&'()*+,;=%-]+")
+WORD = re.compile(r"[A-Za-z0-9._+@-]+")
 INT = re.compile(r"[+-]?[0-9]+", re.ASCII)
 
 
@@ -338,6 +342,13 @@ class Refused(Exception):
     pass
 
 
+def oracle_host(text: str) -> str:
+    low = text.lower()
+    if not text.isascii() or not HOST.fullmatch(low) or len(low) > 253:
+        raise Refused
+    return low
+
+
 def expected_value(info: FieldInfo, raw: str, target: str, contexts: dict[str, str]) -> Any:
     """The value ``--FIELD raw`` stores on context ``target``, as ``context show --json``
     gives it (a reset: the default), per the rules in contexts/schema.py's docstring;
@@ -363,16 +374,42 @@ def expected_value(info: FieldInfo, raw: str, target: str, contexts: dict[str, s
         if word in BOOL_FALSE:
             return False
         raise Refused
-    if kind == "list":
+    if kind in ("list", "hosts", "ips"):
         items: list[str] = []
         for part in raw.split(","):
             item = part.strip()
             if not plain_text(item):
                 raise Refused
+            if item and kind == "hosts":
+                item = oracle_host(item)
+            elif item and kind == "ips":
+                try:
+                    item = str(ipaddress.ip_address(item))
+                except ValueError:
+                    raise Refused from None
             if item and item not in items:
                 items.append(item)
         return items
     text = raw.strip()
+    if kind in ("email", "url", "word"):
+        if not plain_text(text):
+            raise Refused
+        if not text:
+            return ""
+        if kind == "url":
+            if not URL.fullmatch(text):
+                raise Refused
+            return text
+        if kind == "word":
+            if not WORD.fullmatch(text):
+                raise Refused
+            return text
+        local, at, host = text.rpartition("@")
+        if not at or not EMAIL_LOCAL.fullmatch(local) or len(text) > 254:
+            raise Refused
+        return f"{local}@{oracle_host(host)}"
+    if kind == "path" and any(c in raw for c in '"\\$'):
+        raise Refused("nginx would misread it")
     if kind == "host":
         if not text.isascii():
             raise Refused("a host name is ASCII (IDNA names are written in xn-- form)")

@@ -302,8 +302,14 @@ def test_nginx_listen_addresses(home: Path) -> None:
     text = server.render(vhost(Path("/srv/www")))
     assert "    listen 127.0.0.1:8080;\n    listen [::1]:8080;\n" in text
     assert "server_name one.example www.one.example;" in text
-    bad = job_for(home, "@bad", "--http_service_type", "nginx", "--ip_addresses", "localhost")
-    nginx_bad = web(bad.rc.context, bad.paths)
+    from hostctl.cli.main import main
+
+    # refused when saved; a value written by hand is refused again where it is used
+    assert main(["--home", str(home), "provision-save", "@bad", "--context_type", "server",
+                 "--ip_addresses", "localhost"]) == 2
+    path = home / "contexts" / "web.toml"
+    path.write_text(path.read_text().replace('"::1"', '"localhost"'))
+    nginx_bad = web(ContextStore(job.paths).get("@web"), job.paths)
     assert nginx_bad is not None
     with pytest.raises(InvalidInput, match="not an IP address"):
         nginx_bad.listens()
