@@ -213,12 +213,16 @@ class ContextStore:
         name: str,
         changes: Mapping[str, str],
         type_name: str | None = None,
+        *,
+        create_only: bool = False,
     ) -> SaveResult:
         """Create or update a context (provision-save).
 
         ``changes`` maps field names (either spelling) to command-line strings; the string
         ``null`` resets a field to its default. Everything is validated before anything is
-        written: one bad value and the file is left as it was.
+        written: one bad value and the file is left as it was. With ``create_only`` a
+        context of that name that exists (checked under the lock, so no other save can
+        slip in between) is a Conflict, never an update.
         """
         bare = parse_name(name)
         wanted = context_type(type_name) if type_name is not None else None
@@ -228,6 +232,8 @@ class ContextStore:
         self._build(bare, changes, wanted, self._read(bare))
         with self._locked():
             old = self._read(bare)
+            if old is not None and create_only:
+                raise Conflict(f"{display(bare)} exists already")
             ctx, changed = self._build(bare, changes, wanted, old)
             self._write(ctx)
         return SaveResult(ctx, created=old is None, changed=tuple(changed))

@@ -8,8 +8,11 @@ on as before.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from hostctl.contexts.store import Context
@@ -110,7 +113,7 @@ def delete(rc: RunContext) -> int:
     root = Path(str(platform.get("root"))).resolve()
     _check_removable(job, platform, root)
     backups = []
-    with stoppable():
+    with stoppable(), _sites_held(job, sites):
         for one in sites:
             record = secrets.read(job.paths, one.name)
             if record is not None:
@@ -128,6 +131,31 @@ def delete(rc: RunContext) -> int:
     job.result.update(deleted=platform.display_name, sites=[s.display_name for s in sites],
                       backups=backups)
     return 0
+
+
+@contextmanager
+def _sites_held(job: Job, sites: list[Context]) -> Iterator[None]:
+    """Each site's context lock (the one a task on it holds while it runs, see the
+    spool's locks/), held while the sites are deleted: a task running on one of them makes
+    the delete a Conflict instead of removing what that task is working on, and none can
+    start meanwhile."""
+    folder = job.paths.spool / "locks"
+    held: list[int] = []
+    try:
+        for one in sites:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(folder / f"context.{one.name}.lock",
+                         os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            held.append(fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise Conflict(f"a task is running on {one.display_name}: the platform is "
+                               "not deleted; try again once it has ended") from None
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
 
 
 def _set_locked(rc: RunContext, locked: bool) -> int:

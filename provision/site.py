@@ -512,6 +512,15 @@ def delete(rc: RunContext) -> int:
                        "([provision] require_disable_before_delete)")
     with stoppable():
         record = _record(job, site)
+        if record is not None and record.db is not None \
+                and not job.store.exists(parse_name(record.db.server)):
+            # its database server's context is gone: nothing here can reach the database.
+            # The site goes all the same; its database is left, and said so
+            left = f"database {record.db.name} on {record.db.server}"
+            job.warn(f"the database server {record.db.server} is no longer known: the "
+                     f"{left} is left as it is (drop it by hand); the backup holds no dump")
+            job.result["database_left"] = left
+            record = record.with_(db=None)
         if record is not None:
             job.hide(*secrets.values(job.paths, site.name))
             made = _backup(job, site, record, "delete")
@@ -577,7 +586,8 @@ def clone(rc: RunContext) -> int:
         fields = {k: _text(v) for k, v in site.values.items() if k not in _NOT_CLONED}
         fields["uri"] = new_uri
         with backup.Archive(made.path) as archive, Undo(job) as undo:
-            copy = job.store.save(new_name, fields, "site").context
+            # created only if the name is still free: checked and saved under one lock
+            copy = job.store.save(new_name, fields, "site", create_only=True).context
             undo.add(f"the context {copy.display_name}",
                      lambda: job.store.delete(new_name))
             new_record = create_installation(job, copy, target, undo, archive=archive)

@@ -131,8 +131,11 @@ class Pgsql:
         try:
             self._create_database(job, name, name)
         except BaseException:
-            self._psql(job, f"DROP ROLE IF EXISTS {ident(name)};", self._admin(),
-                       f"dropping the role {name}")
+            try:  # the database went with its failure (below): its role goes too
+                self._psql(job, f"DROP ROLE IF EXISTS {ident(name)};", self._admin(),
+                           f"dropping the role {name}")
+            except OperationFailed as exc:
+                job.warn(f"the role {name} could not be dropped: {exc}")
             raise
         job.say(f"database {name} and its role created on {self.server.display_name} "
                 f"({self.host}:{self.port})")
@@ -143,9 +146,17 @@ class Pgsql:
         self._psql(job, f"CREATE DATABASE {ident(name)} OWNER {ident(owner)} "
                         "TEMPLATE template0 ENCODING 'UTF8';",
                    self._admin(), f"creating the database {name}")
-        self._psql(job, f"REVOKE ALL ON DATABASE {ident(name)} FROM PUBLIC;\n"
-                        f"GRANT ALL ON DATABASE {ident(name)} TO {ident(owner)};",
-                   self._admin(), f"granting {name} to its role only")
+        try:
+            self._psql(job, f"REVOKE ALL ON DATABASE {ident(name)} FROM PUBLIC;\n"
+                            f"GRANT ALL ON DATABASE {ident(name)} TO {ident(owner)};",
+                       self._admin(), f"granting {name} to its role only")
+        except BaseException:
+            # a database anyone may connect to is never left behind
+            try:
+                self._drop_database(job, name)
+            except OperationFailed as exc:
+                job.warn(f"the database {name} could not be dropped: {exc}")
+            raise
 
     def _drop_database(self, job: Job, name: str) -> None:
         self._psql(job, f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity "

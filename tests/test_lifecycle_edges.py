@@ -1,0 +1,135 @@
+"""The site lifecycle's edges: a site whose database server is gone can still be deleted;
+a clone never merges into a context that appeared meanwhile; a platform delete never
+removes a site a task is running on; a failed grant on PostgreSQL leaves neither the
+database nor its role behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from provisionhelpers import Lab, PgCluster, start_postgres, world_readable_dir
+from taskhelpers import hostctl_cmd, wait_for
+
+from hostctl.contexts.store import ContextStore
+from hostctl.errors import Conflict
+from hostctl.paths import Paths
+
+
+@pytest.fixture
+def lab(run_hostctl, home: Path) -> Lab:
+    lab = Lab(run_hostctl, home, world_readable_dir("hostctl-www-"))
+    lab.server("@srv")
+    lab.platform("@plat")
+    return lab
+
+
+def test_a_site_whose_database_server_is_gone_is_deleted_all_the_same(lab: Lab) -> None:
+    lab.server("@db")
+    site = lab.site("@orphan.example", "@plat", "--db_server", "@db")
+    lab.must("install", site)
+    site_path = lab.www / "plat" / "sites" / "orphan.example"
+    assert site_path.is_dir()
+    # the site now points elsewhere, so nothing refers to @db and it can be deleted
+    lab.save(site, "--db_server", "@srv")
+    lab.ok("provision-save", "@db", "--delete")
+    lab.must("disable", site)
+    doc = lab.must("delete", site, status="warning")
+    assert "database orphanexample on @db" in doc["result"]["database_left"], doc
+    assert not site_path.exists() and not lab.context_file(site).exists()
+    assert Path(doc["result"]["backup_file"]).is_file()
+
+
+def test_a_clone_never_merges_into_a_context_made_meanwhile(home: Path, lab: Lab) -> None:
+    store = ContextStore(Paths(home))
+    lab.site("@taken.example")
+    with pytest.raises(Conflict, match="exists already"):
+        store.save("@taken.example", {"language": "fr"}, "site", create_only=True)
+    shown = json.loads(lab.ok("context", "show", "@taken.example", "--json").out)
+    assert shown["fields"]["language"] == "en"  # unchanged
+
+
+SLOW = 'touch "$0.started"; while [ ! -e "$0.go" ]; do sleep 0.05; done'
+
+
+def test_platform_delete_refuses_while_a_task_runs_on_one_of_its_sites(
+        lab: Lab, home: Path, tmp_path: Path) -> None:
+    from taskhelpers import write_config
+
+    flag = tmp_path / "flag"
+    write_config(home, {"tasks": {"slow": {"command": ["sh", "-c", SLOW, str(flag)],
+                                           "context_types": ["site"]}}})
+    site = lab.site("@busy.example")
+    lab.must("install", site)
+    env = {**os.environ, "HOSTCTL_HOME": str(home)}
+    task = subprocess.Popen([*hostctl_cmd(), "provision-slow", site], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: Path(f"{flag}.started").exists(), 30, "the slow task to start")
+        doc = lab.task("delete", "@plat", force="yes")
+        assert doc["status"] == "error", doc
+        assert "a task is running on @busy.example" in json.dumps(doc["result"]), doc
+        assert lab.context_file(site).exists()
+        assert (lab.www / "plat" / "sites" / "busy.example").is_dir()
+    finally:
+        Path(f"{flag}.go").touch()
+        assert task.wait(timeout=60) == 0
+    lab.must("disable", site)
+    lab.must("delete", "@plat", force="yes")  # once it has ended
+    assert not lab.context_file(site).exists()
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PgCluster]:
+    cluster = start_postgres()
+    yield cluster
+    cluster.stop()
+
+
+FAILING_GRANT = """#!{python}
+import os, sys
+sql = sys.stdin.read()
+if "GRANT ALL ON DATABASE" in sql:
+    print("ERROR:  permission denied (a grant that fails)", file=sys.stderr)
+    sys.exit(3)
+r, w = os.pipe()
+if os.fork() == 0:
+    os.close(r)
+    os.write(w, sql.encode())
+    os._exit(0)
+os.close(w)
+os.dup2(r, 0)
+os.execv({real!r}, [{real!r}, *sys.argv[1:]])
+"""
+
+
+def test_a_failed_grant_leaves_neither_database_nor_role(
+        run_hostctl, home: Path, pg: PgCluster, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from hostctl.provision.services.pgsql import client
+
+    real = client("psql")
+    wrappers = tmp_path / "bin"
+    wrappers.mkdir()
+    wrapper = wrappers / "psql"
+    wrapper.write_text(FAILING_GRANT.format(python=sys.executable, real=real))
+    wrapper.chmod(stat.S_IRWXU)
+    lab = Lab(run_hostctl, home, world_readable_dir("hostctl-www-"))
+    lab.server("@db", *pg.server_fields()[2:], db="pgsql")
+    lab.platform("@plat", "@db")
+    site = lab.site("@grant.example")
+    monkeypatch.setenv("PATH", f"{wrappers}:{os.environ['PATH']}")
+    assert shutil.which("psql") == str(wrapper)
+    doc = lab.task("install", site)
+    assert doc["status"] == "error", doc
+    assert "granting grantexample to its role only" in json.dumps(doc["result"]), doc
+    monkeypatch.undo()
+    assert "grantexample" not in pg.databases()
+    assert "grantexample" not in pg.roles()
