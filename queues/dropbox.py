@@ -94,6 +94,9 @@ def decode_submission(data: bytes, submitter: int, now: float | None = None) -> 
     if (not isinstance(delay, int | float) or isinstance(delay, bool)
             or not 0 <= delay <= MAX_DROP_DELAY):
         raise InvalidInput(f"'delay' must be a number of seconds from 0 to {MAX_DROP_DELAY}")
+    for key in ("options", "context_options"):
+        if not isinstance(doc.get(key) or {}, dict):
+            raise InvalidInput(f"{key!r} must be an object of strings")
     guarded = sorted(GUARDED_FIELDS & set(doc.get("context_options") or {}))
     if guarded:
         raise InvalidInput(f"a front end may not change {guarded[0]!r}")

@@ -218,6 +218,12 @@ json_values = st.recursive(
     st.dictionaries(st.sampled_from(["id", "type", "context", "options", "context_options",
                                      "priority", "delay", "receipt", "format"]),
                     json_values, max_size=9).map(lambda d: json.dumps(d).encode()),
+    # a valid submission with some of its keys replaced: each check is reached
+    st.dictionaries(st.sampled_from(["options", "context_options", "priority", "delay",
+                                     "receipt", "format", "type", "context"]),
+                    json_values, max_size=4)
+    .map(lambda d: json.dumps({"id": "01a2439d89e240249b49", "type": "verify",
+                               "context": "@a.example", **d}).encode()),
     st.integers(min_value=1, max_value=200_000).map(lambda n: b"[" * n),
 ))
 def test_any_content_is_a_submission_or_one_clean_refusal(data: bytes) -> None:
@@ -237,3 +243,12 @@ def test_the_escaped_text_is_one_line_and_keeps_ordinary_text() -> None:
     assert printable("a\\nb") != printable("a\nb")  # no two texts print alike
 
 
+
+
+@pytest.mark.parametrize("data", [
+    b'{"id": null, "context_options": 1}',  # found by the property above
+    b'{"options": "x"}', b'{"context_options": [1, 2]}', b'{"options": {"a": 1}}',
+])
+def test_options_that_are_not_objects_are_one_clean_refusal(data: bytes) -> None:
+    with pytest.raises(InvalidInput):
+        decode_submission(data, 1000)
