@@ -29,7 +29,7 @@ from pathlib import Path
 from hostctl.contexts.names import display, parse_name
 from hostctl.contexts.schema import NULL
 from hostctl.contexts.store import Context
-from hostctl.errors import Conflict, InvalidInput, NotFound, OperationFailed
+from hostctl.errors import Conflict, HostctlError, InvalidInput, NotFound, OperationFailed
 from hostctl.provision import app, backup, layout, secrets
 from hostctl.provision.checks import Checks
 from hostctl.provision.job import Job, Ran, Undo, stoppable
@@ -336,6 +336,37 @@ def remove_installation(job: Job, site: Context, record: SiteRecord) -> None:
     secrets.remove(job.paths, site.name)
 
 
+def _set_aside(job: Job, old: SiteRecord, undo: Undo) -> Path | None:
+    """Rename the old installation's folder to ``.NAME.reinstall`` beside it (the undo
+    renames it back); its database and vhost stay as they are meanwhile."""
+    path = Path(old.site_path)
+    if not path.exists():
+        return None
+    aside = path.with_name(f".{path.name}.reinstall")
+    shutil.rmtree(aside, ignore_errors=True)  # a leftover of a reinstall cut off
+    os.rename(path, aside)
+    undo.add(f"the old site folder {path}", lambda: os.rename(aside, path))
+    return aside
+
+
+def _remove_set_aside(job: Job, site: Context, old: SiteRecord, aside: Path | None,
+                      new: SiteRecord) -> None:
+    """Once the new installation stands: the old database, folder and (on another web
+    server) vhost go. A failure here is a warning: the new installation is done."""
+    try:
+        db = _db_of(job, old.db)
+        if db is not None and old.db is not None and old.db != new.db:
+            db.drop(job, old.db)
+        if aside is not None:
+            shutil.rmtree(aside)
+        if old.web_server and old.web_server != new.web_server:
+            nginx = _web_of(job, old)
+            if nginx is not None:
+                nginx.remove(job, site.name)
+    except (HostctlError, OSError) as exc:
+        job.warn(f"the old installation was not wholly removed: {exc}")
+
+
 def _backup(job: Job, site: Context, record: SiteRecord, reason: str) -> backup.Backup:
     made = backup.create(job, site, record, reason, _db_of(job, record.db))
     return made
@@ -360,15 +391,20 @@ def install(rc: RunContext) -> int:
             job.hide(*secrets.values(job.paths, site.name))
             made = _backup(job, site, old, "reinstall")
             job.result["backup_file"] = str(made.path)
-            remove_installation(job, site, old)
-        if place.site_path.exists():
-            raise Conflict(f"the site folder {place.site_path} exists already (not made by "
-                           "hostctl); move it away first")
         with Undo(job) as undo:
-            record = create_installation(job, site, place, undo)
+            # a reinstall sets the old installation aside (its folder renamed, its
+            # database left as it is) and removes it only once the new one stands: a
+            # failure puts it back as it was
+            aside = _set_aside(job, old, undo) if old is not None else None
+            if place.site_path.exists():
+                raise Conflict(f"the site folder {place.site_path} exists already (not made "
+                               "by hostctl); move it away first")
+            record = create_installation(job, site, place, undo, previous=old)
             run_app(job, site, place, "install", record.db)
             fix_permissions(job, place.site_path, _group(place))
             vhost = write_vhost(job, site, place, undo)
+        if old is not None:
+            _remove_set_aside(job, site, old, aside, record)
     job.say(f"{site.display_name} installed: {place.uri} from {place.site_path}")
     job.result.update(_summary(record, vhost))
     return 0

@@ -133,3 +133,30 @@ def test_a_failed_grant_leaves_neither_database_nor_role(
     monkeypatch.undo()
     assert "grantexample" not in pg.databases()
     assert "grantexample" not in pg.roles()
+
+
+def test_a_failed_reinstall_brings_the_old_installation_back(
+        lab: Lab, home: Path, tmp_path: Path) -> None:
+    import sqlite3
+
+    from provisionhelpers import secrets_of, sqlite_rows
+
+    flags = tmp_path / "flags"
+    lab.platform("@flaky", env={"APP_FLAGS": str(flags)})
+    site = lab.site("@keep.example", "@flaky")
+    lab.must("install", site)
+    site_path = lab.www / "flaky" / "sites" / "keep.example"
+    (site_path / "public" / "index.html").write_text("the old site\n")
+    before = secrets_of(home, site)
+    with sqlite3.connect(before["db"]["path"]) as db:
+        db.execute("INSERT INTO notes (body) VALUES ('written by the old site')")
+    rows = sqlite_rows(before["db"]["path"])
+    (tmp_path / "flags.fail").touch()  # the application's install now fails, at its end
+    doc = lab.task("install", site, reinstall="yes")
+    assert doc["status"] == "error", doc
+    assert secrets_of(home, site) == before  # the same record, database and password
+    assert sqlite_rows(before["db"]["path"]) == rows
+    assert (site_path / "public" / "index.html").read_text() == "the old site\n"
+    assert not (lab.www / "flaky" / "sites" / ".keep.example.reinstall").exists()
+    assert sorted(p.name for p in (home / "databases" / "srv").iterdir()) == \
+        [Path(before["db"]["path"]).name]

@@ -200,8 +200,12 @@ def test_install_refuses_an_installed_site_unless_reinstall(lab: Lab, nginx) -> 
     redone = lab.must("install", site, reinstall="yes")["result"]
     assert Path(redone["backup_file"]).is_file()  # the old one was backed up first
     assert "Welcome" in page.read_text()
-    assert secrets_of(lab.home, site)["db"]["path"] == first
-    assert sqlite_rows(first) == [(1, "first note"), (2, "second note")]
+    # a fresh database beside the old one while the new installation is made; then the
+    # old one goes
+    now = secrets_of(lab.home, site)["db"]["path"]
+    assert now != first and not Path(first).exists()
+    assert sqlite_rows(now) == [(1, "first note"), (2, "second note")]
+    assert not (lab.www / "plat/sites/.again.example.reinstall").exists()
     bad = lab.task("install", site, reinstall="perhaps")
     assert bad["status"] == "error" and "takes yes or no" in bad["result"]["error"]
 
