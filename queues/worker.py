@@ -49,6 +49,10 @@ _NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 _DIE_AFTER_SPAWN = os.environ.get("HOSTCTL_TEST_DIE_AFTER_SPAWN") == "1"
 
 
+def _start_failure(exc: HostctlError | OSError) -> str:
+    return exc.message if isinstance(exc, HostctlError) else f"cannot start: {exc}"
+
+
 def _log_end(claim: TaskClaim, outcome: str, reason: str) -> None:
     """One line in hostctl.log for every task's end (a retry and a loss included)."""
     env = claim.task.envelope
@@ -341,17 +345,11 @@ class Worker:
             self._log(log_fd, f"--- hostctl: attempt {attempt} of {env.type} on "
                               f"{env.context}, task {env.id}, {utc_iso()}\n")
         except OSError as exc:
-            if queued and exc.errno in _NO_ROOM:
-                self._no_room(claim, log_fd, f"its log: {exc.strerror}")
-                return False
-            self._fail_start(claim, attempt, log_fd,
-                             f"cannot write the task's log: {exc.strerror or exc}")
-            return True
+            return self._cannot_write(claim, attempt, log_fd, queued, exc, "log")
         try:
             prep = prepare(env, self.registry, self.store, self.paths, result_path)
         except (HostctlError, OSError) as exc:
-            reason = exc.message if isinstance(exc, HostctlError) else f"cannot start: {exc}"
-            self._fail_start(claim, attempt, log_fd, reason)
+            self._fail_start(claim, attempt, log_fd, _start_failure(exc))
             return True
         earliest = boot_ticks()
         try:
@@ -360,18 +358,12 @@ class Worker:
             # was spawned before the task may run again (process.kill_spawned)
             claim.append("spawn", attempt=attempt, worker=os.getpid(), not_before=earliest)
         except OSError as exc:
-            if queued and exc.errno in _NO_ROOM:
-                self._no_room(claim, log_fd, f"its start: {exc.strerror}")
-                return False
-            self._fail_start(claim, attempt, log_fd,
-                             f"cannot record the task's start: {exc.strerror or exc}")
-            return True
+            return self._cannot_write(claim, attempt, log_fd, queued, exc, "start")
         try:
             pid, out_fd = launch(prep, env, self.store, self.paths, result_path)
             latest = boot_ticks(up=True)
         except (HostctlError, OSError) as exc:
-            reason = exc.message if isinstance(exc, HostctlError) else f"cannot start: {exc}"
-            self._fail_start(claim, attempt, log_fd, reason)
+            self._fail_start(claim, attempt, log_fd, _start_failure(exc))
             return True
         if _DIE_AFTER_SPAWN:  # tests only: the worst moment for a worker to die
             os.kill(os.getpid(), signal.SIGKILL)
@@ -385,12 +377,7 @@ class Worker:
             signal_group(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             os.close(out_fd)
-            if queued and exc.errno in _NO_ROOM:
-                self._no_room(claim, log_fd, f"its start: {exc.strerror}")
-                return False
-            self._fail_start(claim, attempt, log_fd,
-                             f"cannot record the task's start: {exc.strerror or exc}")
-            return True
+            return self._cannot_write(claim, attempt, log_fd, queued, exc, "start")
         self.queue.started(claim)
         timeout = self.registry.timeout(prep.ttype)
         now = self.clock()
@@ -402,6 +389,17 @@ class Worker:
         self.selector.register(out_fd, selectors.EVENT_READ, ("out", run))
         self.selector.register(run.pidfd, selectors.EVENT_READ, ("exit", run))
         self.running[pid] = run
+        return True
+
+    def _cannot_write(self, claim: TaskClaim, attempt: int, log_fd: int, queued: bool,
+                      exc: OSError, what: str) -> bool:
+        """The task's log or its start could not be written before it ran: a queued task
+        on a full disk is given back (False: it did not start), else it ends in error."""
+        if queued and exc.errno in _NO_ROOM:
+            self._no_room(claim, log_fd, f"its {what}: {exc.strerror}")
+            return False
+        verb = "write the task's log" if what == "log" else "record the task's start"
+        self._fail_start(claim, attempt, log_fd, f"cannot {verb}: {exc.strerror or exc}")
         return True
 
     def _fail_start(self, claim: TaskClaim, attempt: int, log_fd: int, reason: str) -> None:
