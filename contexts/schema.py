@@ -12,6 +12,7 @@ stored value is checked when a file is read back:
     host    a host name in ASCII (letters, lower-cased; digits, '.', '-'; IDNA as xn--),
             labels of at most 63 characters, at most 253 in all
     hosts   a list of host names
+    endpoint  a host name, or an absolute path (the folder of a server's UNIX socket)
     ips     a list of IP addresses (v4 or v6, written as ipaddress writes them)
     email   an e-mail address: LOCAL@HOST, LOCAL of the characters RFC 5322 allows
             unquoted, HOST a host name
@@ -67,6 +68,7 @@ class Kind(Enum):
     PATH = "path"
     HOST = "host"
     HOSTS = "hosts"
+    ENDPOINT = "endpoint"
     IPS = "ips"
     EMAIL = "email"
     URL = "url"
@@ -130,6 +132,13 @@ class Field:
             return display(parse_name(raw.strip()))
         if raw.strip() and self.kind in (Kind.EMAIL, Kind.URL, Kind.WORD):
             return _checked(self.kind, self._check_text(raw.strip()))
+        if self.kind is Kind.ENDPOINT and raw.strip():
+            text = self._check_text(raw.strip())
+            if not text.startswith("/"):
+                return _host(text)
+            if _UNSAFE_PATH.search(text):
+                raise InvalidInput(f"{shown(text)} holds a quote, a backslash or a '$'")
+            return os.path.normpath(text)
         if self.kind is Kind.PATH and _UNSAFE_PATH.search(raw):
             raise InvalidInput(f"{shown(raw)} holds a quote, a backslash or a '$', which "
                                "a web server's configuration would misread")
@@ -277,7 +286,8 @@ SERVER = ContextType(
         Field("web_group", Kind.WORD, "UNIX group the web server runs as", default=""),
         Field("db_service_type", Kind.CHOICE, "database server", default="none",
               choices=("none", "sqlite", "pgsql", "mysql")),
-        Field("db_host", Kind.HOST, "host of the database server", default="localhost"),
+        Field("db_host", Kind.ENDPOINT, "host of the database server, or the folder of its "
+              "UNIX socket (unset: the local socket; with db_passwd, localhost)", default=""),
         _port("db_port", None, "port of the database server (unset: the service's default)"),
         Field("db_user", Kind.WORD, "database administrator user", default=""),
         Field("db_passwd", Kind.STR, "database administrator password", default="",

@@ -417,6 +417,14 @@ def expected_value(info: FieldInfo, raw: str, target: str, contexts: dict[str, s
         if not at or not EMAIL_LOCAL.fullmatch(local) or len(text) > 254:
             raise Refused
         return f"{local}@{oracle_host(host)}"
+    if kind == "endpoint":
+        if not plain_text(text):
+            raise Refused
+        if not text.startswith("/"):
+            return oracle_host(text) if text else ""
+        if any(c in text for c in '"\\$'):
+            raise Refused
+        return os.path.normpath(text)
     if kind == "path" and any(c in raw for c in '"\\$'):
         raise Refused("nginx would misread it")
     if kind == "host":

@@ -210,3 +210,49 @@ def test_a_cancelled_install_is_undone(lab: Lab, pg: PgCluster, tmp_path: Path) 
     assert pg.databases() == databases and pg.roles() == roles
     assert not (lab.www / "held" / "sites").exists()
     assert not lab.secrets("@stop.example").exists()
+
+
+def test_no_host_and_no_password_means_the_local_socket_and_peer_auth(
+        run_hostctl, home: Path, pg: PgCluster) -> None:
+    """As Debian sets PostgreSQL up: the back end's own user, through the socket, with
+    peer authentication; sites still connect with their role's password over TCP."""
+    import getpass
+
+    me = getpass.getuser()
+    hba = pg.base / "data" / "pg_hba.conf"
+    rules = hba.read_text()
+    if f"local all {me} peer" not in rules:
+        hba.write_text(f"local all {me} peer\n" + rules)
+        pg.psql(f'CREATE ROLE "{me}" LOGIN CREATEDB CREATEROLE;')
+        pg.psql("SELECT pg_reload_conf();")
+    lab = Lab(run_hostctl, home, world_readable_dir("hostctl-www-"))
+    # the socket's folder (libpq's default folder on a Debian host: no db_host at all)
+    lab.server("@local", "--db_host", str(pg.base / "sock"), "--db_port", str(pg.port),
+               db="pgsql")
+    lab.platform("@plat", "@local")
+    site = lab.site("@peer.example")
+    result = lab.must("install", site)["result"]
+    assert result["db_name"] == "peerexample" and "peerexample" in pg.databases()
+    assert rows(pg, lab.home, site) == ["1|first note", "2|second note"]  # the site's role
+    owner = pg.psql("SELECT pg_get_userbyid(datdba) FROM pg_database "
+                    "WHERE datname = 'peerexample'")
+    assert owner == ["peerexample"]
+    lab.must("backup", site)
+    lab.must("disable", site)
+    lab.must("delete", site)
+    assert "peerexample" not in pg.databases() and "peerexample" not in pg.roles()
+
+
+def test_an_unset_db_host_makes_no_tcp_connection(home: Path, run_hostctl) -> None:
+    from hostctl.contexts.store import ContextStore
+    from hostctl.paths import Paths
+    from hostctl.provision.services.pgsql import Pgsql
+
+    assert run_hostctl("provision-save", "@d", "--context_type", "server",
+                       "--db_service_type", "pgsql").code == 0
+    store = ContextStore(Paths(home))
+    server = Pgsql(store.get("@d"), Paths(home))
+    assert "PGHOST" not in server._admin() and "PGUSER" not in server._admin()
+    assert run_hostctl("provision-save", "@d", "--db_passwd", "@@x-Pa55word").code == 0
+    server = Pgsql(store.get("@d"), Paths(home))
+    assert server._admin()["PGHOST"] == "localhost" and server._admin()["PGUSER"] == "postgres"

@@ -1,8 +1,15 @@
 """PostgreSQL, through its own client programs: ``psql`` and ``pg_dump``.
 
 The server context gives the administrator's connection: ``db_host``, ``db_port``,
-``db_user`` (default ``postgres``) and ``db_passwd``. Each site gets a database and a
-login role of the same name, owner of that database; nobody else may connect to it.
+``db_user`` and ``db_passwd``. With none of ``db_host`` and ``db_passwd`` set, hostctl
+connects as Debian sets PostgreSQL up: through the local UNIX socket, as the database role
+named after the back end's own user, with peer authentication (``sudo -u postgres
+createuser --createdb --createrole hostctl`` once); ``db_host`` may also name the folder
+of the server's socket. With a password and no ``db_host``: TCP to localhost, as
+``db_user`` (default ``postgres``). Each site gets a database and a login role of the same
+name, owner of that database; nobody else may connect to it. Sites (and hostctl acting as
+a site's role) always connect with the role's password, over TCP: to ``db_host`` when it
+is a host name, else to localhost.
 
 Secrets never reach a command line: the programs get the password in ``PGPASSWORD`` (a
 process's environment is readable by its own user only), and SQL goes to ``psql`` on its
@@ -78,26 +85,41 @@ class Pgsql:
     def __init__(self, server: Context, paths: Paths) -> None:
         self.server = server
         self.paths = paths
-        self.host = str(server.get("db_host") or "localhost")
+        configured = str(server.get("db_host") or "")
+        self.password = str(server.get("db_passwd") or "")
+        # "": libpq's own default, the local socket; a folder: the socket in it
+        self.host = configured or ("localhost" if self.password else "")
+        local = not self.host or self.host.startswith("/")
+        self.site_host = "localhost" if local else self.host
         port = server.get("db_port")
         self.port = int(port) if isinstance(port, int) else DEFAULT_PORT
-        self.admin = str(server.get("db_user") or "postgres")
-        self.password = str(server.get("db_passwd") or "")
+        # over the socket, peer authentication: the role named after this user
+        self.admin = str(server.get("db_user") or ("" if local else "postgres"))
 
     # -- connections ------------------------------------------------------------------
 
-    def _env(self, user: str, password: str, database: str) -> dict[str, str]:
-        env = {"PGHOST": self.host, "PGPORT": str(self.port), "PGUSER": user,
-               "PGDATABASE": database, "PGCONNECT_TIMEOUT": "10", "PGAPPNAME": "hostctl"}
+    def _env(self, user: str, password: str, database: str,
+             host: str | None = None) -> dict[str, str]:
+        env = {"PGPORT": str(self.port), "PGDATABASE": database, "PGCONNECT_TIMEOUT": "10",
+               "PGAPPNAME": "hostctl"}
+        host = self.host if host is None else host
+        if host:
+            env["PGHOST"] = host
+        if user:
+            env["PGUSER"] = user
         if password:
             env["PGPASSWORD"] = password
         return env
+
+    @property
+    def where(self) -> str:
+        return f"{self.host or 'the local socket'}:{self.port}"
 
     def _admin(self, database: str = "postgres") -> dict[str, str]:
         return self._env(self.admin, self.password, database)
 
     def _site(self, creds: DbCredentials, database: str | None = None) -> dict[str, str]:
-        return self._env(creds.user, creds.password, database or creds.name)
+        return self._env(creds.user, creds.password, database or creds.name, self.site_host)
 
     def _psql(self, job: Job, sql: str, env: dict[str, str], what: str) -> list[str]:
         job.hide(self.password, env.get("PGPASSWORD", ""))
@@ -125,8 +147,12 @@ class Pgsql:
         job.hide(password)
         creds = DbCredentials(type=self.type, server=self.server.display_name, name=name,
                               user=name, password=password)
-        self._psql(job, f"CREATE ROLE {ident(name)} LOGIN "
-                        f"PASSWORD {literal(scram_verifier(password))};",
+        # the administrator joins the role: one that is no superuser (CREATEDB and
+        # CREATEROLE, as `createuser --createdb --createrole` makes it) must be, to give
+        # the role a database (one transaction: both, or neither)
+        self._psql(job, f"BEGIN;\nCREATE ROLE {ident(name)} LOGIN "
+                        f"PASSWORD {literal(scram_verifier(password))};\n"
+                        f"GRANT {ident(name)} TO CURRENT_USER;\nCOMMIT;",
                    self._admin(), f"creating the role {name}")
         try:
             self._create_database(job, name, name)
@@ -138,7 +164,7 @@ class Pgsql:
                 job.warn(f"the role {name} could not be dropped: {exc}")
             raise
         job.say(f"database {name} and its role created on {self.server.display_name} "
-                f"({self.host}:{self.port})")
+                f"({self.where})")
         return creds
 
     def _create_database(self, job: Job, name: str, owner: str) -> None:
@@ -220,10 +246,10 @@ class Pgsql:
         self._psql(job, f"CREATE DATABASE {ident(name)};", self._admin(),
                    "creating a test database")
         self._drop_database(job, name)
-        return (rows[0] if rows else "PostgreSQL") + f" at {self.host}:{self.port}"
+        return (rows[0] if rows else "PostgreSQL") + f" at {self.where}"
 
     def environ(self, creds: DbCredentials) -> dict[str, str]:
         return {"DB_TYPE": "pgsql", "DB_NAME": creds.name, "DB_USER": creds.user,
-                "DB_PASSWD": creds.password, "DB_HOST": self.host, "DB_PORT": str(self.port),
+                "DB_PASSWD": creds.password, "DB_HOST": self.site_host, "DB_PORT": str(self.port),
                 "DB_PATH": ""}
 
