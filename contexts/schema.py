@@ -285,7 +285,7 @@ SERVER = ContextType(
               "for nginx -t and the reload (unset: nginx's own default)"),
         Field("web_group", Kind.WORD, "UNIX group the web server runs as", default=""),
         Field("db_service_type", Kind.CHOICE, "database server", default="none",
-              choices=("none", "sqlite", "pgsql", "mysql")),
+              choices=("none", "sqlite", "pgsql", "mariadb", "mysql")),
         Field("db_host", Kind.ENDPOINT, "host of the database server, or the folder of its "
               "UNIX socket (unset: the local socket; with db_passwd, localhost)", default=""),
         _port("db_port", None, "port of the database server (unset: the service's default)"),

@@ -268,6 +268,80 @@ def start_postgres() -> PgCluster:
     return cluster
 
 
+# -- MariaDB ----------------------------------------------------------------------------
+
+
+@dataclass
+class MariadbServer:
+    base: Path
+    port: int
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def socket(self) -> Path:
+        return self.base / "sock" / "mysqld.sock"
+
+    def server_fields(self) -> list[str]:
+        """As Debian sets it up: the socket (its folder), root by unix_socket, no password."""
+        return ["--db_service_type", "mariadb", "--db_host", str(self.socket.parent),
+                "--db_port", str(self.port)]
+
+    def sql(self, statement: str, database: str = "") -> list[str]:
+        res = subprocess.run(["mariadb", f"--socket={self.socket}", "--batch",
+                              "--skip-column-names", *([database] if database else [])],
+                             input=statement, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        return [line for line in res.stdout.splitlines() if line]
+
+    def databases(self) -> set[str]:
+        return set(self.sql("SHOW DATABASES;"))
+
+    def users(self) -> set[str]:
+        return set(self.sql("SELECT CONCAT(user, '@', host) FROM mysql.user;"))
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def start_mariadb() -> MariadbServer:
+    """A private MariaDB: its data, socket and TCP port (loopback) in a fresh folder, run
+    as Debian's mysql user (as root) or the test's own user."""
+    install = need("mariadb-install-db", "/usr/bin/mariadb-install-db")
+    server = need("mariadbd", "/usr/sbin/mariadbd")
+    base = world_readable_dir("hostctl-my-")
+    user = "mysql" if AS_ROOT else pwd.getpwuid(os.getuid()).pw_name
+    entry = pwd.getpwnam(user)
+    for sub in ("data", "sock", "tmp"):
+        (base / sub).mkdir()
+        os.chown(base / sub, entry.pw_uid, entry.pw_gid)
+    (base / "sock").chmod(0o755)
+    res = subprocess.run([install, f"--datadir={base / 'data'}", f"--user={user}",
+                          "--auth-root-authentication-method=socket", "--skip-test-db"],
+                         capture_output=True, text=True, timeout=300, cwd="/")
+    assert res.returncode == 0, res.stdout + res.stderr
+    port = free_port()
+    proc = subprocess.Popen(
+        [server, "--no-defaults", f"--datadir={base / 'data'}", f"--user={user}",
+         f"--socket={base / 'sock' / 'mysqld.sock'}", f"--port={port}",
+         "--bind-address=127.0.0.1", f"--tmpdir={base / 'tmp'}", "--skip-log-bin",
+         f"--pid-file={base / 'data' / 'mysqld.pid'}"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    running = MariadbServer(base, port, proc)
+    try:
+        wait_port(port, timeout=120)
+    except AssertionError:
+        running.stop()
+        raise
+    return running
+
+
 # -- platforms --------------------------------------------------------------------------
 
 #: an application for the tests: its install command writes the site's page (with the
@@ -286,6 +360,21 @@ def sql(statements):
     if kind == "sqlite":
         with sqlite3.connect(os.environ["DB_PATH"]) as db:
             return [list(r) for s in statements for r in db.execute(s).fetchall()]
+    if kind == "mariadb":  # the password in an option file, as a PHP application's config
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            cnf = os.path.join(tmp, "my.cnf")
+            where = (f"socket={os.environ['DB_PATH']}" if os.environ["DB_PATH"] else
+                     f"host={os.environ['DB_HOST']}\nport={os.environ['DB_PORT']}")
+            with open(os.open(cnf, os.O_WRONLY | os.O_CREAT, 0o600), "w") as fh:
+                fh.write(f"[client]\nuser={os.environ['DB_USER']}\n"
+                         f"password={os.environ['DB_PASSWD']}\n{where}\n")
+            out = subprocess.run(["mariadb", f"--defaults-extra-file={cnf}", "--batch",
+                                  "--skip-column-names", os.environ["DB_NAME"]],
+                                 input="\n".join(statements), capture_output=True, text=True)
+        if out.returncode:
+            sys.exit("mariadb: " + out.stderr)
+        return [line.split("\t") for line in out.stdout.splitlines() if line]
     out = subprocess.run(["psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1"],
                          input="\n".join(statements), capture_output=True, text=True,
                          env={**os.environ, "PGHOST": os.environ["DB_HOST"],
@@ -305,8 +394,9 @@ if step == "install":
     if os.environ.get("APP_PRINT_SECRET"):
         print("the password is", os.environ["DB_PASSWD"], flush=True)
     if os.environ["DB_TYPE"] != "none":
-        key = ("INTEGER PRIMARY KEY" if os.environ["DB_TYPE"] == "sqlite"
-               else "INTEGER GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY")
+        key = {"sqlite": "INTEGER PRIMARY KEY",
+               "mariadb": "INTEGER PRIMARY KEY AUTO_INCREMENT"}.get(
+                   os.environ["DB_TYPE"], "INTEGER GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY")
         sql([f"CREATE TABLE notes (id {key}, body TEXT);",
              "INSERT INTO notes (body) VALUES ('first note');",
              "INSERT INTO notes (body) VALUES ('second note');"])

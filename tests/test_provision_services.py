@@ -170,11 +170,10 @@ def test_sqlite_database_lifecycle(home: Path, tmp_path: Path) -> None:
     assert not path.exists()
 
 
-def test_unsupported_services_are_refused(home: Path) -> None:
+def test_unsupported_services_are_refused_and_mysql_is_mariadb(home: Path) -> None:
     job = job_for(home, "@srv", "--db_service_type", "mysql", "--http_service_type",
                   "apache")
-    with pytest.raises(InvalidInput, match="mysql database service is not supported"):
-        database(job.rc.context, job.paths)
+    assert getattr(database(job.rc.context, job.paths), "type", None) == "mariadb"
     with pytest.raises(InvalidInput, match="apache web service is not supported"):
         web(job.rc.context, job.paths)
     none = job_for(home, "@none", "--db_service_type", "none")

@@ -1,5 +1,5 @@
 """The services a server offers its sites: a web server (nginx) and a database server
-(SQLite, the embedded default, or PostgreSQL).
+(SQLite, the embedded default, PostgreSQL, or MariaDB/MySQL).
 
 A server context names them (``http_service_type``, ``db_service_type``); ``web()`` and
 ``database()`` give the object that does the work, or None for ``none``. Every database
@@ -71,8 +71,12 @@ def database(server: Context | None, paths: Paths) -> Database | None:
         from hostctl.provision.services.pgsql import Pgsql
 
         return Pgsql(server, paths)
+    if kind in ("mariadb", "mysql"):
+        from hostctl.provision.services.mariadb import Mariadb
+
+        return Mariadb(server, paths)
     raise InvalidInput(f"{server.display_name}: the {kind} database service is not "
-                       "supported (use sqlite, pgsql or none)")
+                       "supported (use sqlite, pgsql, mariadb or none)")
 
 
 def web(server: Context | None, paths: Paths) -> Nginx | None:
