@@ -1,16 +1,25 @@
-"""Child processes of a worker: their own process group, killed when their task is lost.
+"""Child processes of a worker: their own session, all of it stopped when their task is.
 
-Every task runs in a new session (its own process group), so that a timeout or a cancel
-can signal the whole tree with ``killpg``. A command task is started with ``posix_spawn``
-(see provision/runner.py), which cannot ask for ``PR_SET_PDEATHSIG``: when its worker is
-killed with ``kill -9`` the command runs on until the sweep that recovers the task (at the
-next ``dispatch`` or ``wait-queue`` start, or the daemon's periodic sweep) kills its whole
-group, before the task can run again, after checking that the group is still the one the
+Every task runs in a new session (its own process group, whose id is the session's), so
+that a timeout or a cancel can signal the whole tree. A process group alone is not the
+whole run: a shell with job control, or any program that calls ``setpgid``, puts a
+background job in a group of its own, which a ``killpg`` misses. So whatever stops a run
+(a timeout, a cancel, the sweep) signals every process of its session
+(:func:`signal_session`); only a process that calls ``setsid`` itself (a daemon) leaves
+it. While any member of a session lives, the kernel does not hand out its id as a new
+pid, so the session is the task's for as long as something of it is left.
+
+A command task is started with ``posix_spawn`` (see provision/runner.py), which cannot ask
+for ``PR_SET_PDEATHSIG``: when its worker is killed with ``kill -9`` the command runs on
+until the sweep that recovers the task (at the next ``dispatch`` or ``wait-queue`` start,
+or the daemon's periodic sweep) kills its whole session, and waits for it to be gone,
+before the task can run again, after checking that the session is still the one the
 task's leader started (its start time in /proc), so a reused pid is never signalled. The
-worker records the group and the window of clock ticks the leader was started in (read
+worker records the session and the window of clock ticks the leader was started in (read
 from the clock before and after the spawn: see :func:`boot_ticks`) in the ``start`` event
-right after the spawn returns. A forked child (a task function) also asks the kernel to
-SIGKILL it when its worker dies (:func:`die_with_parent`).
+right after the spawn returns, and a ``spawn`` event (the intent) before it
+(:func:`kill_spawned`). A forked child (a task function) also asks the kernel to SIGKILL
+it when its worker dies (:func:`die_with_parent`).
 """
 
 from __future__ import annotations
@@ -42,10 +51,12 @@ def die_with_parent(parent: int) -> None:
         os._exit(70)
 
 
-def _living(session: int) -> list[int]:
-    """The processes of ``session`` that have not exited (zombies excepted: a zombie has
-    let go of its files and locks)."""
+def _members(session: int) -> list[tuple[int, int, int]]:
+    """(pid, process group, start time in clock ticks) of the processes of ``session``
+    that have not exited (zombies excepted: a zombie has let go of its files and
+    locks)."""
     found = []
+    want = str(session).encode()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -55,9 +66,30 @@ def _living(session: int) -> list[int]:
         except OSError:
             continue
         rest = data[data.rfind(b")") + 2:].split()
-        if len(rest) > 3 and rest[3] == str(session).encode() and rest[0] != b"Z":
-            found.append(int(entry))
+        if len(rest) > 19 and rest[3] == want and rest[0] not in (b"Z", b"X"):
+            found.append((int(entry), int(rest[2]), int(rest[19])))
     return found
+
+
+def _living(session: int) -> list[int]:
+    return [pid for pid, _, _ in _members(session)]
+
+
+def signal_session(session: int, sig: int) -> bool:
+    """Send ``sig`` to every process of a task's session: its process group and any group
+    a member made (each process is signalled once). Only for a session whose leader the
+    caller has not reaped yet, or one :func:`is_task_group` vouched for. Whether
+    anything was signalled."""
+    sent = signal_group(session, sig)
+    if session <= 1:
+        return sent
+    for pid, group, _ in _members(session):
+        if group == session:
+            continue  # reached by the killpg above
+        with suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+            sent = True
+    return sent
 
 
 def wait_gone(session: object, timeout: float = 5.0) -> bool:
@@ -73,14 +105,14 @@ def wait_gone(session: object, timeout: float = 5.0) -> bool:
     return True
 
 
-def kill_spawned(task_id: str, not_before: int) -> int:
+def kill_spawned(task_id: str, not_before: int) -> bool:
     """SIGKILL every session that a worker started for ``task_id`` at or after the boot
     tick ``not_before`` and did not live to record (the worker died between the spawn and
     its ``start`` event): the sessions of the processes whose environment carries the
-    task's ``HOSTCTL_TASK_ID`` and which started since. Returns how many processes were
-    signalled. Repeated until none is left, since a member may fork meanwhile."""
+    task's ``HOSTCTL_TASK_ID`` and which started since. Repeated until none is left,
+    since a member may fork meanwhile. Whether none is left (False: something would not
+    exit, such as a process of another user, and the run is not over)."""
     needle = f"HOSTCTL_TASK_ID={task_id}".encode()
-    total = 0
     for _ in range(10):
         sessions = set()
         for entry in os.listdir("/proc"):
@@ -98,14 +130,13 @@ def kill_spawned(task_id: str, not_before: int) -> int:
                 sessions.add(st[1])
         members = [pid for sid in sessions for pid in _living(sid)]
         if not members:
-            return total
+            return True
         for pid in members:
             with suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
-                total += 1
         for sid in sessions:
             wait_gone(sid, 1.0)
-    return total
+    return False
 
 
 def _stat(pid: int | str) -> tuple[int, int, int] | None:
@@ -145,17 +176,6 @@ def boot_ticks(up: bool = False) -> int:
     return -(-ns // _TICK_NS) if up else ns // _TICK_NS
 
 
-def group_start_times(pgid: int) -> list[int]:
-    """Start times of the living processes whose process group and session are ``pgid``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            st = _stat(entry)
-            if st is not None and st[0] == pgid and st[1] == pgid:
-                found.append(st[2])
-    return found
-
-
 def signal_group(pgid: int, sig: int) -> bool:
     try:
         os.killpg(pgid, sig)
@@ -164,24 +184,32 @@ def signal_group(pgid: int, sig: int) -> bool:
         return False
 
 
-def kill_group(started: Mapping[str, Any]) -> bool:
-    """SIGKILL what is left of the process group (its session, from setsid) that a task's
-    ``start`` event recorded."""
-    pgid = started.get("pgid")
-    return (isinstance(pgid, int) and is_task_group(started)
-            and signal_group(pgid, signal.SIGKILL))
+def stop_run(started: Mapping[str, Any], timeout: float = 5.0) -> bool:
+    """SIGKILL what is left of the session a task's ``start`` event recorded (if it is
+    still the task's), again until nothing is left (a member may fork meanwhile), and
+    wait for it to exit: its locks are let go only then. Whether nothing is left (False:
+    something would not exit within ``timeout`` s, such as a process of another user)."""
+    sid = started.get("pgid")
+    deadline = time.monotonic() + timeout
+    while isinstance(sid, int) and sid > 1 and is_task_group(started):
+        signal_session(sid, signal.SIGKILL)
+        if wait_gone(sid, min(0.5, max(0.0, deadline - time.monotonic()))):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+    return True
 
 
 def is_task_group(started: Mapping[str, Any]) -> bool:
-    """Whether the process group in a task's ``start`` event is still the one its leader
-    started.
+    """Whether the session (and process group) in a task's ``start`` event is still the
+    one its leader started.
 
     The event has ``pgid`` and the leader's start time: ``pgid_start``, exactly, or (as
     the worker records it) at the earliest, with ``pgid_start_by`` at the latest. While
     the leader lives, its start time must be in that window (else the pid now belongs to
     another process). Once the leader is gone, the kernel cannot hand its pid out again
-    while any member of its group lives, so the members still in that group and session,
-    started no earlier than the leader, are the task's own descendants.
+    while any member of its session lives, so the members still in that session, started
+    no earlier than the leader, are the task's own descendants.
     """
     pgid, earliest, latest = (started.get("pgid"), started.get("pgid_start"),
                               started.get("pgid_start_by"))
@@ -192,7 +220,7 @@ def is_task_group(started: Mapping[str, Any]) -> bool:
         if not isinstance(earliest, int):
             return True
         return earliest <= current <= (latest if isinstance(latest, int) else earliest)
-    members = group_start_times(pgid)
+    members = [t for _, _, t in _members(pgid)]
     if isinstance(earliest, int):
         return bool(members) and all(t >= earliest for t in members)
     return bool(members)

@@ -831,7 +831,7 @@ class Spool:
                 else:
                     self._move(path, self.dir("done") / f"{env.id}{SUFFIX}")
                 return f"completed the interrupted move of task {env.id}"
-            from hostctl.queues.process import kill_group, kill_spawned, wait_gone
+            from hostctl.queues.process import kill_spawned, stop_run
 
             kinds = [ev.get("event") for ev in task.events]
             spawn, start = _last_index(kinds, "spawn"), _last_index(kinds, "start")
@@ -841,8 +841,9 @@ class Spool:
                 # and the run counts as an attempt (it may have done its work)
                 spawned = task.events[spawn]
                 not_before = spawned.get("not_before")
-                if isinstance(not_before, int):
-                    kill_spawned(env.id, not_before)
+                if isinstance(not_before, int) and not kill_spawned(env.id, not_before):
+                    return (f"task {env.id}: what its dead worker started has not exited "
+                            "yet; recovered once it has")
                 claim.append("start", attempt=spawned.get("attempt"),
                              worker=spawned.get("worker"), at=spawned.get("at"))
                 task = self._read_fd(fd, "active", path.name)
@@ -850,8 +851,11 @@ class Spool:
                 self._move(path, self.dir("new") / _ready_name(env))
                 return f"task {env.id} was claimed but never started: queued again"
             started = task.last("start") or {}
-            if kill_group(started):
-                wait_gone(started.get("pgid"))  # its locks are let go only at its exit
+            # all of its session, waited for (its locks are let go only at its exit); a
+            # run that will not end keeps its task active and its context busy
+            if not stop_run(started):
+                return (f"task {env.id}: what is left of its run (session "
+                        f"{started.get('pgid')}) has not exited yet; recovered once it has")
             rules = policy(env)
             attempts = task.attempt_count
             reason = (f"its worker (pid {started.get('worker')}) died during attempt "

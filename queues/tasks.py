@@ -20,7 +20,7 @@ from hostctl.files import tail
 from hostctl.paths import Paths
 from hostctl.provision.registry import Registry
 from hostctl.provision.registry import load as load_registry
-from hostctl.queues.process import is_task_group, signal_group
+from hostctl.queues.process import is_task_group, signal_session
 from hostctl.queues.spool import Spool
 from hostctl.queues.task import (
     MAX_PRIORITY,
@@ -170,7 +170,7 @@ def cancel(home: Home, task_id: str, grace: float | None = None) -> Task:
     pgid = started.get("pgid")
     same = isinstance(pgid, int) and is_task_group(started)
     if same:
-        signal_group(pgid, signal.SIGTERM)
+        signal_session(pgid, signal.SIGTERM)  # all of the run, not only its group
     grace = home.config.worker.kill_grace if grace is None else grace
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline + 5:
@@ -178,7 +178,8 @@ def cancel(home: Home, task_id: str, grace: float | None = None) -> Task:
         if task.status.finished:
             return task
         if same and time.monotonic() >= deadline:
-            signal_group(pgid, signal.SIGKILL)
+            if is_task_group(started):  # still the task's (its leader may be reaped now)
+                signal_session(pgid, signal.SIGKILL)
             same = False
         time.sleep(0.05)
     return spool.get(task_id)

@@ -3,8 +3,10 @@
 One loop, written as :meth:`Worker.step` (claim and start what fits) plus
 :meth:`Worker.wait` (block on the children's pipes and exit notifications, enforce
 timeouts) and :meth:`Worker.run` (repeat until drained or told to stop). The worker is
-single-threaded; every child gets its own process group, so a timeout or a cancel reaches
-the whole tree (TERM, then KILL after the grace period).
+single-threaded; every child gets its own session, so a timeout or a cancel reaches the
+whole tree, background jobs in process groups of their own included (TERM, then KILL
+after the grace period; what is left of a stopped run is killed before its leader is
+reaped: see queues/process.py).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from hostctl.paths import Paths
 from hostctl.provision.registry import Registry, secret_values
 from hostctl.provision.runner import Verdict, judge, launch, prepare, read_result
 from hostctl.queues.backend import QueueBackend, TaskClaim
-from hostctl.queues.process import boot_ticks, signal_group
+from hostctl.queues.process import boot_ticks, signal_session
 from hostctl.queues.spool import Policy, Spool, backoff
 from hostctl.queues.task import utc_iso
 from hostctl.text import Redactor, printable
@@ -374,7 +376,7 @@ class Worker:
         except OSError as exc:
             # the start cannot be recorded (a full disk): a child that runs unrecorded
             # could run twice, so stop it at once; the task has not started
-            signal_group(pid, signal.SIGKILL)
+            signal_session(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             os.close(out_fd)
             return self._cannot_write(claim, attempt, log_fd, queued, exc, "start")
@@ -457,7 +459,7 @@ class Worker:
 
     def _terminate(self, run: Running) -> None:
         run.term_at = self.clock()
-        signal_group(run.pid, signal.SIGTERM)
+        signal_session(run.pid, signal.SIGTERM)
 
     def _enforce_deadlines(self) -> None:
         now = self.clock()
@@ -470,7 +472,7 @@ class Worker:
                                       "sending TERM\n")
                 self._terminate(run)
             elif run.term_at is not None and now >= run.term_at + self.config.worker.kill_grace:
-                signal_group(run.pid, signal.SIGKILL)
+                signal_session(run.pid, signal.SIGKILL)
 
     def _read_output(self, run: Running) -> None:
         try:
@@ -532,6 +534,11 @@ class Worker:
             os.close(run.out_fd)
 
     def _reap(self, run: Running) -> None:
+        if self._stopped(run):
+            # a stopped run ends whole: what its leader left (a job in a process group of
+            # its own, a child that outlived the TERM) is killed while the unreaped
+            # leader still keeps its session's id from being handed out again
+            signal_session(run.pid, signal.SIGKILL)
         pid, status = os.waitpid(run.pid, os.WNOHANG)
         if pid == 0:
             return
@@ -549,6 +556,19 @@ class Worker:
                 break
             self._write_output(run, chunk)
         self._close_output(run)
+
+    @staticmethod
+    def _stopped(run: Running) -> bool:
+        """Was the run told to stop (a timeout, a cancel, the worker stopping)?"""
+        if run.term_at is not None or run.cancelled:
+            return True
+        try:
+            if run.claim.grew() and run.claim.reload().cancel_requested:  # `task cancel`
+                run.cancelled = True
+                return True
+        except (OSError, HostctlError):  # unreadable now: _record_end says what it can
+            pass
+        return False
 
     def _complete(self, run: Running) -> None:
         try:
