@@ -8,10 +8,12 @@ stored value is checked when a file is read back:
     bool    true/false, yes/no, on/off, 1/0 (any case)
     list    comma-separated; blanks dropped, duplicates removed, order kept
     choice  one of a fixed set of words
-    path    an absolute path, normalised
-    host    a host name in ASCII (letters, lower-cased; digits, '.', '-'; IDNA as xn--),
-            labels of at most 63 characters, at most 253 in all
-    hosts   a list of host names
+    path    an absolute path, normalised; no '..' (refused, not resolved: a symbolic link
+            before it would make it mean another folder), no quote, backslash or '$'
+    host    a host name in ASCII (letters, lower-cased; digits, '.', '-'; IDNA as xn--
+            labels that must decode), labels of at most 63 characters, at most 253 in
+            all, no trailing dot, no wildcard (it would claim other sites' names), no port
+    hosts   a list of host names (comma-separated)
     endpoint  a host name, or an absolute path (the folder of a server's UNIX socket)
     ips     a list of IP addresses (v4 or v6, written as ipaddress writes them)
     email   an e-mail address: LOCAL@HOST, LOCAL of the characters RFC 5322 allows
@@ -19,13 +21,17 @@ stored value is checked when a file is read back:
     url     an http(s) URL without white space, quotes, backslashes or control characters
     word    a name such as a language code, a profile or a UNIX user: letters, digits,
             '.', '_', '-', '+' and '@'
+    command a command line, split into words as a shell splits it (never run by one):
+            it must split (quotes closed) into at least one word
+    location  an absolute path or an http(s) URL
     ref     the name of another context of a given type
 
 Each value is checked when it is saved (provision-save, a task's context options, a
 front end's drop), so that what is saved can always be acted on: a path holds none of the
 characters nginx would read as syntax (quotes, backslashes, '$'), a host name could be an
 nginx server_name. A value saved before a rule existed is read back as it was (the file is
-not malformed); a task that cannot use it fails saying which field.
+not malformed); :meth:`Field.validate` names what is wrong with it, and a task on such
+a context fails saying which field.
 
 The string ``null`` resets a field to its default (Aegir's convention). Fields follow
 Aegir's provision contexts; secret fields are never shown unless asked for.
@@ -36,6 +42,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -73,6 +80,8 @@ class Kind(Enum):
     EMAIL = "email"
     URL = "url"
     WORD = "word"
+    COMMAND = "command"
+    LOCATION = "location"
     REF = "ref"
 
 
@@ -117,42 +126,25 @@ class Field:
             if not _INT.fullmatch(raw.strip()):
                 raise InvalidInput(f"{shown(raw)} is not a whole number")
             return self._check_int(int(raw.strip(), 10))
-        if self.kind in (Kind.LIST, Kind.HOSTS, Kind.IPS):
+        if self.kind in _LISTS:
             items: list[str] = []
             for part in raw.split(","):
-                item = self._check_text(part.strip())
-                if item and self.kind is Kind.HOSTS:
-                    item = _host(item)
-                elif item and self.kind is Kind.IPS:
-                    item = _ip(item)
+                item = self._item(part.strip())
                 if item and item not in items:
                     items.append(item)
             return items
         if self.kind is Kind.REF:
             return display(parse_name(raw.strip()))
-        if raw.strip() and self.kind in (Kind.EMAIL, Kind.URL, Kind.WORD):
-            return _checked(self.kind, self._check_text(raw.strip()))
-        if self.kind is Kind.ENDPOINT and raw.strip():
-            text = self._check_text(raw.strip())
-            if not text.startswith("/"):
-                return _host(text)
-            if _UNSAFE_PATH.search(text):
-                raise InvalidInput(f"{shown(text)} holds a quote, a backslash or a '$'")
-            return os.path.normpath(text)
-        if self.kind is Kind.PATH and _UNSAFE_PATH.search(raw):
-            raise InvalidInput(f"{shown(raw)} holds a quote, a backslash or a '$', which "
-                               "a web server's configuration would misread")
-        if self.kind is Kind.HOST:
-            # checked before lower(), which maps some non-ASCII letters to ASCII ones
-            # (the Kelvin sign to 'k'): a host name is ASCII, IDNA names in xn-- form
-            text = raw.strip()
-            if not text.isascii():
-                raise InvalidInput(f"{shown(raw)} is not a lower-case host name")
-            return self._check_scalar(text.lower())
-        return self._check_scalar(raw.strip() if self.kind is not Kind.STR else raw)
+        # free text is kept as typed (a password may end in a space); the rest is trimmed
+        return self._scalar(raw if self.kind is Kind.STR else raw.strip())
 
     def check(self, value: object) -> Value:
-        """Check a value read from a file; raise InvalidInput if it is not of this kind."""
+        """Check a value read from a file; raise InvalidInput (the file is malformed) if it
+        is what no save ever wrote: another type (a boolean, a number, a string, a list of
+        strings), a number out of its range, a word not among the choices, a control
+        character. The rules of host names, paths, addresses and the other kinds are not
+        applied here: a value saved before such a rule existed is still read (``context
+        show`` works), and :meth:`validate` says what is wrong with it."""
         if self.kind is Kind.BOOL:
             if isinstance(value, bool):
                 return value
@@ -161,15 +153,31 @@ class Field:
             if isinstance(value, int) and not isinstance(value, bool):
                 return self._check_int(value)
             raise InvalidInput("not a whole number")
-        if self.kind in (Kind.LIST, Kind.HOSTS, Kind.IPS):
+        if self.kind in _LISTS:
             if isinstance(value, list) and all(isinstance(v, str) for v in value):
-                return [self._check_text(v) for v in value]
+                return [_check_text(v) for v in value]
             raise InvalidInput("not a list of strings")
         if not isinstance(value, str):
             raise InvalidInput("not a string")
         if self.kind is Kind.REF:
             return display(parse_name(value))
-        return self._check_scalar(value)
+        if self.kind is Kind.CHOICE and value not in self.choices:
+            raise InvalidInput(f"{shown(value)} is not one of {', '.join(self.choices)}")
+        return _check_text(value)
+
+    def validate(self, value: Value) -> None:
+        """Raise InvalidInput (naming the field) if a stored value breaks a rule of its
+        kind that a save applies: a value saved before the rule existed."""
+        try:
+            if self.kind is Kind.INT and isinstance(value, int):
+                self._check_int(value)
+            elif self.kind in _LISTS and isinstance(value, list):
+                for item in value:
+                    self._item(item.strip())
+            elif isinstance(value, str) and self.kind is not Kind.REF:
+                self._scalar(value)
+        except InvalidInput as exc:
+            raise InvalidInput(f"field {self.name}: {exc}") from None
 
     def _check_int(self, number: int) -> int:
         if self.minimum is not None and number < self.minimum:
@@ -178,34 +186,85 @@ class Field:
             raise InvalidInput(f"{number} is above {self.maximum}")
         return number
 
-    def _check_scalar(self, text: str) -> str:
-        text = self._check_text(text)
-        if self.kind is Kind.CHOICE and text not in self.choices:
-            raise InvalidInput(f"{shown(text)} is not one of {', '.join(self.choices)}")
-        if self.kind is Kind.PATH:
-            if not os.path.isabs(text):
-                raise InvalidInput(f"{shown(text)} is not an absolute path")
-            return os.path.normpath(text)
-        if self.kind is Kind.HOST and not (_HOST.fullmatch(text) and len(text) <= 253):
-            raise InvalidInput(f"{shown(text)} is not a lower-case host name")
+    def _item(self, text: str) -> str:
+        """One item of a list kind, trimmed; '' (a blank between commas) is dropped."""
+        text = _check_text(text)
+        if not text or self.kind is Kind.LIST:
+            return text
+        return _host(text) if self.kind is Kind.HOSTS else _ip(text)
+
+    def _scalar(self, text: str) -> str:
+        """A string value by the rules of its kind, in the one spelling that is stored."""
+        text = _check_text(text)
+        kind = self.kind
+        if kind is Kind.CHOICE:
+            if text not in self.choices:
+                raise InvalidInput(f"{shown(text)} is not one of {', '.join(self.choices)}")
+            return text
+        if kind is Kind.PATH:
+            return _path(text)
+        if kind is Kind.HOST:
+            return _host(text)
+        if not text:  # the optional kinds below take '' for "not set"
+            return text
+        if kind is Kind.ENDPOINT:
+            return _path(text) if text.startswith("/") else _host(text)
+        if kind is Kind.LOCATION:
+            return _path(text) if text.startswith("/") else _url(text)
+        if kind is Kind.EMAIL:
+            return _email(text)
+        if kind is Kind.URL:
+            return _url(text)
+        if kind is Kind.WORD:
+            return _word(text)
+        if kind is Kind.COMMAND:
+            return _command(text)
         return text
 
 
-    @staticmethod
-    def _check_text(text: str) -> str:
-        if any(ch in text for ch in "\x00\r\n") or not (text.isprintable() or text == ""):
-            raise InvalidInput(f"{shown(text)} contains control characters")
-        return text
+_LISTS = frozenset({Kind.LIST, Kind.HOSTS, Kind.IPS})
+
+
+def _check_text(text: str) -> str:
+    if any(ch in text for ch in "\x00\r\n") or not (text.isprintable() or text == ""):
+        raise InvalidInput(f"{shown(text)} contains control characters")
+    return text
 
 
 def _host(text: str) -> str:
-    """A host name as a save takes it: ASCII (IDNA names in their xn-- form), lower-cased,
-    labels of letters, digits and inner '-' of at most 63 characters, 253 in all."""
+    """A host name as a save takes it: ASCII (IDNA names in their xn-- form, which must
+    decode), lower-cased, labels of letters, digits and inner '-' of at most 63
+    characters, 253 in all. No wildcard ('*.example.com', '.example.com'): a wildcard
+    would claim names other sites have."""
+    # checked before lower(), which maps some non-ASCII letters to ASCII ones (the Kelvin
+    # sign to 'k')
     low = text.lower()
     if not text.isascii() or not _HOST.fullmatch(low) or len(low) > 253:
         raise InvalidInput(f"{shown(text)} is not a host name (letters, digits, '-' and "
-                           "'.'; an international name in its xn-- form)")
+                           "'.'; an international name in its xn-- form; no wildcard)")
+    for label in low.split("."):
+        if label.startswith("xn--"):
+            try:
+                label[4:].encode("ascii").decode("punycode")
+            except UnicodeError:
+                raise InvalidInput(f"{shown(text)}: {label} is not a valid xn-- "
+                                   "(punycode) label") from None
+        elif label[2:4] == "--":
+            # RFC 5891: '--' in the third and fourth places is reserved for xn--
+            raise InvalidInput(f"{shown(text)}: {label} has '--' where only xn-- may")
     return low
+
+
+def _path(text: str) -> str:
+    if not text.startswith("/"):
+        raise InvalidInput(f"{shown(text)} is not an absolute path")
+    if ".." in text.split("/"):
+        # refused, not resolved: '/a/link/..' is not '/a' when link is a symbolic link
+        raise InvalidInput(f"{shown(text)} holds '..'")
+    if _UNSAFE_PATH.search(text):
+        raise InvalidInput(f"{shown(text)} holds a quote, a backslash or a '$', which a "
+                           "web server's configuration would misread")
+    return os.path.normpath(text)
 
 
 def _ip(text: str) -> str:
@@ -215,19 +274,35 @@ def _ip(text: str) -> str:
         raise InvalidInput(f"{shown(text)} is not an IP address") from None
 
 
-def _checked(kind: Kind, text: str) -> str:
-    if kind is Kind.EMAIL:
-        found = _EMAIL.fullmatch(text)
-        if not found or len(text) > 254:
-            raise InvalidInput(f"{shown(text)} is not an e-mail address (local@host.name)")
-        return text[: found.start(1)] + _host(found.group(1))
-    if kind is Kind.URL:
-        if not _URL.fullmatch(text):
-            raise InvalidInput(f"{shown(text)} is not an http(s) URL without spaces, quotes "
-                               "or backslashes")
-        return text
+def _email(text: str) -> str:
+    found = _EMAIL.fullmatch(text)
+    if not found or len(text) > 254:
+        raise InvalidInput(f"{shown(text)} is not an e-mail address (local@host.name)")
+    return text[: found.start(1)] + _host(found.group(1))
+
+
+def _url(text: str) -> str:
+    if not _URL.fullmatch(text):
+        raise InvalidInput(f"{shown(text)} is not an http(s) URL without spaces, quotes or "
+                           "backslashes")
+    return text
+
+
+def _word(text: str) -> str:
     if not _WORD.fullmatch(text):
         raise InvalidInput(f"{shown(text)} must be letters, digits, '.', '_', '-', '+' or '@'")
+    return text
+
+
+def _command(text: str) -> str:
+    # split as its user splits it (nginx.py's reload_argv): what cannot be split, or
+    # splits into nothing, could never be run
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:
+        raise InvalidInput(f"{shown(text)} cannot be split into words: {exc}") from None
+    if not words:
+        raise InvalidInput(f"{shown(text)} holds no command")
     return text
 
 
@@ -276,7 +351,7 @@ SERVER = ContextType(
               choices=("none", "nginx", "apache")),
         _port("http_port", 80, "port the web server listens on"),
         _port("http_ssl_port", 443, "port for HTTPS"),
-        Field("http_restart_cmd", Kind.STR,
+        Field("http_restart_cmd", Kind.COMMAND,
               "command that reloads the web server, split into words as a shell would but "
               "never run by one (unset: nginx -s reload)", default=""),
         Field("nginx_binary", Kind.PATH, "the nginx program (unset: nginx on PATH, else "
@@ -316,7 +391,8 @@ PLATFORM = ContextType(
         Field("root", Kind.PATH, "folder that holds the application", required=True),
         Field("web_server", Kind.REF, "server that serves it", ref_type="server"),
         Field("server", Kind.REF, "server the platform lives on", ref_type="server"),
-        Field("makefile", Kind.STR, "makefile or build recipe to create the root", default=""),
+        Field("makefile", Kind.LOCATION, "makefile or build recipe to create the root (an "
+              "absolute path or an http(s) URL)", default=""),
         Field("make_working_copy", Kind.BOOL, "keep version control data when building",
               default=False),
         Field("locked", Kind.BOOL, "a locked platform accepts no new sites", default=False),
@@ -350,8 +426,8 @@ SITE = ContextType(
         Field("cron_key", Kind.STR, "key for the site's cron URL", default="", secret=True),
         Field("drush_aliases", Kind.LIST, "extra aliases for the site", default=[]),
         Field("ssl_enabled", Kind.BOOL, "serve the site over HTTPS", default=False),
-        Field("ssl_key", Kind.STR, "name of the site's certificate", default=""),
-        Field("http_basic_auth_username", Kind.STR, "user for HTTP basic authentication",
+        Field("ssl_key", Kind.WORD, "name of the site's certificate", default=""),
+        Field("http_basic_auth_username", Kind.WORD, "user for HTTP basic authentication",
               default=""),
         Field("http_basic_auth_password", Kind.STR, "password for HTTP basic authentication",
               default="", secret=True),

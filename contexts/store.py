@@ -18,16 +18,25 @@ by the kernel if the writer dies) around its whole read-modify-write, so concurr
 also keeps references whole (a platform cannot be deleted while a site that names it is
 being saved). Files are replaced atomically (temp file, fsync, rename), so readers take no
 lock and never see half a file.
+
+No two sites may claim one host name (a uri or an alias). A save that gives a site names
+checks them, under the lock, against every other site's; so that this does not read every
+context file on every save, ``contexts/.hosts.json`` keeps each context file's identity
+(inode, mtime, size, ctime) and the names it claims. It is only a cache: an entry counts
+while its file's identity (one ``stat``) is unchanged, any other file is read again (a
+context edited by hand included), and a missing or damaged index is rebuilt.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from hostctl.contexts.names import display, is_valid, parse_name
@@ -44,6 +53,11 @@ from hostctl.paths import Paths
 
 FORMAT = 1
 LOCK_TIMEOUT = 60.0
+INDEX = ".hosts.json"
+INDEX_FORMAT = 1
+#: rewrite the index once a save has had to read this many context files afresh; below
+#: that, reading them costs less than writing the whole index again
+INDEX_REWRITE = 16
 SECRET_MASK = "********"
 
 
@@ -122,6 +136,9 @@ class ContextStore:
         # queues then list thousands of contexts without a system call per file.
         self._watch: Any = None
         self._lists: dict[str | None, tuple[list[Context], list[MalformedFile]]] = {}
+        # the host name index as last read or made (see the module's docstring)
+        self._index: dict[str, _Claim] | None = None
+        self._index_behind = 0  # files read afresh since the index file was read or written
 
     def watch(self) -> bool:
         """Keep listings while the folder does not change (see above); False where inotify
@@ -234,15 +251,53 @@ class ContextStore:
             old = self._read(bare)
             if old is not None and create_only:
                 raise Conflict(f"{display(bare)} exists already")
-            ctx, changed = self._build(bare, changes, wanted, old)
+            ctx, changed = self._build(bare, changes, wanted, old, locked=True)
             self._write(ctx)
         return SaveResult(ctx, created=old is None, changed=tuple(changed))
 
     def check_save(self, name: str, changes: Mapping[str, str]) -> Context:
         """What ``save(name, changes)`` would make of an existing context, validated as it
-        validates (kinds, required fields, references), without writing anything."""
+        validates (kinds, required fields, references, host names), without writing
+        anything; then :meth:`check_actionable` on the result: a task checks its request
+        with this, so a value saved before a rule existed fails it naming the field."""
         bare = parse_name(name)
-        return self._build(bare, changes, None, self._read(bare))[0]
+        old = self._read(bare)
+        if old is not None and not changes:
+            ctx = old  # nothing to build: a reference to a context gone since is no error
+        else:
+            ctx = self._build(bare, changes, None, old)[0]
+        self.check_actionable(ctx)
+        return ctx
+
+    def check_actionable(self, ctx: Context) -> None:
+        """Raise InvalidInput naming the context and field if a stored value of ``ctx``, or
+        of a context it refers to (its platform, its servers), breaks a rule of its kind:
+        one saved before the rule existed, or written by hand. ``context show`` still
+        shows such a value; a task cannot act on it."""
+        seen: set[str] = set()
+        todo = [ctx]
+        while todo:
+            one = todo.pop()
+            if one.name in seen:
+                continue
+            seen.add(one.name)
+            try:
+                for key, value in one.values.items():
+                    one.schema.fields[key].validate(value)
+                if one.type == "site" and "uri" not in one.values:
+                    one.schema.fields["uri"].validate(one.name)
+            except InvalidInput as exc:
+                raise InvalidInput(f"{one.display_name}: {exc} (correct it with "
+                                   f"provision-save {one.display_name})") from None
+            for spec in one.schema.references():
+                target = one.values.get(spec.name)
+                if isinstance(target, str):
+                    try:
+                        other = self._read(parse_name(target))
+                    except MalformedFile:
+                        continue  # reported as malformed by whoever needs it
+                    if other is not None:
+                        todo.append(other)
 
     def delete(self, name: str) -> Context:
         """Remove a context; refused while another context refers to it."""
@@ -274,6 +329,8 @@ class ContextStore:
         changes: Mapping[str, str],
         wanted: ContextType | None,
         old: Context | None,
+        *,
+        locked: bool = False,
     ) -> tuple[Context, list[str]]:
         if old is None and wanted is None:
             raise InvalidInput(
@@ -298,7 +355,8 @@ class ContextStore:
             changed.append(spec.name)
         self._check_complete(bare, schema, values)
         if schema.name == "site" and (old is None or {"uri", "aliases"} & set(changed)):
-            self._check_host_names(bare, schema, values)
+            self._check_site_names(bare, schema, values)
+            self._check_host_names(bare, schema, values, locked=locked)
         now = utcnow()
         ctx = Context(
             name=bare,
@@ -330,20 +388,78 @@ class ContextStore:
                     f"--{spec.name}: {target} is a {other.type}, not a {spec.ref_type}"
                 )
 
+    @staticmethod
+    def _check_site_names(bare: str, schema: ContextType, values: Mapping[str, Value]) -> None:
+        """A site's own names: a uri that is a host name (its context name, when the uri
+        is not set), and aliases that are other names than its uri (refused, not
+        dropped: what is saved is what is served)."""
+        uri = values.get("uri")
+        if uri is None:
+            try:
+                schema.fields["uri"].parse(bare)
+            except InvalidInput:
+                raise InvalidInput(f"--uri: the site's name {bare} is not a host name; give "
+                                   "the site a --uri") from None
+            uri = bare
+        aliases = values.get("aliases") or []
+        if isinstance(aliases, list) and str(uri).lower() in (a.lower() for a in aliases):
+            raise InvalidInput(f"--aliases: {uri} is the site's own uri, not an alias of it "
+                               "(give --uri and --aliases together to swap them)")
+
     def _check_host_names(self, bare: str, schema: ContextType,
-                          values: Mapping[str, Value]) -> None:
+                          values: Mapping[str, Value], *, locked: bool = False) -> None:
         """No two sites may claim one host name (a uri or an alias), whoever saves: nginx
         would serve the name from one of them and only warn. Under the contexts lock when
         it counts (save), so that two saves cannot both take a name."""
         mine = _host_names(bare, schema, values)
-        for other in self.list("site", malformed=[]):
-            if other.name == bare:
+        for other, claim in self._claims(rewrite=locked).items():
+            if other == bare:
                 continue
-            taken = mine & _host_names(other.name, other.schema, other.values)
+            taken = mine.intersection(claim[1])
             if taken:
                 name = sorted(taken)[0]
-                raise Conflict(f"the host name {name} is taken by {other.display_name} "
+                raise Conflict(f"the host name {name} is taken by {display(other)} "
                                "(its uri or an alias); no two sites may have one name")
+
+    def _claims(self, *, rewrite: bool) -> dict[str, _Claim]:
+        """Every context's file identity and the host names it claims (a site's uri and
+        aliases; nothing for the other types), from the index where a file is unchanged,
+        else read afresh. With ``rewrite`` (under the lock) the index is written again
+        when many files had to be read. A malformed file claims nothing (as a listing
+        passes it over)."""
+        index_path = self.folder / INDEX
+        old = self._index if self._index is not None else _load_index(index_path)
+        fresh: dict[str, _Claim] = {}
+        reread = 0
+        for bare in self.names():
+            try:
+                st = os.stat(f"{self._folder}/{bare}.toml")
+            except OSError:
+                continue  # gone meanwhile, or unreadable: a listing passes it over too
+            ident = (st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns)
+            known = old.get(bare)
+            if known is not None and known[0] == ident:
+                fresh[bare] = known
+                continue
+            reread += 1
+            try:
+                ctx = self._read(bare)
+            except MalformedFile:
+                continue
+            cached = self._cache.get(bare)
+            if ctx is None or cached is None:
+                continue
+            # the identity of what was read: a file replaced after the stat above is
+            # read again next time, never taken for the old one
+            names = sorted(_host_names(bare, ctx.schema, ctx.values)) if ctx.type == "site" \
+                else []
+            fresh[bare] = (cached[0], tuple(names))
+        self._index = fresh
+        self._index_behind += reread
+        if rewrite and self._index_behind >= INDEX_REWRITE:
+            _write_index(index_path, fresh)
+            self._index_behind = 0
+        return fresh
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -461,6 +577,37 @@ def _host_names(bare: str, schema: ContextType, values: Mapping[str, Value]) -> 
     if isinstance(aliases, list):
         names.update(a.lower() for a in aliases)
     return names
+
+
+_Claim = tuple[tuple[int, int, int, int], tuple[str, ...]]
+
+
+def _load_index(path: Path) -> dict[str, _Claim]:
+    """The host name index, or nothing if it is missing or damaged (it is rebuilt)."""
+    try:
+        doc = json.loads(path.read_bytes())
+        if doc.get("format") != INDEX_FORMAT:
+            return {}
+        out: dict[str, _Claim] = {}
+        for bare, (ident, names) in doc["contexts"].items():
+            if (isinstance(bare, str) and isinstance(ident, list) and len(ident) == 4
+                    and all(type(i) is int for i in ident) and isinstance(names, list)
+                    and all(isinstance(n, str) for n in names)):
+                out[bare] = ((ident[0], ident[1], ident[2], ident[3]), tuple(names))
+        return out
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError):
+        return {}
+
+
+def _write_index(path: Path, claims: Mapping[str, _Claim]) -> None:
+    doc = {"format": INDEX_FORMAT,
+           "contexts": {bare: [list(ident), list(names)]
+                        for bare, (ident, names) in claims.items()}}
+    try:
+        # a cache: not worth an fsync, and not worth failing a save for
+        write_atomic(path, json.dumps(doc, separators=(",", ":")).encode(), durable=False)
+    except OSError:
+        pass
 
 
 def _one_line(exc: BaseException) -> str:

@@ -155,8 +155,9 @@ class Registry:
             except UnicodeEncodeError:
                 raise InvalidInput(f"option {key!r} is not text a command line can carry "
                                    "(a lone surrogate)") from None
-        if env.context_options:
-            store.check_save(ctx.name, env.context_options)
+        # the context options as a save takes them, then every stored value by its kind:
+        # a value saved before a rule existed fails the task naming its field
+        store.check_save(ctx.name, env.context_options)
         return ttype, ctx
 
     def check_envelope(self, store: ContextStore) -> Callable[[Envelope], None]:

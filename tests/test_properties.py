@@ -22,6 +22,7 @@ import ipaddress
 import json
 import os
 import re
+import shlex
 import shutil
 import stat
 import sys
@@ -349,7 +350,27 @@ def oracle_host(text: str) -> str:
     low = text.lower()
     if not text.isascii() or not HOST.fullmatch(low) or len(low) > 253:
         raise Refused
+    for label in low.split("."):  # xn-- labels must decode; '--' there is for xn-- only
+        if label.startswith("xn--"):
+            try:
+                label[4:].encode().decode("punycode")
+            except UnicodeError:
+                raise Refused from None
+        elif label[2:4] == "--":
+            raise Refused
     return low
+
+
+def oracle_url(text: str) -> str:
+    if not URL.fullmatch(text):
+        raise Refused
+    return text
+
+
+def oracle_path(text: str) -> str:
+    if not text.startswith("/") or ".." in text.split("/") or any(c in text for c in '"\\$'):
+        raise Refused("not absolute, or '..', or what nginx would misread")
+    return os.path.normpath(text)
 
 
 def expected_value(info: FieldInfo, raw: str, target: str, contexts: dict[str, str]) -> Any:
@@ -400,6 +421,20 @@ def expected_value(info: FieldInfo, raw: str, target: str, contexts: dict[str, s
                 items.append(item)
         return items
     text = raw.strip()
+    if kind in ("command", "location"):
+        if not plain_text(text):
+            raise Refused
+        if not text:
+            return ""
+        if kind == "location":
+            return oracle_path(text) if text.startswith("/") else oracle_url(text)
+        try:
+            words = shlex.split(text)
+        except ValueError:
+            raise Refused("a quote left open") from None
+        if not words:
+            raise Refused("no command")
+        return text
     if kind in ("email", "url", "word"):
         if not plain_text(text):
             raise Refused
@@ -422,9 +457,7 @@ def expected_value(info: FieldInfo, raw: str, target: str, contexts: dict[str, s
             raise Refused
         if not text.startswith("/"):
             return oracle_host(text) if text else ""
-        if any(c in text for c in '"\\$'):
-            raise Refused
-        return os.path.normpath(text)
+        return oracle_path(text)
     if kind == "path" and any(c in raw for c in '"\\$'):
         raise Refused("nginx would misread it")
     if kind == "host":
@@ -438,13 +471,9 @@ def expected_value(info: FieldInfo, raw: str, target: str, contexts: dict[str, s
             raise Refused
         return text
     if kind == "path":
-        if not text.startswith("/"):
-            raise Refused
-        return os.path.normpath(text)
+        return oracle_path(text)
     if kind == "host":
-        if not HOST.fullmatch(text) or len(text) > 253:
-            raise Refused
-        return text
+        return oracle_host(text)
     assert kind == "ref", kind
     if not spec_valid_name(text):
         raise Refused
@@ -462,6 +491,8 @@ HOSTILE_VALUES = [
     "~", "example.COM", "\u212aexample.com", "xn--bcher-kva.example", "a-.com", "@srv",
     "@ghost", "srv", "@plat", "@site", "@SRV", " @srv2 ", "nginx", "NGINX", " sqlite ",
     "profile", "'\"", "\u00e9", "\u200b", "\udcff", "a" * 300, "\u3000x\u3000",
+    "site", "www.site,SITE", "xn--zz-.example", "ab--cd.example", "sh -c 'x", "a b 'c d'",
+    "https://x.example/m", "/srv/a/..", "*.example.com",
 ]
 
 
@@ -533,6 +564,10 @@ def field_changes(draw: st.DrawFn) -> tuple[str, list[tuple[str, str, str, bool]
 @example(case=("site", [("language", "language", "--help", False)]))
 @example(case=("site", [("platform", "platform", "null", True)]))
 @example(case=("platform", [("web_server", "web-server", "@plat", True)]))
+@example(case=("site", [("aliases", "aliases", "www.site,SITE", True)]))
+@example(case=("server", [("http_restart_cmd", "http_restart_cmd", "sh -c 'x", True)]))
+@example(case=("server", [("config_path", "config_path", "/srv/a/..", True)]))
+@example(case=("platform", [("makefile", "makefile", "https://x.example/m", True)]))
 def test_field_values_round_trip_or_are_refused_leaving_the_file_byte_identical(
         run_hostctl, tmp_path: Path, topology_home: Path,
         case: tuple[str, list[tuple[str, str, str, bool]]]) -> None:
@@ -555,6 +590,10 @@ def test_field_values_round_trip_or_are_refused_leaving_the_file_byte_identical(
                 refused = True
         ctx_file = home / "contexts" / f"{target}.toml"
         before = shown_before(hostctl, target)
+        if ctype == "site" and not refused and {"uri", "aliases"} & set(expected):
+            uri = expected.get("uri", before["fields"]["uri"])
+            if uri in expected.get("aliases", before["fields"]["aliases"]):
+                refused = True  # a site's own uri is no alias of it
         files = snapshot(base)
         res = hostctl(*argv)
         if refused:

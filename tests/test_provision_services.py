@@ -284,8 +284,18 @@ def test_nginx_reloads_with_the_servers_own_command(home: Path, nginx: NginxServ
     assert mark.exists()
     expect_answer(nginx, "own.example", lambda s, b: b == "own reload\n", "the site")
     server.remove(job, "own.example")
-    broken = job_for(home, "@broken", *nginx.server_fields("own"), "--http_restart_cmd",
-                     "/bin/sh -c 'unclosed")
+    from hostctl.cli.main import main
+
+    # a command that cannot be split is refused when saved; one written by hand is
+    # refused again where it is used
+    assert main(["--home", str(home), "provision-save", "@broken", "--context_type",
+                 "server", "--http_restart_cmd", "/bin/sh -c 'unclosed"]) == 2
+    path = home / "contexts" / "web.toml"
+    hand = "http_restart_cmd = \"/bin/sh -c 'unclosed\""
+    lines = [hand if ln.startswith("http_restart_cmd") else ln
+             for ln in path.read_text().splitlines()]
+    path.write_text("\n".join(lines) + "\n")
+    broken = job_for(home, "@web", *nginx.server_fields("own"))
     nginx_broken = web(broken.rc.context, broken.paths)
     assert nginx_broken is not None
     with pytest.raises(InvalidInput, match="http_restart_cmd: No closing quotation"):
