@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,6 +80,54 @@ def test_a_conflicting_server_name_fails_the_task_and_changes_nothing(
                       "the other block still serving its name")
     finally:
         other.unlink()
+
+
+def test_a_warning_the_configuration_had_before_fails_no_task(
+        lab: Lab, nginx: NginxServer) -> None:
+    # two blocks by hand that conflict with each other: nginx -t and the master (in its
+    # error log, at every reload) warn about them, whatever a task changes
+    site = lab.site("@calm.example")
+    lab.must("install", site)
+    other = lab.vhost("@srv", site).parent / "zz-by-hand.conf"
+    block = f"server {{ listen 127.0.0.1:{nginx.port}; server_name twice.example; }}\n"
+    other.write_text(block * 2)
+    try:
+        lab.must("disable", site)
+        assert "conflicting server name \"twice.example\"" in nginx.error_log()
+        expect_answer(nginx, "calm.example", lambda s, b: s == 503, "disabled")
+        lab.must("enable", site)
+        expect_answer(nginx, "calm.example", lambda s, b: s == 200, "enabled")
+    finally:
+        other.unlink()
+
+
+def test_a_reload_the_running_nginx_refuses_fails_the_task_with_its_reason(
+        lab: Lab, nginx: NginxServer) -> None:
+    # nginx -t binds nothing, so it accepts a listen address another program holds; the
+    # master finds out on the reload, logs it and goes on serving the old configuration
+    site = lab.site("@stays.example")
+    lab.must("install", site)
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        fields = nginx.server_fields(f"{lab.name}-busy")
+        fields[fields.index("--http_port") + 1] = str(port)
+        lab.save("@busy", "--context_type", "server", *fields, "--db_service_type", "sqlite")
+        lab.platform("@busyplat", "@busy")
+        busy = lab.site("@busy.example", "@busyplat")
+        doc = lab.task("install", busy)
+        assert doc["status"] == "error", doc
+        assert f"bind() to 127.0.0.1:{port} failed" in str(doc["result"]), doc
+        # the folder as it was (empty: neither the vhost nor a probe on the taken port),
+        # so the next change of any site of this nginx is served again
+        folder = lab.vhost("@busy", busy).parent
+        assert sorted(p.name for p in folder.iterdir()) == [], list(folder.iterdir())
+    finally:
+        taken.close()
+    lab.must("disable", site)
+    expect_answer(nginx, "stays.example", lambda s, b: s == 503, "the other site disabled")
 
 
 def test_a_task_starts_nginx_when_none_runs(lab: Lab, tmp_path: Path) -> None:

@@ -31,6 +31,17 @@ of nginx's processes (root's included). This works whatever reloads nginx (the d
 ``nginx -s reload`` or the server's ``http_restart_cmd``); a configuration that never
 answers (nginx.conf lacking the ``include`` line) fails the task with that reason.
 
+Some refusals only the running master can see: ``nginx -t`` binds no socket, so a listen
+address another program holds passes it, and on the reload the master logs ``[emerg]
+bind() ... failed`` and goes on serving the old configuration. So while it waits the task
+also reads nginx's error log (:class:`MasterLog`) from where it ended before the reload:
+an error, or a warning the configuration did not have before, that the master logs while
+it reads the new configuration fails the task at once with that line. Its pid (the pid
+file) tells its lines from the workers', which log requests' troubles into the same file.
+A change that fails once nginx was signalled is taken out again (the vhost and the
+probe file as they were) and nginx reloaded once more, so that it serves the folder as it
+was and not a change the task reported as failed.
+
 When the reload fails because no nginx runs (nothing accepts on the probe's address, and
 the server has no ``http_restart_cmd`` of its own), nginx is started (``nginx [-c CONF]``,
 which must daemonize itself, as nginx does by default) and the task says so.
@@ -110,6 +121,7 @@ class Nginx:
         self.paths = paths
         self.config_dir = layout.server_config_dir(paths, server) / "nginx"
         self.vhost_dir = self.config_dir / "vhost.d"
+        self._reloaded = False  # whether the change under way has signalled nginx yet
 
     # -- what the server says ---------------------------------------------------------
 
@@ -216,16 +228,43 @@ class Nginx:
 
     def _change(self, job: Job, path: Path, content: bytes | None) -> None:
         old = path.read_bytes() if path.exists() else None
+        probe = self.vhost_dir / PROBE_FILE
+        old_probe = probe.read_bytes() if probe.exists() else None
         known = self.warnings(job)  # the configuration's own warnings, before the change
         if old == content and content is not None:
             self.apply(job, known)  # unchanged: still make sure nginx serves it
             return
         self._put(path, content)
+        self._reloaded = False
         try:
             self.apply(job, known)
         except OperationFailed:
+            # the folder exactly as it was, the probe's old token included; nginx was
+            # signalled already, so it may serve the change: it must read the old again
             self._put(path, old)
+            self._put(probe, old_probe)
+            if self._reloaded:
+                self._reload_back(job, old_probe)
             raise
+
+    def _reload_back(self, job: Job, old_probe: bytes | None) -> None:
+        """Reload nginx after a failed change was taken out again, and wait (bounded)
+        until it serves the folder as it was; a failure here is a warning, the change's
+        own failure stays the task's reason."""
+        binary = self.binary()
+        if binary is None:
+            return
+        since = _boot_ticks()
+        ran = job.run(self.reload_argv(binary), what="reloading nginx", check=False)
+        token = _probe_token(old_probe)
+        try:
+            if ran.code != 0:
+                raise OperationFailed(f"exit status {ran.code}")
+            if token:
+                self._wait_served(token, since)
+        except OperationFailed as exc:
+            job.warn(f"the change was taken out again, but nginx may not serve the folder "
+                     f"as it was: {exc}")
 
     @staticmethod
     def _put(path: Path, content: bytes | None) -> None:
@@ -239,7 +278,8 @@ class Nginx:
 
     def apply(self, job: Job, known: frozenset[str] = frozenset()) -> None:
         """``nginx -t`` (a warning not in ``known`` is an error), the reload, and the wait
-        until nginx serves the result; a warning (nothing run) without nginx."""
+        until nginx serves the result, failing on what the master logs against the reload;
+        a warning (nothing run) without nginx."""
         binary = self.binary()
         if binary is None:
             job.warn(f"no nginx program on {self.server.display_name} (nginx_binary, PATH, "
@@ -251,8 +291,10 @@ class Nginx:
         new = [w for w in self._test(job, binary)[1] if w not in known]
         if new:
             raise OperationFailed(f"nginx -t warns: {new[0]} (the change is not applied)")
-        since = time.clock_gettime_ns(time.CLOCK_BOOTTIME) // _TICK_NS
+        log = MasterLog.of(job, binary, self._conf_args())
+        since = _boot_ticks()
         argv = self.reload_argv(binary)
+        self._reloaded = True
         ran = job.run(argv, what="reloading nginx", check=False)
         if ran.code != 0:
             if self.server.get("http_restart_cmd") or self._probe_answer() != "refused":
@@ -261,7 +303,7 @@ class Nginx:
                                       f"{ran.code}: {last[0]}")
             job.run([binary, *self._conf_args()], what="starting nginx (none was running)")
             job.say(f"nginx was not running: started it ({binary})")
-        self._wait_served(token, since)
+        self._wait_served(token, since, log, known)
         job.say(f"nginx serves the change ({self.vhost_dir})")
 
     def warnings(self, job: Job) -> frozenset[str]:
@@ -334,19 +376,29 @@ class Nginx:
         finally:
             conn.close()
 
-    def _wait_served(self, token: str, since: int) -> None:
+    def _wait_served(self, token: str, since: int, log: MasterLog | None = None,
+                     known: frozenset[str] = frozenset()) -> None:
         """Until a worker of the configuration with ``token`` answers and no worker that
         started before ``since`` (boot ticks) still accepts; OperationFailed after
-        RELOAD_WAIT seconds."""
+        RELOAD_WAIT seconds, or at once when nginx's master logs an error or a new
+        warning (one not in ``known``) after the reload."""
         deadline = time.monotonic() + RELOAD_WAIT
         answer, delay = "", 0.002
         while True:
             answer = self._probe_answer()
             word, _, pid = answer.partition(" ")
+            served = False
             if word == token:
                 master = _ppid(int(pid)) if pid.isdigit() else None
-                if master is None or not _old_workers(master, since):
-                    return
+                served = master is None or not _old_workers(master, since)
+            # read after the probe: a worker of the new configuration answers only once
+            # the master has read it all, so what it logged about it is in the log by now
+            complaint = log.complaint(known) if log is not None else None
+            if complaint:
+                raise OperationFailed(f"nginx logs against the reload: {complaint} ("
+                                      f"{log.path if log else ''})")
+            if served:
+                return
             if time.monotonic() >= deadline:
                 break
             time.sleep(delay)
@@ -367,6 +419,137 @@ class Nginx:
             yield
         finally:
             os.close(fd)
+
+
+_LOG_LINE = re.compile(r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[(\w+)\] (\d+)#\d+: (.*)")
+_COMPLAINTS = frozenset({"warn", "error", "crit", "alert", "emerg"})
+_LOG_READ = 1 << 20  # bytes of the error log read at a time: a reload writes a few lines
+
+
+@dataclass
+class MasterLog:
+    """nginx's error log, read on from where it ended before the reload.
+
+    On a reload the master logs ``reconfiguring``, then what it finds wrong while it reads
+    the new configuration (``[emerg] bind() to ... failed``: it keeps serving the old one;
+    ``[warn]``: it serves the new one all the same), then ``start worker processes`` once
+    it serves it. Only the master's own lines in that window count: workers log requests'
+    troubles into the same file.
+    """
+
+    path: Path
+    pid_file: Path | None
+    offset: int
+    window: bool = False
+
+    @classmethod
+    def of(cls, job: Job, binary: str, conf_args: list[str]) -> MasterLog | None:
+        """The master's error log as the main configuration file names it (else as nginx
+        was built), or None (said in the task's log) when it cannot be read."""
+        built: dict[str, str] = {}
+
+        def build(option: str) -> str:
+            if not built:
+                ran = job.run([binary, "-V"], what="nginx -V", check=False)
+                built.update(re.findall(r"--([a-z-]+)=(\S+)", ran.output))
+                built.setdefault("-", "")
+            return built.get(option, "")
+
+        conf = conf_args[1] if conf_args else build("conf-path")
+        try:
+            top = _top_level(Path(conf).read_text(errors="replace")) if conf else {}
+        except OSError:
+            top = {}
+        prefix = Path(build("prefix") or "/") if conf else Path("/")
+
+        def place(value: str) -> Path:
+            return Path(value) if value.startswith("/") else prefix / value
+
+        pid = (top.get("pid") or [build("pid-path")])[0]
+        logs = top.get("error_log") or [build("error-log-path")]
+        files = [a for a in logs if a and a != "stderr" and not a.startswith(("syslog:",
+                                                                               "memory:"))]
+        if not files:
+            job.say("nginx's master logs to no file (error_log): only the probe tells "
+                    "whether a reload took")
+            return None
+        path = place(files[0])
+        try:
+            with open(path, "rb") as f:
+                offset = f.seek(0, os.SEEK_END)
+        except OSError as exc:
+            job.say(f"nginx's error log {path} cannot be read ({exc.strerror}): only the "
+                    "probe tells whether a reload took")
+            return None
+        return cls(path, place(pid) if pid else None, offset)
+
+    def master(self) -> int | None:
+        try:
+            text = self.pid_file.read_text().strip() if self.pid_file else ""
+        except OSError:
+            return None
+        return int(text) if text.isdigit() else None
+
+    def complaint(self, known: frozenset[str]) -> str | None:
+        """The first error or new warning the master logged about a reload since the last
+        call, as ``[level] text``; None if none."""
+        try:
+            with open(self.path, "rb") as f:
+                if f.seek(0, os.SEEK_END) < self.offset:  # rotated meanwhile
+                    self.offset = 0
+                f.seek(self.offset)
+                data = f.read(_LOG_READ)
+        except OSError:
+            return None
+        end = data.rfind(b"\n") + 1  # a line still being written is read next time
+        self.offset += end
+        master = self.master()
+        for raw in data[:end].decode("utf-8", "replace").splitlines():
+            line = _LOG_LINE.match(raw)
+            if not line or (master is not None and int(line[2]) != master):
+                continue
+            level, text = line[1], line[3].strip()
+            if text == "reconfiguring":
+                self.window = True
+            elif text.startswith("start worker processes"):
+                self.window = False
+            elif self.window and level in _COMPLAINTS and not (level == "warn"
+                                                               and text in known):
+                return f"[{level}] {text}"
+        return None
+
+
+def _top_level(text: str) -> dict[str, list[str]]:
+    """The first argument of each directive outside any block of an nginx configuration
+    file (``pid``, ``error_log``), in order; its includes are not followed."""
+    found: dict[str, list[str]] = {}
+    depth, words = 0, list[str]()
+    for token in re.findall(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|#[^\n]*|[{};]'
+                            r'|[^\s{};#"\']+', text):
+        if token.startswith("#"):
+            continue
+        if token == "{":
+            depth, words = depth + 1, []
+        elif token == "}":
+            depth, words = max(depth - 1, 0), []
+        elif token == ";":
+            if depth == 0 and len(words) > 1:
+                found.setdefault(words[0], []).append(words[1])
+            words = []
+        else:
+            words.append(token[1:-1] if token[:1] in "\"'" and len(token) > 1 else token)
+    return found
+
+
+def _boot_ticks() -> int:
+    """Now, in the unit of a process's start time in /proc/PID/stat."""
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME) // _TICK_NS
+
+
+def _probe_token(conf: bytes | None) -> str | None:
+    """The token a probe file's text answers with."""
+    found = re.search(rb'return 200 "([0-9a-f]+) ', conf or b"")
+    return found[1].decode() if found else None
 
 
 def _proc_stat(pid: int | str) -> list[bytes] | None:
