@@ -15,7 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from provisionhelpers import Lab, PgCluster, start_postgres, world_readable_dir
+from provisionhelpers import (
+    Lab,
+    PgCluster,
+    last_task,
+    secrets_of,
+    start_postgres,
+    world_readable_dir,
+)
 from taskhelpers import hostctl_cmd, wait_for
 
 from hostctl.contexts.store import ContextStore
@@ -139,7 +146,7 @@ def test_a_failed_reinstall_brings_the_old_installation_back(
         lab: Lab, home: Path, tmp_path: Path) -> None:
     import sqlite3
 
-    from provisionhelpers import secrets_of, sqlite_rows
+    from provisionhelpers import sqlite_rows
 
     flags = tmp_path / "flags"
     lab.platform("@flaky", env={"APP_FLAGS": str(flags)})
@@ -160,3 +167,47 @@ def test_a_failed_reinstall_brings_the_old_installation_back(
     assert not (lab.www / "flaky" / "sites" / ".keep.example.reinstall").exists()
     assert sorted(p.name for p in (home / "databases" / "srv").iterdir()) == \
         [Path(before["db"]["path"]).name]
+
+
+def test_two_clones_to_one_new_name_at_once_exactly_one_wins(lab: Lab, home: Path) -> None:
+    """Both clones pass the early check of the new name before either saves (the contexts
+    lock, held here, keeps their saves waiting until both have made their backups, which
+    comes after that check): one must win, the other fail and leave the winner whole."""
+    import fcntl
+
+    first, second = lab.site("@one.example"), lab.site("@two.example")
+    lab.must("install", first)
+    lab.must("install", second)
+    backups = home / "backups"
+    before = set(backups.rglob("*")) if backups.exists() else set()
+    env = {**os.environ, "HOSTCTL_HOME": str(home)}
+    lock = os.open(home / "contexts" / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    procs = []
+    try:
+        for source in (first, second):
+            procs.append(subprocess.Popen(
+                [*hostctl_cmd(), "provision-clone", source, "--new_uri", "copy.example",
+                 "--new_name", "copy"],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+        def both_backed_up() -> bool:
+            made = {p for p in backups.rglob("*.tar*") if p not in before}
+            return len(made) >= 2
+        wait_for(both_backed_up, 60, "both clones to pass the check and make their backups")
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        os.close(lock)
+        codes = sorted(p.wait(timeout=120) for p in procs)
+    assert codes[0] == 0 and codes[1] != 0, codes
+    docs = [last_task(lab.run, "clone", source) for source in (first, second)]
+    won = [d for d in docs if d["status"] == "success"]
+    lost = [d for d in docs if d["status"] != "success"]
+    assert len(won) == 1 and len(lost) == 1, docs
+    assert "@copy exists already" in json.dumps(lost[0]["result"]), lost[0]
+    # the winner's site stands whole: its context, its record, its folder
+    assert lab.context_file("@copy").exists()
+    record = secrets_of(home, "@copy")
+    assert Path(record["site_path"]).is_dir()
+    shown = json.loads(lab.ok("context", "show", "@copy", "--json").out)
+    assert shown["fields"]["uri"] == "copy.example"
