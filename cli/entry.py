@@ -117,6 +117,11 @@ def parse(argv: list[str]) -> TaskAdd | None:
 def main(argv: list[str] | None = None) -> int:
     """Run hostctl with ``argv`` (default: sys.argv[1:]); return the exit code."""
     args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["privileged"]:  # the root helper: no CLI library, no home
+        from hostctl.cli.privileged import main as privileged
+
+        prepare_streams()
+        return privileged(args[1:])
     req = None if "_HOSTCTL_COMPLETE" in os.environ else parse(args)
     if req is None:
         from hostctl.cli.main import main as full

@@ -8,7 +8,9 @@ import typer
 
 from hostctl.cli.common import JsonFlag, say, state
 from hostctl.cli.output import emit_json
+from hostctl.doctor import Finding
 from hostctl.errors import HostctlError, ProblemsFound
+from hostctl.paths import Paths
 from hostctl.text import printable
 
 frontend_app = typer.Typer(help="The front end's door: the spool's drop box.",
@@ -48,6 +50,7 @@ def doctor(
     except HostctlError:
         allow = False
     findings = check(st.paths, fix=fix, allow_network=allow)
+    findings += _privileged_findings(st.paths, fix)
     left = [f for f in findings if not f.fixed]
     if json_:
         emit_json([f.to_json() for f in findings])
@@ -62,3 +65,29 @@ def doctor(
         raise ProblemsFound(f"{len(left)} problem(s) found"
                             + ("; each says why it is not fixed" if fix
                                else "; `hostctl doctor --fix` repairs what it can"))
+
+
+def _privileged_findings(paths: Paths, fix: bool) -> list[Finding]:
+    """For each server that runs PHP sites: what keeps its privileged helper from working
+    or from being safe (provision/services/php.py)."""
+    from hostctl.contexts.store import ContextStore
+    from hostctl.provision.services.php import PhpFpm
+
+    found: list[Finding] = []
+    try:
+        servers = ContextStore(paths).list("server")
+    except HostctlError:
+        return found
+    seen: set[tuple[str, str]] = set()
+    for server in servers:
+        if server.get("php_service_type") != "php-fpm":
+            continue
+        php = PhpFpm(server, paths)
+        key = (str(php.settings_path), str(server.get("privileged_command") or ""))
+        if key in seen:
+            continue
+        seen.add(key)
+        for path, problem in php.problems():
+            found.append(Finding(path, f"{server.display_name}: {problem}", False,
+                                 "doctor changes nothing outside the home" if fix else ""))
+    return found

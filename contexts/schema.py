@@ -359,6 +359,14 @@ SERVER = ContextType(
         Field("nginx_conf", Kind.PATH, "the nginx.conf that includes hostctl's vhost folder, "
               "for nginx -t and the reload (unset: nginx's own default)"),
         Field("web_group", Kind.WORD, "UNIX group the web server runs as", default=""),
+        Field("php_service_type", Kind.CHOICE, "PHP for the sites of PHP platforms: each "
+              "site's own UNIX user and PHP-FPM pool", default="none",
+              choices=("none", "php-fpm")),
+        Field("privileged_settings", Kind.PATH, "the privileged helper's settings file, "
+              "root's (unset: /etc/hostctl/privileged.toml)"),
+        Field("privileged_command", Kind.COMMAND, "the command that runs the privileged "
+              "helper, before its settings file and action (unset: hostctl privileged, "
+              "through sudo -n unless the back end is root)", default=""),
         Field("db_service_type", Kind.CHOICE, "database server", default="none",
               choices=("none", "sqlite", "pgsql", "mariadb", "mysql")),
         Field("db_host", Kind.ENDPOINT, "host of the database server, or the folder of its "

@@ -6,7 +6,18 @@ platform's ``manifest`` field says)::
 
     [web]
     root = "{site_path}/public"      # the vhost's document root (default: "{root}")
-    index = ["index.html"]           # default: index.html, index.htm
+    index = ["index.html"]           # default: index.html, index.htm (index.php for PHP)
+    php = true                       # PHP through the site's own PHP-FPM pool
+    front_controller = "index.php"   # PHP: serves every request for no file ("": none)
+    deny = ["*.inc", "*.sql"]        # never served (beside dot files and the settings)
+
+    [site]
+    writable = ["files"]             # folders of ROOT/sites/URI its PHP may write
+
+    [settings]                       # how a PHP application learns its settings
+    file = "settings.php"            # written into ROOT/sites/URI, the site user's, 0400
+    format = "php"                   # php (an array $hostctl), json, or env (KEY=value)
+    env = true                       # the same values in the pool's environment
 
     [commands]                       # each an argv list; all optional
     install = ["php", "{root}/install.php", "--uri={uri}"]
@@ -23,16 +34,23 @@ web root), ``{task_id}``, and ``{option.KEY}`` where a task takes options. Secre
 go on a command line; the commands find them in their environment:
 
     HOSTCTL_FIELD_<FIELD>   every field of the site, and ROOT, SITE_PATH, DOCROOT
-    DB_TYPE                 sqlite, pgsql or none
+    DB_TYPE                 sqlite, pgsql, mariadb, mysql or none
     DB_NAME, DB_USER, DB_PASSWD, DB_HOST, DB_PORT
     DB_PATH                 the SQLite file ("" otherwise)
 
 A command runs in the platform root, its output in the task's log with every secret
 redacted; a non-zero exit fails the task (an install then undoes all it did).
+
+A PHP application's settings (the file and the pool's environment) hold the DB_* values
+above, SITE_URI, SITE_URL, SITE_PATH, SITE_NAME and SITE_SALT (random, kept for the site's
+life: what an application uses for its hash salt or secret keys). Every pool's
+environment also has SITE_URI, SITE_PATH and HOSTCTL_SETTINGS (the settings file's path),
+so the application finds its site whatever host name a request came by.
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -45,6 +63,10 @@ from hostctl.errors import MalformedFile
 
 MANIFEST = "hostctl-app.toml"
 COMMANDS = ("install", "login_link", "cron")
+SETTINGS_FORMATS = ("php", "json", "env")
+#: a file name pattern of [web] deny, and a folder of [site] writable
+_PATTERN = re.compile(r"[A-Za-z0-9._*-]{1,64}")
+_FOLDER = re.compile(r"[A-Za-z0-9._-]{1,64}(?:/[A-Za-z0-9._-]{1,64}){0,7}")
 FORMAT = 1
 #: the placeholders a manifest may use besides the site's own fields
 DERIVED = frozenset({"name", "context", "type", "root", "site_path", "docroot", "task_id"})
@@ -57,6 +79,13 @@ class Manifest:
     index: tuple[str, ...] = ("index.html", "index.htm")
     commands: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
+    php: bool = False
+    front_controller: str = ""
+    deny: tuple[str, ...] = ()
+    writable: tuple[str, ...] = ()
+    settings_file: str = ""
+    settings_format: str = "php"
+    settings_env: bool = False
 
 
 def manifest_path(platform: Context) -> tuple[Path, bool]:
@@ -87,18 +116,49 @@ def load(platform: Context) -> Manifest:
 
 
 def _parse(doc: Mapping[str, object], path: Path) -> Manifest:
-    _known(doc, {"format", "web", "commands", "env"}, MANIFEST)
+    _known(doc, {"format", "web", "site", "settings", "commands", "env"}, MANIFEST)
     if doc.get("format", FORMAT) != FORMAT:
         raise ValueError(f"unsupported format {doc.get('format')!r} (expected {FORMAT})")
     web = _table(doc, "web")
-    _known(web, {"root", "index"}, "[web]")
+    _known(web, {"root", "index", "php", "front_controller", "deny"}, "[web]")
     root = web.get("root", "{root}")
     if not isinstance(root, str) or not root:
         raise ValueError("[web] root must be a path template")
     _check_placeholders(root, "[web] root")
-    index = web.get("index", ["index.html", "index.htm"])
+    php = web.get("php", False)
+    if not isinstance(php, bool):
+        raise ValueError("[web] php must be true or false")
+    index = web.get("index", ["index.php"] if php else ["index.html", "index.htm"])
     if not isinstance(index, list) or not all(isinstance(i, str) and i for i in index):
         raise ValueError("[web] index must be a list of file names")
+    front = web.get("front_controller", "index.php" if php else "")
+    if not isinstance(front, str) or (front and not re.fullmatch(r"[A-Za-z0-9._-]+\.php",
+                                                                 front)):
+        raise ValueError("[web] front_controller must be a PHP file name (NAME.php)")
+    if front and not php:
+        raise ValueError("[web] front_controller needs php = true")
+    deny = _strings(web, "deny", _PATTERN, "[web] deny: file name patterns (letters, "
+                    "digits, '.', '_', '-', '*')")
+    site = _table(doc, "site")
+    _known(site, {"writable"}, "[site]")
+    writable = _strings(site, "writable", _FOLDER, "[site] writable: folders inside the "
+                        "site folder (relative, no '..')")
+    if any(".." in w.split("/") or w.startswith(".") for w in writable):
+        raise ValueError("[site] writable: no '..' and no dot folder")
+    settings = _table(doc, "settings")
+    _known(settings, {"file", "format", "env"}, "[settings]")
+    file = settings.get("file", "")
+    if not isinstance(file, str) or (file and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*",
+                                                               file)):
+        raise ValueError("[settings] file must be a file name (in the site folder)")
+    fmt = settings.get("format", "php")
+    if fmt not in SETTINGS_FORMATS:
+        raise ValueError(f"[settings] format must be one of {', '.join(SETTINGS_FORMATS)}")
+    env_flag = settings.get("env", not file)
+    if not isinstance(env_flag, bool):
+        raise ValueError("[settings] env must be true or false")
+    if (file or settings) and not php:
+        raise ValueError("[settings] needs php = true (a static site has no settings)")
     commands: dict[str, tuple[str, ...]] = {}
     for name, argv in _table(doc, "commands").items():
         if name not in COMMANDS:
@@ -113,7 +173,18 @@ def _parse(doc: Mapping[str, object], path: Path) -> Manifest:
     env = _table(doc, "env")
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
         raise ValueError("[env] must map names to strings")
-    return Manifest(path, root, tuple(index), commands, {str(k): str(v) for k, v in env.items()})
+    return Manifest(path, root, tuple(index), commands,
+                    {str(k): str(v) for k, v in env.items()}, php, front, deny, writable,
+                    file, str(fmt), env_flag)
+
+
+def _strings(table: Mapping[str, object], key: str, rule: re.Pattern[str],
+             what: str) -> tuple[str, ...]:
+    value = table.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and rule.fullmatch(v)
+                                              for v in value):
+        raise ValueError(what)
+    return tuple(dict.fromkeys(value))
 
 
 def _check_placeholders(item: str, where: str) -> None:

@@ -104,12 +104,14 @@ def of_site(job: Job, uri: str) -> list[Path]:
 
 
 def create(job: Job, site: Context, record: SiteRecord, reason: str,
-           db: Any = None) -> Backup:
+           db: Any = None, *, leave_out: frozenset[str] = frozenset()) -> Backup:
     """Archive the site's files and a dump of its database; return the file and size.
 
     ``db`` is the site's database service (None: the site has no database). What the
     archive leaves out of the folder is warned about and listed in the task's result
-    (``backup_skipped``) and in the manifest."""
+    (``backup_skipped``) and in the manifest; but not ``leave_out`` (paths relative to
+    the site folder: what hostctl writes again wherever the backup is restored, such as a
+    PHP site's settings file, which is its user's alone)."""
     folder = job.paths.ensure_dir(layout.backups_dir(job.paths))
     site_path = Path(record.site_path)
     if not site_path.is_dir():
@@ -132,7 +134,8 @@ def create(job: Job, site: Context, record: SiteRecord, reason: str,
                               format=tarfile.PAX_FORMAT) as tar:
                 if dump_name:
                     tar.add(work / dump_name, arcname=dump_name)
-                skipped = _add_tree(tar, site_path, f"backup of {site.display_name}")
+                skipped = _add_tree(tar, site_path, f"backup of {site.display_name}",
+                                    leave_out)
                 doc["skipped"] = [s.to_json() for s in skipped]
                 data = json.dumps(doc, indent=2).encode() + b"\n"
                 info = tarfile.TarInfo(MANIFEST)
@@ -196,8 +199,10 @@ _SPECIAL = {stat.S_IFIFO: ("FIFO", "a named pipe holds no data"),
             stat.S_IFBLK: ("device", "a device file is not site data")}
 
 
-def _add_tree(tar: tarfile.TarFile, site_path: Path, label: str) -> list[Skipped]:
-    """Add the site folder under ``files/``; return what was left out."""
+def _add_tree(tar: tarfile.TarFile, site_path: Path, label: str,
+              leave_out: frozenset[str] = frozenset()) -> list[Skipped]:
+    """Add the site folder under ``files/`` (but ``leave_out``); return what was left
+    out."""
     entries: list[tuple[str, os.stat_result]] = []
     links: dict[str, str] = {}
     written: dict[str, str] = {}  # each link's target as the folder has it
@@ -205,6 +210,8 @@ def _add_tree(tar: tarfile.TarFile, site_path: Path, label: str) -> list[Skipped
     prefixes = _prefixes(site_path)
     for path in walk(site_path):
         rel = str(path.relative_to(site_path))
+        if rel in leave_out:
+            continue
         try:
             st = path.lstat()
             fmt = stat.S_IFMT(st.st_mode)

@@ -14,6 +14,8 @@ Format (version 1)::
     uri = "example.com"
     site_path = "/var/www/app/sites/example.com"
     web_server = "@server_master"     # "" when no web server serves it
+    unix_user = "hs-example-com"      # a PHP site's own user (absent for a static site)
+    salt = "..."                      # a PHP site's random secret (SITE_SALT)
 
     [db]                               # absent when the site has no database
     type = "pgsql"                     # or "sqlite"
@@ -67,6 +69,8 @@ class SiteRecord:
     site_path: str
     web_server: str = ""
     db: DbCredentials | None = None
+    unix_user: str = ""  # a PHP site's own UNIX user ("" for a static site)
+    salt: str = ""  # a PHP site's random secret, kept for its life (SITE_SALT)
 
     def with_(self, **changes: object) -> SiteRecord:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -91,7 +95,7 @@ def read(paths: Paths, site: str) -> SiteRecord | None:
             site=str(doc["site"]), installed=str(doc["installed"]),
             platform=str(doc["platform"]), uri=str(doc["uri"]),
             site_path=str(doc["site_path"]), web_server=str(doc.get("web_server", "")),
-            db=creds)
+            db=creds, unix_user=str(doc.get("unix_user", "")), salt=str(doc.get("salt", "")))
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
         raise MalformedFile(f"malformed secrets file {path}: {exc}") from exc
 
@@ -128,6 +132,6 @@ def values(paths: Paths, site: str) -> list[str]:
         record = read(paths, site)
     except MalformedFile:
         return []
-    if record is None or record.db is None or not record.db.password:
+    if record is None:
         return []
-    return [record.db.password]
+    return [v for v in (record.db.password if record.db else "", record.salt) if v]

@@ -38,6 +38,7 @@ from hostctl.provision.runner import _substitute
 from hostctl.provision.secrets import DbCredentials, SiteRecord
 from hostctl.provision.services import Database, database, suggest_name, web
 from hostctl.provision.services.nginx import Nginx, Vhost, check_host
+from hostctl.provision.services.php import PhpFpm, settings_text
 
 _TRUE = {"1", "true", "yes", "on", "y"}
 _FALSE = {"0", "false", "no", "off", "n", ""}
@@ -58,6 +59,7 @@ class Place:
     site_path: Path
     web: Nginx | None
     db: Database | None
+    php: PhpFpm | None = None
 
     @property
     def root(self) -> str:
@@ -79,9 +81,16 @@ def place_for(job: Job, site: Context, *, platform: Context | None = None,
         db_server = (_ref(job, site.get("db_server")) or _ref(job, platform.get("server"))
                      or web_server)
     manifest = app.load(platform)
+    php = None
+    if manifest.php:
+        if web_server is None or web_server.get("php_service_type") != "php-fpm":
+            where = web_server.display_name if web_server else "no web server"
+            raise InvalidInput(f"platform {platform.display_name} is a PHP application; its "
+                               f"web server ({where}) runs no PHP (php_service_type php-fpm)")
+        php = PhpFpm(web_server, job.paths)
     return Place(platform, uri, web_server, db_server, manifest,
                  layout.site_path(str(platform.get("root")), uri),
-                 web(web_server, job.paths), database(db_server, job.paths))
+                 web(web_server, job.paths), database(db_server, job.paths), php)
 
 
 def values_for(job: Job, site: Context, place: Place,
@@ -136,10 +145,158 @@ def vhost_for(job: Job, site: Context, place: Place) -> Vhost:
     aliases = site.get("aliases") or []
     assert isinstance(aliases, list)
     disable_url = str(place.web_server.get("web_disable_url") or "") if place.web_server else ""
+    root = docroot(job, site, place)
+    socket, no_php = "", []
+    if place.php is not None:
+        record = _record(job, site)
+        if record is None or not record.unix_user:
+            raise OperationFailed(f"{site.display_name} has no site user yet (install it)")
+        socket = str(place.php.socket(record.unix_user))
+        for folder in place.manifest.writable:
+            path = os.path.normpath(place.site_path / folder)
+            if path == root or path.startswith(root.rstrip("/") + "/"):
+                no_php.append(path[len(root.rstrip("/")):] or "/")
     return Vhost(site=site.name, uri=place.uri, aliases=tuple(aliases),
-                 redirection=bool(site.get("redirection")), docroot=docroot(job, site, place),
+                 redirection=bool(site.get("redirection")), docroot=root,
                  index=place.manifest.index, enabled=bool(site.get("site_enabled")),
-                 disable_url=disable_url)
+                 disable_url=disable_url, php_socket=socket,
+                 front_controller=place.manifest.front_controller,
+                 deny=place.manifest.deny, no_php=tuple(no_php),
+                 auth_file=_auth_file(job, site, place))
+
+
+def _auth_file(job: Job, site: Context, place: Place) -> str:
+    """The site's basic authentication user file, written from its
+    ``http_basic_auth_username`` and ``_password`` (the password hashed with SHA-512
+    crypt, handed to ``openssl passwd`` on stdin); "" (and no file) without a user."""
+    if place.web is None:
+        return ""
+    path = place.web.config_dir / "auth" / f"{site.name}.htpasswd"
+    user = str(site.get("http_basic_auth_username") or "")
+    if not user:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        return ""
+    password = str(site.get("http_basic_auth_password") or "")
+    if not password:
+        raise InvalidInput(f"{site.display_name}: http_basic_auth_username is set but "
+                           "http_basic_auth_password is not")
+    job.hide(password)
+    hashed = job.run(["openssl", "passwd", "-6", "-stdin"], stdin=password + "\n",
+                     what="hashing the basic authentication password").output.strip()
+    if not hashed.startswith("$6$"):
+        raise OperationFailed("openssl passwd gave no SHA-512 crypt hash")
+    group = _group(place)
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    from hostctl.files import write_atomic
+
+    # the web server's workers read it: its group's (0640) where the server names one
+    write_atomic(path, f"{user}:{hashed}\n".encode(), mode=0o640 if group else 0o644)
+    if group:
+        try:
+            os.chown(path, -1, grp.getgrnam(group).gr_gid)
+        except (KeyError, OSError) as exc:
+            job.warn(f"cannot give {path} to the group {group}: {exc}")
+            os.chmod(path, 0o644)
+    return str(path)
+
+
+# -- a PHP site's user, settings and pool -----------------------------------------------
+
+
+def settings_values(job: Job, site: Context, place: Place,
+                    record: SiteRecord) -> dict[str, str]:
+    """What a PHP application learns of its site: DB_* and SITE_*."""
+    db = _db_of(job, record.db)
+    values = db.environ(record.db) if db is not None and record.db is not None \
+        else _db_environ(place, None)
+    scheme = "https" if site.get("ssl_enabled") else "http"
+    values.update(SITE_NAME=site.display_name, SITE_URI=place.uri,
+                  SITE_URL=f"{scheme}://{place.uri}", SITE_PATH=str(place.site_path),
+                  SITE_SALT=record.salt)
+    return values
+
+
+def php_apply(job: Job, site: Context, place: Place, record: SiteRecord,
+              undo: Undo | None = None) -> SiteRecord:
+    """A PHP site's user (made if the record has none), its folder shared with it, its
+    writable folders given to it, its settings file and its pool; the record as it is
+    now (written). Nothing for a static site. Each step may be run again (verify)."""
+    php = place.php
+    if php is None:
+        return record
+    user = record.unix_user
+    if not user:
+        user = php.new_user(place.uri)
+        record = record.with_(unix_user=user, salt=record.salt or secrets.new_password())
+    elif not record.salt:
+        record = record.with_(salt=secrets.new_password())
+    job.hide(record.salt)
+    made = not _user_exists(user)
+    php.add_user(job, user)
+    if made and undo is not None:
+        undo.add(f"the site user {user}", lambda: php.remove_user(job, user))
+    secrets.write(job.paths, record)
+    folder = place.site_path
+    for rel in place.manifest.writable:
+        (folder / rel).mkdir(mode=0o755, parents=True, exist_ok=True)
+    php.share(job, user, folder)
+    if undo is not None:
+        undo.add(f"the files of {user} in {folder}", lambda: php.take(job, user, folder))
+    for rel in place.manifest.writable:
+        php.give(job, user, folder / rel)
+    values = settings_values(job, site, place, record)
+    manifest = place.manifest
+    if manifest.settings_file:
+        php.write_settings(job, user, folder / manifest.settings_file,
+                           settings_text(manifest.settings_format, values))
+        job.say(f"settings {folder / manifest.settings_file} written ({user}'s, 0400)")
+    pool_values = {"uri": place.uri, "site_path": str(folder), "root": place.root,
+                   "user": user}
+    had_pool = php.settings.pool_file(user).exists()
+    # every pool tells its PHP which site it serves and where its settings are, whatever
+    # host name a request came by (an alias, say)
+    env = dict(values) if manifest.settings_env else {}
+    env.update(SITE_URI=place.uri, SITE_PATH=str(folder))
+    if manifest.settings_file:
+        env["HOSTCTL_SETTINGS"] = str(folder / manifest.settings_file)
+    php.write_pool(job, user, env, pool_values)
+    if undo is not None and not had_pool:
+        undo.add(f"the PHP-FPM pool of {user}", lambda: php.remove_pool(job, user))
+    return record
+
+
+def _user_exists(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _php_of(job: Job, record: SiteRecord) -> PhpFpm | None:
+    """The PHP service that runs an installed PHP site (None for a static one)."""
+    if not record.unix_user or not record.web_server:
+        return None
+    try:
+        server = job.store.get(parse_name(record.web_server))
+    except NotFound:
+        job.warn(f"the web server {record.web_server} is gone: the site user "
+                 f"{record.unix_user} and its pool stay")
+        return None
+    return PhpFpm(server, job.paths)
+
+
+def _take_back(job: Job, record: SiteRecord, folder: Path) -> None:
+    """A PHP site's files under ``folder`` back to the back end, so it may move or
+    remove them."""
+    php = _php_of(job, record)
+    if php is not None and folder.exists():
+        php.take(job, record.unix_user, folder)
 
 
 def write_vhost(job: Job, site: Context, place: Place, undo: Undo | None = None) -> str:
@@ -155,14 +312,15 @@ def write_vhost(job: Job, site: Context, place: Place, undo: Undo | None = None)
     return str(path)
 
 
-def fix_permissions(job: Job, top: Path, group: str = "") -> int:
+def fix_permissions(job: Job, top: Path, group: str = "", *, keep_top: bool = False) -> int:
     """Make the site folder writable by its owner only and passable by the web server:
     folders 0755 (0750 with the server's ``web_group``, which then owns them); files lose
     any write bit but their owner's and never gain a read bit they lacked, so a file the
     application keeps private (a 0600 settings file with its database password) stays
     private and is not served (with ``web_group``, a file others could read becomes
-    readable by that group instead). Execute bits of files are kept. Returns how many
-    entries changed."""
+    readable by that group instead). Execute bits of files are kept. Entries of another
+    owner (a PHP site's user) are left as they are, and with ``keep_top`` the folder
+    itself (a PHP site's, shared with its user). Returns how many entries changed."""
     gid = -1
     if group:
         try:
@@ -170,10 +328,11 @@ def fix_permissions(job: Job, top: Path, group: str = "") -> int:
         except KeyError:
             job.warn(f"web_group {group!r} does not exist: permissions set for everyone")
     changed = 0
-    for path in [top, *backup.walk(top)]:
+    me = os.geteuid()
+    for path in [*([] if keep_top else [top]), *backup.walk(top)]:
         st = path.lstat()
-        if stat.S_ISLNK(st.st_mode):
-            continue
+        if stat.S_ISLNK(st.st_mode) or st.st_uid != me:
+            continue  # a PHP site's own files (its writable folders, its settings) stay
         mode = stat.S_IMODE(st.st_mode)
         folder = stat.S_ISDIR(st.st_mode)
         want = mode | (0o700 if folder else 0o600)
@@ -326,13 +485,24 @@ def remove_installation(job: Job, site: Context, record: SiteRecord) -> None:
     nginx = _web_of(job, record)
     if nginx is not None and nginx.remove(job, site.name):
         job.say(f"vhost of {site.display_name} removed")
+    php = _php_of(job, record)
+    if php is not None:
+        php.remove_pool(job, record.unix_user)
     db = _db_of(job, record.db)
     if db is not None and record.db is not None:
         db.drop(job, record.db)
     path = Path(record.site_path)
     if path.exists():
+        _take_back(job, record, path)
         shutil.rmtree(path)
         job.say(f"site folder {path} removed")
+    if php is not None:
+        php.remove_user(job, record.unix_user)
+    if nginx is not None:
+        try:
+            (nginx.config_dir / "auth" / f"{site.name}.htpasswd").unlink()
+        except FileNotFoundError:
+            pass
     secrets.remove(job.paths, site.name)
 
 
@@ -358,6 +528,7 @@ def _remove_set_aside(job: Job, site: Context, old: SiteRecord, aside: Path | No
         if db is not None and old.db is not None and old.db != new.db:
             db.drop(job, old.db)
         if aside is not None:
+            _take_back(job, old, aside)
             shutil.rmtree(aside)
         if old.web_server and old.web_server != new.web_server:
             nginx = _web_of(job, old)
@@ -368,8 +539,18 @@ def _remove_set_aside(job: Job, site: Context, old: SiteRecord, aside: Path | No
 
 
 def _backup(job: Job, site: Context, record: SiteRecord, reason: str) -> backup.Backup:
-    made = backup.create(job, site, record, reason, _db_of(job, record.db))
-    return made
+    # a PHP site's settings file is its user's alone, and written again wherever the
+    # backup goes: never in it
+    leave_out: frozenset[str] = frozenset()
+    if record.unix_user:
+        try:
+            manifest = app.load(job.store.get(parse_name(record.platform)))
+        except HostctlError:
+            manifest = app.Manifest()
+        if manifest.settings_file:
+            leave_out = frozenset({manifest.settings_file})
+    return backup.create(job, site, record, reason, _db_of(job, record.db),
+                         leave_out=leave_out)
 
 
 # -- the tasks --------------------------------------------------------------------------
@@ -400,8 +581,11 @@ def install(rc: RunContext) -> int:
                 raise Conflict(f"the site folder {place.site_path} exists already (not made "
                                "by hostctl); move it away first")
             record = create_installation(job, site, place, undo, previous=old)
+            if old is not None and old.unix_user and place.php is not None:
+                record = record.with_(unix_user=old.unix_user, salt=old.salt)
             run_app(job, site, place, "install", record.db)
             fix_permissions(job, place.site_path, _group(place))
+            record = php_apply(job, site, place, record, undo)
             vhost = write_vhost(job, site, place, undo)
         if old is not None:
             _remove_set_aside(job, site, old, aside, record)
@@ -449,9 +633,17 @@ def verify(rc: RunContext) -> int:
     if not path.is_dir():
         checks.record(False, f"site folder {path} is missing")
     else:
-        changed = fix_permissions(job, path, _group(place))
+        changed = fix_permissions(job, path, _group(place), keep_top=place.php is not None)
         checks.record(True, f"site folder {path}: permissions "
                             + (f"fixed on {changed} entries" if changed else "in order"))
+        if place.php is not None:
+            installed = record
+            done = checks.attempt("the site's PHP", lambda: php_apply(job, site, place,
+                                                                      installed))
+            if done is not None:
+                record = done
+                checks.record(True, f"site user {record.unix_user}: folder, settings and "
+                                    "PHP-FPM pool written again")
     db = _db_of(job, record.db)
     if db is not None and record.db is not None:
         creds = record.db
@@ -520,7 +712,12 @@ def restore(rc: RunContext) -> int:
                 os.rename(fresh, site_path)
                 undo.add(f"the restored files {site_path}", lambda: os.rename(site_path, fresh))
                 fix_permissions(job, site_path, _group(place))
+                if place.php is not None:
+                    undo.add(f"the restored files of {record.unix_user}",
+                             lambda: _take_back(job, record, site_path))
+                php_apply(job, site, place, record)
                 write_vhost(job, site, place)
+            _take_back(job, record, old)
             shutil.rmtree(old, ignore_errors=True)
     job.say(f"{site.display_name} restored from {path}")
     return 0
@@ -628,6 +825,7 @@ def clone(rc: RunContext) -> int:
                      lambda: job.store.delete(new_name))
             new_record = create_installation(job, copy, target, undo, archive=archive)
             fix_permissions(job, target.site_path, _group(target))
+            new_record = php_apply(job, copy, target, new_record, undo)
             vhost = write_vhost(job, copy, target, undo)
     job.say(f"{site.display_name} cloned to {copy.display_name} ({new_uri})")
     job.result.update(_summary(new_record, vhost), clone=copy.display_name)
@@ -690,7 +888,10 @@ def migrate(rc: RunContext) -> int:
                 new_record = create_installation(
                     job, moved, target, undo, archive=archive,
                     keep_db=record.db if same_db else None, previous=record)
-            fix_permissions(job, target.site_path, _group(target))
+                new_record = new_record.with_(unix_user=record.unix_user, salt=record.salt)
+            fix_permissions(job, target.site_path, _group(target),
+                            keep_top=same_files and target.php is not None)
+            new_record = php_apply(job, moved, target, new_record, undo)
             vhost = write_vhost(job, moved, target, undo)
             if old_web is not None and (target.web is None or
                                         old_web.vhost_dir != target.web.vhost_dir):
@@ -698,6 +899,7 @@ def migrate(rc: RunContext) -> int:
                 undo.add("the old vhost", lambda: old_web.restore(job, site.name, old_vhost))
     # the new copy serves the site: the old one goes
     if not same_files:
+        _take_back(job, record, Path(record.site_path))
         shutil.rmtree(record.site_path, ignore_errors=True)
         job.say(f"old site folder {record.site_path} removed")
     if not same_db and record.db is not None:

@@ -130,6 +130,10 @@ def preload() -> None:
     global _preloaded
     if _preloaded:
         return
+    import bz2  # noqa: F401  (tarfile's, loaded lazily by backups and restores)
+    import gzip  # noqa: F401
+    import lzma  # noqa: F401
+
     import filelock  # noqa: F401  (loaded lazily by what writes contexts)
     import platformdirs
     import tomli_w  # noqa: F401
@@ -141,6 +145,8 @@ def preload() -> None:
     # package-dir), which a walk of hostctl's own folder does not find
     subpackages = [importlib.import_module(f"hostctl.{name}")
                    for name in ("cli", "contexts", "queues", "provision")]
+    with contextlib.suppress(ImportError):
+        import zstandard  # noqa: F401  (a backup's compression, where installed)
     for pkg in (hostctl, *subpackages, typer._click, platformdirs):
         for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
             if info.name.endswith("__main__"):

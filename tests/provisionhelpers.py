@@ -553,3 +553,129 @@ class Lab:
         assert self.nginx is not None
         return (self.nginx.configs / f"{self.name}-{server.lstrip('@')}" / "nginx" /
                 "vhost.d" / f"{site.lstrip('@')}.conf")
+
+
+# -- PHP-FPM and the privileged helper --------------------------------------------------
+
+
+@dataclass
+class PhpFpm:
+    """A private php-fpm master (as root) whose pools hostctl's privileged helper writes,
+    and the helper's settings file (root's, in a folder only root may write)."""
+
+    base: Path
+    settings: Path
+    pool_dir: Path
+    socket_dir: Path
+    proc: subprocess.Popen[bytes]
+
+    def server_fields(self) -> list[str]:
+        return ["--php_service_type", "php-fpm", "--privileged_settings", str(self.settings)]
+
+    def log(self) -> str:
+        try:
+            return (self.base / "fpm.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+FPM_CONF = """\
+[global]
+pid = {base}/fpm.pid
+error_log = {base}/fpm.log
+daemonize = no
+; php-fpm wants one pool before hostctl has written any
+[_idle]
+user = nobody
+group = nogroup
+listen = {base}/idle.sock
+pm = ondemand
+pm.max_children = 1
+include = {base}/pool.d/*.conf
+"""
+
+
+def php_fpm_binary() -> str:
+    return need("php-fpm", "/usr/sbin/php-fpm*")
+
+
+def start_php_fpm(site_roots: Sequence[Path], *, backend_user: str = "root",
+                  web_user: str = "nobody", prefix: str = "hst") -> PhpFpm:
+    """php-fpm and the helper's settings: sites in ``site_roots``, the back end
+    ``backend_user``, the web server's workers ``web_user`` (the test nginx's)."""
+    import tempfile
+
+    if not AS_ROOT:
+        pytest.skip("PHP sites need root: php-fpm's master switches to each site's user")
+    binary = php_fpm_binary()
+    base = Path(tempfile.mkdtemp(prefix="hostctl-fpm-"))
+    base.chmod(0o755)  # root's, and no one else may write it: the helper trusts it
+    (base / "pool.d").mkdir(mode=0o755)
+    (base / "fpm.conf").write_text(FPM_CONF.format(base=base))
+    # each test module its own prefix: users of two modules never meet
+    unique = prefix + os.urandom(2).hex()[:3] + "-"
+    settings = base / "privileged.toml"
+    settings.write_text(tomli_w.dumps({
+        "backend_user": backend_user, "user_prefix": unique, "web_user": web_user,
+        "site_roots": [str(r) for r in site_roots], "fpm_pool_dir": str(base / "pool.d"),
+        "fpm_socket_dir": str(base / "sock"),
+        "fpm_test": [binary, "-t", "-y", str(base / "fpm.conf")],
+        "fpm_pid_file": str(base / "fpm.pid")}))
+    settings.chmod(0o644)
+    proc = subprocess.Popen([binary, "-F", "-y", str(base / "fpm.conf")],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    server = PhpFpm(base, settings, base / "pool.d", base / "sock", proc)
+    wait_for(lambda: (base / "fpm.pid").exists() and (base / "idle.sock").exists(), 30,
+             "php-fpm to start")
+    return server
+
+
+def site_users(prefix: str) -> list[str]:
+    """The UNIX users whose names start with ``prefix``."""
+    return sorted(p.pw_name for p in pwd.getpwall() if p.pw_name.startswith(prefix))
+
+
+def remove_site_users(prefix: str) -> None:
+    """Remove what a test left of its site users (a failed test's)."""
+    for name in site_users(prefix):
+        subprocess.run(["userdel", name], capture_output=True, timeout=60)
+        subprocess.run(["groupdel", name], capture_output=True, timeout=60)
+
+
+#: a Drupal-shaped PHP application (tests/phpapp): a front controller, a settings file it
+#: includes (sites/URI/settings.php, written by hostctl), a files folder it writes, a cron
+#: script run by the cron task
+PHP_APP = Path(__file__).with_name("phpapp")
+
+
+def make_php_platform(root: Path, *, writable: Sequence[str] = ("files",),
+                      settings_env: bool = False) -> Path:
+    """A platform root with the Drupal-shaped PHP application and its manifest."""
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o755)
+    for name in ("index.php", "install.php"):
+        shutil.copyfile(PHP_APP / name, root / name)
+        (root / name).chmod(0o644)
+    php = need("php", "/usr/bin/php*")
+    manifest = {
+        "format": 1,
+        "web": {"root": "{root}", "php": True, "front_controller": "index.php",
+                "deny": ["*.inc", "install.php"]},
+        "site": {"writable": list(writable)},
+        "settings": {"file": "settings.php", "format": "php", "env": settings_env},
+        "commands": {"install": [php, "{root}/install.php"],
+                     "cron": [php, "{root}/install.php", "cron"]},
+    }
+    (root / "hostctl-app.toml").write_text(tomli_w.dumps(manifest))
+    return root

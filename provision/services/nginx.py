@@ -98,6 +98,11 @@ class Vhost:
     index: tuple[str, ...]
     enabled: bool
     disable_url: str = ""
+    php_socket: str = ""  # the site's PHP-FPM socket ("" : a static site)
+    front_controller: str = ""  # PHP: what serves a request for no file
+    deny: tuple[str, ...] = ()  # file name patterns never served
+    no_php: tuple[str, ...] = ()  # folders under the docroot (URL paths) that run no PHP
+    auth_file: str = ""  # basic authentication: the user file ("" : none)
 
 
 def check_host(value: str, what: str) -> str:
@@ -181,10 +186,7 @@ class Nginx:
                       f"    return 301 http://{uri}$request_uri;", "}", ""]
         lines += ["server {", *listens, f"    server_name {names};"]
         if vhost.enabled:
-            docroot = check_path(vhost.docroot, "the document root")
-            index = " ".join(_index_name(i) for i in vhost.index) or "index.html"
-            lines += [f'    root "{docroot}";', f"    index {index};",
-                      "    location / {", "        try_files $uri $uri/ =404;", "    }"]
+            lines += self._serve(vhost)
         elif vhost.disable_url:
             if not _URL.fullmatch(vhost.disable_url):
                 raise InvalidInput(f"web_disable_url {vhost.disable_url!r} is not a plain "
@@ -197,6 +199,37 @@ class Nginx:
                       f"        return 503 '{page}';", "    }"]
         lines += ["}", ""]
         return "\n".join(lines)
+
+    @staticmethod
+    def _serve(vhost: Vhost) -> list[str]:
+        """The lines of an enabled site's server block: static files, or PHP through its
+        pool; basic authentication; what is never served."""
+        docroot = check_path(vhost.docroot, "the document root")
+        index = " ".join(_index_name(i) for i in vhost.index) or "index.html"
+        lines = [f'    root "{docroot}";', f"    index {index};"]
+        if vhost.auth_file:
+            lines += ['    auth_basic "Restricted";',
+                      f'    auth_basic_user_file "{check_path(vhost.auth_file, "auth")}";']
+        if not vhost.php_socket:
+            return lines + ["    location / {", "        try_files $uri $uri/ =404;", "    }"]
+        socket = check_path(vhost.php_socket, "the PHP-FPM socket")
+        # dot files (.htaccess, .git, .env) are never served, nor what the manifest denies
+        lines += ["    location ~ /\\.(?!well-known/) {", "        deny all;", "    }"]
+        for pattern in vhost.deny:
+            lines += [f'    location ~* "(^|/){_glob_regex(pattern)}$" {{', "        deny all;",
+                      "    }"]
+        for folder in vhost.no_php:
+            lines += [f'    location ~* "^{_glob_regex(folder)}/.*\\.php$" {{',
+                      "        deny all;", "    }"]
+        fallback = (f"/{_index_name(vhost.front_controller)}$is_args$args"
+                    if vhost.front_controller else "=404")
+        lines += ["    location / {", f"        try_files $uri $uri/ {fallback};", "    }",
+                  "    location ~ \\.php$ {",
+                  "        try_files $uri =404;",  # no script, no PHP (no path tricks)
+                  f'        fastcgi_pass "unix:{socket}";',
+                  *(f"        fastcgi_param {k} {v};" for k, v in _FASTCGI_PARAMS),
+                  "    }"]
+        return lines
 
     def write(self, job: Job, vhost: Vhost) -> Path:
         """Write the site's vhost, test the configuration and reload nginx."""
@@ -587,6 +620,32 @@ def _old_workers(master: int, since: int) -> list[int]:
         if b"shutting down" not in title and b"worker process" in title:
             old.append(int(entry))
     return old
+
+
+#: what a PHP script learns of its request (Debian's fastcgi_params, and HTTP_PROXY
+#: emptied: a request's "Proxy:" header must not become the script's proxy)
+_FASTCGI_PARAMS = (
+    ("SCRIPT_FILENAME", "$document_root$fastcgi_script_name"),
+    ("QUERY_STRING", "$query_string"), ("REQUEST_METHOD", "$request_method"),
+    ("CONTENT_TYPE", "$content_type"), ("CONTENT_LENGTH", "$content_length"),
+    ("SCRIPT_NAME", "$fastcgi_script_name"), ("REQUEST_URI", "$request_uri"),
+    ("DOCUMENT_URI", "$document_uri"), ("DOCUMENT_ROOT", "$document_root"),
+    ("SERVER_PROTOCOL", "$server_protocol"), ("REQUEST_SCHEME", "$scheme"),
+    ("HTTPS", "$https"), ("GATEWAY_INTERFACE", "CGI/1.1"),
+    ("SERVER_SOFTWARE", "nginx"), ("REMOTE_ADDR", "$remote_addr"),
+    ("REMOTE_PORT", "$remote_port"), ("SERVER_ADDR", "$server_addr"),
+    ("SERVER_PORT", "$server_port"), ("SERVER_NAME", "$host"),
+    ("REDIRECT_STATUS", "200"), ("HTTP_PROXY", '""'),
+)
+
+
+def _glob_regex(pattern: str) -> str:
+    """A manifest's file name pattern or folder ('*' any characters but '/') as an nginx
+    regular expression; anything but letters, digits, '.', '_', '-', '/', '*' refused."""
+    if not re.fullmatch(r"[A-Za-z0-9._*/-]+", pattern):
+        raise InvalidInput(f"{pattern!r}: only letters, digits, '.', '_', '-', '/' and '*'")
+    return "".join("[^/]*" if ch == "*" else re.escape(ch) if ch in "." else ch
+                   for ch in pattern).replace("\\", "\\\\")
 
 
 def _index_name(name: str) -> str:

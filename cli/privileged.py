@@ -1,0 +1,66 @@
+"""``hostctl privileged``: the privileged helper's command line (provision/privileged.py).
+
+It is reached before the typer CLI (cli/entry.py): the helper runs as root through sudo,
+so it loads no command-line library, reads no home and no environment, and takes exactly::
+
+    hostctl privileged SETTINGS ACTION ARG...     as root (sudo): one action
+    hostctl privileged --sudoers SETTINGS [USER]  prints the sudoers line for USER (the
+                                                  back end; default: who runs it)
+
+The action's stdin is its content (a settings file, a pool's directives). It prints one
+line of what it did; errors are one line on stderr with hostctl's exit codes.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import sys
+from pathlib import Path
+
+from hostctl.cli.output import fail
+from hostctl.errors import ExitStatus, HostctlError, InvalidInput
+
+USAGE = ("usage: hostctl privileged SETTINGS ACTION ARG... (as root, through sudo) | "
+         "hostctl privileged --sudoers SETTINGS [USER]")
+
+
+def program() -> str:
+    """The absolute path of the hostctl program that runs now (what sudoers must name)."""
+    return os.path.realpath(sys.argv[0]) if os.path.isabs(sys.argv[0]) or os.sep in \
+        sys.argv[0] else (_which("hostctl") or "hostctl")
+
+
+def _which(name: str) -> str | None:
+    import shutil
+
+    found = shutil.which(name)
+    return os.path.realpath(found) if found else None
+
+
+def main(argv: list[str]) -> int:
+    from hostctl.provision import privileged
+
+    try:
+        if argv[:1] == ["--sudoers"] and len(argv) in (2, 3):
+            user = argv[2] if len(argv) == 3 else pwd.getpwuid(os.getuid()).pw_name
+            print(privileged.sudoers_line(Path(argv[1]), user, _which("hostctl") or program()))
+            return ExitStatus.OK
+        if len(argv) < 2 or argv[0].startswith("-"):
+            raise InvalidInput(USAGE)
+        if os.geteuid() != 0:
+            raise InvalidInput("hostctl privileged acts only as root (through sudo)")
+        settings = privileged.load(argv[0])
+        caller = os.environ.get("SUDO_UID", "0") if os.getuid() == 0 else str(os.getuid())
+        if caller not in ("0", str(settings.backend_ids[0])):
+            who = "root" if settings.backend_user == "root" else \
+                f"{settings.backend_user} (or root)"
+            raise InvalidInput(f"only {who} may use this helper")
+        stdin = sys.stdin.buffer.read(privileged.SETTINGS_MAX + 1) if argv[1] in (
+            "settings", "pool-write") else b""
+        print(privileged.run(settings, argv[1], argv[2:], stdin))
+    except HostctlError as exc:
+        return fail(exc.message, exc.exit_status)
+    except OSError as exc:
+        return fail(f"privileged {' '.join(argv[1:2])}: {exc}", ExitStatus.ERROR)
+    return ExitStatus.OK

@@ -1,0 +1,222 @@
+"""PHP through PHP-FPM: each PHP site's own UNIX user, settings file and pool.
+
+A server with ``php_service_type = php-fpm`` runs the PHP of its PHP platforms' sites. All
+that needs root goes through the privileged helper (provision/privileged.py), run as
+``privileged_command`` (unset: ``hostctl privileged``, through ``sudo -n`` unless the back
+end is root) with the server's ``privileged_settings`` file; what a site gets:
+
+- its own UNIX user and group (``user_prefix`` and the site's uri, ``-2``... on a
+  collision), which the web server's user joins;
+- its folder ``ROOT/sites/URI`` in its group, mode 0750: its PHP and the web server may
+  enter it, no other site's PHP may; the manifest's writable folders its user's;
+- its settings file, its user's alone (0400), written by the helper from stdin;
+- its pool: PHP runs as its user, on a socket only the web server's user may connect to,
+  with its settings in the pool's environment if the manifest asks. An operator's
+  ``HOME/templates/php-fpm-pool.conf`` adds directives to every pool (placeholders
+  ``{uri}``, ``{site_path}``, ``{root}``, ``{user}``); the helper takes only the
+  directives a pool may set, and php-fpm must accept the result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import re
+import shutil
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from hostctl.contexts.store import Context
+from hostctl.errors import HostctlError, InvalidInput
+from hostctl.paths import Paths
+from hostctl.provision import privileged
+from hostctl.provision.job import Job
+
+TEMPLATE = "php-fpm-pool.conf"
+_SAFE_VALUE = re.compile(r'[^"\\$\x00-\x1f\x7f]*')
+
+
+class PhpFpm:
+    type = "php-fpm"
+
+    def __init__(self, server: Context, paths: Paths) -> None:
+        self.server = server
+        self.paths = paths
+        raw = server.get("privileged_settings")
+        self.settings_path = Path(raw if isinstance(raw, str) and raw
+                                  else privileged.DEFAULT_SETTINGS)
+        self._settings: privileged.Settings | None = None
+
+    @property
+    def settings(self) -> privileged.Settings:
+        if self._settings is None:
+            self._settings = privileged.load(self.settings_path, trusted=False)
+        return self._settings
+
+    def socket(self, user: str) -> Path:
+        return self.settings.socket(user)
+
+    # -- the helper -------------------------------------------------------------------
+
+    def helper_argv(self) -> list[str]:
+        import shlex
+
+        configured = str(self.server.get("privileged_command") or "")
+        if configured.strip():
+            return shlex.split(configured)
+        if os.geteuid() == 0:
+            return [sys.executable, "-m", "hostctl", "privileged"]
+        program = shutil.which("hostctl")
+        if program is None:
+            raise InvalidInput(f"{self.server.display_name}: no hostctl program on PATH for "
+                               "sudo to run; set privileged_command")
+        return ["sudo", "-n", os.path.realpath(program), "privileged"]
+
+    def call(self, job: Job, action: str, *args: str, stdin: str | None = None) -> str:
+        ran = job.run([*self.helper_argv(), str(self.settings_path), action, *args],
+                      what=f"the privileged helper ({action})", stdin=stdin)
+        return ran.output.strip()
+
+    # -- the site's user --------------------------------------------------------------
+
+    def new_user(self, uri: str, avoid: set[str] | None = None) -> str:
+        """A free site user name for ``uri``: the prefix, its letters, digits and '-'."""
+        prefix = self.settings.user_prefix
+        base = re.sub(r"[^a-z0-9]+", "-", uri.lower().removeprefix("www.")).strip("-")[:20]
+        base = base.rstrip("-") or "site"
+        name, n = prefix + base, 1
+        while name in (avoid or set()) or _exists(name):
+            n += 1
+            name = f"{prefix}{base}-{n}"
+        return self.settings.check_user(name)
+
+    def add_user(self, job: Job, name: str) -> None:
+        job.say(self.call(job, "user-add", name))
+
+    def remove_user(self, job: Job, name: str) -> None:
+        job.say(self.call(job, "user-del", name))
+
+    def share(self, job: Job, name: str, folder: Path) -> None:
+        self.call(job, "share", name, str(folder))
+
+    def give(self, job: Job, name: str, folder: Path) -> None:
+        self.call(job, "give", name, str(folder))
+
+    def take(self, job: Job, name: str, folder: Path) -> None:
+        """Everything of the site's user under ``folder`` back to the back end (before
+        the back end moves or removes it); nothing to do if the user is gone."""
+        if _exists(name):
+            self.call(job, "take", name, str(folder))
+
+    def write_settings(self, job: Job, name: str, path: Path, content: str) -> None:
+        self.call(job, "settings", name, str(path), stdin=content)
+
+    # -- the pool ---------------------------------------------------------------------
+
+    def write_pool(self, job: Job, name: str, env: Mapping[str, str],
+                   values: Mapping[str, str]) -> None:
+        lines = []
+        for key, value in env.items():
+            if not re.fullmatch(r"[A-Za-z0-9_]{1,64}", key) or not _SAFE_VALUE.fullmatch(value):
+                raise InvalidInput(f"the pool's environment: {key} holds a quote, a "
+                                   "backslash, a '$' or a control character")
+            lines.append(f'env[{key}] = "{value}"')
+        lines += self.template(values)
+        self.call(job, "pool-write", name, stdin="\n".join(lines) + "\n")
+        job.say(f"PHP-FPM pool of {name} serves {self.socket(name)}")
+
+    def template(self, values: Mapping[str, str]) -> list[str]:
+        """The operator's pool directives, placeholders filled in ([] without one)."""
+        path = self.paths.home / "templates" / TEMPLATE
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"cannot read the pool template {path}: {exc}") from None
+
+        def fill(match: re.Match[str]) -> str:
+            key = match.group(1)
+            if key not in values:
+                raise InvalidInput(f"{path}: unknown placeholder {{{key}}} (known: uri, "
+                                   "site_path, root, user)")
+            return values[key]
+
+        return [re.sub(r"\{([a-z_]+)\}", fill, line) for line in text.splitlines()]
+
+    def remove_pool(self, job: Job, name: str) -> None:
+        self.call(job, "pool-remove", name)
+
+    # -- doctor -----------------------------------------------------------------------
+
+    def problems(self) -> list[tuple[Path, str]]:
+        """What keeps the helper from working, or from being safe: its settings file, the
+        code sudo runs as root (it and its folders must be root's alone: whoever may
+        change it is root), and, for a back end that is not root, the sudoers line."""
+        import subprocess
+
+        found: list[tuple[Path, str]] = []
+        try:
+            privileged.load(self.settings_path)
+        except (InvalidInput, HostctlError) as exc:
+            found.append((self.settings_path, exc.message))
+            return found
+        argv = self.helper_argv()
+        code = {Path(sys.executable)}
+        import hostctl.cli.privileged  # noqa: F401  (what the helper runs, loaded to check)
+
+        for name, module in list(sys.modules.items()):
+            file = getattr(module, "__file__", None)
+            if (name == "hostctl" or name.startswith("hostctl.")) and file:
+                code.add(Path(file))
+        program = next((a for a in argv if a.startswith("/") and "hostctl" in a), None)
+        if program:
+            code.add(Path(program))
+        for path in sorted(code):
+            try:
+                privileged.check_root_only(Path(os.path.realpath(path)))
+            except HostctlError as exc:
+                found.append((path, f"the privileged helper runs this as root: "
+                                    f"{exc.message}"))
+        if os.geteuid() != 0 and argv[:1] == ["sudo"]:
+            probe = [a for a in argv if a != "-n"]
+            ran = subprocess.run(["sudo", "-n", "-l", *probe[1:], str(self.settings_path),
+                                  "user-add", self.settings.user_prefix + "doctor"],
+                                 capture_output=True, text=True, timeout=30)
+            if ran.returncode != 0:
+                user = pwd.getpwuid(os.geteuid()).pw_name
+                line = privileged.sudoers_line(self.settings_path, user,
+                                               program or "hostctl")
+                found.append((Path("/etc/sudoers.d"), f"sudo does not let {user} run the "
+                              f"privileged helper; add this line (visudo -f "
+                              f"/etc/sudoers.d/hostctl): {line}"))
+        return found
+
+
+def _exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def settings_text(fmt: str, values: Mapping[str, str]) -> str:
+    """The settings file in its format: ``php`` (an array ``$hostctl``), ``json``, or
+    ``env`` (``KEY="value"`` lines)."""
+    if fmt == "json":
+        return json.dumps(dict(values), indent=2) + "\n"
+    if fmt == "env":
+        for key, value in values.items():
+            if not _SAFE_VALUE.fullmatch(value):
+                raise InvalidInput(f"the settings: {key} cannot be written as KEY=\"value\"")
+        return "".join(f'{k}="{v}"\n' for k, v in values.items())
+
+    def quoted(text: str) -> str:
+        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    body = "".join(f"  {quoted(k)} => {quoted(v)},\n" for k, v in values.items())
+    return ("<?php\n// Written by hostctl for this site; a verify of the site writes it "
+            "again.\n$hostctl = [\n" + body + "];\n")

@@ -1,0 +1,283 @@
+"""The privileged helper, as root and through real sudo from an unprivileged back-end
+user: it does its few actions for the back end, and refuses everything else (settings
+others could write, names that are not site users', paths outside the site roots or
+through symbolic links, pool directives that would act as root), leaving things as they
+were."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from asuser import Users, can_make_users, frontend_users, hostctl_as
+from conftest import hostctl_exe
+from provisionhelpers import (
+    PgCluster,
+    PhpFpm,
+    make_php_platform,
+    remove_site_users,
+    secrets_of,
+    site_users,
+    start_php_fpm,
+    start_postgres,
+    world_readable_dir,
+)
+
+from hostctl.provision import privileged
+
+
+@pytest.fixture(scope="module")
+def www() -> Path:
+    return world_readable_dir("hostctl-priv-www-")
+
+
+@pytest.fixture(scope="module")
+def fpm(www: Path) -> Iterator[PhpFpm]:
+    server = start_php_fpm([www])
+    prefix = privileged.load(server.settings).user_prefix
+    yield server
+    server.stop()
+    remove_site_users(prefix)
+
+
+def helper(settings: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hostctl", "privileged", str(settings),
+                           *args], input=stdin, capture_output=True, text=True, timeout=60,
+                          cwd="/")
+
+
+def refused(settings: Path, *args: str, why: str, stdin: str = "") -> None:
+    res = helper(settings, *args, stdin=stdin)
+    assert res.returncode != 0, (args, res)
+    assert why in res.stderr and len(res.stderr.strip().splitlines()) == 1, (args, res)
+
+
+def test_actions_as_root_and_what_they_refuse(fpm: PhpFpm, www: Path) -> None:
+    settings = fpm.settings
+    prefix = privileged.load(settings).user_prefix
+    user = prefix + "one"
+    res = helper(settings, "user-add", user)
+    assert res.returncode == 0, res
+    entry = pwd.getpwnam(user)
+    assert entry.pw_shell == "/usr/sbin/nologin" and entry.pw_dir == "/nonexistent"
+    assert user in __import__("grp").getgrgid(entry.pw_gid).gr_mem or \
+        "nobody" in __import__("grp").getgrgid(entry.pw_gid).gr_mem
+    assert helper(settings, "user-add", user).returncode == 0  # again: the same
+
+    # names: only the prefix's, never another user's
+    refused(settings, "user-add", "root", why="is not a site user's name")
+    refused(settings, "user-add", prefix + "Bad_Name", why="is not a site user's name")
+    refused(settings, "user-del", "nobody", why="is not a site user's name")
+    subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", prefix + "byhand"],
+                   check=True, timeout=60)
+    try:
+        refused(settings, "user-del", prefix + "byhand", why="is not a hostctl site user")
+        refused(settings, "user-add", prefix + "byhand", why="is not a hostctl site user")
+    finally:
+        subprocess.run(["userdel", prefix + "byhand"], timeout=60)
+
+    site = www / "plat" / "sites" / "one.test"
+    (site / "files").mkdir(parents=True)
+    (site / "files" / "a.txt").write_text("upload")
+    outside = www.parent / "hostctl-priv-outside"
+    outside.mkdir(exist_ok=True)
+    # paths: inside a site root, no '..', no symbolic link on the way
+    refused(settings, "share", user, "/etc", why="is not inside a site root")
+    refused(settings, "share", user, str(www), why="is not inside a site root")
+    refused(settings, "share", user, f"{site}/../../../..", why="without '..'")
+    (www / "plat" / "sites" / "link").symlink_to(outside)
+    refused(settings, "share", user, str(www / "plat/sites/link"), why="is not a folder")
+    assert stat.S_IMODE(outside.stat().st_mode) != 0o750
+    refused(settings, "give", user, str(site / "files"), why="not inside a site folder shared")
+    assert helper(settings, "share", user, str(site)).returncode == 0
+    assert (stat.S_IMODE(site.stat().st_mode), site.stat().st_gid) == (0o750, entry.pw_gid)
+    # a link inside a given folder is changed itself, never followed
+    (site / "files" / "passwd").symlink_to("/etc/passwd")
+    assert helper(settings, "give", user, str(site / "files")).returncode == 0
+    assert os.stat("/etc/passwd").st_uid == 0
+    assert os.lstat(site / "files" / "passwd").st_uid == entry.pw_uid
+    assert (site / "files" / "a.txt").stat().st_uid == entry.pw_uid
+    # the settings file: the site user's, 0400; a name that is no plain file name refused
+    res = helper(settings, "settings", user, str(site / "settings.php"), stdin="<?php\n")
+    assert res.returncode == 0, res
+    st = (site / "settings.php").stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (entry.pw_uid, 0o400)
+    refused(settings, "settings", user, str(site / ".hidden"), why="is not a plain file name")
+    refused(settings, "settings", user, str(outside / "x.php"), why="is not inside a site root")
+
+    # pools: only directives a site may set, values that cannot become syntax
+    pool = fpm.pool_dir / f"hostctl-{user}.conf"
+    for body, why in (("user = root", "'user' is not a directive"),
+                      ("include = /etc/php/x.conf", "'include' is not a directive"),
+                      ("access.log = /etc/shadow", "'access.log' is not a directive"),
+                      ("listen = /tmp/x.sock", "'listen' is not a directive"),
+                      ("ping.response = x", "'ping.response' is not a directive"),
+                      ('env[X] = "${HOME}"', "must be a plain word"),
+                      ('php_admin_value[a] = "x" ; y', "must be a plain word"),
+                      ("[other]", "is not a directive")):
+        refused(settings, "pool-write", user, why=why, stdin=body + "\n")
+        assert not pool.exists(), body
+    assert helper(settings, "pool-write", user, stdin="env[GREETING] = hello\n").returncode == 0
+    text = pool.read_text()
+    assert stat.S_IMODE(pool.stat().st_mode) == 0o600 and f"user = {user}\n" in text
+    token = privileged._token_of(pool.read_bytes())
+    assert privileged.ping(fpm.socket_dir / f"{user}.sock") == token
+    # php-fpm refuses it: the folder and what is served stay as they were
+    refused(settings, "pool-write", user, why="php-fpm -t", stdin="pm = sometimes\n")
+    assert pool.read_text() == text
+    assert privileged.ping(fpm.socket_dir / f"{user}.sock") == token
+    # a user is not removed while its pool runs; then both go
+    refused(settings, "user-del", user, why="remove it first")
+    assert helper(settings, "take", user, str(site)).returncode == 0
+    assert all(p.lstat().st_uid == 0 for p in [site, *site.rglob("*")])
+    assert helper(settings, "pool-remove", user).returncode == 0
+    assert not (fpm.socket_dir / f"{user}.sock").exists()
+    assert helper(settings, "user-del", user).returncode == 0
+    assert user not in site_users(prefix)
+
+
+def test_settings_others_could_write_are_refused(tmp_path: Path, www: Path) -> None:
+    base = Path(world_readable_dir("hostctl-priv-settings-"))
+    good = base / "privileged.toml"
+    good.write_text(f'backend_user = "root"\nsite_roots = ["{www}"]\n')
+    good.chmod(0o644)
+    refused(good, "user-add", "root", why="is not a site user's name")  # trusted: read
+    good.chmod(0o664)
+    refused(good, "user-add", "hs-x", why="is not root's alone")
+    good.chmod(0o644)
+    base.chmod(0o777)
+    refused(good, "user-add", "hs-x", why="is not root's alone")
+    base.chmod(0o755)
+    os.chown(good, 65534, -1)
+    refused(good, "user-add", "hs-x", why="is not root's alone")
+    # doctor says so for a server that names it
+    from hostctl.cli.main import main
+
+    home = tmp_path / "home"
+    assert main(["--home", str(home), "provision-save", "@srv", "--context_type", "server",
+                 "--php_service_type", "php-fpm", "--privileged_settings", str(good)]) == 0
+    res = subprocess.run([hostctl_exe(), "--home", str(home), "doctor"], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode != 0 and f"{good}: @srv: {good} is not root's alone" in res.stdout, \
+        res
+    refused(Path("relative.toml"), "user-add", "hs-x", why="not an absolute path")
+
+
+# -- through sudo, from an unprivileged back end -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def users() -> Iterator[Users]:
+    why = can_make_users()
+    if why:
+        pytest.skip(why)
+    if not os.access("/usr/bin/sudo", os.X_OK):
+        pytest.skip("sudo is not installed")
+    with frontend_users(1) as made:
+        yield made
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PgCluster]:
+    cluster = start_postgres()
+    yield cluster
+    cluster.stop()
+
+
+def test_an_unprivileged_back_end_through_sudo(users: Users, pg: PgCluster) -> None:
+    backend = users.backend
+    top = users.base / "be"
+    top.mkdir(mode=0o711)
+    www = top / "www"
+    www.mkdir(mode=0o755)
+    for folder in (top, www):
+        os.chown(folder, backend.uid, backend.gid)
+    fpm = start_php_fpm([www], backend_user=backend.name, prefix="hsu")
+    prefix = privileged.load(fpm.settings).user_prefix
+    sudoers = Path(f"/etc/sudoers.d/hostctl-test-{backend.name}")
+    try:
+        line = subprocess.run([hostctl_exe(), "privileged", "--sudoers", str(fpm.settings),
+                               backend.name], capture_output=True, text=True, timeout=60,
+                              check=True).stdout
+        program = os.path.realpath(hostctl_exe())
+        assert line.strip() == (f"{backend.name} ALL=(root) NOPASSWD: {program} privileged "
+                                f"{fpm.settings} *")
+        sudoers.write_text(line)
+        sudoers.chmod(0o440)
+        subprocess.run(["visudo", "-cf", str(sudoers)], check=True, capture_output=True,
+                       timeout=60)
+        home = top / "home"
+        root = www / "plat"
+        make_php_platform(root)
+        for path in [root, *root.rglob("*")]:
+            os.chown(path, backend.uid, backend.gid)
+
+        def be(*argv: str) -> str:
+            res = hostctl_as(backend, "--home", str(home), *argv, timeout=120)
+            assert res.code == 0, (argv, res)
+            return str(res.out)
+
+        be("provision-save", "@srv", "--context_type", "server", "--http_service_type",
+           "none", "--php_service_type", "php-fpm", "--privileged_settings",
+           str(fpm.settings), "--privileged_command", f"sudo -n {program} privileged",
+           *pg.server_fields())
+        be("provision-save", "@plat", "--context_type", "platform", "--root", str(root),
+           "--web_server", "@srv")
+        be("provision-save", "@s.test", "--context_type", "site", "--platform", "@plat")
+        be("provision-install", "@s.test")
+        user = secrets_of(home, "@s.test")["unix_user"]
+        assert user in site_users(prefix)
+        site = root / "sites" / "s.test"
+        st = (site / "settings.php").stat()
+        assert (pwd.getpwuid(st.st_uid).pw_name, stat.S_IMODE(st.st_mode)) == (user, 0o400)
+        assert site.stat().st_uid == backend.uid
+        out = privileged.fastcgi_get(fpm.socket_dir / f"{user}.sock", "/whoami",
+                                     script=str(root / "index.php"))
+        assert out.split(b"\r\n\r\n", 1)[1] == f"{user}\n".encode()
+        # the back end cannot read what it handed over
+        res = hostctl_as(backend, "--home", str(home), "provision-verify", "@s.test")
+        assert res.code == 0, res
+
+        def sudo(*args: str, settings: Path = fpm.settings) -> tuple[int, str]:
+            done = hostctl_as(backend, "privileged", "--sudoers", str(settings))
+            assert done.code == 0
+            argv = ["sudo", "-n", program, "privileged", str(settings), *args]
+            proc = subprocess.run(["setpriv", f"--reuid={backend.uid}",
+                                   f"--regid={backend.gid}", "--clear-groups", *argv],
+                                  capture_output=True, text=True, timeout=60, cwd="/")
+            return proc.returncode, proc.stderr
+
+        # through sudo, the same refusals; other settings are not the sudoers line's
+        assert sudo("share", user, "/etc")[0] == 2
+        assert sudo("user-del", "root")[0] == 2
+        assert sudo("user-add", prefix + "x", settings=Path("/tmp/other.toml"))[0] == 1
+        assert os.stat("/etc").st_gid == 0
+
+        # doctor, as the back end: the sudoers line is there, the code is root's alone
+        res = hostctl_as(backend, "--home", str(home), "doctor")
+        # (the test's interpreter may lie in a folder the back end cannot enter, which
+        # doctor says it cannot check; a real back end runs hostctl from where it can)
+        said = [ln for ln in res.out.splitlines() if "privileged" in ln
+                and "Permission denied" not in ln]
+        assert not said, res
+        sudoers.unlink()
+        res = hostctl_as(backend, "--home", str(home), "doctor")
+        assert res.code != 0 and "sudo does not let" in res.out, res
+        assert f"NOPASSWD: {program} privileged {fpm.settings} *" in res.out, res
+        sudoers.write_text(line)
+        sudoers.chmod(0o440)
+
+        be("provision-disable", "@s.test")
+        be("provision-delete", "@s.test")
+        assert user not in site_users(prefix)
+        assert not site.exists()
+    finally:
+        sudoers.unlink(missing_ok=True)
+        fpm.stop()
+        remove_site_users(prefix)
