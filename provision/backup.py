@@ -110,8 +110,9 @@ def create(job: Job, site: Context, record: SiteRecord, reason: str,
     ``db`` is the site's database service (None: the site has no database). What the
     archive leaves out of the folder is warned about and listed in the task's result
     (``backup_skipped``) and in the manifest; but not ``leave_out`` (paths relative to
-    the site folder: what hostctl writes again wherever the backup is restored, such as a
-    PHP site's settings file, which is its user's alone)."""
+    the site folder, and what is in those folders: what hostctl writes again wherever the
+    backup is restored, such as a PHP site's settings file, which is its user's alone, or
+    its SQLite database, which the archive holds as its dump)."""
     folder = job.paths.ensure_dir(layout.backups_dir(job.paths))
     site_path = Path(record.site_path)
     if not site_path.is_dir():
@@ -210,7 +211,7 @@ def _add_tree(tar: tarfile.TarFile, site_path: Path, label: str,
     prefixes = _prefixes(site_path)
     for path in walk(site_path):
         rel = str(path.relative_to(site_path))
-        if rel in leave_out:
+        if rel in leave_out or any(rel.startswith(f"{out}/") for out in leave_out):
             continue
         try:
             st = path.lstat()

@@ -39,6 +39,10 @@ from hostctl.provision.secrets import DbCredentials, SiteRecord
 from hostctl.provision.services import Database, database, suggest_name, web
 from hostctl.provision.services.nginx import Nginx, Vhost, check_host
 from hostctl.provision.services.php import PhpFpm, settings_text
+from hostctl.provision.services.sqlite import Sqlite
+
+#: where a PHP site's SQLite database lives, in its folder
+DB_FOLDER = ".db"
 
 _TRUE = {"1", "true", "yes", "on", "y"}
 _FALSE = {"0", "false", "no", "off", "n", ""}
@@ -88,9 +92,14 @@ def place_for(job: Job, site: Context, *, platform: Context | None = None,
             raise InvalidInput(f"platform {platform.display_name} is a PHP application; its "
                                f"web server ({where}) runs no PHP (php_service_type php-fpm)")
         php = PhpFpm(web_server, job.paths)
-    return Place(platform, uri, web_server, db_server, manifest,
-                 layout.site_path(str(platform.get("root")), uri),
-                 web(web_server, job.paths), database(db_server, job.paths), php)
+    path = layout.site_path(str(platform.get("root")), uri)
+    db = database(db_server, job.paths)
+    if php is not None and isinstance(db, Sqlite):
+        # a PHP site's own user must reach its SQLite database: it lives in the site's
+        # folder (a dot folder, never served), in a folder that user owns
+        db.folder = path / DB_FOLDER
+    return Place(platform, uri, web_server, db_server, manifest, path,
+                 web(web_server, job.paths), db, php)
 
 
 def values_for(job: Job, site: Context, place: Place,
@@ -240,12 +249,19 @@ def php_apply(job: Job, site: Context, place: Place, record: SiteRecord,
         undo.add(f"the site user {user}", lambda: php.remove_user(job, user))
     secrets.write(job.paths, record)
     folder = place.site_path
-    for rel in place.manifest.writable:
+    writable = list(place.manifest.writable)
+    if _db_inside(record, folder):
+        writable.append(DB_FOLDER)
+        assert record.db is not None
+        dbfile = Path(record.db.path)
+        if dbfile.exists() and dbfile.stat().st_uid == os.geteuid():
+            os.chmod(dbfile, 0o644)  # its user writes it; backups (the back end) read it
+    for rel in writable:
         (folder / rel).mkdir(mode=0o755, parents=True, exist_ok=True)
     php.share(job, user, folder)
     if undo is not None:
         undo.add(f"the files of {user} in {folder}", lambda: php.take(job, user, folder))
-    for rel in place.manifest.writable:
+    for rel in writable:
         php.give(job, user, folder / rel)
     values = settings_values(job, site, place, record)
     manifest = place.manifest
@@ -266,6 +282,12 @@ def php_apply(job: Job, site: Context, place: Place, record: SiteRecord,
     if undo is not None and not had_pool:
         undo.add(f"the PHP-FPM pool of {user}", lambda: php.remove_pool(job, user))
     return record
+
+
+def _db_inside(record: SiteRecord, folder: Path) -> bool:
+    """Does the site's SQLite database live in its folder (a PHP site's)?"""
+    return (record.db is not None and record.db.type == "sqlite"
+            and Path(record.db.path).is_relative_to(folder / DB_FOLDER))
 
 
 def _user_exists(name: str) -> bool:
@@ -443,6 +465,8 @@ def create_installation(job: Job, site: Context, place: Place, undo: Undo, *,
     creds = keep_db
     if keep_db is None and place.db is not None:
         db = place.db
+        if isinstance(db, Sqlite) and db.folder.is_relative_to(place.site_path):
+            db.folder.mkdir(mode=0o755, exist_ok=True)  # its user's, readable by backups
         creds = db.create(job, suggest_name(job, db, place.uri))
         made = creds
         undo.add(f"the database {creds.name}", lambda: db.drop(job, made))
@@ -488,12 +512,12 @@ def remove_installation(job: Job, site: Context, record: SiteRecord) -> None:
     php = _php_of(job, record)
     if php is not None:
         php.remove_pool(job, record.unix_user)
+    path = Path(record.site_path)
+    _take_back(job, record, path)  # (a PHP site's SQLite database is in there too)
     db = _db_of(job, record.db)
     if db is not None and record.db is not None:
         db.drop(job, record.db)
-    path = Path(record.site_path)
     if path.exists():
-        _take_back(job, record, path)
         shutil.rmtree(path)
         job.say(f"site folder {path} removed")
     if php is not None:
@@ -547,8 +571,8 @@ def _backup(job: Job, site: Context, record: SiteRecord, reason: str) -> backup.
             manifest = app.load(job.store.get(parse_name(record.platform)))
         except HostctlError:
             manifest = app.Manifest()
-        if manifest.settings_file:
-            leave_out = frozenset({manifest.settings_file})
+        # (and its SQLite database, in the backup as its dump)
+        leave_out = frozenset({manifest.settings_file, DB_FOLDER} - {""})
     return backup.create(job, site, record, reason, _db_of(job, record.db),
                          leave_out=leave_out)
 
@@ -700,6 +724,12 @@ def restore(rc: RunContext) -> int:
             for leftover in (fresh, old):
                 shutil.rmtree(leftover, ignore_errors=True)
             with Undo(job) as undo:
+                if place.php is not None:
+                    # the back end moves and loads only what it owns: the site's files
+                    # are handed back to its user at the end (or by the undo)
+                    _take_back(job, record, site_path)
+                    undo.add(f"the files of {record.unix_user}",
+                             lambda: php_apply(job, site, place, record))
                 archive.extract_files(fresh, job.warn)
                 undo.add(f"the restored files {fresh}",
                          lambda: shutil.rmtree(fresh, ignore_errors=True))
@@ -711,6 +741,12 @@ def restore(rc: RunContext) -> int:
                 undo.add(f"the site folder {site_path}", lambda: os.rename(old, site_path))
                 os.rename(fresh, site_path)
                 undo.add(f"the restored files {site_path}", lambda: os.rename(site_path, fresh))
+                if (old / DB_FOLDER).is_dir() and _db_inside(record, site_path):
+                    # a PHP site's SQLite database lives in its folder: it stays the
+                    # database just loaded, in the folder just restored
+                    os.rename(old / DB_FOLDER, site_path / DB_FOLDER)
+                    undo.add("the database folder", lambda: os.rename(
+                        site_path / DB_FOLDER, old / DB_FOLDER))
                 fix_permissions(job, site_path, _group(place))
                 if place.php is not None:
                     undo.add(f"the restored files of {record.unix_user}",
@@ -853,6 +889,8 @@ def migrate(rc: RunContext) -> int:
             record.db is not None and target.db_server is not None
             and record.db.server == target.db_server.display_name)
         same_files = Path(record.site_path) == target.site_path
+        if not same_files and _db_inside(record, Path(record.site_path)):
+            same_db = False  # a PHP site's SQLite database moves with its folder
         if same_files and same_db:
             raise InvalidInput("migrate needs another --platform, --new_uri or --db_server")
         if platform.name != current.name:

@@ -239,3 +239,48 @@ def test_a_php_platform_needs_a_server_that_runs_php(lab: Lab, www: Path) -> Non
     doc = lab.must("install", "@x.test", status="error")
     assert "runs no PHP (php_service_type php-fpm)" in json.dumps(doc["result"]), doc
     assert not (root / "sites" / "x.test").exists()
+
+
+def test_a_php_site_on_sqlite_keeps_its_database_in_its_own_folder(
+        lab: Lab, web: NginxServer, fpm: PhpFpm, www: Path) -> None:
+    lab.server("@lite", *fpm.server_fields(), db="sqlite")
+    root = make_php_platform(www / "lite1")
+    lab.save("@lite1", "--context_type", "platform", "--root", str(root),
+             "--web_server", "@lite")
+    for name in ("@l1.test", "@l2.test"):
+        lab.site(name, "@lite1")
+        lab.must("install", name, "queue")
+    user = secrets_of(lab.home, "@l1.test")["unix_user"]
+    dbfile = Path(secrets_of(lab.home, "@l1.test")["db"]["path"])
+    assert dbfile.parent == root / "sites" / "l1.test" / ".db"
+    assert pwd.getpwuid(dbfile.parent.stat().st_uid).pw_name == user
+    # its PHP writes its database; the other site's PHP cannot even read it
+    assert get(web, "l1.test", "/add", body="by php") == (200, "ADDED\n")
+    assert get(web, "l1.test", "/")[1].endswith("notes: installed | by php\n")
+    assert get(web, "l2.test", "/read", file=str(dbfile)) == (200, "DENIED\n")
+    assert get(web, "l1.test", "/.db/" + dbfile.name)[0] in (403, 404)
+
+    backup = lab.must("backup", "@l1.test", "queue")["result"]["backup_file"]
+    assert get(web, "l1.test", "/add", body="after the backup")[1] == "ADDED\n"
+    lab.must("restore", "@l1.test", "queue", file=Path(backup).name)
+    assert get(web, "l1.test", "/")[1].endswith("notes: installed | by php\n")
+    assert get(web, "l1.test", "/add", body="after the restore")[1] == "ADDED\n"
+
+    lab.must("clone", "@l1.test", "queue", new_uri="l3.test")
+    assert get(web, "l3.test", "/")[1].endswith("installed | by php | after the restore\n")
+    assert get(web, "l3.test", "/add", body="only in l3")[1] == "ADDED\n"
+    assert "only in l3" not in get(web, "l1.test", "/")[1]
+
+    root2 = make_php_platform(www / "lite2")
+    lab.save("@lite2", "--context_type", "platform", "--root", str(root2),
+             "--web_server", "@lite")
+    lab.must("migrate", "@l1.test", "queue", platform="@lite2")
+    moved = Path(secrets_of(lab.home, "@l1.test")["db"]["path"])
+    assert moved.parent == root2 / "sites" / "l1.test" / ".db" and not dbfile.exists()
+    assert get(web, "l1.test", "/add", body="after the migrate")[1] == "ADDED\n"
+    assert get(web, "l1.test", "/")[1].endswith("after the restore | after the migrate\n")
+    for name in ("@l1.test", "@l2.test", "@l3.test"):
+        lab.must("disable", name, "queue")
+        lab.must("delete", name, "queue")
+    assert not (root2 / "sites" / "l1.test").exists()
+    assert user not in site_users(prefix_of(fpm))
