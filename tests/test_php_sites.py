@@ -284,3 +284,54 @@ def test_a_php_site_on_sqlite_keeps_its_database_in_its_own_folder(
         lab.must("delete", name, "queue")
     assert not (root2 / "sites" / "l1.test").exists()
     assert user not in site_users(prefix_of(fpm))
+
+
+def test_an_operators_templates_take_the_place_of_the_built_in_ones(
+        lab: Lab, web: NginxServer, fpm: PhpFpm, www: Path) -> None:
+    from hostctl.provision.services.nginx import BUILTIN_TEMPLATE
+
+    root = make_php_platform(www / "templated")
+    lab.save("@templated", "--context_type", "platform", "--root", str(root),
+             "--web_server", "@srv")
+    templates = lab.home / "templates"
+    templates.mkdir(parents=True)
+    vhost_template = templates / "nginx-vhost.conf"
+    pool_template = templates / "php-fpm-pool.conf"
+    good_vhost = BUILTIN_TEMPLATE.replace(
+        "    server_name {{ server_names }};\n",
+        "    server_name {{ server_names }};\n    add_header X-Site {{ uri }} always;\n")
+    vhost_template.write_text(good_vhost)
+    pool_template.write_text("; every site's pool\nphp_admin_value[memory_limit] = 77M\n"
+                             'env[SITE_ROOT] = "{root}"\n')
+    lab.site("@t.test", "@templated")
+    lab.must("install", "@t.test", "queue")
+    status, body, headers = web.get("t.test", "/ini?name=memory_limit")
+    assert (status, body, headers.get("X-Site")) == (200, "77M\n", "t.test")
+
+    # what nginx or php-fpm (or the helper) refuses is never served: the task fails
+    # saying why, and the site answers as before
+    for vhost_text, pool_text, why in (
+            (good_vhost.replace("    add_header", "    bogus_directive on;\n    add_header"),
+             None, "nginx -t"),
+            ("server {\n{{ listen }}\n    server_name {{ nothing }};\n}\n", None,
+             "unknown placeholder {{ nothing }}"),
+            (None, "user = root\n", "'user' is not a directive a site's pool may set"),
+            (None, "pm = sometimes\n", "php-fpm -t")):
+        if vhost_text is not None:
+            vhost_template.write_text(vhost_text)
+        if pool_text is not None:
+            pool_template.write_text(pool_text)
+        doc = lab.must("verify", "@t.test", status="error")
+        assert why in json.dumps(doc["result"]), (why, doc)
+        status, body, headers = web.get("t.test", "/ini?name=memory_limit")
+        assert (status, body, headers.get("X-Site")) == (200, "77M\n", "t.test"), why
+        vhost_template.write_text(good_vhost)
+        pool_template.write_text("php_admin_value[memory_limit] = 77M\n")
+    # without templates, the built-in ones again
+    vhost_template.unlink()
+    pool_template.unlink()
+    lab.must("verify", "@t.test")
+    status, body, headers = web.get("t.test", "/ini?name=memory_limit")
+    assert status == 200 and body != "77M\n" and "X-Site" not in headers
+    lab.must("disable", "@t.test")
+    lab.must("delete", "@t.test")

@@ -176,29 +176,48 @@ class Nginx:
     # -- the vhost file ---------------------------------------------------------------
 
     def render(self, vhost: Vhost) -> str:
+        """The site's vhost file: the operator's template (``HOME/templates/
+        nginx-vhost.conf``) if there is one, else the built-in one, filled in."""
+        return fill_template(self.template(), self.parts(vhost))
+
+    def template(self) -> str:
+        path = self.paths.home / "templates" / TEMPLATE
+        try:
+            return path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return BUILTIN_TEMPLATE
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"cannot read the vhost template {path}: {exc}") from None
+
+    def parts(self, vhost: Vhost) -> dict[str, str]:
+        """What a vhost template's placeholders stand for (every value checked: host
+        names, addresses, paths without nginx syntax)."""
         uri = check_host(vhost.uri, "uri")
         aliases = [check_host(a, "alias") for a in vhost.aliases if a != uri]
         listens = [f"    listen {spec};" for spec in self.listens()]
         names = " ".join([uri] if vhost.redirection else [uri, *aliases])
-        lines = [f"# @{vhost.site}: written by hostctl; a verify of the site rewrites it", ""]
+        redirects: list[str] = []
         if vhost.redirection and aliases:
-            lines += ["server {", *listens, f"    server_name {' '.join(aliases)};",
-                      f"    return 301 http://{uri}$request_uri;", "}", ""]
-        lines += ["server {", *listens, f"    server_name {names};"]
+            redirects = ["server {", *listens, f"    server_name {' '.join(aliases)};",
+                         f"    return 301 http://{uri}$request_uri;", "}", ""]
         if vhost.enabled:
-            lines += self._serve(vhost)
+            body = self._serve(vhost)
         elif vhost.disable_url:
             if not _URL.fullmatch(vhost.disable_url):
                 raise InvalidInput(f"web_disable_url {vhost.disable_url!r} is not a plain "
                                    "http(s) URL")
-            lines += [f'    return 302 "{vhost.disable_url}";']
+            body = [f'    return 302 "{vhost.disable_url}";']
         else:
             page = (f"<!doctype html><title>Site disabled</title><h1>Site disabled</h1>"
                     f"<p>{uri} is disabled.</p>")
-            lines += ["    default_type text/html;", "    location / {",
-                      f"        return 503 '{page}';", "    }"]
-        lines += ["}", ""]
-        return "\n".join(lines)
+            body = ["    default_type text/html;", "    location / {",
+                    f"        return 503 '{page}';", "    }"]
+        return {"site": vhost.site, "uri": uri, "aliases": " ".join(aliases),
+                "server_names": names, "listen": "\n".join(listens),
+                "redirects": "\n".join(redirects), "body": "\n".join(body),
+                "docroot": check_path(vhost.docroot, "the document root"),
+                "php_socket": vhost.php_socket,
+                "enabled": "yes" if vhost.enabled else "no"}
 
     @staticmethod
     def _serve(vhost: Vhost) -> list[str]:
@@ -646,6 +665,39 @@ def _glob_regex(pattern: str) -> str:
         raise InvalidInput(f"{pattern!r}: only letters, digits, '.', '_', '-', '/' and '*'")
     return "".join("[^/]*" if ch == "*" else re.escape(ch) if ch in "." else ch
                    for ch in pattern).replace("\\", "\\\\")
+
+
+TEMPLATE = "nginx-vhost.conf"
+#: the built-in vhost template; an operator's HOME/templates/nginx-vhost.conf takes its
+#: place (the same placeholders; nginx -t checks the result before it is served)
+BUILTIN_TEMPLATE = """\
+# @{{ site }}: written by hostctl; a verify of the site rewrites it
+
+{{ redirects }}
+server {
+{{ listen }}
+    server_name {{ server_names }};
+{{ body }}
+}
+"""
+_PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
+
+
+def fill_template(template: str, parts: dict[str, str]) -> str:
+    """``{{ name }}`` replaced by its part; a line that holds only a placeholder whose part
+    is empty goes. An unknown placeholder is refused, naming the ones there are."""
+    out: list[str] = []
+    for line in template.splitlines():
+        names = _PLACEHOLDER.findall(line)
+        for name in names:
+            if name not in parts:
+                raise InvalidInput(f"the vhost template: unknown placeholder {{{{ {name} }}}}"
+                                   f" (known: {', '.join(sorted(parts))})")
+        if names and not _PLACEHOLDER.sub("", line).strip() and \
+                not "".join(parts[n] for n in names):
+            continue
+        out.append(_PLACEHOLDER.sub(lambda m: parts[m.group(1)], line))
+    return "\n".join(out) + "\n"
 
 
 def _index_name(name: str) -> str:

@@ -18,6 +18,7 @@ function db($hostctl) {
 }
 $path = parse_url($_SERVER['REQUEST_URI'], PHP_URL_PATH);
 header('Content-Type: text/plain');
+if ($path === '/ini') { echo ini_get($_GET['name']), "\n"; exit; }
 if ($path === '/whoami') { echo posix_getpwuid(posix_geteuid())['name'], "\n"; exit; }
 if ($path === '/read') {
   $data = @file_get_contents($_GET['file']);
