@@ -351,6 +351,13 @@ SERVER = ContextType(
               choices=("none", "nginx", "apache")),
         _port("http_port", 80, "port the web server listens on"),
         _port("http_ssl_port", 443, "port for HTTPS"),
+        Field("ssl_acme_directory", Kind.URL, "the ACME CA that sites' certificates come "
+              "from (its directory URL)",
+              default="https://acme-v02.api.letsencrypt.org/directory"),
+        Field("ssl_ca_bundle", Kind.PATH, "the CA certificates to trust the ACME CA's own "
+              "HTTPS with (unset: the system's)"),
+        Field("ssl_renew_days", Kind.INT, "renew a site's certificate when it expires within "
+              "this many days", default=30, minimum=1, maximum=3650),
         Field("http_restart_cmd", Kind.COMMAND,
               "command that reloads the web server, split into words as a shell would but "
               "never run by one (unset: nginx -s reload)", default=""),

@@ -3,7 +3,7 @@
     server     verify
     platform   verify, delete, lock, unlock
     site       install, verify, backup, restore, delete, disable, enable, clone, migrate,
-               login-reset, cron
+               login-reset, cron, ssl
 
 Each function runs in a child of the worker, prints what it does (the task's log), fills
 ``rc.result`` and returns an exit code: 0 when all is well (warnings make the task end in
@@ -96,6 +96,12 @@ def _cron_wanted(ctx: Context, store: ContextStore, paths: Paths) -> bool:
     return found
 
 
+def _ssl_wanted(ctx: Context, store: ContextStore, paths: Paths) -> bool:
+    """Installed, HTTPS asked for, its certificate from the ACME CA (not the operator's)."""
+    return bool(ctx.get("ssl_enabled")) and not ctx.get("ssl_key") and \
+        _installed(ctx, store, paths)
+
+
 def _type(name: str, contexts: tuple[str, ...], help_text: str, function: Any,
           timeout: float, rerun: bool = True, wanted: Any = None,
           **options: str) -> TaskType:
@@ -140,4 +146,7 @@ TYPES = (
           "login_link command", "site:login_reset", 300),
     _type("cron", ("site",), "run the platform's cron command for the site", "site:cron", 600,
           wanted=_cron_wanted),
+    _type("ssl", ("site",), "get the site's HTTPS certificate, or renew it when it is due "
+          "(ssl_enabled; the periodic ssl queue runs it)", "site:ssl", 900,
+          wanted=_ssl_wanted),
 )

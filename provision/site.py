@@ -30,7 +30,7 @@ from hostctl.contexts.names import display, parse_name
 from hostctl.contexts.schema import NULL
 from hostctl.contexts.store import Context
 from hostctl.errors import Conflict, HostctlError, InvalidInput, NotFound, OperationFailed
-from hostctl.provision import app, backup, layout, secrets
+from hostctl.provision import app, backup, certificates, layout, secrets
 from hostctl.provision.checks import Checks
 from hostctl.provision.job import Job, Ran, Undo, stoppable
 from hostctl.provision.registry import RunContext, context_values
@@ -155,6 +155,7 @@ def vhost_for(job: Job, site: Context, place: Place) -> Vhost:
     assert isinstance(aliases, list)
     disable_url = str(place.web_server.get("web_disable_url") or "") if place.web_server else ""
     root = docroot(job, site, place)
+    cert = _certificate(job, site, place)
     socket, no_php = "", []
     if place.php is not None:
         record = _record(job, site)
@@ -171,7 +172,9 @@ def vhost_for(job: Job, site: Context, place: Place) -> Vhost:
                  disable_url=disable_url, php_socket=socket,
                  front_controller=place.manifest.front_controller,
                  deny=place.manifest.deny, no_php=tuple(no_php),
-                 auth_file=_auth_file(job, site, place))
+                 auth_file=_auth_file(job, site, place), acme_root=str(place.site_path),
+                 tls_cert=str(cert.fullchain) if cert else "",
+                 tls_key=str(cert.key) if cert else "")
 
 
 def _auth_file(job: Job, site: Context, place: Place) -> str:
@@ -319,6 +322,86 @@ def _take_back(job: Job, record: SiteRecord, folder: Path) -> None:
     php = _php_of(job, record)
     if php is not None and folder.exists():
         php.take(job, record.unix_user, folder)
+
+
+# -- HTTPS ------------------------------------------------------------------------------
+
+
+def site_names(site: Context, place: Place) -> list[str]:
+    aliases = site.get("aliases") or []
+    assert isinstance(aliases, list)
+    return [place.uri, *(a for a in aliases if a != place.uri)]
+
+
+def _certificate(job: Job, site: Context, place: Place) -> certificates.Cert | None:
+    """The certificate the site is served with: none without ``ssl_enabled``; the
+    operator's (``ssl_key``), checked; else the ACME CA's, once it covers the site's
+    names (until then, and while one is being got, the site is served over HTTP)."""
+    if not site.get("ssl_enabled") or place.web is None:
+        return None
+    names = site_names(site, place)
+    name = str(site.get("ssl_key") or "")
+    if name:
+        return certificates.operator(job, name, names)
+    cert = certificates.issued(job, site.name)
+    return cert if cert is not None and cert.covers(names) else None
+
+
+def https(job: Job, site: Context, place: Place) -> certificates.Cert | None:
+    """Get the site a certificate from its web server's ACME CA when it has none that
+    covers its names, or renew one that expires within ``ssl_renew_days``; then serve
+    it. None when the site does not ask for HTTPS."""
+    if not site.get("ssl_enabled"):
+        return None
+    if place.web is None or place.web_server is None:
+        raise InvalidInput(f"{site.display_name}: HTTPS needs a web server")
+    server = place.web_server
+    cert = _certificate(job, site, place)
+    if not site.get("ssl_key"):
+        days = int(server.get("ssl_renew_days") or 30)
+        if cert is None or cert.days_left() < days:
+            old = certificates.issued(job, site.name)
+            write_vhost(job, site, place)  # the challenge is served on every name first
+            cert = certificates.issue(
+                job, site.name, site_names(site, place), place.site_path,
+                directory=str(server.get("ssl_acme_directory") or certificates.LETS_ENCRYPT),
+                email=str(server.get("admin_email") or ""),
+                ca_bundle=str(server.get("ssl_ca_bundle") or ""), force=old is not None)
+            job.result["certificate_renewed"] = True
+    if cert is not None:
+        write_vhost(job, site, place)
+        job.result.update(certificate=str(cert.fullchain), certificate_source=cert.source,
+                          certificate_expires=f"{cert.not_after:%Y-%m-%dT%H:%M:%SZ}")
+    return cert
+
+
+def _https_or_warn(job: Job, site: Context, place: Place) -> None:
+    """:func:`https` for a task whose own work is done (install, migrate): a certificate
+    that cannot be had yet is a warning, the site served over HTTP meanwhile."""
+    try:
+        https(job, site, place)
+    except (OperationFailed, InvalidInput) as exc:
+        job.warn(f"HTTPS is not set up yet: {exc.message}; the site is served over HTTP "
+                 "(verify, or the periodic ssl queue, tries again)")
+
+
+def ssl(rc: RunContext) -> int:
+    """The ``ssl`` task: a certificate for a site that lacks one, a renewal when due."""
+    job = Job(rc)
+    site = rc.context
+    record = _record(job, site)
+    if record is None or not site.get("ssl_enabled"):
+        job.say(f"{site.display_name} is not installed or does not ask for HTTPS "
+                "(ssl_enabled): nothing to do")
+        job.result["certificate_renewed"] = False
+        return 0
+    job.hide(*secrets.values(job.paths, site.name))
+    job.result["certificate_renewed"] = False
+    cert = https(job, site, place_for(job, site))
+    if cert is not None and not job.result["certificate_renewed"]:
+        job.say(f"certificate of {site.display_name} good until {cert.not_after:%Y-%m-%d}: "
+                "not due for renewal")
+    return 0
 
 
 def write_vhost(job: Job, site: Context, place: Place, undo: Undo | None = None) -> str:
@@ -522,6 +605,7 @@ def remove_installation(job: Job, site: Context, record: SiteRecord) -> None:
         job.say(f"site folder {path} removed")
     if php is not None:
         php.remove_user(job, record.unix_user)
+    certificates.forget(job, site.name)
     if nginx is not None:
         try:
             (nginx.config_dir / "auth" / f"{site.name}.htpasswd").unlink()
@@ -613,6 +697,8 @@ def install(rc: RunContext) -> int:
             vhost = write_vhost(job, site, place, undo)
         if old is not None:
             _remove_set_aside(job, site, old, aside, record)
+        if place.web is not None:
+            _https_or_warn(job, site, place)
     job.say(f"{site.display_name} installed: {place.uri} from {place.site_path}")
     job.result.update(_summary(record, vhost))
     return 0
@@ -684,6 +770,11 @@ def verify(rc: RunContext) -> int:
         if vhost:
             checks.record(True, f"vhost {vhost} regenerated"
                                 + ("" if site.get("site_enabled") else " (disabled)"))
+        if vhost and site.get("ssl_enabled"):
+            cert = checks.attempt("HTTPS", lambda: https(job, site, place))
+            if cert is not None:
+                checks.record(True, f"HTTPS: {cert.source} certificate for "
+                                    f"{', '.join(cert.names)} until {cert.not_after:%Y-%m-%d}")
     job.result.update(_summary(record, ""))
     return checks.code()
 
@@ -947,6 +1038,8 @@ def migrate(rc: RunContext) -> int:
                 old_db.drop(job, record.db)
         except OperationFailed as exc:
             job.warn(f"the old database {record.db.name} stays: {exc.message}")
+    if target.web is not None:
+        _https_or_warn(job, moved, target)
     job.say(f"{site.display_name} migrated to {platform.display_name} as {new_uri}")
     job.result.update(_summary(new_record, vhost))
     return 0

@@ -260,7 +260,7 @@ class WaitQueue:
                 return
             report = DispatchReport()  # run_due logs each queue that ran, and each failure
             Dispatcher(self.home).run_due(self.worker, report,
-                                          only=("task_gc", "cron", "backup"))
+                                          only=("task_gc", "cron", "backup", "ssl"))
 
     def _register_liveness(self) -> None:
         spool = self.home.spool

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from hostctl.queues.tasks import Home
 
 log = logging.getLogger("hostctl")
-ORDER = ("task_gc", "cron", "backup", "tasks")
+ORDER = ("task_gc", "cron", "backup", "ssl", "tasks")
 
 
 @dataclass
@@ -363,6 +363,10 @@ class Dispatcher:
     def _queue_backup(self, c: Computed, state: QueueState, worker: object,
                       report: DispatchReport) -> str:
         return self._queue_sites("backup", c, state)
+
+    def _queue_ssl(self, c: Computed, state: QueueState, worker: object,
+                   report: DispatchReport) -> str:
+        return self._queue_sites("ssl", c, state)
 
     def _queue_task_gc(self, c: Computed, state: QueueState, worker: object,
                        report: DispatchReport) -> str:

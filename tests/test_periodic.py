@@ -140,7 +140,7 @@ def test_queue_list_json_shows_every_queue(run_hostctl, home) -> None:
     res = run_hostctl("queue", "list", "--json")
     assert res.code == 0, res
     doc = {q["name"]: q for q in json.loads(res.out)}
-    assert set(doc) == {"tasks", "cron", "backup", "task_gc"}
+    assert set(doc) == {"tasks", "cron", "backup", "task_gc", "ssl"}
     for q in doc.values():
         for key in ("type", "frequency", "items", "enabled", "pending", "last_run",
                     "next_run"):
@@ -188,7 +188,7 @@ def test_queue_list_after_a_dispatch_shows_last_and_next_run(run_hostctl, home) 
     for word in ("QUEUE", "TYPE", "EVERY", "ITEMS", "ENABLED", "PENDING", "LAST", "NEXT"):
         assert word in header
     rows = {line.split()[0]: line for line in lines[1:]}
-    assert set(rows) == {"tasks", "cron", "backup", "task_gc"}
+    assert set(rows) == {"tasks", "cron", "backup", "task_gc", "ssl"}
     assert "serial" in rows["tasks"] and "60s" in rows["tasks"]
     assert " no " in rows["backup"] and "never" in rows["backup"]
     assert tasks["last_run"] in rows["tasks"] and tasks["next_run"] in rows["tasks"]

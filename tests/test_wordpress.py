@@ -7,11 +7,14 @@ second site's PHP reads neither the first's settings nor its uploads."""
 
 from __future__ import annotations
 
+import http.client
 import http.cookiejar
 import json
 import os
 import pwd
 import re
+import socket
+import ssl
 import subprocess
 import urllib.error
 import urllib.parse
@@ -21,11 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from acmehelpers import Pebble, start_pebble
 from provisionhelpers import (
     Lab,
     MariadbServer,
     NginxServer,
     PhpFpm,
+    free_port,
     remove_site_users,
     secrets_of,
     site_users,
@@ -72,11 +77,25 @@ def web() -> Iterator[NginxServer]:
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def pebble(web: NginxServer) -> Iterator[Pebble]:
+    server = start_pebble(web.port)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def ssl_port() -> int:
+    return free_port()
+
+
 @pytest.fixture
 def lab(run_hostctl, home: Path, www: Path, web: NginxServer, fpm: PhpFpm,
-        my: MariadbServer) -> Iterator[Lab]:
+        my: MariadbServer, pebble: Pebble, ssl_port: int) -> Iterator[Lab]:
     lab = Lab(run_hostctl, home, www, web, name="wp")
-    lab.server("@srv", *fpm.server_fields(), *my.server_fields()[2:], db="mariadb")
+    lab.server("@srv", *fpm.server_fields(), *my.server_fields()[2:], "--http_ssl_port",
+               str(ssl_port), "--ssl_acme_directory", pebble.directory, "--ssl_ca_bundle",
+               str(pebble.ca_bundle), db="mariadb")
     yield lab
     lab.close()
 
@@ -90,24 +109,35 @@ def make_platform(lab: Lab, name: str) -> Path:
 
 
 class Browser:
-    """A person's browser on one site: cookies kept, redirects followed only when asked,
-    every request to the test nginx with the site's host name."""
+    """A person's browser on one site: cookies kept, redirects not followed, every request
+    to the test nginx with the site's host name; over HTTPS (``cafile``: the root to
+    verify the site's certificate with, for its name) or HTTP."""
 
-    def __init__(self, web: NginxServer, host: str) -> None:
+    def __init__(self, web: NginxServer, host: str, *, https_port: int = 0,
+                 cafile: Path | None = None) -> None:
         self.web, self.host = web, host
+        self.https_port, self.cafile = https_port, cafile
         self.jar = http.cookiejar.CookieJar()
+
+    def connect(self) -> http.client.HTTPConnection:
+        if not self.https_port:
+            return http.client.HTTPConnection("127.0.0.1", self.web.port, timeout=60)
+        context = ssl.create_default_context(cafile=str(self.cafile))
+        raw = socket.create_connection(("127.0.0.1", self.https_port), timeout=60)
+        conn = http.client.HTTPConnection(self.host, self.https_port, timeout=60)
+        conn.sock = context.wrap_socket(raw, server_hostname=self.host)
+        return conn
 
     def request(self, path: str, data: dict[str, str] | None = None,
                 headers: dict[str, str] | None = None,
                 body: bytes | None = None) -> tuple[int, str, dict[str, str]]:
-        url = f"http://{self.host}{path}"
+        scheme = "https" if self.https_port else "http"
         payload = body if body is not None else (
             urllib.parse.urlencode(data).encode() if data is not None else None)
-        req = urllib.request.Request(url, data=payload, headers=headers or {})
+        req = urllib.request.Request(f"{scheme}://{self.host}{path}", data=payload,
+                                     headers=headers or {})
         self.jar.add_cookie_header(req)
-        import http.client
-
-        conn = http.client.HTTPConnection("127.0.0.1", self.web.port, timeout=60)
+        conn = self.connect()
         try:
             hdrs = dict(req.header_items())
             hdrs["Host"] = self.host
@@ -128,9 +158,10 @@ class Browser:
             conn.close()
 
 
-def install_wordpress(web: NginxServer, host: str, title: str) -> Browser:
+def install_wordpress(web: NginxServer, host: str, title: str, **https: Any) -> Browser:
     """WordPress's install form, filled in as a person would; then log in."""
-    browser = Browser(web, host)
+    browser = Browser(web, host, **https)
+    scheme = "https" if browser.https_port else "http"
     status, page, _ = browser.request("/wp-admin/install.php")
     assert status == 200 and 'name="weblog_title"' in page, (status, page[:2000])
     status, page, _ = browser.request("/wp-admin/install.php?step=2", {
@@ -142,7 +173,7 @@ def install_wordpress(web: NginxServer, host: str, title: str) -> Browser:
     browser.request("/wp-login.php")  # its test cookie
     status, page, headers = browser.request("/wp-login.php", {
         "log": "admin", "pwd": "Adm1n-pass-word!", "wp-submit": "Log In",
-        "redirect_to": f"http://{host}/wp-admin/", "testcookie": "1"})
+        "redirect_to": f"{scheme}://{host}/wp-admin/", "testcookie": "1"})
     assert status == 302 and "/wp-admin/" in headers.get("location", ""), (status, page)
     return browser
 
@@ -170,24 +201,34 @@ def upload(browser: Browser, name: str, data: bytes) -> str:
     return urllib.parse.urlparse(json.loads(body)["source_url"]).path
 
 
-def front_page(web: NginxServer, host: str) -> str:
-    status, body, _ = web.get(host, "/")
+def front_page(web: NginxServer, host: str, **https: Any) -> str:
+    status, body, _ = Browser(web, host, **https).request("/")
     assert status == 200, (status, body[:2000])
     return body
 
 
 def test_wordpress_through_its_whole_life(lab: Lab, web: NginxServer, fpm: PhpFpm,
-                                          my: MariadbServer) -> None:
+                                          my: MariadbServer, pebble: Pebble,
+                                          ssl_port: int) -> None:
     root = make_platform(lab, "@wp")
-    lab.site("@blog.test", "@wp", "--aliases", "www.blog.test", "--redirection", "yes")
-    lab.must("install", "@blog.test", "queue")
-    # before WordPress's own installation, it sends a visitor to its install form
-    status, _, headers = web.get("blog.test", "/")
-    assert status == 302 and "wp-admin/install.php" in headers["Location"]
-    browser = install_wordpress(web, "blog.test", "A hostctl blog")
-    assert "A hostctl blog" in front_page(web, "blog.test")
+    lab.site("@blog.test", "@wp", "--aliases", "www.blog.test", "--redirection", "yes",
+             "--ssl_enabled", "yes")
+    doc = lab.must("install", "@blog.test", "queue")
+    assert doc["result"]["certificate_source"] == "acme", doc
+    tls = {"https_port": ssl_port, "cafile": pebble.root_file()}
+    # HTTP sends to HTTPS, the alias to the uri; before WordPress's own installation, it
+    # sends a visitor to its install form
     status, _, headers = web.get("www.blog.test", "/?p=1")
-    assert (status, headers["Location"]) == (301, "http://blog.test/?p=1")
+    assert (status, headers["Location"]) == (301, "https://blog.test/?p=1")
+    assert Browser(web, "www.blog.test", **tls).request("/")[2]["location"] == \
+        "https://blog.test/"
+    status, _, got = Browser(web, "blog.test", **tls).request("/")
+    assert status == 302 and "wp-admin/install.php" in got["location"], got
+    browser = install_wordpress(web, "blog.test", "A hostctl blog", **tls)
+    # its front page over HTTPS, with the certificate pebble issued for it
+    status, page, _ = Browser(web, "blog.test", **tls).request("/")
+    assert status == 200 and "A hostctl blog" in page
+    assert 'href="https://blog.test/' in page
 
     # an upload lands in the site's own folder, its user's
     user = secrets_of(lab.home, "@blog.test")["unix_user"]
@@ -195,16 +236,16 @@ def test_wordpress_through_its_whole_life(lab: Lab, web: NginxServer, fpm: PhpFp
     assert pwd.getpwuid(uploads.stat().st_uid).pw_name == user
 
     url = upload(browser, "photo.txt", b"an upload\n")
-    assert web.get("blog.test", url)[:2] == (200, "an upload\n")
+    assert Browser(web, "blog.test", **tls).request(url)[:2] == (200, "an upload\n")
     backup = lab.must("backup", "@blog.test", "queue")["result"]["backup_file"]
     add_post(browser, "Posted after the backup")
-    assert "Posted after the backup" in front_page(web, "blog.test")
+    assert "Posted after the backup" in front_page(web, "blog.test", **tls)
     lab.must("restore", "@blog.test", "queue", file=Path(backup).name)
-    page = front_page(web, "blog.test")
+    page = front_page(web, "blog.test", **tls)
     assert "A hostctl blog" in page and "Posted after the backup" not in page
     restored = root / url.lstrip("/")
     assert pwd.getpwuid(restored.stat().st_uid).pw_name == user
-    assert web.get("blog.test", url)[:2] == (200, "an upload\n")
+    assert Browser(web, "blog.test", **tls).request(url)[:2] == (200, "an upload\n")
 
     # a clone: its own database, user and settings; both sites answer
     lab.must("clone", "@blog.test", "queue", new_uri="copy.test")
@@ -217,15 +258,15 @@ def test_wordpress_through_its_whole_life(lab: Lab, web: NginxServer, fpm: PhpFp
     # migrate to a second platform made from the same package
     root2 = make_platform(lab, "@wp2")
     lab.must("migrate", "@blog.test", "queue", platform="@wp2")
-    assert "A hostctl blog" in front_page(web, "blog.test")
+    assert "A hostctl blog" in front_page(web, "blog.test", **tls)
     assert not (root / "sites" / "blog.test").exists()
     assert (root2 / "sites" / "blog.test" / "settings.php").exists()
-    assert web.get("blog.test", url)[:2] == (200, "an upload\n")
+    assert Browser(web, "blog.test", **tls).request(url)[:2] == (200, "an upload\n")
 
     lab.must("disable", "@blog.test", "queue")
-    assert web.get("blog.test", "/")[0] == 503
+    assert Browser(web, "blog.test", **tls).request("/")[0] == 503
     lab.must("enable", "@blog.test", "queue")
-    assert "A hostctl blog" in front_page(web, "blog.test")
+    assert "A hostctl blog" in front_page(web, "blog.test", **tls)
 
     for name in ("@blog.test", "@copy.test"):
         lab.must("disable", name, "queue")

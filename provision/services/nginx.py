@@ -103,6 +103,9 @@ class Vhost:
     deny: tuple[str, ...] = ()  # file name patterns never served
     no_php: tuple[str, ...] = ()  # folders under the docroot (URL paths) that run no PHP
     auth_file: str = ""  # basic authentication: the user file ("" : none)
+    acme_root: str = ""  # serves /.well-known/acme-challenge/ from here ("" : none)
+    tls_cert: str = ""  # HTTPS: the certificate chain and its key ("" : HTTP only)
+    tls_key: str = ""
 
 
 def check_host(value: str, what: str) -> str:
@@ -189,6 +192,11 @@ class Nginx:
         except (OSError, UnicodeDecodeError) as exc:
             raise InvalidInput(f"cannot read the vhost template {path}: {exc}") from None
 
+    def ssl_listens(self) -> list[str]:
+        port = int(self.server.get("http_ssl_port") or 443)
+        return [f"{spec.rpartition(':')[0]}:{port} ssl" if ":" in spec else f"{port} ssl"
+                for spec in self.listens()]
+
     def parts(self, vhost: Vhost) -> dict[str, str]:
         """What a vhost template's placeholders stand for (every value checked: host
         names, addresses, paths without nginx syntax)."""
@@ -196,25 +204,56 @@ class Nginx:
         aliases = [check_host(a, "alias") for a in vhost.aliases if a != uri]
         listens = [f"    listen {spec};" for spec in self.listens()]
         names = " ".join([uri] if vhost.redirection else [uri, *aliases])
+        tls = bool(vhost.tls_cert)
+        scheme = "https" if tls else "http"
+        challenge: list[str] = []
+        if vhost.acme_root:
+            # the ACME CA's HTTP-01 check, on every name, before any redirect
+            challenge = ["    location ^~ /.well-known/acme-challenge/ {",
+                         f'        root "{check_path(vhost.acme_root, "the site folder")}";',
+                         "        default_type text/plain;", "        auth_basic off;",
+                         "        try_files $uri =404;", "    }"]
+        ssl_lines: list[str] = []
+        ssl_listens: list[str] = []
+        if tls:
+            ssl_listens = [f"    listen {spec};" for spec in self.ssl_listens()]
+            ssl_lines = [f'    ssl_certificate "{check_path(vhost.tls_cert, "certificate")}";',
+                         f'    ssl_certificate_key "{check_path(vhost.tls_key, "key")}";']
         redirects: list[str] = []
+        to_uri = ["    location / {", f"        return 301 {scheme}://{uri}$request_uri;",
+                  "    }"]
         if vhost.redirection and aliases:
             redirects = ["server {", *listens, f"    server_name {' '.join(aliases)};",
-                         f"    return 301 http://{uri}$request_uri;", "}", ""]
+                         *challenge, *to_uri, "}", ""]
+            if tls:
+                redirects += ["server {", *ssl_listens,
+                              f"    server_name {' '.join(aliases)};", *ssl_lines,
+                              *to_uri, "}", ""]
         if vhost.enabled:
             body = self._serve(vhost)
         elif vhost.disable_url:
             if not _URL.fullmatch(vhost.disable_url):
                 raise InvalidInput(f"web_disable_url {vhost.disable_url!r} is not a plain "
                                    "http(s) URL")
-            body = [f'    return 302 "{vhost.disable_url}";']
+            body = ["    location / {", f'        return 302 "{vhost.disable_url}";', "    }"]
         else:
             page = (f"<!doctype html><title>Site disabled</title><h1>Site disabled</h1>"
                     f"<p>{uri} is disabled.</p>")
             body = ["    default_type text/html;", "    location / {",
                     f"        return 503 '{page}';", "    }"]
+        https: list[str] = []
+        http_body = body
+        if tls:
+            http_body = ["    location / {", "        return 301 https://$host$request_uri;",
+                         "    }"]
+            https = ["", "server {", *ssl_listens, f"    server_name {names};", *ssl_lines,
+                     *body, "}"]
         return {"site": vhost.site, "uri": uri, "aliases": " ".join(aliases),
                 "server_names": names, "listen": "\n".join(listens),
                 "redirects": "\n".join(redirects), "body": "\n".join(body),
+                "challenge": "\n".join(challenge), "http_body": "\n".join(http_body),
+                "https": "\n".join(https), "ssl_listen": "\n".join(ssl_listens),
+                "ssl": "\n".join(ssl_lines),
                 "docroot": check_path(vhost.docroot, "the document root"),
                 "php_socket": vhost.php_socket,
                 "enabled": "yes" if vhost.enabled else "no"}
@@ -677,8 +716,10 @@ BUILTIN_TEMPLATE = """\
 server {
 {{ listen }}
     server_name {{ server_names }};
-{{ body }}
+{{ challenge }}
+{{ http_body }}
 }
+{{ https }}
 """
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
 

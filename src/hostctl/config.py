@@ -122,6 +122,8 @@ DEFAULT_QUEUES: Mapping[str, QueueSettings] = {
     "backup": QueueSettings("backup", "batch", 86400.0, 5, enabled=False, min_threads=1,
                             max_threads=6),
     "task_gc": QueueSettings("task_gc", "batch", 3600.0, 20, min_threads=6, max_threads=12),
+    # HTTPS certificates renewed before they expire (a site's task does nothing until due)
+    "ssl": QueueSettings("ssl", "batch", 86400.0, 5, min_threads=1, max_threads=6),
 }
 
 
