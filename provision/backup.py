@@ -1,14 +1,24 @@
-"""Site backups: one gzipped tar archive per backup, under ``HOME/backups``.
+"""Site backups: one zstd-compressed tar archive per backup, under ``HOME/backups``.
 
-Name: ``URI-YYYYmmdd.HHMMSS.tar.gz`` (UTC), ``URI-YYYYmmdd.HHMMSS_2.tar.gz`` and so on when
-that name is taken (Aegir's). Mode 0600. Inside::
+Name: ``URI-YYYYmmdd.HHMMSS.tar.zst`` (UTC), ``URI-YYYYmmdd.HHMMSS_2.tar.zst`` and so on
+when that name is taken (Aegir's). Mode 0600. Older backups, gzipped
+(``URI-YYYYmmdd.HHMMSS.tar.gz``), are read as before everywhere (restore, clone, migrate,
+retention, the restore checker); what an archive is comes from its first bytes. zstd
+(level 3, on every core, through the ``zstandard`` binding of the reference library)
+compresses several times faster than gzip at a like ratio. Inside::
 
-    database.sql            pg_dump's plain SQL (PostgreSQL), or
-    database.sqlite         a copy made with SQLite's backup API
+    database.sql.000000 ... the database's dump, in parts of at most 8 MiB (a server's:
+                            PostgreSQL's pg_dump, MariaDB's mariadb-dump, plain SQL): the
+                            dump program's output goes straight into the archive, part
+                            by part, never staged on disk (a tar member's size comes
+                            before its data; a stream's is known only at its end), or
+    database.sqlite         a copy made with SQLite's backup API (it writes a file)
     files/...               the site folder (ROOT/sites/URI), modes and times kept
     hostctl-backup.json     what it is: format, site, uri, site folder, platform, created,
-                            db type, the dump's name, why it was made, and what of the
-                            folder was left out ("skipped") and why
+                            db type, the dump's name and its number of parts (0: one
+                            member of that very name, as older archives have it), why it
+                            was made, and what of the folder was left out ("skipped") and
+                            why
 
 An archive is written under a temporary name and linked to its final one only when it is
 complete, so a name in the folder is always a whole backup.
@@ -59,6 +69,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+import zstandard
+
 from hostctl.contexts.store import Context, utcnow
 from hostctl.errors import Conflict, InvalidInput, MalformedFile, NotFound, OperationFailed
 from hostctl.files import fsync_dir
@@ -68,7 +80,11 @@ from hostctl.provision.secrets import SiteRecord
 
 FORMAT = 1
 MANIFEST = "hostctl-backup.json"
-SUFFIX = ".tar.gz"
+SUFFIX = ".tar.zst"  # what a backup is written as
+SUFFIXES = (".tar.zst", ".tar.gz")  # what is read: gzip is what older backups are
+ZSTD_LEVEL = 3
+DUMP_PART = 8 << 20  # bytes of a dump held in memory at a time: one part of it
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 #: the descriptor of the terminal a foreground run was started from (set in the task's
 #: child by provision/runner.py), for the progress bar; -1: no terminal
 TERMINAL = -1
@@ -84,7 +100,8 @@ class Backup:
 
 
 def pattern(uri: str) -> re.Pattern[str]:
-    return re.compile(re.escape(uri) + r"-(\d{8}\.\d{6})(?:_(\d+))?" + re.escape(SUFFIX))
+    return re.compile(re.escape(uri) + r"-(\d{8}\.\d{6})(?:_(\d+))?(?:"
+                      + "|".join(re.escape(s) for s in SUFFIXES) + ")")
 
 
 def of_site(job: Job, uri: str) -> list[Path]:
@@ -118,25 +135,27 @@ def create(job: Job, site: Context, record: SiteRecord, reason: str,
     if not site_path.is_dir():
         raise OperationFailed(f"the site folder {site_path} is missing: nothing to back up")
     work = Path(tempfile.mkdtemp(prefix=".backup-", dir=folder))
+    label = f"backup of {site.display_name}"
     try:
-        dump_name = ""
-        if record.db is not None and db is not None:
-            dump_name = db.dump_name
-            db.dump(job, record.db, work / dump_name)
         doc: dict[str, object] = {
             "format": FORMAT, "site": site.display_name, "uri": record.uri,
             "installed": record.installed, "site_path": str(site_path),
             "platform": record.platform, "created": utcnow(), "reason": reason,
-            "db_type": record.db.type if record.db else "none", "dump": dump_name}
-        tmp = work / "archive.tar.gz"
+            "db_type": record.db.type if record.db else "none", "dump": "",
+            "dump_parts": 0}
+        tmp = work / f"archive{SUFFIX}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as raw:
-            with tarfile.open(fileobj=raw, mode="w:gz", compresslevel=6,
-                              format=tarfile.PAX_FORMAT) as tar:
-                if dump_name:
-                    tar.add(work / dump_name, arcname=dump_name)
-                skipped = _add_tree(tar, site_path, f"backup of {site.display_name}",
-                                    leave_out)
+            # a checksum of the content: damage is found when read, not loaded
+            compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1,
+                                                  write_checksum=True)
+            with compressor.stream_writer(raw, closefd=False) as packed, \
+                    tarfile.open(fileobj=packed, mode="w|",
+                                 format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+                if record.db is not None and db is not None:
+                    doc["dump"] = db.dump_name
+                    doc["dump_parts"] = _add_dump(tar, job, db, record.db, work, label)
+                skipped = _add_tree(tar, site_path, label, leave_out)
                 doc["skipped"] = [s.to_json() for s in skipped]
                 data = json.dumps(doc, indent=2).encode() + b"\n"
                 info = tarfile.TarInfo(MANIFEST)
@@ -163,6 +182,49 @@ def create(job: Job, site: Context, record: SiteRecord, reason: str,
                  f"{site_path} not in the backup (listed in its manifest): {listed}{more}")
     job.say(f"backup {final} ({_human(size)}) of {site.display_name} made for {reason}")
     return Backup(final, size)
+
+
+def _add_dump(tar: tarfile.TarFile, job: Job, db: Any, creds: Any, work: Path,
+              label: str) -> int:
+    """The database's dump into the archive: a server's dump program's output straight
+    in, in parts of at most DUMP_PART bytes (how many is returned); SQLite's copy (its
+    backup API writes a file) as one member (0)."""
+    progress = Progress(f"{label}: database", 0)
+    stream = getattr(db, "dump_stream", None)
+    if stream is None:
+        path = work / db.dump_name
+        db.dump(job, creds, path)
+        tar.add(path, arcname=db.dump_name)
+        progress.advance(path.stat().st_size)
+        progress.done()
+        return 0
+    parts = 0
+    with stream(job, creds) as out:
+        while True:
+            chunk = _read_full(out, DUMP_PART)
+            if not chunk and parts:
+                break
+            info = tarfile.TarInfo(f"{db.dump_name}.{parts:06d}")
+            info.size, info.mtime, info.mode = len(chunk), int(time.time()), 0o600
+            tar.addfile(info, io.BytesIO(chunk))
+            parts += 1
+            progress.advance(len(chunk))
+            if len(chunk) < DUMP_PART:
+                break
+    progress.done()
+    return parts
+
+
+def _read_full(stream: IO[bytes], size: int) -> bytes:
+    """``size`` bytes, fewer only at the end of ``stream``."""
+    chunks, left = [], size
+    while left:
+        chunk = stream.read(left)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 def walk(top: Path) -> list[Path]:
@@ -406,7 +468,10 @@ def _link_free_name(tmp: Path, folder: Path, uri: str) -> Path:
     replaces an existing file, so two backups in one second both keep theirs)."""
     stamp = datetime.now(UTC).strftime("%Y%m%d.%H%M%S")
     for n in range(1, 1000):
-        name = f"{uri}-{stamp}{'' if n == 1 else f'_{n}'}{SUFFIX}"
+        stem = f"{uri}-{stamp}{'' if n == 1 else f'_{n}'}"
+        name = f"{stem}{SUFFIX}"
+        if any((folder / f"{stem}{other}").exists() for other in SUFFIXES):
+            continue  # one name, whatever its compression, is one backup
         try:
             os.link(tmp, folder / name)
             return folder / name
@@ -432,6 +497,12 @@ class Progress:
             self._draw()
 
     def _draw(self) -> None:
+        if not self.total:  # a stream: how much so far
+            try:
+                os.write(self.fd, f"\r{self.label}: {_human(self.done_bytes)}".encode())
+            except OSError:
+                self.fd = -1
+            return
         share = min(1.0, self.done_bytes / self.total)
         bar = "#" * int(share * 30)
         try:
@@ -441,7 +512,7 @@ class Progress:
 
     def done(self) -> None:
         if self.fd >= 0:
-            self.done_bytes = self.total
+            self.done_bytes = self.total or self.done_bytes
             self._draw()
             try:
                 os.write(self.fd, b"\n")
@@ -466,8 +537,9 @@ class Archive:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._verified = False
         try:
-            self.tar = tarfile.open(path, "r:gz")
+            self.tar = open_tar(path)
             member = self.tar.getmember(MANIFEST)
             fh = self.tar.extractfile(member)
             if fh is None:
@@ -490,7 +562,21 @@ class Archive:
     def check(self) -> Plan:
         """What a restore would do with this archive, checked before anything is
         extracted: raises MalformedFile, naming the member and why, if it is refused."""
+        self._verify()
         return plan(self.tar.getmembers(), self.doc)
+
+    def _verify(self) -> None:
+        """A zstd archive read to its end once, before anything of it is used: its
+        content checksum, at the end, tells damage anywhere (a restore never loads a
+        damaged dump, nor extracts damaged files)."""
+        raw = getattr(self.tar, "_hostctl_raw", None)
+        if raw is None or self._verified:
+            return
+        try:
+            raw.verify()
+        except (OSError, tarfile.TarError) as exc:
+            raise MalformedFile(f"{self.path.name} is damaged: {exc}") from None
+        self._verified = True
 
     def extract_files(self, dest: Path,
                       warn: Callable[[str], None] | None = None) -> list[Skipped]:
@@ -541,33 +627,127 @@ class Archive:
             os.utime(path, (member.mtime, member.mtime))
 
     def extract_dump(self, folder: Path) -> Path | None:
-        """The database dump, into ``folder``; None if the backup has none."""
+        """The database dump, into ``folder`` (its parts joined); None if the backup has
+        none."""
         name = str(self.doc.get("dump") or "")
         if not name:
             return None
         if name not in ("database.sql", "database.sqlite"):
             raise MalformedFile(f"{self.path}: unexpected dump name {name!r}")
+        parts = self.doc.get("dump_parts", 0)
+        if not isinstance(parts, int) or isinstance(parts, bool) or not 0 <= parts < 10**6:
+            raise MalformedFile(f"{self.path}: unexpected dump_parts {parts!r}")
+        members = [name] if parts == 0 else [f"{name}.{i:06d}" for i in range(parts)]
+        self._verify()
         try:
-            member = self.tar.getmember(name)
-            fh = self.tar.extractfile(member) if member.isreg() else None
-            if fh is None:
-                raise MalformedFile(f"{self.path}: {name} is not a regular file")
             fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL
                          | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             with os.fdopen(fd, "wb") as out:
-                shutil.copyfileobj(fh, out, 1 << 20)
+                for part in members:
+                    member = self.tar.getmember(part)
+                    fh = self.tar.extractfile(member) if member.isreg() else None
+                    if fh is None:
+                        raise MalformedFile(f"{self.path}: {part} is not a regular file")
+                    shutil.copyfileobj(fh, out, 1 << 20)
         except (KeyError, OSError, tarfile.TarError) as exc:
             raise MalformedFile(f"{self.path}: cannot extract {name}: {exc}") from None
         return folder / name
 
     def close(self) -> None:
         self.tar.close()
+        raw = getattr(self.tar, "_hostctl_raw", None)
+        if raw is not None:
+            raw.close()
 
     def __enter__(self) -> Archive:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def open_tar(path: Path) -> tarfile.TarFile:
+    """A backup archive opened for reading: zstd or (an older backup) gzip, as its first
+    bytes say."""
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic != _ZSTD_MAGIC:
+        return tarfile.open(path, "r:gz")
+    raw = _ZstdReader(path)
+    try:
+        tar = tarfile.open(fileobj=raw, mode="r:")  # type: ignore[call-overload]
+    except BaseException:
+        raw.close()
+        raise
+    tar._hostctl_raw = raw  # type: ignore[attr-defined]  (closed with the archive)
+    return tar
+
+
+class _ZstdReader(io.RawIOBase):
+    """A zstd file read as the tar inside it, seekable as tarfile needs: forward by
+    reading on, backward by reading again from the start (as Python's gzip does)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self._open()
+
+    def _open(self) -> None:
+        self.fh = open(self.path, "rb")  # noqa: SIM115  (closed in close())
+        self.reader = zstandard.ZstdDecompressor().stream_reader(self.fh,
+                                                                 read_across_frames=True)
+        self.pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        try:
+            if size is None or size < 0:
+                data = self.reader.readall()
+            else:
+                data = _read_full(self.reader, size)  # type: ignore[arg-type]
+        except zstandard.ZstdError as exc:
+            raise tarfile.ReadError(f"not a sound zstd stream ({exc})") from None
+        self.pos += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def tell(self) -> int:
+        return self.pos
+
+    def verify(self) -> None:
+        """Read the whole stream (its checksum at the end included), then start again."""
+        while self.read(1 << 20):
+            pass
+        self.seek(0)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_CUR:
+            offset += self.pos
+        elif whence != io.SEEK_SET:
+            raise io.UnsupportedOperation("a zstd stream is not seekable from its end")
+        if offset < self.pos:
+            self.reader.close()
+            self.fh.close()
+            self._open()
+        while self.pos < offset:
+            if not self.read(min(1 << 20, offset - self.pos)):
+                break
+        return self.pos
+
+    def close(self) -> None:
+        if not self.closed:
+            self.reader.close()
+            self.fh.close()
+        super().close()
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from types import FrameType
+from typing import IO
 
 from hostctl import config as config_mod
 from hostctl.errors import OperationFailed
@@ -130,6 +131,44 @@ class Job:
             raise OperationFailed(f"{what} exited with status {proc.returncode}"
                                   + (f": {last.strip()}" if last else ""))
         return Ran(proc.returncode, output)
+
+
+@contextmanager
+def streamed(job: Job, argv: Sequence[str], *, what: str,
+             env: Mapping[str, str] | None = None) -> Iterator[IO[bytes]]:
+    """Run ``argv`` and yield its standard output to be read as it comes (a dump going
+    straight into an archive); its standard error goes to a private temporary file, so
+    neither pipe can fill and stall it. Once the block ends the program must have exited
+    0: otherwise OperationFailed names ``what`` and its last line of complaint. A block
+    that raises kills the program."""
+    import tempfile
+
+    argv = [str(a) for a in argv]
+    with tempfile.TemporaryFile() as errors:
+        try:
+            proc = subprocess.Popen(argv, env=job.environ(env), stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=errors)
+        except OSError as exc:
+            raise OperationFailed(f"{what}: cannot run {argv[0]}: {exc.strerror}") from None
+        assert proc.stdout is not None
+        try:
+            yield proc.stdout
+            rest = proc.stdout.read(1)
+            if rest:
+                raise OperationFailed(f"{what}: its output was not read to the end")
+            proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            proc.stdout.close()
+        if proc.returncode != 0:
+            errors.seek(0)
+            text = job.redact(errors.read(1 << 16).decode("utf-8", "replace"))
+            last = next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), "")
+            raise OperationFailed(f"{what} exited with status {proc.returncode}"
+                                  + (f": {last}" if last else ""))
 
 
 @contextmanager

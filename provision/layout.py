@@ -3,7 +3,7 @@
 ::
 
     HOME/
-      backups/                 0700  site archives: URI-YYYYmmdd.HHMMSS[_N].tar.gz (0600)
+      backups/                 0700  site archives: URI-YYYYmmdd.HHMMSS[_N].tar.zst (0600)
       secrets/                 0700  one SITE.toml per installed site (0600): its database
                                      credentials and what its install created
       databases/SERVER/        0700  SQLite databases of a server: NAME.sqlite (0600)

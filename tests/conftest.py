@@ -49,7 +49,8 @@ def backups_that_would_not_restore(top: Path) -> list[str]:
     from hostctl.provision.backup import Archive
 
     problems = []
-    found = {p for pattern in ("*/backups/*.tar.gz", "*/*/backups/*.tar.gz")
+    found = {p for pattern in ("*/backups/*.tar.gz", "*/*/backups/*.tar.gz",
+                               "*/backups/*.tar.zst", "*/*/backups/*.tar.zst")
              for p in top.glob(pattern)}
     for path in sorted(found):
         try:

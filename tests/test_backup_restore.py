@@ -19,7 +19,7 @@ import pytest
 from provisionhelpers import Lab, NginxServer, secrets_of, start_nginx, world_readable_dir
 
 from hostctl.errors import MalformedFile
-from hostctl.provision.backup import MANIFEST, Archive, plan
+from hostctl.provision.backup import MANIFEST, Archive, open_tar, plan
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_a_site_with_links_fifos_and_sockets_backs_up_and_restores(
     assert "loop" in by_path["files/loop-a"]["why"]
     assert any("not in the backup" in w for w in result["warnings"])
     made = Path(result["file"])
-    with tarfile.open(made) as tar:
+    with open_tar(made) as tar:
         meta = json.load(tar.extractfile(MANIFEST))  # type: ignore[arg-type]
         links = {m.name: m.linkname for m in tar.getmembers() if m.issym()}
     assert {e["path"] for e in meta["skipped"]} == SKIPPED

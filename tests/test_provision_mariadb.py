@@ -144,17 +144,23 @@ def test_restore_brings_back_views_triggers_routines_and_any_bytes(
 
 
 def broken_copy(backup: Path, tail: bytes) -> Path:
-    """A copy of a backup whose dump ends with ``tail``."""
-    copy = backup.with_name("broken-" + backup.name)
-    with tarfile.open(backup, "r:gz") as src, tarfile.open(copy, "w:gz") as dst:
-        for member in src.getmembers():
-            data = src.extractfile(member) if member.isfile() else None
-            if member.name == "database.sql" and data is not None:
-                body = data.read() + tail
-                member.size = len(body)
-                dst.addfile(member, io.BytesIO(body))
-            else:
-                dst.addfile(member, data)
+    """A copy of a backup whose dump ends with ``tail`` (a gzipped one: older backups
+    are read as ever)."""
+    from hostctl.provision.backup import open_tar
+
+    copy = backup.with_name("broken-" + backup.name.replace(".tar.zst", ".tar.gz"))
+    with open_tar(backup) as src:
+        members = src.getmembers()
+        parts = sorted(m.name for m in members if m.name.startswith("database.sql"))
+        with tarfile.open(copy, "w:gz") as dst:
+            for member in members:
+                data = src.extractfile(member) if member.isfile() else None
+                if member.name == parts[-1] and data is not None:
+                    body = data.read() + tail
+                    member.size = len(body)
+                    dst.addfile(member, io.BytesIO(body))
+                else:
+                    dst.addfile(member, data)
     return copy
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +23,8 @@ from provisionhelpers import (
     world_readable_dir,
 )
 from taskhelpers import write_config
+
+from hostctl.provision.backup import open_tar
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +134,7 @@ def test_install_answers_disable_enable_delete_leaves_the_backup(lab: Lab, nginx
     gone(nginx, "a.example")
     backup = Path(result["backup_file"])
     assert backup.parent == lab.home / "backups" and backup.name.startswith("a.example-")
-    with tarfile.open(backup) as tar:
+    with open_tar(backup) as tar:
         names = tar.getnames()
         assert "files/public/index.html" in names and "database.sqlite" in names
         meta = json.load(tar.extractfile("hostctl-backup.json"))  # type: ignore[arg-type]
@@ -385,7 +386,7 @@ def test_backup_then_changes_then_restore_gives_back_files_and_rows(lab: Lab, ng
     assert sqlite_rows(db_file) == rows_before
     # the state it replaced was backed up first
     pre = Path(result["pre_restore_backup"])
-    with tarfile.open(pre) as tar:
+    with open_tar(pre) as tar:
         assert "files/files/new.txt" in tar.getnames()
     lab.must("restore", site, file=pre.name)
     assert tree(site_path) == answers_now
@@ -410,7 +411,7 @@ def test_backup_retention_and_names(lab: Lab, nginx) -> None:
     assert len(set(made)) == 3
     for path in made:
         assert path.parent == lab.home / "backups"
-        assert path.name.startswith("many.example-") and path.name.endswith(".tar.gz")
+        assert path.name.startswith("many.example-") and path.name.endswith(".tar.zst")
     left = sorted(p.name for p in (lab.home / "backups").iterdir())
     assert left == sorted(p.name for p in made[1:])  # at most 2: the oldest went
     assert all((p.stat().st_mode & 0o777) == 0o600 for p in made[1:])
@@ -466,7 +467,8 @@ def test_backup_names_take_a_suffix_when_taken(tmp_path: Path) -> None:
         tmp.write_bytes(b"third")
         got = _link_free_name(tmp, tmp_path, "a.example")
         if stamp in got.name:
-            assert got.name == f"a.example-{stamp}_3.tar.gz"
+            # one name is one backup, whatever its compression: an older .tar.gz counts
+            assert got.name == f"a.example-{stamp}_3.tar.zst"
             assert got.read_bytes() == b"third"
             assert (tmp_path / f"a.example-{stamp}.tar.gz").read_bytes() == b"first"
             return

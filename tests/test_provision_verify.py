@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -243,6 +244,8 @@ def test_backup_progress_bar_on_a_terminal_only(lab: Lab, home: Path) -> None:
         os.close(master)
     text = out.decode(errors="replace")
     assert "backup of @big.example: [" in text and "100%" in text, text
+    # the database's dump is counted too, as it goes (its size is known only at its end)
+    assert re.search(r"backup of @big\.example: database: \d+(\.\d)? (B|KiB|MiB)", text), text
     doc = json.loads(lab.ok("task", "list", "--json").out)[-1]
     assert doc["type"] == "backup" and doc["status"] == "success"
     log = lab.log(doc["id"])

@@ -46,11 +46,12 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from hostctl.contexts.store import Context
 from hostctl.errors import InvalidInput, OperationFailed
 from hostctl.paths import Paths
-from hostctl.provision.job import Job
+from hostctl.provision.job import Job, streamed
 from hostctl.provision.secrets import DbCredentials, new_password
 
 DEFAULT_PORT = 3306
@@ -192,6 +193,17 @@ class Mariadb:
     def drop(self, job: Job, creds: DbCredentials) -> None:
         self._drop(job, creds.name, creds.user)
         job.say(f"database {creds.name} and its user dropped")
+
+    @contextmanager
+    def dump_stream(self, job: Job, creds: DbCredentials) -> Iterator[IO[bytes]]:
+        """mariadb-dump's SQL, read as it comes (a backup streams it into the archive)."""
+        job.hide(self.password, creds.password)
+        with self._options(creds.user, creds.password) as options, streamed(
+                job, [client("mariadb-dump", "mysqldump"), f"--defaults-extra-file={options}",
+                      "--single-transaction", "--routines", "--triggers", "--events",
+                      "--hex-blob", "--skip-comments", creds.name],
+                what=f"dumping {creds.name}") as out:
+            yield out
 
     def dump(self, job: Job, creds: DbCredentials, dest: Path) -> None:
         self._dump(job, creds, dest, creds.name)

@@ -31,12 +31,14 @@ import hmac
 import os
 import shutil
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import IO
 
 from hostctl.contexts.store import Context
 from hostctl.errors import OperationFailed
 from hostctl.paths import Paths
-from hostctl.provision.job import Job
+from hostctl.provision.job import Job, streamed
 from hostctl.provision.secrets import DbCredentials, new_password
 
 DEFAULT_PORT = 5432
@@ -197,6 +199,13 @@ class Pgsql:
             self._psql(job, f"DROP ROLE IF EXISTS {ident(creds.user)};", self._admin(),
                        f"dropping the role {creds.user}")
         job.say(f"database {creds.name} and its role dropped")
+
+    def dump_stream(self, job: Job, creds: DbCredentials) -> AbstractContextManager[IO[bytes]]:
+        """pg_dump's plain SQL, read as it comes (a backup streams it into the archive)."""
+        job.hide(creds.password)
+        return streamed(job, [client("pg_dump"), "--no-owner", "--no-privileges",
+                              "--format=plain"], env=self._site(creds),
+                        what=f"pg_dump of {creds.name}")
 
     def dump(self, job: Job, creds: DbCredentials, dest: Path) -> None:
         job.hide(creds.password)

@@ -1,0 +1,153 @@
+"""Backups are zstd archives whose database dump streams in, part by part, never staged on
+disk; older gzip archives (their dump one member) restore as ever; a damaged or cut-off
+zstd archive is refused in one line, nothing changed. On a real PostgreSQL."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from provisionhelpers import Lab, PgCluster, secrets_of, start_postgres, world_readable_dir
+
+from hostctl.provision import backup
+from hostctl.provision.backup import MANIFEST, open_tar
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PgCluster]:
+    cluster = start_postgres()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def lab(run_hostctl, home: Path, pg: PgCluster) -> Lab:
+    lab = Lab(run_hostctl, home, world_readable_dir("hostctl-stream-www-"))
+    lab.server("@db", *pg.server_fields()[2:], db="pgsql")
+    lab.platform("@plat", "@db")
+    return lab
+
+
+def rows(pg: PgCluster, home: Path, site: str) -> list[str]:
+    return pg.psql("SELECT id, md5(body) FROM notes ORDER BY id;",
+                   database=secrets_of(home, site)["db"]["name"])
+
+
+def fill(pg: PgCluster, home: Path, site: str, megabytes: int, *, random: bool) -> None:
+    body = "md5(random()::text) || repeat(md5(random()::text), 31)" if random else \
+        "repeat('the same words again ', 50)"
+    pg.psql(f"INSERT INTO notes (body) SELECT {body} FROM generate_series(1, "
+            f"{megabytes * 1024});", database=secrets_of(home, site)["db"]["name"])
+
+
+def test_a_dump_of_many_parts_restores_row_for_row(lab: Lab, pg: PgCluster, home: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backup, "DUMP_PART", 64 << 10)  # the task's child inherits it
+    site = lab.site("@parts.example")
+    lab.must("install", site)
+    fill(pg, home, site, 2, random=True)
+    before = rows(pg, home, site)
+    made = Path(lab.must("backup", site)["result"]["file"])
+    assert made.name.endswith(".tar.zst") and made.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"
+    with open_tar(made) as tar:
+        names = tar.getnames()
+        meta = json.load(tar.extractfile(MANIFEST))  # type: ignore[arg-type]
+        sizes = [tar.getmember(n).size for n in names if n.startswith("database.sql.")]
+    assert meta["dump"] == "database.sql" and meta["dump_parts"] == len(sizes) > 30
+    assert set(sizes[:-1]) == {64 << 10} and 0 < sizes[-1] <= 64 << 10
+    assert "database.sql" not in names  # only its parts
+    pg.psql("DELETE FROM notes; INSERT INTO notes (body) VALUES ('after');",
+            database=secrets_of(home, site)["db"]["name"])
+    lab.must("restore", site, file=made.name)
+    assert rows(pg, home, site) == before
+
+
+def test_an_older_gzip_backup_restores(lab: Lab, pg: PgCluster, home: Path) -> None:
+    site = lab.site("@old.example")
+    lab.must("install", site)
+    fill(pg, home, site, 1, random=True)
+    before = rows(pg, home, site)
+    made = Path(lab.must("backup", site)["result"]["file"])
+    # the same backup as an older version wrote it: gzip, the dump one member, no parts
+    old = made.with_name(made.name.replace(".tar.zst", ".tar.gz"))
+    with open_tar(made) as src, tarfile.open(old, "w:gz") as dst:
+        dump = b""
+        for member in src.getmembers():
+            data = src.extractfile(member) if member.isfile() else None
+            if member.name.startswith("database.sql."):
+                assert data is not None
+                dump += data.read()
+            elif member.name == MANIFEST:
+                assert data is not None
+                doc = json.loads(data.read())
+                del doc["dump_parts"]
+                raw = json.dumps(doc).encode()
+                member.size = len(raw)
+                dst.addfile(member, io.BytesIO(raw))
+            else:
+                dst.addfile(member, data)
+        info = tarfile.TarInfo("database.sql")
+        info.size = len(dump)
+        dst.addfile(info, io.BytesIO(dump))
+    made.unlink()
+    pg.psql("DELETE FROM notes;", database=secrets_of(home, site)["db"]["name"])
+    lab.must("restore", site, file=old.name)
+    assert rows(pg, home, site) == before
+    # and a backup made now takes a name of its own beside it
+    newer = Path(lab.must("backup", site)["result"]["file"])
+    assert newer.suffixes[-2:] == [".tar", ".zst"] and old.exists()
+
+
+@pytest.mark.parametrize("damage", ["cut", "flipped"])
+def test_a_damaged_zstd_backup_is_refused_in_one_line(lab: Lab, pg: PgCluster, home: Path,
+                                                      damage: str) -> None:
+    site = lab.site("@damaged.example")
+    lab.must("install", site)
+    fill(pg, home, site, 1, random=True)
+    made = Path(lab.must("backup", site)["result"]["file"])
+    data = bytearray(made.read_bytes())
+    if damage == "cut":
+        del data[len(data) // 2:]
+    else:
+        for i in range(len(data) // 3, len(data) // 3 + 64):
+            data[i] ^= 0xFF
+    bad = made.with_name("bad-" + made.name)
+    bad.write_bytes(bytes(data))
+    before = rows(pg, home, site)
+    doc = lab.task("restore", site, file=bad.name)
+    assert doc["status"] == "error", doc
+    error = doc["result"]["error"]
+    assert "\n" not in error and bad.name in error, error
+    assert rows(pg, home, site) == before
+    assert not [p for p in (lab.www / "plat" / "sites").iterdir()
+                if p.name.startswith(".damaged.example")]
+    bad.unlink()  # (every backup left in a home must restore)
+
+
+def test_the_dump_is_never_staged_on_disk(lab: Lab, pg: PgCluster, home: Path) -> None:
+    """The backups folder on a 4 MiB file system, a dump of some 20 MiB that compresses
+    well: a dump written there first could not fit; streamed, the backup is made."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root")
+    site = lab.site("@stream.example")
+    lab.must("install", site)
+    fill(pg, home, site, 20, random=False)
+    folder = home / "backups"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(folder)],
+                   check=True, timeout=60)
+    try:
+        doc = lab.must("backup", site)
+        made = Path(doc["result"]["file"])
+        with open_tar(made) as tar:
+            dumped = sum(m.size for m in tar.getmembers()
+                         if m.name.startswith("database.sql."))
+        assert dumped > 20 << 20 and made.stat().st_size < 2 << 20
+    finally:
+        subprocess.run(["umount", str(folder)], check=True, timeout=60)
