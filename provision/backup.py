@@ -63,7 +63,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -149,9 +149,12 @@ def create(job: Job, site: Context, record: SiteRecord, reason: str,
             # a checksum of the content: damage is found when read, not loaded
             compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1,
                                                   write_checksum=True)
+            # GNU headers (long names, large files, any bytes in a name) cost less per
+            # member than PAX ones; both are read alike
             with compressor.stream_writer(raw, closefd=False) as packed, \
                     tarfile.open(fileobj=packed, mode="w|",
-                                 format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+                                 format=tarfile.GNU_FORMAT) as tar:  # type: ignore[call-overload]
+                tar.copybufsize = 1 << 20
                 if record.db is not None and db is not None:
                     doc["dump"] = db.dump_name
                     doc["dump_parts"] = _add_dump(tar, job, db, record.db, work, label)
@@ -227,6 +230,19 @@ def _read_full(stream: IO[bytes], size: int) -> bytes:
     return b"".join(chunks)
 
 
+def _walk_relative(top: str) -> Iterator[str]:
+    """Every entry under ``top`` as a path relative to it, a folder before what it holds,
+    names sorted within each folder, links never followed."""
+    for folder, dirs, files in os.walk(top, followlinks=False):
+        dirs.sort()
+        rel = os.path.relpath(folder, top)
+        base = "" if rel == "." else f"{rel}/"
+        for name in dirs:
+            yield base + name
+        for name in sorted(files):
+            yield base + name
+
+
 def walk(top: Path) -> list[Path]:
     """Everything under ``top``, sorted, without following symbolic links."""
     found: list[Path] = []
@@ -271,12 +287,14 @@ def _add_tree(tar: tarfile.TarFile, site_path: Path, label: str,
     written: dict[str, str] = {}  # each link's target as the folder has it
     skipped: list[Skipped] = []
     prefixes = _prefixes(site_path)
-    for path in walk(site_path):
-        rel = str(path.relative_to(site_path))
+    top_dir = str(site_path)
+    # plain strings, not Path objects: a site may hold tens of thousands of entries
+    for rel in _walk_relative(top_dir):
         if rel in leave_out or any(rel.startswith(f"{out}/") for out in leave_out):
             continue
+        path = f"{top_dir}/{rel}"
         try:
-            st = path.lstat()
+            st = os.lstat(path)
             fmt = stat.S_IFMT(st.st_mode)
             if fmt in _SPECIAL:
                 skipped.append(Skipped(rel, *_SPECIAL[fmt]))
@@ -320,7 +338,7 @@ def _add_tree(tar: tarfile.TarFile, site_path: Path, label: str,
             info.type, info.linkname = tarfile.SYMTYPE, kept_links[rel]
             tar.addfile(info)
         else:
-            problem = _add_file(tar, info, site_path / rel)
+            problem = _add_file(tar, info, f"{top_dir}/{rel}")
             if problem:
                 skipped.append(Skipped(rel, "file", problem))
             progress.advance(sizes.get(rel, 0))
@@ -329,7 +347,7 @@ def _add_tree(tar: tarfile.TarFile, site_path: Path, label: str,
     return skipped
 
 
-def _add_file(tar: tarfile.TarFile, info: tarfile.TarInfo, path: Path) -> str:
+def _add_file(tar: tarfile.TarFile, info: tarfile.TarInfo, path: str) -> str:
     """Add one regular file, read through a descriptor that is checked to be one (a live
     site may change under the backup); an empty string, or why it was left out."""
     try:
@@ -569,11 +587,10 @@ class Archive:
         """A zstd archive read to its end once, before anything of it is used: its
         content checksum, at the end, tells damage anywhere (a restore never loads a
         damaged dump, nor extracts damaged files)."""
-        raw = getattr(self.tar, "_hostctl_raw", None)
-        if raw is None or self._verified:
+        if not isinstance(self.tar, _ZstdTar) or self.tar.raw is None or self._verified:
             return
         try:
-            raw.verify()
+            self.tar.raw.verify()
         except (OSError, tarfile.TarError) as exc:
             raise MalformedFile(f"{self.path.name} is damaged: {exc}") from None
         self._verified = True
@@ -655,9 +672,6 @@ class Archive:
 
     def close(self) -> None:
         self.tar.close()
-        raw = getattr(self.tar, "_hostctl_raw", None)
-        if raw is not None:
-            raw.close()
 
     def __enter__(self) -> Archive:
         return self
@@ -668,19 +682,33 @@ class Archive:
 
 def open_tar(path: Path) -> tarfile.TarFile:
     """A backup archive opened for reading: zstd or (an older backup) gzip, as its first
-    bytes say."""
+    bytes say. Closing it closes the file."""
     with open(path, "rb") as fh:
         magic = fh.read(4)
     if magic != _ZSTD_MAGIC:
         return tarfile.open(path, "r:gz")
     raw = _ZstdReader(path)
     try:
-        tar = tarfile.open(fileobj=raw, mode="r:")  # type: ignore[call-overload]
+        tar = _ZstdTar.open(fileobj=raw, mode="r:")  # type: ignore[call-overload]
     except BaseException:
         raw.close()
         raise
-    tar._hostctl_raw = raw  # type: ignore[attr-defined]  (closed with the archive)
+    assert isinstance(tar, _ZstdTar)
+    tar.raw = raw
     return tar
+
+
+class _ZstdTar(tarfile.TarFile):
+    """A tar read from a zstd stream: its reader is closed with it."""
+
+    raw: _ZstdReader | None = None
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self.raw is not None:
+                self.raw.close()
 
 
 class _ZstdReader(io.RawIOBase):
