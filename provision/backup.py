@@ -7,12 +7,12 @@ retention, the restore checker); what an archive is comes from its first bytes. 
 (level 3, on every core, through the ``zstandard`` binding of the reference library)
 compresses several times faster than gzip at a like ratio. Inside::
 
-    database.sql.000000 ... the database's dump, in parts of at most 8 MiB (a server's:
-                            PostgreSQL's pg_dump, MariaDB's mariadb-dump, plain SQL): the
-                            dump program's output goes straight into the archive, part
-                            by part, never staged on disk (a tar member's size comes
-                            before its data; a stream's is known only at its end), or
-    database.sqlite         a copy made with SQLite's backup API (it writes a file)
+    database.sql.000000 ... the database's dump, in parts of at most 8 MiB (PostgreSQL's
+                            pg_dump, MariaDB's mariadb-dump: plain SQL): the dump
+                            program's output goes straight into the archive, part by
+                            part, never staged on disk (a tar member's size comes before
+                            its data; a stream's is known only at its end), or
+    database.sqlite.000000  ... the SQLite file, read under its shared lock, alike
     files/...               the site folder (ROOT/sites/URI), modes and times kept
     hostctl-backup.json     what it is: format, site, uri, site folder, platform, created,
                             db type, the dump's name and its number of parts (0: one
@@ -189,9 +189,8 @@ def create(job: Job, site: Context, record: SiteRecord, reason: str,
 
 def _add_dump(tar: tarfile.TarFile, job: Job, db: Any, creds: Any, work: Path,
               label: str) -> int:
-    """The database's dump into the archive: a server's dump program's output straight
-    in, in parts of at most DUMP_PART bytes (how many is returned); SQLite's copy (its
-    backup API writes a file) as one member (0)."""
+    """The database's dump into the archive, as it comes, in parts of at most DUMP_PART
+    bytes (how many is returned); a service without a stream, as one member (0)."""
     progress = Progress(f"{label}: database", 0)
     stream = getattr(db, "dump_stream", None)
     if stream is None:

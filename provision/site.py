@@ -43,6 +43,8 @@ from hostctl.provision.services.sqlite import Sqlite
 
 #: where a PHP site's SQLite database lives, in its folder
 DB_FOLDER = ".db"
+#: a site's basic authentication users, in its folder
+AUTH_FILE = ".htpasswd"
 
 _TRUE = {"1", "true", "yes", "on", "y"}
 _FALSE = {"0", "false", "no", "off", "n", ""}
@@ -178,12 +180,15 @@ def vhost_for(job: Job, site: Context, place: Place) -> Vhost:
 
 
 def _auth_file(job: Job, site: Context, place: Place) -> str:
-    """The site's basic authentication user file, written from its
-    ``http_basic_auth_username`` and ``_password`` (the password hashed with SHA-512
-    crypt, handed to ``openssl passwd`` on stdin); "" (and no file) without a user."""
-    if place.web is None:
+    """The site's basic authentication user file, ``ROOT/sites/URI/.htpasswd``, written
+    from its ``http_basic_auth_username`` and ``_password`` (the password hashed with
+    SHA-512 crypt, handed to ``openssl passwd`` on stdin; a file whose hash already
+    matches is left as it is); "" (and no file) without a user. In the site's folder,
+    which the web server's workers reach (a PHP site's, through its group), a dot file
+    no vhost serves, left out of backups (written again wherever one is restored)."""
+    if place.web is None or not place.site_path.is_dir():
         return ""
-    path = place.web.config_dir / "auth" / f"{site.name}.htpasswd"
+    path = place.site_path / AUTH_FILE
     user = str(site.get("http_basic_auth_username") or "")
     if not user:
         try:
@@ -196,12 +201,16 @@ def _auth_file(job: Job, site: Context, place: Place) -> str:
         raise InvalidInput(f"{site.display_name}: http_basic_auth_username is set but "
                            "http_basic_auth_password is not")
     job.hide(password)
-    hashed = job.run(["openssl", "passwd", "-6", "-stdin"], stdin=password + "\n",
-                     what="hashing the basic authentication password").output.strip()
-    if not hashed.startswith("$6$"):
-        raise OperationFailed("openssl passwd gave no SHA-512 crypt hash")
+    try:
+        old_user, _, old_hash = path.read_text().strip().partition(":")
+    except (OSError, UnicodeDecodeError):
+        old_user, old_hash = "", ""
+    salt = old_hash.split("$")[2] if old_hash.startswith("$6$") and \
+        old_hash.count("$") >= 3 else ""
+    if old_user == user and salt and _crypt(job, password, salt) == old_hash:
+        return str(path)
+    hashed = _crypt(job, password)
     group = _group(place)
-    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     from hostctl.files import write_atomic
 
     # the web server's workers read it: its group's (0640) where the server names one
@@ -213,6 +222,16 @@ def _auth_file(job: Job, site: Context, place: Place) -> str:
             job.warn(f"cannot give {path} to the group {group}: {exc}")
             os.chmod(path, 0o644)
     return str(path)
+
+
+def _crypt(job: Job, password: str, salt: str = "") -> str:
+    """``password`` hashed with SHA-512 crypt (``$6$``), the password on openssl's stdin."""
+    argv = ["openssl", "passwd", "-6", *(["-salt", salt] if salt else []), "-stdin"]
+    hashed = job.run(argv, stdin=password + "\n",
+                     what="hashing the basic authentication password").output.strip()
+    if not hashed.startswith("$6$"):
+        raise OperationFailed("openssl passwd gave no SHA-512 crypt hash")
+    return hashed
 
 
 # -- a PHP site's user, settings and pool -----------------------------------------------
@@ -606,11 +625,6 @@ def remove_installation(job: Job, site: Context, record: SiteRecord) -> None:
     if php is not None:
         php.remove_user(job, record.unix_user)
     certificates.forget(job, site.name)
-    if nginx is not None:
-        try:
-            (nginx.config_dir / "auth" / f"{site.name}.htpasswd").unlink()
-        except FileNotFoundError:
-            pass
     secrets.remove(job.paths, site.name)
 
 
@@ -649,14 +663,14 @@ def _remove_set_aside(job: Job, site: Context, old: SiteRecord, aside: Path | No
 def _backup(job: Job, site: Context, record: SiteRecord, reason: str) -> backup.Backup:
     # a PHP site's settings file is its user's alone, and written again wherever the
     # backup goes: never in it
-    leave_out: frozenset[str] = frozenset()
+    leave_out: frozenset[str] = frozenset({AUTH_FILE})
     if record.unix_user:
         try:
             manifest = app.load(job.store.get(parse_name(record.platform)))
         except HostctlError:
             manifest = app.Manifest()
         # (and its SQLite database, in the backup as its dump)
-        leave_out = frozenset({manifest.settings_file, DB_FOLDER} - {""})
+        leave_out = frozenset({manifest.settings_file, DB_FOLDER, AUTH_FILE} - {""})
     return backup.create(job, site, record, reason, _db_of(job, record.db),
                          leave_out=leave_out)
 

@@ -156,3 +156,54 @@ def test_the_dump_is_never_staged_on_disk(lab: Lab, pg: PgCluster, home: Path) -
         if done.returncode != 0:
             subprocess.run(["umount", "-l", str(folder)], timeout=60)
         assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+def test_an_sqlite_database_written_during_the_backup_is_one_consistent_state(
+        run_hostctl, home: Path, journal: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SQLite file streams in while a read transaction holds its shared lock (a WAL
+    database is copied with the backup API first): a writer busy all along cannot make
+    the backup hold half a transaction."""
+    import sqlite3
+    import threading
+
+    monkeypatch.setattr(backup, "DUMP_PART", 64 << 10)
+    lab = Lab(run_hostctl, home, world_readable_dir("hostctl-stream-lite-"))
+    lab.server("@lite", db="sqlite")
+    lab.platform("@plat", "@lite")
+    site = lab.site("@lite.example")
+    lab.must("install", site)
+    path = secrets_of(home, site)["db"]["path"]
+    with sqlite3.connect(path) as db:
+        db.execute(f"PRAGMA journal_mode={journal}")
+        db.execute("CREATE TABLE pairs (n INTEGER, half TEXT)")
+    stop = threading.Event()
+
+    def write() -> None:
+        # every transaction adds two rows: a consistent state holds an even count
+        with sqlite3.connect(path, timeout=30) as db:
+            n = 0
+            while not stop.is_set():
+                with db:
+                    db.execute("INSERT INTO pairs VALUES (?, ?)", (n, "a" * 2000))
+                    db.execute("INSERT INTO pairs VALUES (?, ?)", (n, "b" * 2000))
+                n += 1
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        made = [Path(lab.must("backup", site)["result"]["file"]) for _ in range(3)]
+    finally:
+        stop.set()
+        writer.join()
+    counts = []
+    for archive in made:
+        lab.must("restore", site, file=archive.name)
+        with sqlite3.connect(path) as db:
+            assert db.execute("PRAGMA quick_check").fetchone() == ("ok",)
+            count = db.execute("SELECT count(*) FROM pairs").fetchone()[0]
+            halves = db.execute("SELECT count(*) FROM pairs GROUP BY n HAVING count(*) != 2"
+                                ).fetchall()
+        assert count % 2 == 0 and not halves, (archive, count)
+        counts.append(count)
+    assert max(counts) > 0  # the writer was writing while they were made

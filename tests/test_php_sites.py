@@ -225,8 +225,17 @@ def test_basic_auth_and_redirection_and_aliases(lab: Lab, web: NginxServer, www:
     assert (status, headers["Location"]) == (301, "http://locked.test/some/page?x=1")
     assert web.get("old.test", "/")[0] == 301
     # the hash is on disk, never the password
-    auth = next(web.configs.glob(f"{lab.name}-srv/nginx/auth/locked.test.htpasswd"))
+    auth = root / "sites" / "locked.test" / ".htpasswd"
     assert auth.read_text().startswith("editor:$6$") and "s3cret" not in auth.read_text()
+    assert web.get("locked.test", "/sites/locked.test/.htpasswd")[0] in (401, 403)
+    hashed = auth.read_text()
+    lab.must("verify", "@locked.test")  # the same password: the same file
+    assert auth.read_text() == hashed
+    backup = lab.must("backup", "@locked.test")["result"]["file"]
+    from hostctl.provision.backup import open_tar
+
+    with open_tar(Path(backup)) as tar:
+        assert not [n for n in tar.getnames() if n.endswith(".htpasswd")]
     # without redirection the aliases serve the site itself; without a user, no auth
     lab.save("@locked.test", "--redirection", "no", "--http_basic_auth_username", "null")
     lab.must("verify", "@locked.test", "queue")

@@ -340,6 +340,8 @@ def plain_text(text: str) -> bool:
 
 
 SECRET_FIELDS = frozenset({"db_passwd", "cron_key", "http_basic_auth_password"})
+#: the whole numbers that are not ports, and their ranges
+INT_RANGES = {"ssl_renew_days": (1, 3650)}
 
 
 class Refused(Exception):
@@ -394,7 +396,8 @@ def expected_value(info: FieldInfo, raw: str, target: str, contexts: dict[str, s
         return raw
     if kind == "int":
         text = raw.strip()
-        if not INT.fullmatch(text) or not 1 <= int(text) <= 65535:  # every int is a port
+        low, high = INT_RANGES.get(info.name, (1, 65535))  # every other int is a port
+        if not INT.fullmatch(text) or not low <= int(text) <= high:
             raise Refused
         return int(text)
     if kind == "bool":
@@ -576,7 +579,8 @@ def test_field_values_round_trip_or_are_refused_leaving_the_file_byte_identical(
     with sandbox(tmp_path, topology_home) as (base, home):
         hostctl = Hostctl(run_hostctl, home)
         info = fields_info(hostctl)[ctype]
-        assert all(f.name.endswith("_port") for f in info.values() if f.kind == "int")
+        assert all(f.name.endswith("_port") or f.name in INT_RANGES
+                   for f in info.values() if f.kind == "int")
         argv = ["provision-save", f"@{target}"]
         expected: dict[str, Any] = {}
         refused = False

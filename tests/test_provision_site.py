@@ -136,7 +136,7 @@ def test_install_answers_disable_enable_delete_leaves_the_backup(lab: Lab, nginx
     assert backup.parent == lab.home / "backups" and backup.name.startswith("a.example-")
     with open_tar(backup) as tar:
         names = tar.getnames()
-        assert "files/public/index.html" in names and "database.sqlite" in names
+        assert "files/public/index.html" in names and "database.sqlite.000000" in names
         meta = json.load(tar.extractfile("hostctl-backup.json"))  # type: ignore[arg-type]
     assert meta["site"] == "@a.example" and meta["reason"] == "delete"
     assert not site_path.exists() and not vhost.exists()

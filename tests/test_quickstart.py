@@ -51,7 +51,7 @@ def test_quickstart_installs_a_site_that_answers() -> None:
         assert "@example.com installed: example.com" in out
         assert "installed example.com" in out  # the platform's own install command
         assert re.search(r"--- hostctl: .*: success$", out, re.M)
-        assert re.search(r"^backup .*/home/backups/example\.com-\d{8}\.\d{6}\.tar\.gz", out,
+        assert re.search(r"^backup .*/home/backups/example\.com-\d{8}\.\d{6}\.tar\.zst", out,
                          re.M)
         counts = dict(re.findall(r"^(success|error|queued)\s+(\d+)$", out, re.M))
         assert counts == {"success": "4", "error": "0", "queued": "0"}

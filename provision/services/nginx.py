@@ -268,11 +268,12 @@ class Nginx:
         if vhost.auth_file:
             lines += ['    auth_basic "Restricted";',
                       f'    auth_basic_user_file "{check_path(vhost.auth_file, "auth")}";']
+        # dot files (.htpasswd, .htaccess, .git, .env) are never served
+        lines += ["    location ~ /\\.(?!well-known/) {", "        deny all;", "    }"]
         if not vhost.php_socket:
             return lines + ["    location / {", "        try_files $uri $uri/ =404;", "    }"]
         socket = check_path(vhost.php_socket, "the PHP-FPM socket")
-        # dot files (.htaccess, .git, .env) are never served, nor what the manifest denies
-        lines += ["    location ~ /\\.(?!well-known/) {", "        deny all;", "    }"]
+        # nor what the manifest denies
         for pattern in vhost.deny:
             lines += [f'    location ~* "(^|/){_glob_regex(pattern)}$" {{', "        deny all;",
                       "    }"]

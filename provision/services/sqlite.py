@@ -1,17 +1,22 @@
 """SQLite, the embedded default: one database file per site, no server, no user.
 
 The files are ``HOME/databases/SERVER/NAME.sqlite`` (0600, in a 0700 folder), owned by
-the back-end user: the platform's commands, run by hostctl, use them. A dump is a copy of
-the database made with SQLite's online backup API (consistent even while the site
-writes); a load copies a dump into a new file beside the database and renames it over the
-old one, so the database is the old one or the new one, never a mix.
+the back-end user: the platform's commands, run by hostctl, use them. A backup streams
+the database file into its archive while a read transaction holds SQLite's shared lock
+(one consistent state, even while the site writes; a database in WAL mode is copied with
+the backup API first); a load copies a dump into a new file beside the database and
+renames it over the old one, so the database is the old one or the new one, never a mix.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from hostctl.contexts.store import Context
 from hostctl.errors import InvalidInput, OperationFailed
@@ -66,6 +71,42 @@ class Sqlite:
                 raise OperationFailed(f"cannot remove {creds.path}{suffix}: "
                                       f"{exc.strerror}") from exc
         job.say(f"database {creds.name} dropped")
+
+    @contextmanager
+    def dump_stream(self, job: Job, creds: DbCredentials) -> Iterator[IO[bytes]]:
+        """The database file itself, read while a read transaction holds SQLite's shared
+        lock: no writer can change the file until it has been read, so what is read is
+        one consistent state (a backup streams it into its archive, never staged). A
+        database in WAL mode keeps recent commits beside the file: it is copied with the
+        backup API into a private temporary file first, and that copy is read."""
+        path = Path(creds.path)
+        if not path.is_file():
+            raise OperationFailed(f"the database file {path} is missing")
+        try:
+            db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True,
+                                 isolation_level=None)
+        except sqlite3.Error as exc:
+            raise OperationFailed(f"cannot open {path}: {exc}") from exc
+        try:
+            mode = str(db.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+            if mode == "wal":
+                db.close()
+                folder = self.paths.ensure_dir(self.paths.home / "backups")
+                with tempfile.TemporaryDirectory(prefix=".dump-", dir=folder) as tmp:
+                    copy = Path(tmp) / self.dump_name
+                    self.dump(job, creds, copy)
+                    with open(copy, "rb") as fh:
+                        yield fh
+                return
+            db.execute("BEGIN")
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the shared lock
+            with open(path, "rb") as fh:
+                yield fh
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise OperationFailed(f"cannot read {path}: {exc}") from exc
+        finally:
+            db.close()
 
     def dump(self, job: Job, creds: DbCredentials, dest: Path) -> None:
         if not self.exists(job, creds):
