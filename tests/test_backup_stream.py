@@ -8,6 +8,7 @@ import io
 import json
 import os
 import subprocess
+import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -158,6 +159,19 @@ def test_the_dump_is_never_staged_on_disk(lab: Lab, pg: PgCluster, home: Path) -
         assert done.returncode == 0, done.stderr
 
 
+#: every transaction adds two rows: a consistent state holds an even count
+WRITER = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], timeout=30)
+n = 0
+while True:
+    with db:
+        db.execute("INSERT INTO pairs VALUES (?, ?)", (n, "a" * 2000))
+        db.execute("INSERT INTO pairs VALUES (?, ?)", (n, "b" * 2000))
+    n += 1
+"""
+
+
 @pytest.mark.parametrize("journal", ["delete", "wal"])
 def test_an_sqlite_database_written_during_the_backup_is_one_consistent_state(
         run_hostctl, home: Path, journal: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -165,7 +179,6 @@ def test_an_sqlite_database_written_during_the_backup_is_one_consistent_state(
     database is copied with the backup API first): a writer busy all along cannot make
     the backup hold half a transaction."""
     import sqlite3
-    import threading
 
     monkeypatch.setattr(backup, "DUMP_PART", 64 << 10)
     lab = Lab(run_hostctl, home, world_readable_dir("hostctl-stream-lite-"))
@@ -177,25 +190,14 @@ def test_an_sqlite_database_written_during_the_backup_is_one_consistent_state(
     with sqlite3.connect(path) as db:
         db.execute(f"PRAGMA journal_mode={journal}")
         db.execute("CREATE TABLE pairs (n INTEGER, half TEXT)")
-    stop = threading.Event()
-
-    def write() -> None:
-        # every transaction adds two rows: a consistent state holds an even count
-        with sqlite3.connect(path, timeout=30) as db:
-            n = 0
-            while not stop.is_set():
-                with db:
-                    db.execute("INSERT INTO pairs VALUES (?, ?)", (n, "a" * 2000))
-                    db.execute("INSERT INTO pairs VALUES (?, ?)", (n, "b" * 2000))
-                n += 1
-
-    writer = threading.Thread(target=write)
-    writer.start()
+    # the writer is another process: the foreground task forks this one, which must
+    # hold no thread then
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, path])
     try:
         made = [Path(lab.must("backup", site)["result"]["file"]) for _ in range(3)]
     finally:
-        stop.set()
-        writer.join()
+        writer.terminate()
+        writer.wait(timeout=30)
     counts = []
     for archive in made:
         lab.must("restore", site, file=archive.name)
