@@ -76,6 +76,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hostctl.errors import Conflict, InvalidInput, MalformedFile, OperationFailed
+from hostctl.files import write_atomic
 
 COMMENT = "hostctl site user"
 DEFAULT_SETTINGS = "/etc/hostctl/privileged.toml"
@@ -526,16 +527,7 @@ def _put(path: Path, content: bytes | None) -> None:
         except FileNotFoundError:
             pass
         return
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # the pool may hold the site's database password
-        os.write(fd, content)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
+    write_atomic(path, content, mode=0o600)  # the pool may hold the site's password
 
 
 def pool_write(settings: Settings, name: str, body: bytes) -> str:

@@ -38,7 +38,7 @@ from hostctl.provision.runner import _substitute
 from hostctl.provision.secrets import DbCredentials, SiteRecord
 from hostctl.provision.services import Database, database, suggest_name, web
 from hostctl.provision.services.nginx import Nginx, Vhost, check_host
-from hostctl.provision.services.php import PhpFpm, settings_text
+from hostctl.provision.services.php import PhpFpm, settings_text, user_exists
 from hostctl.provision.services.sqlite import Sqlite
 
 #: where a PHP site's SQLite database lives, in its folder
@@ -265,7 +265,7 @@ def php_apply(job: Job, site: Context, place: Place, record: SiteRecord,
     elif not record.salt:
         record = record.with_(salt=secrets.new_password())
     job.hide(record.salt)
-    made = not _user_exists(user)
+    made = not user_exists(user)
     php.add_user(job, user)
     if made and undo is not None:
         undo.add(f"the site user {user}", lambda: php.remove_user(job, user))
@@ -310,16 +310,6 @@ def _db_inside(record: SiteRecord, folder: Path) -> bool:
     """Does the site's SQLite database live in its folder (a PHP site's)?"""
     return (record.db is not None and record.db.type == "sqlite"
             and Path(record.db.path).is_relative_to(folder / DB_FOLDER))
-
-
-def _user_exists(name: str) -> bool:
-    import pwd
-
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
 
 
 def _php_of(job: Job, record: SiteRecord) -> PhpFpm | None:

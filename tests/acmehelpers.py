@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from provisionhelpers import free_port, wait_port
+from provisionhelpers import free_port, stop_process, wait_port
 
 
 @dataclass
@@ -50,13 +50,7 @@ class Pebble:
 
     def stop(self) -> None:
         for proc in (self.proc, self.dns):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=10)
+            stop_process(proc)
         shutil.rmtree(self.base, ignore_errors=True)
 
 

@@ -209,3 +209,39 @@ def test_an_sqlite_database_written_during_the_backup_is_one_consistent_state(
         assert count % 2 == 0 and not halves, (archive, count)
         counts.append(count)
     assert max(counts) > 0  # the writer was writing while they were made
+
+
+def test_an_sqlite_database_whose_writer_died_mid_transaction_is_backed_up_as_committed(
+        run_hostctl, home: Path) -> None:
+    """A writer killed inside a transaction leaves a hot journal: the backup rolls it
+    back (as the next SQLite reader must) and holds what was committed."""
+    import signal
+    import sqlite3
+
+    lab = Lab(run_hostctl, home, world_readable_dir("hostctl-stream-hot-"))
+    lab.server("@lite", db="sqlite")
+    lab.platform("@plat", "@lite")
+    site = lab.site("@hot.example")
+    lab.must("install", site)
+    path = secrets_of(home, site)["db"]["path"]
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE kept (x TEXT)")
+        db.execute("INSERT INTO kept VALUES ('committed')")
+    dying = subprocess.Popen([sys.executable, "-c", (
+        "import sqlite3, sys, time\n"
+        "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "db.execute('PRAGMA cache_size=1')\n"
+        "db.execute('BEGIN EXCLUSIVE')\n"
+        "db.execute('INSERT INTO kept SELECT hex(randomblob(3000)) FROM "
+        "(WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i<500) "
+        "SELECT i FROM c)')\n"
+        "print('written', flush=True)\n"
+        "time.sleep(600)\n"), path], stdout=subprocess.PIPE, text=True)
+    assert dying.stdout is not None and dying.stdout.readline() == "written\n"
+    dying.send_signal(signal.SIGKILL)
+    dying.wait(timeout=30)
+    assert Path(path + "-journal").stat().st_size > 0  # hot: the dead writer's
+    made = Path(lab.must("backup", site)["result"]["file"])
+    lab.must("restore", site, file=made.name)
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT x FROM kept").fetchall() == [("committed",)]

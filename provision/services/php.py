@@ -87,7 +87,7 @@ class PhpFpm:
         base = re.sub(r"[^a-z0-9]+", "-", uri.lower().removeprefix("www.")).strip("-")[:20]
         base = base.rstrip("-") or "site"
         name, n = prefix + base, 1
-        while name in (avoid or set()) or _exists(name):
+        while name in (avoid or set()) or user_exists(name):
             n += 1
             name = f"{prefix}{base}-{n}"
         return self.settings.check_user(name)
@@ -107,7 +107,7 @@ class PhpFpm:
     def take(self, job: Job, name: str, folder: Path) -> None:
         """Everything of the site's user under ``folder`` back to the back end (before
         the back end moves or removes it); nothing to do if the user is gone."""
-        if _exists(name):
+        if user_exists(name):
             self.call(job, "take", name, str(folder))
 
     def write_settings(self, job: Job, name: str, path: Path, content: str) -> None:
@@ -195,7 +195,7 @@ class PhpFpm:
         return found
 
 
-def _exists(name: str) -> bool:
+def user_exists(name: str) -> bool:
     try:
         pwd.getpwnam(name)
     except KeyError:

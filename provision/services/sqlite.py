@@ -82,14 +82,18 @@ class Sqlite:
         path = Path(creds.path)
         if not path.is_file():
             raise OperationFailed(f"the database file {path} is missing")
+        # read-write where the back end may: a writer that died mid-transaction left a
+        # journal that the first reader must roll back (a read-only one cannot)
+        mode = "rw" if os.access(path, os.W_OK) and os.access(path.parent, os.W_OK) \
+            else "ro"
         try:
-            db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True,
+            db = sqlite3.connect(f"{path.absolute().as_uri()}?mode={mode}", uri=True,
                                  isolation_level=None)
         except sqlite3.Error as exc:
             raise OperationFailed(f"cannot open {path}: {exc}") from exc
         try:
-            mode = str(db.execute("PRAGMA journal_mode").fetchone()[0]).lower()
-            if mode == "wal":
+            journal = str(db.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+            if journal == "wal":
                 db.close()
                 folder = self.paths.ensure_dir(self.paths.home / "backups")
                 with tempfile.TemporaryDirectory(prefix=".dump-", dir=folder) as tmp:
