@@ -4,6 +4,7 @@ It is reached before the typer CLI (cli/entry.py): the helper runs as root throu
 so it loads no command-line library, reads no home and no environment, and takes exactly::
 
     hostctl privileged SETTINGS ACTION ARG...     as root (sudo): one action
+    hostctl privileged SETTINGS batch             as root (sudo): several (JSON on stdin)
     hostctl privileged --sudoers SETTINGS [USER]  prints the sudoers line for USER (the
                                                   back end; default: who runs it)
 
@@ -13,6 +14,7 @@ line of what it did; errors are one line on stderr with hostctl's exit codes.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import sys
@@ -56,8 +58,17 @@ def main(argv: list[str]) -> int:
             who = "root" if settings.backend_user == "root" else \
                 f"{settings.backend_user} (or root)"
             raise InvalidInput(f"only {who} may use this helper")
-        stdin = sys.stdin.buffer.read(privileged.SETTINGS_MAX + 1) if argv[1] in (
-            "settings", "pool-write") else b""
+        stdin = sys.stdin.buffer.read(privileged.SETTINGS_MAX * 4 + 1) if argv[1] in (
+            "settings", "pool-write", "batch") else b""
+        if argv[1] == "batch":
+            if argv[2:]:
+                raise InvalidInput("batch takes its actions on stdin, no arguments")
+            try:
+                print(json.dumps({"done": privileged.run_batch(settings, stdin)}))
+            except privileged.BatchFailed as exc:
+                print(json.dumps({"done": exc.done, "error": exc.message}))
+                return fail(exc.message, exc.exit_status)
+            return ExitStatus.OK
         print(privileged.run(settings, argv[1], argv[2:], stdin))
     except HostctlError as exc:
         return fail(exc.message, exc.exit_status)

@@ -54,6 +54,10 @@ their owner may rename them). The actions:
     for the socket. A refused pool leaves the folder as it was.
 ``pool-remove USER``
     removes the pool and reloads php-fpm.
+``batch``
+    several of the above in one run (one sudo, one interpreter start), read as a JSON
+    list on stdin, each checked and carried out as alone, stopping at the first that
+    fails; it prints one JSON document: what each did, and the failure if one did.
 """
 
 from __future__ import annotations
@@ -75,7 +79,13 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from hostctl.errors import Conflict, InvalidInput, MalformedFile, OperationFailed
+from hostctl.errors import (
+    Conflict,
+    HostctlError,
+    InvalidInput,
+    MalformedFile,
+    OperationFailed,
+)
 from hostctl.files import write_atomic
 
 COMMENT = "hostctl site user"
@@ -222,6 +232,50 @@ def check_root_only(path: Path) -> None:
 
 
 # -- the actions ------------------------------------------------------------------------
+
+
+BATCH_MAX = 32
+
+
+def run_batch(settings: Settings, stdin: bytes) -> list[str]:
+    """Several actions in one run (one sudo, one interpreter): stdin is a JSON list of
+    ``{"action": ..., "args": [...], "stdin": "..."}``, carried out in order, each as
+    alone; the first that fails stops the rest. What each did, one line each; on a
+    failure, :class:`BatchFailed` says how many were done before it."""
+    import json
+
+    try:
+        steps = json.loads(stdin.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise InvalidInput("a batch is a JSON list of actions") from None
+    if not isinstance(steps, list) or not 0 < len(steps) <= BATCH_MAX:
+        raise InvalidInput(f"a batch is a list of 1 to {BATCH_MAX} actions")
+    done: list[str] = []
+    for number, step in enumerate(steps):
+        if not (isinstance(step, dict) and set(step) <= {"action", "args", "stdin"}
+                and isinstance(step.get("action"), str) and step["action"] != "batch"
+                and isinstance(step.get("args"), list)
+                and all(isinstance(a, str) for a in step["args"])
+                and isinstance(step.get("stdin", ""), str)):
+            raise BatchFailed(done, f"step {number + 1}: not an action with its arguments")
+        try:
+            done.append(run(settings, step["action"], step["args"],
+                            step.get("stdin", "").encode()))
+        except (HostctlError, OSError) as exc:
+            message = exc.message if isinstance(exc, HostctlError) else str(exc)
+            failed = BatchFailed(done, f"step {number + 1} ({step['action']}): {message}")
+            if isinstance(exc, HostctlError):
+                failed.exit_status = exc.exit_status  # a refusal stays one
+            raise failed from None
+    return done
+
+
+class BatchFailed(OperationFailed):
+    """A batch stopped at a failing action; ``done``: what the ones before it did."""
+
+    def __init__(self, done: list[str], message: str) -> None:
+        super().__init__(message)
+        self.done = done
 
 
 def run(settings: Settings, action: str, args: Sequence[str], stdin: bytes = b"") -> str:

@@ -38,7 +38,7 @@ from hostctl.provision.runner import _substitute
 from hostctl.provision.secrets import DbCredentials, SiteRecord
 from hostctl.provision.services import Database, database, suggest_name, web
 from hostctl.provision.services.nginx import Nginx, Vhost, check_host
-from hostctl.provision.services.php import PhpFpm, settings_text, user_exists
+from hostctl.provision.services.php import PhpFpm, StepsFailed, settings_text, user_exists
 from hostctl.provision.services.sqlite import Sqlite
 
 #: where a PHP site's SQLite database lives, in its folder
@@ -266,9 +266,6 @@ def php_apply(job: Job, site: Context, place: Place, record: SiteRecord,
         record = record.with_(salt=secrets.new_password())
     job.hide(record.salt)
     made = not user_exists(user)
-    php.add_user(job, user)
-    if made and undo is not None:
-        undo.add(f"the site user {user}", lambda: php.remove_user(job, user))
     secrets.write(job.paths, record)
     folder = place.site_path
     writable = list(place.manifest.writable)
@@ -280,30 +277,48 @@ def php_apply(job: Job, site: Context, place: Place, record: SiteRecord,
             os.chmod(dbfile, 0o644)  # its user writes it; backups (the back end) read it
     for rel in writable:
         (folder / rel).mkdir(mode=0o755, parents=True, exist_ok=True)
-    php.share(job, user, folder)
-    if undo is not None:
-        undo.add(f"the files of {user} in {folder}", lambda: php.take(job, user, folder))
-    for rel in writable:
-        php.give(job, user, folder / rel)
     values = settings_values(job, site, place, record)
     manifest = place.manifest
-    if manifest.settings_file:
-        php.write_settings(job, user, folder / manifest.settings_file,
-                           settings_text(manifest.settings_format, values))
-        job.say(f"settings {folder / manifest.settings_file} written ({user}'s, 0400)")
-    pool_values = {"uri": place.uri, "site_path": str(folder), "root": place.root,
-                   "user": user}
-    had_pool = php.settings.pool_file(user).exists()
     # every pool tells its PHP which site it serves and where its settings are, whatever
     # host name a request came by (an alias, say)
     env = dict(values) if manifest.settings_env else {}
     env.update(SITE_URI=place.uri, SITE_PATH=str(folder))
     if manifest.settings_file:
         env["HOSTCTL_SETTINGS"] = str(folder / manifest.settings_file)
-    php.write_pool(job, user, env, pool_values)
-    if undo is not None and not had_pool:
-        undo.add(f"the PHP-FPM pool of {user}", lambda: php.remove_pool(job, user))
+    pool_values = {"uri": place.uri, "site_path": str(folder), "root": place.root,
+                   "user": user}
+    had_pool = php.settings.pool_file(user).exists()
+    # one run of the helper (one sudo) for it all, in this order
+    steps: list[tuple[str, list[str], str]] = [("user-add", [user], ""),
+                                               ("share", [user, str(folder)], "")]
+    steps += [("give", [user, str(folder / rel)], "") for rel in writable]
+    if manifest.settings_file:
+        steps.append(("settings", [user, str(folder / manifest.settings_file)],
+                      settings_text(manifest.settings_format, values)))
+    steps.append(("pool-write", [user], php.pool_body(env, pool_values)))
+    try:
+        done = php.batch(job, steps)
+    except StepsFailed as exc:
+        _php_undo(job, php, user, folder, undo, len(exc.done), made=made, pool=False)
+        raise
+    _php_undo(job, php, user, folder, undo, len(done), made=made, pool=not had_pool)
+    for line in done:
+        job.say(line)
     return record
+
+
+def _php_undo(job: Job, php: PhpFpm, user: str, folder: Path, undo: Undo | None,
+              done: int, *, made: bool, pool: bool) -> None:
+    """What undoes the steps of :func:`php_apply` that were done: the user it made (the
+    first step), the folder it shared (the second), the pool it added (the last)."""
+    if undo is None:
+        return
+    if made and done >= 1:
+        undo.add(f"the site user {user}", lambda: php.remove_user(job, user))
+    if done >= 2:
+        undo.add(f"the files of {user} in {folder}", lambda: php.take(job, user, folder))
+    if pool:
+        undo.add(f"the PHP-FPM pool of {user}", lambda: php.remove_pool(job, user))
 
 
 def _db_inside(record: SiteRecord, folder: Path) -> bool:

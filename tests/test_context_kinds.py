@@ -194,7 +194,12 @@ def nginx_accepts(tmp: Path, vhosts: list[str]) -> None:
                     f"http {{ access_log off; include {tmp}/vhost.d/*.conf; }}\n")
     res = subprocess.run([binary, "-t", "-c", str(conf), "-e", str(tmp / "error.log")],
                          capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0 and "[warn]" not in res.stderr, (vhosts, res.stderr)
+    # as root, nginx -t binds the listen addresses: one that is not this machine's
+    # (99: EADDRNOTAVAIL) is the machine's matter, not the saved value's
+    emerg = [ln for ln in res.stderr.splitlines() if "[emerg]" in ln]
+    not_here = emerg and all("(99: Cannot assign requested address)" in ln for ln in emerg)
+    assert (res.returncode == 0 or not_here) and "[warn]" not in res.stderr, \
+        (vhosts, res.stderr)
 
 
 def what_provisioning_does(tmp: Path, ctype: str, name: str, value: object) -> None:

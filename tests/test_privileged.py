@@ -142,6 +142,41 @@ def test_actions_as_root_and_what_they_refuse(fpm: PhpFpm, www: Path) -> None:
     assert user not in site_users(prefix)
 
 
+def test_a_batch_runs_its_actions_in_order_and_stops_at_the_first_refused(
+        fpm: PhpFpm, www: Path) -> None:
+    import json
+
+    settings = fpm.settings
+    prefix = privileged.load(settings).user_prefix
+    user = prefix + "batch"
+    site = www / "plat" / "sites" / "batch.test"
+    (site / "files").mkdir(parents=True)
+
+    def batch(*steps: dict[str, object]) -> tuple[int, dict[str, object]]:
+        res = helper(settings, "batch", stdin=json.dumps(list(steps)))
+        return res.returncode, json.loads(res.stdout)
+
+    code, doc = batch({"action": "user-add", "args": [user]},
+                      {"action": "share", "args": [user, str(site)]},
+                      {"action": "share", "args": [user, "/etc"]},
+                      {"action": "give", "args": [user, str(site / "files")]})
+    assert code == 2 and len(doc["done"]) == 2, doc  # type: ignore[arg-type]
+    assert "step 3 (share)" in str(doc["error"]) and "not inside a site root" in \
+        str(doc["error"])
+    assert (site / "files").stat().st_uid == 0  # the step after the refused one: not run
+    code, doc = batch({"action": "give", "args": [user, str(site / "files")]},
+                      {"action": "settings", "args": [user, str(site / "s.php")],
+                       "stdin": "<?php\n"})
+    assert code == 0 and len(doc["done"]) == 2, doc  # type: ignore[arg-type]
+    assert (site / "s.php").stat().st_mode & 0o777 == 0o400
+    for bad in ("not json", "[]", json.dumps([{"action": "batch", "args": []}]),
+                json.dumps([{"action": "user-add", "args": [user], "shell": "x"}])):
+        res = helper(settings, "batch", stdin=bad)
+        assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1, (bad, res)
+    assert helper(settings, "take", user, str(site)).returncode == 0
+    assert helper(settings, "user-del", user).returncode == 0
+
+
 def test_settings_others_could_write_are_refused(tmp_path: Path, www: Path) -> None:
     base = Path(world_readable_dir("hostctl-priv-settings-"))
     good = base / "privileged.toml"

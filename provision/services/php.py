@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from hostctl.contexts.store import Context
-from hostctl.errors import HostctlError, InvalidInput
+from hostctl.errors import HostctlError, InvalidInput, OperationFailed
 from hostctl.paths import Paths
 from hostctl.provision import privileged
 from hostctl.provision.job import Job
@@ -92,17 +92,8 @@ class PhpFpm:
             name = f"{prefix}{base}-{n}"
         return self.settings.check_user(name)
 
-    def add_user(self, job: Job, name: str) -> None:
-        job.say(self.call(job, "user-add", name))
-
     def remove_user(self, job: Job, name: str) -> None:
         job.say(self.call(job, "user-del", name))
-
-    def share(self, job: Job, name: str, folder: Path) -> None:
-        self.call(job, "share", name, str(folder))
-
-    def give(self, job: Job, name: str, folder: Path) -> None:
-        self.call(job, "give", name, str(folder))
 
     def take(self, job: Job, name: str, folder: Path) -> None:
         """Everything of the site's user under ``folder`` back to the back end (before
@@ -110,13 +101,11 @@ class PhpFpm:
         if user_exists(name):
             self.call(job, "take", name, str(folder))
 
-    def write_settings(self, job: Job, name: str, path: Path, content: str) -> None:
-        self.call(job, "settings", name, str(path), stdin=content)
-
     # -- the pool ---------------------------------------------------------------------
 
-    def write_pool(self, job: Job, name: str, env: Mapping[str, str],
-                   values: Mapping[str, str]) -> None:
+    def pool_body(self, env: Mapping[str, str], values: Mapping[str, str]) -> str:
+        """A pool's directives as the back end gives them to the helper: its environment,
+        then the operator's template."""
         lines = []
         for key, value in env.items():
             if not re.fullmatch(r"[A-Za-z0-9_]{1,64}", key) or not _SAFE_VALUE.fullmatch(value):
@@ -124,8 +113,24 @@ class PhpFpm:
                                    "backslash, a '$' or a control character")
             lines.append(f'env[{key}] = "{value}"')
         lines += self.template(values)
-        self.call(job, "pool-write", name, stdin="\n".join(lines) + "\n")
-        job.say(f"PHP-FPM pool of {name} serves {self.socket(name)}")
+        return "\n".join(lines) + "\n"
+
+    def batch(self, job: Job, steps: list[tuple[str, list[str], str]]) -> list[str]:
+        """Several helper actions in one run (one sudo, one interpreter start): what each
+        did; :class:`StepsFailed` (with how many were done) when one fails."""
+        payload = json.dumps([{"action": action, "args": args, "stdin": stdin}
+                              for action, args, stdin in steps])
+        ran = job.run([*self.helper_argv(), str(self.settings_path), "batch"],
+                      what="the privileged helper", stdin=payload, check=False)
+        doc = next((json.loads(line) for line in ran.output.splitlines()
+                    if line.startswith("{")), None)
+        if not isinstance(doc, dict) or not isinstance(doc.get("done"), list):
+            last = next((ln for ln in reversed(ran.output.splitlines()) if ln.strip()), "")
+            raise StepsFailed([], f"the privileged helper exited with status {ran.code}: "
+                                  f"{last.strip()}")
+        if ran.code != 0 or "error" in doc:
+            raise StepsFailed(doc["done"], f"the privileged helper: {doc.get('error') or ''}")
+        return [str(line) for line in doc["done"]]
 
     def template(self, values: Mapping[str, str]) -> list[str]:
         """The operator's pool directives, placeholders filled in ([] without one)."""
@@ -193,6 +198,14 @@ class PhpFpm:
                               f"privileged helper; add this line (visudo -f "
                               f"/etc/sudoers.d/hostctl): {line}"))
         return found
+
+
+class StepsFailed(OperationFailed):
+    """A batch of helper actions stopped at one; ``done``: what the ones before it did."""
+
+    def __init__(self, done: list[str], message: str) -> None:
+        super().__init__(message)
+        self.done = done
 
 
 def user_exists(name: str) -> bool:
