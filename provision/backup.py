@@ -152,9 +152,7 @@ def create(job: Job, site: Context, record: SiteRecord, reason: str,
             # GNU headers (long names, large files, any bytes in a name) cost less per
             # member than PAX ones; both are read alike
             with compressor.stream_writer(raw, closefd=False) as packed, \
-                    tarfile.open(fileobj=packed, mode="w|",
-                                 format=tarfile.GNU_FORMAT) as tar:  # type: ignore[call-overload]
-                tar.copybufsize = 1 << 20
+                    tarfile.open(fileobj=packed, mode="w|", format=tarfile.GNU_FORMAT) as tar:
                 if record.db is not None and db is not None:
                     doc["dump"] = db.dump_name
                     doc["dump_parts"] = _add_dump(tar, job, db, record.db, work, label)
@@ -688,7 +686,7 @@ def open_tar(path: Path) -> tarfile.TarFile:
         return tarfile.open(path, "r:gz")
     raw = _ZstdReader(path)
     try:
-        tar = _ZstdTar.open(fileobj=raw, mode="r:")  # type: ignore[call-overload]
+        tar = _ZstdTar.open(fileobj=raw, mode="r:")
     except BaseException:
         raw.close()
         raise
@@ -736,7 +734,7 @@ class _ZstdReader(io.RawIOBase):
             if size is None or size < 0:
                 data = self.reader.readall()
             else:
-                data = _read_full(self.reader, size)  # type: ignore[arg-type]
+                data = _read_full(self.reader, size)
         except zstandard.ZstdError as exc:
             raise tarfile.ReadError(f"not a sound zstd stream ({exc})") from None
         self.pos += len(data)
@@ -762,7 +760,7 @@ class _ZstdReader(io.RawIOBase):
         elif whence != io.SEEK_SET:
             raise io.UnsupportedOperation("a zstd stream is not seekable from its end")
         if offset < self.pos:
-            self.reader.close()
+            self.reader.close()  # type: ignore[no-untyped-call]  # zstandard's stub
             self.fh.close()
             self._open()
         while self.pos < offset:
@@ -772,7 +770,7 @@ class _ZstdReader(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
-            self.reader.close()
+            self.reader.close()  # type: ignore[no-untyped-call]  # zstandard's stub
             self.fh.close()
         super().close()
 

@@ -382,7 +382,7 @@ def https(job: Job, site: Context, place: Place) -> certificates.Cert | None:
     server = place.web_server
     cert = _certificate(job, site, place)
     if not site.get("ssl_key"):
-        days = int(server.get("ssl_renew_days") or 30)
+        days = int(str(server.get("ssl_renew_days") or 30))
         if cert is None or cert.days_left() < days:
             old = certificates.issued(job, site.name)
             write_vhost(job, site, place)  # the challenge is served on every name first

@@ -157,7 +157,7 @@ class Nginx:
         return [binary, *self._conf_args(), "-s", "reload"]
 
     def listens(self) -> list[str]:
-        port = int(self.server.get("http_port") or 80)
+        port = int(str(self.server.get("http_port") or 80))
         addresses = self.server.get("ip_addresses") or []
         assert isinstance(addresses, list)
         out = []
@@ -193,7 +193,7 @@ class Nginx:
             raise InvalidInput(f"cannot read the vhost template {path}: {exc}") from None
 
     def ssl_listens(self) -> list[str]:
-        port = int(self.server.get("http_ssl_port") or 443)
+        port = int(str(self.server.get("http_ssl_port") or 443))
         return [f"{spec.rpartition(':')[0]}:{port} ssl" if ":" in spec else f"{port} ssl"
                 for spec in self.listens()]
 
