@@ -36,7 +36,7 @@ def list_(
     json_: JsonFlag = False,
 ) -> None:
     """List the contexts, sorted by name."""
-    found = ContextStore(state(ctx).paths).list(type_)
+    found = ContextStore(state(ctx).paths).of_type(type_)
     if json_:
         emit_json([c.to_json() for c in found])
     elif found:
@@ -99,7 +99,7 @@ def _kind(f: Field) -> str:
         return f"@{f.ref_type}"
     if f.kind is Kind.CHOICE:
         return "|".join(f.choices)
-    return f.kind.value + (" secret" if f.secret else "")
+    return str(f.kind.value) + (" secret" if f.secret else "")
 
 
 def _default(f: Field) -> str:

@@ -75,7 +75,7 @@ def _privileged_findings(paths: Paths, fix: bool) -> list[Finding]:
 
     found: list[Finding] = []
     try:
-        servers = ContextStore(paths).list("server")
+        servers = ContextStore(paths).of_type("server")
     except HostctlError:
         return found
     seen: set[tuple[str, str]] = set()

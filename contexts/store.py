@@ -181,7 +181,7 @@ class ContextStore:
     def exists(self, name: str) -> bool:
         return self.paths.context_file(parse_name(name)).exists()
 
-    def list(
+    def of_type(
         self, type_name: str | None = None, malformed: list[MalformedFile] | None = None
     ) -> list[Context]:
         """The contexts (of one type), by name. A malformed file raises MalformedFile, or,
@@ -221,7 +221,7 @@ class ContextStore:
 
     def referrers(self, name: str) -> list[Context]:
         bare = parse_name(name)
-        return [c for c in self.list() if c.name != bare and c.refers_to(bare)]
+        return [c for c in self.of_type() if c.name != bare and c.refers_to(bare)]
 
     # -- writing ----------------------------------------------------------------------
 
@@ -308,7 +308,7 @@ class ContextStore:
             ctx = self._read(bare)
             if ctx is None:
                 raise NotFound(f"no context {display(bare)}")
-            users = [c for c in self.list() if c.name != bare and c.refers_to(bare)]
+            users = [c for c in self.of_type() if c.name != bare and c.refers_to(bare)]
             if users:
                 names = ", ".join(
                     f"{u.display_name} ({', '.join(u.refers_to(bare))})" for u in users
@@ -534,7 +534,7 @@ class ContextStore:
 
 
 def _read_all(fd: int, size: int) -> bytes:
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         chunk = os.read(fd, max(size + 1, 65536))
         if not chunk:

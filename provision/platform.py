@@ -36,7 +36,7 @@ def _check_removable(job: Job, platform: Context, root: Path) -> None:
     if root in _SYSTEM or root == home or home.is_relative_to(root):
         raise InvalidInput(f"refusing to remove {root}: it is a system folder or holds "
                            "the home")
-    for other in job.store.list("platform"):
+    for other in job.store.of_type("platform"):
         if other.name == platform.name:
             continue
         theirs = Path(str(other.get("root"))).resolve()
@@ -46,7 +46,7 @@ def _check_removable(job: Job, platform: Context, root: Path) -> None:
 
 
 def sites_of(job: Job, platform: Context) -> list[Context]:
-    return [c for c in job.store.list("site") if c.get("platform") == platform.display_name]
+    return [c for c in job.store.of_type("site") if c.get("platform") == platform.display_name]
 
 
 def verify(rc: RunContext) -> int:

@@ -59,7 +59,7 @@ class QueueBackend(Protocol):
     def get(self, task_id: str) -> Task:
         """One task by id."""
 
-    def list(self, states: tuple[str, ...] = ...) -> list[Task]:
+    def tasks_in(self, states: tuple[str, ...] = ...) -> list[Task]:
         """Every task, in id order."""
 
     def retry(self, task_id: str) -> Task:

@@ -182,7 +182,7 @@ class Dispatcher:
         store = self.home.store
         if self._all_sites is None:
             unreadable: list[MalformedFile] = []
-            self._all_sites = (store.list("site", unreadable), unreadable)
+            self._all_sites = (store.of_type("site", unreadable), unreadable)
         malformed = list(self._all_sites[1])
         out = []
         for c in self._all_sites[0]:

@@ -51,7 +51,7 @@ class Inotify:
         fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1 failed")
-        self.fd = fd
+        self.fd = int(fd)
         self.watches: dict[int, Path] = {}
         for folder in folders:
             self.add(folder, mask)
@@ -83,7 +83,7 @@ class Inotify:
 
     def events(self) -> list[tuple[int, int, str]]:
         """The pending events as (watch descriptor, mask, name); never blocks."""
-        out = []
+        out: list[tuple[int, int, str]] = []
         while True:
             try:
                 chunk = os.read(self.fd, 65536)

@@ -104,7 +104,7 @@ class Policy:
 def backoff(policy: Policy, attempts: int, rng: random.Random | None = None) -> float:
     """Exponential backoff with jitter: half fixed, half random (never zero)."""
     ceiling = min(policy.backoff_max, policy.backoff_base * 2 ** max(attempts - 1, 0))
-    return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
+    return float(ceiling / 2 + (rng or random).uniform(0, ceiling / 2))
 
 
 def _prio_char(priority: int) -> str:
@@ -316,7 +316,8 @@ class Spool:
                 continue
         raise NotFound(f"no task {task_id}")
 
-    def list(self, states: tuple[str, ...] = ("new", "deferred", "active", "done")) -> list[Task]:
+    def tasks_in(self, states: tuple[str, ...] = ("new", "deferred", "active", "done")
+                 ) -> list[Task]:
         tasks = []
         for state in states:
             for name in self._names(state):
@@ -434,15 +435,15 @@ class Spool:
         names = listing.smallest(passed)
         try:
             while len(claims) < limit:
-                name = next(names, None)
-                if name is None:
+                smallest = next(names, None)
+                if smallest is None:
                     break
-                if listing.contexts.get(name) in busy or name in waiting:
+                if listing.contexts.get(smallest) in busy or smallest in waiting:
                     continue  # known to wait for its context, or for its type
-                claim = self._try_claim(name, check, busy, listing.contexts)
+                claim = self._try_claim(smallest, check, busy, listing.contexts)
                 if claim is not None:
                     passed.pop()
-                    listing.discard(name)
+                    listing.discard(smallest)
                     claims.append(claim)
                     busy.add(claim.task.envelope.context)
         finally:

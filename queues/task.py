@@ -290,7 +290,8 @@ class Task:
     def last(self, kind: str) -> Mapping[str, Any] | None:
         for ev in reversed(self.events):
             if ev.get("event") == kind:
-                return ev
+                found: Mapping[str, Any] = ev
+                return found
         return None
 
     @property

@@ -142,7 +142,7 @@ def list_tasks(home: Home, status: str | None = None, context: str | None = None
         Status.PROCESSING: ("active",),
     }.get(wanted, ("done", "quarantine")) if wanted else ("new", "deferred", "active",
                                                           "done", "quarantine")
-    return [t for t in home.spool.list(states)
+    return [t for t in home.spool.tasks_in(states)
             if (wanted is None or t.status is wanted)
             and (ctx is None or t.envelope.context == ctx)]
 
@@ -167,8 +167,9 @@ def cancel(home: Home, task_id: str, grace: float | None = None) -> Task:
         return task
     task = spool.request_cancel(task_id)
     started = task.last("start") or {}
-    pgid = started.get("pgid")
-    same = isinstance(pgid, int) and is_task_group(started)
+    found = started.get("pgid")
+    pgid = found if isinstance(found, int) else 0
+    same = pgid > 0 and is_task_group(started)
     if same:
         signal_session(pgid, signal.SIGTERM)  # all of the run, not only its group
     grace = home.config.worker.kill_grace if grace is None else grace
@@ -211,7 +212,7 @@ class QueueStatus:
 
 def queue_status(home: Home) -> QueueStatus:
     spool = home.spool
-    tasks = spool.list(("new", "deferred", "active", "done"))
+    tasks = spool.tasks_in(("new", "deferred", "active", "done"))
     counts = {s.label: 0 for s in Status}
     for t in tasks:
         counts[t.status.label] += 1

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from hostctl.config import Config
 from hostctl.contexts.store import ContextStore
@@ -72,6 +72,10 @@ def redact(value: Any, secrets: Redactor) -> Any:
     if isinstance(value, list):
         return [redact(v, secrets) for v in value]
     return value
+
+
+class _HasFileno(Protocol):
+    def fileno(self) -> int: ...
 
 
 @dataclass
@@ -296,7 +300,7 @@ class Worker:
         self.load_note = busy
         return busy
 
-    def watch(self, fileobj: object, callback: Callable[[], None]) -> None:
+    def watch(self, fileobj: int | _HasFileno, callback: Callable[[], object]) -> None:
         """Wake ``wait`` when ``fileobj`` is readable, and call ``callback``."""
         self.selector.register(fileobj, selectors.EVENT_READ, ("wake", callback))
 
@@ -597,7 +601,8 @@ class Worker:
                               f"after {elapsed:.2f} s: {verdict.outcome}\n")
         with suppress(OSError):
             os.close(run.log_fd)
-        fields = {"exit": verdict.exit, "reason": verdict.reason, "result": dict(verdict.result)}
+        fields: dict[str, Any] = {"exit": verdict.exit, "reason": verdict.reason,
+                                  "result": dict(verdict.result)}
         if run.log_error and verdict.outcome in ("success", "warning", "retry"):
             verdict = Verdict("error", verdict.exit, run.log_error, verdict.result)
             fields.update(reason=run.log_error)

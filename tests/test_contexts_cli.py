@@ -489,17 +489,17 @@ def test_a_watched_store_keeps_its_listing_until_the_folder_changes(
     ok(save(run_hostctl, "@a.example", "--context_type", "site", "--platform", "@plat"))
     store = ContextStore(Paths(home))
     assert store.watch()
-    first = store.list("site")
+    first = store.of_type("site")
     assert [c.name for c in first] == ["a.example"]
-    assert store.list("site")[0] is first[0]  # kept, not read again
+    assert store.of_type("site")[0] is first[0]  # kept, not read again
 
     ok(save(run_hostctl, "@b.example", "--context_type", "site", "--platform", "@plat"))
-    assert [c.name for c in store.list("site")] == ["a.example", "b.example"]
+    assert [c.name for c in store.of_type("site")] == ["a.example", "b.example"]
     path = home / "contexts" / "a.example.toml"
     text = path.read_text()
     with open(path, "r+") as fh:  # in place, as some editors write
         fh.write(text.replace('language = "en"', 'language = "fr"') if 'language' in text
                  else text.replace("[fields]\n", '[fields]\nlanguage = "fr"\n'))
-    assert store.list("site")[0].get("language") == "fr"
+    assert store.of_type("site")[0].get("language") == "fr"
     ok(save(run_hostctl, "@b.example", "--delete"))
-    assert [c.name for c in store.list("site")] == ["a.example"]
+    assert [c.name for c in store.of_type("site")] == ["a.example"]

@@ -1025,13 +1025,13 @@ def test_a_drop_back_after_a_power_cut_is_removed_not_rejected(run_hostctl,
     assert notes == [f"incoming/{drop.name} was admitted before (task {task_id})"]
     assert os.listdir(incoming) == [] and os.listdir(home / "spool" / "rejected") == []
     assert json.loads((outbox / f"{receipt}.json").read_text())["status"] == "queued"
-    assert [t.id for t in spool.list()] == [task_id]
+    assert [t.id for t in spool.tasks_in()] == [task_id]
 
     drop.write_bytes(data)
     os.chown(drop, 65534, -1)  # the same bytes from another user
     assert "already exists" in spool.admit(check)[0]
     assert json.loads((outbox / f"{receipt}.json").read_text())["status"] == "queued"
-    assert [t.id for t in spool.list()] == [task_id]
+    assert [t.id for t in spool.tasks_in()] == [task_id]
     assert sorted(os.listdir(home / "spool" / "rejected")) == [drop.name, f"{drop.name}.reason"]
 
 
@@ -1067,7 +1067,7 @@ def test_a_drop_on_a_malformed_context_waits_and_the_others_go_in(
     assert os.listdir(home / "spool" / "rejected") == []
     warned = [r.getMessage() for r in caplog.records if "cannot admit" in r.getMessage()]
     assert len(warned) == 1 and "malformed context file" in warned[0], warned
-    assert [t.id for t in spool.list()] == [ids["b.example"]]
+    assert [t.id for t in spool.tasks_in()] == [ids["b.example"]]
     ctx.write_bytes(good)
     assert spool.admit(check)[0].startswith(f"admitted task {ids['a.example']}")
-    assert sorted(t.id for t in spool.list()) == sorted(ids.values())
+    assert sorted(t.id for t in spool.tasks_in()) == sorted(ids.values())

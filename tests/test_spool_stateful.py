@@ -191,7 +191,7 @@ class SpoolMachine(RuleBasedStateMachine):
 
     @invariant()
     def finished_tasks_have_a_final_end(self) -> None:
-        for task in self.spools[0].list(("done",)):
+        for task in self.spools[0].tasks_in(("done",)):
             end = task.last("end")
             assert end is not None and end.get("outcome") in FINAL
             assert task.status.finished

@@ -94,11 +94,11 @@ def test_storm_of_workers_runs_every_task_exactly_once(run_hostctl, home: Path) 
     for folder in ("new", "deferred", "active"):
         assert ids_in(home, folder) == [], folder
     assert os.listdir(home / "spool" / "quarantine") == []
-    statuses = Counter(t.status.label for t in sp.list(("done",)))
+    statuses = Counter(t.status.label for t in sp.tasks_in(("done",)))
     assert statuses == {"success": TASKS}, statuses
-    attempts = Counter(len(t.attempts) for t in sp.list(("done",)))
+    attempts = Counter(len(t.attempts) for t in sp.tasks_in(("done",)))
     assert attempts == {1: TASKS}, attempts
-    by_worker = Counter(t.events[0].get("worker") for t in sp.list(("done",)))
+    by_worker = Counter(t.events[0].get("worker") for t in sp.tasks_in(("done",)))
     print(f"tasks run per process: {sorted(by_worker.values(), reverse=True)}")
     assert dispatch.pid in by_worker, "dispatch ran no task beside the daemons"
     assert set(by_worker) <= {dispatch.pid, *(w.pid for w in workers)}
