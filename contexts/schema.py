@@ -53,8 +53,9 @@ from hostctl.errors import InvalidInput, UnknownField
 Value = str | int | bool | list[str]
 
 NULL = "null"
-_TRUE = {"1", "true", "yes", "on", "y"}
-_FALSE = {"0", "false", "no", "off", "n"}
+#: the words a boolean takes (any case)
+TRUE_WORDS = frozenset({"1", "true", "yes", "on", "y"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off", "n"})
 _INT = re.compile(r"[+-]?[0-9]+", re.ASCII)
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _HOST = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
@@ -116,9 +117,9 @@ class Field:
     def _parse(self, raw: str) -> Value:
         if self.kind is Kind.BOOL:
             low = raw.strip().lower()
-            if low in _TRUE:
+            if low in TRUE_WORDS:
                 return True
-            if low in _FALSE:
+            if low in FALSE_WORDS:
                 return False
             raise InvalidInput(f"{shown(raw)} is not a boolean (use true or false)")
         if self.kind is Kind.INT:

@@ -59,6 +59,7 @@ error_log $DEMO/nginx/error.log;
 events { worker_connections 64; }
 http {
     access_log off;
+    server_names_hash_bucket_size 256;
     default_type text/html;
     client_body_temp_path $DEMO/nginx/tmp/body;
     proxy_temp_path $DEMO/nginx/tmp/proxy;

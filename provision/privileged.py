@@ -86,7 +86,7 @@ from hostctl.errors import (
     MalformedFile,
     OperationFailed,
 )
-from hostctl.files import write_atomic
+from hostctl.files import write_all, write_atomic
 
 COMMENT = "hostctl site user"
 DEFAULT_SETTINGS = "/etc/hostctl/privileged.toml"
@@ -507,9 +507,7 @@ def write_settings(settings: Settings, name: str, path: Path, content: bytes) ->
         try:
             os.fchown(out, uid, gid)
             os.fchmod(out, 0o400)
-            view = memoryview(content)
-            while view:
-                view = view[os.write(out, view):]
+            write_all(out, content)
             os.fsync(out)
             os.close(out)
             out = -1

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from hostctl.contexts.names import display, parse_name
-from hostctl.contexts.schema import NULL
+from hostctl.contexts.schema import FALSE_WORDS, NULL, TRUE_WORDS
 from hostctl.contexts.store import Context
 from hostctl.errors import Conflict, HostctlError, InvalidInput, NotFound, OperationFailed
 from hostctl.provision import app, backup, certificates, layout, secrets
@@ -46,8 +46,6 @@ DB_FOLDER = ".db"
 #: a site's basic authentication users, in its folder
 AUTH_FILE = ".htpasswd"
 
-_TRUE = {"1", "true", "yes", "on", "y"}
-_FALSE = {"0", "false", "no", "off", "n", ""}
 
 
 # -- where a site is --------------------------------------------------------------------
@@ -518,9 +516,9 @@ def _web_of(job: Job, record: SiteRecord) -> Nginx | None:
 
 def _flag(job: Job, name: str) -> bool:
     raw = job.rc.options.get(name, "").strip().lower()
-    if raw in _TRUE:
+    if raw in TRUE_WORDS:
         return True
-    if raw in _FALSE:
+    if raw in FALSE_WORDS or not raw:  # not given: no
         return False
     raise InvalidInput(f"--{name} takes yes or no, not {raw!r}")
 

@@ -41,7 +41,7 @@ from typing import Any
 
 from hostctl.contexts.names import display, parse_name
 from hostctl.errors import ForeignHome, InvalidInput, NotFound, OperationFailed
-from hostctl.files import tail
+from hostctl.files import tail, write_all
 from hostctl.paths import Paths
 from hostctl.queues.task import (
     DEFAULT_PRIORITY,
@@ -260,9 +260,7 @@ def submit(paths: Paths, type_name: str, context: str, options: Mapping[str, str
         raise OperationFailed(f"cannot submit the task: {exc.strerror}") from None
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, data)
             os.fchmod(fd, SHARED_FILE_MODE)
             os.fsync(fd)
         finally:

@@ -67,7 +67,13 @@ from hostctl.errors import (
     NotJudgedYet,
     OperationFailed,
 )
-from hostctl.files import NETWORK_FILESYSTEMS, filesystem_type, fsync_dir, write_private
+from hostctl.files import (
+    NETWORK_FILESYSTEMS,
+    filesystem_type,
+    fsync_dir,
+    write_all,
+    write_private,
+)
 from hostctl.queues.task import (
     MAX_TASK_BYTES,
     Envelope,
@@ -239,9 +245,7 @@ class Spool:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
+                write_all(fd, data)
                 os.fsync(fd)
             finally:
                 os.close(fd)

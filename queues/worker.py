@@ -25,6 +25,7 @@ from typing import Any, Protocol, TextIO
 from hostctl.config import Config
 from hostctl.contexts.store import ContextStore
 from hostctl.errors import HostctlError
+from hostctl.files import write_all
 from hostctl.paths import Paths
 from hostctl.provision.registry import Registry, secret_values
 from hostctl.provision.runner import Verdict, judge, launch, prepare, read_result
@@ -626,7 +627,4 @@ class Worker:
 
     @staticmethod
     def _log(fd: int, data: str | bytes) -> None:
-        raw = data.encode() if isinstance(data, str) else data
-        view = memoryview(raw)
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, data.encode() if isinstance(data, str) else data)

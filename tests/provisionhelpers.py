@@ -131,6 +131,7 @@ http {{
     {types}
     default_type application/octet-stream;
     access_log off;
+    server_names_hash_bucket_size 256;
     client_body_temp_path {base}/tmp/body;
     proxy_temp_path {base}/tmp/proxy;
     fastcgi_temp_path {base}/tmp/fastcgi;
