@@ -30,8 +30,10 @@ from common import (
 )
 
 from hostctl.paths import Paths
-from hostctl.queues import tasks as ops
-from hostctl.queues.task import Envelope, new_id, utc_iso
+from hostctl.queues.model import Envelope, new_id
+from hostctl.queues.spool import Spool
+from hostctl.runners import lifecycle as ops
+from hostctl.times import utc_iso
 
 SUFFIX = ".task"
 # The task types of the bench home. ``hold`` prints a stamp, then keeps running, so that
@@ -112,7 +114,7 @@ class HostctlBench:
 
     @property
     def spool(self) -> Any:
-        return self.home.spool
+        return Spool(self.home.paths.spool, self.home.paths.logs)
 
     def folder(self, name: str) -> Path:
         return Path(self.spool.dir(name))
@@ -289,7 +291,7 @@ def drain(hb: HostctlBench, n: int, workers: int, concurrency: int) -> dict[str,
 
 
 def _ts(iso: str) -> float:
-    from hostctl.queues.task import parse_iso
+    from hostctl.times import parse_iso
 
     return parse_iso(iso)
 

@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Annotated
 
 import typer
 
+from hostctl.cli import grammar as g
+from hostctl.cli.begin import State
+from hostctl.errors import HostctlError
 from hostctl.paths import Paths, resolve_home
-
-
-@dataclass(frozen=True)
-class State:
-    """Resolved once by the root command and handed to every sub-command."""
-
-    paths: Paths
-    verbose: int = 0
-    quiet: bool = False
+from hostctl.runners.home import Home
 
 
 def state(ctx: typer.Context) -> State:
@@ -27,7 +21,7 @@ def state(ctx: typer.Context) -> State:
     return State(Paths(resolve_home(None)))
 
 
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+JsonFlag = Annotated[bool, typer.Option(*g.JSON.names, help=g.JSON.help)]
 
 
 def say(st: State, text: str) -> None:
@@ -46,12 +40,9 @@ def table(rows: Sequence[tuple[str, ...]], header: tuple[str, ...]) -> str:
 
 def complete_context(ctx: typer.Context, incomplete: str) -> list[str]:
     """Context names from the home the command line names (or the default one)."""
-    from hostctl.contexts.store import ContextStore
-    from hostctl.errors import HostctlError
-
     try:
         home = ctx.find_root().params.get("home")
-        store = ContextStore(Paths(resolve_home(home)))
+        store = Home(Paths(resolve_home(home))).store
         prefix = incomplete.removeprefix("@")
         return [f"@{n}" for n in store.names() if n.startswith(prefix)]
     except (HostctlError, OSError):

@@ -9,7 +9,8 @@ import typer
 from hostctl.cli.common import JsonFlag, complete_context, state, table
 from hostctl.cli.output import emit_json
 from hostctl.contexts.schema import TYPES, Field, Kind, context_type
-from hostctl.contexts.store import Context, ContextStore
+from hostctl.contexts.store import Context
+from hostctl.runners.home import Home
 
 app = typer.Typer(help="List and show contexts (servers, platforms, sites).",
                   no_args_is_help=True)
@@ -36,7 +37,7 @@ def list_(
     json_: JsonFlag = False,
 ) -> None:
     """List the contexts, sorted by name."""
-    found = ContextStore(state(ctx).paths).of_type(type_)
+    found = Home(state(ctx).paths).store.of_type(type_)
     if json_:
         emit_json([c.to_json() for c in found])
     elif found:
@@ -54,7 +55,7 @@ def show(
     json_: JsonFlag = False,
 ) -> None:
     """Show one context with every field, defaults included."""
-    found = ContextStore(state(ctx).paths).get(name)
+    found = Home(state(ctx).paths).store.get(name)
     if json_:
         emit_json(found.to_json(show_secrets))
         return

@@ -1,21 +1,28 @@
 """The ``hostctl`` console script (and ``python -m hostctl``).
 
-The command a front end runs for every click, ``task add``, takes a fast path that loads
-no command-line library: typer and its click take about a third of a whole ``task add``.
-Everything else, and any ``task add`` command line this parser is not sure of, goes to the
-typer CLI (cli/main.py), which then says what is wrong in its own words. The fast path
-takes exactly::
+The commands that run most often or longest take a fast path that loads no command-line
+library (typer, its click and the pydantic it coerces values with take about half of a
+short command, and 14 MB of a long-lived one): ``task add``, what a front end runs for
+every click; ``dispatch``, cron's pass every minute; ``wait-queue``, the daemon. Anything
+else, and any such line this parser is not sure of, goes to the typer CLI (cli/main.py),
+which then says what is wrong in its own words. The fast path takes exactly::
 
-    hostctl [--home PATH] [-v|--verbose]... [-q|--quiet] [--traceback] task add TYPE @NAME
-            [--option|-o KEY=VALUE]... [--context-option|--context_option|-c FIELD=VALUE]...
-            [--priority|-p 0-9] [--delay SECONDS] [--json]
+    hostctl [--home PATH] [-v|--verbose]... [-q|--quiet] [--traceback] LINE
 
-options in any order after ``add`` (also ``--name=value``), a value in the next word only
-if that word does not start with ``-``, digits for the priority and digits (with one
-decimal point) for the delay; the last of a repeated priority or delay wins, as in click.
-Both paths run the same code once the line is read (cli/submit.py) and end alike
-(cli/output.py); tests/test_entry.py runs both on the same command lines and compares
-exit codes, output and the queued tasks.
+    LINE:   task add TYPE @NAME [--option|-o KEY=VALUE]...
+                [--context-option|--context_option|-c FIELD=VALUE]...
+                [--priority|-p 0-9] [--delay SECONDS] [--json]
+          | dispatch [--force] [--queue NAME]
+          | wait-queue [--max-runtime SECONDS] [--concurrency 1-256] [--once]
+                [--housekeeping-every SECONDS]
+
+options in any order after the command's words (also ``--name=value``), a value in the
+next word only if that word does not start with ``-``, digits for a whole number and
+digits with one decimal point for a number, within the option's bounds; the last of a
+repeated option wins, as in click. The words come from one table (cli/grammar.py) that
+the typer commands are declared with; both paths run the same code once the line is read
+(cli/submit.py, cli/runs.py) and end alike (cli/output.py). tests/test_entry.py runs both
+on the same command lines and compares exit codes, output and what was queued.
 """
 
 from __future__ import annotations
@@ -23,62 +30,67 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from hostctl.cli.output import (
-    exit_process,
-    fail,
-    internal_error,
-    logging_level,
-    prepare_streams,
-)
-from hostctl.errors import ExitStatus, HostctlError
-
-_VALUED = {"--option": "options", "-o": "options",
-           "--context-option": "context_options", "--context_option": "context_options",
-           "-c": "context_options", "--priority": "priority", "-p": "priority",
-           "--delay": "delay"}
+from hostctl.cli import grammar as g
+from hostctl.cli.output import exit_process, guarded, prepare_streams
 
 
 @dataclass
-class TaskAdd:
-    """A ``task add`` command line, read."""
+class Request:
+    """A fast-path command line, read."""
 
+    line: g.Line
     home: str | None = None
     verbose: int = 0
     quiet: bool = False
     traceback: bool = False
-    args: list[str] = field(default_factory=list)  # TYPE, @NAME
-    options: list[str] = field(default_factory=list)
-    context_options: list[str] = field(default_factory=list)
-    priority: int = 5
-    delay: float = 0.0
-    json: bool = False
+    args: list[str] = field(default_factory=list)
+    values: dict[str, Any] = field(default_factory=dict)
 
 
-def parse(argv: list[str]) -> TaskAdd | None:
-    """The request, if ``argv`` is a ``task add`` line of the fast path's form; else None."""
-    req = TaskAdd()
+def _value(flag: g.Flag, text: str) -> Any:
+    """The option's value, or None where the parser is not sure (typer then says)."""
+    if flag.kind in ("text", "list"):
+        return text
+    if not text.isascii() or text.endswith("."):
+        return None
+    whole, _, part = text.partition(".")
+    if not whole.isdigit() or (part and (flag.kind == "int" or not part.isdigit())):
+        return None
+    number: float = int(text) if flag.kind == "int" else float(text)
+    if (flag.low is not None and number < flag.low) or (
+            flag.high is not None and number > flag.high):
+        return None
+    return number
+
+
+def parse(argv: list[str]) -> Request | None:
+    """The request, if ``argv`` is a line of the fast path's form; else None."""
     i = 0
+    root: dict[str, Any] = {"home": None, "verbose": 0, "quiet": False, "traceback": False}
     while i < len(argv) and argv[i].startswith("-"):  # hostctl's own options
         token = argv[i]
-        if token in ("-v", "--verbose"):
-            req.verbose += 1
-        elif token in ("-q", "--quiet"):
-            req.quiet = True
-        elif token == "--traceback":
-            req.traceback = True
-        elif token == "--home" and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+        if token in g.VERBOSE.names:
+            root["verbose"] += 1
+        elif token in g.QUIET.names:
+            root["quiet"] = True
+        elif token in g.TRACEBACK.names:
+            root["traceback"] = True
+        elif token in g.HOME.names and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
             i += 1
-            req.home = argv[i]
-        elif token.startswith("--home="):
-            req.home = token[len("--home="):]
+            root["home"] = argv[i]
+        elif token.partition("=")[0] in g.HOME.names and "=" in token:
+            root["home"] = token.partition("=")[2]
         else:
             return None
         i += 1
-    if argv[i:i + 2] != ["task", "add"]:
+    line = next((ln for ln in g.FAST_LINES
+                 if tuple(argv[i:i + len(ln.words)]) == ln.words), None)
+    if line is None:
         return None
-    rest = argv[i + 2:]
+    req = Request(line, **root)
+    rest = argv[i + len(line.words):]
     j = 0
     while j < len(rest):
         token = rest[j]
@@ -86,32 +98,28 @@ def parse(argv: list[str]) -> TaskAdd | None:
         if not token.startswith("-"):
             req.args.append(token)
             continue
-        if token == "--json":
-            req.json = True
+        flag = line.flag(token)
+        if flag is not None and flag.kind == "switch":
+            req.values[flag.dest] = True
             continue
-        name, eq, value = token.partition("=")
+        name, eq, text = token.partition("=")
         if not eq or not name.startswith("--"):
-            name, value = token, ""
+            name = token
             if j >= len(rest) or rest[j].startswith("-"):
                 return None
-            value = rest[j]
+            text = rest[j]
             j += 1
-        where = _VALUED.get(name)
-        if where is None:
+        flag = line.flag(name)
+        if flag is None or flag.kind == "switch":
             return None
-        if where in ("options", "context_options"):
-            getattr(req, where).append(value)
-        elif where == "priority":
-            if not (value.isascii() and value.isdigit() and 0 <= int(value) <= 9):
-                return None
-            req.priority = int(value)
+        value = _value(flag, text)
+        if value is None:
+            return None
+        if flag.kind == "list":
+            req.values.setdefault(flag.dest, []).append(value)
         else:
-            whole, _, part = value.partition(".")
-            if not (value.isascii() and whole.isdigit() and (part == "" or part.isdigit())
-                    and not value.endswith(".")):
-                return None
-            req.delay = float(value)
-    return req if len(req.args) == 2 else None
+            req.values[flag.dest] = value
+    return req if len(req.args) == line.arguments else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,30 +135,30 @@ def main(argv: list[str] | None = None) -> int:
         from hostctl.cli.main import main as full
 
         return full(args)
-    return _run(req)
-
-
-def _run(req: TaskAdd) -> int:
-    import logging
-
-    from hostctl.cli.submit import add_task
-    from hostctl.paths import Paths, resolve_home
-
     prepare_streams()
-    logging.basicConfig(level=logging_level(req.verbose, req.quiet),
-                        format="hostctl: %(message)s", stream=sys.stderr)
-    try:
-        add_task(Paths(resolve_home(req.home)), req.args[0], req.args[1], req.options,
-                 req.context_options, req.priority, req.delay, req.json)
-    except HostctlError as exc:
-        return fail(exc.message, exc.exit_status)
-    except KeyboardInterrupt:
-        return fail("interrupted", ExitStatus.INTERRUPTED)
-    except BrokenPipeError:
-        return ExitStatus.ERROR
-    except Exception as exc:  # a bug: one line, unless asked for the trace
-        return internal_error(exc, req.traceback)
-    return ExitStatus.OK
+    return guarded(lambda: _run(req), lambda: req.traceback)
+
+
+def _run(req: Request) -> int | None:
+    # each route loads only its own code: the root helper never loads the queue's, and
+    # task add never loads the worker's
+    from hostctl.cli.begin import begin
+
+    st = begin(req.home, req.verbose, req.quiet, req.line.words[0])
+    v = req.values
+    if req.line is g.TASK_ADD:
+        from hostctl.cli.submit import add_task
+
+        add_task(st.paths, req.args[0], req.args[1], v.get("options", []),
+                 v.get("context_options", []), v.get("priority", g.DEFAULT_PRIORITY),
+                 v.get("delay", 0.0), v.get("json", False))
+        return None
+    from hostctl.cli import runs
+
+    if req.line is g.DISPATCH:
+        return runs.dispatch(st, v.get("force", False), v.get("queue"))
+    return runs.wait_queue(st, v.get("max_runtime", 3600.0), v.get("concurrency"),
+                           v.get("once", False), v.get("housekeeping_every", 60.0))
 
 
 def run() -> NoReturn:

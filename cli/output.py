@@ -1,6 +1,8 @@
 """Output and exit primitives that need no command-line library: the one-line error, JSON
-on stdout, the streams' error handling, the process's end. cli/main.py (the whole CLI)
-and cli/entry.py (the fast path of ``task add``) share them, so both end alike.
+on stdout, the streams' error handling, the process's end, and :func:`guarded`, the one
+place where errors become exit codes. cli/main.py (the whole CLI), cli/entry.py (the fast
+path of ``task add``) and cli/privileged.py (the root helper) all run through it, so all
+end alike.
 """
 
 from __future__ import annotations
@@ -8,9 +10,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
-from hostctl.errors import ExitStatus
+from hostctl.errors import ExitStatus, HostctlError
 
 
 def prepare_streams() -> None:
@@ -53,6 +56,51 @@ def internal_error(exc: Exception, show_traceback: bool) -> int:
         return ExitStatus.INTERNAL
     return fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --traceback)",
                 ExitStatus.INTERNAL)
+
+
+def guarded(call: Callable[[], int | None], show_traceback: Callable[[], bool]) -> int:
+    """Run ``call`` and return its exit status: its own (a command that reports an outcome
+    returns it), else the one its error carries, every error said in one line on stderr.
+
+    - :class:`HostctlError`: its message and its status;
+    - the argument parser's errors (typer's, which carry click's documented
+      ``format_message()`` and ``exit_code``): the message and where to find help, or,
+      for a bare command group, its help;
+    - an interrupt: 130; a closed stdout (``| head``): 1, silently;
+    - anything else is a bug: one line (``--traceback``: the trace), 70.
+    """
+    try:
+        status = call()
+    except HostctlError as exc:
+        return fail(exc.message, exc.exit_status)
+    except KeyboardInterrupt:
+        return fail("interrupted", ExitStatus.INTERRUPTED)
+    except BrokenPipeError:
+        return ExitStatus.ERROR
+    except Exception as exc:
+        parsed = _parser_error(exc)
+        if parsed is not None:
+            return parsed
+        if type(exc).__name__ == "Abort" and type(exc).__module__.startswith("typer"):
+            return fail("interrupted", ExitStatus.INTERRUPTED)  # typer.Abort: ^C at a prompt
+        return internal_error(exc, show_traceback())
+    return ExitStatus.OK if status is None else int(status)
+
+
+def _parser_error(exc: Exception) -> int | None:
+    """Say a usage error of the argument parser; None for any other exception."""
+    if not type(exc).__module__.startswith("typer"):
+        return None
+    message = getattr(exc, "format_message", None)
+    code = getattr(exc, "exit_code", None)
+    if not callable(message) or not isinstance(code, int):
+        return None
+    text = str(message())
+    if type(exc).__name__ == "NoArgsIsHelpError":  # a bare group: its help, as a usage error
+        sys.stderr.write(text.rstrip("\n") + "\n")
+        return code
+    where = getattr(getattr(exc, "ctx", None), "command_path", None) or "hostctl"
+    return fail(f"{text} (see '{where} --help')", code)
 
 
 def emit_json(doc: Any) -> None:

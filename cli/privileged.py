@@ -20,8 +20,9 @@ import pwd
 import sys
 from pathlib import Path
 
-from hostctl.cli.output import fail
-from hostctl.errors import ExitStatus, HostctlError, InvalidInput
+from hostctl.cli.output import guarded
+from hostctl.errors import ExitStatus, InvalidInput, OperationFailed
+from hostctl.provision import privileged
 
 USAGE = ("usage: hostctl privileged SETTINGS ACTION ARG... (as root, through sudo) | "
          "hostctl privileged --sudoers SETTINGS [USER]")
@@ -41,8 +42,11 @@ def _which(name: str) -> str | None:
 
 
 def main(argv: list[str]) -> int:
-    from hostctl.provision import privileged
+    """Run the helper; return its exit code (errors: one line, through cli/output.py)."""
+    return guarded(lambda: _run(argv), lambda: False)
 
+
+def _run(argv: list[str]) -> int:
     try:
         if argv[:1] == ["--sudoers"] and len(argv) in (2, 3):
             user = argv[2] if len(argv) == 3 else pwd.getpwuid(os.getuid()).pw_name
@@ -67,11 +71,9 @@ def main(argv: list[str]) -> int:
                 print(json.dumps({"done": privileged.run_batch(settings, stdin)}))
             except privileged.BatchFailed as exc:
                 print(json.dumps({"done": exc.done, "error": exc.message}))
-                return fail(exc.message, exc.exit_status)
+                raise
             return ExitStatus.OK
         print(privileged.run(settings, argv[1], argv[2:], stdin))
-    except HostctlError as exc:
-        return fail(exc.message, exc.exit_status)
     except OSError as exc:
-        return fail(f"privileged {' '.join(argv[1:2])}: {exc}", ExitStatus.ERROR)
+        raise OperationFailed(f"privileged {' '.join(argv[1:2])}: {exc}") from exc
     return ExitStatus.OK

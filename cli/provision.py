@@ -14,7 +14,7 @@ import typer
 from hostctl.cli.common import complete_context, state
 from hostctl.cli.save import HELP_SETTINGS, field_args
 from hostctl.errors import ExitStatus, HostctlError
-from hostctl.queues import tasks as ops
+from hostctl.runners.home import Home
 
 PREFIX = "provision-"
 
@@ -24,25 +24,26 @@ def provision_task(
     args: Annotated[list[str] | None, typer.Argument(
         metavar="@NAME [--OPTION VALUE]...", help="The context, then the task's options.",
         autocompletion=complete_context, show_default=False)] = None,
-) -> None:
-    home = ops.Home(state(ctx).paths)
+) -> int:
+    home = Home(state(ctx).paths)
     type_name = (ctx.info_name or "").removeprefix(PREFIX)
     declared = {k.replace("-", "_"): k for k in _declared_options(home, type_name)}
     name, options = field_args(
         ctx, list(args or []), flag=lambda _: False, what=f"{PREFIX}{type_name}",
         spelling=lambda key: declared.get(key.replace("-", "_"), key))
-    task, summary = ops.run_now(home, type_name, name, options, echo=sys.stdout)
+    from hostctl.runners.foreground import run_now  # the worker: loaded only to run one
+
+    task, summary = run_now(home, type_name, name, options, echo=sys.stdout)
     label = task.status.label
     print(f"hostctl: {type_name} on {task.envelope.context}: {label} (task {task.id})"
           + (f": {task.reason}" if task.reason and label != "success" else ""),
           file=sys.stderr)
     if label == "cancelled":
-        raise typer.Exit(ExitStatus.INTERRUPTED)
-    if label not in ("success", "warning"):
-        raise typer.Exit(ExitStatus.ERROR)
+        return ExitStatus.INTERRUPTED
+    return ExitStatus.OK if label in ("success", "warning") else ExitStatus.ERROR
 
 
-def _declared_options(home: ops.Home, type_name: str) -> list[str]:
+def _declared_options(home: Home, type_name: str) -> list[str]:
     """The option names the task type declares, as written (``dry-run`` stays dashed)."""
     try:
         return list(home.registry.get(type_name).options)

@@ -12,8 +12,8 @@ from hostctl.cli.output import emit_json
 from hostctl.cli.secretinput import HELP as SECRET_HELP
 from hostctl.cli.secretinput import read_secrets
 from hostctl.contexts.schema import TYPES, Kind, all_field_names
-from hostctl.contexts.store import ContextStore
 from hostctl.errors import InvalidInput
+from hostctl.runners.home import Home
 
 _BOOL_WORDS = {"1", "0", "true", "false", "yes", "no", "on", "off", "y", "n", "null"}
 _FIELD_LIST = ", ".join(all_field_names())
@@ -118,7 +118,7 @@ def provision_save(
     """Create or update a context; --FIELD null resets a field to its default."""
     st = state(ctx)
     name, changes = field_args(ctx, list(args or []))
-    store = ContextStore(st.paths)
+    store = Home(st.paths).store
     if delete:
         if changes or context_type:
             raise InvalidInput("--delete takes no fields")

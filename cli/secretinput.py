@@ -28,6 +28,7 @@ import sys
 from collections.abc import Mapping
 from typing import TextIO
 
+from hostctl.contexts.schema import secret_field_names
 from hostctl.errors import InvalidInput
 
 #: the largest secret file read (a password or a key, not a data file)
@@ -45,8 +46,6 @@ def read_secrets(values: Mapping[str, str], stdin: TextIO | None = None,
     the field in messages (``--`` for ``--db_passwd``)."""
     if not any(v == "-" or v.startswith("@") for v in values.values()):
         return dict(values)
-    from hostctl.contexts.schema import secret_field_names
-
     secret = secret_field_names()
     out = dict(values)
     from_stdin = [k for k, v in values.items() if k in secret and v == "-"]

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from hostctl.cli import output, privileged
 from hostctl.cli.common import JsonFlag, say, state
 from hostctl.cli.output import emit_json
-from hostctl.doctor import Finding
 from hostctl.errors import HostctlError, ProblemsFound
 from hostctl.paths import Paths
+from hostctl.queues import dropbox
+from hostctl.runners.doctor import Finding, check
+from hostctl.runners.home import Home
 from hostctl.text import printable
 
 frontend_app = typer.Typer(help="The front end's door: the spool's drop box.",
@@ -24,8 +28,6 @@ def frontend_setup(
         "--group", "-g", help="The front end's UNIX group (for example www-data).")],
 ) -> None:
     """Let GROUP submit tasks and read their receipts, and nothing else of the home."""
-    from hostctl.queues import dropbox
-
     st = state(ctx)
     changes = dropbox.setup(st.paths, group)
     for line in changes:
@@ -41,9 +43,6 @@ def doctor(
     json_: JsonFlag = False,
 ) -> None:
     """Check the home's owners and modes (and the spool's file system); --fix repairs."""
-    from hostctl.doctor import check
-    from hostctl.queues.tasks import Home
-
     st = state(ctx)
     try:
         allow = Home(st.paths).config.spool.allow_network_filesystem
@@ -70,12 +69,11 @@ def doctor(
 def _privileged_findings(paths: Paths, fix: bool) -> list[Finding]:
     """For each server that runs PHP sites: what keeps its privileged helper from working
     or from being safe (provision/services/php.py)."""
-    from hostctl.contexts.store import ContextStore
+    # the web and database services' code: loaded by doctor alone
     from hostctl.provision.services.php import PhpFpm
-
     found: list[Finding] = []
     try:
-        servers = ContextStore(paths).of_type("server")
+        servers = Home(paths).store.of_type("server")
     except HostctlError:
         return found
     seen: set[tuple[str, str]] = set()
@@ -87,7 +85,17 @@ def _privileged_findings(paths: Paths, fix: bool) -> list[Finding]:
         if key in seen:
             continue
         seen.add(key)
-        for path, problem in php.problems():
+        for path, problem in php.problems(_helper_code()):
             found.append(Finding(path, f"{server.display_name}: {problem}", False,
                                  "doctor changes nothing outside the home" if fix else ""))
     return found
+
+
+def _helper_code() -> list[Path]:
+    """The files of the command line that sudo runs for the privileged helper (the
+    console script's module, which imports this one's parent, is found, not imported)."""
+    from importlib.util import find_spec
+
+    entry = find_spec("hostctl.cli.entry")
+    return [Path(f) for f in (output.__file__, privileged.__file__,
+                              entry.origin if entry else None) if f]

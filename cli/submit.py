@@ -11,7 +11,8 @@ from hostctl.cli.output import emit_json
 from hostctl.cli.secretinput import read_secrets
 from hostctl.paths import Paths
 from hostctl.queues import dropbox
-from hostctl.queues import tasks as ops
+from hostctl.runners import lifecycle as ops
+from hostctl.runners.home import Home
 
 
 def add_task(paths: Paths, type_: str, context: str, options: list[str],
@@ -34,7 +35,7 @@ def add_task(paths: Paths, type_: str, context: str, options: list[str],
             print(f"hostctl: could not keep the receipt; follow the task with --receipt "
                   f"{dropped.receipt}", file=sys.stderr)
         return
-    added = ops.add(ops.Home(paths), type_, context, opts, ctx_opts, priority, delay)
+    added = ops.add(Home(paths), type_, context, opts, ctx_opts, priority, delay)
     if json_:
         emit_json(added.task.to_json())
     else:

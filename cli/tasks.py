@@ -7,26 +7,28 @@ from typing import Annotated, Any
 
 import typer
 
+from hostctl.cli import grammar as g
 from hostctl.cli.common import JsonFlag, complete_context, say, state, table
 from hostctl.cli.output import emit_json
 from hostctl.cli.submit import add_task
 from hostctl.contexts.names import display, parse_name
 from hostctl.queues import dropbox
-from hostctl.queues import tasks as ops
-from hostctl.queues.task import Status
+from hostctl.queues.model import Status
+from hostctl.runners import lifecycle as ops
+from hostctl.runners.home import Home
 from hostctl.text import printable
 
 app = typer.Typer(help="Queue tasks and follow them.", no_args_is_help=True)
 queue_app = typer.Typer(help="The queue as a whole.", no_args_is_help=True)
 
 
-def _home(ctx: typer.Context) -> ops.Home:
-    return ops.Home(state(ctx).paths)
+def _home(ctx: typer.Context) -> Home:
+    return Home(state(ctx).paths)
 
 
 def _complete_type(ctx: typer.Context, incomplete: str) -> list[str]:
     try:
-        home = ops.Home(state(ctx).paths)
+        home = Home(state(ctx).paths)
         return [n for n in home.registry.names() if n.startswith(incomplete)]
     except Exception:  # completion must never fail loudly
         return []
@@ -50,17 +52,15 @@ def add(
     context: Annotated[str, typer.Argument(metavar="@NAME", help="The context.",
                                            autocompletion=complete_context)],
     option: Annotated[list[str] | None, typer.Option(
-        "--option", "-o", metavar="KEY=VALUE",
-        help="A one-time option for this run (repeatable).")] = None,
+        *g.OPTION.names, metavar=g.OPTION.metavar, help=g.OPTION.help)] = None,
     context_option: Annotated[list[str] | None, typer.Option(
-        "--context-option", "--context_option", "-c", metavar="FIELD=VALUE",
-        help="Saved into the context before the task runs (repeatable). A secret field "
-             "takes - (read from stdin) or @FILE, never on the command line; @@TEXT is "
-             "the literal @TEXT.")] = None,
+        *g.CONTEXT_OPTION.names, metavar=g.CONTEXT_OPTION.metavar,
+        help=g.CONTEXT_OPTION.help)] = None,
     priority: Annotated[int, typer.Option(
-        "--priority", "-p", min=0, max=9, help="0 to 9; higher runs sooner.")] = 5,
+        *g.PRIORITY.names, min=g.MIN_PRIORITY, max=g.MAX_PRIORITY,
+        help=g.PRIORITY.help)] = g.DEFAULT_PRIORITY,
     delay: Annotated[float, typer.Option(
-        "--delay", min=0, metavar="SECONDS", help="Run no sooner than this.")] = 0.0,
+        *g.DELAY.names, min=0, metavar=g.DELAY.metavar, help=g.DELAY.help)] = 0.0,
     json_: JsonFlag = False,
 ) -> None:
     """Validate and queue a task; print its id (an identical queued task's, if any).
@@ -183,17 +183,15 @@ def cancel(ctx: typer.Context, task_id: TaskId, json_: JsonFlag = False) -> None
 @queue_app.command("status")
 def status(ctx: typer.Context, json_: JsonFlag = False) -> None:
     """Tasks per status, the oldest queued task's age, quarantined and rejected files."""
-    from hostctl.queues.daemon import daemons
-    from hostctl.queues.dispatcher import paused
-
     home = _home(ctx)
     st = ops.queue_status(home)
-    workers = daemons(home)
+    workers = home.queue.workers()
+    paused = home.queue.paused()
     if json_:
-        emit_json({**st.to_json(), "paused": paused(home),
+        emit_json({**st.to_json(), "paused": paused,
                    "daemons": [d.to_json() for d in workers]})
         return
-    if paused(home):
+    if paused:
         typer.echo("the queue is PAUSED (hostctl queue resume)")
     for d in workers:
         typer.echo(f"wait-queue pid {d.pid}: {'alive' if d.alive else 'dead'}, started "

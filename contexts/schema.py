@@ -47,6 +47,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
+from hostctl.config import FieldNames
 from hostctl.contexts.names import display, parse_name, shown
 from hostctl.errors import InvalidInput, UnknownField
 
@@ -61,7 +62,9 @@ _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _HOST = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _EMAIL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
                     r"@(.+)")
-_URL = re.compile(r"https?://[A-Za-z0-9._~:/?#\[\]@!&'()*+,;=%-]+")
+#: an http(s) URL as a field holds it (no white space, quotes, backslashes, $ or braces:
+#: a web server's configuration quotes it, and it must stay one string there)
+URL_FORM = re.compile(r"https?://[A-Za-z0-9._~:/?#\[\]@!&'()*+,;=%-]+")
 _WORD = re.compile(r"[A-Za-z0-9._+@-]+")
 #: what nginx would read in a path as the end of a string, an escape or a variable
 _UNSAFE_PATH = re.compile(r'["\\$]')
@@ -283,7 +286,7 @@ def _email(text: str) -> str:
 
 
 def _url(text: str) -> str:
-    if not _URL.fullmatch(text):
+    if not URL_FORM.fullmatch(text):
         raise InvalidInput(f"{shown(text)} is not an http(s) URL without spaces, quotes or "
                            "backslashes")
     return text
@@ -472,3 +475,8 @@ def secret_field_names() -> frozenset[str]:
     """Fields marked secret in any context type: never shown, never put on a command line."""
     return frozenset(f.name for t in (SERVER, PLATFORM, SITE) for f in t.fields.values()
                      if f.secret)
+
+
+def field_names() -> FieldNames:
+    """What config.toml's checks need to know of the fields (see hostctl.config.load)."""
+    return FieldNames(frozenset(all_field_names()), secret_field_names())

@@ -1,4 +1,5 @@
-"""The context store: one TOML file per context under ``HOME/contexts/``.
+"""The context store: its interface (:class:`ContextStore`) and its implementation as one
+TOML file per context under ``HOME/contexts/`` (:class:`TomlStore`).
 
 File format (version 1)::
 
@@ -35,10 +36,10 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from hostctl import inotify as ino
 from hostctl.contexts.names import display, is_valid, parse_name
 from hostctl.contexts.schema import NULL, TYPES, ContextType, Value, context_type
 from hostctl.errors import (
@@ -50,6 +51,7 @@ from hostctl.errors import (
 )
 from hostctl.files import write_atomic
 from hostctl.paths import Paths
+from hostctl.times import utc_iso
 
 FORMAT = 1
 LOCK_TIMEOUT = 60.0
@@ -62,7 +64,8 @@ SECRET_MASK = "********"
 
 
 def utcnow() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """Now, as contexts record it (whole seconds)."""
+    return utc_iso(digits=0)
 
 
 @dataclass(frozen=True)
@@ -120,8 +123,49 @@ class SaveResult:
     changed: tuple[str, ...]
 
 
-class ContextStore:
-    """Reads and writes contexts under one home."""
+class ContextStore(Protocol):
+    """Where contexts are kept: what the core and the runners may ask of it. The TOML
+    files under the home (:class:`TomlStore`) are one implementation; in a cluster the
+    contexts cannot live in one host's folder, and another implementation keeps them."""
+
+    def get(self, name: str) -> Context:
+        """The context (NotFound if there is none; MalformedFile if it cannot be read)."""
+
+    def exists(self, name: str) -> bool: ...
+
+    def of_type(self, type_name: str | None = None,
+                malformed: list[MalformedFile] | None = None) -> list[Context]:
+        """The contexts (of one type), by name; an unreadable one raises MalformedFile,
+        or, given a ``malformed`` list, is added to it and passed over."""
+
+    def names(self) -> list[str]:
+        """Bare names of the stored contexts, sorted."""
+
+    def referrers(self, name: str) -> list[Context]:
+        """The contexts that refer to this one."""
+
+    def save(self, name: str, changes: Mapping[str, str], type_name: str | None = None,
+             *, create_only: bool = False) -> SaveResult:
+        """Create or update a context (``provision-save``), all validated first; saves
+        never lose one another's changes."""
+
+    def check_save(self, name: str, changes: Mapping[str, str]) -> Context:
+        """What :meth:`save` would make of an existing context, without saving it."""
+
+    def check_actionable(self, ctx: Context) -> None:
+        """InvalidInput if a stored value of ``ctx`` (or of a context it refers to) breaks
+        a rule of its kind."""
+
+    def delete(self, name: str) -> Context:
+        """Remove a context; refused while another refers to it."""
+
+    def watch(self) -> bool:
+        """Keep listings until the contexts change (a long-lived reader); False where the
+        store cannot tell, and lists afresh each time."""
+
+
+class TomlStore:
+    """The contexts as TOML files under one home (see the module's docstring)."""
 
     def __init__(self, paths: Paths) -> None:
         self.paths = paths
@@ -145,8 +189,6 @@ class ContextStore:
         cannot watch it (no inotify, no folder yet): listings are then made every time."""
         if self._watch is not None:
             return True
-        from hostctl.queues import inotify as ino
-
         try:
             self._watch = ino.Inotify([self.folder], ino.CONTEXTS_MASK)
         except (OSError, AttributeError):
@@ -155,8 +197,6 @@ class ContextStore:
         return True
 
     def _listings_valid(self) -> bool:
-        from hostctl.queues import inotify as ino
-
         if self._watch is None:
             return False
         events = self._watch.events()

@@ -56,7 +56,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hostctl.config import PLACEHOLDER
+from hostctl.config import PLACEHOLDER, known_keys, table
 from hostctl.contexts.schema import SITE, secret_field_names
 from hostctl.contexts.store import Context
 from hostctl.errors import MalformedFile
@@ -116,11 +116,11 @@ def load(platform: Context) -> Manifest:
 
 
 def _parse(doc: Mapping[str, object], path: Path) -> Manifest:
-    _known(doc, {"format", "web", "site", "settings", "commands", "env"}, MANIFEST)
+    known_keys(doc, {"format", "web", "site", "settings", "commands", "env"}, MANIFEST)
     if doc.get("format", FORMAT) != FORMAT:
         raise ValueError(f"unsupported format {doc.get('format')!r} (expected {FORMAT})")
-    web = _table(doc, "web")
-    _known(web, {"root", "index", "php", "front_controller", "deny"}, "[web]")
+    web = table(doc, "web")
+    known_keys(web, {"root", "index", "php", "front_controller", "deny"}, "[web]")
     root = web.get("root", "{root}")
     if not isinstance(root, str) or not root:
         raise ValueError("[web] root must be a path template")
@@ -139,14 +139,14 @@ def _parse(doc: Mapping[str, object], path: Path) -> Manifest:
         raise ValueError("[web] front_controller needs php = true")
     deny = _strings(web, "deny", _PATTERN, "[web] deny: file name patterns (letters, "
                     "digits, '.', '_', '-', '*')")
-    site = _table(doc, "site")
-    _known(site, {"writable"}, "[site]")
+    site = table(doc, "site")
+    known_keys(site, {"writable"}, "[site]")
     writable = _strings(site, "writable", _FOLDER, "[site] writable: folders inside the "
                         "site folder (relative, no '..')")
     if any(".." in w.split("/") or w.startswith(".") for w in writable):
         raise ValueError("[site] writable: no '..' and no dot folder")
-    settings = _table(doc, "settings")
-    _known(settings, {"file", "format", "env"}, "[settings]")
+    settings = table(doc, "settings")
+    known_keys(settings, {"file", "format", "env"}, "[settings]")
     file = settings.get("file", "")
     if not isinstance(file, str) or (file and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*",
                                                                file)):
@@ -160,7 +160,7 @@ def _parse(doc: Mapping[str, object], path: Path) -> Manifest:
     if (file or settings) and not php:
         raise ValueError("[settings] needs php = true (a static site has no settings)")
     commands: dict[str, tuple[str, ...]] = {}
-    for name, argv in _table(doc, "commands").items():
+    for name, argv in table(doc, "commands").items():
         if name not in COMMANDS:
             raise ValueError(f"[commands]: unknown command {name!r} (known: "
                              f"{', '.join(COMMANDS)})")
@@ -170,7 +170,7 @@ def _parse(doc: Mapping[str, object], path: Path) -> Manifest:
         for item in argv:
             _check_placeholders(item, f"[commands] {name}")
         commands[name] = tuple(argv)
-    env = _table(doc, "env")
+    env = table(doc, "env")
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
         raise ValueError("[env] must map names to strings")
     return Manifest(path, root, tuple(index), commands,
@@ -197,16 +197,3 @@ def _check_placeholders(item: str, where: str) -> None:
             continue
         if ref not in DERIVED and ref not in SITE.fields:
             raise ValueError(f"{where}: unknown placeholder {{{ref}}}")
-
-
-def _table(doc: Mapping[str, object], key: str) -> Mapping[str, object]:
-    value = doc.get(key, {})
-    if not isinstance(value, dict):
-        raise ValueError(f"[{key}] must be a table")
-    return value
-
-
-def _known(doc: Mapping[str, object], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(doc) - allowed)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}")

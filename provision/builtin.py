@@ -21,10 +21,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from hostctl.contexts.names import parse_name
 from hostctl.contexts.store import Context, ContextStore
 from hostctl.paths import Paths
-from hostctl.provision.registry import RunContext, TaskFunction, TaskType
+from hostctl.provision.tasktype import RunContext, TaskFunction, TaskType
 
 #: built-in types that a config.toml command type of the same name replaces: the ones the
 #: periodic queues run, which an administrator may want done their own way
@@ -63,43 +62,16 @@ def _load_all() -> None:
 _by_context_type.load = _load_all  # type: ignore[attr-defined]
 
 
-def _installed(ctx: Context, store: ContextStore, paths: Paths) -> bool:
-    from hostctl.provision import layout
+class _LazyWanted:
+    """A periodic queue's ``wanted`` check named by ``function`` in wanted.py, imported on
+    first use (it reads manifests: a periodic queue needs it, ``task add`` does not)."""
 
-    return layout.secrets_file(paths, ctx.name).exists()
+    def __init__(self, name: str) -> None:
+        self.target = _Lazy(f"wanted:{name}")
 
-
-_HAS_CRON: dict[tuple[str, int, int, int], bool] = {}  # manifest identity -> has cron
-
-
-def _cron_wanted(ctx: Context, store: ContextStore, paths: Paths) -> bool:
-    """Installed, on a platform whose manifest has a cron command (each manifest parsed
-    again only when it changes: a periodic queue asks for every site)."""
-    import os
-
-    from hostctl.provision import app
-
-    if not _installed(ctx, store, paths):
-        return False
-    platform = store.get(parse_name(str(ctx.get("platform"))))
-    path, _ = app.manifest_path(platform)
-    try:
-        st = os.stat(path)
-        key = (str(path), st.st_ino, st.st_mtime_ns, st.st_size)
-    except OSError:
-        key = None
-    if key is not None and key in _HAS_CRON:
-        return _HAS_CRON[key]
-    found = "cron" in app.load(platform).commands
-    if key is not None:
-        _HAS_CRON[key] = found
-    return found
-
-
-def _ssl_wanted(ctx: Context, store: ContextStore, paths: Paths) -> bool:
-    """Installed, HTTPS asked for, its certificate from the ACME CA (not the operator's)."""
-    return bool(ctx.get("ssl_enabled")) and not ctx.get("ssl_key") and \
-        _installed(ctx, store, paths)
+    def __call__(self, ctx: Context, store: ContextStore, paths: Paths) -> bool:
+        check: Any = self.target.load()
+        return bool(check(ctx, store, paths))
 
 
 def _type(name: str, contexts: tuple[str, ...], help_text: str, function: Any,
@@ -128,7 +100,7 @@ TYPES = (
           "command, its vhost; undone entirely if a step fails", "site:install", 3600,
           rerun=False, reinstall="yes: back up and remove an installed site first"),
     _type("backup", ("site",), "archive the site's files and a database dump under "
-          "HOME/backups", "site:backup_task", 3600, wanted=_installed),
+          "HOME/backups", "site:backup_task", 3600, wanted=_LazyWanted("installed")),
     _type("restore", ("site",), "restore a backup (the current state is backed up first)",
           "site:restore", 3600, rerun=False,
           file="the backup: a file name in HOME/backups (default: the newest)"),
@@ -145,8 +117,8 @@ TYPES = (
     _type("login-reset", ("site",), "a one-time login link from the platform's "
           "login_link command", "site:login_reset", 300),
     _type("cron", ("site",), "run the platform's cron command for the site", "site:cron", 600,
-          wanted=_cron_wanted),
+          wanted=_LazyWanted("cron_wanted")),
     _type("ssl", ("site",), "get the site's HTTPS certificate, or renew it when it is due "
           "(ssl_enabled; the periodic ssl queue runs it)", "site:ssl", 900,
-          wanted=_ssl_wanted),
+          wanted=_LazyWanted("ssl_wanted")),
 )

@@ -26,8 +26,9 @@ from types import FrameType
 from typing import IO
 
 from hostctl import config as config_mod
+from hostctl.contexts.schema import field_names
 from hostctl.errors import OperationFailed
-from hostctl.provision.registry import RunContext
+from hostctl.provision.tasktype import RunContext
 from hostctl.text import Redactor
 
 REDACTED = "[secret]"
@@ -59,7 +60,7 @@ class Job:
 
     @cached_property
     def config(self) -> config_mod.Config:
-        return config_mod.load(self.paths.config_file)
+        return config_mod.load(self.paths.config_file, field_names())
 
     @property
     def result(self) -> dict[str, object]:

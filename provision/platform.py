@@ -8,19 +8,19 @@ on as before.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from hostctl.contexts.store import Context
 from hostctl.errors import Conflict, InvalidInput
+from hostctl.files import flocked
 from hostctl.provision import app, secrets, site
 from hostctl.provision.checks import Checks
 from hostctl.provision.job import Job, stoppable
-from hostctl.provision.registry import RunContext
+from hostctl.provision.tasktype import RunContext
 
 #: folders a platform root may never be (nor hold): the system's own
 _SYSTEM = tuple(Path(p) for p in ("/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib",
@@ -140,22 +140,14 @@ def _sites_held(job: Job, sites: list[Context]) -> Iterator[None]:
     the delete a Conflict instead of removing what that task is working on, and none can
     start meanwhile."""
     folder = job.paths.spool / "locks"
-    held: list[int] = []
-    try:
+    with ExitStack() as held:
         for one in sites:
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(folder / f"context.{one.name}.lock",
-                         os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-            held.append(fd)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            lock = folder / f"context.{one.name}.lock"
+            if not held.enter_context(flocked(lock, wait=False, follow=False)):
                 raise Conflict(f"a task is running on {one.display_name}: the platform is "
-                               "not deleted; try again once it has ended") from None
+                               "not deleted; try again once it has ended")
         yield
-    finally:
-        for fd in held:
-            os.close(fd)
 
 
 def _set_locked(rc: RunContext, locked: bool) -> int:

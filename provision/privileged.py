@@ -63,7 +63,6 @@ their owner may rename them). The actions:
 from __future__ import annotations
 
 import errno
-import fcntl
 import grp
 import os
 import pwd
@@ -86,7 +85,7 @@ from hostctl.errors import (
     MalformedFile,
     OperationFailed,
 )
-from hostctl.files import write_all, write_atomic
+from hostctl.files import flocked, write_all, write_atomic
 
 COMMENT = "hostctl site user"
 DEFAULT_SETTINGS = "/etc/hostctl/privileged.toml"
@@ -563,13 +562,8 @@ def pool_text(settings: Settings, name: str, body: str, token: str) -> str:
 @contextmanager
 def _pools_locked(settings: Settings) -> Iterator[None]:
     assert settings.fpm_pool_dir is not None
-    fd = os.open(settings.fpm_pool_dir / ".hostctl.lock",
-                 os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with flocked(settings.fpm_pool_dir / ".hostctl.lock", follow=False):
         yield
-    finally:
-        os.close(fd)
 
 
 def _put(path: Path, content: bytes | None) -> None:

@@ -13,66 +13,24 @@ its structured result to the file named by ``$HOSTCTL_RESULT``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import sys
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
-from hostctl.config import CommandTask, Config
-from hostctl.contexts.names import display, parse_name
+from hostctl.config import Config
 from hostctl.contexts.store import Context, ContextStore
 from hostctl.errors import InvalidInput, NotFound, NotJudgedYet
-from hostctl.paths import Paths
-from hostctl.queues.spool import Policy
-from hostctl.queues.task import Envelope
+from hostctl.provision import builtin
+from hostctl.provision.tasktype import TaskType
+
+if TYPE_CHECKING:
+    from hostctl.provision.tasktype import TaskRequest
 
 log = logging.getLogger("hostctl")
 
 PLUGIN_GROUP = "hostctl.tasks"
-
-
-@dataclass
-class RunContext:
-    """What a task function gets, in the child process that runs it."""
-
-    task_id: str
-    type: str
-    context: Context
-    options: Mapping[str, str]
-    paths: Paths
-    store: ContextStore
-    result: dict[str, Any] = field(default_factory=dict)
-
-    def say(self, message: str) -> None:
-        print(message, flush=True)
-
-    def warn(self, message: str) -> None:
-        print(f"warning: {message}", flush=True)
-        self.result.setdefault("warnings", []).append(message)
-
-
-TaskFunction = Callable[[RunContext], int | None]
-#: for the periodic queues: does this context want a run of this type now? (a site that
-#: is not installed needs no backup, a platform without a cron command no cron)
-Wanted = Callable[[Context, ContextStore, Paths], bool]
-
-
-@dataclass(frozen=True)
-class TaskType:
-    name: str
-    context_types: tuple[str, ...]
-    help: str = ""
-    options: Mapping[str, str] = field(default_factory=dict)
-    function: TaskFunction | None = None
-    command: CommandTask | None = None
-    timeout: float | None = None
-    max_attempts: int | None = None
-    rerun_on_loss: bool = True  # a run cut off by a dead worker may simply run again
-    source: str = "builtin"
-    wanted: Wanted | None = None  # None: every enabled site (see Wanted)
 
 
 class Registry:
@@ -129,7 +87,7 @@ class Registry:
     def for_context_type(self, context_type: str) -> list[TaskType]:
         return [t for t in self.types.values() if context_type in t.context_types]
 
-    def validate(self, env: Envelope, store: ContextStore) -> tuple[TaskType, Context]:
+    def validate(self, env: TaskRequest, store: ContextStore) -> tuple[TaskType, Context]:
         """Check a request: known type, existing context of a type it applies to, declared
         options, and context options that provision-save would accept (known fields, values
         of their kind, references to existing contexts of the right type, no required field
@@ -160,13 +118,13 @@ class Registry:
         store.check_save(ctx.name, env.context_options)
         return ttype, ctx
 
-    def check_envelope(self, store: ContextStore) -> Callable[[Envelope], None]:
+    def check_envelope(self, store: ContextStore) -> Callable[[TaskRequest], None]:
         """A spool ``check`` that refuses what can never run (unknown type or context,
         invalid options) and, for a front end's submission (one with a submitter: it came
         through the drop box), a context option outside ``[frontend] context_options``."""
         allowed = frozenset(self.config.frontend.context_options)
 
-        def check(env: Envelope) -> None:
+        def check(env: TaskRequest) -> None:
             if self._find(env.type) is None:  # a type this configuration has not (yet)
                 raise NotJudgedYet(f"unknown task type {env.type!r}")
             try:
@@ -183,24 +141,15 @@ class Registry:
 
         return check
 
-    def policy(self, env: Envelope) -> Policy:
-        w = self.config.worker
-        ttype = self._find(env.type)
-        return Policy(
-            max_attempts=(ttype.max_attempts if ttype and ttype.max_attempts else
-                          w.max_attempts),
-            rerun_on_loss=ttype.rerun_on_loss if ttype else True,
-            backoff_base=w.backoff_base,
-            backoff_max=w.backoff_max,
-        )
+    def find(self, name: str) -> TaskType | None:
+        """The type of that name, or None (no error: a queued task's type may be gone)."""
+        return self._find(name)
 
     def timeout(self, ttype: TaskType) -> float:
         return ttype.timeout or self.config.worker.timeout
 
 
 def load(config: Config, plugins: bool = True) -> Registry:
-    from hostctl.provision import builtin
-
     types: dict[str, TaskType] = {t.name: t for t in builtin.TYPES}
     for name, spec in config.tasks.items():
         if name in types and name not in builtin.REPLACEABLE:
@@ -227,72 +176,7 @@ def _plugin_types() -> list[TaskType]:
             for item in items:
                 if not isinstance(item, TaskType):
                     raise TypeError(f"{item!r} is not a TaskType")
-                from dataclasses import replace
-
                 found.append(replace(item, source=f"plugin:{ep.value}"))
         except Exception as exc:  # a broken plugin must not stop the others
             log.warning("plugin %s (%s) not loaded: %s", ep.name, ep.value, exc)
     return found
-
-
-def write_result(path: str, result: Mapping[str, Any]) -> None:
-    try:
-        with open(path, "w", encoding="utf-8") as fh:
-            json.dump(result, fh, default=str)
-    except OSError as exc:
-        print(f"hostctl: cannot write the task's result: {exc}", file=sys.stderr)
-
-
-def context_values(ctx: Context, store: ContextStore) -> dict[str, str]:
-    """A context's fields as strings (lists comma-joined), plus derived ones."""
-    out: dict[str, str] = {"name": ctx.name, "context": display(ctx.name), "type": ctx.type}
-    for key, value in ctx.effective(show_secrets=True).items():
-        out[key] = _as_text(value)
-    if ctx.type == "site" and isinstance(ctx.get("platform"), str):
-        try:
-            platform = store.get(parse_name(str(ctx.get("platform"))))
-            out.setdefault("root", _as_text(platform.get("root")))
-            out["root"] = _as_text(platform.get("root"))
-        except (NotFound, InvalidInput):
-            pass
-    return out
-
-
-def _as_text(value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list):
-        return ",".join(value)
-    return str(value)
-
-
-def secret_values(ctx: Context, store: ContextStore) -> tuple[bytes, ...]:
-    """The secret field values of a context and of the contexts it refers to, longest
-    first (to be redacted from task logs); values under 4 bytes are left alone."""
-    from hostctl.contexts.schema import secret_field_names
-
-    names = secret_field_names()
-    found: set[bytes] = set()
-    seen: set[str] = set()
-    todo = [ctx]
-    while todo:
-        cur = todo.pop()
-        if cur.name in seen:
-            continue
-        seen.add(cur.name)
-        for key, value in cur.effective(show_secrets=True).items():
-            if key in names and isinstance(value, str) and len(value.encode()) >= 4:
-                found.add(value.encode())
-            elif isinstance(value, str) and value.startswith("@") and len(seen) < 8:
-                try:
-                    todo.append(store.get(parse_name(value)))
-                except (NotFound, InvalidInput):
-                    pass
-        if cur.type == "site":  # what install made: the site's database password
-            from hostctl.provision.secrets import values
-
-            found.update(v.encode() for v in values(store.paths, cur.name)
-                         if len(v.encode()) >= 4)
-    return tuple(sorted(found, key=len, reverse=True))

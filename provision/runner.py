@@ -2,7 +2,7 @@
 
 ``prepare`` applies the task's context options (provision-save) and builds what the child
 needs; ``launch`` starts the child in its own session and process group (see
-queues/process.py), its stdout and stderr on a pipe the caller reads line by line into the
+src/hostctl/process.py), its stdout and stderr on a pipe the caller reads line by line into the
 task's log; ``judge`` turns the child's exit and its structured result into the attempt's
 outcome.
 
@@ -32,21 +32,27 @@ import sys
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hostctl.config import PLACEHOLDER
+from hostctl.contexts.names import parse_name
+from hostctl.contexts.schema import secret_field_names
 from hostctl.contexts.store import Context, ContextStore
-from hostctl.errors import HostctlError, InvalidInput
+from hostctl.errors import HostctlError, InvalidInput, NotFound
 from hostctl.paths import Paths
-from hostctl.provision.registry import (
-    Registry,
+from hostctl.process import die_with_parent
+from hostctl.provision import backup
+from hostctl.provision.registry import Registry
+from hostctl.provision.secrets import values
+from hostctl.provision.tasktype import (
     RunContext,
     TaskType,
     context_values,
     write_result,
 )
-from hostctl.queues.process import die_with_parent
-from hostctl.queues.task import Envelope
+
+if TYPE_CHECKING:
+    from hostctl.provision.tasktype import TaskRequest
 
 EX_TEMPFAIL = 75
 MAX_RESULT_BYTES = 64 * 1024
@@ -68,7 +74,7 @@ class Verdict:
     result: Mapping[str, Any]
 
 
-def prepare(env: Envelope, registry: Registry, store: ContextStore, paths: Paths,
+def prepare(env: TaskRequest, registry: Registry, store: ContextStore, paths: Paths,
             result_path: str) -> Prepared:
     """Save the context options, then build the argv or check the function."""
     ttype, ctx = registry.validate(env, store)
@@ -133,7 +139,7 @@ _SPAWN_SIGDEF = tuple(getattr(signal, name) for name in
                       if hasattr(signal, name))
 
 
-def launch(prep: Prepared, env: Envelope, store: ContextStore, paths: Paths,
+def launch(prep: Prepared, env: TaskRequest, store: ContextStore, paths: Paths,
            result_path: str) -> tuple[int, int]:
     """Start the child; return (pid, fd to read its output from)."""
     read_fd, write_fd = os.pipe()
@@ -183,7 +189,7 @@ def _which(name: str, environ: Mapping[str, str]) -> str | None:
     return None
 
 
-def _fork(prep: Prepared, env: Envelope, store: ContextStore, paths: Paths,
+def _fork(prep: Prepared, env: TaskRequest, store: ContextStore, paths: Paths,
           result_path: str, read_fd: int, write_fd: int) -> tuple[int, int]:
     """Fork the worker: for a task function, or a command that could not be spawned."""
     sys.stdout.flush()
@@ -195,8 +201,6 @@ def _fork(prep: Prepared, env: Envelope, store: ContextStore, paths: Paths,
         try:
             die_with_parent(parent)
             if not prep.argv:  # a progress bar goes to the terminal, never to the log
-                from hostctl.provision import backup
-
                 backup.TERMINAL = backup.terminal_for_progress()
             devnull = os.open(os.devnull, os.O_RDONLY)
             os.dup2(devnull, 0)
@@ -222,7 +226,7 @@ def _fork(prep: Prepared, env: Envelope, store: ContextStore, paths: Paths,
     return pid, read_fd
 
 
-def _run_function(prep: Prepared, env: Envelope, store: ContextStore, paths: Paths,
+def _run_function(prep: Prepared, env: TaskRequest, store: ContextStore, paths: Paths,
                   result_path: str) -> int:
     os.environ.update(prep.environ)
     sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
@@ -293,3 +297,29 @@ def judge(wait_status: int, result: Mapping[str, Any], *, cancelled: bool, timed
         return Verdict("error", code, f"{how}: asked to be tried again, no attempts left",
                        result)
     return Verdict("error", code, how, result)
+
+
+def secret_values(ctx: Context, store: ContextStore, paths: Paths) -> tuple[bytes, ...]:
+    """The secret field values of a context and of the contexts it refers to, longest
+    first (to be redacted from task logs); values under 4 bytes are left alone."""
+    names = secret_field_names()
+    found: set[bytes] = set()
+    seen: set[str] = set()
+    todo = [ctx]
+    while todo:
+        cur = todo.pop()
+        if cur.name in seen:
+            continue
+        seen.add(cur.name)
+        for key, value in cur.effective(show_secrets=True).items():
+            if key in names and isinstance(value, str) and len(value.encode()) >= 4:
+                found.add(value.encode())
+            elif isinstance(value, str) and value.startswith("@") and len(seen) < 8:
+                try:
+                    todo.append(store.get(parse_name(value)))
+                except (NotFound, InvalidInput):
+                    pass
+        if cur.type == "site":  # what install made: the site's database password
+            found.update(v.encode() for v in values(paths, cur.name)
+                         if len(v.encode()) >= 4)
+    return tuple(sorted(found, key=len, reverse=True))

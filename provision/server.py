@@ -14,10 +14,10 @@ from hostctl.errors import OperationFailed
 from hostctl.provision import layout
 from hostctl.provision.checks import Checks
 from hostctl.provision.job import Job
-from hostctl.provision.registry import RunContext
 from hostctl.provision.services import database, web
 from hostctl.provision.services.nginx import DEFAULT_BINARY
 from hostctl.provision.services.pgsql import client
+from hostctl.provision.tasktype import RunContext
 
 
 def verify(rc: RunContext) -> int:

@@ -23,23 +23,24 @@ import stat
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from hostctl.contexts.names import display, parse_name
 from hostctl.contexts.schema import FALSE_WORDS, NULL, TRUE_WORDS
 from hostctl.contexts.store import Context
 from hostctl.errors import Conflict, HostctlError, InvalidInput, NotFound, OperationFailed
+from hostctl.files import write_atomic
 from hostctl.provision import app, backup, certificates, layout, secrets
 from hostctl.provision.checks import Checks
 from hostctl.provision.job import Job, Ran, Undo, stoppable
-from hostctl.provision.registry import RunContext, context_values
 from hostctl.provision.runner import _substitute
 from hostctl.provision.secrets import DbCredentials, SiteRecord
 from hostctl.provision.services import Database, database, suggest_name, web
 from hostctl.provision.services.nginx import Nginx, Vhost, check_host
 from hostctl.provision.services.php import PhpFpm, StepsFailed, settings_text, user_exists
 from hostctl.provision.services.sqlite import Sqlite
+from hostctl.provision.tasktype import RunContext, context_values
+from hostctl.times import utc_iso
 
 #: where a PHP site's SQLite database lives, in its folder
 DB_FOLDER = ".db"
@@ -209,8 +210,6 @@ def _auth_file(job: Job, site: Context, place: Place) -> str:
         return str(path)
     hashed = _crypt(job, password)
     group = _group(place)
-    from hostctl.files import write_atomic
-
     # the web server's workers read it: its group's (0640) where the server names one
     write_atomic(path, f"{user}:{hashed}\n".encode(), mode=0o640 if group else 0o644)
     if group:
@@ -588,7 +587,7 @@ def create_installation(job: Job, site: Context, place: Place, undo: Undo, *,
 
     # to the microsecond: the installation's identity (backup retention tells a site
     # from one deleted before it under the same name by it)
-    installed = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    installed = utc_iso(digits=6)
     record = SiteRecord(site=site.display_name, installed=installed,
                         platform=place.platform.display_name, uri=place.uri,
                         site_path=str(place.site_path),

@@ -1,30 +1,33 @@
-"""The seam between how a task runs and where it is queued.
+"""The queue seam: everything the runners, the command line and the front end's admission
+ask of a queue, typed with the task model's own types (queues/model.py).
 
-The worker (``worker.py``: what ``dispatch``, ``wait-queue`` and ``provision-TYPE`` use to
-run tasks) talks to its queue only through :class:`QueueBackend`, and to a task it holds
-only through :class:`TaskClaim`; ``tests/test_backend.py`` runs a worker on a queue that
-offers nothing else. The local spool (``spool.py``) implements both; a backend on a
-distributed engine implements the same calls and passes the same reliability tests,
-and the way a task runs (``provision/runner.py``, ``worker.py``) stays as it is.
+The local spool (``spool.py``) is one implementation; a backend on a distributed engine
+implements the same calls and passes the same tests (``tests/test_queue_contract.py`` runs
+them on every implementation, through a proxy that refuses any call outside this
+interface), and the runners (``runners/``) stay as they are. Nothing here names a folder,
+a file descriptor or a lock file: those are the spool's own business.
 
 Semantics: at least once. A claimed task is owned by one live worker; when the owner
 dies, ``sweep`` counts the run as an attempt and queues the task again or ends it. The
 spool knows an owner is alive by the claim's file lock, so its ``heartbeat`` is only a
 touch; a backend that cannot lock calls it a lease and renews it on ``heartbeat``.
 
-The issue's words map onto these calls: publish = ``publish``; claim = ``claim``;
+The words of a task queue map onto these calls: publish = ``publish``; claim = ``claim``;
 heartbeat = ``heartbeat``; complete and fail = ``finish`` (with the outcome); retry =
 ``defer`` (this attempt ended, run again later) and ``retry`` (a finished task, again);
-list = ``list``/``get``; sweep = ``sweep``.
+cancel = ``cancel_queued`` and ``request_cancel``; list and show = ``tasks``/``get``;
+follow a log = ``read_log``; recover = ``sweep``; pause = ``pause``/``resume``; the
+leader of the periodic queues = ``leader``; their stored state = ``read_record`` and
+``write_record``; liveness of workers = ``register_worker``/``workers``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
+from contextlib import AbstractContextManager
 from typing import Any, Protocol, runtime_checkable
 
-from hostctl.queues.spool import Policy
-from hostctl.queues.task import Envelope, Task
+from hostctl.queues.model import Counts, Envelope, Policy, Status, Task, WorkerInfo
 
 
 @runtime_checkable
@@ -48,33 +51,92 @@ class TaskClaim(Protocol):
         """Let go without recording anything: a sweep finds the task later."""
 
 
+class TaskLog(Protocol):
+    """Where a running task's output goes, while its worker holds it."""
+
+    def write(self, data: bytes) -> None:
+        """Append all of ``data`` (OSError when it cannot: a full disk, say)."""
+
+    def close(self) -> None: ...
+
+
+class Watch(Protocol):
+    """Something to sleep on (``select``) until the queue may have changed: a task
+    published, a submission dropped, a deferred task coming due, the queue resumed."""
+
+    def fileno(self) -> int: ...
+
+    def drain(self) -> object:
+        """Forget what woke the sleeper (until the next change)."""
+
+    def close(self) -> None: ...
+
+
+class Registration(Protocol):
+    """A worker's entry in the queue's list of live workers, held while it lives."""
+
+    def update(self, tasks_run: int) -> None:
+        """Say the worker is still there (and how many tasks it has run)."""
+
+    def close(self) -> None:
+        """Leave the list."""
+
+
 @runtime_checkable
 class QueueBackend(Protocol):
     # -- where tasks come from -------------------------------------------------------
+    def ensure(self) -> None:
+        """Make the queue usable (create it, check where it lives)."""
+
     def publish(self, env: Envelope, delay: float = 0.0,
                 dedup: bool = True) -> tuple[str, bool]:
         """Queue a task durably; return its id (an identical queued task's, if any) and
         whether it is new."""
 
-    def get(self, task_id: str) -> Task:
-        """One task by id."""
+    def publish_claimed(self, env: Envelope, wait: bool = True) -> TaskClaim:
+        """Queue a task already claimed by the caller (``provision-TYPE`` runs it in the
+        foreground); with ``wait``, once the task running on its context has ended."""
 
-    def tasks_in(self, states: tuple[str, ...] = ...) -> list[Task]:
-        """Every task, in id order."""
-
-    def retry(self, task_id: str) -> Task:
-        """Queue a finished task again under the same id."""
-
-    # -- what a worker does ------------------------------------------------------------
-    def ensure(self) -> None:
-        """Make the queue usable (create it, check where it lives)."""
-
-    def sweep(self, policy: Callable[[Envelope], Policy],
-              now: float | None = None) -> list[str]:
-        """Recover the tasks of dead owners; return one note per task recovered."""
+    def context_busy(self, context: str) -> bool:
+        """Whether a task runs on ``context`` now."""
 
     def admit(self, check: Callable[[Envelope], None]) -> list[str]:
         """Take in what front ends submitted, after ``check``; one note per submission."""
+
+    def has_submissions(self) -> bool:
+        """Whether front ends' submissions wait for :meth:`admit`."""
+
+    # -- what is in it ---------------------------------------------------------------
+    def get(self, task_id: str) -> Task:
+        """One task by id (NotFound, InvalidInput for a malformed id)."""
+
+    def tasks(self, statuses: Collection[Status] | None = None) -> list[Task]:
+        """Every task (of these statuses), in id order; a task set aside as garbage is
+        shown as an error, with its reason."""
+
+    def counts(self) -> Counts: ...
+
+    def set_aside(self, rejected: bool = False) -> list[tuple[str, str]]:
+        """(entry, reason) of the garbage set aside (``rejected``: of the refused
+        submissions)."""
+
+    def read_log(self, task_id: str, follow: bool, poll: float = 0.1) -> Iterator[bytes]:
+        """The task's log; with ``follow``, new output until the task has ended."""
+
+    # -- what a user does to a task --------------------------------------------------
+    def retry(self, task_id: str) -> Task:
+        """Queue a finished task again under the same id."""
+
+    def cancel_queued(self, task_id: str) -> Task | None:
+        """End a task that has not started (it never runs); None when it has started."""
+
+    def request_cancel(self, task_id: str) -> Task:
+        """Ask the worker that runs the task to stop it (recorded on the task)."""
+
+    # -- what a worker does ----------------------------------------------------------
+    def sweep(self, policy: Callable[[Envelope], Policy],
+              now: float | None = None) -> list[str]:
+        """Recover the tasks of dead owners; return one note per task recovered."""
 
     def promote_due(self, now: float | None = None) -> int:
         """Make the deferred tasks whose time has come ready; return how many."""
@@ -83,30 +145,69 @@ class QueueBackend(Protocol):
         """When the next deferred task comes due (epoch seconds), if any."""
 
     def claim(self, check: Callable[[Envelope], None] | None = None, limit: int = 1,
-              skip_contexts: set[str] | None = None) -> list[Any]:
-        """Take up to ``limit`` ready tasks (:class:`TaskClaim`), at most one per context
-        and none on ``skip_contexts``; a task ``check`` refuses is set aside with the
-        reason."""
+              skip_contexts: set[str] | None = None) -> list[TaskClaim]:
+        """Take up to ``limit`` ready tasks, at most one per context and none on
+        ``skip_contexts``; a task ``check`` refuses is set aside with the reason."""
 
-    def open_log(self, env: Envelope) -> int:
-        """A file descriptor to append the task's log to."""
+    def open_log(self, env: Envelope) -> TaskLog:
+        """Where the task's output goes."""
 
     def result_path(self, env: Envelope) -> str:
-        """Where the task's child writes its structured result (``$HOSTCTL_RESULT``)."""
+        """Where the task's child writes its structured result (``$HOSTCTL_RESULT``):
+        a file on the worker's machine, read back by the worker."""
 
-    def started(self, claim: Any) -> None:
+    def started(self, claim: TaskClaim) -> None:
         """The claimed task's child runs (its ``start`` event is recorded): tell whoever
         follows the task."""
 
-    def heartbeat(self, claim: Any) -> None:
+    def heartbeat(self, claim: TaskClaim) -> None:
         """The owner of ``claim`` is alive."""
 
-    def finish(self, claim: Any, outcome: str, **fields: Any) -> None:
+    def finish(self, claim: TaskClaim, outcome: str, **fields: Any) -> None:
         """End the task with ``outcome`` (success, warning, error, cancelled, lost)."""
 
-    def defer(self, claim: Any, delay: float, outcome: str = "retry",
+    def defer(self, claim: TaskClaim, delay: float, outcome: str = "retry",
               **fields: Any) -> None:
         """End this attempt and queue the task again after ``delay`` seconds."""
 
-    def requeue(self, claim: Any) -> None:
+    def requeue(self, claim: TaskClaim) -> None:
         """Give back a claimed task that never started (no attempt counted)."""
+
+    def watch(self) -> Watch | None:
+        """Something to sleep on until the queue changes; None where there is none (the
+        caller then looks again now and then)."""
+
+    # -- the queue as a whole --------------------------------------------------------
+    def pause(self) -> None:
+        """No worker starts a task until :meth:`resume` (they keep sweeping and
+        admitting)."""
+
+    def resume(self) -> None: ...
+
+    def paused(self) -> bool: ...
+
+    def running(self) -> list[str]:
+        """The ids of the tasks that run now."""
+
+    def leader(self) -> AbstractContextManager[bool]:
+        """Try to become the one runner that runs the periodic queues now: True inside
+        the block if this caller is it (the others get False at once)."""
+
+    def read_record(self, name: str) -> bytes | None:
+        """A runner's stored record (the periodic queues' state), or None."""
+
+    def write_record(self, name: str, data: bytes) -> None:
+        """Store a runner's record durably, whole or not at all."""
+
+    def register_worker(self, pid: int, started: str, max_runtime: float) -> Registration:
+        """Enter a long-lived worker in the list of live workers."""
+
+    def workers(self) -> list[WorkerInfo]:
+        """The registered workers; the dead ones are reported once, then forgotten."""
+
+    def collect(self, retention_days: float, now: float, limit: int) -> int:
+        """Forget up to ``limit`` finished tasks (and refused submissions) older than
+        ``retention_days``; return how many finished tasks went."""
+
+    def collectable(self, retention_days: float, now: float) -> int:
+        """How many finished tasks :meth:`collect` would forget."""

@@ -26,157 +26,34 @@ to read, its receipt is looked for in its head: see :func:`receipt_of`).
 
 from __future__ import annotations
 
-import codecs
 import errno
 import grp
 import json
 import os
-import re
 import stat
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hostctl.contexts.names import display, parse_name
 from hostctl.errors import ForeignHome, InvalidInput, NotFound, OperationFailed
 from hostctl.files import tail, write_all
 from hostctl.paths import Paths
-from hostctl.queues.task import (
+from hostctl.queues.admission import RECEIPT
+from hostctl.queues.layout import (
+    HOME_MODE,
+    INCOMING_MODE,
+    OUTBOX_MODE,
+    SHARED_FILE_MODE,
+    SPOOL_MODE,
+)
+from hostctl.queues.model import (
     DEFAULT_PRIORITY,
     MAX_TASK_BYTES,
-    Envelope,
-    decode_envelope,
-    loads_strict,
     new_id,
-    utc_iso,
+    valid_id,
 )
-
-DROP_KEYS = frozenset({"format", "id", "type", "context", "options", "context_options",
-                       "priority", "delay", "receipt"})
-MAX_DROP_DELAY = 366 * 86400
-RECEIPT = re.compile(r"[0-9a-f]{32}")
-#: fields a front end may not change through a drop (they guard against dangerous tasks)
-GUARDED_FIELDS = frozenset({"protected", "locked"})
-
-HOME_MODE = 0o710
-SPOOL_MODE = 0o710
-INCOMING_MODE = 0o1730 | stat.S_ISGID
-OUTBOX_MODE = 0o710 | stat.S_ISGID
-SHARED_FILE_MODE = 0o640
-
-
-# -- the submission format ---------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Submission:
-    envelope: Envelope
-    delay: float = 0.0
-
-
-def decode_submission(data: bytes, submitter: int, now: float | None = None) -> Submission:
-    """Check a dropped file strictly; raise InvalidInput saying what is wrong."""
-    first, _, rest = data.partition(b"\n")
-    if rest.strip():
-        raise InvalidInput("a submission is one JSON line")
-    doc = loads_strict(first)
-    if not isinstance(doc, dict):
-        raise InvalidInput("not a JSON object")
-    unknown = sorted(set(doc) - DROP_KEYS)
-    if unknown:
-        raise InvalidInput(f"unknown key {unknown[0]!r}; a submission may hold only "
-                           f"{', '.join(sorted(DROP_KEYS))}")
-    receipt = doc.get("receipt", "")
-    if not isinstance(receipt, str) or (receipt and not RECEIPT.fullmatch(receipt)):
-        raise InvalidInput("'receipt' must be 32 lower-case hex digits")
-    delay = doc.get("delay", 0)
-    if (not isinstance(delay, int | float) or isinstance(delay, bool)
-            or not 0 <= delay <= MAX_DROP_DELAY):
-        raise InvalidInput(f"'delay' must be a number of seconds from 0 to {MAX_DROP_DELAY}")
-    for key in ("options", "context_options"):
-        if not isinstance(doc.get(key) or {}, dict):
-            raise InvalidInput(f"{key!r} must be an object of strings")
-    guarded = sorted(GUARDED_FIELDS & set(doc.get("context_options") or {}))
-    if guarded:
-        raise InvalidInput(f"a front end may not change {guarded[0]!r}")
-    created = utc_iso(time.time() if now is None else now)
-    plain = {k: v for k, v in doc.items() if k not in ("receipt", "delay")}
-    plain["created"] = created
-    env = decode_envelope(json.dumps(plain).encode())
-    envelope = Envelope(
-        # one spelling of the context ('@name'), as `task add` gives it, so that the
-        # task shows, lists and locks under its context's name
-        id=env.id, type=env.type, context=display(parse_name(env.context)),
-        options=env.options, context_options=env.context_options, priority=env.priority,
-        created=created, submitter=submitter, receipt=receipt,
-    )
-    # the task file adds a few keys to what was dropped: it must still be readable
-    if len(envelope.encode()) > MAX_TASK_BYTES:
-        raise InvalidInput(f"the task would be larger than {MAX_TASK_BYTES} bytes")
-    return Submission(envelope, float(delay))
-
-
-_BLANK = re.compile(r"[ \t\n\r]*")
-
-
-def _skip_blank(text: str, at: int) -> int:
-    found = _BLANK.match(text, at)
-    return found.end() if found else at
-
-
-def receipt_of(data: bytes) -> str:
-    """The receipt token of a (possibly invalid) submission, or ''.
-
-    ``data`` may be only the head of a file too large to admit (see Spool.admit), cut off
-    anywhere: the keys of the top-level object are read one by one, each value decoded
-    whole (so that a value holding the text ``"receipt": ...`` is never taken for the key)
-    until the object ends or the data does. The last ``receipt`` key read counts, as in
-    ``json.loads``; anything unreadable before it means no receipt.
-    """
-    try:  # strict, but a character cut off at the very end is no error
-        text = codecs.getincrementaldecoder("utf-8")().decode(data, final=False)
-    except UnicodeDecodeError:
-        return ""
-    decoder = json.JSONDecoder()
-    found = ""
-    at = _skip_blank(text, 0)
-    if text[at:at + 1] != "{":
-        return ""
-    at += 1
-    while True:
-        at = _skip_blank(text, at)
-        if text[at:at + 1] != '"':
-            return found  # the end of the object, or of what was read
-        try:
-            key, at = decoder.raw_decode(text, at)  # a JSON string: it starts with '"'
-            at = _skip_blank(text, at)
-            if text[at:at + 1] != ":":
-                return found
-            value, at = decoder.raw_decode(text, _skip_blank(text, at + 1))
-        except (ValueError, RecursionError):
-            return found
-        if key == "receipt":
-            found = value if isinstance(value, str) and RECEIPT.fullmatch(value) else ""
-        at = _skip_blank(text, at)
-        if text[at:at + 1] != ",":
-            return found
-        at += 1
-
-
-def receipt_doc(task_json: Mapping[str, Any]) -> dict[str, Any]:
-    """What a front end may read of its task: no home paths, no submitter, no receipt."""
-    keys = ("id", "type", "context", "status", "status_code", "options", "context_options",
-            "priority", "created", "started", "finished", "attempts", "due", "reason",
-            "result")
-    return {k: task_json.get(k) for k in keys}
-
-
-def rejected_doc(task_id: str, reason: str) -> dict[str, Any]:
-    return {"id": task_id, "status": "error", "status_code": 2, "rejected": True,
-            "reason": f"rejected: {reason}", "attempts": [], "created": utc_iso(),
-            "started": None, "finished": utc_iso(), "result": {}}
-
+from hostctl.queues.spool import Spool
 
 # -- the front end's side ----------------------------------------------------------------
 
@@ -342,8 +219,6 @@ class ReceiptBook:
 
 def setup(paths: Paths, group: str) -> list[str]:
     """Make the drop-box layout for ``group``; return what was changed."""
-    from hostctl.queues.spool import Spool
-
     try:
         gid = grp.getgrnam(group).gr_gid
     except KeyError:
@@ -398,8 +273,6 @@ def frontend_gid(paths: Paths) -> int | None:
 
 def frontend_show(paths: Paths, task_id: str, receipt: str | None = None) -> dict[str, Any]:
     """What the back end published for one of this front end's tasks."""
-    from hostctl.queues.task import valid_id
-
     if not valid_id(task_id):
         raise InvalidInput(f"malformed task id {task_id!r} (20 hex digits)")
     token = receipt or ReceiptBook.default().find(task_id)

@@ -45,19 +45,16 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
-import heapq
 import logging
 import os
-import random
 import shutil
 import stat
 import time
-import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hostctl.errors import (
     Conflict,
@@ -70,47 +67,46 @@ from hostctl.errors import (
 from hostctl.files import (
     NETWORK_FILESYSTEMS,
     filesystem_type,
+    flocked,
     fsync_dir,
+    lock_held,
+    tail,
     write_all,
+    write_atomic,
     write_private,
 )
-from hostctl.queues.task import (
+from hostctl.inotify import IN_DELETE, Inotify
+from hostctl.libc import rename_noreplace
+from hostctl.process import kill_spawned, stop_run
+from hostctl.queues.admission import STALE_TMP_SECONDS, Admission
+from hostctl.queues.layout import FOLDERS, SUFFIX
+from hostctl.queues.listing import Listing
+from hostctl.queues.liveness import Registration
+from hostctl.queues.liveness import workers as liveness_workers
+from hostctl.queues.model import (
     MAX_TASK_BYTES,
+    Counts,
     Envelope,
+    Policy,
+    Status,
     Task,
+    WorkerInfo,
+    backoff,
     decode_task,
     encode_event,
     new_id,
     valid_id,
 )
-from hostctl.text import printable
+from hostctl.queues.outbox import Outbox
+from hostctl.times import utc_iso
 
-FOLDERS = ("incoming", "tmp", "new", "deferred", "active", "done", "quarantine", "rejected",
-           "outbox", "keys", "locks")
-SUFFIX = ".task"
+if TYPE_CHECKING:  # the seam this spool implements; only its types are needed here
+    from hostctl.queues.backend import TaskClaim
+
 log = logging.getLogger(__name__)
-STALE_TMP_SECONDS = 3600.0
-#: of a drop too large to admit, this much of its head is read to find its receipt
-RECEIPT_SCAN_BYTES = 16 * MAX_TASK_BYTES
 # O_NONBLOCK: a FIFO or device planted in a spool folder must not hang the opener.
 _OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 _READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
-
-
-@dataclass(frozen=True)
-class Policy:
-    """What the spool needs to know of a task type to recover and retry it."""
-
-    max_attempts: int = 3
-    rerun_on_loss: bool = True  # may a run whose worker died simply run again?
-    backoff_base: float = 10.0
-    backoff_max: float = 3600.0
-
-
-def backoff(policy: Policy, attempts: int, rng: random.Random | None = None) -> float:
-    """Exponential backoff with jitter: half fixed, half random (never zero)."""
-    ceiling = min(policy.backoff_max, policy.backoff_base * 2 ** max(attempts - 1, 0))
-    return float(ceiling / 2 + (rng or random).uniform(0, ceiling / 2))
 
 
 def _prio_char(priority: int) -> str:
@@ -182,9 +178,9 @@ class Spool:
         self.logs = logs
         self.allow_network_filesystem = allow_network_filesystem
         self._ready = False
-        self._listings: dict[str, _Listing] = {}  # claim's and next_due's view of folders
-        self._admit_said: set[tuple[str, str]] = set()  # drops left by the last admit()
-        self._stuck: dict[tuple[int, int], str] = {}  # (dev, ino) of incoming/: why
+        self._listings: dict[str, Listing] = {}  # claim's and next_due's view of folders
+        self.outbox = Outbox(root / "outbox")
+        self._admission = Admission(self, self.outbox)
         self._unjudged: tuple[object, dict[str, str]] = (None, {})  # see _waiting()
         #: the retry rules of the last sweep, for a lost task recovered by a claim
         self._policy: Callable[[Envelope], Policy] = lambda _env: Policy()
@@ -221,18 +217,18 @@ class Spool:
     def publish(self, env: Envelope, delay: float = 0.0, dedup: bool = True) -> tuple[str, bool]:
         """Queue a task durably; return (id, created). An identical queued task wins."""
         self.ensure()
-        with self._flock(self.dir("locks") / "publish.lock"):
+        with flocked(self.dir("locks") / "publish.lock"):
             key = self._key_path(env)
             if dedup:
                 existing = self._queued_by_key(key)
                 if existing:
                     return existing, False
-            self._write_new(env, delay)
+            self.write_new(env, delay)
             with suppress(OSError):
                 write_private(key, env.id.encode())
         return env.id, True
 
-    def _write_new(self, env: Envelope, delay: float) -> None:
+    def write_new(self, env: Envelope, delay: float) -> None:
         data = env.encode()
         tmp = self.dir("tmp") / f".{env.id}.tmp"
         if delay > 0:
@@ -307,6 +303,16 @@ class Spool:
                     return "quarantine", path
         return None
 
+    def stored(self, task_id: str) -> tuple[bool, Envelope | None]:
+        """Whether a task with this id exists, and its envelope if it can be read."""
+        found = self._locate(task_id)
+        if found is None:
+            return False, None
+        try:
+            return True, self._read_path(found[1], found[0]).envelope
+        except (OSError, InvalidInput):
+            return True, None
+
     def get(self, task_id: str) -> Task:
         if not valid_id(task_id):
             raise InvalidInput(f"malformed task id {task_id!r} (20 hex digits)")
@@ -330,9 +336,23 @@ class Spool:
         tasks.sort(key=lambda t: t.id)
         return tasks
 
-    def counts(self) -> dict[str, int]:
-        return {s: self._count(s) for s in ("incoming", "new", "deferred", "active",
-                                            "done", "quarantine", "rejected")}
+    def tasks(self, statuses: Collection[Status] | None = None) -> list[Task]:
+        wanted = set(statuses) if statuses is not None else set(Status)
+        states: list[str] = []
+        if Status.QUEUED in wanted:
+            states += ["new", "deferred"]
+        if Status.PROCESSING in wanted:
+            states.append("active")
+        if any(s.finished for s in wanted):  # garbage set aside shows as an error
+            states += ["done", "quarantine"]
+        return [t for t in self.tasks_in(tuple(states)) if t.status in wanted]
+
+    def counts(self) -> Counts:
+        c = {s: self._count(s) for s in ("incoming", "new", "deferred", "active", "done",
+                                         "quarantine", "rejected")}
+        return Counts(queued=c["new"], deferred=c["deferred"], processing=c["active"],
+                      finished=c["done"], incoming=c["incoming"],
+                      quarantined=c["quarantine"], rejected=c["rejected"])
 
     def _count(self, state: str) -> int:
         """len(self._names(state)), without sorting."""
@@ -410,7 +430,7 @@ class Spool:
         check: Callable[[Envelope], None] | None = None,
         limit: int = 1,
         skip_contexts: set[str] | None = None,
-    ) -> list[Claim]:
+    ) -> list[TaskClaim]:
         """Claim up to ``limit`` ready tasks, at most one per context.
 
         ``check`` may raise InvalidInput for a submission that must not run (a context
@@ -420,7 +440,7 @@ class Spool:
         changes (a configuration reloaded), one warning per type.
         """
         self.ensure()
-        claims: list[Claim] = []
+        claims: list[TaskClaim] = []
         busy = set(skip_contexts or ())
         waiting = self._waiting(check)
         listing = self._listing("new")
@@ -461,11 +481,11 @@ class Spool:
             self._unjudged = (check, {})
         return self._unjudged[1]
 
-    def _listing(self, state: str) -> _Listing | None:
+    def _listing(self, state: str) -> Listing | None:
         """The up-to-date ordered view of ``new/`` or ``deferred/``; None without inotify."""
         listing = self._listings.get(state)
         if listing is None:
-            listing = self._listings[state] = _Listing(self.dir(state))
+            listing = self._listings[state] = Listing(self.dir(state))
         return listing if listing.refresh() else None
 
     def _try_claim(
@@ -638,31 +658,34 @@ class Spool:
 
     # -- finish -----------------------------------------------------------------------
 
-    def heartbeat(self, claim: Claim) -> None:
+    def heartbeat(self, claim: TaskClaim) -> None:
         """The claim's flock already says its owner lives; the touch shows when it last
         looked (the file's mtime)."""
         with suppress(OSError):
-            os.utime(claim.fd)
+            os.utime(_own(claim).fd)
 
-    def started(self, claim: Claim) -> None:
+    def started(self, claim: TaskClaim) -> None:
         """The task's child runs: its front end's receipt says so."""
-        self.post_claim(claim, "active")
+        self._post_claim(_own(claim), "active")
 
     def result_path(self, env: Envelope) -> str:
         return str(self.dir("tmp") / f".{env.id}.result")
 
-    def finish(self, claim: Claim, outcome: str, **fields: Any) -> None:
+    def finish(self, claim: TaskClaim, outcome: str, **fields: Any) -> None:
         """Record the end of the attempt and move the task to done/."""
+        claim = _own(claim)
         claim.append("end", outcome=outcome, **fields)
         self._move(claim.path, self.dir("done") / f"{claim.task.id}{SUFFIX}")
-        self.post_claim(claim, "done")
+        self._post_claim(claim, "done")
         claim.release()
 
-    def defer(self, claim: Claim, delay: float, outcome: str = "retry", **fields: Any) -> None:
+    def defer(self, claim: TaskClaim, delay: float, outcome: str = "retry",
+              **fields: Any) -> None:
         """Record the attempt's end and queue the task again after ``delay`` seconds."""
+        claim = _own(claim)
         claim.append("end", outcome=outcome, **fields)
         self._defer_path(claim, delay)
-        self.post_claim(claim, "deferred")
+        self._post_claim(claim, "deferred")
         claim.release()
 
     def _defer_path(self, claim: Claim, delay: float) -> None:
@@ -671,8 +694,9 @@ class Spool:
         name = f"{int(due * 1000):013x}.{_ready_name(claim.task.envelope)}"
         self._move(claim.path, self.dir("deferred") / name)
 
-    def requeue(self, claim: Claim) -> None:
+    def requeue(self, claim: TaskClaim) -> None:
         """Give back a claimed task that never started (no attempt counted)."""
+        claim = _own(claim)
         self._move(claim.path, self.dir("new") / _ready_name(claim.task.envelope))
         claim.release()
 
@@ -704,7 +728,7 @@ class Spool:
                 except FileNotFoundError:
                     continue
                 task = self._read_fd(fd, "done", done.name)
-                self.post(task)
+                self.outbox.post(task)
                 return task
         return None
 
@@ -749,7 +773,7 @@ class Spool:
             if state == "quarantine":
                 with suppress(OSError):
                     os.unlink(path.parent / f"{path.name}.reason")
-            self.post(task)
+            self.outbox.post(task)
             return task
 
     @contextmanager
@@ -802,7 +826,7 @@ class Spool:
             stem = _id_of(path.name)
             if stem:
                 with suppress(NotFound, InvalidInput):
-                    self.post(self.get(stem))
+                    self.outbox.post(self.get(stem))
         return note
 
     def _recover_one(self, path: Path, policy: Callable[[Envelope], Policy]) -> str | None:
@@ -836,8 +860,6 @@ class Spool:
                 else:
                     self._move(path, self.dir("done") / f"{env.id}{SUFFIX}")
                 return f"completed the interrupted move of task {env.id}"
-            from hostctl.queues.process import kill_spawned, stop_run
-
             kinds = [ev.get("event") for ev in task.events]
             spawn, start = _last_index(kinds, "spawn"), _last_index(kinds, "start")
             if spawn > start:
@@ -942,267 +964,109 @@ class Spool:
                     if now - os.lstat(tmp / name).st_mtime > STALE_TMP_SECONDS:
                         os.unlink(tmp / name)
 
-    # -- incoming and garbage ---------------------------------------------------------
+    # -- incoming (see admission.py) and receipts (outbox.py) --------------------------
 
     def admit(self, check: Callable[[Envelope], None]) -> list[str]:
-        """Publish what front ends dropped into incoming/; reject the rest with a reason.
+        """Publish what front ends dropped into incoming/; reject the rest with a reason
+        (see :meth:`Admission.admit`)."""
+        return self._admission.admit(check)
 
-        See dropbox.py for the rules. The dropping uid is recorded as the submitter; a
-        receipt in the submission gets its status in outbox/, also when it is rejected.
-
-        Each entry is judged alone: whatever it is (any file type, name, size or content,
-        or changed while it is read), it is admitted, rejected into rejected/ with its
-        reason, or, when it cannot be moved at all (a folder the back end may not write
-        into, say), set aside where it lies: logged once, passed over from then on, and
-        reported by ``doctor``; the entries after it are admitted in the same pass. Only
-        what fails on the back end's own side stops the pass: its own writes (a full
-        disk, a read-only or failing file system) and a malformed context file (which
-        holds back only the drops on that context). Those drops stay in incoming/
-        untouched, one warning is logged, and the next pass (the next dispatch, drop or
-        housekeeping round) tries again; the warning is not repeated while the same
-        trouble lasts. Front ends' dot-names (a drop being written) older than an hour
-        are removed. One admitter at a time (``locks/admit.lock``): a daemon and a
-        dispatch admitting the same drop would publish it twice, or reject it as a
-        duplicate.
-        """
-        self.ensure()
-        notes: list[str] = []
-        said, self._admit_said = self._admit_said, set()
-
-        def leave(name: str, key: tuple[str, str], why: str, stays: str) -> None:
-            self._admit_said.add(key)
-            if key not in said:
-                log.warning("cannot admit incoming/%s now (%s); %s in incoming/ until the "
-                            "next try", printable(name), printable(why), stays)
-
-        try:
-            lock = os.open(self.dir("locks") / "admit.lock",
-                           os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as exc:  # not even the lock file can be made (a full disk)
-            leave("*", ("", exc.strerror or str(exc)), exc.strerror or str(exc), "they stay")
-            return notes
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            folder = self.dir("incoming")
-            now = time.time()
-            names = []
-            for name in sorted(os.listdir(folder)):
-                if name.startswith("."):
-                    _remove_stale_dot(folder / name, now)
-                else:
-                    names.append(name)
-            for n, name in enumerate(names):
-                try:
-                    notes.append(self._admit_one(folder / name, check))
-                except FileNotFoundError:
-                    continue  # it went away meanwhile
-                except _Stuck as exc:  # this entry alone: the others go on
-                    self._admit_said.add((name, "stuck"))
-                    if (name, "stuck") not in said:
-                        log.warning("incoming/%s is set aside where it lies: %s (hostctl "
-                                    "doctor reports it; its owner or root must remove it)",
-                                    printable(name), printable(exc.message))
-                except (OperationFailed, OSError) as exc:
-                    # the back end's own write failed: the same would befall every other
-                    # drop, so leave them all for later
-                    why = (exc.message if isinstance(exc, OperationFailed)
-                           else exc.strerror or str(exc))
-                    left = len(names) - n - 1
-                    leave(name, ("", why), why, f"it and {left} more stay" if left
-                          else "it stays")
-                    break
-                except HostctlError as exc:  # a malformed context file, say
-                    leave(name, (name, str(exc)), str(exc), "it stays")
-        finally:
-            os.close(lock)
-        return notes
-
-    def _admit_one(self, path: Path, check: Callable[[Envelope], None]) -> str:
-        """Admit or reject one drop; return what was done. Raises _Stuck for an entry
-        that can be neither admitted nor moved, and what is not the drop's fault
-        (OSError from the back end's own writes, OperationFailed, other HostctlErrors),
-        leaving it in place."""
-        from hostctl.queues.dropbox import decode_submission, receipt_of
-
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            raise
-        except OSError as exc:
-            raise _Stuck(f"cannot be looked at: {exc.strerror}") from None
-        if (st.st_dev, st.st_ino) in self._stuck:
-            raise _Stuck(self._stuck[(st.st_dev, st.st_ino)])
-        data, taken = b"", False
-        try:
-            data, uid = self._read_incoming(path, st)
-            try:
-                sub = decode_submission(data, uid)
-                check(sub.envelope)
-            except (HostctlError, OSError):
-                raise
-            except Exception as exc:  # whatever the content makes of the checks: its own
-                raise InvalidInput(f"cannot be judged ({type(exc).__name__}: {exc})"
-                                   ) from None
-            found = self._locate(sub.envelope.id)
-            if found is not None:
-                old = self._envelope_at(*found)
-                # a power cut after the task was published, before the drop's removal
-                # reached the disk, brings the drop back: the same receipt (which only
-                # its submitter knows) from the same uid. It goes; it is no duplicate.
-                taken = old is not None and old.receipt == sub.envelope.receipt != ""
-                if taken and old is not None and old.submitter == sub.envelope.submitter:
-                    self._unlink_drop(path, st)
-                    return f"incoming/{path.name} was admitted before (task {old.id})"
-                raise Conflict(f"a task with id {sub.envelope.id} already exists")
-            self._write_new(sub.envelope, sub.delay)
-        except (InvalidInput, Conflict, NotFound) as exc:
-            # the receipt of a task that exists is that task's, never a rejection's
-            self._reject(path, st, str(exc), "" if taken else
-                         receipt_of(exc.head if isinstance(exc, _Refused) else data))
-            return f"rejected incoming/{printable(path.name)}: {printable(str(exc))}"
-        self._unlink_drop(path, st)
-        self.post(Task(sub.envelope, (), "deferred" if sub.delay else "new"))
-        return (f"admitted task {sub.envelope.id} from incoming/{printable(path.name)} "
-                f"(uid {sub.envelope.submitter})")
-
-    def _unlink_drop(self, path: Path, st: os.stat_result) -> None:
-        """Remove an admitted drop, if its name still holds the file that was read (its
-        owner may have renamed another drop over it meanwhile: that one stays)."""
-        with suppress(OSError):
-            if os.path.samestat(os.lstat(path), st):
-                os.unlink(path)
-
-    def _envelope_at(self, state: str, path: Path) -> Envelope | None:
-        try:
-            return self._read_path(path, state).envelope
-        except (OSError, InvalidInput):
-            return None
-
-    def _read_incoming(self, path: Path, seen: os.stat_result) -> tuple[bytes, int]:
-        """The drop's bytes and owner; _Refused for a file that must not be admitted.
-
-        Only a regular file with one link is read (no symlink, FIFO or device: opened
-        without following, without blocking), and only the file ``seen`` (lstat) found
-        under that name; at most MAX_TASK_BYTES of it; of a larger one only its head, up
-        to RECEIPT_SCAN_BYTES, so that its receipt can say it was refused. Whatever
-        reading it does is its own: an error is a reason to refuse it.
-        """
-        if not stat.S_ISREG(seen.st_mode):
-            raise InvalidInput(f"not a regular file ({_file_type(seen.st_mode)})")
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except OSError as exc:
-            if exc.errno == errno.ENOENT:
-                raise
-            raise InvalidInput(f"cannot open: {exc.strerror}") from None
-        try:
-            st = os.fstat(fd)
-            if not os.path.samestat(st, seen):
-                raise InvalidInput("replaced while it was read")
-            if st.st_nlink != 1:
-                raise InvalidInput("a hard-linked file")
-            if st.st_size > MAX_TASK_BYTES:
-                raise _Refused(f"{st.st_size} bytes is more than {MAX_TASK_BYTES}",
-                               _read_upto(fd, RECEIPT_SCAN_BYTES))
-            data = _read_upto(fd, MAX_TASK_BYTES + 1)
-            if len(data) > MAX_TASK_BYTES:  # it grew after the fstat
-                raise _Refused(f"more than {MAX_TASK_BYTES} bytes",
-                               data + _read_upto(fd, RECEIPT_SCAN_BYTES - len(data)))
-        except OSError as exc:
-            raise InvalidInput(f"cannot read: {exc.strerror}") from None
-        finally:
-            os.close(fd)
-        return data, st.st_uid
-
-    def _reject(self, path: Path, seen: os.stat_result, reason: str, receipt: str) -> None:
-        """Move a drop to rejected/ with its reason beside it. The reason is written
-        first: a disk too full for it raises OSError, and the drop stays where it was.
-        A drop that cannot be moved (a folder the back end may not write into, a name
-        replaced meanwhile) raises _Stuck and is remembered, so that the next passes
-        pass it over."""
-        folder = self.dir("rejected")
-        base = path.name
-        if len(os.fsencode(base)) > _KEEP_NAME_BYTES:  # room for .ID.reason
-            base = os.fsdecode(os.fsencode(base)[:_KEEP_NAME_BYTES])
-        target = folder / base
-        if base != path.name or target.exists() or (folder / f"{base}.reason").exists():
-            target = folder / f"{base}.{new_id()}"
-        why = folder / f"{target.name}.reason"
-        try:
-            write_private(why, (" ".join(reason.split()) + "\n").encode())
-            if not os.path.samestat(os.lstat(path), seen):
-                raise _Stuck("replaced while it was judged")  # judged again next pass
-            rename_noreplace(path, target)
-        except BaseException as exc:
-            with suppress(OSError):
-                os.unlink(why)
-            if isinstance(exc, _Stuck) or not isinstance(exc, OSError):
-                raise
-            if exc.errno == errno.ENOENT:
-                raise
-            if exc.errno in _BACK_END_ERRNOS:
-                raise  # the back end's own trouble: every drop would meet it
-            stuck = (f"{reason}; it cannot be moved to rejected/ ({exc.strerror}: "
-                     f"{_file_type(seen.st_mode)} owned by uid {seen.st_uid})")
-            self._stuck[(seen.st_dev, seen.st_ino)] = stuck
-            raise _Stuck(stuck) from None
-        if receipt:
-            from hostctl.queues.dropbox import rejected_doc
-
-            stem = path.name.removesuffix(SUFFIX)
-            self._write_receipt(receipt, rejected_doc(stem if valid_id(stem) else "", reason))
-
-    # -- receipts (the front end's view of its own tasks) -----------------------------
-
-    def post(self, task: Task) -> None:
-        """Publish a dropped task's status to its receipt in outbox/ (if it has one)."""
-        if task.envelope.receipt:
-            from hostctl.queues.dropbox import receipt_doc
-
-            self._write_receipt(task.envelope.receipt, receipt_doc(task.to_json()))
-
-    def post_claim(self, claim: Claim, state: str) -> None:
+    def _post_claim(self, claim: Claim, state: str) -> None:
         if claim.task.envelope.receipt:
             with suppress(OSError, InvalidInput):
-                self.post(self._read_fd(claim.fd, state, claim.path.name))
+                self.outbox.post(self._read_fd(claim.fd, state, claim.path.name))
 
-    def _write_receipt(self, receipt: str, doc: dict[str, Any]) -> None:
-        import json
-
-        from hostctl.queues.dropbox import SHARED_FILE_MODE
-
-        outbox = self.dir("outbox")
-        tmp = outbox / f".{receipt}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-                         | os.O_NOFOLLOW, SHARED_FILE_MODE)
-            os.fchmod(fd, SHARED_FILE_MODE)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(doc, fh)
-                fh.write("\n")
-            os.rename(tmp, outbox / f"{receipt}.json")
-        except OSError:
-            with suppress(OSError):
-                os.unlink(tmp)
-
-    def open_log(self, env: Envelope) -> int:
+    def open_log(self, env: Envelope) -> FileLog:
         """Open the task's log for appending; a dropped task's log is shared via outbox/."""
         path = self.log_path(env.id)
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
         if env.receipt and not path.exists():
-            from hostctl.queues.dropbox import SHARED_FILE_MODE
+            fd = self.outbox.open_log(env.receipt, path, flags)
+            if fd is not None:
+                return FileLog(fd)
+        return FileLog(os.open(path, flags, 0o600))
 
-            shared = self.dir("outbox") / f"{env.receipt}.log"
-            with suppress(OSError):
-                fd = os.open(shared, flags | os.O_EXCL, SHARED_FILE_MODE)
-                os.fchmod(fd, SHARED_FILE_MODE)
-                try:
-                    os.link(shared, path)
-                    return fd
-                except OSError:
-                    os.close(fd)
-                    os.unlink(shared)
-        return os.open(path, flags, 0o600)
+    def read_log(self, task_id: str, follow: bool, poll: float = 0.1) -> Iterator[bytes]:
+        task = self.get(task_id)
+        return tail(self.log_path(task.id), follow,
+                    lambda: self.get(task_id).status.finished, poll)
+
+    # -- the runners' side: wake-ups, pause, leader, records, workers, collection -------
+
+    def has_submissions(self) -> bool:
+        try:
+            return bool(os.listdir(self.dir("incoming")))
+        except FileNotFoundError:
+            return False
+
+    def watch(self) -> Inotify | None:
+        """One inotify descriptor on new/, incoming/ and deferred/ (a publish, a drop, a
+        deferral) and on the spool itself (``paused`` removed: the queue resumed)."""
+        try:
+            watch = Inotify([self.dir("new"), self.dir("incoming"), self.dir("deferred")])
+        except OSError as exc:
+            log.warning("no inotify (%s): new tasks are found by the periodic rescan", exc)
+            return None
+        try:
+            watch.add(self.root, IN_DELETE)
+        except OSError:
+            pass  # a resume is then seen at the next rescan
+        return watch
+
+    def pause(self) -> None:
+        self.ensure()
+        (self.root / "paused").touch(mode=0o600)
+
+    def resume(self) -> None:
+        (self.root / "paused").unlink(missing_ok=True)
+
+    def paused(self) -> bool:
+        return (self.root / "paused").exists()
+
+    def running(self) -> list[str]:
+        """Tasks in active/ whose worker lives (holds the file's lock)."""
+        folder = self.dir("active")
+        out = []
+        for name in self._names("active"):
+            task_id = _id_of(name)
+            if task_id is not None and lock_held(folder / name):
+                out.append(task_id)
+        return out
+
+    @contextmanager
+    def leader(self) -> Iterator[bool]:
+        """``locks/dispatch.lock``, flock'ed without waiting."""
+        self.ensure()
+        with flocked(self.dir("locks") / "dispatch.lock", wait=False) as mine:
+            yield mine
+
+    def read_record(self, name: str) -> bytes | None:
+        try:
+            return (self.root / f"{_record_name(name)}.json").read_bytes()
+        except OSError:
+            return None
+
+    def write_record(self, name: str, data: bytes) -> None:
+        write_atomic(self.root / f"{_record_name(name)}.json", data)
+
+    def register_worker(self, pid: int, started: str, max_runtime: float) -> Registration:
+        self.ensure()
+        return Registration(self.root / "workers", self.dir("locks"), pid, started,
+                            max_runtime)
+
+    def workers(self) -> list[WorkerInfo]:
+        return liveness_workers(self.root / "workers", self.dir("locks"))
+
+    def collect(self, retention_days: float, now: float, limit: int) -> int:
+        victims = _older(self.dir("done"), now - retention_days * 86400)
+        for path in victims[:limit]:
+            self.remove_done(path)
+        for path in _older(self.dir("rejected"), now - retention_days * 86400):
+            self.remove_rejected(path)
+        return min(len(victims), limit)
+
+    def collectable(self, retention_days: float, now: float) -> int:
+        return len(_older(self.dir("done"), now - retention_days * 86400))
 
     def remove_done(self, path: Path) -> None:
         """Delete a finished task with its log and receipt (task_gc)."""
@@ -1234,8 +1098,7 @@ class Spool:
         """Remove a finished task's log and receipt files (task_gc)."""
         paths = [self.log_path(task.id)]
         if task.envelope.receipt:
-            paths += [self.dir("outbox") / f"{task.envelope.receipt}.{ext}"
-                      for ext in ("json", "log")]
+            paths += self.outbox.paths(task.envelope.receipt)
         for path in paths:
             with suppress(FileNotFoundError):
                 os.unlink(path)
@@ -1253,9 +1116,10 @@ class Spool:
             write_private(folder / f"{target.name}.reason",
                           (" ".join(reason.split()) + "\n").encode())
 
-    def quarantined(self, where: str = "quarantine") -> list[tuple[str, str]]:
+    def set_aside(self, rejected: bool = False) -> list[tuple[str, str]]:
         """(file, reason) of what lies in quarantine/ (or in rejected/)."""
         out = []
+        where = "rejected" if rejected else "quarantine"
         folder = self.dir(where)
         for name in self._names(where):
             try:
@@ -1267,79 +1131,6 @@ class Spool:
 
     # -- helpers ----------------------------------------------------------------------
 
-    @contextmanager
-    def _flock(self, path: Path) -> Iterator[None]:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
-
-
-class _Stuck(HostctlError):
-    """An entry of incoming/ that can be neither admitted nor moved away."""
-
-
-#: errors of a write that would befall every drop (the back end's own file system)
-_BACK_END_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
-#: of a rejected drop's name, this many bytes are kept (NAME.ID.reason fits NAME_MAX)
-_KEEP_NAME_BYTES = 200
-
-
-def _file_type(mode: int) -> str:
-    for test, word in ((stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symbolic link"),
-                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISREG, "a regular file")):
-        if test(mode):
-            return word
-    return "an unknown kind of file"
-
-
-def _remove_stale_dot(path: Path, now: float) -> None:
-    """A front end's dot-name (a drop it was writing) older than STALE_TMP_SECONDS: it
-    crashed before its rename. A folder is left to doctor."""
-    with suppress(OSError):
-        st = os.lstat(path)
-        if now - st.st_mtime > STALE_TMP_SECONDS and not stat.S_ISDIR(st.st_mode):
-            os.unlink(path)
-
-
-class _Refused(InvalidInput):
-    """A drop refused before it was read whole; ``head`` is what was read of it."""
-
-    def __init__(self, message: str, head: bytes) -> None:
-        super().__init__(message)
-        self.head = head
-
-
-def _read_upto(fd: int, limit: int) -> bytes:
-    """Up to ``limit`` bytes from ``fd``: fewer only at the end of the file."""
-    chunks: list[bytes] = []
-    left = limit
-    while left > 0:
-        chunk = os.read(fd, min(left, 1 << 20))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
-
-
-def _hold(ctx_fd: int, name: str) -> None:
-    """Name the active task that holds a context's lock in the lock file (see
-    Spool._context_lock); no fsync: the record matters only while processes live."""
-    with suppress(OSError):
-        os.pwrite(ctx_fd, f"{name}\n".encode(), 0)
-
-
-def _last_index(items: list[Any], value: Any) -> int:
-    """The index of the last ``value`` in ``items``, or -1."""
-    for i in range(len(items) - 1, -1, -1):
-        if items[i] == value:
-            return i
-    return -1
 
 
 def _head(path: Path) -> bytes:
@@ -1352,9 +1143,51 @@ def _head(path: Path) -> bytes:
         os.close(fd)
 
 
-def _iso(ts: float) -> str:
-    from hostctl.queues.task import utc_iso
+def _own(claim: TaskClaim) -> Claim:
+    """A claim this spool made (a claim of another backend here is a bug)."""
+    if not isinstance(claim, Claim):
+        raise TypeError(f"not a spool claim: {claim!r}")
+    return claim
 
+
+class FileLog:
+    """A task's log: an append-only file this worker holds open."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def write(self, data: bytes) -> None:
+        write_all(self.fd, data)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _record_name(name: str) -> str:
+    if not name.isidentifier():
+        raise InvalidInput(f"malformed record name {name!r}")
+    return name
+
+
+def _older(folder: Path, cutoff: float) -> list[Path]:
+    """The entries of ``folder`` last changed before ``cutoff``, in name order."""
+    out = []
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    for name in sorted(names):
+        try:
+            if os.lstat(folder / name).st_mtime < cutoff:
+                out.append(folder / name)
+        except FileNotFoundError:
+            continue
+    return out
+
+
+def _iso(ts: float) -> str:
     return utc_iso(ts)
 
 
@@ -1371,29 +1204,6 @@ def _deferred_due(name: str) -> float | None:
     return int(due_hex, 16) / 1000
 
 
-def rename_noreplace(src: Path, dst: Path) -> None:
-    """rename(2), but FileExistsError where ``dst`` exists (renameat2's RENAME_NOREPLACE;
-    where the kernel or the file system lacks it, a check just before the rename)."""
-    import ctypes
-
-    from hostctl.queues.inotify import _lib
-
-    fn = getattr(_lib(), "renameat2", None)
-    if fn is not None:
-        if fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
-            return
-        err = ctypes.get_errno()
-        if err not in (errno.EINVAL, errno.ENOSYS, errno.EPERM):
-            raise OSError(err, os.strerror(err), str(src), None, str(dst))
-    if os.path.lexists(dst):
-        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
-    os.rename(src, dst)
-
-
-_AT_FDCWD = -100
-_RENAME_NOREPLACE = 1
-
-
 def _set_aside(names: list[str]) -> list[str]:
     """The files in quarantine/ or rejected/: every name but the ``NAME.reason`` beside a
     NAME (a file set aside may itself be called ``x.reason``: its reason is
@@ -1402,90 +1212,16 @@ def _set_aside(names: list[str]) -> list[str]:
     return [n for n in names if not n.endswith(".reason") or f"{n}.reason" in present]
 
 
-class _Listing:
-    """The names in one spool folder, smallest first, without listing the folder again for
-    every claim (Linux; the caller lists the folder itself when :meth:`refresh` says no).
+def _hold(ctx_fd: int, name: str) -> None:
+    """Name the active task that holds a context's lock in the lock file (see
+    Spool._context_lock); no fsync: the record matters only while processes live."""
+    with suppress(OSError):
+        os.pwrite(ctx_fd, f"{name}\n".encode(), 0)
 
-    An inotify watch on the folder, set before its one full listing, reports every name
-    that arrives (a link, a rename into it, a create) or leaves (a rename out of it, an
-    unlink); :meth:`refresh` applies the reports, so that ``present`` then holds exactly
-    the folder's names (dot-names left out). ``heap`` holds the same names, smallest
-    first, plus stale entries (a name gone meanwhile, or there twice) which are passed
-    over when they come up. A lost report (the kernel's event queue overflowed) or a
-    replaced folder means one more full listing. The cost of a claim therefore does not
-    grow with the length of the queue.
-    """
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.ino: Any = None
-        self.broken = False  # no inotify here: the caller lists the folder
-        self.heap: list[str] = []
-        self.present: set[str] = set()
-        self.contexts: dict[str, str] = {}  # name -> its task's context, where noted
-
-    def refresh(self) -> bool:
-        """Apply the pending reports; False where inotify cannot be used."""
-        from hostctl.queues import inotify as ino
-
-        if self.broken:
-            return False
-        if self.ino is None:
-            try:
-                watch = ino.Inotify([self.folder], ino.IN_CREATE | ino.IN_MOVED_TO
-                                    | ino.IN_MOVED_FROM | ino.IN_DELETE | ino.IN_DELETE_SELF
-                                    | ino.IN_MOVE_SELF | ino.IN_ONLYDIR)
-            except (OSError, AttributeError):  # no inotify, no such folder, no watch left
-                self.broken = True
-                return False
-            self.ino = watch
-            weakref.finalize(self, watch.close)
-            self.relist()
-            return True
-        relist = False
-        for _wd, mask, name in self.ino.events():
-            if mask & (ino.IN_IGNORED | ino.IN_DELETE_SELF | ino.IN_MOVE_SELF):
-                self.ino.close()  # the folder itself went: watch the new one
-                self.ino = None
-                return self.refresh()
-            if mask & ino.IN_Q_OVERFLOW:
-                relist = True
-            elif mask & (ino.IN_CREATE | ino.IN_MOVED_TO):
-                if name not in self.present and not name.startswith("."):
-                    self.present.add(name)
-                    heapq.heappush(self.heap, name)
-            elif mask & (ino.IN_MOVED_FROM | ino.IN_DELETE):
-                self.discard(name)
-        if relist:
-            self.relist()
-        return True
-
-    def relist(self) -> None:
-        try:
-            names = [n for n in os.listdir(self.folder) if not n.startswith(".")]
-        except FileNotFoundError:
-            names = []
-        names.sort()  # a sorted list is a heap
-        self.heap = names
-        self.present = set(names)
-        self.contexts = {n: c for n, c in self.contexts.items() if n in self.present}
-
-    def smallest(self, passed: list[str]) -> Iterator[str]:
-        """The present names, smallest first, each once; each one yielded is taken out of
-        the heap and appended to ``passed``, for :meth:`restore` to put back."""
-        seen = set()
-        while self.heap:
-            name = heapq.heappop(self.heap)
-            if name in self.present and name not in seen:
-                seen.add(name)
-                passed.append(name)
-                yield name
-
-    def restore(self, names: Iterable[str]) -> None:
-        for name in names:
-            if name in self.present:
-                heapq.heappush(self.heap, name)
-
-    def discard(self, name: str) -> None:
-        self.present.discard(name)
-        self.contexts.pop(name, None)
+def _last_index(items: list[Any], value: Any) -> int:
+    """The index of the last ``value`` in ``items``, or -1."""
+    for i in range(len(items) - 1, -1, -1):
+        if items[i] == value:
+            return i
+    return -1

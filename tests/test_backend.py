@@ -7,62 +7,17 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
+from queueproxy import NotInTheInterface, OnlyClaim, OnlyQueue, members
 from runnerhelpers import add_task, save_sites, sh_task, task_json
 from taskhelpers import write_config
 
 from hostctl.paths import Paths
-from hostctl.queues import tasks as ops
-from hostctl.queues.backend import QueueBackend, TaskClaim
+from hostctl.queues.backend import QueueBackend
 from hostctl.queues.spool import Spool
-from hostctl.queues.worker import Worker
-
-
-def members(protocol: type) -> set[str]:
-    return {n for n in vars(protocol) if not n.startswith("_")}
-
-
-class NotInTheInterface(AssertionError):
-    pass
-
-
-class OnlyClaim:
-    """A claim that offers only TaskClaim's members."""
-
-    def __init__(self, inner: Any, used: set[str]) -> None:
-        self._inner, self._used = inner, used
-
-    def __getattr__(self, name: str) -> Any:
-        if name not in members(TaskClaim):
-            raise NotInTheInterface(f"the worker used claim.{name}")
-        self._used.add(f"claim.{name}")
-        return getattr(self._inner, name)
-
-
-class OnlyQueue:
-    """A queue that offers only QueueBackend's methods, over a real Spool; claims go out
-    wrapped in OnlyClaim and come back unwrapped."""
-
-    def __init__(self, inner: Spool) -> None:
-        self._inner = inner
-        self.used: set[str] = set()
-
-    def __getattr__(self, name: str) -> Any:
-        if name not in members(QueueBackend):
-            raise NotInTheInterface(f"the worker used queue.{name}")
-        self.used.add(name)
-        method = getattr(self._inner, name)
-
-        def call(*args: Any, **kw: Any) -> Any:
-            args = tuple(a._inner if isinstance(a, OnlyClaim) else a for a in args)
-            out = method(*args, **kw)
-            if name == "claim":
-                return [OnlyClaim(c, self.used) for c in out]
-            return out
-
-        return call
+from hostctl.runners import lifecycle as ops
+from hostctl.runners.worker import Worker
 
 
 def test_the_spool_implements_the_interface(home: Path) -> None:

@@ -151,7 +151,9 @@ def test_console_script_error_is_one_line(hostctl_process, home: Path) -> None:
 
 def test_queueing_a_task_loads_no_code_it_does_not_need(home: Path) -> None:
     """`task add` is what a front end calls for every click: it must not pay for the
-    provisioning code, the worker, or the context writer's libraries."""
+    provisioning code, the worker, or the context writer's libraries. (Through the whole
+    CLI it pays for typer's argument coercion, pydantic: the console script's fast path,
+    tests/test_entry.py, loads no command-line library at all.)"""
     env = {**os.environ, "HOSTCTL_HOME": str(home)}
     saved = subprocess.run([hostctl_exe(), "provision-save", "@s", "--context_type", "server"],
                            capture_output=True, text=True, timeout=60, env=env)
@@ -167,5 +169,5 @@ def test_queueing_a_task_loads_no_code_it_does_not_need(home: Path) -> None:
     assert code == "0" and len(task_id) == 20
     for module in ("hostctl.provision.site", "hostctl.provision.platform",
                    "hostctl.provision.server", "hostctl.provision.services",
-                   "hostctl.queues.worker", "filelock", "pydantic", "tomli_w"):
+                   "hostctl.runners.worker", "filelock", "tomli_w"):
         assert module not in loaded, module

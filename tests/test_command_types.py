@@ -172,7 +172,7 @@ def test_config_refuses_a_secret_in_the_argv(run_hostctl, home: Path) -> None:
 
 
 PLUGIN = '''
-from hostctl.provision.registry import TaskType
+from hostctl.provision.tasktype import TaskType
 
 
 def _greet(rc):
@@ -229,7 +229,8 @@ def test_plugin_task_type_from_an_entry_point(root: Path, run_hostctl, hostctl_p
 def test_plugins_are_looked_up_only_when_a_name_is_not_known_otherwise() -> None:
     from hostctl.config import Config
     from hostctl.errors import InvalidInput
-    from hostctl.provision.registry import Registry, TaskType
+    from hostctl.provision.registry import Registry
+    from hostctl.provision.tasktype import TaskType
 
     scans = []
 
@@ -252,10 +253,12 @@ def test_a_task_function_that_meets_an_os_error_ends_in_error_with_one_line(
     """A built-in or plugin function whose file work fails (a file gone meanwhile, a full
     disk) ends its task in error with the reason in one line, not a traceback."""
     from hostctl.config import load as load_config
+    from hostctl.contexts.schema import field_names
     from hostctl.paths import Paths
-    from hostctl.provision.registry import Registry, TaskType
-    from hostctl.queues import tasks as ops
-    from hostctl.queues.worker import Worker
+    from hostctl.provision.registry import Registry
+    from hostctl.provision.tasktype import TaskType
+    from hostctl.runners import lifecycle as ops
+    from hostctl.runners.worker import Worker
 
     def boom(rc) -> int:
         print("about to read it")
@@ -263,7 +266,7 @@ def test_a_task_function_that_meets_an_os_error_ends_in_error_with_one_line(
         return 0
 
     save_sites(run_hostctl, home, ["a.example"])
-    config = load_config(home / "config.toml")
+    config = load_config(home / "config.toml", field_names())
     registry = Registry([TaskType("boom", ("site",), function=boom)], config)
     h = ops.Home(Paths(home))
     h.__dict__["registry"] = registry  # this home's types: just the one

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import tomli_w
 from conftest import hostctl_exe
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from runnerhelpers import save_sites
 
-from hostctl.contexts.schema import TYPES, Field, Kind
+from hostctl.contexts.schema import SERVER, TYPES, Field, Kind
 from hostctl.errors import InvalidInput
-from hostctl.queues.task import new_id
+from hostctl.queues.model import new_id
 
 INJECTION = "www.example.com;} server { listen 9999"
 
@@ -247,6 +247,9 @@ def what_provisioning_does(tmp: Path, ctype: str, name: str, value: object) -> N
 @given(case=st.sampled_from([(t.name, f) for t in TYPES.values() for f in t.fields.values()
                              if f.kind is not Kind.REF]).flatmap(
     lambda tf: st.tuples(st.just(tf), kind_text(tf[1].kind))))
+# found by this test: the schema took a ';' in a URL that the vhost writer refused (the
+# writer quotes the URL, so one rule, the schema's, now serves both)
+@example(case=(("server", SERVER.fields["web_disable_url"]), "http://;"))
 def test_every_kind_saves_only_what_provisioning_can_act_on(
         tmp_path: Path, case: tuple[tuple[str, Field], str]) -> None:
     (ctype, spec), raw = case

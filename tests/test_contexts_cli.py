@@ -481,13 +481,13 @@ def test_a_watched_store_keeps_its_listing_until_the_folder_changes(
         run_hostctl, home: Path) -> None:
     """A daemon's store keeps whole listings while inotify reports no change; a save, a
     delete and a file edited in place by hand each show at the next listing."""
-    from hostctl.contexts.store import ContextStore
+    from hostctl.contexts.store import TomlStore
     from hostctl.paths import Paths
 
     ok(save(run_hostctl, "@srv", "--context_type", "server"))
     ok(save(run_hostctl, "@plat", "--context_type", "platform", "--root", "/srv/www"))
     ok(save(run_hostctl, "@a.example", "--context_type", "site", "--platform", "@plat"))
-    store = ContextStore(Paths(home))
+    store = TomlStore(Paths(home))
     assert store.watch()
     first = store.of_type("site")
     assert [c.name for c in first] == ["a.example"]

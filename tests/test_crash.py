@@ -205,7 +205,7 @@ def test_a_task_never_stays_processing_after_its_worker_died(
 def test_a_task_group_is_known_by_its_leaders_start_window() -> None:
     """The sweep signals a group only while its leader's start time lies in the window the
     worker recorded around the spawn: a pid reused by another process is left alone."""
-    from hostctl.queues.process import boot_ticks, is_task_group
+    from hostctl.process import boot_ticks, is_task_group
 
     earliest = boot_ticks()
     pid = os.posix_spawn("/bin/sh", ["sh", "-c", "sleep 30"], dict(os.environ), setsid=True)

@@ -333,7 +333,7 @@ def test_a_site_whose_cron_task_is_still_running_is_not_given_another(
 
 
 def iso(text: str) -> float:
-    from hostctl.queues.task import parse_iso
+    from hostctl.times import parse_iso
 
     return parse_iso(text)
 

@@ -26,8 +26,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hostctl.errors import InvalidInput
-from hostctl.queues.dropbox import decode_submission
-from hostctl.queues.task import new_id
+from hostctl.queues.admission import decode_submission
+from hostctl.queues.model import new_id
 from hostctl.text import printable
 
 SH = "/bin/sh"

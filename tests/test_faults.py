@@ -336,7 +336,7 @@ def drop_file(home: Path, task_type: str, context: str, publish: bool = True
     """Drop a submission by the documented protocol (as root, so uid 0 is its submitter);
     return its id, its receipt and its path. Without ``publish`` it keeps its dot-name
     (the rename that publishes it is the caller's)."""
-    from hostctl.queues.task import new_id
+    from hostctl.queues.model import new_id
 
     task_id, receipt = new_id(), secrets.token_hex(16)
     doc = {"id": task_id, "type": task_type, "context": context, "receipt": receipt}

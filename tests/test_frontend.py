@@ -36,8 +36,8 @@ from asuser import (
 from conftest import hostctl_exe
 from taskhelpers import wait_for, write_config
 
-from hostctl.queues.spool import RECEIPT_SCAN_BYTES
-from hostctl.queues.task import MAX_TASK_BYTES, new_id
+from hostctl.queues.admission import RECEIPT_SCAN_BYTES
+from hostctl.queues.model import MAX_TASK_BYTES, new_id
 
 pytestmark = pytest.mark.skipif(bool(can_make_users()), reason=can_make_users() or "ok")
 
@@ -866,14 +866,14 @@ def test_the_fields_a_front_end_may_set_are_configurable(users: Users) -> None:
 def _admit_until_empty(home: Path, start: Any) -> None:
     """In a forked child: admit (as dispatch and wait-queue do) until incoming/ is empty."""
     from hostctl.paths import Paths
-    from hostctl.queues.tasks import Home
+    from hostctl.runners.home import Home
 
     backend = Home(Paths(home))
     check = backend.registry.check_envelope(backend.store)
     start.wait(30)
     incoming = home / "spool" / "incoming"
     while [n for n in os.listdir(incoming) if not n.startswith(".")]:
-        backend.spool.admit(check)
+        backend.queue.admit(check)
 
 
 def test_admitters_running_at_once_admit_each_drop_exactly_once(run_hostctl,
@@ -888,7 +888,7 @@ def test_admitters_running_at_once_admit_each_drop_exactly_once(run_hostctl,
                  ("@a.example", "--context_type", "site", "--platform", "@plat")):
         assert run_hostctl("provision-save", *argv).code == 0
     from hostctl.paths import Paths
-    from hostctl.queues.tasks import Home
+    from hostctl.runners.home import Home
 
     Home(Paths(home)).writable()  # the spool's folders
     incoming = home / "spool" / "incoming"
@@ -1003,7 +1003,7 @@ def test_a_drop_back_after_a_power_cut_is_removed_not_rejected(run_hostctl,
     drop goes, its receipt keeps saying queued. Anyone else's drop with that id is still
     refused as a duplicate, and the task's receipt is left alone."""
     from hostctl.paths import Paths
-    from hostctl.queues.tasks import Home
+    from hostctl.runners.home import Home
 
     for argv in (("@srv", "--context_type", "server"),
                  ("@plat", "--context_type", "platform", "--root", "/srv/www"),
@@ -1041,7 +1041,7 @@ def test_a_drop_on_a_malformed_context_waits_and_the_others_go_in(
     the drop waits in incoming/ (one warning, not one per pass), the others are admitted,
     and it goes in once the file is repaired."""
     from hostctl.paths import Paths
-    from hostctl.queues.tasks import Home
+    from hostctl.runners.home import Home
 
     for argv in (("@srv", "--context_type", "server"),
                  ("@plat", "--context_type", "platform", "--root", "/srv/www"),

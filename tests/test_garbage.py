@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from taskhelpers import REPO, ids_in, save_sites, show_process, write_config
 
-from hostctl.queues.task import new_id
+from hostctl.queues.model import new_id
 
 QUARANTINE = "quarantine"  # where docs/spool.md says garbage goes, with NAME.reason
 DROP_QUARANTINE = "rejected"  # docs/spool.md: refused drops from incoming/ go there

@@ -25,7 +25,7 @@ from provisionhelpers import (
 )
 from taskhelpers import hostctl_cmd, wait_for
 
-from hostctl.contexts.store import ContextStore
+from hostctl.contexts.store import TomlStore
 from hostctl.errors import Conflict
 from hostctl.paths import Paths
 
@@ -55,7 +55,7 @@ def test_a_site_whose_database_server_is_gone_is_deleted_all_the_same(lab: Lab) 
 
 
 def test_a_clone_never_merges_into_a_context_made_meanwhile(home: Path, lab: Lab) -> None:
-    store = ContextStore(Paths(home))
+    store = TomlStore(Paths(home))
     lab.site("@taken.example")
     with pytest.raises(Conflict, match="exists already"):
         store.save("@taken.example", {"language": "fr"}, "site", create_only=True)

@@ -31,8 +31,9 @@ from taskhelpers import (
     write_config,
 )
 
+from hostctl.queues.model import Envelope, new_id
 from hostctl.queues.spool import Spool
-from hostctl.queues.task import Envelope, new_id, utc_iso
+from hostctl.times import utc_iso
 
 pytestmark = pytest.mark.skipif(shutil.which("flock") is None,
                                 reason="needs flock(1) from util-linux")
@@ -261,7 +262,7 @@ def test_a_stopped_run_leaves_no_process_behind(run_hostctl, home: Path, how: st
 # had started would not, and is stopped by the sweep. Each run holds OVERLAP_HOLD s.
 PLUGIN = """
 import os, subprocess, sys
-from hostctl.provision.registry import TaskType
+from hostctl.provision.tasktype import TaskType
 
 
 def _run(rc):

@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from datetime import datetime
 
 import pytest
 from runnerhelpers import add_task, save_sites, sh_task, write_config
 
 from hostctl.config import DEFAULT_QUEUES, QueueSettings
-from hostctl.queues.periodic import TICK_SLACK, compute, is_due, next_run
+from hostctl.runners.periodic import TICK_SLACK, compute, is_due, next_run
 
 
 def iso(ts: str) -> float:
@@ -118,7 +117,7 @@ def test_next_run() -> None:
     assert next_run(c, None, now) == now
     assert next_run(c, now - 100, now) == now - 100 + 600
     assert next_run(c, now - 601, now) == now
-    batch = compute(replace(DEFAULT_QUEUES["cron"]), 250)
+    batch = compute(DEFAULT_QUEUES["cron"]._replace(), 250)
     assert next_run(batch, now - 10, now) == now - 10 + 600
 
 

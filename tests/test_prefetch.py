@@ -11,8 +11,8 @@ from runnerhelpers import add_task, save_sites, sh_task, status_of, task_json
 from taskhelpers import folder_of, popen_hostctl, stop, wait_for, write_config
 
 from hostctl.paths import Paths
-from hostctl.queues import tasks as ops
-from hostctl.queues.worker import HOLD_AHEAD, Worker
+from hostctl.runners import lifecycle as ops
+from hostctl.runners.worker import HOLD_AHEAD, Worker
 
 WAIT = 'echo started; while [ ! -e "$0" ]; do sleep 0.02; done; echo done'
 

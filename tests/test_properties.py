@@ -43,7 +43,7 @@ from taskhelpers import ids_in
 
 from hostctl.cli.main import main
 from hostctl.contexts.schema import TYPES, Kind
-from hostctl.queues.task import new_id
+from hostctl.queues.model import new_id
 
 # ---------------------------------------------------------------------------------------
 # shared parts

@@ -244,13 +244,13 @@ def test_no_host_and_no_password_means_the_local_socket_and_peer_auth(
 
 
 def test_an_unset_db_host_makes_no_tcp_connection(home: Path, run_hostctl) -> None:
-    from hostctl.contexts.store import ContextStore
+    from hostctl.contexts.store import TomlStore
     from hostctl.paths import Paths
     from hostctl.provision.services.pgsql import Pgsql
 
     assert run_hostctl("provision-save", "@d", "--context_type", "server",
                        "--db_service_type", "pgsql").code == 0
-    store = ContextStore(Paths(home))
+    store = TomlStore(Paths(home))
     server = Pgsql(store.get("@d"), Paths(home))
     assert "PGHOST" not in server._admin() and "PGUSER" not in server._admin()
     assert run_hostctl("provision-save", "@d", "--db_passwd", "@@x-Pa55word").code == 0

@@ -18,14 +18,14 @@ from provisionhelpers import (
     world_readable_dir,
 )
 
-from hostctl.contexts.store import ContextStore
+from hostctl.contexts.store import TomlStore
 from hostctl.errors import InvalidInput, OperationFailed
 from hostctl.paths import Paths
 from hostctl.provision.job import Job
-from hostctl.provision.registry import RunContext
 from hostctl.provision.services import database, suggest_name, web
 from hostctl.provision.services.nginx import Vhost
 from hostctl.provision.services.pgsql import scram_verifier
+from hostctl.provision.tasktype import RunContext
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def job_for(home: Path, name: str, *fields: str, context_type: str = "server") -
     assert main(["--home", str(home), "provision-save", name, "--context_type",
                  context_type, *fields]) == 0
     paths = Paths(home)
-    store = ContextStore(paths)
+    store = TomlStore(paths)
     return Job(RunContext("t1", "test", store.get(name), {}, paths, store))
 
 
@@ -318,7 +318,7 @@ def test_nginx_listen_addresses(home: Path) -> None:
                  "--ip_addresses", "localhost"]) == 2
     path = home / "contexts" / "web.toml"
     path.write_text(path.read_text().replace('"::1"', '"localhost"'))
-    nginx_bad = web(ContextStore(job.paths).get("@web"), job.paths)
+    nginx_bad = web(TomlStore(job.paths).get("@web"), job.paths)
     assert nginx_bad is not None
     with pytest.raises(InvalidInput, match="not an IP address"):
         nginx_bad.listens()

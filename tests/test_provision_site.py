@@ -495,9 +495,10 @@ def test_cron_queue_runs_the_builtin_cron_and_config_may_replace_it(lab: Lab, ng
     write_config(lab.home, {"tasks": {"cron": {"command": ["true"],
                                                 "context_types": ["site"]}}})
     from hostctl.config import load as load_config
+    from hostctl.contexts.schema import field_names
     from hostctl.provision.registry import load
 
-    registry = load(load_config(lab.home / "config.toml"), plugins=False)
+    registry = load(load_config(lab.home / "config.toml", field_names()), plugins=False)
     assert registry.get("cron").source == "config"
     write_config(lab.home, {"tasks": {"install": {"command": ["true"]}}})
     res = lab.run("task", "add", "install", "@c2.example")
@@ -589,12 +590,13 @@ def test_server_and_platform_tasks_in_the_foreground_and_through_the_queue(lab: 
 def test_tasks_that_make_or_remove_things_never_simply_run_again() -> None:
     from hostctl.config import Config
     from hostctl.provision.registry import load
-    from hostctl.queues.task import Envelope
+    from hostctl.queues.model import Envelope
+    from hostctl.runners.home import retry_policy
 
     registry = load(Config(), plugins=False)
     for name in registry.names():
         env = Envelope(id="0" * 20, type=name, context="@x", options={},
                        context_options={}, priority=5, created="2026-01-01T00:00:00Z")
-        again = registry.policy(env).rerun_on_loss
+        again = retry_policy(registry)(env).rerun_on_loss
         unsafe = name in ("install", "clone", "migrate", "delete", "restore")
         assert again is not unsafe, name

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from hostctl.errors import Conflict, InvalidInput, NotFound
-from hostctl.queues.spool import Policy, Spool, backoff
-from hostctl.queues.task import Envelope, Status, encode_event, new_id, utc_iso
+from hostctl.queues.model import Envelope, Policy, Status, backoff, encode_event, new_id
+from hostctl.queues.spool import Spool
+from hostctl.times import utc_iso
 
 
 @pytest.fixture
@@ -205,7 +206,7 @@ def test_check_rejection_quarantines_with_a_reason(sp: Spool) -> None:
 
     [claim] = sp.claim(check, limit=5)
     assert claim.task.id == good.id
-    q = sp.quarantined()
+    q = sp.set_aside()
     assert [n for n, _ in q] == [f"4{bad.id}.task"]
     assert "unknown task type" in q[0][1]
 
@@ -216,9 +217,9 @@ def test_check_rejection_quarantines_with_a_reason(sp: Spool) -> None:
 def view(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Each test below runs with the inotify-kept view and with a plain listing."""
     if request.param == "listing":
-        from hostctl.queues import spool as spool_module
+        from hostctl.queues import listing as listing_module
 
-        monkeypatch.setattr(spool_module._Listing, "refresh", lambda self: False)
+        monkeypatch.setattr(listing_module.Listing, "refresh", lambda self: False)
     return str(request.param)
 
 

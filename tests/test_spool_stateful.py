@@ -23,8 +23,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from taskhelpers import QUEUE_FOLDERS
 
-from hostctl.queues.spool import Claim, Policy, Spool, _id_of
-from hostctl.queues.task import Envelope, Task, new_id, utc_iso
+from hostctl.queues.model import Envelope, Policy, Task, new_id
+from hostctl.queues.spool import Claim, Spool, _id_of
+from hostctl.times import utc_iso
 
 CONTEXTS = ("@a.example", "@b.example", "@c.example")
 FINAL = {"success", "warning", "error", "cancelled", "lost", "retry"}

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 from taskhelpers import ids_in, popen_hostctl, save_sites, stop, wait_for, write_config
 
-from hostctl.queues.spool import Policy, Spool
-from hostctl.queues.task import Envelope, new_id, utc_iso
+from hostctl.queues.model import Envelope, Policy, new_id
+from hostctl.queues.spool import Spool
+from hostctl.times import utc_iso
 
 TASKS = 2000
 PROCESSES = 8

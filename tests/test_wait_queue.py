@@ -41,7 +41,7 @@ from runnerhelpers import (
 )
 
 from hostctl.paths import Paths
-from hostctl.queues import tasks as ops
+from hostctl.runners import lifecycle as ops
 
 # touches $0.started (its pid inside), waits for $0.go; a TERM is written down in $0.term
 BLOCKING = ('trap \'echo TERM >> "$0.term"; exit 143\' TERM; echo $$ > "$0.started"; '
@@ -448,7 +448,7 @@ def test_queue_status_shows_the_daemons_tasks_run_and_last_seen(
 
 
 def iso(text: str) -> float:
-    from hostctl.queues.task import parse_iso
+    from hostctl.times import parse_iso
 
     return parse_iso(text)
 
@@ -560,7 +560,7 @@ def own_signal_handlers() -> Iterator[None]:
 def test_step_sweeps_and_rescans_only_when_its_housekeeping_is_due(
         run_hostctl, home) -> None:
     from hostctl.queues import dropbox
-    from hostctl.queues.daemon import WaitQueue
+    from hostctl.runners.daemon import WaitQueue
 
     save_sites(run_hostctl, home, ["a.example", "b.example"])
     h = ops.Home(Paths(home))

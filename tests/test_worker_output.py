@@ -10,7 +10,7 @@ from pathlib import Path
 from runnerhelpers import Procs, add_task, hostctl_log, save_sites, sh_task, status_of
 from taskhelpers import wait_for, write_config
 
-from hostctl.queues.worker import MAX_LINE
+from hostctl.runners.worker import MAX_LINE
 from hostctl.text import Redactor
 
 KEY = "shopkey1"

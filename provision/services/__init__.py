@@ -19,7 +19,10 @@ from hostctl.errors import InvalidInput
 from hostctl.paths import Paths
 from hostctl.provision.job import Job
 from hostctl.provision.secrets import DbCredentials
+from hostctl.provision.services.mariadb import Mariadb
 from hostctl.provision.services.nginx import Nginx
+from hostctl.provision.services.pgsql import Pgsql
+from hostctl.provision.services.sqlite import Sqlite
 
 #: at most this many characters from the site's uri (Aegir's), then a _N on a collision
 DB_NAME_LENGTH = 16
@@ -64,16 +67,10 @@ def database(server: Context | None, paths: Paths) -> Database | None:
     if kind == "none":
         return None
     if kind == "sqlite":
-        from hostctl.provision.services.sqlite import Sqlite
-
         return Sqlite(server, paths)
     if kind == "pgsql":
-        from hostctl.provision.services.pgsql import Pgsql
-
         return Pgsql(server, paths)
     if kind in ("mariadb", "mysql"):
-        from hostctl.provision.services.mariadb import Mariadb
-
         return Mariadb(server, paths)
     raise InvalidInput(f"{server.display_name}: the {kind} database service is not "
                        "supported (use sqlite, pgsql, mariadb or none)")

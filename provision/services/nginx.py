@@ -54,7 +54,6 @@ the characters nginx would read as syntax or variables.
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import http.client
 import ipaddress
@@ -69,15 +68,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from hostctl.contexts.schema import URL_FORM
 from hostctl.contexts.store import Context
 from hostctl.errors import InvalidInput, OperationFailed
-from hostctl.files import write_atomic
+from hostctl.files import flocked, write_atomic
 from hostctl.paths import Paths
 from hostctl.provision import layout
 from hostctl.provision.job import Job
 
 _HOST = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*")
-_URL = re.compile(r"https?://[A-Za-z0-9._~:/?#\[\]@!&'()*+,=%-]+")
 #: what nginx would read as the end of a quoted string, an escape or a variable
 _UNSAFE_PATH = re.compile(r'["\\$\x00-\x1f\x7f]')
 DEFAULT_BINARY = "/usr/sbin/nginx"
@@ -232,7 +231,7 @@ class Nginx:
         if vhost.enabled:
             body = self._serve(vhost)
         elif vhost.disable_url:
-            if not _URL.fullmatch(vhost.disable_url):
+            if not URL_FORM.fullmatch(vhost.disable_url):
                 raise InvalidInput(f"web_disable_url {vhost.disable_url!r} is not a plain "
                                    "http(s) URL")
             body = ["    location / {", f'        return 302 "{vhost.disable_url}";', "    }"]
@@ -505,12 +504,8 @@ class Nginx:
     def _locked(self) -> Iterator[None]:
         self.paths.ensure_home()
         self.vhost_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-        fd = os.open(self.config_dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with flocked(self.config_dir / ".lock"):
             yield
-        finally:
-            os.close(fd)
 
 
 _LOG_LINE = re.compile(r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[(\w+)\] (\d+)#\d+: (.*)")

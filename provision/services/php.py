@@ -25,7 +25,7 @@ import pwd
 import re
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from hostctl.contexts.store import Context
@@ -156,10 +156,12 @@ class PhpFpm:
 
     # -- doctor -----------------------------------------------------------------------
 
-    def problems(self) -> list[tuple[Path, str]]:
+    def problems(self, helper_code: Iterable[Path] = ()) -> list[tuple[Path, str]]:
         """What keeps the helper from working, or from being safe: its settings file, the
         code sudo runs as root (it and its folders must be root's alone: whoever may
-        change it is root), and, for a back end that is not root, the sudoers line."""
+        change it is root: the interpreter, hostctl's modules loaded here, and
+        ``helper_code``, the files of the command line that runs the helper), and, for a
+        back end that is not root, the sudoers line."""
         import subprocess
 
         found: list[tuple[Path, str]] = []
@@ -169,9 +171,7 @@ class PhpFpm:
             found.append((self.settings_path, exc.message))
             return found
         argv = self.helper_argv()
-        code = {Path(sys.executable)}
-        import hostctl.cli.privileged  # noqa: F401  (what the helper runs, loaded to check)
-
+        code = {Path(sys.executable), *helper_code}
         for name, module in list(sys.modules.items()):
             file = getattr(module, "__file__", None)
             if (name == "hostctl" or name.startswith("hostctl.")) and file:

@@ -38,7 +38,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from hostctl.errors import MalformedFile
 
@@ -46,8 +46,7 @@ PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*(?:\.[a-z0-9_-]+)?)\}")
 TASK_NAME = re.compile(r"[a-z][a-z0-9-]{0,40}")
 
 
-@dataclass(frozen=True)
-class WorkerSettings:
+class WorkerSettings(NamedTuple):
     concurrency: int = 2
     max_attempts: int = 3
     backoff_base: float = 10.0
@@ -59,8 +58,7 @@ class WorkerSettings:
     max_load: float = 0.0
 
 
-@dataclass(frozen=True)
-class SpoolSettings:
+class SpoolSettings(NamedTuple):
     #: file locks are not reliable on NFS or CIFS; refuse such a spool unless this is set
     allow_network_filesystem: bool = False
 
@@ -73,13 +71,11 @@ FRONTEND_CONTEXT_OPTIONS = ("aliases", "redirection", "language", "profile", "cl
                             "ssl_enabled", "admin_email")
 
 
-@dataclass(frozen=True)
-class FrontendSettings:
+class FrontendSettings(NamedTuple):
     context_options: tuple[str, ...] = FRONTEND_CONTEXT_OPTIONS
 
 
-@dataclass(frozen=True)
-class ProvisionSettings:
+class ProvisionSettings(NamedTuple):
     #: a site must be disabled before it can be deleted (Aegir's default)
     require_disable_before_delete: bool = True
     #: the backup task removes the site's backups older than this many days (0: never)
@@ -101,8 +97,7 @@ class CommandTask:
     env: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class QueueSettings:
+class QueueSettings(NamedTuple):
     """One periodic queue, as in Aegir's hook_hosting_queues (same defaults)."""
 
     name: str
@@ -138,7 +133,16 @@ class Config:
     path: Path | None = None
 
 
-def load(path: Path) -> Config:
+class FieldNames(NamedTuple):
+    """The context fields config.toml may name: every field, and the secret ones. The
+    settings sit below the contexts, so the caller brings these (contexts/schema.py's
+    ``field_names()``)."""
+
+    known: frozenset[str]
+    secret: frozenset[str]
+
+
+def load(path: Path, fields: FieldNames) -> Config:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -147,17 +151,17 @@ def load(path: Path) -> Config:
         raise MalformedFile(f"cannot read {path}: {exc.strerror}") from exc
     try:
         doc = tomllib.loads(raw.decode("utf-8"))
-        return _parse(doc, path)
+        return _parse(doc, path, fields)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError, TypeError,
             RecursionError) as exc:
         raise MalformedFile(f"malformed {path}: {' '.join(str(exc).split())}") from exc
 
 
-def _parse(doc: Mapping[str, Any], path: Path) -> Config:
-    _known(doc, {"worker", "tasks", "queues", "spool", "frontend", "provision"},
+def _parse(doc: Mapping[str, Any], path: Path, fields: FieldNames) -> Config:
+    known_keys(doc, {"worker", "tasks", "queues", "spool", "frontend", "provision"},
            "config.toml")
-    w = _table(doc, "worker")
-    _known(w, set(WorkerSettings.__dataclass_fields__), "[worker]")
+    w = table(doc, "worker")
+    known_keys(w, set(WorkerSettings._fields), "[worker]")
     worker = WorkerSettings(
         concurrency=_int(w, "concurrency", 2, 1, 256),
         max_attempts=_int(w, "max_attempts", 3, 1, 100),
@@ -167,20 +171,20 @@ def _parse(doc: Mapping[str, Any], path: Path) -> Config:
         kill_grace=_num(w, "kill_grace", 10.0),
         max_load=_num(w, "max_load", 0.0, "a number (times the CPU count)"),
     )
-    sp = _table(doc, "spool")
-    _known(sp, set(SpoolSettings.__dataclass_fields__), "[spool]")
+    sp = table(doc, "spool")
+    known_keys(sp, set(SpoolSettings._fields), "[spool]")
     allow_nfs = sp.get("allow_network_filesystem", False)
     if not isinstance(allow_nfs, bool):
         raise ValueError("[spool]: allow_network_filesystem must be true or false")
     tasks = {}
-    for name, spec in _table(doc, "tasks").items():
+    for name, spec in table(doc, "tasks").items():
         if not TASK_NAME.fullmatch(name):
             raise ValueError(f"[tasks.{name}]: a task name is lower-case letters, digits, '-'")
         if not isinstance(spec, dict):
             raise ValueError(f"[tasks.{name}] must be a table")
-        tasks[name] = _command_task(name, spec)
+        tasks[name] = _command_task(name, spec, fields.secret)
     queues = dict(DEFAULT_QUEUES)
-    for name, spec in _table(doc, "queues").items():
+    for name, spec in table(doc, "queues").items():
         if name not in DEFAULT_QUEUES:
             raise ValueError(f"[queues.{name}]: known queues are {', '.join(DEFAULT_QUEUES)}")
         if not isinstance(spec, dict):
@@ -188,12 +192,12 @@ def _parse(doc: Mapping[str, Any], path: Path) -> Config:
         queues[name] = _queue(DEFAULT_QUEUES[name], spec)
     return Config(worker=worker, tasks=tasks, queues=queues,
                   spool=SpoolSettings(allow_network_filesystem=allow_nfs),
-                  frontend=_frontend(_table(doc, "frontend")),
-                  provision=_provision(_table(doc, "provision")), path=path)
+                  frontend=_frontend(table(doc, "frontend"), fields.known),
+                  provision=_provision(table(doc, "provision")), path=path)
 
 
 def _provision(spec: Mapping[str, Any]) -> ProvisionSettings:
-    _known(spec, set(ProvisionSettings.__dataclass_fields__), "[provision]")
+    known_keys(spec, set(ProvisionSettings._fields), "[provision]")
     require = spec.get("require_disable_before_delete", True)
     if not isinstance(require, bool):
         raise ValueError("[provision]: require_disable_before_delete must be true or false")
@@ -204,15 +208,13 @@ def _provision(spec: Mapping[str, Any]) -> ProvisionSettings:
     )
 
 
-def _frontend(fe: Mapping[str, Any]) -> FrontendSettings:
-    from hostctl.contexts.schema import all_field_names
-
-    _known(fe, {"context_options"}, "[frontend]")
+def _frontend(fe: Mapping[str, Any], known: frozenset[str]) -> FrontendSettings:
+    known_keys(fe, {"context_options"}, "[frontend]")
     names = fe.get("context_options", list(FRONTEND_CONTEXT_OPTIONS))
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise ValueError("[frontend]: context_options must be a list of field names")
     for name in names:
-        if name not in all_field_names():
+        if name not in known:
             raise ValueError(f"[frontend]: context_options: unknown field {name!r}")
         if name in ("protected", "locked"):  # the drop box refuses them whatever this says
             raise ValueError(f"[frontend]: context_options: {name!r} guards against "
@@ -222,7 +224,7 @@ def _frontend(fe: Mapping[str, Any]) -> FrontendSettings:
 
 def _queue(base: QueueSettings, spec: Mapping[str, Any]) -> QueueSettings:
     where = f"[queues.{base.name}]"
-    _known(spec, set(QueueSettings.__dataclass_fields__) - {"name"}, where)
+    known_keys(spec, set(QueueSettings._fields) - {"name"}, where)
     qtype = spec.get("type", base.type)
     if qtype not in ("serial", "batch", "spread"):
         raise ValueError(f"{where}: type must be serial, batch or spread")
@@ -245,11 +247,9 @@ def _queue(base: QueueSettings, spec: Mapping[str, Any]) -> QueueSettings:
     return q
 
 
-def _command_task(name: str, spec: Mapping[str, Any]) -> CommandTask:
-    from hostctl.contexts.schema import secret_field_names
-
+def _command_task(name: str, spec: Mapping[str, Any], secrets: frozenset[str]) -> CommandTask:
     where = f"[tasks.{name}]"
-    _known(spec, {"command", "context_types", "options", "help", "timeout", "max_attempts",
+    known_keys(spec, {"command", "context_types", "options", "help", "timeout", "max_attempts",
                   "rerun_on_loss", "env"}, where)
     command = spec.get("command")
     if (not isinstance(command, list) or not command
@@ -272,7 +272,7 @@ def _command_task(name: str, spec: Mapping[str, Any]) -> CommandTask:
         for ref in PLACEHOLDER.findall(item):
             if ref.startswith("option.") and ref[7:] not in options:
                 raise ValueError(f"{where}: {{{ref}}} names an undeclared option")
-            if ref in secret_field_names():
+            if ref in secrets:
                 raise ValueError(
                     f"{where}: {{{ref}}} is a secret and would show in the process list; "
                     f"read it from $HOSTCTL_FIELD_{ref.upper()} instead")
@@ -296,14 +296,16 @@ def _command_task(name: str, spec: Mapping[str, Any]) -> CommandTask:
                        float(timeout) if timeout else None, max_attempts, rerun, dict(env))
 
 
-def _table(doc: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+def table(doc: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """``doc[key]`` as a TOML table (missing: empty); ValueError for anything else."""
     value = doc.get(key, {})
     if not isinstance(value, dict):
         raise ValueError(f"[{key}] must be a table")
     return value
 
 
-def _known(doc: Mapping[str, Any], allowed: set[str], where: str) -> None:
+def known_keys(doc: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    """ValueError naming the keys of ``doc`` outside ``allowed`` (a typo in a file)."""
     unknown = sorted(set(doc) - allowed)
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}")

@@ -6,10 +6,12 @@ A reader sees either the old file or the new one, never half of either, and once
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from hostctl.errors import OperationFailed
@@ -133,8 +135,6 @@ def lock_held(path: Path) -> bool:
     """Whether another process holds an flock on ``path`` (False if there is no such
     file): a worker holds one on each task it runs and on its liveness lock, and the
     kernel drops it when the worker dies."""
-    import fcntl
-
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
@@ -148,3 +148,22 @@ def lock_held(path: Path) -> bool:
     finally:
         os.close(fd)
     return False
+
+
+@contextmanager
+def flocked(path: Path, *, wait: bool = True, follow: bool = True) -> Iterator[bool]:
+    """Hold an exclusive flock on ``path`` (a lock file, made 0600 if missing) for the
+    block; True inside it. Without ``wait``, a lock another process holds gives False at
+    once. The kernel drops the lock when its holder dies: no stale lock to clean up.
+    ``follow=False`` refuses a symbolic link where the lock file should be."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    fd = os.open(path, flags, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)

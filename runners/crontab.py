@@ -10,7 +10,6 @@ writing, so cron's own checks and permissions apply.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shlex
 import shutil
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hostctl.errors import Conflict, InvalidInput, OperationFailed
-from hostctl.files import write_atomic
+from hostctl.files import flocked, write_atomic
 from hostctl.paths import Paths
 
 BEGIN = "# BEGIN hostctl"
@@ -135,12 +134,8 @@ def _crontab(args: list[str], stdin: str | None, check: bool) -> subprocess.Comp
 @contextmanager
 def _locked(paths: Paths) -> Iterator[None]:
     folder = paths.ensure_dir(paths.home / "crontab")
-    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with flocked(folder / ".lock"):
         yield
-    finally:
-        os.close(fd)
 
 
 def _backup(paths: Paths, text: str) -> Path:

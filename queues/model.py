@@ -25,16 +25,19 @@ from __future__ import annotations
 import functools
 import json
 import os
+import random
 import secrets
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
+from hostctl.contexts.schema import secret_field_names
+from hostctl.contexts.store import SECRET_MASK
 from hostctl.errors import InvalidInput
+from hostctl.times import utc_iso
 
 FORMAT = 1
 MAX_TASK_BYTES = 64 * 1024  # a submission larger than this is garbage
@@ -77,13 +80,20 @@ class Status(Enum):
 OUTCOMES = {"success", "warning", "error", "cancelled", "retry", "lost"}
 
 
-def utc_iso(ts: float | None = None) -> str:
-    moment = datetime.fromtimestamp(time.time() if ts is None else ts, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+@dataclass(frozen=True)
+class Policy:
+    """What the spool needs to know of a task type to recover and retry it."""
+
+    max_attempts: int = 3
+    rerun_on_loss: bool = True  # may a run whose worker died simply run again?
+    backoff_base: float = 10.0
+    backoff_max: float = 3600.0
 
 
-def parse_iso(text: str) -> float:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+def backoff(policy: Policy, attempts: int, rng: random.Random | None = None) -> float:
+    """Exponential backoff with jitter: half fixed, half random (never zero)."""
+    ceiling = min(policy.backoff_max, policy.backoff_base * 2 ** max(attempts - 1, 0))
+    return float(ceiling / 2 + (rng or random).uniform(0, ceiling / 2))
 
 
 _last_id = [0, 0]  # (ms, random part) of this process's last id from the clock
@@ -263,6 +273,11 @@ class Task:
         return self.envelope.id
 
     @property
+    def quarantined(self) -> bool:
+        """Set aside as garbage: shown as an error, it runs again only when retried."""
+        return self.state == "quarantine"
+
+    @property
     def attempts(self) -> list[Attempt]:
         out: list[Attempt] = []
         for ev in self.events:
@@ -373,8 +388,6 @@ def masked(values: Mapping[str, str]) -> dict[str, str]:
     """``values`` as shown to anyone (task show, task list, a receipt): the value of a key
     that names a secret field (``cron_key``, ``db-passwd``...) is masked, as `context show`
     masks it. The task file keeps it: the run needs it."""
-    from hostctl.contexts.store import SECRET_MASK
-
     secret = _secret_names()
     return {k: SECRET_MASK if v and k.replace("-", "_") in secret else v
             for k, v in values.items()}
@@ -382,8 +395,6 @@ def masked(values: Mapping[str, str]) -> dict[str, str]:
 
 @functools.cache
 def _secret_names() -> frozenset[str]:
-    from hostctl.contexts.schema import secret_field_names
-
     return secret_field_names()
 
 
@@ -421,3 +432,29 @@ def encode_event(kind: str, **fields: Any) -> bytes:
 
 def pid_host() -> dict[str, Any]:
     return {"pid": os.getpid(), "host": os.uname().nodename}
+
+
+class Counts(NamedTuple):
+    """How many tasks are where."""
+
+    queued: int  # ready to run
+    deferred: int  # waiting for their time
+    processing: int  # claimed by a worker
+    finished: int
+    incoming: int  # dropped by front ends, not yet admitted
+    quarantined: int  # garbage set aside
+    rejected: int  # refused submissions
+
+
+class WorkerInfo(NamedTuple):
+    """A registered worker (``wait-queue``)."""
+
+    pid: int
+    host: str
+    started: str
+    last_seen: str
+    tasks_run: int
+    alive: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return self._asdict()

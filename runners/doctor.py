@@ -30,6 +30,15 @@ from pathlib import Path
 from hostctl.errors import ForeignHome, NotFound
 from hostctl.files import NETWORK_FILESYSTEMS, filesystem_type
 from hostctl.paths import Paths
+from hostctl.queues import dropbox
+from hostctl.queues.layout import (
+    FOLDERS,
+    HOME_MODE,
+    INCOMING_MODE,
+    OUTBOX_MODE,
+    SHARED_FILE_MODE,
+    SPOOL_MODE,
+)
 
 PRIVATE_DIR = 0o700
 
@@ -60,8 +69,6 @@ class _Rule:
 
 def check(paths: Paths, fix: bool = False, allow_network: bool = False) -> list[Finding]:
     """Every problem found (and, with ``fix``, whether it was repaired)."""
-    from hostctl.queues import dropbox
-
     home = paths.home
     try:
         owner = os.stat(home).st_uid
@@ -84,12 +91,9 @@ def check(paths: Paths, fix: bool = False, allow_network: bool = False) -> list[
 
 
 def _rules(paths: Paths, fe: int | None) -> Iterator[_Rule]:
-    from hostctl.queues import dropbox
-    from hostctl.queues.spool import FOLDERS
-
     # with a drop box the front end must pass through the home and the spool: 0700 would
     # lock it out, so only the shared mode is right there
-    yield _Rule(paths.home, (dropbox.HOME_MODE,) if fe is not None else (PRIVATE_DIR,), fe)
+    yield _Rule(paths.home, (HOME_MODE,) if fe is not None else (PRIVATE_DIR,), fe)
     if paths.config_file.exists():
         yield _Rule(paths.config_file, (0o600, 0o400))
     yield from _tree(paths.contexts, files=(0o600, 0o400))
@@ -97,15 +101,15 @@ def _rules(paths: Paths, fe: int | None) -> Iterator[_Rule]:
     yield from _tree(paths.home / "crontab", files=(0o600,))
     if not paths.spool.exists():
         return
-    yield _Rule(paths.spool, (dropbox.SPOOL_MODE,) if fe is not None else (PRIVATE_DIR,), fe)
+    yield _Rule(paths.spool, (SPOOL_MODE,) if fe is not None else (PRIVATE_DIR,), fe)
     for name in FOLDERS:
         folder = paths.spool / name
         if name == "incoming" and fe is not None:
-            yield _Rule(folder, (dropbox.INCOMING_MODE,), fe)
-            yield from _files(folder, (0o600, dropbox.SHARED_FILE_MODE), owner_free=True)
+            yield _Rule(folder, (INCOMING_MODE,), fe)
+            yield from _files(folder, (0o600, SHARED_FILE_MODE), owner_free=True)
         elif name == "outbox" and fe is not None:
-            yield _Rule(folder, (dropbox.OUTBOX_MODE,), fe)
-            yield from _files(folder, (dropbox.SHARED_FILE_MODE,), gid=fe)
+            yield _Rule(folder, (OUTBOX_MODE,), fe)
+            yield from _files(folder, (SHARED_FILE_MODE,), gid=fe)
         else:
             yield from _tree(folder, files=(0o600,),
                              owner_free=name in ("incoming", "rejected"),
@@ -123,7 +127,6 @@ def _tree(folder: Path, files: tuple[int, ...], shared_gid: int | None = None,
     if not folder.exists():
         return
     yield _Rule(folder, (PRIVATE_DIR,))
-    from hostctl.queues.dropbox import SHARED_FILE_MODE
 
     for entry in _listdir(folder):
         if entry.is_symlink() or not entry.is_file():

@@ -28,7 +28,7 @@ import shlex
 
 from hostctl.errors import InvalidInput, NotFound
 from hostctl.paths import Paths
-from hostctl.queues.crontab import hostctl_argv, line_safe, search_path
+from hostctl.runners.crontab import hostctl_argv, line_safe, search_path
 
 STOP_MARGIN = 30  # seconds on top of the longest task timeout and the kill grace
 LANG = "C.UTF-8"

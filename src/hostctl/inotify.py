@@ -10,11 +10,11 @@ ordered view of ``new/`` and ``deferred/`` from the names in the events
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import struct
 from pathlib import Path
+
+from hostctl.libc import last_errno, libc
 
 IN_CLOSE_WRITE = 0x00000008
 IN_MOVED_FROM = 0x00000040
@@ -35,22 +35,13 @@ IN_ATTRIB = 0x00000004
 CONTEXTS_MASK = (IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO
                  | IN_CREATE | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)
 _HEADER = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
-_libc: ctypes.CDLL | None = None
-
-
-def _lib() -> ctypes.CDLL:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-    return _libc
 
 
 class Inotify:
     def __init__(self, folders: list[Path], mask: int = WAKE_MASK) -> None:
-        libc = _lib()
-        fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        fd = libc().inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
-            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+            raise OSError(last_errno(), "inotify_init1 failed")
         self.fd = int(fd)
         self.watches: dict[int, Path] = {}
         for folder in folders:
@@ -58,9 +49,9 @@ class Inotify:
 
     def add(self, folder: Path, mask: int) -> int:
         """Watch one more folder; return its watch descriptor."""
-        wd = _lib().inotify_add_watch(self.fd, os.fsencode(folder), mask)
+        wd = libc().inotify_add_watch(self.fd, os.fsencode(folder), mask)
         if wd < 0:
-            err = ctypes.get_errno()
+            err = last_errno()
             self.close()
             raise OSError(err, f"inotify_add_watch {folder} failed")
         self.watches[wd] = folder

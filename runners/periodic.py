@@ -12,7 +12,8 @@ runs and how much it does each time:
             total = 0: every 86400 s, nothing per run
 
 The last run of each queue and, for ``cron`` and ``backup``, each site's bookkeeping live
-in ``HOME/spool/queues.json``, written atomically under the dispatcher lock::
+in the queue's record ``queues`` (the spool keeps it in ``HOME/spool/queues.json``),
+written whole under the leader lock::
 
     {"version": 2,
      "last_run": {"QUEUE": UNIX_TIME, ...},
@@ -36,15 +37,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from hostctl.config import QueueSettings
-from hostctl.files import write_atomic
+from hostctl.queues.backend import QueueBackend
 
 # a queue whose frequency is cron's minute must run at every tick, although ticks come a
 # little early or late: a queue this close to due counts as due
@@ -95,21 +94,24 @@ def next_run(c: Computed, last: float | None, now: float) -> float | None:
 
 
 FORMAT_VERSION = 2
+#: the record the queue keeps this in (the spool: ``spool/queues.json``)
+RECORD = "queues"
 
 
 class QueueState:
     """Last runs and per-site bookkeeping, in one JSON file (see the module docstring)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, queue: QueueBackend, name: str = RECORD) -> None:
+        self.queue = queue
+        self.name = name
         self.doc: dict[str, Any] = {}
-        self._saved = b""  # what the file holds: a save that changes nothing writes nothing
+        self._saved = b""  # what the record holds: a save that changes nothing writes nothing
+        raw = queue.read_record(name)
         try:
-            raw = path.read_bytes()
-            loaded = json.loads(raw)
-            if isinstance(loaded, dict):
+            loaded = json.loads(raw) if raw is not None else None
+            if isinstance(loaded, dict) and raw is not None:
                 self.doc, self._saved = loaded, raw
-        except (OSError, ValueError):
+        except ValueError:
             self.doc = {}
 
     def last_run(self, queue: str) -> float | None:
@@ -176,25 +178,8 @@ class QueueState:
         self.doc["version"] = FORMAT_VERSION
         data = (json.dumps(self.doc, indent=1, sort_keys=True) + "\n").encode()
         if data != self._saved:
-            write_atomic(self.path, data)
+            self.queue.write_record(self.name, data)
             self._saved = data
-
-
-def gc_candidates(done: Path, logs: Path, retention_days: float, now: float) -> list[Path]:
-    """Finished task files older than the retention period, oldest first."""
-    cutoff = now - retention_days * 86400
-    out = []
-    try:
-        names = os.listdir(done)
-    except FileNotFoundError:
-        return []
-    for name in sorted(names):
-        try:
-            if os.lstat(done / name).st_mtime < cutoff:
-                out.append(done / name)
-        except FileNotFoundError:
-            continue
-    return out
 
 
 def now() -> float:

@@ -1,7 +1,8 @@
 """``hostctl wait-queue``: the daemon that runs each task as soon as it is queued.
 
-It blocks in the kernel (epoll) on inotify watches of ``new/``, ``incoming/`` and
-``deferred/``, on its children's pipes and exit notifications, and on a self-pipe that
+It blocks in the kernel (epoll) on the queue's watch (``QueueBackend.watch``; the spool's
+is inotify on ``new/``, ``incoming/``, ``deferred/`` and the spool itself), on its
+children's pipes and exit notifications, and on a self-pipe that
 signals write to; it wakes on its own only for what is due: the next deferred task and the
 housekeeping pass (every ``housekeeping_every`` seconds, 60 by default: the sweep of lost
 tasks, the rescan, the periodic queues and the liveness record). The rescan is the safety
@@ -9,8 +10,8 @@ net for what inotify does not report (no inotify at all: the instances or watche
 user ran out, say): the pass admits what lies in ``incoming/`` and claims from ``new/``
 whatever the wake-ups missed.
 
-Pause: while ``spool/paused`` exists the daemon starts no task; it keeps sweeping and
-admitting, and ``queue resume`` (removing the file) wakes it at once.
+Pause: while the queue is paused (the spool: ``spool/paused`` exists) the daemon starts no
+task; it keeps sweeping and admitting, and ``queue resume`` wakes it at once.
 
 Signals (handlers only record them; the loop acts and logs one sentence):
   TERM or INT, first   stop claiming, let the running tasks finish, exit 0
@@ -26,48 +27,32 @@ not know is never quarantined for it: it stays queued (see ``Spool.claim``) unti
 configuration knows it, so an id that ``task add`` printed from a newer config.toml is
 never lost to an older one.
 
-Liveness: ``spool/workers/PID.json`` (pid, start, last seen, tasks run) next to an flock
-on ``spool/locks/worker.PID.lock`` held for the daemon's life: ``queue status`` shows a
+Liveness: the daemon registers with the queue for its life (``register_worker``; the
+spool keeps ``spool/workers/PID.json``, pid, start, last seen, tasks run, next to an flock
+on ``spool/locks/worker.PID.lock``): ``queue status`` shows a
 daemon as alive exactly while that lock is held.
 """
 
 from __future__ import annotations
 
-import fcntl
-import json
+import gc
 import logging
 import os
 import signal
 import time
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from hostctl.files import lock_held, write_atomic
-from hostctl.queues.dispatcher import Dispatcher, DispatchReport, dispatch_lock, paused
-from hostctl.queues.task import utc_iso
-
-if TYPE_CHECKING:
-    from hostctl.queues.tasks import Home
-    from hostctl.queues.worker import Summary, Worker
+from hostctl.errors import HostctlError
+from hostctl.inotify import IN_CLOSE_WRITE, IN_MOVED_TO, Inotify
+from hostctl.queues.backend import Registration, Watch
+from hostctl.runners.dispatcher import Dispatcher, DispatchReport
+from hostctl.runners.home import Home
+from hostctl.runners.worker import Summary, Worker
+from hostctl.times import utc_iso
 
 log = logging.getLogger("hostctl")
 HOUSEKEEPING_EVERY = 60.0  # sweep, rescan, liveness, periodic queues
-
-
-@dataclass(frozen=True)
-class DaemonInfo:
-    pid: int
-    host: str
-    started: str
-    last_seen: str
-    tasks_run: int
-    alive: bool
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 class WaitQueue:
@@ -87,8 +72,8 @@ class WaitQueue:
         self._start = 0.0
         self._next_housekeeping = 0.0
         self._announced_stop = False
-        self._record: Path | None = None
-        self._lock_fd = -1
+        self._registration: Registration | None = None
+        self._watch: Watch | None = None
         self._pipe: tuple[int, int] | None = None
         self._config_seen: tuple[int, ...] | None = None
 
@@ -103,25 +88,23 @@ class WaitQueue:
     # -- lifecycle --------------------------------------------------------------------
 
     def start(self) -> None:
-        from hostctl.queues.inotify import IN_CLOSE_WRITE, IN_DELETE, IN_MOVED_TO, Inotify
 
-        spool = self.home.writable()
+        queue = self.home.writable()
         self._config_seen = self._config_stamp()  # before it is read: a change after counts
-        self.worker = worker = self.home.worker(self.concurrency)
+        self.worker = worker = Worker.of(self.home, self.concurrency)
         worker.registry.names()  # look for plugin types now, not at the first pickup
         worker.prefetch = True  # claim one task ahead while tasks run (see Worker)
         self._start = self.clock()
         self._register_liveness()
-        try:
-            ino = Inotify([spool.dir("new"), spool.dir("incoming"), spool.dir("deferred")])
-            worker.watch(ino, lambda: self._on_folder_change(ino))
-            resumed = Inotify([spool.root], IN_DELETE)  # `queue resume` removes `paused`
-            worker.watch(resumed, resumed.drain)
-            # config.toml written or renamed into place: wake, and the pass reloads it
+        watch = queue.watch()  # a publish, a drop, a resume: wake at once
+        if watch is not None:
+            self._watch = watch
+            worker.watch(watch, self._on_queue_change)
+        try:  # config.toml written or renamed into place: wake, and the pass reloads it
             config = Inotify([self.home.paths.home], IN_CLOSE_WRITE | IN_MOVED_TO)
             worker.watch(config, config.drain)
         except OSError as exc:
-            log.warning("no inotify (%s): new tasks are found by the periodic rescan", exc)
+            log.warning("no inotify (%s): config.toml is looked at once a pass", exc)
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._pipe = (r, w)
         signal.set_wakeup_fd(w, warn_on_full_buffer=False)
@@ -130,6 +113,11 @@ class WaitQueue:
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
         worker.sweep()
+        # what start-up made (the modules, the command line library's tables) lives as
+        # long as the daemon: out of the collector's sight, each full collection over the
+        # task loop's own objects stays short
+        gc.collect()
+        gc.freeze()
         log.info("wait-queue %d started (max runtime %g s)", os.getpid(), self.max_runtime)
 
     def step(self, now: float) -> None:
@@ -150,7 +138,7 @@ class WaitQueue:
         if now >= self._next_housekeeping:
             self._next_housekeeping = now + self.housekeeping_every
             self._housekeeping()
-        if not self.stopping(now) and not paused(self.home):
+        if not self.stopping(now) and not self.home.queue.paused():
             worker.step()
         else:
             worker.hold_off()  # a task claimed ahead goes back: nothing more starts
@@ -188,10 +176,11 @@ class WaitQueue:
 
     # -- helpers ----------------------------------------------------------------------
 
-    def _on_folder_change(self, ino: Any) -> None:
-        ino.drain()
+    def _on_queue_change(self) -> None:
         assert self.worker is not None
-        if os.listdir(self.home.spool.dir("incoming")):
+        if self._watch is not None:
+            self._watch.drain()
+        if self.home.queue.has_submissions():
             self._follow_config()  # judge the drops by the configuration of now
             if self.reload_requested:
                 self.reload_requested = False
@@ -219,9 +208,6 @@ class WaitQueue:
             self.reload_requested = True
 
     def _reload(self) -> None:
-        from hostctl.errors import HostctlError
-        from hostctl.queues.tasks import Home
-
         fresh = Home(self.home.paths)
         try:
             fresh.registry.names()  # parse now, so a broken file keeps the old one
@@ -230,18 +216,13 @@ class WaitQueue:
             return
         assert self.worker is not None
         self.home = fresh
-        self.worker.config = fresh.config
-        self.worker.registry = fresh.registry
-        self.worker._check = fresh.registry.check_envelope(self.worker.store)
-        if self.concurrency is None:
-            self.worker.concurrency = fresh.config.worker.concurrency
+        self.worker.reconfigure(fresh.config, fresh.registry,
+                                keep_concurrency=self.concurrency is not None)
         log.warning("config reloaded")
 
     def _housekeeping(self) -> None:
         """Sweep, the periodic queues, liveness: a failure is logged and tried again at
         the next round; it never stops the daemon."""
-        from hostctl.errors import HostctlError
-
         assert self.worker is not None
         for job in (self.worker.sweep, self._periodic, self._touch_liveness):
             try:
@@ -252,10 +233,10 @@ class WaitQueue:
 
     def _periodic(self) -> None:
         """The periodic queues (not tasks: that is this daemon's own job), if due."""
-        if paused(self.home) or self.stopping(self.clock()):
+        if self.home.queue.paused() or self.stopping(self.clock()) or self.worker is None:
             return
         self.home.store.watch()  # the queues' listings of sites: kept until one changes
-        with dispatch_lock(self.home) as mine:
+        with self.home.queue.leader() as mine:
             if not mine:
                 return
             report = DispatchReport()  # run_due logs each queue that ran, and each failure
@@ -263,71 +244,31 @@ class WaitQueue:
                                           only=("task_gc", "cron", "backup", "ssl"))
 
     def _register_liveness(self) -> None:
-        spool = self.home.spool
-        folder = spool.root / "workers"
-        folder.mkdir(mode=0o700, exist_ok=True)
-        self._lock_fd = os.open(spool.dir("locks") / f"worker.{os.getpid()}.lock",
-                                os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-        self._record = folder / f"{os.getpid()}.json"
-        self._started_iso = utc_iso()
-        self._touch_liveness()
+        self._registration = self.home.queue.register_worker(os.getpid(), utc_iso(),
+                                                             self.max_runtime)
 
     def _touch_liveness(self) -> None:
-        if self._record is None or self.worker is None:
-            return
-        doc = {"pid": os.getpid(), "host": os.uname().nodename, "started": self._started_iso,
-               "last_seen": utc_iso(), "tasks_run": self.worker.summary.started,
-               "max_runtime": self.max_runtime}
-        with suppress(OSError):  # a stamp, not a record to keep: no fsync (no wake-up)
-            write_atomic(self._record, json.dumps(doc).encode(), durable=False)
+        if self._registration is not None and self.worker is not None:
+            self._registration.update(self.worker.summary.started)
 
     def _close(self) -> None:
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
-        if self._record is not None:
-            with suppress(OSError):
-                self._record.unlink()
-        if self._lock_fd >= 0:
-            with suppress(OSError):
-                (self.home.spool.dir("locks") / f"worker.{os.getpid()}.lock").unlink()
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+        if self._registration is not None:
+            self._registration.close()
+            self._registration = None
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
 
 
 def drain_once(home: Home, concurrency: int | None = None) -> Summary:
     """``wait-queue --once``: sweep, admit, run every ready task, return when none is left;
     while the queue is paused it starts nothing (and stops starting once it is paused)."""
-    worker = home.worker(concurrency)
-    if paused(home):
+    worker = Worker.of(home, concurrency)
+    if home.queue.paused():
         worker.queue.ensure()
         worker.sweep()
         return worker.summary
-    return worker.run(once=True, should_stop=lambda: paused(home))
-
-
-def daemons(home: Home) -> list[DaemonInfo]:
-    """The wait-queue daemons that registered; dead ones are reported and cleaned up."""
-    folder = home.spool.root / "workers"
-    out = []
-    try:
-        names = sorted(os.listdir(folder))
-    except FileNotFoundError:
-        return []
-    for name in names:
-        if not name.endswith(".json"):
-            continue
-        try:
-            doc = json.loads((folder / name).read_bytes())
-            pid = int(doc["pid"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        alive = lock_held(home.spool.dir("locks") / f"worker.{pid}.lock")
-        out.append(DaemonInfo(pid, str(doc.get("host", "")), str(doc.get("started", "")),
-                              str(doc.get("last_seen", "")), int(doc.get("tasks_run", 0)),
-                              alive))
-        if not alive:
-            with suppress(OSError):
-                (folder / name).unlink()
-    return out
+    return worker.run(once=True, should_stop=home.queue.paused)

@@ -6,7 +6,7 @@ timeouts) and :meth:`Worker.run` (repeat until drained or told to stop). The wor
 single-threaded; every child gets its own session, so a timeout or a cancel reaches the
 whole tree, background jobs in process groups of their own included (TERM, then KILL
 after the grace period; what is left of a stopped run is killed before its leader is
-reaped: see queues/process.py).
+reaped: see src/hostctl/process.py).
 """
 
 from __future__ import annotations
@@ -23,17 +23,25 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
 from hostctl.config import Config
-from hostctl.contexts.store import ContextStore
+from hostctl.contexts.store import TomlStore
 from hostctl.errors import HostctlError
-from hostctl.files import write_all
 from hostctl.paths import Paths
-from hostctl.provision.registry import Registry, secret_values
-from hostctl.provision.runner import Verdict, judge, launch, prepare, read_result
-from hostctl.queues.backend import QueueBackend, TaskClaim
-from hostctl.queues.process import boot_ticks, signal_session
-from hostctl.queues.spool import Policy, Spool, backoff
-from hostctl.queues.task import utc_iso
+from hostctl.process import boot_ticks, signal_session
+from hostctl.provision.registry import Registry
+from hostctl.provision.runner import (
+    Verdict,
+    judge,
+    launch,
+    prepare,
+    read_result,
+    secret_values,
+)
+from hostctl.queues.backend import QueueBackend, TaskClaim, TaskLog
+from hostctl.queues.model import Policy, backoff
+from hostctl.queues.spool import Spool
+from hostctl.runners.home import Home, retry_policy
 from hostctl.text import Redactor, printable
+from hostctl.times import utc_iso
 
 log = logging.getLogger("hostctl")
 #: of one line of a task's output, at most this much is kept in its log
@@ -85,7 +93,7 @@ class Running:
     pid: int
     out_fd: int
     pidfd: int
-    log_fd: int
+    log: TaskLog
     policy: Policy
     result_path: str
     deadline: float
@@ -135,7 +143,7 @@ class Worker:
         self.paths = paths
         self.config = config
         self.registry = registry
-        self.store = ContextStore(paths)
+        self.store = TomlStore(paths)
         # the only way to the queue (see backend.py); its own Spool, so that its view of
         # the spool's folders is kept up to date by this worker alone
         self.queue: QueueBackend = queue if queue is not None else Spool(
@@ -147,6 +155,7 @@ class Worker:
         self.selector = selectors.DefaultSelector()
         self.summary = Summary()
         self._check = registry.check_envelope(self.store)
+        self.policy = retry_policy(registry)
         registry.load_functions()  # once here, not in every task's child
         self.load_note = False
         self.no_room_until = 0.0  # the disk was full: claim nothing before this (clock)
@@ -164,10 +173,29 @@ class Worker:
         self.held_until = 0.0  # (clock) a task claimed ahead is given back after this
         self.ahead_given_back = False  # ... and none is claimed ahead until a task ends
 
+    @classmethod
+    def of(cls, home: Home, concurrency: int | None = None,
+           echo: TextIO | None = None) -> Worker:
+        """A worker for ``home``'s queue, with its settings and task types."""
+        home.paths.ensure_home()
+        return cls(home.paths, home.config, home.registry, concurrency=concurrency,
+                   echo=echo, queue=home.open_queue())
+
+    def reconfigure(self, config: Config, registry: Registry,
+                    keep_concurrency: bool = False) -> None:
+        """Take a reloaded configuration: its task types, their checks, its settings
+        (the concurrency too, unless the command line fixed it)."""
+        self.config = config
+        self.registry = registry
+        self._check = registry.check_envelope(self.store)
+        self.policy = retry_policy(registry)
+        if not keep_concurrency:
+            self.concurrency = config.worker.concurrency
+
     # -- the loop ---------------------------------------------------------------------
 
     def sweep(self) -> None:
-        for note in self.queue.sweep(self.registry.policy):
+        for note in self.queue.sweep(self.policy):
             log.warning("%s", note)
         self.admit()
 
@@ -346,17 +374,17 @@ class Worker:
         attempt = claim.task.attempt_count + 1
         result_path = self.queue.result_path(env)
         self.summary.started += 1
-        log_fd = -1
+        task_log: TaskLog | None = None
         try:
-            log_fd = self.queue.open_log(env)
-            self._log(log_fd, f"--- hostctl: attempt {attempt} of {env.type} on "
+            task_log = self.queue.open_log(env)
+            _write(task_log, f"--- hostctl: attempt {attempt} of {env.type} on "
                               f"{env.context}, task {env.id}, {utc_iso()}\n")
         except OSError as exc:
-            return self._cannot_write(claim, attempt, log_fd, queued, exc, "log")
+            return self._cannot_write(claim, attempt, task_log, queued, exc, "log")
         try:
             prep = prepare(env, self.registry, self.store, self.paths, result_path)
         except (HostctlError, OSError) as exc:
-            self._fail_start(claim, attempt, log_fd, _start_failure(exc))
+            self._fail_start(claim, attempt, task_log, _start_failure(exc))
             return True
         earliest = boot_ticks()
         try:
@@ -365,12 +393,12 @@ class Worker:
             # was spawned before the task may run again (process.kill_spawned)
             claim.append("spawn", attempt=attempt, worker=os.getpid(), not_before=earliest)
         except OSError as exc:
-            return self._cannot_write(claim, attempt, log_fd, queued, exc, "start")
+            return self._cannot_write(claim, attempt, task_log, queued, exc, "start")
         try:
             pid, out_fd = launch(prep, env, self.store, self.paths, result_path)
             latest = boot_ticks(up=True)
         except (HostctlError, OSError) as exc:
-            self._fail_start(claim, attempt, log_fd, _start_failure(exc))
+            self._fail_start(claim, attempt, task_log, _start_failure(exc))
             return True
         if _DIE_AFTER_SPAWN:  # tests only: the worst moment for a worker to die
             os.kill(os.getpid(), signal.SIGKILL)
@@ -384,36 +412,39 @@ class Worker:
             signal_session(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             os.close(out_fd)
-            return self._cannot_write(claim, attempt, log_fd, queued, exc, "start")
+            return self._cannot_write(claim, attempt, task_log, queued, exc, "start")
         self.queue.started(claim)
         timeout = self.registry.timeout(prep.ttype)
         now = self.clock()
-        run = Running(claim, pid, out_fd, os.pidfd_open(pid), log_fd,
-                      self.registry.policy(env), result_path, now + timeout, timeout, now,
-                      attempt, secrets=Redactor(secret_values(prep.context, self.store)),
-                      beat_at=now)
+        assert task_log is not None
+        secrets = Redactor(secret_values(prep.context, self.store, self.paths))
+        run = Running(claim, pid, out_fd, os.pidfd_open(pid), task_log,
+                      self.policy(env), result_path, now + timeout, timeout, now,
+                      attempt, secrets=secrets, beat_at=now)
         os.set_blocking(out_fd, False)
         self.selector.register(out_fd, selectors.EVENT_READ, ("out", run))
         self.selector.register(run.pidfd, selectors.EVENT_READ, ("exit", run))
         self.running[pid] = run
         return True
 
-    def _cannot_write(self, claim: TaskClaim, attempt: int, log_fd: int, queued: bool,
+    def _cannot_write(self, claim: TaskClaim, attempt: int, task_log: TaskLog | None,
+                      queued: bool,
                       exc: OSError, what: str) -> bool:
         """The task's log or its start could not be written before it ran: a queued task
         on a full disk is given back (False: it did not start), else it ends in error."""
         if queued and exc.errno in _NO_ROOM:
-            self._no_room(claim, log_fd, f"its {what}: {exc.strerror}")
+            self._no_room(claim, task_log, f"its {what}: {exc.strerror}")
             return False
         verb = "write the task's log" if what == "log" else "record the task's start"
-        self._fail_start(claim, attempt, log_fd, f"cannot {verb}: {exc.strerror or exc}")
+        self._fail_start(claim, attempt, task_log, f"cannot {verb}: {exc.strerror or exc}")
         return True
 
-    def _fail_start(self, claim: TaskClaim, attempt: int, log_fd: int, reason: str) -> None:
-        if log_fd >= 0:
+    def _fail_start(self, claim: TaskClaim, attempt: int, task_log: TaskLog | None,
+                    reason: str) -> None:
+        if task_log is not None:
             with suppress(OSError):
-                self._log(log_fd, f"--- hostctl: {reason}\n")
-            os.close(log_fd)
+                _write(task_log, f"--- hostctl: {reason}\n")
+            task_log.close()
         try:
             claim.append("start", attempt=attempt, worker=os.getpid())
             self.queue.finish(claim, "error", exit=None, reason=reason, result={})
@@ -426,11 +457,11 @@ class Worker:
         self.summary.count("error")
         _log_end(claim, "error", reason)
 
-    def _no_room(self, claim: TaskClaim, log_fd: int, what: str) -> None:
+    def _no_room(self, claim: TaskClaim, task_log: TaskLog | None, what: str) -> None:
         """No room on the disk to start a queued task: give it back, claim nothing for a
         while (a dispatch exits, a daemon looks again later)."""
-        if log_fd >= 0:
-            os.close(log_fd)
+        if task_log is not None:
+            task_log.close()
         self.summary.started -= 1
         if self.clock() >= self.no_room_until:
             log.error("no room on the disk for %s; task %s and the others stay queued "
@@ -527,7 +558,7 @@ class Worker:
         if run.log_error:
             return
         try:
-            self._log(run.log_fd, data)
+            _write(run.log, data)
         except OSError as exc:
             run.log_error = f"cannot write the task's log: {exc.strerror or exc}"
             log.error("task %s: %s", run.claim.task.id, run.log_error)
@@ -601,7 +632,7 @@ class Worker:
         self._run_log(run, f"--- hostctl: {verdict.reason or 'exited with status 0'} "
                               f"after {elapsed:.2f} s: {verdict.outcome}\n")
         with suppress(OSError):
-            os.close(run.log_fd)
+            run.log.close()
         fields: dict[str, Any] = {"exit": verdict.exit, "reason": verdict.reason,
                                   "result": dict(verdict.result)}
         if run.log_error and verdict.outcome in ("success", "warning", "retry"):
@@ -625,6 +656,6 @@ class Worker:
         self.summary.count(verdict.outcome)
         _log_end(claim, verdict.outcome, str(fields["reason"]))
 
-    @staticmethod
-    def _log(fd: int, data: str | bytes) -> None:
-        write_all(fd, data.encode() if isinstance(data, str) else data)
+
+def _write(task_log: TaskLog, data: str | bytes) -> None:
+    task_log.write(data.encode() if isinstance(data, str) else data)

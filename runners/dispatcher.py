@@ -14,31 +14,25 @@ others still run.
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
+from hostctl.contexts.store import Context
 from hostctl.errors import HostctlError, InvalidInput, MalformedFile
-from hostctl.files import lock_held
-from hostctl.queues.periodic import (
+from hostctl.queues.model import Status
+from hostctl.runners import lifecycle as ops
+from hostctl.runners.home import Home
+from hostctl.runners.periodic import (
     Computed,
     QueueState,
     compute,
-    gc_candidates,
     is_due,
     next_run,
 )
-from hostctl.queues.task import Status, parse_iso
-
-if TYPE_CHECKING:
-    from hostctl.contexts.store import Context
-    from hostctl.queues.spool import Spool
-    from hostctl.queues.tasks import Home
+from hostctl.runners.worker import Worker
+from hostctl.times import parse_iso, utc_iso
 
 log = logging.getLogger("hostctl")
 ORDER = ("task_gc", "cron", "backup", "ssl", "tasks")
@@ -65,41 +59,10 @@ class DispatchReport:
         return any(q.error for q in self.queues)
 
 
-@contextmanager
-def dispatch_lock(home: Home) -> Iterator[bool]:
-    """Yield True if this process holds the dispatcher lock, False if another does."""
-    path = home.spool.dir("locks") / "dispatch.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
-
-
-def paused(home: Home) -> bool:
-    return (home.spool.root / "paused").exists()
-
-
 @dataclass(frozen=True)
 class PauseResult:
     waited_for: int  # tasks that were running (with a live worker) when the queue paused
     recovered: tuple[str, ...]  # the sweep's notes: running tasks whose worker had died
-
-
-def running_tasks(spool: Spool) -> list[str]:
-    """The tasks in ``active/`` whose worker is alive: it holds the flock on the task file,
-    which the kernel drops when it dies (the sweep's test, without recovering anything)."""
-    folder = spool.dir("active")
-    try:
-        names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
-    except FileNotFoundError:
-        return []
-    return [n for n in names if lock_held(folder / n)]
 
 
 def pause(home: Home, wait: bool = True, poll: float = 0.2,
@@ -107,13 +70,13 @@ def pause(home: Home, wait: bool = True, poll: float = 0.2,
     """Pause the queue: no runner starts a task until :func:`resume` (they keep sweeping
     and admitting). With ``wait``, return once no task is running; a task whose worker
     died is not waited for: the sweep at the end recovers it (as a runner's would)."""
-    spool = home.writable()
-    (spool.root / "paused").touch(mode=0o600)
-    first = running_tasks(spool)
+    queue = home.writable()
+    queue.pause()
+    first = queue.running()
     if wait:
-        while running_tasks(spool):
+        while queue.running():
             sleep(poll)
-    recovered = tuple(spool.sweep(home.registry.policy))
+    recovered = tuple(queue.sweep(home.policy))
     for note in recovered:
         log.warning("%s", note)
     return PauseResult(len(first), recovered)
@@ -121,8 +84,7 @@ def pause(home: Home, wait: bool = True, poll: float = 0.2,
 
 def resume(home: Home) -> None:
     """Let the runners start tasks again (a waiting wait-queue sees it at once)."""
-    spool = home.writable()
-    (spool.root / "paused").unlink(missing_ok=True)
+    home.writable().resume()
 
 
 @dataclass(frozen=True)
@@ -134,8 +96,6 @@ class QueueInfo:
     next_run: float | None
 
     def to_json(self) -> dict[str, object]:
-        from hostctl.queues.task import utc_iso
-
         q = self.computed.settings
         return {
             "name": q.name,
@@ -199,13 +159,13 @@ class Dispatcher:
 
     def total(self, name: str) -> tuple[int, int]:
         """(total, pending) of one queue."""
-        spool = self.home.spool
+        queue = self.home.queue
         if name == "tasks":
-            counts = spool.counts()
-            return counts["new"] + counts["deferred"], counts["new"]
+            counts = queue.counts()
+            return counts.queued + counts.deferred, counts.queued
         if name == "task_gc":
             retention = self.home.config.queues["task_gc"].retention_days
-            gc = len(gc_candidates(spool.dir("done"), spool.logs, retention, self.clock()))
+            gc = queue.collectable(retention, self.clock())
             return gc, gc
         sites = len(self._sites(name))
         return sites, sites
@@ -215,9 +175,9 @@ class Dispatcher:
         return {name: self.total(name) for name in ORDER}
 
     def info(self) -> list[QueueInfo]:
-        state = QueueState(self.home.spool.root / "queues.json")
+        state = QueueState(self.home.queue)
         now = self.clock()
-        running = self.home.spool.counts()["active"]
+        running = self.home.queue.counts().processing
         out = []
         for name, (total, pending) in self.totals().items():
             c = compute(self.home.config.queues[name], total)
@@ -233,28 +193,25 @@ class Dispatcher:
             raise InvalidInput(f"unknown queue {only!r}; queues: {', '.join(ORDER)}")
         report = DispatchReport()
         self.home.writable()
-        with dispatch_lock(self.home) as mine:
+        with self.home.queue.leader() as mine:
             if not mine:
                 report.locked_out = True
                 log.info("another dispatcher is running; nothing to do")
                 return report
-            worker = self.home.worker()
+            worker = Worker.of(self.home)
             worker.sweep()
-            if paused(self.home):
+            if self.home.queue.paused():
                 report.paused = True
                 log.info("the queue is paused")
                 return report
             self.run_due(worker, report, force, only)
         return report
 
-    def run_due(self, worker: object, report: DispatchReport, force: bool = False,
+    def run_due(self, worker: Worker, report: DispatchReport, force: bool = False,
                 only: str | tuple[str, ...] | None = None) -> None:
         """Run each due queue (``only``: that one, or those; the caller holds the
         dispatcher lock)."""
-        from hostctl.queues.worker import Worker
-
-        assert isinstance(worker, Worker)
-        state = QueueState(self.home.spool.root / "queues.json")
+        state = QueueState(self.home.queue)
         wanted = ORDER if only is None else (only,) if isinstance(only, str) else only
         for name in ORDER:
             if name not in wanted:
@@ -279,21 +236,18 @@ class Dispatcher:
         try:
             state.save()
         except OSError as exc:
-            log.error("cannot save %s: %s", state.path, exc)
+            log.error("cannot save the periodic queues' state: %s", exc)
 
-    def _queue_tasks(self, c: Computed, state: QueueState, worker: object,
+    def _queue_tasks(self, c: Computed, state: QueueState, worker: Worker,
                      report: DispatchReport) -> str:
         """Run the ready tasks, at most ``items`` minus the tasks already running (by any
         runner) at once; stop starting new ones as soon as the queue is paused."""
-        from hostctl.queues.worker import Worker
-
-        assert isinstance(worker, Worker)
-        running = self.home.spool.counts()["active"]
+        running = self.home.queue.counts().processing
         slots = c.items - running
         if slots <= 0:
             return f"maximum number of tasks ({c.items}) already running"
         worker.concurrency = slots
-        summary = worker.run(once=True, should_stop=lambda: paused(self.home))
+        summary = worker.run(once=True, should_stop=self.home.queue.paused)
         report.started += summary.started
         for k, v in summary.finished.items():
             report.finished[k] = report.finished.get(k, 0) + v
@@ -308,7 +262,7 @@ class Dispatcher:
         waiting = set()
         for site, task_id in list(state.pending(queue).items()):
             try:
-                task = self.home.spool.get(task_id)
+                task = self.home.queue.get(task_id)
             except HostctlError:  # removed by task_gc, or unreadable: nothing to wait for
                 state.clear_pending(queue, site)
                 continue
@@ -339,8 +293,6 @@ class Dispatcher:
         due = sorted((s for s in sites if s not in waiting),
                      key=lambda s: (times.get(s, 0.0), s))
         queued = 0
-        from hostctl.queues import tasks as ops
-
         for site in due[: c.items]:
             try:
                 added = ops.add(self.home, queue, site, {}, {}, priority=3)
@@ -356,27 +308,20 @@ class Dispatcher:
         return note + (f"; {len(waiting)} site(s) still wait for the last one" if waiting
                        else "")
 
-    def _queue_cron(self, c: Computed, state: QueueState, worker: object,
+    def _queue_cron(self, c: Computed, state: QueueState, worker: Worker,
                     report: DispatchReport) -> str:
         return self._queue_sites("cron", c, state)
 
-    def _queue_backup(self, c: Computed, state: QueueState, worker: object,
+    def _queue_backup(self, c: Computed, state: QueueState, worker: Worker,
                       report: DispatchReport) -> str:
         return self._queue_sites("backup", c, state)
 
-    def _queue_ssl(self, c: Computed, state: QueueState, worker: object,
+    def _queue_ssl(self, c: Computed, state: QueueState, worker: Worker,
                    report: DispatchReport) -> str:
         return self._queue_sites("ssl", c, state)
 
-    def _queue_task_gc(self, c: Computed, state: QueueState, worker: object,
+    def _queue_task_gc(self, c: Computed, state: QueueState, worker: Worker,
                        report: DispatchReport) -> str:
-        spool = self.home.spool
         q = c.settings
-        victims = gc_candidates(spool.dir("done"), spool.logs, q.retention_days, self.clock())
-        for path in victims[: max(c.items, 1)]:
-            spool.remove_done(path)
-        for path in gc_candidates(spool.dir("rejected"), spool.logs, q.retention_days,
-                                  self.clock()):
-            spool.remove_rejected(path)
-        removed = min(len(victims), max(c.items, 1))
+        removed = self.home.queue.collect(q.retention_days, self.clock(), max(c.items, 1))
         return f"removed {removed} finished task(s) older than {q.retention_days:g} days"

@@ -31,22 +31,18 @@ from collections.abc import Mapping
 from contextlib import suppress
 from typing import Any
 
+from hostctl.libc import libc
+
 _PR_SET_PDEATHSIG = 1
-_libc = None
 
 
 def die_with_parent(parent: int) -> None:
     """In a freshly forked child of ``parent``: own session, and SIGKILL when the parent
     dies. A parent that died before the death signal was set (between the fork and the
     prctl) is noticed at once: the child is no longer its child, and exits."""
-    global _libc
     os.setsid()
     with suppress(OSError, AttributeError):
-        if _libc is None:
-            import ctypes
-
-            _libc = ctypes.CDLL(None, use_errno=True)
-        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        libc().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:
         os._exit(70)
 

@@ -1,0 +1,25 @@
+"""``provision-TYPE``: a task run now, in the foreground, through the same queue and runner
+as a queued one (so it waits for a task running on its context, and is recorded alike)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import TextIO
+
+from hostctl.queues.model import Task
+from hostctl.runners.home import Home
+from hostctl.runners.lifecycle import build
+from hostctl.runners.worker import Summary, Worker
+
+
+def run_now(home: Home, type_name: str, context: str, options: Mapping[str, str],
+            echo: TextIO | None = None) -> tuple[Task, Summary]:
+    """Run a task in the foreground (provision-TYPE), through the same queue and runner."""
+    env = build(home, type_name, context, options, {}, 9)
+    queue = home.writable()
+    if queue.context_busy(env.context):
+        print(f"hostctl: waiting for the task running on {env.context}", file=sys.stderr)
+    claim = queue.publish_claimed(env, wait=True)
+    summary = Worker.of(home, echo=echo).run_claim(claim)
+    return queue.get(env.id), summary
