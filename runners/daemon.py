@@ -88,7 +88,6 @@ class WaitQueue:
     # -- lifecycle --------------------------------------------------------------------
 
     def start(self) -> None:
-
         queue = self.home.writable()
         self._config_seen = self._config_stamp()  # before it is read: a change after counts
         self.worker = worker = Worker.of(self.home, self.concurrency)
@@ -113,9 +112,9 @@ class WaitQueue:
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
         worker.sweep()
-        # what start-up made (the modules, the command line library's tables) lives as
-        # long as the daemon: out of the collector's sight, each full collection over the
-        # task loop's own objects stays short
+        # what start-up made (the modules, the schemas, the registry) lives as long as the
+        # daemon: out of the collector's sight, a full collection walks only the objects
+        # of the task loop
         gc.collect()
         gc.freeze()
         log.info("wait-queue %d started (max runtime %g s)", os.getpid(), self.max_runtime)
