@@ -13,7 +13,7 @@ import typer
 import typer.core
 
 from hostctl import __version__
-from hostctl.cli import contexts, provision, runners, save, security, tasks
+from hostctl.cli import cluster, contexts, provision, runners, save, security, tasks
 from hostctl.cli import grammar as g
 from hostctl.cli.begin import begin
 from hostctl.cli.output import exit_process, guarded, prepare_streams
@@ -74,6 +74,7 @@ app.command("wait-queue")(runners.wait_queue)
 app.add_typer(runners.cron_app, name="cron")
 app.add_typer(runners.service_app, name="service")
 app.add_typer(security.frontend_app, name="frontend")
+app.add_typer(cluster.app, name="cluster")
 app.command("doctor")(security.doctor)
 tasks.queue_app.command("list")(runners.queue_list)
 tasks.queue_app.command("pause")(runners.queue_pause)

@@ -33,10 +33,11 @@ also gets ``{root}`` from its platform), and ``{option.KEY}`` for a declared opt
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -122,6 +123,15 @@ DEFAULT_QUEUES: Mapping[str, QueueSettings] = {
 }
 
 
+class ClusterSettings(NamedTuple):
+    #: the cluster's PostgreSQL, a libpq connection string or URI (docs/cluster.md);
+    #: empty: this home stands alone. HOSTCTL_CLUSTER_DSN, when set, wins.
+    dsn: str = ""
+
+
+CLUSTER_DSN_VAR = "HOSTCTL_CLUSTER_DSN"
+
+
 @dataclass(frozen=True)
 class Config:
     worker: WorkerSettings = field(default_factory=WorkerSettings)
@@ -130,6 +140,7 @@ class Config:
     spool: SpoolSettings = field(default_factory=SpoolSettings)
     frontend: FrontendSettings = field(default_factory=FrontendSettings)
     provision: ProvisionSettings = field(default_factory=ProvisionSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
     path: Path | None = None
 
 
@@ -143,6 +154,15 @@ class FieldNames(NamedTuple):
 
 
 def load(path: Path, fields: FieldNames) -> Config:
+    """config.toml (missing: the defaults), then what the environment says over it."""
+    config = _load_file(path, fields)
+    dsn = os.environ.get(CLUSTER_DSN_VAR)
+    if dsn:
+        config = replace(config, cluster=ClusterSettings(dsn))
+    return config
+
+
+def _load_file(path: Path, fields: FieldNames) -> Config:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -158,7 +178,7 @@ def load(path: Path, fields: FieldNames) -> Config:
 
 
 def _parse(doc: Mapping[str, Any], path: Path, fields: FieldNames) -> Config:
-    known_keys(doc, {"worker", "tasks", "queues", "spool", "frontend", "provision"},
+    known_keys(doc, {"worker", "tasks", "queues", "spool", "frontend", "provision", "cluster"},
            "config.toml")
     w = table(doc, "worker")
     known_keys(w, set(WorkerSettings._fields), "[worker]")
@@ -193,7 +213,16 @@ def _parse(doc: Mapping[str, Any], path: Path, fields: FieldNames) -> Config:
     return Config(worker=worker, tasks=tasks, queues=queues,
                   spool=SpoolSettings(allow_network_filesystem=allow_nfs),
                   frontend=_frontend(table(doc, "frontend"), fields.known),
-                  provision=_provision(table(doc, "provision")), path=path)
+                  provision=_provision(table(doc, "provision")),
+                  cluster=_cluster(table(doc, "cluster")), path=path)
+
+
+def _cluster(spec: Mapping[str, Any]) -> ClusterSettings:
+    known_keys(spec, set(ClusterSettings._fields), "[cluster]")
+    dsn = spec.get("dsn", "")
+    if not isinstance(dsn, str) or "\x00" in dsn:
+        raise ValueError("[cluster]: dsn must be a string (a PostgreSQL connection string)")
+    return ClusterSettings(dsn)
 
 
 def _provision(spec: Mapping[str, Any]) -> ProvisionSettings:

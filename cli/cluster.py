@@ -1,0 +1,67 @@
+"""``hostctl cluster init|status``: the cluster's database (queues/cluster.py).
+
+The database's code (psycopg, procrastinate) is loaded by these commands alone: every
+other command of a home that stands alone never pays for it.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from hostctl.cli.common import JsonFlag, say, state, table
+from hostctl.cli.output import emit_json
+from hostctl.errors import ExitStatus, InvalidInput
+from hostctl.runners.home import Home
+
+app = typer.Typer(help="The cluster: many servers on one PostgreSQL database.",
+                  no_args_is_help=True)
+
+
+def _dsn(ctx: typer.Context) -> str:
+    dsn = Home(state(ctx).paths).config.cluster.dsn
+    if not dsn:
+        raise InvalidInput("this home is not in a cluster: set [cluster] dsn in "
+                           "config.toml (or HOSTCTL_CLUSTER_DSN); see docs/cluster.md")
+    return dsn
+
+
+@app.command("init")
+def init(ctx: typer.Context, json_: JsonFlag = False) -> None:
+    """Create the cluster's schema in its database, or upgrade it (run it again after
+    upgrading hostctl); safe to run from several hosts at once."""
+    from hostctl.queues import cluster  # the database's code: for these commands alone
+
+    report = cluster.init(_dsn(ctx))
+    if json_:
+        emit_json(report.to_json())
+        return
+    st = state(ctx)
+    for step in report.applied:
+        say(st, f"applied {step}")
+    versions = ", ".join(f"{k} {v}" for k, v in report.after.items())
+    say(st, f"{report.database}: {'schema now' if report.changed else 'schema up to date'}: "
+            f"{versions}")
+
+
+@app.command("status")
+def status(ctx: typer.Context, json_: JsonFlag = False) -> int:
+    """The database, its schema, the jobs per queue and the workers' heartbeats; exits 1
+    while the schema is missing or older than this hostctl's."""
+    from hostctl.queues import cluster
+
+    found = cluster.status(_dsn(ctx))
+    code = ExitStatus.OK if found.ready else ExitStatus.ERROR
+    if json_:
+        emit_json(found.to_json())
+        return code
+    typer.echo(f"database: {found.database} (PostgreSQL {found.server_version})")
+    schema = ", ".join(f"{k} {v}" for k, v in sorted(found.schema.items())) or "none"
+    typer.echo(f"schema: {schema}" + ("" if found.ready else
+                                      " (run `hostctl cluster init`)"))
+    rows = [(queue, state_, str(n)) for queue, counts in found.jobs.items()
+            for state_, n in counts.items()]
+    typer.echo(table(rows, ("QUEUE", "STATUS", "JOBS")) if rows else "jobs: none")
+    typer.echo(table([(str(i), f"{age:.1f}") for i, age in found.workers.items()],
+                     ("WORKER", "LAST HEARTBEAT (s ago)"))
+               if found.workers else "workers: none")
+    return code

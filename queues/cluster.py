@@ -1,0 +1,240 @@
+"""The cluster's database: PostgreSQL, holding procrastinate's tables and hostctl's own.
+
+A home joins a cluster by one setting, ``[cluster] dsn`` in config.toml (or
+``HOSTCTL_CLUSTER_DSN``): a libpq connection string or URI. Its password belongs in the
+file (0600) or in libpq's own places (``~/.pgpass``, ``PGPASSFILE``), never on a command
+line; hostctl never prints it (:func:`shown` is what messages say of a DSN).
+
+Schema (``hostctl cluster init``): one table, ``hostctl_schema``, records which version of
+each component's schema the database holds:
+
+    component      version   what it is
+    procrastinate  3.10.0    procrastinate's tables (jobs, workers, events...), its version
+    hostctl        1         hostctl's own tables
+
+A fresh database gets procrastinate's whole schema (``SchemaManager.get_schema()``); one
+that holds an older version gets procrastinate's migrations from that version up to the
+installed one, in the order of their names (``get_migrations_path()``). Everything runs
+in one transaction under an advisory lock: two hosts running ``init`` at once leave one
+schema, applied once; a failure leaves the database as it was.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, LiteralString
+
+import procrastinate
+import psycopg
+from procrastinate.schema import SchemaManager
+from psycopg import conninfo as libpq
+
+from hostctl.errors import InvalidInput, OperationFailed
+
+#: hostctl's own schema version (bumped, with a step in _HOSTCTL_STEPS, by each change)
+SCHEMA_VERSION = 1
+#: pg_advisory_xact_lock key: "hostctl init" in ASCII, so no other user of the lock space
+#: is likely to take it
+_INIT_LOCK = 0x686F7374_696E6974
+_VERSION_TABLE = """
+CREATE TABLE IF NOT EXISTS hostctl_schema (
+    component text PRIMARY KEY,
+    version text NOT NULL,
+    updated timestamptz NOT NULL DEFAULT now()
+)"""
+#: hostctl's schema, one step per version: step N takes the database from N-1 to N
+_HOSTCTL_STEPS: Mapping[int, LiteralString] = {1: "SELECT 1"}  # version 1: the version table itself
+_MIGRATION = re.compile(r"(\d+)\.(\d+)\.(\d+)_\d+_.*\.sql")
+CONNECT_TIMEOUT = 10
+
+
+def parse_dsn(dsn: str) -> dict[str, str]:
+    """The connection parameters of a DSN; InvalidInput (saying nothing of its password)
+    when libpq cannot read it."""
+    if not dsn.strip():
+        raise InvalidInput("no cluster: set [cluster] dsn in config.toml or "
+                           "HOSTCTL_CLUSTER_DSN")
+    try:
+        params = libpq.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        raise InvalidInput("[cluster] dsn is not a PostgreSQL connection string "
+                           "(key=value pairs or a postgresql:// URI)") from None
+    return {k: str(v) for k, v in params.items() if v is not None}
+
+
+def shown(dsn: str) -> str:
+    """A DSN as messages show it: where and who, never a password."""
+    p = parse_dsn(dsn)
+    where = p.get("host", "localhost") + (f":{p['port']}" if "port" in p else "")
+    return f"{p.get('user', '(default user)')}@{where}/{p.get('dbname', '(default database)')}"
+
+
+@contextmanager
+def connect(dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    """A connection, in one transaction committed at the end of the block (rolled back on
+    an error); OperationFailed, in one line without the password, when it cannot be made."""
+    params = parse_dsn(dsn)
+    params.setdefault("connect_timeout", str(CONNECT_TIMEOUT))
+    params.setdefault("application_name", "hostctl")
+    try:
+        conn = psycopg.connect(libpq.make_conninfo("", **params))
+    except psycopg.Error as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        password = params.get("password")
+        if password:
+            reason = reason.replace(password, "********")
+        raise OperationFailed(f"cannot reach the cluster's database {shown(dsn)}: "
+                              f"{reason}") from None
+    try:
+        with conn:
+            yield conn
+    except psycopg.Error as exc:
+        raise OperationFailed(f"the cluster's database {shown(dsn)}: "
+                              f"{' '.join(str(exc).split())}") from None
+    finally:
+        conn.close()
+
+
+@dataclass(frozen=True)
+class InitReport:
+    """What ``cluster init`` found and left: each component's version before and after."""
+
+    database: str
+    before: Mapping[str, str]
+    after: Mapping[str, str]
+    applied: tuple[str, ...] = ()  # procrastinate's schema or migration files, in order
+
+    @property
+    def changed(self) -> bool:
+        return dict(self.before) != dict(self.after)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"database": self.database, "before": dict(self.before),
+                "after": dict(self.after), "applied": list(self.applied),
+                "changed": self.changed}
+
+
+def installed_procrastinate() -> str:
+    return str(procrastinate.__version__)
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(".")[:3])
+    except ValueError:
+        raise OperationFailed(f"the cluster's database records procrastinate schema "
+                              f"{text!r}, which is not a version") from None
+
+
+def _migrations(after: str, upto: str) -> list[Path]:
+    """procrastinate's migration files for versions above ``after`` up to ``upto``."""
+    low, high = _version_tuple(after), _version_tuple(upto)
+    out = []
+    for path in sorted(Path(SchemaManager.get_migrations_path()).glob("*.sql")):
+        found = _MIGRATION.fullmatch(path.name)
+        if found and low < tuple(int(g) for g in found.groups()) <= high:
+            out.append(path)
+    return out
+
+
+def _versions(cur: psycopg.Cursor[Any]) -> dict[str, str]:
+    cur.execute("SELECT to_regclass('hostctl_schema') IS NOT NULL")
+    row = cur.fetchone()
+    if not row or not row[0]:
+        return {}
+    cur.execute("SELECT component, version FROM hostctl_schema")
+    return {str(c): str(v) for c, v in cur.fetchall()}
+
+
+def _has_table(cur: psycopg.Cursor[Any], name: str) -> bool:
+    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (name,))
+    row = cur.fetchone()
+    return bool(row and row[0])
+
+
+def init(dsn: str) -> InitReport:
+    """Create or upgrade the cluster's schema (see the module docstring)."""
+    target = installed_procrastinate()
+    with connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (_INIT_LOCK,))
+        before = _versions(cur)
+        cur.execute(_VERSION_TABLE)
+        applied: list[str] = []
+        have = before.get("procrastinate")
+        if have is None and _has_table(cur, "procrastinate_jobs"):
+            raise OperationFailed(
+                "the database holds procrastinate's tables that hostctl did not make (no "
+                "version recorded); use a database of hostctl's own")
+        if have is None:
+            cur.execute(SchemaManager.get_schema())
+            applied.append("procrastinate schema " + target)
+        elif _version_tuple(have) > _version_tuple(target):
+            raise OperationFailed(
+                f"the cluster's database holds procrastinate schema {have}, newer than this "
+                f"host's procrastinate {target}: upgrade hostctl here first")
+        else:
+            for path in _migrations(have, target):
+                cur.execute(path.read_bytes())  # procrastinate's own SQL, as shipped
+                applied.append(path.name)
+        mine = int(before.get("hostctl", "0"))
+        if mine > SCHEMA_VERSION:
+            raise OperationFailed(
+                f"the cluster's database holds hostctl schema {mine}, newer than this "
+                f"host's {SCHEMA_VERSION}: upgrade hostctl here first")
+        for step in range(mine + 1, SCHEMA_VERSION + 1):
+            cur.execute(_HOSTCTL_STEPS[step])
+        after = {"procrastinate": target, "hostctl": str(SCHEMA_VERSION)}
+        for component, version in after.items():
+            cur.execute(
+                "INSERT INTO hostctl_schema (component, version) VALUES (%s, %s) "
+                "ON CONFLICT (component) DO UPDATE SET version = EXCLUDED.version, "
+                "updated = now() WHERE hostctl_schema.version <> EXCLUDED.version",
+                (component, version))
+    return InitReport(shown(dsn), before, after, tuple(applied))
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    database: str
+    server_version: str
+    schema: Mapping[str, str]
+    #: queue -> status -> how many jobs
+    jobs: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    #: procrastinate worker id -> seconds since its last heartbeat
+    workers: Mapping[int, float] = field(default_factory=dict)
+
+    @property
+    def ready(self) -> bool:
+        return self.schema.get("hostctl") == str(SCHEMA_VERSION) and \
+            self.schema.get("procrastinate") == installed_procrastinate()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"database": self.database, "server_version": self.server_version,
+                "schema": dict(self.schema), "ready": self.ready,
+                "jobs": {q: dict(s) for q, s in self.jobs.items()},
+                "workers": [{"id": k, "heartbeat_age": v} for k, v in self.workers.items()]}
+
+
+def status(dsn: str) -> ClusterStatus:
+    """The database, its schema versions, jobs per queue and status, and the workers."""
+    with connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SHOW server_version")
+        row = cur.fetchone()
+        server = str(row[0]) if row else "?"
+        schema = _versions(cur)
+        jobs: dict[str, dict[str, int]] = {}
+        workers: dict[int, float] = {}
+        if _has_table(cur, "procrastinate_jobs"):
+            cur.execute("SELECT queue_name, status::text, count(*) FROM procrastinate_jobs "
+                        "GROUP BY 1, 2 ORDER BY 1, 2")
+            for queue, state, count in cur.fetchall():
+                jobs.setdefault(str(queue), {})[str(state)] = int(count)
+        if _has_table(cur, "procrastinate_workers"):
+            cur.execute("SELECT id, extract(epoch FROM now() - last_heartbeat) "
+                        "FROM procrastinate_workers ORDER BY id")
+            workers = {int(i): round(float(age), 3) for i, age in cur.fetchall()}
+    return ClusterStatus(shown(dsn), server, schema, jobs, workers)

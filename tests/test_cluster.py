@@ -1,0 +1,182 @@
+"""``hostctl cluster init|status`` on a real PostgreSQL (a private server made with initdb,
+run as an unprivileged user): the schema made once and kept up to date, from several
+hosts at once; the database's password never shown; one-line errors for every way the
+setting or the database can be wrong."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import hostctl_exe
+from provisionhelpers import PgCluster, start_postgres
+from taskhelpers import write_config
+
+from hostctl.errors import ExitStatus
+
+SECRET = "Cl-" + os.urandom(8).hex()
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PgCluster]:
+    cluster = start_postgres()
+    try:
+        cluster.psql(f"CREATE ROLE hostctl LOGIN PASSWORD '{SECRET}'")
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+_made = [0]
+
+
+@pytest.fixture
+def dsn(pg: PgCluster) -> str:
+    """A fresh database of the hostctl role's own, for each test."""
+    _made[0] += 1
+    name = f"cluster{_made[0]}"
+    pg.psql(f"CREATE DATABASE {name} OWNER hostctl")
+    return f"host=127.0.0.1 port={pg.port} dbname={name} user=hostctl password={SECRET}"
+
+
+def in_cluster(home: Path, dsn: str) -> None:
+    write_config(home, {"cluster": {"dsn": dsn}})
+
+
+def tables(pg: PgCluster, dsn: str) -> set[str]:
+    db = dict(p.split("=", 1) for p in dsn.split())["dbname"]
+    return set(pg.psql("SELECT tablename FROM pg_tables WHERE schemaname = 'public'",
+                       database=db))
+
+
+def test_init_makes_the_schema_once_and_status_reports_it(run_hostctl, home: Path,
+                                                          pg: PgCluster, dsn: str) -> None:
+    in_cluster(home, dsn)
+    before = run_hostctl("cluster", "status", "--json")
+    assert before.code == ExitStatus.ERROR, before  # no schema yet
+    assert json.loads(before.out)["schema"] == {}
+    first = run_hostctl("cluster", "init", "--json")
+    assert first.code == 0, first
+    report = json.loads(first.out)
+    assert report["before"] == {} and report["changed"]
+    assert report["after"]["hostctl"] == "1"
+    assert report["applied"] == [f"procrastinate schema {report['after']['procrastinate']}"]
+    assert {"procrastinate_jobs", "procrastinate_workers", "hostctl_schema"} <= tables(pg, dsn)
+    again = run_hostctl("cluster", "init", "--json")
+    assert again.code == 0, again
+    assert json.loads(again.out)["applied"] == [] and not json.loads(again.out)["changed"]
+    status = run_hostctl("cluster", "status", "--json")
+    assert status.code == 0, status
+    doc = json.loads(status.out)
+    assert doc["ready"] and doc["schema"] == report["after"]
+    assert doc["jobs"] == {} and doc["workers"] == []
+    assert doc["database"].startswith("hostctl@127.0.0.1:")
+    text = run_hostctl("cluster", "status")
+    assert text.code == 0 and "schema: hostctl 1, procrastinate" in text.out
+    for res in (first, again, status, text):
+        assert SECRET not in res.out + res.err
+
+
+def test_status_counts_jobs_per_queue_and_shows_workers(run_hostctl, home: Path,
+                                                        pg: PgCluster, dsn: str) -> None:
+    in_cluster(home, dsn)
+    assert run_hostctl("cluster", "init").code == 0
+    db = dict(p.split("=", 1) for p in dsn.split())["dbname"]
+    pg.psql("INSERT INTO procrastinate_jobs (queue_name, task_name) VALUES "
+            "('web1', 'install'), ('web1', 'verify'), ('web2', 'verify');"
+            "INSERT INTO procrastinate_workers DEFAULT VALUES;", database=db,
+            user="hostctl", password=SECRET)
+    doc = json.loads(run_hostctl("cluster", "status", "--json").out)
+    assert doc["jobs"] == {"web1": {"todo": 2}, "web2": {"todo": 1}}
+    assert len(doc["workers"]) == 1 and 0 <= doc["workers"][0]["heartbeat_age"] < 60
+    text = run_hostctl("cluster", "status")
+    assert text.code == 0, text
+    rows = [line.split() for line in text.out.splitlines()]
+    assert ["web1", "todo", "2"] in rows and ["web2", "todo", "1"] in rows
+    assert ["WORKER", "LAST", "HEARTBEAT", "(s", "ago)"] in rows
+
+
+def test_hosts_running_init_at_once_leave_one_schema(home: Path, pg: PgCluster,
+                                                     dsn: str) -> None:
+    in_cluster(home, dsn)
+    env = {**os.environ, "HOSTCTL_HOME": str(home)}
+    procs = [subprocess.Popen([hostctl_exe(), "cluster", "init", "--json"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, outs
+    applied = [json.loads(out)["applied"] for out, _err in outs]
+    assert sorted(len(a) for a in applied) == [0, 0, 0, 1]  # one applied it, once
+    db = dict(p.split("=", 1) for p in dsn.split())["dbname"]
+    assert pg.psql("SELECT count(*) FROM hostctl_schema", database=db) == ["2"]
+
+
+def test_a_schema_newer_than_this_host_is_left_alone(run_hostctl, home: Path, pg: PgCluster,
+                                                     dsn: str) -> None:
+    in_cluster(home, dsn)
+    assert run_hostctl("cluster", "init").code == 0
+    db = dict(p.split("=", 1) for p in dsn.split())["dbname"]
+    pg.psql("UPDATE hostctl_schema SET version = '99.0.0' WHERE component = 'procrastinate'",
+            database=db, user="hostctl", password=SECRET)
+    res = run_hostctl("cluster", "init")
+    assert res.code == ExitStatus.ERROR and res.err.count("\n") == 1, res
+    assert "newer than this host's procrastinate" in res.err
+    assert pg.psql("SELECT version FROM hostctl_schema WHERE component = 'procrastinate'",
+                   database=db) == ["99.0.0"]  # rolled back: nothing changed
+    assert run_hostctl("cluster", "status").code == ExitStatus.ERROR
+
+
+def test_tables_hostctl_did_not_make_are_refused(run_hostctl, home: Path, pg: PgCluster,
+                                                 dsn: str) -> None:
+    db = dict(p.split("=", 1) for p in dsn.split())["dbname"]
+    pg.psql("CREATE TABLE procrastinate_jobs (id int)", database=db, user="hostctl",
+            password=SECRET)
+    in_cluster(home, dsn)
+    res = run_hostctl("cluster", "init")
+    assert res.code == ExitStatus.ERROR and "did not make" in res.err, res
+    assert "hostctl_schema" not in tables(pg, dsn)  # the whole init was rolled back
+
+
+def test_the_environment_wins_and_a_home_alone_says_so(run_hostctl, home: Path, dsn: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    alone = run_hostctl("cluster", "status")
+    assert alone.code == ExitStatus.USAGE and "not in a cluster" in alone.err, alone
+    in_cluster(home, "host=127.0.0.1 port=1 dbname=nowhere user=nobody")
+    monkeypatch.setenv("HOSTCTL_CLUSTER_DSN", dsn)
+    assert run_hostctl("cluster", "init").code == 0
+
+
+@pytest.mark.parametrize("wrong, code, says", [
+    ("host=127.0.0.1 port=5432 dbname", ExitStatus.USAGE, "not a PostgreSQL connection"),
+    ("postgresql://[::1", ExitStatus.USAGE, "not a PostgreSQL connection"),
+    ("host=127.0.0.1 port=1 dbname=x user=hostctl password=" + SECRET, ExitStatus.ERROR,
+     "cannot reach the cluster's database hostctl@127.0.0.1:1/x"),
+])
+def test_a_wrong_dsn_is_one_line_without_its_password(run_hostctl, home: Path, wrong: str,
+                                                      code: int, says: str) -> None:
+    in_cluster(home, wrong)
+    res = run_hostctl("cluster", "init")
+    assert res.code == code and res.out == "" and res.err.count("\n") == 1, res
+    assert says in res.err and SECRET not in res.err
+
+
+def test_a_wrong_password_is_one_line_without_either_password(run_hostctl, home: Path,
+                                                              pg: PgCluster, dsn: str) -> None:
+    wrong = dsn.replace(SECRET, "Wrong-" + SECRET)
+    in_cluster(home, wrong)
+    res = run_hostctl("cluster", "status")
+    assert res.code == ExitStatus.ERROR and res.err.count("\n") == 1, res
+    assert "password authentication failed" in res.err
+    assert SECRET not in res.err
+
+
+def test_a_malformed_cluster_table_is_refused_by_the_config(run_hostctl, home: Path) -> None:
+    for body in ('[cluster]\ndsn = 5\n', '[cluster]\nhost = "x"\n'):
+        (home / "config.toml").parent.mkdir(parents=True, exist_ok=True)
+        (home / "config.toml").write_text(body)
+        res = run_hostctl("cluster", "status")
+        assert res.code == ExitStatus.USAGE and "[cluster]" in res.err, res
