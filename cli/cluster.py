@@ -10,6 +10,7 @@ import typer
 
 from hostctl.cli.common import JsonFlag, say, state, table
 from hostctl.cli.output import emit_json
+from hostctl.contexts.store import TomlStore
 from hostctl.errors import ExitStatus, InvalidInput
 from hostctl.runners.home import Home
 
@@ -41,6 +42,34 @@ def init(ctx: typer.Context, json_: JsonFlag = False) -> None:
     versions = ", ".join(f"{k} {v}" for k, v in report.after.items())
     say(st, f"{report.database}: {'schema now' if report.changed else 'schema up to date'}: "
             f"{versions}")
+
+
+def _take(ctx: typer.Context, into_cluster: bool, json_: bool) -> None:
+    home = Home(state(ctx).paths)
+    _dsn(ctx)
+    files = TomlStore(home.paths)
+    source, target = (files, home.store) if into_cluster else (home.store, files)
+    report = target.take(source.of_type())
+    if json_:
+        emit_json(report.to_json())
+        return
+    where = "the cluster" if into_cluster else f"{home.paths.contexts}"
+    say(state(ctx), f"{len(report.taken)} context(s) copied into {where}, "
+                    f"{len(report.already)} already there")
+
+
+@app.command("import")
+def import_(ctx: typer.Context, json_: JsonFlag = False) -> None:
+    """Copy this home's contexts (its files) into the cluster's database: all or nothing;
+    those already there, identical, are left alone, a different one stops it."""
+    _take(ctx, into_cluster=True, json_=json_)
+
+
+@app.command("export")
+def export(ctx: typer.Context, json_: JsonFlag = False) -> None:
+    """Copy the cluster's contexts into this home's files (to leave the cluster: then
+    remove [cluster] dsn); those already there, identical, are left alone."""
+    _take(ctx, into_cluster=False, json_=json_)
 
 
 @app.command("status")

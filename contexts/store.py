@@ -33,8 +33,9 @@ from __future__ import annotations
 import json
 import os
 import tomllib
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -123,6 +124,18 @@ class SaveResult:
     changed: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class TakeReport:
+    """What :meth:`StoreRules.take` did: the contexts it stored, those already there."""
+
+    taken: tuple[str, ...]
+    already: tuple[str, ...]
+
+    def to_json(self) -> dict[str, list[str]]:
+        return {"taken": [display(n) for n in self.taken],
+                "already": [display(n) for n in self.already]}
+
+
 class ContextStore(Protocol):
     """Where contexts are kept: what the core and the runners may ask of it. The TOML
     files under the home (:class:`TomlStore`) are one implementation; in a cluster the
@@ -163,53 +176,17 @@ class ContextStore(Protocol):
         """Keep listings until the contexts change (a long-lived reader); False where the
         store cannot tell, and lists afresh each time."""
 
+    def take(self, contexts: Iterable[Context]) -> TakeReport:
+        """Store contexts from another store as they are (moving a home into a cluster
+        and out of it), each checked as a save checks it."""
 
-class TomlStore:
-    """The contexts as TOML files under one home (see the module's docstring)."""
 
-    def __init__(self, paths: Paths) -> None:
-        self.paths = paths
-        self.folder = paths.contexts
-        # name -> (the file's identity when read, its context): a worker reads the same
-        # context for every task on it, and parsing TOML costs ~50 us a time. Every write
-        # is a rename of a new file, so a changed context has a new inode and mtime.
-        self._cache: dict[str, tuple[tuple[int, int, int, int], Context]] = {}
-        self._folder = str(self.folder)
-        # With watch(): whole listings, kept until inotify reports any change in the
-        # folder (a save, a delete, a file edited in place): an idle daemon's periodic
-        # queues then list thousands of contexts without a system call per file.
-        self._watch: Any = None
-        self._lists: dict[str | None, tuple[list[Context], list[MalformedFile]]] = {}
-        # the host name index as last read or made (see the module's docstring)
-        self._index: dict[str, _Claim] | None = None
-        self._index_behind = 0  # files read afresh since the index file was read or written
-
-    def watch(self) -> bool:
-        """Keep listings while the folder does not change (see above); False where inotify
-        cannot watch it (no inotify, no folder yet): listings are then made every time."""
-        if self._watch is not None:
-            return True
-        try:
-            self._watch = ino.Inotify([self.folder], ino.CONTEXTS_MASK)
-        except (OSError, AttributeError):
-            return False
-        self._lists.clear()
-        return True
-
-    def _listings_valid(self) -> bool:
-        if self._watch is None:
-            return False
-        events = self._watch.events()
-        if events:
-            self._lists.clear()
-            if any(mask & (ino.IN_IGNORED | ino.IN_DELETE_SELF | ino.IN_MOVE_SELF
-                           | ino.IN_Q_OVERFLOW) for _wd, mask, _name in events):
-                self._watch.close()  # the folder itself went, or events were lost
-                self._watch = None
-                return False
-        return True
-
-    # -- reading ----------------------------------------------------------------------
+class StoreRules(ABC):
+    """What every context store does the same way, on top of its storage: the validation
+    of a save (kinds, required fields, references, one host name per site), the refusal
+    to delete what is referred to, the checks a task makes. A store gives the storage
+    (the abstract methods below), and runs every write's read-modify-write under
+    :meth:`_locked`."""
 
     def get(self, name: str) -> Context:
         bare = parse_name(name)
@@ -217,47 +194,6 @@ class TomlStore:
         if ctx is None:
             raise NotFound(f"no context {display(bare)}")
         return ctx
-
-    def exists(self, name: str) -> bool:
-        return self.paths.context_file(parse_name(name)).exists()
-
-    def of_type(
-        self, type_name: str | None = None, malformed: list[MalformedFile] | None = None
-    ) -> list[Context]:
-        """The contexts (of one type), by name. A malformed file raises MalformedFile, or,
-        when a ``malformed`` list is given, is added to it and passed over."""
-        if type_name is not None:
-            context_type(type_name)
-        if self._listings_valid() and type_name in self._lists:
-            found, problems = self._lists[type_name]
-        else:
-            found, problems = [], []
-            for bare in self.names():
-                try:
-                    ctx = self._read(bare)
-                except MalformedFile as exc:
-                    problems.append(exc)
-                    continue
-                if ctx is not None and (type_name is None or ctx.type == type_name):
-                    found.append(ctx)
-            if self._watch is not None:
-                self._lists[type_name] = (found, problems)
-        if problems:
-            if malformed is None:
-                raise problems[0]
-            malformed.extend(problems)
-        return list(found)
-
-    def names(self) -> list[str]:
-        """Bare names of the stored contexts, sorted; stray files are passed over."""
-        try:
-            entries = os.listdir(self.folder)
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise OperationFailed(f"cannot read {self.folder}: {exc.strerror}") from exc
-        stems = (e[: -len(".toml")] for e in entries if e.endswith(".toml"))
-        return sorted(s for s in stems if is_valid(s))
 
     def referrers(self, name: str) -> list[Context]:
         bare = parse_name(name)
@@ -354,14 +290,37 @@ class TomlStore:
                     f"{u.display_name} ({', '.join(u.refers_to(bare))})" for u in users
                 )
                 raise Conflict(f"cannot delete {display(bare)}: it is referred to by {names}")
-            path = self.paths.context_file(bare)
-            try:
-                path.unlink()
-            except OSError as exc:
-                raise OperationFailed(f"cannot delete {path}: {exc.strerror}") from exc
+            self._remove(bare)
         return ctx
 
-    # -- internals --------------------------------------------------------------------
+    def take(self, contexts: Iterable[Context]) -> TakeReport:
+        """Store contexts read from another store (``cluster import`` and ``export``) as
+        they are: names, values and times. Under one lock, servers first, then platforms,
+        then sites, each checked as a save checks it (references, host names) against
+        what is here and what came before it. A context already here with the same type
+        and values is left alone; one that differs is a Conflict naming it. Where the
+        storage has transactions (the database), a refusal writes nothing at all."""
+        rank = {name: n for n, name in enumerate(TYPES)}
+        taken: list[str] = []
+        already: list[str] = []
+        with self._locked():
+            for ctx in sorted(contexts, key=lambda c: (rank[c.type], c.name)):
+                here = self._read(ctx.name)
+                if here is not None:
+                    if here.type != ctx.type or dict(here.values) != dict(ctx.values):
+                        raise Conflict(f"{ctx.display_name} is on both sides and differs; "
+                                       "make them agree (or delete one) first")
+                    already.append(ctx.name)
+                    continue
+                self._check_complete(ctx.name, ctx.schema, ctx.values)
+                if ctx.type == "site":
+                    self._check_site_names(ctx.name, ctx.schema, ctx.values)
+                    self._check_host_names(ctx.name, ctx.schema, ctx.values, locked=True)
+                self._write(ctx)
+                taken.append(ctx.name)
+        return TakeReport(tuple(taken), tuple(already))
+
+    # -- validation -------------------------------------------------------------------
 
     def _build(
         self,
@@ -451,15 +410,140 @@ class TomlStore:
         """No two sites may claim one host name (a uri or an alias), whoever saves: nginx
         would serve the name from one of them and only warn. Under the contexts lock when
         it counts (save), so that two saves cannot both take a name."""
-        mine = _host_names(bare, schema, values)
-        for other, claim in self._claims(rewrite=locked).items():
+        mine = host_names(bare, schema, values)
+        for other, hosts in self._host_claims(rewrite=locked).items():
             if other == bare:
                 continue
-            taken = mine.intersection(claim[1])
+            taken = mine.intersection(hosts)
             if taken:
                 name = sorted(taken)[0]
                 raise Conflict(f"the host name {name} is taken by {display(other)} "
                                "(its uri or an alias); no two sites may have one name")
+
+    # -- the storage ------------------------------------------------------------------
+
+    @abstractmethod
+    def names(self) -> list[str]:
+        """Bare names of the stored contexts, sorted."""
+
+    @abstractmethod
+    def exists(self, name: str) -> bool: ...
+
+    @abstractmethod
+    def of_type(self, type_name: str | None = None,
+                malformed: list[MalformedFile] | None = None) -> list[Context]: ...
+
+    @abstractmethod
+    def watch(self) -> bool: ...
+
+    @abstractmethod
+    def _read(self, bare: str) -> Context | None:
+        """The stored context, None if there is none; MalformedFile if it cannot be read."""
+
+    @abstractmethod
+    def _write(self, ctx: Context) -> None:
+        """Store ``ctx`` whole (under :meth:`_locked`)."""
+
+    @abstractmethod
+    def _remove(self, bare: str) -> None:
+        """Forget the context (under :meth:`_locked`)."""
+
+    @abstractmethod
+    def _locked(self) -> AbstractContextManager[None]:
+        """Hold the store's one write lock (for a whole read-modify-write)."""
+
+    @abstractmethod
+    def _host_claims(self, *, rewrite: bool) -> Mapping[str, tuple[str, ...]]:
+        """Every site's host names (its uri and aliases, lower-cased), by bare name."""
+
+
+class TomlStore(StoreRules):
+    """The contexts as TOML files under one home (see the module's docstring)."""
+
+    def __init__(self, paths: Paths) -> None:
+        self.paths = paths
+        self.folder = paths.contexts
+        # name -> (the file's identity when read, its context): a worker reads the same
+        # context for every task on it, and parsing TOML costs ~50 us a time. Every write
+        # is a rename of a new file, so a changed context has a new inode and mtime.
+        self._cache: dict[str, tuple[tuple[int, int, int, int], Context]] = {}
+        self._folder = str(self.folder)
+        # With watch(): whole listings, kept until inotify reports any change in the
+        # folder (a save, a delete, a file edited in place): an idle daemon's periodic
+        # queues then list thousands of contexts without a system call per file.
+        self._watch: Any = None
+        self._lists: dict[str | None, tuple[list[Context], list[MalformedFile]]] = {}
+        # the host name index as last read or made (see the module's docstring)
+        self._index: dict[str, _Claim] | None = None
+        self._index_behind = 0  # files read afresh since the index file was read or written
+
+    def watch(self) -> bool:
+        """Keep listings while the folder does not change (see above); False where inotify
+        cannot watch it (no inotify, no folder yet): listings are then made every time."""
+        if self._watch is not None:
+            return True
+        try:
+            self._watch = ino.Inotify([self.folder], ino.CONTEXTS_MASK)
+        except (OSError, AttributeError):
+            return False
+        self._lists.clear()
+        return True
+
+    def _listings_valid(self) -> bool:
+        if self._watch is None:
+            return False
+        events = self._watch.events()
+        if events:
+            self._lists.clear()
+            if any(mask & (ino.IN_IGNORED | ino.IN_DELETE_SELF | ino.IN_MOVE_SELF
+                           | ino.IN_Q_OVERFLOW) for _wd, mask, _name in events):
+                self._watch.close()  # the folder itself went, or events were lost
+                self._watch = None
+                return False
+        return True
+
+    # -- reading ----------------------------------------------------------------------
+
+    def exists(self, name: str) -> bool:
+        return self.paths.context_file(parse_name(name)).exists()
+
+    def of_type(
+        self, type_name: str | None = None, malformed: list[MalformedFile] | None = None
+    ) -> list[Context]:
+        """The contexts (of one type), by name. A malformed file raises MalformedFile, or,
+        when a ``malformed`` list is given, is added to it and passed over."""
+        if type_name is not None:
+            context_type(type_name)
+        if self._listings_valid() and type_name in self._lists:
+            found, problems = self._lists[type_name]
+        else:
+            found, problems = [], []
+            for bare in self.names():
+                try:
+                    ctx = self._read(bare)
+                except MalformedFile as exc:
+                    problems.append(exc)
+                    continue
+                if ctx is not None and (type_name is None or ctx.type == type_name):
+                    found.append(ctx)
+            if self._watch is not None:
+                self._lists[type_name] = (found, problems)
+        if problems:
+            if malformed is None:
+                raise problems[0]
+            malformed.extend(problems)
+        return list(found)
+
+    def names(self) -> list[str]:
+        """Bare names of the stored contexts, sorted; stray files are passed over."""
+        try:
+            entries = os.listdir(self.folder)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise OperationFailed(f"cannot read {self.folder}: {exc.strerror}") from exc
+        stems = (e[: -len(".toml")] for e in entries if e.endswith(".toml"))
+        return sorted(s for s in stems if is_valid(s))
 
     def _claims(self, *, rewrite: bool) -> dict[str, _Claim]:
         """Every context's file identity and the host names it claims (a site's uri and
@@ -491,7 +575,7 @@ class TomlStore:
                 continue
             # the identity of what was read: a file replaced after the stat above is
             # read again next time, never taken for the old one
-            names = sorted(_host_names(bare, ctx.schema, ctx.values)) if ctx.type == "site" \
+            names = sorted(host_names(bare, ctx.schema, ctx.values)) if ctx.type == "site" \
                 else []
             fresh[bare] = (cached[0], tuple(names))
         self._index = fresh
@@ -500,6 +584,16 @@ class TomlStore:
             _write_index(index_path, fresh)
             self._index_behind = 0
         return fresh
+
+    def _host_claims(self, *, rewrite: bool) -> Mapping[str, tuple[str, ...]]:
+        return {bare: claim[1] for bare, claim in self._claims(rewrite=rewrite).items()}
+
+    def _remove(self, bare: str) -> None:
+        path = self.paths.context_file(bare)
+        try:
+            path.unlink()
+        except OSError as exc:
+            raise OperationFailed(f"cannot delete {path}: {exc.strerror}") from exc
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -559,16 +653,8 @@ class TomlStore:
         import tomli_w  # here: only writes need it
 
         path = self.paths.context_file(ctx.name)
-        doc = {
-            "format": FORMAT,
-            "name": ctx.display_name,
-            "type": ctx.type,
-            "created": ctx.created,
-            "updated": ctx.updated,
-            "fields": dict(ctx.values),
-        }
         try:
-            write_atomic(path, tomli_w.dumps(doc).encode())
+            write_atomic(path, tomli_w.dumps(document(ctx)).encode())
         except OSError as exc:
             raise OperationFailed(f"cannot write {path}: {exc.strerror}") from exc
 
@@ -582,8 +668,25 @@ def _read_all(fd: int, size: int) -> bytes:
         chunks.append(chunk)
 
 
+def document(ctx: Context) -> dict[str, Any]:
+    """A context as stored, whatever the storage (a TOML file, a row's JSON)."""
+    return {
+        "format": FORMAT,
+        "name": ctx.display_name,
+        "type": ctx.type,
+        "created": ctx.created,
+        "updated": ctx.updated,
+        "fields": dict(ctx.values),
+    }
+
+
 def _decode(bare: str, raw: bytes) -> Context:
-    doc = tomllib.loads(raw.decode("utf-8"))
+    return decode_document(bare, tomllib.loads(raw.decode("utf-8")))
+
+
+def decode_document(bare: str, doc: Mapping[str, Any]) -> Context:
+    """A stored document read back, every value checked by its field's kind
+    (InvalidInput saying what is wrong)."""
     if doc.get("format") != FORMAT:
         raise InvalidInput(f"unsupported format {doc.get('format')!r} (expected {FORMAT})")
     if doc.get("name") != display(bare):
@@ -609,7 +712,7 @@ def _decode(bare: str, raw: bytes) -> Context:
     return Context(bare, type_name, values, doc["created"], doc["updated"])
 
 
-def _host_names(bare: str, schema: ContextType, values: Mapping[str, Value]) -> set[str]:
+def host_names(bare: str, schema: ContextType, values: Mapping[str, Value]) -> set[str]:
     """A site's uri (its name when unset) and aliases, lower-cased."""
     uri = values.get("uri", schema.fields["uri"].default_for(bare))
     aliases = values.get("aliases") or []

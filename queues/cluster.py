@@ -10,7 +10,7 @@ each component's schema the database holds:
 
     component      version   what it is
     procrastinate  3.10.0    procrastinate's tables (jobs, workers, events...), its version
-    hostctl        1         hostctl's own tables
+    hostctl        2         hostctl's own tables: the contexts (contexts/pgstore.py)
 
 A fresh database gets procrastinate's whole schema (``SchemaManager.get_schema()``); one
 that holds an older version gets procrastinate's migrations from that version up to the
@@ -22,8 +22,7 @@ schema, applied once; a failure leaves the database as it was.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, LiteralString
@@ -31,12 +30,13 @@ from typing import Any, LiteralString
 import procrastinate
 import psycopg
 from procrastinate.schema import SchemaManager
-from psycopg import conninfo as libpq
 
-from hostctl.errors import InvalidInput, OperationFailed
+from hostctl.contexts import pgstore
+from hostctl.database import connect, shown
+from hostctl.errors import OperationFailed
 
 #: hostctl's own schema version (bumped, with a step in _HOSTCTL_STEPS, by each change)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: pg_advisory_xact_lock key: "hostctl init" in ASCII, so no other user of the lock space
 #: is likely to take it
 _INIT_LOCK = 0x686F7374_696E6974
@@ -47,56 +47,11 @@ CREATE TABLE IF NOT EXISTS hostctl_schema (
     updated timestamptz NOT NULL DEFAULT now()
 )"""
 #: hostctl's schema, one step per version: step N takes the database from N-1 to N
-_HOSTCTL_STEPS: Mapping[int, LiteralString] = {1: "SELECT 1"}  # version 1: the version table itself
+_HOSTCTL_STEPS: Mapping[int, LiteralString] = {
+    1: "SELECT 1",  # the version table itself
+    2: pgstore.SCHEMA,  # the contexts (contexts/pgstore.py)
+}
 _MIGRATION = re.compile(r"(\d+)\.(\d+)\.(\d+)_\d+_.*\.sql")
-CONNECT_TIMEOUT = 10
-
-
-def parse_dsn(dsn: str) -> dict[str, str]:
-    """The connection parameters of a DSN; InvalidInput (saying nothing of its password)
-    when libpq cannot read it."""
-    if not dsn.strip():
-        raise InvalidInput("no cluster: set [cluster] dsn in config.toml or "
-                           "HOSTCTL_CLUSTER_DSN")
-    try:
-        params = libpq.conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
-        raise InvalidInput("[cluster] dsn is not a PostgreSQL connection string "
-                           "(key=value pairs or a postgresql:// URI)") from None
-    return {k: str(v) for k, v in params.items() if v is not None}
-
-
-def shown(dsn: str) -> str:
-    """A DSN as messages show it: where and who, never a password."""
-    p = parse_dsn(dsn)
-    where = p.get("host", "localhost") + (f":{p['port']}" if "port" in p else "")
-    return f"{p.get('user', '(default user)')}@{where}/{p.get('dbname', '(default database)')}"
-
-
-@contextmanager
-def connect(dsn: str) -> Iterator[psycopg.Connection[Any]]:
-    """A connection, in one transaction committed at the end of the block (rolled back on
-    an error); OperationFailed, in one line without the password, when it cannot be made."""
-    params = parse_dsn(dsn)
-    params.setdefault("connect_timeout", str(CONNECT_TIMEOUT))
-    params.setdefault("application_name", "hostctl")
-    try:
-        conn = psycopg.connect(libpq.make_conninfo("", **params))
-    except psycopg.Error as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        password = params.get("password")
-        if password:
-            reason = reason.replace(password, "********")
-        raise OperationFailed(f"cannot reach the cluster's database {shown(dsn)}: "
-                              f"{reason}") from None
-    try:
-        with conn:
-            yield conn
-    except psycopg.Error as exc:
-        raise OperationFailed(f"the cluster's database {shown(dsn)}: "
-                              f"{' '.join(str(exc).split())}") from None
-    finally:
-        conn.close()
 
 
 @dataclass(frozen=True)

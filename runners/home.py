@@ -62,6 +62,13 @@ class Home:
 
     @cached_property
     def store(self) -> ContextStore:
+        """The contexts: the cluster's database when the home is in one (``[cluster]
+        dsn``), else the TOML files under the home."""
+        if self.config.cluster.dsn:
+            # psycopg and the cluster's code: loaded by a home in a cluster alone
+            from hostctl.contexts.pgstore import PgStore
+
+            return PgStore(self.config.cluster.dsn)
         return TomlStore(self.paths)
 
     @cached_property

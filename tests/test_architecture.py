@@ -112,10 +112,19 @@ def test_imports_run_only_downward(module: str) -> None:
             f"{there} (see docs/architecture.md)")
 
 
+#: imports inside a function below the command line, each for a reason other than a circle
+LAZY = {
+    # psycopg and the cluster's code, for a home in a cluster only
+    ("hostctl.runners.home", "hostctl.contexts.pgstore"),
+}
+
+
 def test_no_import_hides_in_a_function_below_the_command_line() -> None:
     hidden = [f"{m}:{line} imports {t}" for m, edges in GRAPH.items() if part(m) != "cli"
-              for t, line, inner in edges if inner]
+              for t, line, inner in edges if inner and (m, t) not in LAZY]
     assert hidden == []
+    used = {(m, t) for m, edges in GRAPH.items() for t, _line, inner in edges if inner}
+    assert LAZY <= used  # no stale entry
 
 
 def test_no_module_imports_itself_back() -> None:

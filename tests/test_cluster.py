@@ -63,9 +63,10 @@ def test_init_makes_the_schema_once_and_status_reports_it(run_hostctl, home: Pat
     assert first.code == 0, first
     report = json.loads(first.out)
     assert report["before"] == {} and report["changed"]
-    assert report["after"]["hostctl"] == "1"
+    assert report["after"]["hostctl"] == "2"
     assert report["applied"] == [f"procrastinate schema {report['after']['procrastinate']}"]
-    assert {"procrastinate_jobs", "procrastinate_workers", "hostctl_schema"} <= tables(pg, dsn)
+    assert {"procrastinate_jobs", "procrastinate_workers", "hostctl_schema",
+            "hostctl_contexts"} <= tables(pg, dsn)
     again = run_hostctl("cluster", "init", "--json")
     assert again.code == 0, again
     assert json.loads(again.out)["applied"] == [] and not json.loads(again.out)["changed"]
@@ -76,7 +77,7 @@ def test_init_makes_the_schema_once_and_status_reports_it(run_hostctl, home: Pat
     assert doc["jobs"] == {} and doc["workers"] == []
     assert doc["database"].startswith("hostctl@127.0.0.1:")
     text = run_hostctl("cluster", "status")
-    assert text.code == 0 and "schema: hostctl 1, procrastinate" in text.out
+    assert text.code == 0 and "schema: hostctl 2, procrastinate" in text.out
     for res in (first, again, status, text):
         assert SECRET not in res.out + res.err
 
@@ -180,3 +181,80 @@ def test_a_malformed_cluster_table_is_refused_by_the_config(run_hostctl, home: P
         (home / "config.toml").write_text(body)
         res = run_hostctl("cluster", "status")
         assert res.code == ExitStatus.USAGE and "[cluster]" in res.err, res
+
+
+def test_every_host_of_a_cluster_sees_the_same_contexts(run_hostctl, tmp_path: Path,
+                                                        pg: PgCluster, dsn: str) -> None:
+    """Two homes standing for two hosts, one database: what one saves the other shows,
+    checks tasks against and may not contradict."""
+    web1, web2 = tmp_path / "web1", tmp_path / "web2"
+    for home in (web1, web2):
+        in_cluster(home, dsn)
+    assert run_hostctl("--home", str(web1), "cluster", "init").code == 0
+    www = tmp_path / "www"
+    www.mkdir()
+    for argv in (["@srv", "--context_type", "server"],
+                 ["@plat", "--context_type", "platform", "--root", str(www),
+                  "--web_server", "@srv"],
+                 ["@a.example", "--context_type", "site", "--platform", "@plat",
+                  "--aliases", "www.a.example"]):
+        res = run_hostctl("--home", str(web1), "provision-save", *argv)
+        assert res.code == 0, res
+    shown = run_hostctl("--home", str(web2), "context", "show", "@a.example", "--json")
+    assert shown.code == 0, shown
+    assert json.loads(shown.out)["fields"]["platform"] == "@plat"
+    listed = run_hostctl("--home", str(web2), "context", "list", "--json")
+    assert sorted(c["name"] for c in json.loads(listed.out)) == [
+        "@a.example", "@plat", "@srv"]
+    taken = run_hostctl("--home", str(web2), "provision-save", "@b.example",
+                        "--context_type", "site", "--platform", "@plat",
+                        "--aliases", "www.a.example")
+    assert taken.code == ExitStatus.USAGE and "taken by @a.example" in taken.err, taken
+    added = run_hostctl("--home", str(web2), "task", "add", "verify", "@a.example")
+    assert added.code == 0, added
+    refused = run_hostctl("--home", str(web2), "task", "add", "verify", "@nope.example")
+    assert refused.code != 0 and "nope.example" in refused.err
+    assert not (web1 / "contexts").exists() and not (web2 / "contexts").exists()
+    db = dict(p.split("=", 1) for p in dsn.split())["dbname"]
+    assert pg.psql("SELECT count(*) FROM hostctl_contexts", database=db) == ["3"]
+
+
+def test_a_home_moves_into_the_cluster_and_back_out(run_hostctl, tmp_path: Path,
+                                                    pg: PgCluster, dsn: str) -> None:
+    alone, fresh = tmp_path / "alone", tmp_path / "fresh"
+    www = tmp_path / "www"
+    www.mkdir()
+    for argv in (["@srv", "--context_type", "server"],
+                 ["@plat", "--context_type", "platform", "--root", str(www),
+                  "--web_server", "@srv"],
+                 ["@a.example", "--context_type", "site", "--platform", "@plat",
+                  "--language", "fr"]):
+        assert run_hostctl("--home", str(alone), "provision-save", *argv).code == 0
+    before = json.loads(run_hostctl("--home", str(alone), "context", "show", "@a.example",
+                                    "--json").out)
+    in_cluster(alone, dsn)
+    assert run_hostctl("--home", str(alone), "cluster", "init").code == 0
+    assert json.loads(run_hostctl("--home", str(alone), "context", "list",
+                                  "--json").out) == []  # the cluster's: empty yet
+    moved = run_hostctl("--home", str(alone), "cluster", "import", "--json")
+    assert moved.code == 0, moved
+    assert sorted(json.loads(moved.out)["taken"]) == ["@a.example", "@plat", "@srv"]
+    again = json.loads(run_hostctl("--home", str(alone), "cluster", "import", "--json").out)
+    assert again["taken"] == [] and len(again["already"]) == 3
+    inside = json.loads(run_hostctl("--home", str(alone), "context", "show", "@a.example",
+                                    "--json").out)
+    assert inside == before
+    # out again, into a home of its own: its files, then without the cluster
+    in_cluster(fresh, dsn)
+    out = run_hostctl("--home", str(fresh), "cluster", "export")
+    assert out.code == 0 and "3 context(s) copied" in out.out, out
+    (fresh / "config.toml").unlink()
+    back = json.loads(run_hostctl("--home", str(fresh), "context", "show", "@a.example",
+                                  "--json").out)
+    assert back == before
+    # a home whose files disagree with the cluster is refused, and nothing changes
+    assert run_hostctl("--home", str(alone), "provision-save", "@a.example",
+                       "--language", "de").code == 0  # in the cluster now
+    in_cluster(fresh, dsn)
+    refused = run_hostctl("--home", str(fresh), "cluster", "export")
+    assert refused.code == ExitStatus.USAGE and "differs" in refused.err, refused
