@@ -53,6 +53,7 @@ class PgStore(StoreRules):
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
         self._conn: psycopg.Connection[Any] | None = None
+        self._in_write = False  # inside _locked: a lost connection is not retried
 
     # -- the connection --------------------------------------------------------------
 
@@ -65,12 +66,23 @@ class PgStore(StoreRules):
         return self._conn
 
     def _rows(self, query: LiteralString, params: tuple[Any, ...] = ()) -> list[Any]:
-        try:
-            with self._connection().cursor() as cur:
-                cur.execute(query, params)
-                return cur.fetchall() if cur.description is not None else []
-        except psycopg.Error as exc:
-            raise self._failed(exc) from None
+        """Run one statement. A connection found lost (the server restarted since the
+        last statement) is made again and the statement run once more, outside a write:
+        inside one, the transaction is gone with it, and the write fails whole."""
+        for again in (True, False):
+            try:
+                with self._connection().cursor() as cur:
+                    cur.execute(query, params)
+                    return cur.fetchall() if cur.description is not None else []
+            except psycopg.OperationalError as exc:
+                if not (again and self._lost()) or self._in_write:
+                    raise self._failed(exc) from None
+            except psycopg.Error as exc:
+                raise self._failed(exc) from None
+        raise AssertionError("unreachable")
+
+    def _lost(self) -> bool:
+        return self._conn is not None and self._conn.broken
 
     def _failed(self, exc: psycopg.Error) -> OperationFailed:
         if isinstance(exc, psycopg.errors.UndefinedTable):
@@ -136,11 +148,19 @@ class PgStore(StoreRules):
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
+        """One transaction holding the contexts' write lock. A connection found lost as
+        the transaction begins is made again; one lost during it fails the write whole
+        (the server rolled it back)."""
+        self._rows("SELECT 1")  # a lost connection is noticed (and made again) here
         conn = self._connection()
         try:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
-                yield
+                self._in_write = True
+                try:
+                    yield
+                finally:
+                    self._in_write = False
         except psycopg.Error as exc:
             raise self._failed(exc) from None
 

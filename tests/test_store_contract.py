@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -289,3 +290,27 @@ def test_a_take_that_disagrees_or_dangles_is_refused(store: Storage, pg_only: bo
     with pytest.raises(NotFound, match="@plat9"):
         here.take(sites)
     assert ("srv9" in store.other.names()) is not pg_only
+
+
+def restart(pg: PgCluster) -> None:
+    """pg_ctl restart, its server's output to its log (a pipe would never close)."""
+    res = subprocess.run([f"{pg.bindir}/pg_ctl", "-D", str(pg.base / "data"), "-l",
+                          str(pg.base / "log"), "-m", "fast", "-w", "restart"],
+                         user=pg.user, capture_output=True, text=True, timeout=120, cwd="/")
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_the_database_restarted_between_calls_is_reconnected(pg: PgCluster,
+                                                             tmp_path: Path) -> None:
+    _made[0] += 1
+    db = f"contexts{_made[0]}"
+    pg.psql(f"CREATE DATABASE {db} OWNER hostctl")
+    dsn = f"host=127.0.0.1 port={pg.port} dbname={db} user=hostctl password={SECRET}"
+    cluster.init(dsn)
+    s = PgStore(dsn)
+    topology(s)
+    restart(pg)
+    assert s.get("@a.example").get("platform") == "@plat"  # read: made again, run again
+    restart(pg)
+    s.save("@a.example", {"language": "fr"})  # write: the lost connection found first
+    assert PgStore(dsn).get("@a.example").get("language") == "fr"
