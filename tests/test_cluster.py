@@ -10,6 +10,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import hostctl_exe
@@ -45,6 +46,18 @@ def dsn(pg: PgCluster) -> str:
 
 def in_cluster(home: Path, dsn: str) -> None:
     write_config(home, {"cluster": {"dsn": dsn}})
+
+
+def save_topology(run_hostctl: Any, home: Path, www: Path, *site_fields: str) -> None:
+    """@srv, @plat (its root ``www``) and @a.example (with ``site_fields``) in ``home``."""
+    www.mkdir(exist_ok=True)
+    for argv in (["@srv", "--context_type", "server"],
+                 ["@plat", "--context_type", "platform", "--root", str(www),
+                  "--web_server", "@srv"],
+                 ["@a.example", "--context_type", "site", "--platform", "@plat",
+                  *site_fields]):
+        res = run_hostctl("--home", str(home), "provision-save", *argv)
+        assert res.code == 0, res
 
 
 def tables(pg: PgCluster, dsn: str) -> set[str]:
@@ -191,15 +204,7 @@ def test_every_host_of_a_cluster_sees_the_same_contexts(run_hostctl, tmp_path: P
     for home in (web1, web2):
         in_cluster(home, dsn)
     assert run_hostctl("--home", str(web1), "cluster", "init").code == 0
-    www = tmp_path / "www"
-    www.mkdir()
-    for argv in (["@srv", "--context_type", "server"],
-                 ["@plat", "--context_type", "platform", "--root", str(www),
-                  "--web_server", "@srv"],
-                 ["@a.example", "--context_type", "site", "--platform", "@plat",
-                  "--aliases", "www.a.example"]):
-        res = run_hostctl("--home", str(web1), "provision-save", *argv)
-        assert res.code == 0, res
+    save_topology(run_hostctl, web1, tmp_path / "www", "--aliases", "www.a.example")
     shown = run_hostctl("--home", str(web2), "context", "show", "@a.example", "--json")
     assert shown.code == 0, shown
     assert json.loads(shown.out)["fields"]["platform"] == "@plat"
@@ -222,14 +227,7 @@ def test_every_host_of_a_cluster_sees_the_same_contexts(run_hostctl, tmp_path: P
 def test_a_home_moves_into_the_cluster_and_back_out(run_hostctl, tmp_path: Path,
                                                     pg: PgCluster, dsn: str) -> None:
     alone, fresh = tmp_path / "alone", tmp_path / "fresh"
-    www = tmp_path / "www"
-    www.mkdir()
-    for argv in (["@srv", "--context_type", "server"],
-                 ["@plat", "--context_type", "platform", "--root", str(www),
-                  "--web_server", "@srv"],
-                 ["@a.example", "--context_type", "site", "--platform", "@plat",
-                  "--language", "fr"]):
-        assert run_hostctl("--home", str(alone), "provision-save", *argv).code == 0
+    save_topology(run_hostctl, alone, tmp_path / "www", "--language", "fr")
     before = json.loads(run_hostctl("--home", str(alone), "context", "show", "@a.example",
                                     "--json").out)
     in_cluster(alone, dsn)
