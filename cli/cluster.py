@@ -1,4 +1,4 @@
-"""``hostctl cluster init|status``: the cluster's database (queues/cluster.py).
+"""``hostctl cluster init|status``: the cluster's database (runners/cluster.py).
 
 The database's code (psycopg, procrastinate) is loaded by these commands alone: every
 other command of a home that stands alone never pays for it.
@@ -12,6 +12,8 @@ from hostctl.cli.common import JsonFlag, say, state, table
 from hostctl.cli.output import emit_json
 from hostctl.contexts.store import TomlStore
 from hostctl.errors import ExitStatus, InvalidInput
+from hostctl.provision.secrets import FileSecrets
+from hostctl.provision.secretstores import plan_take
 from hostctl.runners.home import Home
 
 app = typer.Typer(help="The cluster: many servers on one PostgreSQL database.",
@@ -30,7 +32,7 @@ def _dsn(ctx: typer.Context) -> str:
 def init(ctx: typer.Context, json_: JsonFlag = False) -> None:
     """Create the cluster's schema in its database, or upgrade it (run it again after
     upgrading hostctl); safe to run from several hosts at once."""
-    from hostctl.queues import cluster  # the database's code: for these commands alone
+    from hostctl.runners import cluster  # the database's code: for these commands alone
 
     report = cluster.init(_dsn(ctx))
     if json_:
@@ -45,30 +47,42 @@ def init(ctx: typer.Context, json_: JsonFlag = False) -> None:
 
 
 def _take(ctx: typer.Context, into_cluster: bool, json_: bool) -> None:
+    """Copy the contexts (all or nothing, into the database), then the sites' records:
+    every record is checked against the other side before anything is written."""
     home = Home(state(ctx).paths)
     _dsn(ctx)
-    files = TomlStore(home.paths)
+    files, file_records = TomlStore(home.paths), FileSecrets(home.paths)
     source, target = (files, home.store) if into_cluster else (home.store, files)
-    report = target.take(source.of_type())
+    from_records, to_records = (file_records, home.secrets) if into_cluster else \
+        (home.secrets, file_records)
+    contexts = source.of_type()
+    write, same = plan_take(from_records, to_records,
+                            [c.name for c in contexts if c.type == "site"])
+    report = target.take(contexts)
+    for record in write:
+        to_records.write(record)
     if json_:
-        emit_json(report.to_json())
+        emit_json({**report.to_json(), "records": {
+            "taken": [r.site for r in write], "already": [f"@{s}" for s in same]}})
         return
-    where = "the cluster" if into_cluster else f"{home.paths.contexts}"
-    say(state(ctx), f"{len(report.taken)} context(s) copied into {where}, "
-                    f"{len(report.already)} already there")
+    where = "the cluster" if into_cluster else f"{home.paths.home}"
+    say(state(ctx), f"{len(report.taken)} context(s) and {len(write)} site record(s) copied "
+                    f"into {where}; {len(report.already)} context(s) and {len(same)} "
+                    "record(s) already there")
 
 
 @app.command("import")
 def import_(ctx: typer.Context, json_: JsonFlag = False) -> None:
-    """Copy this home's contexts (its files) into the cluster's database: all or nothing;
-    those already there, identical, are left alone, a different one stops it."""
+    """Copy this home's contexts and sites' records (its files) into the cluster's
+    database; those already there, identical, are left alone, a different one stops it."""
     _take(ctx, into_cluster=True, json_=json_)
 
 
 @app.command("export")
 def export(ctx: typer.Context, json_: JsonFlag = False) -> None:
-    """Copy the cluster's contexts into this home's files (to leave the cluster: then
-    remove [cluster] dsn); those already there, identical, are left alone."""
+    """Copy the cluster's contexts and sites' records into this home's files (to leave
+    the cluster: then remove [cluster] dsn); those already there, identical, are left
+    alone."""
     _take(ctx, into_cluster=False, json_=json_)
 
 
@@ -76,7 +90,7 @@ def export(ctx: typer.Context, json_: JsonFlag = False) -> None:
 def status(ctx: typer.Context, json_: JsonFlag = False) -> int:
     """The database, its schema, the jobs per queue and the workers' heartbeats; exits 1
     while the schema is missing or older than this hostctl's."""
-    from hostctl.queues import cluster
+    from hostctl.runners import cluster
 
     found = cluster.status(_dsn(ctx))
     code = ExitStatus.OK if found.ready else ExitStatus.ERROR

@@ -17,11 +17,9 @@ that does not read as a context (written by hand) is malformed, as a broken file
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from typing import Any, LiteralString
-
-import psycopg
 
 from hostctl.contexts.names import display, parse_name
 from hostctl.contexts.schema import context_type
@@ -32,8 +30,8 @@ from hostctl.contexts.store import (
     document,
     host_names,
 )
-from hostctl.database import open_connection, parse_dsn, said, shown
-from hostctl.errors import InvalidInput, MalformedFile, OperationFailed
+from hostctl.database import Session
+from hostctl.errors import InvalidInput, MalformedFile
 
 SCHEMA: LiteralString = """
 CREATE TABLE hostctl_contexts (
@@ -52,64 +50,26 @@ class PgStore(StoreRules):
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
-        self._conn: psycopg.Connection[Any] | None = None
-        self._in_write = False  # inside _locked: a lost connection is not retried
-
-    # -- the connection --------------------------------------------------------------
-
-    def _connection(self) -> psycopg.Connection[Any]:
-        """One connection, made on first use and again after it broke (a restarted
-        server); autocommit, so that a read holds nothing and a write block is one
-        transaction of its own."""
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = open_connection(self.dsn, autocommit=True)
-        return self._conn
-
-    def _rows(self, query: LiteralString, params: tuple[Any, ...] = ()) -> list[Any]:
-        """Run one statement. A connection found lost (the server restarted since the
-        last statement) is made again and the statement run once more, outside a write:
-        inside one, the transaction is gone with it, and the write fails whole."""
-        for again in (True, False):
-            try:
-                with self._connection().cursor() as cur:
-                    cur.execute(query, params)
-                    return cur.fetchall() if cur.description is not None else []
-            except psycopg.OperationalError as exc:
-                if not (again and self._lost()) or self._in_write:
-                    raise self._failed(exc) from None
-            except psycopg.Error as exc:
-                raise self._failed(exc) from None
-        raise AssertionError("unreachable")
-
-    def _lost(self) -> bool:
-        return self._conn is not None and self._conn.broken
-
-    def _failed(self, exc: psycopg.Error) -> OperationFailed:
-        if isinstance(exc, psycopg.errors.UndefinedTable):
-            return OperationFailed(f"the cluster's database {shown(self.dsn)} has no "
-                                   "contexts table: run `hostctl cluster init`")
-        password = parse_dsn(self.dsn).get("password")
-        return OperationFailed(f"the cluster's database {shown(self.dsn)}: "
-                               f"{said(exc, password)}")
+        self.db = Session(dsn, "contexts table")
 
     # -- reading ----------------------------------------------------------------------
 
     def names(self) -> list[str]:
-        return [str(n) for (n,) in self._rows("SELECT name FROM hostctl_contexts "
+        return [str(n) for (n,) in self.db.rows("SELECT name FROM hostctl_contexts "
                                               "ORDER BY name")]
 
     def exists(self, name: str) -> bool:
-        return bool(self._rows("SELECT 1 FROM hostctl_contexts WHERE name = %s",
+        return bool(self.db.rows("SELECT 1 FROM hostctl_contexts WHERE name = %s",
                                (parse_name(name),)))
 
     def of_type(self, type_name: str | None = None,
                 malformed: list[MalformedFile] | None = None) -> list[Context]:
         if type_name is not None:
             context_type(type_name)
-            rows = self._rows("SELECT name, document FROM hostctl_contexts WHERE type = %s "
+            rows = self.db.rows("SELECT name, document FROM hostctl_contexts WHERE type = %s "
                               "ORDER BY name", (type_name,))
         else:
-            rows = self._rows("SELECT name, document FROM hostctl_contexts ORDER BY name")
+            rows = self.db.rows("SELECT name, document FROM hostctl_contexts ORDER BY name")
         found: list[Context] = []
         problems: list[MalformedFile] = []
         for bare, doc in rows:
@@ -127,7 +87,7 @@ class PgStore(StoreRules):
         return False  # every listing is one query: nothing to keep
 
     def _read(self, bare: str) -> Context | None:
-        rows = self._rows("SELECT document FROM hostctl_contexts WHERE name = %s", (bare,))
+        rows = self.db.rows("SELECT document FROM hostctl_contexts WHERE name = %s", (bare,))
         return self._decode(bare, rows[0][0]) if rows else None
 
     @staticmethod
@@ -142,41 +102,24 @@ class PgStore(StoreRules):
 
     def _host_claims(self, *, rewrite: bool) -> Mapping[str, tuple[str, ...]]:
         return {str(bare): tuple(hosts) for bare, hosts in
-                self._rows("SELECT name, hosts FROM hostctl_contexts WHERE type = 'site'")}
+                self.db.rows("SELECT name, hosts FROM hostctl_contexts WHERE type = 'site'")}
 
     # -- writing ----------------------------------------------------------------------
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        """One transaction holding the contexts' write lock. A connection found lost as
-        the transaction begins is made again; one lost during it fails the write whole
-        (the server rolled it back)."""
-        self._rows("SELECT 1")  # a lost connection is noticed (and made again) here
-        conn = self._connection()
-        try:
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
-                self._in_write = True
-                try:
-                    yield
-                finally:
-                    self._in_write = False
-        except psycopg.Error as exc:
-            raise self._failed(exc) from None
+    def _locked(self) -> AbstractContextManager[None]:
+        return self.db.transaction(_LOCK)
 
     def _write(self, ctx: Context) -> None:
         hosts = sorted(host_names(ctx.name, ctx.schema, ctx.values)) if ctx.type == "site" \
             else []
-        self._rows("INSERT INTO hostctl_contexts (name, type, document, hosts) "
+        self.db.rows("INSERT INTO hostctl_contexts (name, type, document, hosts) "
                    "VALUES (%s, %s, %s::jsonb, %s) ON CONFLICT (name) DO UPDATE SET "
                    "type = EXCLUDED.type, document = EXCLUDED.document, "
                    "hosts = EXCLUDED.hosts",
                    (ctx.name, ctx.type, json.dumps(document(ctx)), hosts))
 
     def _remove(self, bare: str) -> None:
-        self._rows("DELETE FROM hostctl_contexts WHERE name = %s", (bare,))
+        self.db.rows("DELETE FROM hostctl_contexts WHERE name = %s", (bare,))
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self.db.close()

@@ -19,11 +19,13 @@ clone and migrate make first are always the built-in kind.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hostctl.contexts.store import Context, ContextStore
-from hostctl.paths import Paths
 from hostctl.provision.tasktype import RunContext, TaskFunction, TaskType
+
+if TYPE_CHECKING:
+    from hostctl.provision.secrets import SecretStore
 
 #: built-in types that a config.toml command type of the same name replaces: the ones the
 #: periodic queues run, which an administrator may want done their own way
@@ -69,9 +71,9 @@ class _LazyWanted:
     def __init__(self, name: str) -> None:
         self.target = _Lazy(f"wanted:{name}")
 
-    def __call__(self, ctx: Context, store: ContextStore, paths: Paths) -> bool:
+    def __call__(self, ctx: Context, store: ContextStore, secrets: SecretStore) -> bool:
         check: Any = self.target.load()
-        return bool(check(ctx, store, paths))
+        return bool(check(ctx, store, secrets))
 
 
 def _type(name: str, contexts: tuple[str, ...], help_text: str, function: Any,

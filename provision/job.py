@@ -28,6 +28,8 @@ from typing import IO
 from hostctl import config as config_mod
 from hostctl.contexts.schema import field_names
 from hostctl.errors import OperationFailed
+from hostctl.provision.secrets import SecretStore
+from hostctl.provision.secretstores import open_secrets
 from hostctl.provision.tasktype import RunContext
 from hostctl.text import Redactor
 
@@ -61,6 +63,11 @@ class Job:
     @cached_property
     def config(self) -> config_mod.Config:
         return config_mod.load(self.paths.config_file, field_names())
+
+    @cached_property
+    def secrets(self) -> SecretStore:
+        """The sites' records: files under the home, or the cluster's database."""
+        return open_secrets(self.paths, self.config.cluster.dsn)
 
     @property
     def result(self) -> dict[str, object]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from hostctl.contexts.store import Context
 from hostctl.errors import Conflict, InvalidInput
 from hostctl.files import flocked
-from hostctl.provision import app, secrets, site
+from hostctl.provision import app, site
 from hostctl.provision.checks import Checks
 from hostctl.provision.job import Job, stoppable
 from hostctl.provision.tasktype import RunContext
@@ -115,9 +115,9 @@ def delete(rc: RunContext) -> int:
     backups = []
     with stoppable(), _sites_held(job, sites):
         for one in sites:
-            record = secrets.read(job.paths, one.name)
+            record = job.secrets.read(one.name)
             if record is not None:
-                job.hide(*secrets.values(job.paths, one.name))
+                job.hide(*job.secrets.values(one.name))
                 made = site._backup(job, one, record, "delete")
                 backups.append(str(made.path))
                 site.remove_installation(job, one, record)

@@ -43,7 +43,7 @@ from hostctl.paths import Paths
 from hostctl.process import die_with_parent
 from hostctl.provision import backup
 from hostctl.provision.registry import Registry
-from hostctl.provision.secrets import values
+from hostctl.provision.secrets import SecretStore
 from hostctl.provision.tasktype import (
     RunContext,
     TaskType,
@@ -299,7 +299,8 @@ def judge(wait_status: int, result: Mapping[str, Any], *, cancelled: bool, timed
     return Verdict("error", code, how, result)
 
 
-def secret_values(ctx: Context, store: ContextStore, paths: Paths) -> tuple[bytes, ...]:
+def secret_values(ctx: Context, store: ContextStore,
+                  secrets: SecretStore) -> tuple[bytes, ...]:
     """The secret field values of a context and of the contexts it refers to, longest
     first (to be redacted from task logs); values under 4 bytes are left alone."""
     names = secret_field_names()
@@ -320,6 +321,6 @@ def secret_values(ctx: Context, store: ContextStore, paths: Paths) -> tuple[byte
                 except (NotFound, InvalidInput):
                     pass
         if cur.type == "site":  # what install made: the site's database password
-            found.update(v.encode() for v in values(paths, cur.name)
+            found.update(v.encode() for v in secrets.values(cur.name)
                          if len(v.encode()) >= 4)
     return tuple(sorted(found, key=len, reverse=True))

@@ -31,8 +31,10 @@ from __future__ import annotations
 import os
 import secrets as _random
 import tomllib
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any, Protocol
 
 import tomli_w
 
@@ -86,18 +88,32 @@ def read(paths: Paths, site: str) -> SiteRecord | None:
     except OSError as exc:
         raise MalformedFile(f"cannot read {path}: {exc.strerror}") from exc
     try:
-        doc = tomllib.loads(raw.decode("utf-8"))
-        if doc.get("format") != FORMAT:
-            raise ValueError(f"unsupported format {doc.get('format')!r}")
-        db = doc.get("db")
-        creds = DbCredentials(**{k: str(v) for k, v in db.items()}) if db else None
-        return SiteRecord(
-            site=str(doc["site"]), installed=str(doc["installed"]),
-            platform=str(doc["platform"]), uri=str(doc["uri"]),
-            site_path=str(doc["site_path"]), web_server=str(doc.get("web_server", "")),
-            db=creds, unix_user=str(doc.get("unix_user", "")), salt=str(doc.get("salt", "")))
+        return from_document(tomllib.loads(raw.decode("utf-8")))
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
         raise MalformedFile(f"malformed secrets file {path}: {exc}") from exc
+
+
+def from_document(doc: Mapping[str, Any]) -> SiteRecord:
+    """A stored record read back (ValueError, KeyError or TypeError if it is not one)."""
+    if doc.get("format") != FORMAT:
+        raise ValueError(f"unsupported format {doc.get('format')!r}")
+    db = doc.get("db")
+    creds = DbCredentials(**{k: str(v) for k, v in db.items()}) if db else None
+    return SiteRecord(
+        site=str(doc["site"]), installed=str(doc["installed"]),
+        platform=str(doc["platform"]), uri=str(doc["uri"]),
+        site_path=str(doc["site_path"]), web_server=str(doc.get("web_server", "")),
+        db=creds, unix_user=str(doc.get("unix_user", "")), salt=str(doc.get("salt", "")))
+
+
+def document(record: SiteRecord) -> dict[str, Any]:
+    """A record as stored, whatever the storage (a TOML file, a row's JSON)."""
+    doc: dict[str, Any] = {"format": FORMAT}
+    doc.update({k: v for k, v in asdict(record).items() if k != "db"})
+    doc["site"] = display(record.site.lstrip("@"))
+    if record.db is not None:
+        doc["db"] = asdict(record.db)
+    return doc
 
 
 def write(paths: Paths, record: SiteRecord) -> Path:
@@ -105,14 +121,9 @@ def write(paths: Paths, record: SiteRecord) -> Path:
     bare = record.site.lstrip("@")
     folder = paths.ensure_dir(layout.secrets_dir(paths))
     os.chmod(folder, 0o700)
-    doc: dict[str, object] = {"format": FORMAT}
-    doc.update({k: v for k, v in asdict(record).items() if k != "db"})
-    doc["site"] = display(bare)
-    if record.db is not None:
-        doc["db"] = asdict(record.db)
     path = layout.secrets_file(paths, bare)
     try:
-        write_atomic(path, tomli_w.dumps(doc).encode(), mode=0o600)
+        write_atomic(path, tomli_w.dumps(document(record)).encode(), mode=0o600)
     except OSError as exc:
         raise OperationFailed(f"cannot write {path}: {exc.strerror}") from exc
     return path
@@ -129,9 +140,56 @@ def values(paths: Paths, site: str) -> list[str]:
     """The secret values of a site's record (for redaction); [] if it has none or the
     file cannot be read."""
     try:
-        record = read(paths, site)
+        return secret_values(read(paths, site))
     except MalformedFile:
         return []
+
+
+def secret_values(record: SiteRecord | None) -> list[str]:
+    """What of a record must never be shown: its database password, its salt."""
     if record is None:
         return []
     return [v for v in (record.db.password if record.db else "", record.salt) if v]
+
+
+class SecretStore(Protocol):
+    """Where the sites' records are kept: the files under the home (:class:`FileSecrets`),
+    or, for a home in a cluster, its database (provision/pgsecrets.py)."""
+
+    def read(self, site: str) -> SiteRecord | None:
+        """The site's record (``site`` without its @), None if it is not installed."""
+
+    def write(self, record: SiteRecord) -> str:
+        """Store (or replace) the record whole; return where it went (for a message)."""
+
+    def remove(self, site: str) -> None: ...
+
+    def values(self, site: str) -> list[str]:
+        """The record's secret values, for redaction ([] if there is none, or it cannot
+        be read)."""
+
+    def installed(self, site: str) -> bool:
+        """Whether the site has a record (the proof that it is installed), cheaply: a
+        periodic queue asks it of every site."""
+
+
+class FileSecrets:
+    """The records as files: ``HOME/secrets/SITE.toml`` (see the module docstring)."""
+
+    def __init__(self, paths: Paths) -> None:
+        self.paths = paths
+
+    def read(self, site: str) -> SiteRecord | None:
+        return read(self.paths, site)
+
+    def write(self, record: SiteRecord) -> str:
+        return f"secrets file {write(self.paths, record)} (0600)"
+
+    def remove(self, site: str) -> None:
+        remove(self.paths, site)
+
+    def values(self, site: str) -> list[str]:
+        return values(self.paths, site)
+
+    def installed(self, site: str) -> bool:
+        return layout.secrets_file(self.paths, site.lstrip("@")).exists()

@@ -263,7 +263,7 @@ def php_apply(job: Job, site: Context, place: Place, record: SiteRecord,
         record = record.with_(salt=secrets.new_password())
     job.hide(record.salt)
     made = not user_exists(user)
-    secrets.write(job.paths, record)
+    job.secrets.write(record)
     folder = place.site_path
     writable = list(place.manifest.writable)
     if _db_inside(record, folder):
@@ -416,7 +416,7 @@ def ssl(rc: RunContext) -> int:
                 "(ssl_enabled): nothing to do")
         job.result["certificate_renewed"] = False
         return 0
-    job.hide(*secrets.values(job.paths, site.name))
+    job.hide(*job.secrets.values(site.name))
     job.result["certificate_renewed"] = False
     cert = https(job, site, place_for(job, site))
     if cert is not None and not job.result["certificate_renewed"]:
@@ -486,14 +486,14 @@ def _group(place: Place) -> str:
 
 
 def _record(job: Job, site: Context) -> SiteRecord | None:
-    return secrets.read(job.paths, site.name)
+    return job.secrets.read(site.name)
 
 
 def _installed(job: Job, site: Context) -> SiteRecord:
     record = _record(job, site)
     if record is None:
         raise Conflict(f"{site.display_name} is not installed (run install first)")
-    job.hide(*secrets.values(job.paths, site.name))
+    job.hide(*job.secrets.values(site.name))
     return record
 
 
@@ -593,11 +593,11 @@ def create_installation(job: Job, site: Context, place: Place, undo: Undo, *,
                         site_path=str(place.site_path),
                         web_server=place.web_server.display_name if place.web_server else "",
                         db=creds)
-    secrets.write(job.paths, record)
+    job.secrets.write(record)
     if previous is None:
-        undo.add("the secrets file", lambda: secrets.remove(job.paths, site.name))
+        undo.add("the secrets file", lambda: job.secrets.remove(site.name))
     else:
-        undo.add("the secrets file", lambda: secrets.write(job.paths, previous))
+        undo.add("the secrets file", lambda: job.secrets.write(previous))
     return record
 
 
@@ -627,7 +627,7 @@ def remove_installation(job: Job, site: Context, record: SiteRecord) -> None:
     if php is not None:
         php.remove_user(job, record.unix_user)
     certificates.forget(job, site.name)
-    secrets.remove(job.paths, site.name)
+    job.secrets.remove(site.name)
 
 
 def _set_aside(job: Job, old: SiteRecord, undo: Undo) -> Path | None:
@@ -693,7 +693,7 @@ def install(rc: RunContext) -> int:
         _open_for_sites(place.platform)
         if old is not None:
             _guard(site, "reinstall")
-            job.hide(*secrets.values(job.paths, site.name))
+            job.hide(*job.secrets.values(site.name))
             made = _backup(job, site, old, "reinstall")
             job.result["backup_file"] = str(made.path)
         with Undo(job) as undo:
@@ -746,7 +746,7 @@ def verify(rc: RunContext) -> int:
             checks.record(None, f"platform {platform.display_name} is locked: the site "
                                 "cannot be installed on it")
         return checks.code()
-    job.hide(*secrets.values(job.paths, site.name))
+    job.hide(*job.secrets.values(site.name))
     if record.platform != platform.display_name or record.uri != site.get("uri"):
         checks.record(False, f"{site.display_name} is installed on {record.platform} as "
                              f"{record.uri}, but its context names {platform.display_name} "
@@ -778,9 +778,9 @@ def verify(rc: RunContext) -> int:
             checks.record(there, f"database {creds.name} on {creds.server} "
                                  + ("exists" if there else "is missing"))
     # the settings: the secrets file rewritten (0600) with what the servers say now
-    written = checks.attempt("the secrets file", lambda: secrets.write(job.paths, record))
+    written = checks.attempt("the secrets file", lambda: job.secrets.write(record))
     if written is not None:
-        checks.record(True, f"secrets file {written} rewritten (0600)")
+        checks.record(True, f"{written} rewritten")
     if place.web is not None and path.is_dir():
         vhost = checks.attempt("the vhost", lambda: write_vhost(job, site, place))
         if vhost:
@@ -898,7 +898,7 @@ def delete(rc: RunContext) -> int:
             job.result["database_left"] = left
             record = record.with_(db=None)
         if record is not None:
-            job.hide(*secrets.values(job.paths, site.name))
+            job.hide(*job.secrets.values(site.name))
             made = _backup(job, site, record, "delete")
             job.result.update(backup_file=str(made.path), backup_file_size=made.size)
             remove_installation(job, site, record)
@@ -1070,8 +1070,8 @@ def _migrate_db_only(job: Job, site: Context, target: Place, record: SiteRecord,
     undo.add(f"the database {creds.name}", lambda: db.drop(job, creds))
     _load_from(job, db, creds, archive)
     new = record.with_(db=creds, uri=target.uri, installed=record.installed)
-    secrets.write(job.paths, new)
-    undo.add("the secrets file", lambda: secrets.write(job.paths, record))
+    job.secrets.write(new)
+    undo.add("the secrets file", lambda: job.secrets.write(record))
     return new
 
 
@@ -1101,7 +1101,7 @@ def cron(rc: RunContext) -> int:
         job.say(f"{site.display_name} is not installed: no cron to run")
         job.result["ran"] = False
         return 0
-    job.hide(*secrets.values(job.paths, site.name))
+    job.hide(*job.secrets.values(site.name))
     place = place_for(job, site)
     ran = run_app(job, site, place, "cron", record.db)
     if ran is None:

@@ -21,6 +21,7 @@ from hostctl.errors import InvalidInput, NotFound
 from hostctl.paths import Paths
 
 if TYPE_CHECKING:  # a shape for the type checker: nothing builds one
+    from hostctl.provision.secrets import SecretStore
 
     class TaskRequest(Protocol):
         """A request to run one task, as plain data (the queue's Envelope is one)."""
@@ -69,7 +70,7 @@ class RunContext:
 TaskFunction = Callable[[RunContext], int | None]
 #: for the periodic queues: does this context want a run of this type now? (a site that
 #: is not installed needs no backup, a platform without a cron command no cron)
-Wanted = Callable[[Context, ContextStore, Paths], bool]
+Wanted = Callable[[Context, ContextStore, "SecretStore"], bool]
 
 
 @dataclass(frozen=True)

@@ -9,21 +9,21 @@ import os
 
 from hostctl.contexts.names import parse_name
 from hostctl.contexts.store import Context, ContextStore
-from hostctl.paths import Paths
-from hostctl.provision import app, layout
+from hostctl.provision import app
+from hostctl.provision.secrets import SecretStore
 
 
-def installed(ctx: Context, store: ContextStore, paths: Paths) -> bool:
-    return layout.secrets_file(paths, ctx.name).exists()
+def installed(ctx: Context, store: ContextStore, secrets: SecretStore) -> bool:
+    return secrets.installed(ctx.name)
 
 
 _HAS_CRON: dict[tuple[str, int, int, int], bool] = {}  # manifest identity -> has cron
 
 
-def cron_wanted(ctx: Context, store: ContextStore, paths: Paths) -> bool:
+def cron_wanted(ctx: Context, store: ContextStore, secrets: SecretStore) -> bool:
     """Installed, on a platform whose manifest has a cron command (each manifest parsed
     again only when it changes: a periodic queue asks for every site)."""
-    if not installed(ctx, store, paths):
+    if not installed(ctx, store, secrets):
         return False
     platform = store.get(parse_name(str(ctx.get("platform"))))
     path, _ = app.manifest_path(platform)
@@ -40,7 +40,7 @@ def cron_wanted(ctx: Context, store: ContextStore, paths: Paths) -> bool:
     return found
 
 
-def ssl_wanted(ctx: Context, store: ContextStore, paths: Paths) -> bool:
+def ssl_wanted(ctx: Context, store: ContextStore, secrets: SecretStore) -> bool:
     """Installed, HTTPS asked for, its certificate from the ACME CA (not the operator's)."""
     return bool(ctx.get("ssl_enabled")) and not ctx.get("ssl_key") and \
-        installed(ctx, store, paths)
+        installed(ctx, store, secrets)

@@ -149,7 +149,7 @@ class Dispatcher:
             if not c.get("site_enabled"):
                 continue
             try:
-                if ttype.wanted is not None and not ttype.wanted(c, store, self.home.paths):
+                if ttype.wanted is not None and not ttype.wanted(c, store, self.home.secrets):
                     continue
             except HostctlError as exc:  # a broken manifest, a missing platform
                 malformed.append(MalformedFile(f"{c.display_name}: {exc.message}"))

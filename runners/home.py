@@ -17,11 +17,24 @@ from hostctl.contexts.store import ContextStore, TomlStore
 from hostctl.paths import Paths
 from hostctl.provision.registry import Registry
 from hostctl.provision.registry import load as load_registry
+from hostctl.provision.secrets import SecretStore
+from hostctl.provision.secretstores import open_secrets
 from hostctl.queues.model import Envelope, Policy
 from hostctl.queues.spool import Spool
 
 if TYPE_CHECKING:  # the seam: only its type is needed to compose
     from hostctl.queues.backend import QueueBackend
+
+
+def open_store(paths: Paths, config: config_mod.Config) -> ContextStore:
+    """The contexts: the cluster's database when the home is in one (``[cluster] dsn``),
+    else the TOML files under the home."""
+    if config.cluster.dsn:
+        # psycopg and the cluster's code: loaded by a home in a cluster alone
+        from hostctl.contexts.pgstore import PgStore
+
+        return PgStore(config.cluster.dsn)
+    return TomlStore(paths)
 
 
 def retry_policy(registry: Registry) -> Callable[[Envelope], Policy]:
@@ -62,14 +75,12 @@ class Home:
 
     @cached_property
     def store(self) -> ContextStore:
-        """The contexts: the cluster's database when the home is in one (``[cluster]
-        dsn``), else the TOML files under the home."""
-        if self.config.cluster.dsn:
-            # psycopg and the cluster's code: loaded by a home in a cluster alone
-            from hostctl.contexts.pgstore import PgStore
+        return open_store(self.paths, self.config)
 
-            return PgStore(self.config.cluster.dsn)
-        return TomlStore(self.paths)
+    @cached_property
+    def secrets(self) -> SecretStore:
+        """The sites' records: the cluster's database, or the files under the home."""
+        return open_secrets(self.paths, self.config.cluster.dsn)
 
     @cached_property
     def queue(self) -> QueueBackend:

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
 from hostctl.config import Config
-from hostctl.contexts.store import TomlStore
 from hostctl.errors import HostctlError
 from hostctl.paths import Paths
 from hostctl.process import boot_ticks, signal_session
@@ -36,10 +35,11 @@ from hostctl.provision.runner import (
     read_result,
     secret_values,
 )
+from hostctl.provision.secretstores import open_secrets
 from hostctl.queues.backend import QueueBackend, TaskClaim, TaskLog
 from hostctl.queues.model import Policy, backoff
 from hostctl.queues.spool import Spool
-from hostctl.runners.home import Home, retry_policy
+from hostctl.runners.home import Home, open_store, retry_policy
 from hostctl.text import Redactor, printable
 from hostctl.times import utc_iso
 
@@ -143,7 +143,8 @@ class Worker:
         self.paths = paths
         self.config = config
         self.registry = registry
-        self.store = TomlStore(paths)
+        self.store = open_store(paths, config)
+        self.secrets = open_secrets(paths, config.cluster.dsn)
         # the only way to the queue (see backend.py); its own Spool, so that its view of
         # the spool's folders is kept up to date by this worker alone
         self.queue: QueueBackend = queue if queue is not None else Spool(
@@ -417,7 +418,7 @@ class Worker:
         timeout = self.registry.timeout(prep.ttype)
         now = self.clock()
         assert task_log is not None
-        secrets = Redactor(secret_values(prep.context, self.store, self.paths))
+        secrets = Redactor(secret_values(prep.context, self.store, self.secrets))
         run = Running(claim, pid, out_fd, os.pidfd_open(pid), task_log,
                       self.policy(env), result_path, now + timeout, timeout, now,
                       attempt, secrets=secrets, beat_at=now)

@@ -116,6 +116,7 @@ def test_imports_run_only_downward(module: str) -> None:
 LAZY = {
     # psycopg and the cluster's code, for a home in a cluster only
     ("hostctl.runners.home", "hostctl.contexts.pgstore"),
+    ("hostctl.provision.secretstores", "hostctl.provision.pgsecrets"),
 }
 
 

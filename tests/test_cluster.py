@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import hostctl_exe
-from provisionhelpers import PgCluster, start_postgres
+from provisionhelpers import Lab, PgCluster, start_postgres, world_readable_dir
 from taskhelpers import write_config
 
 from hostctl.errors import ExitStatus
@@ -76,10 +76,10 @@ def test_init_makes_the_schema_once_and_status_reports_it(run_hostctl, home: Pat
     assert first.code == 0, first
     report = json.loads(first.out)
     assert report["before"] == {} and report["changed"]
-    assert report["after"]["hostctl"] == "2"
+    assert report["after"]["hostctl"] == "3"
     assert report["applied"] == [f"procrastinate schema {report['after']['procrastinate']}"]
     assert {"procrastinate_jobs", "procrastinate_workers", "hostctl_schema",
-            "hostctl_contexts"} <= tables(pg, dsn)
+            "hostctl_contexts", "hostctl_secrets"} <= tables(pg, dsn)
     again = run_hostctl("cluster", "init", "--json")
     assert again.code == 0, again
     assert json.loads(again.out)["applied"] == [] and not json.loads(again.out)["changed"]
@@ -90,7 +90,7 @@ def test_init_makes_the_schema_once_and_status_reports_it(run_hostctl, home: Pat
     assert doc["jobs"] == {} and doc["workers"] == []
     assert doc["database"].startswith("hostctl@127.0.0.1:")
     text = run_hostctl("cluster", "status")
-    assert text.code == 0 and "schema: hostctl 2, procrastinate" in text.out
+    assert text.code == 0 and "schema: hostctl 3, procrastinate" in text.out
     for res in (first, again, status, text):
         assert SECRET not in res.out + res.err
 
@@ -245,7 +245,7 @@ def test_a_home_moves_into_the_cluster_and_back_out(run_hostctl, tmp_path: Path,
     # out again, into a home of its own: its files, then without the cluster
     in_cluster(fresh, dsn)
     out = run_hostctl("--home", str(fresh), "cluster", "export")
-    assert out.code == 0 and "3 context(s) copied" in out.out, out
+    assert out.code == 0 and "3 context(s) and 0 site record(s) copied" in out.out, out
     (fresh / "config.toml").unlink()
     back = json.loads(run_hostctl("--home", str(fresh), "context", "show", "@a.example",
                                   "--json").out)
@@ -256,3 +256,80 @@ def test_a_home_moves_into_the_cluster_and_back_out(run_hostctl, tmp_path: Path,
     in_cluster(fresh, dsn)
     refused = run_hostctl("--home", str(fresh), "cluster", "export")
     assert refused.code == ExitStatus.USAGE and "differs" in refused.err, refused
+
+
+def test_a_site_lives_its_life_on_the_clusters_contexts_and_secrets(
+        run_hostctl, home: Path, pg: PgCluster, dsn: str) -> None:
+    """install (through the queue: the worker and its task's child on the database),
+    verify, disable and delete a site whose contexts and record are in the database:
+    nothing of them is written under the home."""
+    in_cluster(home, dsn)
+    assert run_hostctl("cluster", "init").code == 0
+    lab = Lab(run_hostctl, home, world_readable_dir("hostctl-www-"))
+    lab.server(db="sqlite")
+    lab.platform()
+    site = lab.site("@shop.example")
+    lab.must("install", site, "queue")
+    db = dict(p.split("=", 1) for p in dsn.split())["dbname"]
+    [doc] = pg.psql("SELECT document FROM hostctl_secrets WHERE site = 'shop.example'",
+                    database=db)
+    record = json.loads(doc)
+    assert record["site"] == "@shop.example" and record["db"]["type"] == "sqlite"
+    assert not (home / "secrets").exists() and not (home / "contexts").exists()
+    lab.must("verify", site)
+    lab.must("disable", site, "queue")
+    lab.must("delete", site)
+    assert pg.psql("SELECT count(*) FROM hostctl_secrets", database=db) == ["0"]
+    assert pg.psql("SELECT count(*) FROM hostctl_contexts WHERE type = 'site'",
+                   database=db) == ["0"]
+
+
+def test_an_installed_site_moves_in_with_its_record_and_back_out(
+        run_hostctl, home: Path, tmp_path: Path, pg: PgCluster, dsn: str) -> None:
+    lab = Lab(run_hostctl, home, world_readable_dir("hostctl-www-"))
+    lab.server(db="sqlite")
+    lab.platform()
+    site = lab.site("@shop.example")
+    lab.must("install", site)
+    on_file = (home / "secrets" / "shop.example.toml").read_text()
+    in_cluster(home, dsn)
+    assert run_hostctl("cluster", "init").code == 0
+    moved = run_hostctl("cluster", "import", "--json")
+    assert moved.code == 0, moved
+    doc = json.loads(moved.out)
+    assert doc["records"] == {"taken": ["@shop.example"], "already": []}
+    lab.must("verify", site)  # in the cluster: its record read from the database
+    again = json.loads(run_hostctl("cluster", "import", "--json").out)
+    assert again["records"] == {"taken": [], "already": ["@shop.example"]}
+    fresh = tmp_path / "fresh"
+    in_cluster(fresh, dsn)
+    out = run_hostctl("--home", str(fresh), "cluster", "export")
+    assert out.code == 0 and "1 site record(s) copied" in out.out, out
+    assert (fresh / "secrets" / "shop.example.toml").read_text() == on_file
+    assert (fresh / "secrets" / "shop.example.toml").stat().st_mode & 0o777 == 0o600
+    # a record that differs on the two sides stops the copy before anything is written
+    db = dict(p.split("=", 1) for p in dsn.split())["dbname"]
+    pg.psql("UPDATE hostctl_secrets SET document = jsonb_set(document, '{salt}', "
+            "'\"changed\"') WHERE site = 'shop.example'", database=db)
+    refused = run_hostctl("--home", str(fresh), "cluster", "export")
+    assert refused.code == ExitStatus.USAGE and "record of @shop.example" in refused.err
+    assert (fresh / "secrets" / "shop.example.toml").read_text() == on_file
+
+
+def test_no_role_but_the_back_ends_reads_the_records(run_hostctl, home: Path,
+                                                     pg: PgCluster, dsn: str) -> None:
+    in_cluster(home, dsn)
+    assert run_hostctl("cluster", "init").code == 0
+    db = dict(p.split("=", 1) for p in dsn.split())["dbname"]
+    pg.psql("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'nosy') "
+            "THEN CREATE ROLE nosy LOGIN PASSWORD 'nosy-pw'; END IF; END $$")
+    pg.psql(f"GRANT CONNECT ON DATABASE {db} TO nosy; GRANT USAGE ON SCHEMA public TO nosy")
+    env = {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": str(pg.port), "PGUSER": "nosy",
+           "PGPASSWORD": "nosy-pw", "PGDATABASE": db}
+    res = subprocess.run([f"{pg.bindir}/psql", "-X", "-A", "-t", "-c",
+                          "SELECT * FROM hostctl_secrets"], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode != 0 and "permission denied" in res.stderr, res
+    acl = pg.psql("SELECT relacl::text FROM pg_class WHERE relname = 'hostctl_secrets'",
+                  database=db)
+    assert acl and "=r" not in acl[0].split("hostctl=")[0]  # nothing granted to PUBLIC

@@ -23,7 +23,7 @@ from hostctl.contexts.pgstore import PgStore
 from hostctl.contexts.store import ContextStore, TomlStore
 from hostctl.errors import Conflict, InvalidInput, MalformedFile, NotFound
 from hostctl.paths import Paths
-from hostctl.queues import cluster
+from hostctl.runners import cluster
 
 SECRET = "St-" + os.urandom(8).hex()
 

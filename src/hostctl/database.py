@@ -7,9 +7,10 @@ without it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, LiteralString
 
 import psycopg
 from psycopg import conninfo as libpq
@@ -72,3 +73,71 @@ def connect(dsn: str) -> Iterator[psycopg.Connection[Any]]:
                               f"{' '.join(str(exc).split())}") from None
     finally:
         conn.close()
+
+
+class Session:
+    """One long-lived connection to the cluster's database, as a store keeps it: made on
+    first use and again after it broke (a restarted server), autocommit, so that a read
+    holds nothing and a write block (:meth:`transaction`) is one transaction of its own.
+    A connection found lost is made again and a read run once more; inside a write the
+    transaction is gone with it, and the write fails whole."""
+
+    def __init__(self, dsn: str, missing: str = "") -> None:
+        self.dsn = dsn
+        self.missing = missing  # what to say when hostctl's tables are not there
+        self._conn: psycopg.Connection[Any] | None = None
+        self._in_write = False
+        self._pid = os.getpid()
+
+    def connection(self) -> psycopg.Connection[Any]:
+        if self._pid != os.getpid():
+            # a forked child (a task's function): the parent's socket is the parent's;
+            # closing it here would end the parent's session too
+            self._conn, self._pid = None, os.getpid()
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = open_connection(self.dsn, autocommit=True)
+        return self._conn
+
+    def rows(self, query: LiteralString, params: tuple[Any, ...] = ()) -> list[Any]:
+        """Run one statement; its rows (none for a statement that returns none)."""
+        for again in (True, False):
+            try:
+                with self.connection().cursor() as cur:
+                    cur.execute(query, params)
+                    return cur.fetchall() if cur.description is not None else []
+            except psycopg.OperationalError as exc:
+                lost = self._conn is not None and self._conn.broken
+                if not (again and lost) or self._in_write:
+                    raise self.failed(exc) from None
+            except psycopg.Error as exc:
+                raise self.failed(exc) from None
+        raise AssertionError("unreachable")
+
+    @contextmanager
+    def transaction(self, lock: int) -> Iterator[None]:
+        """One transaction holding the advisory lock ``lock`` (a lost connection is
+        noticed, and made again, before it begins)."""
+        self.rows("SELECT 1")
+        conn = self.connection()
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
+                self._in_write = True
+                try:
+                    yield
+                finally:
+                    self._in_write = False
+        except psycopg.Error as exc:
+            raise self.failed(exc) from None
+
+    def failed(self, exc: psycopg.Error) -> OperationFailed:
+        if isinstance(exc, psycopg.errors.UndefinedTable) and self.missing:
+            return OperationFailed(f"the cluster's database {shown(self.dsn)} has no "
+                                   f"{self.missing}: run `hostctl cluster init`")
+        return OperationFailed(f"the cluster's database {shown(self.dsn)}: "
+                               f"{said(exc, parse_dsn(self.dsn).get('password'))}")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

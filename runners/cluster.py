@@ -10,7 +10,8 @@ each component's schema the database holds:
 
     component      version   what it is
     procrastinate  3.10.0    procrastinate's tables (jobs, workers, events...), its version
-    hostctl        2         hostctl's own tables: the contexts (contexts/pgstore.py)
+    hostctl        3         hostctl's own tables: the contexts (contexts/pgstore.py), the
+                             sites' records (provision/pgsecrets.py)
 
 A fresh database gets procrastinate's whole schema (``SchemaManager.get_schema()``); one
 that holds an older version gets procrastinate's migrations from that version up to the
@@ -34,9 +35,10 @@ from procrastinate.schema import SchemaManager
 from hostctl.contexts import pgstore
 from hostctl.database import connect, shown
 from hostctl.errors import OperationFailed
+from hostctl.provision import pgsecrets
 
 #: hostctl's own schema version (bumped, with a step in _HOSTCTL_STEPS, by each change)
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: pg_advisory_xact_lock key: "hostctl init" in ASCII, so no other user of the lock space
 #: is likely to take it
 _INIT_LOCK = 0x686F7374_696E6974
@@ -50,6 +52,7 @@ CREATE TABLE IF NOT EXISTS hostctl_schema (
 _HOSTCTL_STEPS: Mapping[int, LiteralString] = {
     1: "SELECT 1",  # the version table itself
     2: pgstore.SCHEMA,  # the contexts (contexts/pgstore.py)
+    3: pgsecrets.SCHEMA,  # the sites' records (provision/pgsecrets.py)
 }
 _MIGRATION = re.compile(r"(\d+)\.(\d+)\.(\d+)_\d+_.*\.sql")
 
