@@ -36,8 +36,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-import tomli_w
-
 from hostctl.contexts.names import display
 from hostctl.errors import MalformedFile, OperationFailed
 from hostctl.files import write_atomic
@@ -118,6 +116,8 @@ def document(record: SiteRecord) -> dict[str, Any]:
 
 def write(paths: Paths, record: SiteRecord) -> Path:
     """Write (or replace) the site's record atomically, mode 0600."""
+    import tomli_w  # here: only writes need it (a task add loads this module, never writes)
+
     bare = record.site.lstrip("@")
     folder = paths.ensure_dir(layout.secrets_dir(paths))
     os.chmod(folder, 0o700)
