@@ -245,3 +245,36 @@ def test_an_sqlite_database_whose_writer_died_mid_transaction_is_backed_up_as_co
     lab.must("restore", site, file=made.name)
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT x FROM kept").fetchall() == [("committed",)]
+
+
+def test_a_backup_waits_for_a_writer_that_holds_the_database_for_seconds(
+        run_hostctl, home: Path) -> None:
+    """A writer holding SQLite's exclusive lock for 7 s (longer than SQLite's default
+    busy timeout of 5 s): the backup waits for it and holds its committed rows."""
+    import sqlite3
+
+    lab = Lab(run_hostctl, home, world_readable_dir("hostctl-stream-held-"))
+    lab.server("@lite", db="sqlite")
+    lab.platform("@plat", "@lite")
+    site = lab.site("@held.example")
+    lab.must("install", site)
+    path = secrets_of(home, site)["db"]["path"]
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE pairs (n INTEGER, half TEXT)")
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sqlite3, sys, time\n"
+         "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+         "db.execute('BEGIN EXCLUSIVE')\n"
+         "db.execute(\"INSERT INTO pairs VALUES (1, 'a'), (1, 'b')\")\n"
+         "print('held', flush=True)\n"
+         "time.sleep(7)\n"
+         "db.execute('COMMIT')\n", path], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        made = Path(lab.must("backup", site)["result"]["file"])
+    finally:
+        holder.wait(timeout=60)
+    lab.must("restore", site, file=made.name)
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM pairs").fetchone() == (2,)

@@ -26,6 +26,11 @@ from hostctl.provision import layout
 from hostctl.provision.job import Job
 from hostctl.provision.secrets import DbCredentials
 
+#: how long a backup's read waits for a site's writers (SQLite's busy timeout, seconds):
+#: a writer committing all the time keeps taking the lock a rollback-journal reader
+#: needs, and the 5 s default is not always enough for the reader's turn to come
+BUSY_TIMEOUT = 60.0
+
 _SIDE_FILES = ("-journal", "-wal", "-shm")
 
 
@@ -88,7 +93,7 @@ class Sqlite:
             else "ro"
         try:
             db = sqlite3.connect(f"{path.absolute().as_uri()}?mode={mode}", uri=True,
-                                 isolation_level=None)
+                                 isolation_level=None, timeout=BUSY_TIMEOUT)
         except sqlite3.Error as exc:
             raise OperationFailed(f"cannot open {path}: {exc}") from exc
         try:
@@ -174,7 +179,8 @@ def _copy(src: Path, dest: Path) -> None:
         raise InvalidInput(f"{src} is not a file")
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     os.close(fd)
-    source = sqlite3.connect(f"{src.absolute().as_uri()}?mode=ro", uri=True)
+    source = sqlite3.connect(f"{src.absolute().as_uri()}?mode=ro", uri=True,
+                             timeout=BUSY_TIMEOUT)
     try:
         target = sqlite3.connect(dest)
         try:
