@@ -50,6 +50,7 @@ def doctor(
         allow = False
     findings = check(st.paths, fix=fix, allow_network=allow)
     findings += _privileged_findings(st.paths, fix)
+    findings += _cluster_findings(st.paths, fix)
     left = [f for f in findings if not f.fixed]
     if json_:
         emit_json([f.to_json() for f in findings])
@@ -71,6 +72,7 @@ def _privileged_findings(paths: Paths, fix: bool) -> list[Finding]:
     or from being safe (provision/services/php.py)."""
     # the web and database services' code: loaded by doctor alone
     from hostctl.provision.services.php import PhpFpm
+
     found: list[Finding] = []
     try:
         servers = Home(paths).store.of_type("server")
@@ -89,6 +91,28 @@ def _privileged_findings(paths: Paths, fix: bool) -> list[Finding]:
             found.append(Finding(path, f"{server.display_name}: {problem}", False,
                                  "doctor changes nothing outside the home" if fix else ""))
     return found
+
+
+def _cluster_findings(paths: Paths, fix: bool) -> list[Finding]:
+    """For a home in a cluster: its database reachable, holding this host's schema."""
+    try:
+        dsn = Home(paths).config.cluster.dsn
+    except HostctlError:
+        return []
+    if not dsn:
+        return []
+    from hostctl.runners import cluster  # the database's code: for a cluster home alone
+
+    why = "doctor changes nothing outside the home" if fix else ""
+    try:
+        found = cluster.status(dsn)
+    except HostctlError as exc:
+        return [Finding(paths.config_file, f"[cluster] dsn: {exc.message}", False, why)]
+    if found.ready:
+        return []
+    have = ", ".join(f"{k} {v}" for k, v in sorted(found.schema.items())) or "none"
+    return [Finding(paths.config_file, f"the cluster's database {found.database} holds "
+                    f"schema {have}, not this host's: run `hostctl cluster init`", False, why)]
 
 
 def _helper_code() -> list[Path]:

@@ -333,3 +333,23 @@ def test_no_role_but_the_back_ends_reads_the_records(run_hostctl, home: Path,
     acl = pg.psql("SELECT relacl::text FROM pg_class WHERE relname = 'hostctl_secrets'",
                   database=db)
     assert acl and "=r" not in acl[0].split("hostctl=")[0]  # nothing granted to PUBLIC
+
+
+def test_doctor_checks_the_clusters_database(run_hostctl, home: Path, dsn: str) -> None:
+    in_cluster(home, dsn)
+    (home / "config.toml").chmod(0o600)  # it holds the database's password
+    before = run_hostctl("doctor", "--json")
+    assert before.code == ExitStatus.ERROR, before
+    [problem] = json.loads(before.out)
+    assert "run `hostctl cluster init`" in problem["problem"]
+    assert SECRET not in before.out + before.err
+    assert run_hostctl("cluster", "init").code == 0
+    after = run_hostctl("doctor", "--json")
+    assert after.code == 0 and json.loads(after.out) == [], after
+    in_cluster(home, dsn.replace(SECRET, "not-it"))
+    (home / "config.toml").chmod(0o600)
+    wrong = run_hostctl("doctor", "--json")
+    assert wrong.code == ExitStatus.ERROR, wrong
+    [problem] = json.loads(wrong.out)
+    assert "password authentication failed" in problem["problem"]
+    assert "not-it" not in wrong.out + wrong.err
