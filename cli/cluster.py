@@ -20,8 +20,8 @@ app = typer.Typer(help="The cluster: many servers on one PostgreSQL database.",
                   no_args_is_help=True)
 
 
-def _dsn(ctx: typer.Context) -> str:
-    dsn = Home(state(ctx).paths).config.cluster.dsn
+def _dsn(ctx: typer.Context, home: Home | None = None) -> str:
+    dsn = (home or Home(state(ctx).paths)).config.cluster.dsn
     if not dsn:
         raise InvalidInput("this home is not in a cluster: set [cluster] dsn in "
                            "config.toml (or HOSTCTL_CLUSTER_DSN); see docs/cluster.md")
@@ -50,7 +50,7 @@ def _take(ctx: typer.Context, into_cluster: bool, json_: bool) -> None:
     """Copy the contexts (all or nothing, into the database), then the sites' records:
     every record is checked against the other side before anything is written."""
     home = Home(state(ctx).paths)
-    _dsn(ctx)
+    _dsn(ctx, home)  # a home that is not in a cluster has nothing to copy to or from
     files, file_records = TomlStore(home.paths), FileSecrets(home.paths)
     source, target = (files, home.store) if into_cluster else (home.store, files)
     from_records, to_records = (file_records, home.secrets) if into_cluster else \

@@ -56,18 +56,18 @@ class PgStore(StoreRules):
 
     def names(self) -> list[str]:
         return [str(n) for (n,) in self.db.rows("SELECT name FROM hostctl_contexts "
-                                              "ORDER BY name")]
+                                                "ORDER BY name")]
 
     def exists(self, name: str) -> bool:
         return bool(self.db.rows("SELECT 1 FROM hostctl_contexts WHERE name = %s",
-                               (parse_name(name),)))
+                                 (parse_name(name),)))
 
     def of_type(self, type_name: str | None = None,
                 malformed: list[MalformedFile] | None = None) -> list[Context]:
         if type_name is not None:
             context_type(type_name)
-            rows = self.db.rows("SELECT name, document FROM hostctl_contexts WHERE type = %s "
-                              "ORDER BY name", (type_name,))
+            rows = self.db.rows("SELECT name, document FROM hostctl_contexts "
+                                "WHERE type = %s ORDER BY name", (type_name,))
         else:
             rows = self.db.rows("SELECT name, document FROM hostctl_contexts ORDER BY name")
         found: list[Context] = []
@@ -113,10 +113,10 @@ class PgStore(StoreRules):
         hosts = sorted(host_names(ctx.name, ctx.schema, ctx.values)) if ctx.type == "site" \
             else []
         self.db.rows("INSERT INTO hostctl_contexts (name, type, document, hosts) "
-                   "VALUES (%s, %s, %s::jsonb, %s) ON CONFLICT (name) DO UPDATE SET "
-                   "type = EXCLUDED.type, document = EXCLUDED.document, "
-                   "hosts = EXCLUDED.hosts",
-                   (ctx.name, ctx.type, json.dumps(document(ctx)), hosts))
+                     "VALUES (%s, %s, %s::jsonb, %s) ON CONFLICT (name) DO UPDATE SET "
+                     "type = EXCLUDED.type, document = EXCLUDED.document, "
+                     "hosts = EXCLUDED.hosts",
+                     (ctx.name, ctx.type, json.dumps(document(ctx)), hosts))
 
     def _remove(self, bare: str) -> None:
         self.db.rows("DELETE FROM hostctl_contexts WHERE name = %s", (bare,))

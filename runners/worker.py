@@ -185,7 +185,11 @@ class Worker:
     def reconfigure(self, config: Config, registry: Registry,
                     keep_concurrency: bool = False) -> None:
         """Take a reloaded configuration: its task types, their checks, its settings
-        (the concurrency too, unless the command line fixed it)."""
+        (the concurrency too, unless the command line fixed it), and, when the home joined
+        or left a cluster, its stores."""
+        if config.cluster.dsn != self.config.cluster.dsn:
+            self.store = open_store(self.paths, config)
+            self.secrets = open_secrets(self.paths, config.cluster.dsn)
         self.config = config
         self.registry = registry
         self._check = registry.check_envelope(self.store)

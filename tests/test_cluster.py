@@ -353,3 +353,21 @@ def test_doctor_checks_the_clusters_database(run_hostctl, home: Path, dsn: str) 
     [problem] = json.loads(wrong.out)
     assert "password authentication failed" in problem["problem"]
     assert "not-it" not in wrong.out + wrong.err
+
+
+def test_a_worker_that_reloads_into_a_cluster_takes_its_stores(run_hostctl, home: Path,
+                                                               dsn: str) -> None:
+    """wait-queue reloads config.toml when it changes: a home that joins a cluster has
+    its worker read and write the cluster's contexts and records from then on."""
+    from hostctl.contexts.pgstore import PgStore
+    from hostctl.paths import Paths
+    from hostctl.provision.pgsecrets import PgSecrets
+    from hostctl.runners.home import Home
+    from hostctl.runners.worker import Worker
+
+    worker = Worker.of(Home(Paths(home)))
+    assert not isinstance(worker.store, PgStore)
+    in_cluster(home, dsn)
+    fresh = Home(Paths(home))
+    worker.reconfigure(fresh.config, fresh.registry)
+    assert isinstance(worker.store, PgStore) and isinstance(worker.secrets, PgSecrets)

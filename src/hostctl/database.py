@@ -64,15 +64,12 @@ def said(exc: BaseException, password: str | None = None) -> str:
 def connect(dsn: str) -> Iterator[psycopg.Connection[Any]]:
     """A connection, in one transaction committed at the end of the block (rolled back on
     an error); OperationFailed, in one line without the password, for any failure."""
-    conn = open_connection(dsn)
     try:
-        with conn:
+        with open_connection(dsn) as conn:  # commits, or rolls back, then closes
             yield conn
     except psycopg.Error as exc:
         raise OperationFailed(f"the cluster's database {shown(dsn)}: "
-                              f"{' '.join(str(exc).split())}") from None
-    finally:
-        conn.close()
+                              f"{said(exc, parse_dsn(dsn).get('password'))}") from None
 
 
 class Session:
