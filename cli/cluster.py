@@ -61,20 +61,36 @@ def _take(ctx: typer.Context, into_cluster: bool, json_: bool) -> None:
     report = target.take(contexts)
     for record in write:
         to_records.write(record)
+    tasks = None
+    if into_cluster:
+        from hostctl.queues.pgqueue import PgQueue
+        from hostctl.queues.spool import Spool
+        from hostctl.runners import cluster
+
+        queue = home.queue
+        assert isinstance(queue, PgQueue)
+        tasks = cluster.move_tasks(Spool(home.paths.spool, home.paths.logs), queue)
     if json_:
         emit_json({**report.to_json(), "records": {
-            "taken": [r.site for r in write], "already": [f"@{s}" for s in same]}})
+            "taken": [r.site for r in write], "already": [f"@{s}" for s in same]},
+            **({"tasks": tasks.to_json()} if tasks is not None else {})})
         return
     where = "the cluster" if into_cluster else f"{home.paths.home}"
     say(state(ctx), f"{len(report.taken)} context(s) and {len(write)} site record(s) copied "
                     f"into {where}; {len(report.already)} context(s) and {len(same)} "
                     "record(s) already there")
+    if tasks is not None:
+        say(state(ctx), f"{len(tasks.moved)} queued task(s) moved into the cluster's queue"
+                        + (f"; {tasks.left} left in this home's spool (running here, or "
+                           "being taken): run the import again once they are done"
+                           if tasks.left else ""))
 
 
 @app.command("import")
 def import_(ctx: typer.Context, json_: JsonFlag = False) -> None:
     """Copy this home's contexts and sites' records (its files) into the cluster's
-    database; those already there, identical, are left alone, a different one stops it."""
+    database, and move its queued tasks into the cluster's queue; contexts and records
+    already there, identical, are left alone, a different one stops it."""
     _take(ctx, into_cluster=True, json_=json_)
 
 
@@ -104,7 +120,14 @@ def status(ctx: typer.Context, json_: JsonFlag = False) -> int:
     rows = [(queue, state_, str(n)) for queue, counts in found.jobs.items()
             for state_, n in counts.items()]
     typer.echo(table(rows, ("QUEUE", "STATUS", "JOBS")) if rows else "jobs: none")
-    typer.echo(table([(str(i), f"{age:.1f}") for i, age in found.workers.items()],
-                     ("WORKER", "LAST HEARTBEAT (s ago)"))
+    typer.echo(table([(str(w.id), w.host or "-", str(w.pid or "-"), w.server or "-",
+                       "yes" if w.alive else "no", f"{w.heartbeat_age:.1f}")
+                      for w in found.workers],
+                     ("WORKER", "HOST", "PID", "SERVER", "ALIVE", "HEARTBEAT (s ago)"))
                if found.workers else "workers: none")
+    for name, srv in found.servers.items():
+        who = (f"{srv.workers} live worker{'s' if srv.workers != 1 else ''}"
+               if srv.workers else "no live worker")
+        typer.echo(f"{name}: {who}, {srv.waiting} task{'s' if srv.waiting != 1 else ''} "
+                   f"waiting, {srv.running} running")
     return code

@@ -12,9 +12,9 @@ which then says what is wrong in its own words. The fast path takes exactly::
     LINE:   task add TYPE @NAME [--option|-o KEY=VALUE]...
                 [--context-option|--context_option|-c FIELD=VALUE]...
                 [--priority|-p 0-9] [--delay SECONDS] [--json]
-          | dispatch [--force] [--queue NAME]
+          | dispatch [--force] [--queue NAME] [--server @NAME]
           | wait-queue [--max-runtime SECONDS] [--concurrency 1-256] [--once]
-                [--housekeeping-every SECONDS]
+                [--housekeeping-every SECONDS] [--server @NAME]
 
 options in any order after the command's words (also ``--name=value``), a value in the
 next word only if that word does not start with ``-``, digits for a whole number and
@@ -156,9 +156,10 @@ def _run(req: Request) -> int | None:
     from hostctl.cli import runs
 
     if req.line is g.DISPATCH:
-        return runs.dispatch(st, v.get("force", False), v.get("queue"))
+        return runs.dispatch(st, v.get("force", False), v.get("queue"), v.get("server"))
     return runs.wait_queue(st, v.get("max_runtime", 3600.0), v.get("concurrency"),
-                           v.get("once", False), v.get("housekeeping_every", 60.0))
+                           v.get("once", False), v.get("housekeeping_every", 60.0),
+                           v.get("server"))
 
 
 def run() -> NoReturn:

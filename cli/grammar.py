@@ -64,7 +64,10 @@ TASK_ADD = Line(("task", "add"), 2, (OPTION, CONTEXT_OPTION, PRIORITY, DELAY, JS
 FORCE = Flag(("--force",), "force", "Run every queue, due or not.")
 QUEUE = Flag(("--queue",), "queue", "Only this queue (tasks, cron, backup, ssl, task_gc).",
              "NAME", "text")
-DISPATCH = Line(("dispatch",), 0, (FORCE, QUEUE))
+SERVER = Flag(("--server",), "server",
+              "In a cluster: the server this host is; take only its tasks (default: "
+              "[cluster] server, else every server's).", "@NAME", "text")
+DISPATCH = Line(("dispatch",), 0, (FORCE, QUEUE, SERVER))
 
 # wait-queue [options]
 MAX_RUNTIME = Flag(("--max-runtime",), "max_runtime",
@@ -77,7 +80,8 @@ HOUSEKEEPING_EVERY = Flag(
     ("--housekeeping-every",), "housekeeping_every",
     "How often to sweep lost tasks, rescan the spool (the safety net for what inotify does "
     "not report), run due periodic queues and record liveness.", "SECONDS", "number", 0.1)
-WAIT_QUEUE = Line(("wait-queue",), 0, (MAX_RUNTIME, CONCURRENCY, ONCE, HOUSEKEEPING_EVERY))
+WAIT_QUEUE = Line(("wait-queue",), 0, (MAX_RUNTIME, CONCURRENCY, ONCE, HOUSEKEEPING_EVERY,
+                                       SERVER))
 
 #: the lines the fast path reads
 FAST_LINES = (TASK_ADD, DISPATCH, WAIT_QUEUE)

@@ -30,11 +30,13 @@ def dispatch(
     force: Annotated[bool, typer.Option(*g.FORCE.names, help=g.FORCE.help)] = False,
     queue: Annotated[str | None, typer.Option(
         *g.QUEUE.names, metavar=g.QUEUE.metavar, help=g.QUEUE.help)] = None,
+    server: Annotated[str | None, typer.Option(
+        *g.SERVER.names, metavar=g.SERVER.metavar, help=g.SERVER.help)] = None,
 ) -> int:
     """One pass from cron: sweep lost tasks, run every queue that is due, wait, exit."""
     from hostctl.cli import runs  # the worker's code: not for every command
 
-    return runs.dispatch(state(ctx), force, queue)
+    return runs.dispatch(state(ctx), force, queue, server)
 
 
 def wait_queue(
@@ -49,11 +51,14 @@ def wait_queue(
     housekeeping_every: Annotated[float, typer.Option(
         *g.HOUSEKEEPING_EVERY.names, min=g.HOUSEKEEPING_EVERY.low,
         metavar=g.HOUSEKEEPING_EVERY.metavar, help=g.HOUSEKEEPING_EVERY.help)] = 60.0,
+    server: Annotated[str | None, typer.Option(
+        *g.SERVER.names, metavar=g.SERVER.metavar, help=g.SERVER.help)] = None,
 ) -> int:
     """The daemon: run each task as soon as it is queued (under Supervisor or systemd)."""
     from hostctl.cli import runs  # the worker's code: not for every command
 
-    return runs.wait_queue(state(ctx), max_runtime, concurrency, once, housekeeping_every)
+    return runs.wait_queue(state(ctx), max_runtime, concurrency, once, housekeeping_every,
+                           server)
 
 
 @cron_app.command("install")

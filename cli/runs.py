@@ -15,18 +15,23 @@ from hostctl.runners.dispatcher import Dispatcher
 from hostctl.runners.home import Home
 
 
-def dispatch(st: State, force: bool = False, queue: str | None = None) -> int:
+def dispatch(st: State, force: bool = False, queue: str | None = None,
+             server: str | None = None) -> int:
     """One pass from cron: sweep lost tasks, run every queue that is due, wait, exit."""
     file_log(st)
-    report = Dispatcher(Home(st.paths)).run(force=force, only=queue)  # logs each queue
+    home = Home(st.paths, server or "")
+    home.check_server()
+    report = Dispatcher(home).run(force=force, only=queue)  # logs each queue
     return ExitStatus.ERROR if report.failed else ExitStatus.OK
 
 
 def wait_queue(st: State, max_runtime: float = 3600.0, concurrency: int | None = None,
-               once: bool = False, housekeeping_every: float = 60.0) -> int:
+               once: bool = False, housekeeping_every: float = 60.0,
+               server: str | None = None) -> int:
     """The daemon: run each task as soon as it is queued (under Supervisor or systemd)."""
     file_log(st)
-    home = Home(st.paths)
+    home = Home(st.paths, server or "")
+    home.check_server()
     if once:
         summary = drain_once(home, concurrency)
         logging.getLogger("hostctl").info("wait-queue --once ran %d task(s)", summary.started)

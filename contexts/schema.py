@@ -272,10 +272,18 @@ def _path(text: str) -> str:
 
 
 def _ip(text: str) -> str:
+    """An address a web server can listen on: not a multicast one, nor an IPv6
+    link-local one (bound only with its interface, which nginx's listen cannot name)."""
     try:
-        return str(ipaddress.ip_address(text))
+        address = ipaddress.ip_address(text)
     except ValueError:
         raise InvalidInput(f"{shown(text)} is not an IP address") from None
+    if address.is_multicast:
+        raise InvalidInput(f"{shown(text)} is a multicast address: nothing listens on it")
+    if address.version == 6 and address.is_link_local:
+        raise InvalidInput(f"{shown(text)} is an IPv6 link-local address, which a web "
+                           "server can listen on only with its interface")
+    return str(address)
 
 
 def _email(text: str) -> str:

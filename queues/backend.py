@@ -27,7 +27,14 @@ from collections.abc import Callable, Collection, Iterator
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, runtime_checkable
 
+from hostctl.errors import OperationFailed
 from hostctl.queues.model import Counts, Envelope, Policy, Status, Task, WorkerInfo
+
+
+class LeaseLost(OperationFailed):
+    """``heartbeat``: the claim is no longer this process's (another took it over, or it
+    could not be renewed for so long that another may now): whatever runs of the task
+    here must stop at once."""
 
 
 @runtime_checkable
@@ -161,7 +168,9 @@ class QueueBackend(Protocol):
         follows the task."""
 
     def heartbeat(self, claim: TaskClaim) -> None:
-        """The owner of ``claim`` is alive."""
+        """The owner of ``claim`` is alive; LeaseLost when the claim is no longer its
+        own (the run must stop now), another HostctlError when the queue cannot be told
+        this time."""
 
     def finish(self, claim: TaskClaim, outcome: str, **fields: Any) -> None:
         """End the task with ``outcome`` (success, warning, error, cancelled, lost)."""

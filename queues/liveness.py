@@ -14,6 +14,7 @@ from contextlib import suppress
 from pathlib import Path
 
 from hostctl.files import lock_held, write_atomic
+from hostctl.process import host_name
 from hostctl.queues.model import WorkerInfo
 from hostctl.times import utc_iso
 
@@ -29,7 +30,7 @@ class Registration:
                                 0o600)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         self._record = folder / f"{pid}.json"
-        self._doc = {"pid": pid, "host": os.uname().nodename, "started": started,
+        self._doc = {"pid": pid, "host": host_name(), "started": started,
                      "last_seen": "", "tasks_run": 0, "max_runtime": max_runtime}
         self.update(0)
 

@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 from hostctl.contexts.schema import secret_field_names
 from hostctl.contexts.store import SECRET_MASK
 from hostctl.errors import InvalidInput
+from hostctl.process import host_name
 from hostctl.times import utc_iso
 
 FORMAT = 1
@@ -425,13 +426,20 @@ def decode_task(data: bytes, state: str, log_path: str = "", due: float | None =
     return Task(env, tuple(events), state, log_path, due)
 
 
+def encode_task(task: Task) -> bytes:
+    """A task as its file holds it: the submission, then each event, one line each."""
+    return task.envelope.encode() + b"".join(
+        (json.dumps(dict(ev), separators=(",", ":"), default=str) + "\n").encode()
+        for ev in task.events)
+
+
 def encode_event(kind: str, **fields: Any) -> bytes:
     doc = {"event": kind, "at": utc_iso(), **fields}
     return (json.dumps(doc, separators=(",", ":"), default=str) + "\n").encode()
 
 
 def pid_host() -> dict[str, Any]:
-    return {"pid": os.getpid(), "host": os.uname().nodename}
+    return {"pid": os.getpid(), "host": host_name()}
 
 
 class Counts(NamedTuple):

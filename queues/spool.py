@@ -271,6 +271,35 @@ class Spool:
         found = self._locate(task_id)
         return task_id if found and found[0] in ("new", "deferred") else None
 
+    def take_queued(self) -> Iterator[tuple[Task, Callable[[], None]]]:
+        """Each queued task (ready or deferred), held against every worker (its file's
+        lock) while the caller moves it into another queue; calling the second item
+        removes it from the spool, once the other queue holds it. A task a worker is
+        taking this moment, or that does not read as a task, is passed over."""
+        for state in ("new", "deferred"):
+            for name in self._names(state):
+                path = self.dir(state) / name
+                try:
+                    fd = os.open(path, _OPEN_FLAGS)
+                except OSError:
+                    continue
+                try:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        if not os.path.samestat(os.fstat(fd), os.lstat(path)):
+                            continue  # moved meanwhile
+                        task = self._read_fd(fd, state, name)
+                    except (OSError, InvalidInput):
+                        continue
+
+                    def remove(path: Path = path) -> None:
+                        os.unlink(path)
+                        fsync_dir(path.parent)
+
+                    yield task, remove
+                finally:
+                    os.close(fd)
+
     # -- reading ----------------------------------------------------------------------
 
     def _locate(self, task_id: str) -> tuple[str, Path] | None:

@@ -10,8 +10,10 @@ each component's schema the database holds:
 
     component      version   what it is
     procrastinate  3.10.0    procrastinate's tables (jobs, workers, events...), its version
-    hostctl        3         hostctl's own tables: the contexts (contexts/pgstore.py), the
-                             sites' records (provision/pgsecrets.py)
+    hostctl        4         hostctl's own tables: the contexts (contexts/pgstore.py), the
+                             sites' records (provision/pgsecrets.py), the tasks with
+                             their logs, the workers that hold them, the runners' records
+                             (queues/pgqueue.py)
 
 A fresh database gets procrastinate's whole schema (``SchemaManager.get_schema()``); one
 that holds an older version gets procrastinate's migrations from that version up to the
@@ -36,9 +38,11 @@ from hostctl.contexts import pgstore
 from hostctl.database import connect, shown
 from hostctl.errors import OperationFailed
 from hostctl.provision import pgsecrets
+from hostctl.queues import pgqueue
+from hostctl.queues.spool import Spool
 
 #: hostctl's own schema version (bumped, with a step in _HOSTCTL_STEPS, by each change)
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: pg_advisory_xact_lock key: "hostctl init" in ASCII, so no other user of the lock space
 #: is likely to take it
 _INIT_LOCK = 0x686F7374_696E6974
@@ -53,6 +57,7 @@ _HOSTCTL_STEPS: Mapping[int, LiteralString] = {
     1: "SELECT 1",  # the version table itself
     2: pgstore.SCHEMA,  # the contexts (contexts/pgstore.py)
     3: pgsecrets.SCHEMA,  # the sites' records (provision/pgsecrets.py)
+    4: pgqueue.SCHEMA,  # the tasks, their logs, owners and records (queues/pgqueue.py)
 }
 _MIGRATION = re.compile(r"(\d+)\.(\d+)\.(\d+)_\d+_.*\.sql")
 
@@ -156,14 +161,45 @@ def init(dsn: str) -> InitReport:
 
 
 @dataclass(frozen=True)
+class WorkerRow:
+    """A worker of the cluster (procrastinate's row, with hostctl's where it has one)."""
+
+    id: int
+    heartbeat_age: float
+    host: str = ""
+    pid: int = 0
+    server: str = ""
+    registered: bool = False  # a wait-queue (else a dispatch, a provision-TYPE)
+    alive: bool = False  # its connection holds its lock now
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "heartbeat_age": self.heartbeat_age, "host": self.host,
+                "pid": self.pid, "server": self.server, "registered": self.registered,
+                "alive": self.alive}
+
+
+@dataclass(frozen=True)
+class ServerRow:
+    """A server of the cluster: its live workers and its queue."""
+
+    workers: int  # live wait-queues that take its tasks (--server NAME)
+    waiting: int  # its tasks queued and due
+    running: int
+
+    def to_json(self) -> dict[str, int]:
+        return {"workers": self.workers, "waiting": self.waiting, "running": self.running}
+
+
+@dataclass(frozen=True)
 class ClusterStatus:
     database: str
     server_version: str
     schema: Mapping[str, str]
     #: queue -> status -> how many jobs
     jobs: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
-    #: procrastinate worker id -> seconds since its last heartbeat
-    workers: Mapping[int, float] = field(default_factory=dict)
+    workers: tuple[WorkerRow, ...] = ()
+    #: each server context, and each queue named after a server
+    servers: Mapping[str, ServerRow] = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:
@@ -174,25 +210,81 @@ class ClusterStatus:
         return {"database": self.database, "server_version": self.server_version,
                 "schema": dict(self.schema), "ready": self.ready,
                 "jobs": {q: dict(s) for q, s in self.jobs.items()},
-                "workers": [{"id": k, "heartbeat_age": v} for k, v in self.workers.items()]}
+                "workers": [w.to_json() for w in self.workers],
+                "servers": {n: s.to_json() for n, s in self.servers.items()}}
+
+
+_WORKERS: LiteralString = """
+SELECT w.id, extract(epoch FROM now() - w.last_heartbeat)::float8, o.host, o.pid,
+       o.server, o.registered, o.id IS NOT NULL AND""" + pgqueue.owner_alive("o.id") + """
+FROM procrastinate_workers w LEFT JOIN hostctl_owners o ON o.id = w.id
+ORDER BY w.id"""
 
 
 def status(dsn: str) -> ClusterStatus:
-    """The database, its schema versions, jobs per queue and status, and the workers."""
+    """The database, its schema versions, jobs per queue and status, the workers, and
+    each server's live workers and waiting tasks."""
     with connect(dsn) as conn, conn.cursor() as cur:
         cur.execute("SHOW server_version")
         row = cur.fetchone()
         server = str(row[0]) if row else "?"
         schema = _versions(cur)
         jobs: dict[str, dict[str, int]] = {}
-        workers: dict[int, float] = {}
+        workers: list[WorkerRow] = []
+        servers: dict[str, ServerRow] = {}
         if _has_table(cur, "procrastinate_jobs"):
             cur.execute("SELECT queue_name, status::text, count(*) FROM procrastinate_jobs "
                         "GROUP BY 1, 2 ORDER BY 1, 2")
             for queue, state, count in cur.fetchall():
                 jobs.setdefault(str(queue), {})[str(state)] = int(count)
-        if _has_table(cur, "procrastinate_workers"):
+        if _has_table(cur, "hostctl_owners"):
+            cur.execute(_WORKERS)
+            workers = [WorkerRow(int(i), round(float(age), 3), str(host or ""),
+                                 int(pid or 0), str(srv or ""), bool(reg), bool(alive))
+                       for i, age, host, pid, srv, reg, alive in cur.fetchall()]
+            cur.execute("SELECT '@' || name FROM hostctl_contexts WHERE type = 'server'")
+            names = {str(n) for (n,) in cur.fetchall()} | {
+                q for q in jobs if q.startswith("@")}
+            cur.execute("SELECT queue_name, count(*) FILTER (WHERE status = 'todo' AND "
+                        "(scheduled_at IS NULL OR scheduled_at <= now())), count(*) "
+                        "FILTER (WHERE status = 'doing') FROM procrastinate_jobs "
+                        "GROUP BY 1")
+            depth = {str(q): (int(t), int(d)) for q, t, d in cur.fetchall()}
+            for name in sorted(names):
+                live = sum(1 for w in workers if w.alive and w.registered and
+                           w.server == name)
+                waiting, running = depth.get(name, (0, 0))
+                servers[name] = ServerRow(live, waiting, running)
+        elif _has_table(cur, "procrastinate_workers"):
             cur.execute("SELECT id, extract(epoch FROM now() - last_heartbeat) "
                         "FROM procrastinate_workers ORDER BY id")
-            workers = {int(i): round(float(age), 3) for i, age in cur.fetchall()}
-    return ClusterStatus(shown(dsn), server, schema, jobs, workers)
+            workers = [WorkerRow(int(i), round(float(age), 3)) for i, age in cur.fetchall()]
+    return ClusterStatus(shown(dsn), server, schema, jobs, tuple(workers), servers)
+
+
+@dataclass(frozen=True)
+class TaskMove:
+    """What ``cluster import`` did with the queued tasks of a home's spool."""
+
+    moved: tuple[str, ...]  # now in the cluster's queue, gone from the spool
+    already: tuple[str, ...]  # in the cluster's queue before (an import cut short)
+    left: int  # still in the spool: running here, being taken, or unreadable
+
+    def to_json(self) -> dict[str, Any]:
+        return {"moved": list(self.moved), "already": list(self.already), "left": self.left}
+
+
+def move_tasks(spool: Spool, queue: pgqueue.PgQueue) -> TaskMove:
+    """Move every queued task of ``spool`` (ready or deferred, with its history) into
+    the cluster's ``queue``. Each is held by its file's lock while it moves, so no worker
+    of the spool takes it meanwhile; it leaves the spool only once the cluster holds it,
+    and one the cluster holds already (an import cut short) just leaves the spool:
+    nothing is lost, nothing queued twice."""
+    moved: list[str] = []
+    already: list[str] = []
+    for task, remove in spool.take_queued():
+        (moved if queue.adopt(task) else already).append(task.id)
+        remove()
+    counts = spool.counts()
+    return TaskMove(tuple(moved), tuple(already),
+                    counts.queued + counts.deferred + counts.processing)

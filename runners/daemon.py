@@ -76,6 +76,7 @@ class WaitQueue:
         self._watch: Watch | None = None
         self._pipe: tuple[int, int] | None = None
         self._config_seen: tuple[int, ...] | None = None
+        self._last_failure = ""
 
     # -- signals: record only ---------------------------------------------------------
 
@@ -138,9 +139,19 @@ class WaitQueue:
             self._next_housekeeping = now + self.housekeeping_every
             self._housekeeping()
         if not self.stopping(now) and not self.home.queue.paused():
-            worker.step()
+            try:
+                worker.step()
+            except HostctlError as exc:  # the queue cannot be reached now: next pass
+                self._said_once(exc.message)
+                worker.hold_off()
         else:
             worker.hold_off()  # a task claimed ahead goes back: nothing more starts
+
+    def _said_once(self, message: str) -> None:
+        """Log a failure of the queue once while it lasts."""
+        if message != self._last_failure:
+            self._last_failure = message
+            log.error("%s", message)
 
     def stopping(self, now: float) -> bool:
         return self.stop_requests > 0 or now - self._start >= self.max_runtime
@@ -179,6 +190,7 @@ class WaitQueue:
         assert self.worker is not None
         if self._watch is not None:
             self._watch.drain()
+        self.worker.check_cancels()  # a cancel asked on another host
         if self.home.queue.has_submissions():
             self._follow_config()  # judge the drops by the configuration of now
             if self.reload_requested:
@@ -214,6 +226,14 @@ class WaitQueue:
             log.error("config not reloaded: %s", exc)
             return
         assert self.worker is not None
+        if fresh.config.cluster.dsn != self.home.config.cluster.dsn or (
+                fresh.config.cluster.server != self.home.config.cluster.server):
+            # another queue altogether (a home that joined or left a cluster): a fresh
+            # process takes it, once the running tasks are done
+            log.warning("config reloaded: the home's cluster changed; exiting, for the "
+                        "supervisor to start wait-queue on the new queue")
+            self.stop_requests = max(self.stop_requests, 1)
+            return
         self.home = fresh
         self.worker.reconfigure(fresh.config, fresh.registry,
                                 keep_concurrency=self.concurrency is not None)

@@ -7,6 +7,8 @@ import sys
 from collections.abc import Mapping
 from typing import TextIO
 
+from hostctl.contexts.routing import server_of
+from hostctl.errors import Conflict
 from hostctl.queues.model import Task
 from hostctl.runners.home import Home
 from hostctl.runners.lifecycle import build
@@ -17,6 +19,11 @@ def run_now(home: Home, type_name: str, context: str, options: Mapping[str, str]
             echo: TextIO | None = None) -> tuple[Task, Summary]:
     """Run a task in the foreground (provision-TYPE), through the same queue and runner."""
     env = build(home, type_name, context, options, {}, 9)
+    if home.config.cluster.dsn and home.server:
+        serves = server_of(home.store, env.context)
+        if serves not in (None, home.server):
+            raise Conflict(f"{env.context} is served by {serves}, and this host is "
+                           f"{home.server}: run it there, or queue it (hostctl task add)")
     queue = home.writable()
     if queue.context_busy(env.context):
         print(f"hostctl: waiting for the task running on {env.context}", file=sys.stderr)

@@ -12,8 +12,11 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from hostctl import config as config_mod
+from hostctl.contexts.names import display, parse_name
+from hostctl.contexts.routing import server_of
 from hostctl.contexts.schema import field_names
 from hostctl.contexts.store import ContextStore, TomlStore
+from hostctl.errors import Conflict
 from hostctl.paths import Paths
 from hostctl.provision.registry import Registry
 from hostctl.provision.registry import load as load_registry
@@ -56,10 +59,12 @@ def retry_policy(registry: Registry) -> Callable[[Envelope], Policy]:
 
 
 class Home:
-    """Everything under one home, loaded on first use."""
+    """Everything under one home, loaded on first use. ``server``: the server context this
+    host is in a cluster (``--server``), over ``[cluster] server``."""
 
-    def __init__(self, paths: Paths) -> None:
+    def __init__(self, paths: Paths, server: str = "") -> None:
         self.paths = paths
+        self._server = server
 
     @cached_property
     def config(self) -> config_mod.Config:
@@ -83,14 +88,46 @@ class Home:
         return open_secrets(self.paths, self.config.cluster.dsn)
 
     @cached_property
+    def server(self) -> str:
+        """The server this host is in its cluster (``@web1``), or "" (every server's
+        tasks); InvalidInput for a name that is no context name."""
+        name = self._server or self.config.cluster.server
+        return display(parse_name(name)) if name else ""
+
+    @cached_property
     def queue(self) -> QueueBackend:
-        """The task queue (the one backend there is: the spool under the home)."""
+        """The task queue: the cluster's when the home is in one, else the spool."""
         return self.open_queue()
 
     def open_queue(self) -> QueueBackend:
         """A queue object of its own: a worker keeps its own view of the queue."""
+        if self.config.cluster.dsn:
+            # psycopg and the cluster's queue: loaded by a home in a cluster alone
+            from hostctl.queues.pgqueue import DEFAULT_QUEUE, PgQueue
+
+            store = self.store
+
+            def route(env: Envelope) -> str:
+                return server_of(store, env.context) or DEFAULT_QUEUE
+
+            server = self.server
+            queues = ([] if not self.config.cluster.run_tasks else
+                      [server, DEFAULT_QUEUE] if server else None)
+            return PgQueue(self.config.cluster.dsn, self.paths.spool, self.paths.logs,
+                           route=route, server=server, queues=queues)
         return Spool(self.paths.spool, self.paths.logs,
                      self.config.spool.allow_network_filesystem)
+
+    def check_server(self) -> None:
+        """This host's server, if it names one, is a server context of the cluster
+        (NotFound, Conflict): a worker for a server that does not exist would take
+        nothing, silently."""
+        if not self.server:
+            return
+        ctx = self.store.get(self.server)
+        if ctx.type != "server":
+            raise Conflict(f"{self.server} is a {ctx.type}, not a server: --server and "
+                           "[cluster] server name the server this host is")
 
     def writable(self) -> QueueBackend:
         self.paths.ensure_home()

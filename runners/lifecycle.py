@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from hostctl.contexts.names import display, parse_name
 from hostctl.errors import Conflict, InvalidInput
-from hostctl.process import is_task_group, signal_session
+from hostctl.process import host_name, is_task_group, signal_session
 from hostctl.queues.model import MAX_PRIORITY, MIN_PRIORITY, Envelope, Status, Task, new_id
 from hostctl.runners.home import Home
 from hostctl.times import parse_iso, utc_iso
@@ -95,7 +95,10 @@ def cancel(home: Home, task_id: str, grace: float | None = None) -> Task:
     started = task.last("start") or {}
     found = started.get("pgid")
     pgid = found if isinstance(found, int) else 0
-    same = pgid > 0 and is_task_group(started)
+    # the run's session is signalled from here only on the host it runs on; elsewhere (a
+    # cluster) its worker sees the request and stops it
+    here = started.get("host") in (None, host_name())
+    same = pgid > 0 and here and is_task_group(started)
     if same:
         signal_session(pgid, signal.SIGTERM)  # all of the run, not only its group
     grace = home.config.worker.kill_grace if grace is None else grace

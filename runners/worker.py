@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
 from hostctl.config import Config
-from hostctl.errors import HostctlError
+from hostctl.errors import HostctlError, Unreachable
 from hostctl.paths import Paths
-from hostctl.process import boot_ticks, signal_session
+from hostctl.process import boot_ticks, host_name, signal_session
 from hostctl.provision.registry import Registry
 from hostctl.provision.runner import (
     Verdict,
@@ -36,7 +36,7 @@ from hostctl.provision.runner import (
     secret_values,
 )
 from hostctl.provision.secretstores import open_secrets
-from hostctl.queues.backend import QueueBackend, TaskClaim, TaskLog
+from hostctl.queues.backend import LeaseLost, QueueBackend, TaskClaim, TaskLog
 from hostctl.queues.model import Policy, backoff
 from hostctl.queues.spool import Spool
 from hostctl.runners.home import Home, open_store, retry_policy
@@ -250,7 +250,12 @@ class Worker:
         started = 0
         while self.held and started < free and self.accepting:
             claim = self.held.pop(0)
-            if claim.grew() and claim.reload().cancel_requested:
+            try:
+                cancelled = claim.grew() and claim.reload().cancel_requested
+            except HostctlError:  # cannot be read now: back to the queue, for later
+                self._give_back(claim)
+                continue
+            if cancelled:
                 try:  # cancelled while claimed ahead: it never starts
                     self.queue.finish(claim, "cancelled", reason="cancelled before it started")
                 except (OSError, HostctlError):
@@ -264,7 +269,11 @@ class Worker:
                 or self.ahead_given_back or self.clock() < self.no_room_until
                 or self.overloaded()):
             return
-        self.held = self.queue.claim(self._check, limit=1, skip_contexts=self._busy())
+        try:
+            self.held = self.queue.claim(self._check, limit=1, skip_contexts=self._busy())
+        except HostctlError as exc:  # the queue cannot be reached now: the next step
+            log.warning("cannot claim a task ahead: %s", exc)
+            return
         self.held_until = self.clock() + HOLD_AHEAD
 
     def _expire_held(self) -> None:
@@ -314,12 +323,45 @@ class Worker:
         self._heartbeats()
 
     def _heartbeats(self) -> None:
-        """Tell the queue that this worker still runs its tasks (see backend.py)."""
+        """Tell the queue that this worker still runs its tasks (see backend.py). A claim
+        that is no longer this worker's (LeaseLost) has its run killed at once: another
+        host may run the task now. A heartbeat the queue cannot take now is tried again
+        at the next one."""
         now = self.clock()
         for run in self.running.values():
             if now >= run.beat_at + HEARTBEAT_EVERY:
                 run.beat_at = now
-                self.queue.heartbeat(run.claim)
+                try:
+                    self.queue.heartbeat(run.claim)
+                except LeaseLost as exc:
+                    self._lost_claim(run, exc.message)
+                except (HostctlError, OSError) as exc:
+                    log.warning("task %s: heartbeat not recorded: %s", run.claim.task.id,
+                                exc)
+
+    def _lost_claim(self, run: Running, why: str) -> None:
+        """Stop a run whose claim is gone: KILL now, record nothing (it is not ours)."""
+        if run.exit_status is not None:
+            return
+        log.error("task %s: %s; its run is stopped", run.claim.task.id, why)
+        run.interrupted = why
+        run.term_at = self.clock() - self.config.worker.kill_grace
+        signal_session(run.pid, signal.SIGKILL)
+
+    def check_cancels(self) -> None:
+        """Stop the runs a ``task cancel`` asked to stop (from any host: the queue says
+        so when it changes): TERM now, KILL after the grace period."""
+        for run in list(self.running.values()):
+            if run.cancelled or run.term_at is not None or run.exit_status is not None:
+                continue
+            try:
+                asked = run.claim.grew() and run.claim.reload().cancel_requested
+            except (HostctlError, OSError):
+                continue
+            if asked:
+                run.cancelled = True
+                self._run_log(run, "--- hostctl: cancel requested; sending TERM\n")
+                self._terminate(run)
 
     def overloaded(self) -> bool:
         """Is the machine too busy to start another task? (``[worker] max_load``)"""
@@ -388,7 +430,12 @@ class Worker:
             return self._cannot_write(claim, attempt, task_log, queued, exc, "log")
         try:
             prep = prepare(env, self.registry, self.store, self.paths, result_path)
+            secrets = Redactor(secret_values(prep.context, self.store, self.secrets))
         except (HostctlError, OSError) as exc:
+            if queued and isinstance(exc, Unreachable):
+                # the cluster's database is away: the task has not run, it waits for it
+                self._hold_back(claim, task_log, exc.message)
+                return False
             self._fail_start(claim, attempt, task_log, _start_failure(exc))
             return True
         earliest = boot_ticks()
@@ -396,7 +443,8 @@ class Worker:
             # the intent, before anything of the task can run: a worker that dies between
             # the spawn and the `start` event leaves this, and the sweep stops whatever
             # was spawned before the task may run again (process.kill_spawned)
-            claim.append("spawn", attempt=attempt, worker=os.getpid(), not_before=earliest)
+            claim.append("spawn", attempt=attempt, worker=os.getpid(), not_before=earliest,
+                         host=host_name())
         except OSError as exc:
             return self._cannot_write(claim, attempt, task_log, queued, exc, "start")
         try:
@@ -410,7 +458,7 @@ class Worker:
         try:
             claim.append("start", attempt=attempt, pid=pid, pgid=pid,
                          pgid_start=earliest, pgid_start_by=latest, worker=os.getpid(),
-                         host=os.uname().nodename)
+                         host=host_name())
         except OSError as exc:
             # the start cannot be recorded (a full disk): a child that runs unrecorded
             # could run twice, so stop it at once; the task has not started
@@ -422,7 +470,6 @@ class Worker:
         timeout = self.registry.timeout(prep.ttype)
         now = self.clock()
         assert task_log is not None
-        secrets = Redactor(secret_values(prep.context, self.store, self.secrets))
         run = Running(claim, pid, out_fd, os.pidfd_open(pid), task_log,
                       self.policy(env), result_path, now + timeout, timeout, now,
                       attempt, secrets=secrets, beat_at=now)
@@ -465,12 +512,18 @@ class Worker:
     def _no_room(self, claim: TaskClaim, task_log: TaskLog | None, what: str) -> None:
         """No room on the disk to start a queued task: give it back, claim nothing for a
         while (a dispatch exits, a daemon looks again later)."""
+        self._hold_back(claim, task_log, f"no room on the disk for {what}")
+
+    def _hold_back(self, claim: TaskClaim, task_log: TaskLog | None, why: str) -> None:
+        """A queued task cannot start for a reason of this host's (a full disk, the
+        cluster's database away): give it back, claim nothing for NO_ROOM_WAIT s."""
         if task_log is not None:
-            task_log.close()
+            with suppress(OSError):
+                task_log.close()
         self.summary.started -= 1
         if self.clock() >= self.no_room_until:
-            log.error("no room on the disk for %s; task %s and the others stay queued "
-                      "(next try in %g s)", what, claim.task.id, NO_ROOM_WAIT)
+            log.error("%s; task %s and the others stay queued (next try in %g s)", why,
+                      claim.task.id, NO_ROOM_WAIT)
         self.no_room_until = self.clock() + NO_ROOM_WAIT
         self._give_back(claim)
 

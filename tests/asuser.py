@@ -147,7 +147,13 @@ def preload() -> None:
                    for name in ("cli", "contexts", "queues", "provision")]
     with contextlib.suppress(ImportError):
         import zstandard  # noqa: F401  (a backup's compression, where installed)
-    for pkg in (hostctl, *subpackages, typer._click, platformdirs):
+    walked: list[Any] = []
+    with contextlib.suppress(ImportError):  # a home in a cluster: the database's driver
+        import psycopg
+
+        walked.append(psycopg)
+    subpackages.append(importlib.import_module("hostctl.runners"))
+    for pkg in (hostctl, *subpackages, typer._click, platformdirs, *walked):
         for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
             if info.name.endswith("__main__"):
                 continue
@@ -238,6 +244,43 @@ def _fork(user: User | None, env: Env, body: Callable[[], int], timeout: float) 
     out = b"".join(chunks[r_out]).decode("utf-8", "replace")
     err = b"".join(chunks[r_err]).decode("utf-8", "replace")
     return Outcome(os.waitstatus_to_exitcode(status), out, err)
+
+
+def spawn_as(user: User | None, argv: list[str], env: Env, log: Path) -> int:
+    """Start ``hostctl argv`` as ``user`` in the background, in a session of its own, its
+    output appended to ``log``; its pid (the caller stops it: :func:`stop_spawned`)."""
+    preload()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        os.setsid()
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+        def body() -> int:
+            from hostctl.cli.entry import main
+
+            return int(main(list(argv)))
+
+        _child(user, env, fd, fd, body)
+    return pid
+
+
+def stop_spawned(pid: int, sig: int = signal.SIGKILL, timeout: float = 30) -> int | None:
+    """Signal a spawned process's session and reap it; its exit code (None: it did not
+    exit within ``timeout``)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.02)
+    return None
 
 
 def hostctl_as(user: User | None, *argv: str, env: Env | None = None,

@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +22,21 @@ class Result:
     code: int
     out: str
     err: str
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    """The session's PostgreSQL, started on first use, with the role ``hostctl`` (see
+    tests/pghelpers.py)."""
+    from pghelpers import SECRET
+    from provisionhelpers import start_postgres
+
+    server = start_postgres()
+    try:
+        server.psql(f"CREATE ROLE hostctl LOGIN PASSWORD '{SECRET}'")
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(autouse=True)

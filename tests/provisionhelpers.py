@@ -146,7 +146,9 @@ http {{
 """
 
 
-def start_nginx(base: Path) -> NginxServer:
+def start_nginx(base: Path, owner: tuple[int, int] | None = None) -> NginxServer:
+    """A private nginx in ``base``; with ``owner`` (uid, gid), run as that user, who owns
+    ``base`` (a server's back-end user, who reloads it)."""
     binary = need("nginx", "/usr/sbin/nginx")
     port = free_port()
     (base / "tmp").mkdir(parents=True, exist_ok=True)
@@ -155,12 +157,17 @@ def start_nginx(base: Path) -> NginxServer:
              else "types { text/html html; text/plain txt; }")
     # as root, nginx drops its workers to this user: the sites' files must be readable by
     # a stranger, as on a real server
-    user = "user nobody nogroup;\n" if AS_ROOT else ""
+    user = "user nobody nogroup;\n" if AS_ROOT and owner is None else ""
     conf = base / "nginx.conf"
     conf.write_text(NGINX_CONF.format(base=base, port=port, types=types, user=user))
+    as_owner: dict[str, Any] = {}
+    if owner is not None:
+        for path in (base, *base.rglob("*")):
+            os.chown(path, *owner)
+        as_owner = {"user": owner[0], "group": owner[1], "extra_groups": []}
     proc = subprocess.Popen([binary, "-c", str(conf), "-e", str(base / "error.log")],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
+                            stderr=subprocess.PIPE, start_new_session=True, **as_owner)
     server = NginxServer(base, port, binary, proc)
     try:
         wait_port(port)
@@ -222,6 +229,14 @@ class PgCluster:
 
     def databases(self) -> set[str]:
         return set(self.psql("SELECT datname FROM pg_database WHERE NOT datistemplate"))
+
+    def restart(self) -> None:
+        """pg_ctl restart (fast: every session is cut), its output to its log."""
+        res = subprocess.run([f"{self.bindir}/pg_ctl", "-D", str(self.base / "data"), "-l",
+                              str(self.base / "log"), "-m", "fast", "-w", "restart"],
+                             user=self.user, capture_output=True, text=True, timeout=120,
+                             cwd="/")
+        assert res.returncode == 0, res.stdout + res.stderr
 
     def roles(self) -> set[str]:
         return set(self.psql("SELECT rolname FROM pg_roles WHERE rolname !~ '^pg_'"))
@@ -424,8 +439,10 @@ elif step == "login":
 
 def make_platform(root: Path, *, web_root: str = "{site_path}/public",
                   commands: Sequence[str] = ("install", "cron", "login_link"),
-                  env: Mapping[str, str] | None = None, marker: str = "") -> Path:
-    """A platform root with the test application and its hostctl-app.toml."""
+                  env: Mapping[str, str] | None = None, marker: str = "",
+                  interpreter: str = sys.executable) -> Path:
+    """A platform root with the test application and its hostctl-app.toml (its commands
+    run by ``interpreter``: another user may not reach this one)."""
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)
     (root / "app.py").write_text(APP)
@@ -433,7 +450,7 @@ def make_platform(root: Path, *, web_root: str = "{site_path}/public",
     manifest: dict[str, Any] = {
         "format": 1,
         "web": {"root": web_root, "index": ["index.html"]},
-        "commands": {name: [sys.executable, "{root}/app.py", steps[name]]
+        "commands": {name: [interpreter, "{root}/app.py", steps[name]]
                      for name in commands},
     }
     if env:

@@ -117,6 +117,7 @@ LAZY = {
     # psycopg and the cluster's code, for a home in a cluster only
     ("hostctl.runners.home", "hostctl.contexts.pgstore"),
     ("hostctl.provision.secretstores", "hostctl.provision.pgsecrets"),
+    ("hostctl.runners.home", "hostctl.queues.pgqueue"),
 }
 
 

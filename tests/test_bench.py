@@ -200,3 +200,27 @@ def test_tables_are_spliced_into_the_document(quick: dict[str, Any]) -> None:
     assert again.count("<!-- bench:begin") == 1 and "replaced" in again
     assert "Pickup latency" not in again
     assert again.startswith("# Performance\n\nHand-written text stays.\n")
+
+
+def test_the_cluster_bench_quick_run_measures_both_hostctl_queues(tmp_path: Path) -> None:
+    """``bench/cluster.py --quick``: the spool and the cluster (a PostgreSQL it starts
+    itself), every figure from this run; no peer started, no document touched."""
+    out = tmp_path / "cluster.json"
+    before = (REPO / "docs" / "cluster.md").read_bytes()
+    res = subprocess.run([sys.executable, str(BENCH / "cluster.py"), "--quick", "--json",
+                          str(out)], capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert [r["name"] for r in doc["results"]] == ["hostctl spool",
+                                                   "hostctl cluster (PostgreSQL)"]
+    for r in doc["results"]:
+        assert r["pickup"]["n"] == 40 and r["e2e"]["n"] == 10, r
+        p = r["pickup"]
+        assert 0 < p["p50"] <= p["p90"] <= p["p99"] <= p["max"], p
+        assert [d["workers"] for d in r["drain"]] == [1, 2, 4]
+        assert [d["tasks"] for d in r["drain"]] == [20, 40, 80]
+        assert all(d["rate"] > 0 for d in r["drain"])
+        assert r["drain"][0]["scaling"] == 1.0
+    cluster = doc["results"][1]
+    assert f"({cluster['pickup']['p50']:.1f} ms)" in doc["goals"][0]
+    assert (REPO / "docs" / "cluster.md").read_bytes() == before

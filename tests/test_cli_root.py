@@ -171,3 +171,50 @@ def test_queueing_a_task_loads_no_code_it_does_not_need(home: Path) -> None:
                    "hostctl.provision.server", "hostctl.provision.services",
                    "hostctl.runners.worker", "filelock", "tomli_w"):
         assert module not in loaded, module
+
+
+STANDALONE = r'''
+import sys
+
+class NotInstalled:
+    """The cluster extra is not installed: its packages cannot be imported."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("psycopg", "psycopg_binary", "procrastinate"):
+            raise ImportError(f"No module named {name!r}")
+        return None
+
+sys.meta_path.insert(0, NotInstalled())
+from hostctl.cli.entry import main
+
+root = sys.argv[1]
+lines = [
+    ["provision-save", "@srv", "--context_type", "server"],
+    ["provision-save", "@plat", "--context_type", "platform", "--root", root,
+     "--web_server", "@srv"],
+    ["provision-save", "@a.example", "--context_type", "site", "--platform", "@plat"],
+    ["task", "add", "verify", "@a.example"],
+    ["wait-queue", "--once"],
+    ["dispatch"],
+    ["provision-verify", "@a.example"],
+    ["task", "list"],
+    ["queue", "status"],
+]
+for argv in lines:
+    code = main(["-q", *argv])
+    if code != 0:
+        raise SystemExit(f"{argv}: exit {code}")
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("psycopg", "procrastinate"))
+raise SystemExit(f"loaded {loaded}" if loaded else 0)
+'''
+
+
+def test_a_home_alone_needs_nothing_of_the_cluster(home: Path, tmp_path: Path) -> None:
+    """Without the cluster extra (psycopg, procrastinate not installed), every command of
+    a home that stands alone works, and none loads the database's code."""
+    root = tmp_path / "www"
+    root.mkdir()
+    res = subprocess.run([sys.executable, "-c", STANDALONE, str(root)],
+                         env={**os.environ, "HOSTCTL_HOME": str(home)},
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr

@@ -8,28 +8,23 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import hostctl_exe
-from provisionhelpers import Lab, PgCluster, start_postgres, world_readable_dir
+from pghelpers import SECRET
+from provisionhelpers import Lab, PgCluster, world_readable_dir
 from taskhelpers import write_config
 
 from hostctl.errors import ExitStatus
+from hostctl.runners import cluster
 
-SECRET = "Cl-" + os.urandom(8).hex()
 
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PgCluster]:
-    cluster = start_postgres()
-    try:
-        cluster.psql(f"CREATE ROLE hostctl LOGIN PASSWORD '{SECRET}'")
-        yield cluster
-    finally:
-        cluster.stop()
+@pytest.fixture
+def pg(pg_server: PgCluster) -> PgCluster:
+    return pg_server
 
 
 _made = [0]
@@ -76,10 +71,11 @@ def test_init_makes_the_schema_once_and_status_reports_it(run_hostctl, home: Pat
     assert first.code == 0, first
     report = json.loads(first.out)
     assert report["before"] == {} and report["changed"]
-    assert report["after"]["hostctl"] == "3"
+    assert report["after"]["hostctl"] == str(cluster.SCHEMA_VERSION)
     assert report["applied"] == [f"procrastinate schema {report['after']['procrastinate']}"]
     assert {"procrastinate_jobs", "procrastinate_workers", "hostctl_schema",
-            "hostctl_contexts", "hostctl_secrets"} <= tables(pg, dsn)
+            "hostctl_contexts", "hostctl_secrets", "hostctl_tasks", "hostctl_task_logs",
+            "hostctl_owners", "hostctl_records"} <= tables(pg, dsn)
     again = run_hostctl("cluster", "init", "--json")
     assert again.code == 0, again
     assert json.loads(again.out)["applied"] == [] and not json.loads(again.out)["changed"]
@@ -90,7 +86,8 @@ def test_init_makes_the_schema_once_and_status_reports_it(run_hostctl, home: Pat
     assert doc["jobs"] == {} and doc["workers"] == []
     assert doc["database"].startswith("hostctl@127.0.0.1:")
     text = run_hostctl("cluster", "status")
-    assert text.code == 0 and "schema: hostctl 3, procrastinate" in text.out
+    assert text.code == 0
+    assert f"schema: hostctl {cluster.SCHEMA_VERSION}, procrastinate" in text.out
     for res in (first, again, status, text):
         assert SECRET not in res.out + res.err
 
@@ -111,7 +108,7 @@ def test_status_counts_jobs_per_queue_and_shows_workers(run_hostctl, home: Path,
     assert text.code == 0, text
     rows = [line.split() for line in text.out.splitlines()]
     assert ["web1", "todo", "2"] in rows and ["web2", "todo", "1"] in rows
-    assert ["WORKER", "LAST", "HEARTBEAT", "(s", "ago)"] in rows
+    assert ["WORKER", "HOST", "PID", "SERVER", "ALIVE", "HEARTBEAT", "(s", "ago)"] in rows
 
 
 def test_hosts_running_init_at_once_leave_one_schema(home: Path, pg: PgCluster,
@@ -371,3 +368,168 @@ def test_a_worker_that_reloads_into_a_cluster_takes_its_stores(run_hostctl, home
     fresh = Home(Paths(home))
     worker.reconfigure(fresh.config, fresh.registry)
     assert isinstance(worker.store, PgStore) and isinstance(worker.secrets, PgSecrets)
+
+
+def test_queued_tasks_move_into_the_cluster_with_their_history(run_hostctl, home: Path,
+                                                               tmp_path: Path,
+                                                               dsn: str) -> None:
+    from hostctl.queues.model import Status
+    from hostctl.queues.spool import Spool
+
+    save_topology(run_hostctl, home, tmp_path / "www")
+    spool_ids = [run_hostctl("task", "add", "verify", name, "-p", str(p)).out.strip()
+                 for name, p in (("@a.example", 3), ("@srv", 7))]
+    later = run_hostctl("task", "add", "verify", "@plat", "--delay", "3600").out.strip()
+    before = {t.id: t for t in Spool(home / "spool", home / "logs").tasks()}
+    assert sorted(before) == sorted([*spool_ids, later])
+    in_cluster(home, dsn)
+    assert run_hostctl("cluster", "init").code == 0
+    res = run_hostctl("cluster", "import", "--json")
+    assert res.code == 0, res
+    moved = json.loads(res.out)["tasks"]
+    assert sorted(moved["moved"]) == sorted(before) and moved["left"] == 0
+    assert Spool(home / "spool", home / "logs").tasks() == []  # gone from the spool
+    inside = {t["id"]: t for t in json.loads(run_hostctl("task", "list", "--json").out)}
+    assert sorted(inside) == sorted(before)
+    for task_id, task in before.items():
+        doc = inside[task_id]
+        assert (doc["type"], doc["context"], doc["priority"], doc["options"]) == (
+            task.envelope.type, task.envelope.context, task.envelope.priority,
+            dict(task.envelope.options))
+        assert doc["status"] == Status.QUEUED.label
+    due = json.loads(run_hostctl("task", "show", later, "--json").out)["due"]
+    assert due == before[later].to_json()["due"]  # still an hour away, not due now
+    again = json.loads(run_hostctl("cluster", "import", "--json").out)["tasks"]
+    assert again == {"moved": [], "already": [], "left": 0}
+    # the cluster's worker runs them, the deferred one at its time
+    assert run_hostctl("wait-queue", "--once").code == 0
+    statuses = {t["id"]: t["status"] for t in
+                json.loads(run_hostctl("task", "list", "--json").out)}
+    assert statuses == {spool_ids[0]: "success", spool_ids[1]: "success", later: "queued"}
+
+
+def _claim_from_spool(home: Path, out: Any) -> None:
+    from hostctl.queues.spool import Spool
+
+    spool = Spool(home / "spool", home / "logs")
+    taken: list[str] = []
+    for _ in range(400):
+        for claim in spool.claim(limit=3):
+            taken.append(claim.task.id)
+            claim.append("start", attempt=1)
+            spool.finish(claim, "success")
+            if len(taken) == 1:
+                out.send("started")
+        time.sleep(0.005)
+    out.send(taken)
+
+
+def test_an_import_racing_a_spool_worker_moves_or_leaves_each_task_once(
+        run_hostctl, home: Path, tmp_path: Path, dsn: str) -> None:
+    import multiprocessing
+
+    from hostctl.queues.model import Envelope, Status, new_id
+    from hostctl.queues.spool import Spool
+    from hostctl.times import utc_iso
+
+    save_topology(run_hostctl, home, tmp_path / "www")
+    spool = Spool(home / "spool", home / "logs")
+    ids = {spool.publish(Envelope(new_id(), "verify", f"@s{n % 9}.example", {}, {}, 5,
+                                  utc_iso()), dedup=False)[0] for n in range(300)}
+    in_cluster(home, dsn)
+    assert run_hostctl("cluster", "init").code == 0
+    ctx = multiprocessing.get_context("fork")
+    r, w = ctx.Pipe(duplex=False)
+    racer = ctx.Process(target=_claim_from_spool, args=(home, w))
+    racer.start()
+    assert r.poll(60) and r.recv() == "started"
+    moved: set[str] = set()
+    for _ in range(3):
+        res = run_hostctl("cluster", "import", "--json")
+        assert res.code == 0, res
+        moved |= set(json.loads(res.out)["tasks"]["moved"])
+    assert r.poll(120)
+    ran = set(r.recv())
+    racer.join(30)
+    left = {t.id for t in spool.tasks((Status.QUEUED,))}
+    assert not (moved & ran) and not (moved & left)  # none in two places
+    assert moved | ran | left == ids  # none lost
+    assert moved and ran  # a real race: each side took some
+    inside = {t["id"] for t in json.loads(run_hostctl("task", "list", "--json").out)}
+    assert inside == moved
+
+
+def test_a_wait_queue_whose_home_joins_a_cluster_hands_over(home: Path, dsn: str,
+                                                           procs: Any) -> None:
+    from runnerhelpers import hostctl_log, wait_exit, wait_for
+
+    write_config(home, {})
+    proc = procs.start("wait-queue", "--housekeeping-every", "0.2")
+    wait_for(lambda: f"wait-queue {proc.pid} started" in hostctl_log(home), 30,
+             "wait-queue to start")
+    in_cluster(home, dsn)
+    assert wait_exit(proc, 30, "wait-queue") == 0
+    assert "the home's cluster changed; exiting" in hostctl_log(home)
+
+
+def test_a_host_that_runs_no_tasks_leaves_them_to_the_servers(run_hostctl, home: Path,
+                                                             tmp_path: Path,
+                                                             dsn: str) -> None:
+    """A front end's host ([cluster] run_tasks = false): its wait-queue admits and runs
+    the periodic queues, and takes no task of any server."""
+    save_topology(run_hostctl, home, tmp_path / "www")
+    write_config(home, {"cluster": {"dsn": dsn, "run_tasks": False}})
+    assert run_hostctl("cluster", "init").code == 0
+    assert run_hostctl("cluster", "import").code == 0
+    task_id = run_hostctl("task", "add", "verify", "@a.example").out.strip()
+    assert run_hostctl("wait-queue", "--once").code == 0
+    assert json.loads(run_hostctl("task", "show", task_id, "--json").out)["status"] == \
+        "queued"
+    server = tmp_path / "web"
+    write_config(server, {"cluster": {"dsn": dsn, "server": "@srv"}})
+    assert run_hostctl("--home", str(server), "wait-queue", "--once").code == 0
+    assert json.loads(run_hostctl("task", "show", task_id, "--json").out)["status"] == \
+        "success"
+    bad = tmp_path / "bad"
+    write_config(bad, {"cluster": {"dsn": dsn, "run_tasks": "no"}})
+    res = run_hostctl("--home", str(bad), "task", "list")
+    assert res.code != 0 and "run_tasks must be true or false" in res.err, res
+
+
+@pytest.mark.parametrize(("server", "says"), [
+    ("@nope", "no context"),
+    ("@plat", "is a platform, not a server"),
+    ("Bad Name", "invalid context name"),
+])
+def test_a_worker_for_a_server_that_is_not_one_is_refused(run_hostctl, home: Path,
+                                                          tmp_path: Path, dsn: str,
+                                                          server: str, says: str) -> None:
+    save_topology(run_hostctl, home, tmp_path / "www")
+    in_cluster(home, dsn)
+    assert run_hostctl("cluster", "init").code == 0
+    assert run_hostctl("cluster", "import").code == 0
+    for argv in (["wait-queue", "--once", "--server", server],
+                 ["dispatch", "--server", server]):
+        res = run_hostctl(*argv)
+        assert res.code != 0 and says in res.err, (argv, res)
+        assert len(res.err.strip().splitlines()) == 1, res.err
+
+
+def test_a_task_run_by_hand_on_another_servers_host_is_refused(run_hostctl, home: Path,
+                                                               tmp_path: Path,
+                                                               dsn: str) -> None:
+    save_topology(run_hostctl, home, tmp_path / "www")
+    in_cluster(home, dsn)
+    assert run_hostctl("cluster", "init").code == 0
+    assert run_hostctl("cluster", "import").code == 0
+    assert run_hostctl("provision-save", "@other", "--context_type", "server").code == 0
+    elsewhere = tmp_path / "other"
+    write_config(elsewhere, {"cluster": {"dsn": dsn, "server": "@other"}})
+    res = run_hostctl("--home", str(elsewhere), "provision-verify", "@a.example")
+    assert res.code != 0, res
+    assert "@a.example is served by @srv, and this host is @other" in res.err, res
+    assert json.loads(run_hostctl("task", "list", "--json").out) == []  # nothing queued
+    here = tmp_path / "srv"
+    write_config(here, {"cluster": {"dsn": dsn, "server": "@srv"}})
+    ok = run_hostctl("--home", str(here), "provision-verify", "@a.example")
+    assert ok.code == 0, ok

@@ -66,6 +66,10 @@ def test_a_site_value_not_of_its_kind_is_refused_and_nothing_changes(
     ("http_port", "0"),
     ("db_port", "65536"),
     ("remote_host", "under_score.example"),
+    ("ip_addresses", "fe80::"),  # link-local: bound only with an interface
+    ("ip_addresses", "127.0.0.1,fe80::1"),
+    ("ip_addresses", "ff02::1"),  # multicast
+    ("ip_addresses", "224.0.0.1"),
 ])
 def test_a_server_value_not_of_its_kind_is_refused(run_hostctl, home: Path, sites: Path,
                                                     field: str, value: str) -> None:

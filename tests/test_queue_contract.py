@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pghelpers import new_database
 from queueproxy import NotInTheInterface, OnlyQueue, members
 from runnerhelpers import save_sites, sh_task
 from taskhelpers import write_config
@@ -28,34 +29,40 @@ from hostctl.errors import Conflict, InvalidInput, NotFound
 from hostctl.paths import Paths
 from hostctl.queues.backend import QueueBackend, TaskClaim
 from hostctl.queues.model import Envelope, Policy, Status, new_id, utc_iso
+from hostctl.queues.pgqueue import PgQueue
 from hostctl.queues.spool import Spool
 from hostctl.runners import lifecycle as ops
 from hostctl.runners.daemon import WaitQueue, drain_once
 from hostctl.runners.dispatcher import Dispatcher, pause, resume
 from hostctl.runners.home import Home
 
-#: name -> a function that opens a handle on the queue kept under a folder
-IMPLEMENTATIONS: dict[str, Callable[[Path], Any]] = {
-    "spool": lambda where: Spool(where / "spool", where / "logs"),
+#: name -> a function that opens a handle on the queue kept under a folder (the local
+#: part: the spool, or a cluster host's drop box) and, for the cluster, in a database
+IMPLEMENTATIONS: dict[str, Callable[[Path, str], Any]] = {
+    "spool": lambda where, _dsn: Spool(where / "spool", where / "logs"),
+    "postgresql": lambda where, dsn: PgQueue(dsn, where / "spool", where / "logs"),
 }
 
 
 class Queue:
     """A backend under test: ``q`` and ``other`` are two handles on one queue."""
 
-    def __init__(self, opener: Callable[[Path], Any], where: Path) -> None:
-        self.opener, self.where = opener, where
+    def __init__(self, opener: Callable[[Path, str], Any], where: Path, dsn: str) -> None:
+        self.opener, self.where, self.dsn = opener, where, dsn
         self.q = self.open()
         self.other = self.open()
         self.q.ensure()
 
     def open(self) -> Any:
-        return OnlyQueue(self.opener(self.where))
+        return OnlyQueue(self.opener(self.where, self.dsn))
 
 
 @pytest.fixture(params=sorted(IMPLEMENTATIONS))
 def queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Queue]:
-    yield Queue(IMPLEMENTATIONS[request.param], tmp_path)
+    dsn = ""
+    if request.param == "postgresql":
+        dsn = new_database(request.getfixturevalue("pg_server"), "queue", init=True)
+    yield Queue(IMPLEMENTATIONS[request.param], tmp_path, dsn)
 
 
 def env(context: str = "@a.example", type_: str = "verify", priority: int = 5,
@@ -77,7 +84,7 @@ def start(q: Any, claim: TaskClaim) -> None:
 
 def test_every_implementation_has_every_call() -> None:
     for name, opener in IMPLEMENTATIONS.items():
-        assert isinstance(opener(Path("/nonexistent")), QueueBackend), name
+        assert isinstance(opener(Path("/nonexistent"), "dbname=none"), QueueBackend), name
     assert {"publish", "claim", "heartbeat", "finish", "defer", "cancel_queued",
             "request_cancel", "retry", "pause", "tasks", "get", "read_log", "workers",
             "leader", "read_record", "write_record"} <= members(QueueBackend)
@@ -269,6 +276,16 @@ def test_a_foreground_task_is_published_already_claimed(queue: Queue) -> None:
     assert queue.other.get(e.id).status is Status.SUCCESS
 
 
+def test_a_claim_is_ended_through_another_handle_of_its_process(queue: Queue) -> None:
+    """provision-TYPE publishes through the home's queue and runs through its worker's."""
+    second = queue.open()  # this process, another handle (the spool: another object)
+    c = queue.q.publish_claimed(e := env(), wait=True)
+    start(second, c)
+    second.heartbeat(c)
+    second.finish(c, "success")
+    assert queue.other.get(e.id).status is Status.SUCCESS
+
+
 def test_a_tasks_log_is_written_while_held_and_read_by_anyone(queue: Queue) -> None:
     queue.q.publish(e := env())
     c = claim_one(queue.q)
@@ -332,7 +349,13 @@ def test_a_dead_workers_registration_is_reported_then_forgotten(queue: Queue) ->
     assert [w.alive for w in queue.q.workers()] == [True]
     proc.kill()
     proc.join(30)
-    assert [w.alive for w in queue.q.workers()] == [False]
+    # the spool knows at once (a flock goes with its process); a database server learns
+    # that a client's connection closed a moment later
+    deadline = time.monotonic() + 10
+    while (seen := [w.alive for w in queue.q.workers()]) == [True]:
+        assert time.monotonic() < deadline, "the dead worker still shows as alive"
+        time.sleep(0.02)
+    assert seen == [False]
     assert queue.q.workers() == []
 
 
@@ -373,8 +396,8 @@ def test_a_watch_wakes_on_a_publish_from_elsewhere(queue: Queue) -> None:
         watch.close()
 
 
-def _race(opener: Callable[[Path], Any], where: Path, out: Any) -> None:
-    q = OnlyQueue(opener(where))
+def _race(opener: Callable[[Path, str], Any], where: Path, dsn: str, out: Any) -> None:
+    q = OnlyQueue(opener(where, dsn))
     done = []
     idle = 0
     while idle < 20:
@@ -397,7 +420,7 @@ def test_workers_racing_run_every_task_exactly_once(queue: Queue) -> None:
     pipes, procs = [], []
     for _ in range(4):
         r, w = ctx.Pipe(duplex=False)
-        p = ctx.Process(target=_race, args=(queue.opener, queue.where, w))
+        p = ctx.Process(target=_race, args=(queue.opener, queue.where, queue.dsn, w))
         p.start()
         pipes.append(r)
         procs.append(p)
@@ -424,16 +447,23 @@ class ProxiedHome(Home):
         return proxy
 
 
-def test_the_runners_need_nothing_but_the_interface(run_hostctl, home: Path,
-                                                    tmp_path: Path) -> None:
-    write_config(home, {
+@pytest.mark.parametrize("backend", sorted(IMPLEMENTATIONS))
+def test_the_runners_need_nothing_but_the_interface(run_hostctl, home: Path, tmp_path: Path,
+                                                    backend: str,
+                                                    request: pytest.FixtureRequest) -> None:
+    config: dict[str, Any] = {
         "tasks": {"ok": sh_task('echo "ran on $HOSTCTL_CONTEXT"'),
                   "slow": sh_task('sleep 30')},
         "queues": {"task_gc": {"frequency": 1}},
-    })
+    }
+    if backend == "postgresql":
+        config["cluster"] = {"dsn": new_database(request.getfixturevalue("pg_server"),
+                                                 "queue", init=True)}
+    write_config(home, config)
     save_sites(run_hostctl, home, ["a.example", "b.example", "c.example"])
     ProxiedHome.used = set()
     h = ProxiedHome(Paths(home))
+    assert type(h.queue._inner) is {"spool": Spool, "postgresql": PgQueue}[backend]
     added = ops.add(h, "ok", "@a.example", {}, {})
     assert added.created and added.task.status is Status.QUEUED
     assert [t.id for t in ops.list_tasks(h, "queued")] == [added.task.id]

@@ -10,22 +10,19 @@ claiming one host name exactly one wins.
 from __future__ import annotations
 
 import multiprocessing
-import os
-import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from provisionhelpers import PgCluster, start_postgres
+from pghelpers import SECRET
+from provisionhelpers import PgCluster
 
 from hostctl.contexts.pgstore import PgStore
 from hostctl.contexts.store import ContextStore, TomlStore
 from hostctl.errors import Conflict, InvalidInput, MalformedFile, NotFound
 from hostctl.paths import Paths
 from hostctl.runners import cluster
-
-SECRET = "St-" + os.urandom(8).hex()
 
 
 def members(protocol: type) -> set[str]:
@@ -44,14 +41,9 @@ class OnlyStore:
         return getattr(self._inner, name)
 
 
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PgCluster]:
-    server = start_postgres()
-    try:
-        server.psql(f"CREATE ROLE hostctl LOGIN PASSWORD '{SECRET}'")
-        yield server
-    finally:
-        server.stop()
+@pytest.fixture
+def pg(pg_server: PgCluster) -> PgCluster:
+    return pg_server
 
 
 _made = [0]
@@ -292,14 +284,6 @@ def test_a_take_that_disagrees_or_dangles_is_refused(store: Storage, pg_only: bo
     assert ("srv9" in store.other.names()) is not pg_only
 
 
-def restart(pg: PgCluster) -> None:
-    """pg_ctl restart, its server's output to its log (a pipe would never close)."""
-    res = subprocess.run([f"{pg.bindir}/pg_ctl", "-D", str(pg.base / "data"), "-l",
-                          str(pg.base / "log"), "-m", "fast", "-w", "restart"],
-                         user=pg.user, capture_output=True, text=True, timeout=120, cwd="/")
-    assert res.returncode == 0, res.stdout + res.stderr
-
-
 def test_the_database_restarted_between_calls_is_reconnected(pg: PgCluster,
                                                              tmp_path: Path) -> None:
     _made[0] += 1
@@ -309,8 +293,8 @@ def test_the_database_restarted_between_calls_is_reconnected(pg: PgCluster,
     cluster.init(dsn)
     s = PgStore(dsn)
     topology(s)
-    restart(pg)
+    pg.restart()
     assert s.get("@a.example").get("platform") == "@plat"  # read: made again, run again
-    restart(pg)
+    pg.restart()
     s.save("@a.example", {"language": "fr"})  # write: the lost connection found first
     assert PgStore(dsn).get("@a.example").get("language") == "fr"

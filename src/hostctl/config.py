@@ -127,6 +127,13 @@ class ClusterSettings(NamedTuple):
     #: the cluster's PostgreSQL, a libpq connection string or URI (docs/cluster.md);
     #: empty: this home stands alone. HOSTCTL_CLUSTER_DSN, when set, wins.
     dsn: str = ""
+    #: the server context this host is (``@web1``): its workers take the tasks routed to
+    #: it and those routed to no server; empty: every task of the cluster
+    #: (``wait-queue --server`` wins)
+    server: str = ""
+    #: false: this host's workers run no task (a front end's host: they admit its drops
+    #: into the cluster and run the periodic queues, which queue tasks for the servers)
+    run_tasks: bool = True
 
 
 CLUSTER_DSN_VAR = "HOSTCTL_CLUSTER_DSN"
@@ -158,7 +165,7 @@ def load(path: Path, fields: FieldNames) -> Config:
     config = _load_file(path, fields)
     dsn = os.environ.get(CLUSTER_DSN_VAR)
     if dsn:
-        config = replace(config, cluster=ClusterSettings(dsn))
+        config = replace(config, cluster=config.cluster._replace(dsn=dsn))
     return config
 
 
@@ -222,7 +229,18 @@ def _cluster(spec: Mapping[str, Any]) -> ClusterSettings:
     dsn = spec.get("dsn", "")
     if not isinstance(dsn, str) or "\x00" in dsn:
         raise ValueError("[cluster]: dsn must be a string (a PostgreSQL connection string)")
-    return ClusterSettings(dsn)
+    server = spec.get("server", "")
+    if not isinstance(server, str) or not _SERVER_NAME.fullmatch(server):
+        raise ValueError("[cluster]: server must name a server context, as @web1")
+    run_tasks = spec.get("run_tasks", True)
+    if not isinstance(run_tasks, bool):
+        raise ValueError("[cluster]: run_tasks must be true or false")
+    return ClusterSettings(dsn, server, run_tasks)
+
+
+#: a server's name as [cluster] server and --server give it (contexts/names.py checks the
+#: rest of the naming rules where the context is looked up)
+_SERVER_NAME = re.compile(r"(@[a-z0-9][a-z0-9._-]{0,252})?")
 
 
 def _provision(spec: Mapping[str, Any]) -> ProvisionSettings:

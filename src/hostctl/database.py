@@ -8,14 +8,14 @@ without it.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, LiteralString
 
 import psycopg
 from psycopg import conninfo as libpq
 
-from hostctl.errors import InvalidInput, OperationFailed
+from hostctl.errors import InvalidInput, OperationFailed, Unreachable
 
 CONNECT_TIMEOUT = 10
 
@@ -47,11 +47,16 @@ def open_connection(dsn: str, autocommit: bool = False) -> psycopg.Connection[An
     params = parse_dsn(dsn)
     params.setdefault("connect_timeout", str(CONNECT_TIMEOUT))
     params.setdefault("application_name", "hostctl")
+    # a server that went away without a word (a power cut, a cable) is noticed within
+    # a minute and a half rather than the system's two hours
+    for key, value in (("keepalives", "1"), ("keepalives_idle", "30"),
+                       ("keepalives_interval", "10"), ("keepalives_count", "6")):
+        params.setdefault(key, value)
     try:
         return psycopg.connect(libpq.make_conninfo("", **params), autocommit=autocommit)
     except psycopg.Error as exc:
-        raise OperationFailed(f"cannot reach the cluster's database {shown(dsn)}: "
-                              f"{said(exc, params.get('password'))}") from None
+        raise database_error(f"cannot reach the cluster's database {shown(dsn)}: "
+                             f"{said(exc, params.get('password'))}", exc) from None
 
 
 def said(exc: BaseException, password: str | None = None) -> str:
@@ -72,6 +77,35 @@ def connect(dsn: str) -> Iterator[psycopg.Connection[Any]]:
                               f"{said(exc, parse_dsn(dsn).get('password'))}") from None
 
 
+class DatabaseError(OperationFailed):
+    """A statement failed: said without the password, with its SQLSTATE kept for the
+    caller that tells a conflict (a unique key) from a failure. Made by
+    :func:`database_error`: a lost connection is a :class:`LostDatabase`."""
+
+    def __init__(self, message: str, exc: psycopg.Error) -> None:
+        super().__init__(message)
+        self.sqlstate = exc.sqlstate or ""
+
+    @property
+    def lost(self) -> bool:
+        """The connection broke, or none could be made: the same may work later."""
+        return isinstance(self, Unreachable)
+
+    @property
+    def unique_violation(self) -> bool:
+        return self.sqlstate == "23505"
+
+
+class LostDatabase(DatabaseError, Unreachable):
+    """The database could not be reached, or the connection broke on the way."""
+
+
+def database_error(message: str, exc: psycopg.Error) -> DatabaseError:
+    if isinstance(exc, psycopg.OperationalError):
+        return LostDatabase(message, exc)
+    return DatabaseError(message, exc)
+
+
 class Session:
     """One long-lived connection to the cluster's database, as a store keeps it: made on
     first use and again after it broke (a restarted server), autocommit, so that a read
@@ -79,9 +113,12 @@ class Session:
     A connection found lost is made again and a read run once more; inside a write the
     transaction is gone with it, and the write fails whole."""
 
-    def __init__(self, dsn: str, missing: str = "") -> None:
+    def __init__(self, dsn: str, missing: str = "",
+                 on_connect: Callable[[psycopg.Connection[Any]], None] | None = None) -> None:
         self.dsn = dsn
         self.missing = missing  # what to say when hostctl's tables are not there
+        #: called with each new connection (of this process), before it is used
+        self.on_connect = on_connect
         self._conn: psycopg.Connection[Any] | None = None
         self._in_write = False
         self._pid = os.getpid()
@@ -92,12 +129,30 @@ class Session:
             # closing it here would end the parent's session too
             self._conn, self._pid = None, os.getpid()
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = open_connection(self.dsn, autocommit=True)
+            conn = open_connection(self.dsn, autocommit=True)
+            if self.on_connect is not None:
+                try:
+                    self.on_connect(conn)
+                except psycopg.Error as exc:
+                    conn.close()
+                    raise self.failed(exc) from None
+                except BaseException:
+                    conn.close()
+                    raise
+            self._conn = conn
         return self._conn
 
-    def rows(self, query: LiteralString, params: tuple[Any, ...] = ()) -> list[Any]:
-        """Run one statement; its rows (none for a statement that returns none)."""
-        for again in (True, False):
+    @property
+    def forked(self) -> bool:
+        """Whether this is a forked child of the process that made the session."""
+        return self._pid != os.getpid()
+
+    def rows(self, query: LiteralString, params: tuple[Any, ...] | dict[str, Any] = (),
+             retry: bool = True) -> list[Any]:
+        """Run one statement; its rows (none for a statement that returns none). A
+        connection found lost is made again and the statement run once more, unless
+        ``retry`` is false (a write that may have been done before the loss)."""
+        for again in (True, False) if retry else (False,):
             try:
                 with self.connection().cursor() as cur:
                     cur.execute(query, params)
@@ -111,14 +166,18 @@ class Session:
         raise AssertionError("unreachable")
 
     @contextmanager
-    def transaction(self, lock: int) -> Iterator[None]:
-        """One transaction holding the advisory lock ``lock`` (a lost connection is
-        noticed, and made again, before it begins)."""
-        self.rows("SELECT 1")
+    def transaction(self, lock: int | None = None, probe: bool = True) -> Iterator[None]:
+        """One transaction, holding the advisory lock ``lock`` if given. With ``probe``,
+        a connection lost meanwhile (a restarted server) is noticed, and made again,
+        before it begins (one round trip more); without, the transaction fails whole
+        (LostDatabase) and a caller that tries again gets a new connection."""
+        if probe:
+            self.rows("SELECT 1")
         conn = self.connection()
         try:
             with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
+                if lock is not None:
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
                 self._in_write = True
                 try:
                     yield
@@ -127,12 +186,12 @@ class Session:
         except psycopg.Error as exc:
             raise self.failed(exc) from None
 
-    def failed(self, exc: psycopg.Error) -> OperationFailed:
+    def failed(self, exc: psycopg.Error) -> DatabaseError:
         if isinstance(exc, psycopg.errors.UndefinedTable) and self.missing:
-            return OperationFailed(f"the cluster's database {shown(self.dsn)} has no "
-                                   f"{self.missing}: run `hostctl cluster init`")
-        return OperationFailed(f"the cluster's database {shown(self.dsn)}: "
-                               f"{said(exc, parse_dsn(self.dsn).get('password'))}")
+            return database_error(f"the cluster's database {shown(self.dsn)} has no "
+                                  f"{self.missing}: run `hostctl cluster init`", exc)
+        return database_error(f"the cluster's database {shown(self.dsn)}: "
+                              f"{said(exc, parse_dsn(self.dsn).get('password'))}", exc)
 
     def close(self) -> None:
         if self._conn is not None:

@@ -71,6 +71,11 @@ class OperationFailed(HostctlError):
     exit_status = ExitStatus.ERROR
 
 
+class Unreachable(OperationFailed):
+    """A service that hostctl itself needs cannot be reached now (the cluster's database
+    restarting, say): what waits for it is tried again later, and fails for it never."""
+
+
 class ProblemsFound(HostctlError):
     """A check (``hostctl doctor``) found problems that are still there."""
 

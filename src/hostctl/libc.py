@@ -48,3 +48,46 @@ def rename_noreplace(src: Path, dst: Path) -> None:
     if os.path.lexists(dst):
         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
     os.rename(src, dst)
+
+
+_TFD_NONBLOCK = os.O_NONBLOCK
+_TFD_CLOEXEC = os.O_CLOEXEC
+_CLOCK_MONOTONIC = 1
+
+
+class Timer:
+    """A timerfd: a descriptor that turns readable once a set time has passed, to sleep
+    on beside others (``select``, ``epoll``)."""
+
+    def __init__(self) -> None:
+        fd = libc().timerfd_create(_CLOCK_MONOTONIC, _TFD_NONBLOCK | _TFD_CLOEXEC)
+        if fd < 0:
+            raise OSError(last_errno(), "timerfd_create failed")
+        self.fd = int(fd)
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def arm(self, seconds: float) -> None:
+        """Readable once, ``seconds`` from now (0: never, the timer is disarmed)."""
+        import ctypes
+
+        whole = int(seconds)
+        nanos = int((seconds - whole) * 1e9)
+        if seconds > 0 and whole == 0 and nanos == 0:
+            nanos = 1
+        # struct itimerspec {struct timespec it_interval, it_value}: four longs on Linux
+        spec = (ctypes.c_long * 4)(0, 0, whole, nanos)
+        if libc().timerfd_settime(self.fd, 0, spec, None) != 0:
+            raise OSError(last_errno(), "timerfd_settime failed")
+
+    def drain(self) -> None:
+        try:
+            os.read(self.fd, 8)
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

@@ -36,6 +36,17 @@ from hostctl.libc import libc
 _PR_SET_PDEATHSIG = 1
 
 
+#: where two hosts of a cluster share a host name (containers made from one image), each
+#: is given its own here
+HOST_NAME_VAR = "HOSTCTL_HOST_NAME"
+
+
+def host_name() -> str:
+    """The name of this host, as a task's events record where it ran: the kernel's
+    (``uname -n``), unless HOSTCTL_HOST_NAME says otherwise."""
+    return os.environ.get(HOST_NAME_VAR) or os.uname().nodename
+
+
 def die_with_parent(parent: int) -> None:
     """In a freshly forked child of ``parent``: own session, and SIGKILL when the parent
     dies. A parent that died before the death signal was set (between the fork and the

@@ -1,0 +1,1332 @@
+"""The cluster's queue: tasks as procrastinate jobs in PostgreSQL, for every host at once.
+
+Each task is one row of procrastinate's ``procrastinate_jobs``, which carries what the
+engine enforces for every host of the cluster:
+
+    queue_name     the server the task is routed to (its context's server, see
+                   runners/home.py), or ``hostctl`` for a task on no server
+    task_name      the task's type
+    priority       0 to 9, higher first
+    lock           the context: procrastinate's unique index lets one job per lock be
+                   ``doing`` at a time, on whichever host it runs
+    queueing_lock  the de-duplication key of a task queued with de-duplication: one such
+                   job ``todo`` at a time
+    scheduled_at   a delayed or deferred task's due time
+    status         todo (queued or deferred), doing (claimed), succeeded, failed,
+                   cancelled, aborted (a cancelled run)
+
+and one row of hostctl's ``hostctl_tasks`` (same transaction), which keeps what the spool's
+task file keeps: the submission and its events as JSON lines (``body``, appended, never
+rewritten), who holds the claim (``owner``) and until when (``lease_until``), and why a
+task was set aside. A task's log is ``hostctl_task_logs``, line blocks in order, each
+insert announced on ``hostctl_log_ID`` for whoever follows it.
+
+Jobs are enqueued with procrastinate's ``procrastinate_defer_jobs_v1`` and ended with its
+``procrastinate_finish_job_v1``, ``procrastinate_retry_job_v2`` and
+``procrastinate_cancel_job_v1``. The fetch is hostctl's own statement over the same table
+(procrastinate's cannot pass over the contexts a worker already runs, and counts a
+delayed job as holding its lock): the first ready job of each context, by priority then
+age, ``FOR UPDATE SKIP LOCKED``, only of this worker's queues.
+
+Owners and leases. Every process that claims registers as an owner: a row of
+``procrastinate_workers`` (its unique id, its heartbeat) and of ``hostctl_owners`` (host,
+pid, server), and a session advisory lock on its own connection, taken again whenever
+that connection is made again. A claim's owner is dead when the claim was let go, when
+its owner's row is gone, when its lease ran out, or when its owner's lock is free though
+taken since the database last started (its process, or its connection, ended). The
+owner renews each lease on ``heartbeat``; an owner that cannot renew for FENCE_AFTER
+seconds is told so (:class:`LeaseLost`) and stops the run, before the lease ends and
+another host may take it. A task whose run had processes (a ``spawn`` or a ``start`` with
+a session) is recovered only on the host that ran it, where what is left of the run can be
+stopped first, or anywhere once its lease has run out. Every write of a claim names its
+owner, so a claim taken over is fenced: its old owner's writes change nothing.
+"""
+
+from __future__ import annotations
+
+import atexit
+import errno
+import hashlib
+import json
+import logging
+import os
+import select
+import time
+import weakref
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, LiteralString, TypeVar
+
+import psycopg
+from psycopg import sql
+
+from hostctl.database import DatabaseError, Session, open_connection
+from hostctl.errors import (
+    Conflict,
+    HostctlError,
+    InvalidInput,
+    NotFound,
+    NotJudgedYet,
+    OperationFailed,
+)
+from hostctl.inotify import Inotify
+from hostctl.libc import Timer
+from hostctl.process import host_name, kill_spawned, stop_run
+from hostctl.queues.admission import Admission
+from hostctl.queues.backend import LeaseLost, TaskClaim
+from hostctl.queues.model import (
+    Counts,
+    Envelope,
+    Policy,
+    Status,
+    Task,
+    WorkerInfo,
+    backoff,
+    decode_task,
+    encode_event,
+    encode_task,
+    valid_id,
+)
+from hostctl.queues.outbox import Outbox
+from hostctl.queues.spool import Spool
+from hostctl.times import utc_iso
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SCHEMA: LiteralString = """
+CREATE TABLE hostctl_tasks (
+    id text PRIMARY KEY,
+    job_id bigint NOT NULL UNIQUE REFERENCES procrastinate_jobs (id) ON DELETE CASCADE,
+    body bytea NOT NULL,
+    owner bigint,
+    lease_until timestamptz,
+    set_aside text,
+    ended_at timestamptz
+);
+CREATE INDEX hostctl_tasks_ended ON hostctl_tasks (ended_at) WHERE ended_at IS NOT NULL;
+CREATE INDEX hostctl_tasks_owner ON hostctl_tasks (owner) WHERE owner IS NOT NULL;
+CREATE TABLE hostctl_task_logs (
+    task_id text NOT NULL REFERENCES hostctl_tasks (id) ON DELETE CASCADE,
+    seq bigserial,
+    data bytea NOT NULL,
+    PRIMARY KEY (task_id, seq)
+);
+CREATE TABLE hostctl_owners (
+    id bigint PRIMARY KEY REFERENCES procrastinate_workers (id) ON DELETE CASCADE,
+    host text NOT NULL,
+    pid integer NOT NULL,
+    server text NOT NULL DEFAULT '',
+    locked_since timestamptz NOT NULL DEFAULT now(),
+    suspected_at timestamptz,
+    registered boolean NOT NULL DEFAULT false,
+    started text NOT NULL DEFAULT '',
+    max_runtime double precision NOT NULL DEFAULT 0,
+    tasks_run integer NOT NULL DEFAULT 0
+);
+CREATE TABLE hostctl_records (
+    name text PRIMARY KEY,
+    data bytea NOT NULL
+);
+REVOKE ALL ON hostctl_tasks, hostctl_task_logs, hostctl_owners, hostctl_records
+    FROM PUBLIC"""
+
+#: the queue of a task routed to no server
+DEFAULT_QUEUE = "hostctl"
+#: a claim's lease: renewed on each heartbeat (every 30 s), taken over when it runs out
+LEASE = 120.0
+#: a write of a claim whose connection was lost is tried again for this long
+RECONNECT_FOR = 30.0
+#: an owner that could not renew a lease for this long stops the run (LeaseLost)
+FENCE_AFTER = 75.0
+#: pg_advisory_lock(OWNER_LOCKS, owner id): held by a live owner's connection ("host")
+OWNER_LOCKS = 0x686F7374
+#: pg_try_advisory_lock key of the periodic queues' leader ("hostlead")
+LEADER_LOCK = 0x686F7374_6C656164
+#: where a resume, a requeue, a cancel is announced (a publish is procrastinate's own)
+CHANNEL = "hostctl_queue"
+_PAUSED = "!paused"  # the record that pauses the cluster's queue (not a record name)
+_FINISHED = ("succeeded", "failed", "cancelled", "aborted")
+_JOB_END = {"success": "succeeded", "warning": "succeeded", "cancelled": "aborted"}
+
+_TASK_COLUMNS: LiteralString = """
+    t.id, t.body, t.set_aside,
+    CASE WHEN t.set_aside IS NOT NULL THEN 'quarantine'
+         WHEN j.status = 'todo' AND j.scheduled_at > now() THEN 'deferred'
+         WHEN j.status = 'todo' THEN 'new'
+         WHEN j.status = 'doing' THEN 'active'
+         ELSE 'done' END,
+    extract(epoch FROM j.scheduled_at)::float8"""
+_TASK_FROM: LiteralString = """
+    FROM hostctl_tasks t JOIN procrastinate_jobs j ON j.id = t.job_id"""
+
+
+def owner_alive(owner: LiteralString) -> LiteralString:
+    """SQL: the owner ``owner`` is alive, its connection holding its lock (advisory locks
+    are the database's own: another database of the server has owners of its own)."""
+    return ("""
+    EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
+            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+            AND l.classid = 1752134516 AND l.objsubid = 2 AND l.objid::bigint = """
+            + owner + ")")
+
+
+#: the owner of the claim on t is alive
+_OWNER_HELD = owner_alive("t.owner")
+
+
+def owner_gone(o: LiteralString) -> LiteralString:
+    """SQL: the owner row ``o`` is of a process whose connection ended: its lock was
+    seen free by a sweep at least SUSPECT_FOR seconds ago, and since its last connection
+    and the database's last start, and is free still. One look would not do: while a
+    server shuts down, a session that lives a moment longer sees the others' locks
+    go."""
+    return ("(" + o + ".suspected_at IS NOT NULL AND " + o + ".suspected_at > " + o +
+            ".locked_since AND " + o + ".suspected_at > pg_postmaster_start_time() AND " +
+            o + ".suspected_at < now() - interval '3 seconds' AND NOT" +
+            owner_alive(o + ".id") + ")")
+
+
+#: a sweep marks the owners whose lock is free, to be judged gone at a later sweep
+_SUSPECT: LiteralString = """
+UPDATE hostctl_owners o SET suspected_at = now()
+WHERE o.id <> %(me)s AND o.locked_since > pg_postmaster_start_time()
+  AND (o.suspected_at IS NULL OR o.suspected_at <= o.locked_since)
+  AND NOT""" + owner_alive("o.id")
+
+
+def dedup_key(env: Envelope) -> str:
+    return hashlib.sha256(repr(env.dedup_key()).encode()).hexdigest()[:32]
+
+
+def _os_error(exc: HostctlError) -> OSError:
+    """A claim's write that failed, as the worker's writes fail: an OSError (EIO; ESTALE
+    when the claim was taken over)."""
+    code = errno.ESTALE if isinstance(exc, LeaseLost) else errno.EIO
+    return OSError(code, exc.message)
+
+
+@dataclass
+class PgClaim:
+    """A task this process holds in the cluster's queue."""
+
+    task: Task
+    queue: PgQueue
+    job: int
+    size: int  # the body's length after this claim's last read or write (-1: unknown)
+    renewed: float = field(default_factory=time.monotonic)  # the last lease renewal
+    released: bool = False
+
+    def append(self, kind: str, **fields: Any) -> None:
+        """One event, fenced by this owner; a connection lost on the way is made again
+        (for up to RECONNECT_FOR seconds) and the event written once."""
+        data = encode_event(kind, **fields)
+        queue = self.queue
+
+        def attempt(again: bool) -> int | None:
+            rows = queue.db.rows(
+                "UPDATE hostctl_tasks SET body = body || %s WHERE id = %s AND owner = %s "
+                "RETURNING octet_length(body)", (data, self.task.id, queue.owner()),
+                retry=False)
+            if rows:
+                return int(rows[0][0])
+            if again and queue._wrote(self.task.id, data):
+                return None  # written before the connection broke
+            raise LeaseLost(f"task {self.task.id} is no longer this process's: it was "
+                            "taken over")
+
+        try:
+            new = queue._patiently(attempt)
+        except HostctlError as exc:
+            raise _os_error(exc) from None
+        self.size = new if new is not None and self.size >= 0 and \
+            new == self.size + len(data) else -1
+
+    def reload(self) -> Task:
+        task, size = self.queue._patiently(lambda _again: self.queue._read_one(self.task.id))
+        self.task, self.size = task, size
+        return task
+
+    def grew(self) -> bool:
+        if self.size < 0:
+            return True
+        rows = self.queue._patiently(lambda _again: self.queue.db.rows(
+            "SELECT octet_length(body) FROM hostctl_tasks WHERE id = %s", (self.task.id,)))
+        return not rows or int(rows[0][0]) != self.size
+
+    def release(self) -> None:
+        """Let go: the task's owner is none, and a sweep recovers it. Where the database
+        cannot be told now, it is told at this queue's next claim or sweep (until then
+        the claim is still this live owner's, and no sweep would take it)."""
+        if self.released:
+            return
+        self.released = True
+        self.queue._claims.discard(self.task.id)
+        self.queue._unreleased.add(self.task.id)
+        self.queue._settle()
+
+
+class PgLog:
+    """A running task's log, in the database: each write one row, announced to followers;
+    what could not be written (the database away for a moment) is written with the next
+    write, and the close says so if it still cannot."""
+
+    def __init__(self, queue: PgQueue, task_id: str) -> None:
+        self.queue, self.task_id = queue, task_id
+        self.pending = b""
+        self.written = False
+
+    def write(self, data: bytes) -> None:
+        """The first write (the worker's header, before the task's command starts) waits
+        for the second (the command's first output) or the close: one round trip less
+        between a claim and its command."""
+        self.pending += data
+        if self.written:
+            self.flush(raise_after=1 << 20)
+        self.written = True
+
+    def flush(self, raise_after: int = 0) -> None:
+        """Write what is pending; kept for the next write while the database is away,
+        up to ``raise_after`` bytes (0: try for RECONNECT_FOR seconds, then fail)."""
+        if not self.pending:
+            return
+
+        def insert(_again: bool) -> None:
+            # a row whose answer was lost may be written twice: a log line repeated is
+            # better than one lost
+            self.queue.db.rows(
+                "WITH line AS (INSERT INTO hostctl_task_logs (task_id, data) "
+                "VALUES (%s, %s)) SELECT pg_notify('hostctl_log_' || %s, '')",
+                (self.task_id, self.pending, self.task_id), retry=False)
+
+        try:
+            if raise_after:
+                insert(False)
+            else:
+                self.queue._patiently(insert)
+        except HostctlError as exc:
+            if len(self.pending) >= raise_after:
+                self.pending = b""
+                raise OSError(errno.EIO, exc.message) from None
+            return
+        self.pending = b""
+
+    def close(self) -> None:
+        self.flush()
+
+
+class Registration:
+    """A long-lived worker's entry among the cluster's workers (its owner row)."""
+
+    def __init__(self, queue: PgQueue) -> None:
+        self.queue = queue
+
+    def update(self, tasks_run: int) -> None:
+        self.queue.db.rows(
+            "WITH beat AS (SELECT procrastinate_update_heartbeat_v1(%s)) "
+            "UPDATE hostctl_owners SET tasks_run = %s, registered = true WHERE id = %s",
+            (self.queue.owner(), tasks_run, self.queue.owner()))
+
+    def close(self) -> None:
+        with suppress(HostctlError):
+            self.queue.db.rows("UPDATE hostctl_owners SET registered = false WHERE id = %s",
+                               (self.queue.owner(),))
+
+
+class PgWatch:
+    """What a worker sleeps on: LISTEN on its queues' channels, inotify on the local drop
+    box. One descriptor (an epoll of its own), so the connection can be made again under
+    it: while the database cannot be reached, a timer wakes the sleeper each second to try."""
+
+    def __init__(self, dsn: str, channels: list[str], incoming: Path | None) -> None:
+        self.dsn, self.channels = dsn, channels
+        self.poll = select.epoll()
+        self.timer = Timer()
+        self.poll.register(self.timer, select.EPOLLIN)
+        self.inotify: Inotify | None = None
+        if incoming is not None:
+            with suppress(OSError):
+                self.inotify = Inotify([incoming])
+                self.poll.register(self.inotify, select.EPOLLIN)
+        self.conn: psycopg.Connection[Any] | None = None
+        self.conn_fd = -1
+        self._connect()
+
+    def _connect(self) -> None:
+        try:
+            conn = open_connection(self.dsn, autocommit=True)
+            for channel in self.channels:
+                conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+            fd = conn.fileno()
+        except (HostctlError, psycopg.Error) as exc:
+            log.debug("no LISTEN connection: %s", exc)
+            self.timer.arm(1.0)
+            return
+        self.conn, self.conn_fd = conn, fd
+        self.poll.register(fd, select.EPOLLIN)
+        self.timer.arm(0)
+
+    def fileno(self) -> int:
+        return self.poll.fileno()
+
+    def drain(self) -> object:
+        self.timer.drain()
+        if self.inotify is not None:
+            self.inotify.drain()
+        if self.conn is None:
+            self._connect()
+            return None
+        try:
+            for _ in self.conn.notifies(timeout=0):
+                pass
+        except psycopg.Error:
+            self._drop()
+            self._connect()
+        return None
+
+    def _drop(self) -> None:
+        if self.conn is not None:
+            with suppress(OSError, ValueError):
+                self.poll.unregister(self.conn_fd)
+            with suppress(psycopg.Error):
+                self.conn.close()
+            self.conn, self.conn_fd = None, -1
+
+    def close(self) -> None:
+        self._drop()
+        if self.inotify is not None:
+            self.inotify.close()
+        self.timer.close()
+        self.poll.close()
+
+
+class PgQueue:
+    """The cluster's queue (see the module docstring).
+
+    ``route`` names the queue a task goes to (its server); ``queues`` are the queues this
+    process takes tasks from (None: all); ``root`` is the local spool of this host, for
+    what stays on it: the front ends' drop box, the receipts, the results of tasks run
+    here."""
+
+    def __init__(self, dsn: str, root: Path, logs: Path, *,
+                 route: Callable[[Envelope], str] | None = None,
+                 queues: Collection[str] | None = None, server: str = "") -> None:
+        self.dsn = dsn
+        self.root = root
+        self.logs = logs
+        self.route = route or (lambda _env: DEFAULT_QUEUE)
+        self.queues = sorted(set(queues)) if queues is not None else None
+        self.server = server
+        self.host = host_name()
+        self.db = Session(dsn, "task tables", on_connect=self._on_connect)
+        self.local = Spool(root, logs)  # the drop box, the receipts, rejected drops
+        self.outbox = Outbox(root / "outbox")
+        self._admission = Admission(self, self.outbox)
+        self._owner: int | None = None
+        self._owner_pid = 0
+        self._claims: set[str] = set()  # ids of the tasks this owner holds
+        self._unreleased: set[str] = set()  # let go, the database not told yet
+        self._resync = False  # the connection was made again since the last _settle
+        self._unjudged: tuple[object, set[str]] = (None, set())
+        self._said: set[str] = set()
+        self._ready = False
+
+    # -- owner: this process, as the holder of claims ---------------------------------
+
+    def owner(self) -> int:
+        """This process's owner id, registered on first use."""
+        if self._owner is None or self._owner_pid != os.getpid():
+            self._owner, self._claims = None, set()
+            self._owner_pid = os.getpid()
+            conn = self.db.connection()  # its lock is taken by _on_connect from now on
+            try:
+                row = conn.execute(
+                    "INSERT INTO hostctl_owners (id, host, pid, server) SELECT worker_id, "
+                    "%s, %s, %s FROM procrastinate_register_worker_v1() RETURNING id",
+                    (self.host, os.getpid(), self.server)).fetchone()
+                assert row is not None
+                conn.execute("SELECT pg_advisory_lock(%s, %s::int)", (OWNER_LOCKS, row[0]))
+            except psycopg.Error as exc:
+                raise self.db.failed(exc) from None
+            self._owner = int(row[0])
+            _OWNERS.add(self)
+        return self._owner
+
+    def _on_connect(self, conn: psycopg.Connection[Any]) -> None:
+        """A connection made again (the database restarted, the network broke): this
+        owner's lock is taken again first, then its row says since when. An owner whose
+        row was removed meanwhile (it looked dead) starts again as a new owner; what it
+        held is no longer its own."""
+        if self._owner is None or self._owner_pid != os.getpid():
+            return
+        deadline = time.monotonic() + 10
+        while not conn.execute("SELECT pg_try_advisory_lock(%s, %s::int)",
+                               (OWNER_LOCKS, self._owner)).fetchone()[0]:  # type: ignore[index]
+            if time.monotonic() > deadline:
+                raise OperationFailed("cannot take this worker's lock back")
+            time.sleep(0.05)  # a sweep looks at it this moment
+        alive = conn.execute("UPDATE hostctl_owners SET locked_since = now() WHERE id = %s "
+                             "RETURNING id", (self._owner,)).fetchone()
+        if alive is None:
+            conn.execute("SELECT pg_advisory_unlock(%s, %s::int)", (OWNER_LOCKS, self._owner))
+            self._owner, self._claims = None, set()
+        self._resync = True  # a claim made as the connection broke may be ours unknown
+
+    def _patiently(self, attempt: Callable[[bool], T]) -> T:
+        """``attempt(again)``, again while the database's connection is lost (a restart,
+        a network cut), for up to RECONNECT_FOR seconds; ``again`` tells the attempt
+        that an earlier one may have been done before the loss."""
+        deadline = time.monotonic() + RECONNECT_FOR
+        pause, again = 0.1, False
+        while True:
+            try:
+                return attempt(again)
+            except DatabaseError as exc:
+                if not exc.lost or time.monotonic() + pause > deadline:
+                    raise
+                if not again:
+                    log.warning("%s: trying again", exc.message)
+            again = True
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
+    def _wrote(self, task_id: str, data: bytes) -> bool:
+        """Whether the task's body ends with ``data`` (a write whose answer was lost)."""
+        rows = self.db.rows("SELECT body FROM hostctl_tasks WHERE id = %s", (task_id,))
+        return bool(rows) and bytes(rows[0][0]).endswith(data)
+
+    def _settle(self) -> None:
+        """Tell the database of the claims let go while it could not be told; after a
+        connection was made again, let go of what the database says this owner holds
+        and this process does not know of (a claim whose answer the break lost: a sweep
+        queues it again, as claimed but never started)."""
+        for task_id in sorted(self._unreleased):
+            try:
+                self.db.rows("UPDATE hostctl_tasks SET owner = NULL WHERE id = %s AND "
+                             "owner = %s", (task_id, self.owner()))
+            except HostctlError:
+                return
+            self._unreleased.discard(task_id)
+        if self._resync and self._owner is not None:
+            try:
+                self.db.rows("UPDATE hostctl_tasks SET owner = NULL WHERE owner = %s AND "
+                             "NOT (id = ANY(%s::text[]))", (self._owner, sorted(self._claims)))
+            except HostctlError:
+                return
+            self._resync = False
+
+    def unregister(self) -> None:
+        """Leave the owners (a clean exit): what this process still holds is let go."""
+        if self._owner is None or self._owner_pid != os.getpid() or self.db.forked:
+            return
+        with suppress(HostctlError):
+            self.db.rows("UPDATE hostctl_tasks SET owner = NULL WHERE owner = %s",
+                         (self._owner,))
+            self.db.rows("SELECT procrastinate_unregister_worker_v1(%s)", (self._owner,))
+        self._owner = None
+        self.db.close()
+
+    # -- set-up -----------------------------------------------------------------------
+
+    def ensure(self) -> None:
+        if self._ready:
+            return
+        self.local.ensure()
+        self.db.rows("SELECT 1 FROM hostctl_tasks LIMIT 0")
+        self._ready = True
+
+    def dir(self, name: str) -> Path:
+        return self.local.dir(name)
+
+    # -- publish ----------------------------------------------------------------------
+
+    def publish(self, env: Envelope, delay: float = 0.0,
+                dedup: bool = True) -> tuple[str, bool]:
+        key = dedup_key(env) if dedup else None
+        for _ in range(10):
+            try:
+                with self.db.transaction():
+                    if key is not None:
+                        rows = self.db.rows(
+                            "SELECT t.id" + _TASK_FROM + " WHERE j.queueing_lock = %s "
+                            "AND j.status = 'todo' AND t.set_aside IS NULL", (key,))
+                        if rows:
+                            return str(rows[0][0]), False
+                    self._insert(env, delay, key)
+                return env.id, True
+            except DatabaseError as exc:
+                if not exc.unique_violation:
+                    raise
+                if self._exists(env.id):
+                    raise Conflict(f"a task with id {env.id} already exists") from None
+                # an identical task was queued this moment by another host: look again
+        raise OperationFailed("cannot queue the task: its de-duplication key stays taken")
+
+    def _insert(self, env: Envelope, delay: float, key: str | None,
+                owner: int | None = None) -> int:
+        """The job and the task, in the caller's transaction; the job's id."""
+        rows = self.db.rows(
+            "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW(%s, %s, %s, %s, %s, "
+            "%s::jsonb, CASE WHEN %s > 0 THEN now() + make_interval(secs => %s) END"
+            ")]::procrastinate_job_to_defer_v1[]))",
+            (self.route(env)[:128], env.type[:128], env.priority, env.context, key,
+             json.dumps({"task": env.id}), delay, delay))
+        job = int(rows[0][0])
+        if owner is not None:
+            self.db.rows("UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s "
+                         "WHERE id = %s", (owner, job))
+        self.db.rows("INSERT INTO hostctl_tasks (id, job_id, body, owner, lease_until) "
+                     "VALUES (%s, %s, %s, %s, CASE WHEN %s::bigint IS NOT NULL THEN now() "
+                     "+ make_interval(secs => %s) END)",
+                     (env.id, job, env.encode(), owner, owner, LEASE))
+        return job
+
+    def adopt(self, task: Task) -> bool:
+        """Queue a task moved from another queue (a home's spool, by ``cluster import``)
+        with its history, its id and, if deferred, its due time; False when a task of
+        that id is here already (moved before)."""
+        due = task.due if task.state == "deferred" and task.due else 0.0
+        delay = max(0.0, due - time.time()) if due else 0.0
+        try:
+            with self.db.transaction():
+                job = self._insert(task.envelope, delay, None)
+                self.db.rows("UPDATE hostctl_tasks SET body = %s WHERE job_id = %s",
+                             (encode_task(task), job))
+        except DatabaseError as exc:
+            if exc.unique_violation and self._exists(task.id):
+                return False
+            raise
+        return True
+
+    def _exists(self, task_id: str) -> bool:
+        return bool(self.db.rows("SELECT 1 FROM hostctl_tasks WHERE id = %s", (task_id,)))
+
+    def publish_claimed(self, env: Envelope, wait: bool = True) -> PgClaim:
+        owner = self.owner()
+        pause = 0.02
+        while True:
+            try:
+                with self.db.transaction():
+                    job = self._insert(env, 0.0, None, owner)
+            except DatabaseError as exc:
+                if not exc.unique_violation:
+                    raise
+                if self._exists(env.id):
+                    raise Conflict(f"a task with id {env.id} already exists") from None
+                if not wait:
+                    raise BlockingIOError(errno.EWOULDBLOCK,
+                                          f"a task runs on {env.context}") from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.5)
+                continue
+            self._claims.add(env.id)
+            task, size = self._read_one(env.id)
+            return PgClaim(task, self, job, size)
+
+    def context_busy(self, context: str) -> bool:
+        return bool(self.db.rows("SELECT 1 FROM procrastinate_jobs WHERE lock = %s AND "
+                                 "status = 'doing'", (context,)))
+
+    # what admission (admission.py) needs of the queue it admits into
+
+    def stored(self, task_id: str) -> tuple[bool, Envelope | None]:
+        rows = self.db.rows("SELECT body FROM hostctl_tasks WHERE id = %s", (task_id,))
+        if not rows:
+            return False, None
+        try:
+            return True, decode_task(bytes(rows[0][0]), "new").envelope
+        except InvalidInput:
+            return True, None
+
+    def write_new(self, env: Envelope, delay: float) -> None:
+        try:
+            with self.db.transaction():
+                self._insert(env, delay, None)
+        except DatabaseError as exc:
+            if exc.unique_violation:
+                raise Conflict(f"a task with id {env.id} already exists") from None
+            raise
+
+    def admit(self, check: Callable[[Envelope], None]) -> list[str]:
+        return self._admission.admit(check)
+
+    def has_submissions(self) -> bool:
+        return self.local.has_submissions()
+
+    # -- reading ----------------------------------------------------------------------
+
+    def _decode(self, row: Any) -> Task:
+        task_id, body, reason, state, due = row
+        task = decode_task(bytes(body), str(state),
+                           due=float(due) if state == "deferred" and due else None)
+        if task.id != task_id:
+            raise InvalidInput(f"task row {task_id} holds task {task.id}")
+        return Task(task.envelope, task.events, task.state, "", task.due, reason or "")
+
+    def _read_one(self, task_id: str) -> tuple[Task, int]:
+        rows = self.db.rows("SELECT" + _TASK_COLUMNS + ", octet_length(t.body)" + _TASK_FROM
+                            + " WHERE t.id = %s", (task_id,))
+        if not rows:
+            raise NotFound(f"no task {task_id}")
+        return self._decode(rows[0][:5]), int(rows[0][5])
+
+    def get(self, task_id: str) -> Task:
+        if not valid_id(task_id):
+            raise InvalidInput(f"malformed task id {task_id!r} (20 hex digits)")
+        try:
+            return self._read_one(task_id)[0]
+        except InvalidInput as exc:
+            raise InvalidInput(f"task {task_id} in the cluster's database is not a "
+                               f"readable task: {exc}") from None
+
+    def tasks(self, statuses: Collection[Status] | None = None) -> list[Task]:
+        wanted = set(statuses) if statuses is not None else set(Status)
+        out = []
+        for row in self.db.rows("SELECT" + _TASK_COLUMNS + _TASK_FROM + " ORDER BY t.id"):
+            try:
+                task = self._decode(row)
+            except InvalidInput:
+                continue
+            if task.status in wanted:
+                out.append(task)
+        return out
+
+    def counts(self) -> Counts:
+        rows = self.db.rows(
+            "SELECT count(*) FILTER (WHERE t.set_aside IS NULL AND j.status = 'todo' AND "
+            "  (j.scheduled_at IS NULL OR j.scheduled_at <= now())), "
+            "count(*) FILTER (WHERE t.set_aside IS NULL AND j.status = 'todo' AND "
+            "  j.scheduled_at > now()), "
+            "count(*) FILTER (WHERE t.set_aside IS NULL AND j.status = 'doing'), "
+            "count(*) FILTER (WHERE t.set_aside IS NULL AND j.status NOT IN "
+            "  ('todo', 'doing')), "
+            "count(*) FILTER (WHERE t.set_aside IS NOT NULL)" + _TASK_FROM)
+        queued, deferred, processing, finished, quarantined = (int(n) for n in rows[0])
+        local = self.local.counts()
+        return Counts(queued=queued, deferred=deferred, processing=processing,
+                      finished=finished, incoming=local.incoming, quarantined=quarantined,
+                      rejected=local.rejected)
+
+    def set_aside(self, rejected: bool = False) -> list[tuple[str, str]]:
+        if rejected:
+            return self.local.set_aside(rejected=True)
+        return [(str(i), str(r)) for i, r in self.db.rows(
+            "SELECT id, set_aside FROM hostctl_tasks WHERE set_aside IS NOT NULL "
+            "ORDER BY id")]
+
+    def read_log(self, task_id: str, follow: bool, poll: float = 0.1) -> Iterator[bytes]:
+        self.get(task_id)  # NotFound, InvalidInput
+        return self._follow(task_id, follow, poll)
+
+    def _follow(self, task_id: str, follow: bool, poll: float) -> Iterator[bytes]:
+        seen = 0
+        listener: psycopg.Connection[Any] | None = None
+        try:
+            if follow:
+                listener = open_connection(self.dsn, autocommit=True)
+                listener.execute(sql.SQL("LISTEN {}").format(
+                    sql.Identifier(f"hostctl_log_{task_id}")))
+            while True:
+                ended = follow and self.get(task_id).status.finished
+                for seq, data in self.db.rows(
+                        "SELECT seq, data FROM hostctl_task_logs WHERE task_id = %s AND "
+                        "seq > %s ORDER BY seq", (task_id, seen)):
+                    seen = int(seq)
+                    yield bytes(data)
+                if not follow or ended:
+                    return
+                assert listener is not None
+                try:
+                    for _ in listener.notifies(timeout=max(poll, 0.5), stop_after=1):
+                        pass
+                except psycopg.Error:  # the listener broke: poll, then listen anew
+                    time.sleep(poll)
+                    listener.close()
+                    with suppress(HostctlError, psycopg.Error):
+                        listener = open_connection(self.dsn, autocommit=True)
+                        listener.execute(sql.SQL("LISTEN {}").format(
+                            sql.Identifier(f"hostctl_log_{task_id}")))
+        finally:
+            if listener is not None:
+                listener.close()
+
+    # -- what users do to tasks -------------------------------------------------------
+
+    def retry(self, task_id: str) -> Task:
+        task = self.get(task_id)
+        if not task.status.finished:
+            raise Conflict(f"task {task_id} is {task.status.label}; only a finished task "
+                           "can be retried")
+        with self.db.transaction():
+            rows = self.db.rows(
+                "UPDATE procrastinate_jobs j SET status = 'todo', scheduled_at = NULL, "
+                "worker_id = NULL, queueing_lock = NULL, abort_requested = false "
+                "FROM hostctl_tasks t WHERE t.id = %s AND j.id = t.job_id AND "
+                "(j.status NOT IN ('todo', 'doing') OR t.set_aside IS NOT NULL) "
+                "RETURNING j.id", (task_id,))
+            if not rows:
+                raise Conflict(f"task {task_id} changed meanwhile; try again")
+            self.db.rows("UPDATE hostctl_tasks SET body = body || %s, set_aside = NULL, "
+                         "ended_at = NULL, owner = NULL WHERE id = %s",
+                         (encode_event("retry"), task_id))
+        self._notify("retry")
+        return self.get(task_id)
+
+    def cancel_queued(self, task_id: str) -> Task | None:
+        with self.db.transaction():
+            jobs = self.db.rows("SELECT t.job_id" + _TASK_FROM + " WHERE t.id = %s AND "
+                                "j.status = 'todo' AND t.set_aside IS NULL FOR UPDATE OF j",
+                                (task_id,))
+            if not jobs:
+                return None
+            rows = self.db.rows("SELECT procrastinate_cancel_job_v1(%s, false, false)",
+                                (jobs[0][0],))
+            if not rows or rows[0][0] is None:
+                return None
+            self.db.rows("UPDATE hostctl_tasks SET body = body || %s || %s, ended_at = now() "
+                         "WHERE id = %s",
+                         (encode_event("cancel"), encode_event(
+                             "end", outcome="cancelled", reason="cancelled before it started"),
+                          task_id))
+        return self.get(task_id)
+
+    def request_cancel(self, task_id: str) -> Task:
+        rows = self.db.rows(
+            "UPDATE hostctl_tasks t SET body = body || %s FROM procrastinate_jobs j "
+            "WHERE t.id = %s AND j.id = t.job_id AND j.status = 'doing' RETURNING t.id",
+            (encode_event("cancel"), task_id), retry=False)
+        if not rows:
+            raise Conflict(f"task {task_id} is not processing")
+        self._notify(f"cancel {task_id}")
+        return self.get(task_id)
+
+    def _notify(self, what: str) -> None:
+        with suppress(HostctlError):
+            self.db.rows("SELECT pg_notify(%s, %s)", (CHANNEL, what))
+
+    # -- claim ------------------------------------------------------------------------
+
+    def claim(self, check: Callable[[Envelope], None] | None = None, limit: int = 1,
+              skip_contexts: set[str] | None = None) -> list[TaskClaim]:
+        """Up to ``limit`` ready tasks of this worker's queues, one per context. A task
+        ``check`` refuses is set aside with the reason; one it cannot judge yet
+        (NotJudgedYet) goes back, and is passed over until the check changes."""
+        try:
+            self.ensure()
+            self._settle()
+        except DatabaseError as exc:
+            if not exc.lost:
+                raise
+            return []  # the database is away: nothing to claim until it is back
+        if self._unjudged[0] is not check:
+            self._unjudged = (check, set())
+        waiting = self._unjudged[1]
+        skip = set(skip_contexts or ())
+        out: list[TaskClaim] = []
+        while len(out) < limit:
+            rows = sorted(self._fetch(limit - len(out), skip, waiting),
+                          key=lambda r: (-int(r[3]), int(r[1])))
+            if not rows:
+                break
+            for i, (task_id, job, body, _priority) in enumerate(rows):
+                try:
+                    claim = self._judge(str(task_id), int(job), bytes(body), check, waiting)
+                except BaseException as exc:
+                    for later_id, later_job, _body, _p in rows[i:]:
+                        with suppress(HostctlError):
+                            self._give_back(str(later_id), int(later_job))
+                    if isinstance(exc, DatabaseError) and exc.lost:
+                        return out  # the check could not read the contexts: later
+                    raise
+                if claim is not None:
+                    out.append(claim)
+                    skip.add(claim.task.envelope.context)
+        return out
+
+    def _fetch(self, limit: int, skip: set[str], waiting: set[str]) -> list[Any]:
+        for _ in range(5):
+            try:
+                owner = self.owner()
+                with self.db.transaction(probe=False):  # lost: [] now, a new one next
+                    return self.db.rows(_FETCH, {
+                        "queues": self.queues, "skip": sorted(skip),
+                        "waiting": sorted(waiting), "limit": limit, "owner": owner,
+                        "lease": LEASE}, retry=False)
+            except DatabaseError as exc:
+                if exc.lost:  # not taken, or taken by a connection gone: a sweep's
+                    return []
+                if not exc.unique_violation:  # two hosts took one context's jobs at once
+                    raise
+        return []
+
+    def _judge(self, task_id: str, job: int, body: bytes,
+               check: Callable[[Envelope], None] | None, waiting: set[str]) -> PgClaim | None:
+        try:
+            task = decode_task(body, "active")
+            if task.id != task_id:
+                raise InvalidInput(f"task row {task_id} holds task {task.id}")
+            if check is not None:
+                check(task.envelope)
+        except NotJudgedYet as exc:
+            if task_id not in waiting:
+                log.warning("task %s waits in the queue: %s (not in the configuration "
+                            "this process loaded)", task_id, exc)
+            waiting.add(task_id)
+            self._give_back(task_id, job)
+            return None
+        except InvalidInput as exc:
+            self._quarantine(task_id, job, str(exc))
+            return None
+        self._claims.add(task_id)
+        claim = PgClaim(task, self, job, len(body))
+        if task.cancel_requested:  # cancelled while queued, before it was taken
+            self.finish(claim, "cancelled", reason="cancelled before it started")
+            return None
+        return claim
+
+    def _give_back(self, task_id: str, job: int) -> None:
+        """A fetched task that did not start goes back as it was (no attempt)."""
+        self._claims.discard(task_id)
+        with self.db.transaction():
+            self.db.rows("UPDATE procrastinate_jobs SET status = 'todo', worker_id = NULL "
+                         "WHERE id = %s AND status = 'doing'", (job,))
+            self.db.rows("UPDATE hostctl_tasks SET owner = NULL, lease_until = NULL "
+                         "WHERE id = %s", (task_id,))
+
+    def _quarantine(self, task_id: str, job: int, reason: str) -> None:
+        self._claims.discard(task_id)
+        with self.db.transaction():
+            self.db.rows("SELECT procrastinate_finish_job_v1(%s, 'failed', false)", (job,))
+            self.db.rows("UPDATE hostctl_tasks SET set_aside = %s, owner = NULL, "
+                         "ended_at = now() WHERE id = %s",
+                         (" ".join(reason.split())[:2000], task_id))
+        log.warning("task %s set aside: %s", task_id, reason)
+
+    # -- the owner's side of a claim --------------------------------------------------
+
+    def open_log(self, env: Envelope) -> PgLog:
+        return PgLog(self, env.id)
+
+    def result_path(self, env: Envelope) -> str:
+        return str(self.local.dir("tmp") / f".{env.id}.result")
+
+    def started(self, claim: Any) -> None:
+        """Nothing to tell: a follower sees the ``start`` event in the task itself."""
+
+    def heartbeat(self, claim: Any) -> None:
+        """Renew the claim's lease; LeaseLost when it is no longer this process's (taken
+        over) or could not be renewed for FENCE_AFTER seconds."""
+        c = _own(claim)
+        if c.queue is not self:  # claimed through another handle: its owner renews it
+            return c.queue.heartbeat(c)
+        try:
+            rows = self.db.rows(
+                "WITH beat AS (SELECT procrastinate_update_heartbeat_v1(%s)) "
+                "UPDATE hostctl_tasks SET lease_until = now() + make_interval(secs => %s) "
+                "WHERE id = %s AND owner = %s RETURNING id",
+                (self.owner(), LEASE, c.task.id, self.owner()))
+        except HostctlError as exc:
+            if time.monotonic() - c.renewed > FENCE_AFTER:
+                raise LeaseLost(f"task {c.task.id}: its claim could not be renewed for "
+                                f"{time.monotonic() - c.renewed:.0f} s ({exc.message})"
+                                ) from None
+            raise
+        if not rows:
+            raise LeaseLost(f"task {c.task.id} is no longer this process's: it was "
+                            "taken over")
+        c.renewed = time.monotonic()
+
+    def finish(self, claim: Any, outcome: str, **fields: Any) -> None:
+        c = _own(claim)
+        if c.queue is not self:
+            return c.queue.finish(c, outcome, **fields)
+        status = _JOB_END.get(outcome, "failed")
+        self._end(c, [encode_event("end", outcome=outcome, **fields)],
+                  "SELECT procrastinate_finish_job_v1(%s, %s::procrastinate_job_status, "
+                  "false)", (c.job, status), ended=True)
+
+    def defer(self, claim: Any, delay: float, outcome: str = "retry",
+              **fields: Any) -> None:
+        c = _own(claim)
+        if c.queue is not self:
+            return c.queue.defer(c, delay, outcome, **fields)
+        due = time.time() + delay
+        self._end(c, [encode_event("end", outcome=outcome, **fields),
+                      encode_event("defer", until=utc_iso(due))],
+                  "SELECT procrastinate_retry_job_v2(%s, to_timestamp(%s), NULL, NULL, "
+                  "NULL)", (c.job, due), ended=False)
+
+    def requeue(self, claim: Any) -> None:
+        c = _own(claim)
+        if c.queue is not self:
+            return c.queue.requeue(c)
+        self._end(c, [], "UPDATE procrastinate_jobs SET status = 'todo', worker_id = NULL "
+                  "WHERE id = %s AND status = 'doing'", (c.job,), ended=False)
+
+    def _end(self, c: PgClaim, events: list[bytes], job_sql: LiteralString,
+             job_params: tuple[Any, ...], ended: bool) -> None:
+        """Record the events and move the job, in one transaction, only while the claim
+        is still this owner's; a job going back to ``todo`` whose de-duplication key an
+        identical queued task took meanwhile gives its key up (both run)."""
+        data = b"".join(events)
+
+        def attempt(again: bool) -> bool:
+            with self.db.transaction(probe=False):  # lost: tried again, patiently
+                rows = self.db.rows(
+                    "UPDATE hostctl_tasks SET body = body || %s, owner = NULL, "
+                    "lease_until = NULL, ended_at = CASE WHEN %s THEN now() END "
+                    "WHERE id = %s AND owner = %s RETURNING id",
+                    (data, ended, c.task.id, self.owner()), retry=False)
+                if not rows:
+                    if again and self._done_before(c, data):
+                        return True  # done before the connection broke
+                    raise LeaseLost(f"task {c.task.id} is no longer this process's: "
+                                    "it was taken over")
+                if not ended:
+                    self.db.rows(
+                        "UPDATE procrastinate_jobs j SET queueing_lock = NULL WHERE "
+                        "j.id = %s AND j.queueing_lock IS NOT NULL AND EXISTS (SELECT 1 "
+                        "FROM procrastinate_jobs o WHERE o.queueing_lock = "
+                        "j.queueing_lock AND o.status = 'todo' AND o.id <> j.id)",
+                        (c.job,))
+                self.db.rows(job_sql, job_params)
+            return True
+
+        for _ in range(3):
+            try:
+                self._patiently(attempt)
+            except DatabaseError as exc:
+                if exc.unique_violation:  # an identical task queued this very moment
+                    continue
+                raise
+            break
+        else:
+            raise OperationFailed(f"task {c.task.id}: cannot put it back in the queue")
+        c.released = True
+        self._claims.discard(c.task.id)
+        if not ended:
+            self._notify("requeue")
+
+    def _done_before(self, c: PgClaim, data: bytes) -> bool:
+        """Whether an end of ``c`` whose answer was lost was done: its events are the
+        body's last, and the claim is no one's."""
+        rows = self.db.rows("SELECT t.body, t.owner, j.status::text" + _TASK_FROM +
+                            " WHERE t.id = %s", (c.task.id,))
+        if not rows or rows[0][1] is not None:
+            return False
+        body, _owner, status = rows[0]
+        return bytes(body).endswith(data) if data else str(status) != "doing"
+
+    # -- recovery ---------------------------------------------------------------------
+
+    def sweep(self, policy: Callable[[Envelope], Policy],
+              now: float | None = None) -> list[str]:
+        """Recover the claims of dead owners in this worker's queues (see the module
+        docstring); forget dead owners that hold nothing."""
+        self.ensure()
+        self._settle()
+        me = self.owner()
+        notes = []
+        self.db.rows(_SUSPECT, {"me": me})
+        rows = self.db.rows(_ORPHANS, {"me": me, "queues": self.queues})
+        for task_id, body, owner, dead, expired in rows:
+            if not dead:
+                continue
+            note = self._recover(str(task_id), bytes(body), owner, bool(expired), policy)
+            if note:
+                notes.append(note)
+        with suppress(HostctlError):
+            self.db.rows(_FORGET_OWNERS, {"me": me})
+        self.promote_due(now)
+        return notes
+
+    def _recover(self, task_id: str, body: bytes, owner: int | None, expired: bool,
+                 policy: Callable[[Envelope], Policy]) -> str | None:
+        try:
+            task = decode_task(body, "active")
+        except InvalidInput as exc:
+            job = self.db.rows("SELECT job_id FROM hostctl_tasks WHERE id = %s", (task_id,))
+            if job:
+                self._quarantine(task_id, int(job[0][0]), str(exc))
+            return f"set aside task {task_id}: {exc}"
+        kinds = [str(ev.get("event")) for ev in task.events]
+        spawn, start = _last_index(kinds, "spawn"), _last_index(kinds, "start")
+        ran = task.events[max(spawn, start)] if max(spawn, start) >= 0 else {}
+        needs_host = (spawn > start) or isinstance(ran.get("pgid"), int)
+        where = ran.get("host")
+        if needs_host and where not in (None, self.host) and not expired:
+            if task_id not in self._said:
+                self._said.add(task_id)
+                log.info("task %s: its worker on %s is gone; a worker there recovers it "
+                         "(or any, once its lease runs out)", task_id, where)
+            return None
+        claim = self._take_over(task_id, owner)
+        if claim is None:
+            return None
+        env = claim.task.envelope
+        events = claim.task.events
+        last = events[-1] if events else None
+        if last is not None and last.get("event") == "end":
+            outcome = str(last.get("outcome"))
+            if outcome == "retry":
+                self._end(claim, [], "SELECT procrastinate_retry_job_v2(%s, now(), NULL, "
+                          "NULL, NULL)", (claim.job,), ended=False)
+            else:
+                self._end(claim, [], "SELECT procrastinate_finish_job_v1(%s, "
+                          "%s::procrastinate_job_status, false)",
+                          (claim.job, _JOB_END.get(outcome, "failed")), ended=True)
+            return f"completed the interrupted end of task {env.id}"
+        if spawn > start:
+            spawned = events[spawn]
+            not_before = spawned.get("not_before")
+            if isinstance(not_before, int) and not kill_spawned(env.id, not_before):
+                claim.release()
+                return (f"task {env.id}: what its dead worker started has not exited "
+                        "yet; recovered once it has")
+            claim.append("start", attempt=spawned.get("attempt"),
+                         worker=spawned.get("worker"), at=spawned.get("at"))
+            claim.reload()
+        elif start < 0 or _last_index(kinds, "end") > start:
+            self.requeue(claim)
+            return f"task {env.id} was claimed but never started: queued again"
+        started = claim.task.last("start") or {}
+        if started.get("host") in (None, self.host) and not stop_run(started):
+            claim.release()
+            return (f"task {env.id}: what is left of its run (session "
+                    f"{started.get('pgid')}) has not exited yet; recovered once it has")
+        rules = policy(env)
+        attempts = claim.task.attempt_count
+        reason = (f"its worker (pid {started.get('worker')} on "
+                  f"{started.get('host') or 'an unknown host'}) died during attempt "
+                  f"{attempts}")
+        if claim.task.cancel_requested:
+            self.finish(claim, "cancelled", reason=f"cancelled; {reason}")
+            return f"task {env.id}: {reason}; it was being cancelled"
+        if rules.rerun_on_loss and attempts < rules.max_attempts:
+            self.defer(claim, backoff(rules, attempts), outcome="lost", reason=reason)
+            return f"task {env.id}: {reason}; queued again"
+        why = (f"{reason}; a {env.type} that was cut off must be checked by a person"
+               if not rules.rerun_on_loss else
+               f"{reason}; no attempts left (max {rules.max_attempts})")
+        self.finish(claim, "lost", reason=why)
+        return f"task {env.id}: {why}"
+
+    def _take_over(self, task_id: str, owner: int | None) -> PgClaim | None:
+        """The dead owner's claim, made this owner's; None if another sweep took it."""
+        rows = self.db.rows(
+            "UPDATE hostctl_tasks t SET owner = %s, lease_until = now() + "
+            "make_interval(secs => %s) FROM procrastinate_jobs j WHERE t.id = %s AND "
+            "j.id = t.job_id AND j.status = 'doing' AND t.owner IS NOT DISTINCT FROM %s "
+            "RETURNING j.id", (self.owner(), LEASE, task_id, owner), retry=False)
+        if not rows:
+            return None
+        self._claims.add(task_id)
+        task, size = self._read_one(task_id)
+        return PgClaim(task, self, int(rows[0][0]), size)
+
+    def promote_due(self, now: float | None = None) -> int:
+        if now is None:
+            return 0  # a task is ready once its time has come: nothing to move
+        rows = self.db.rows(
+            "UPDATE procrastinate_jobs SET scheduled_at = NULL WHERE status = 'todo' AND "
+            "scheduled_at <= to_timestamp(%(now)s) AND (%(queues)s::text[] IS NULL OR "
+            "queue_name = ANY(%(queues)s)) RETURNING id",
+            {"now": now, "queues": self.queues})
+        return len(rows)
+
+    def next_due(self) -> float | None:
+        try:
+            rows = self.db.rows(
+                "SELECT extract(epoch FROM min(scheduled_at))::float8 FROM procrastinate_jobs "
+                "WHERE status = 'todo' AND scheduled_at > now() AND (%(queues)s::text[] IS "
+                "NULL OR queue_name = ANY(%(queues)s))", {"queues": self.queues})
+        except HostctlError:
+            return time.time() + 1.0  # the database is away: look again soon
+        return float(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    def watch(self) -> PgWatch:
+        channels = [CHANNEL]
+        if self.queues is None:
+            channels.append("procrastinate_any_queue_v1")
+        else:
+            channels += [f"procrastinate_queue_v1#{q}" for q in self.queues]
+        return PgWatch(self.dsn, channels, self.local.dir("incoming"))
+
+    # -- the queue as a whole ---------------------------------------------------------
+
+    def pause(self) -> None:
+        self.db.rows("INSERT INTO hostctl_records (name, data) VALUES (%s, '') "
+                     "ON CONFLICT (name) DO NOTHING", (_PAUSED,))
+
+    def resume(self) -> None:
+        self.db.rows("DELETE FROM hostctl_records WHERE name = %s", (_PAUSED,))
+        self._notify("resume")
+
+    def paused(self) -> bool:
+        try:
+            return bool(self.db.rows("SELECT 1 FROM hostctl_records WHERE name = %s",
+                                     (_PAUSED,)))
+        except HostctlError as exc:
+            if exc.message not in self._said:
+                self._said.add(exc.message)
+                log.error("%s: nothing starts until it is back", exc.message)
+            return True  # the database cannot be asked: start nothing
+
+    def running(self) -> list[str]:
+        return [str(i) for (i,) in self.db.rows(
+            "SELECT t.id" + _TASK_FROM + " WHERE j.status = 'doing' AND t.owner IS NOT NULL "
+            "AND" + _OWNER_HELD + " ORDER BY t.id")]
+
+    @contextmanager
+    def leader(self) -> Iterator[bool]:
+        rows = self.db.rows("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK,))
+        mine = bool(rows and rows[0][0])
+        try:
+            yield mine
+        finally:
+            if mine:
+                with suppress(HostctlError):
+                    self.db.rows("SELECT pg_advisory_unlock(%s)", (LEADER_LOCK,))
+
+    def read_record(self, name: str) -> bytes | None:
+        rows = self.db.rows("SELECT data FROM hostctl_records WHERE name = %s",
+                            (_record_name(name),))
+        return bytes(rows[0][0]) if rows else None
+
+    def write_record(self, name: str, data: bytes) -> None:
+        self.db.rows("INSERT INTO hostctl_records (name, data) VALUES (%s, %s) "
+                     "ON CONFLICT (name) DO UPDATE SET data = EXCLUDED.data",
+                     (_record_name(name), data))
+
+    def register_worker(self, pid: int, started: str, max_runtime: float) -> Registration:
+        owner = self.owner()
+        self.db.rows("UPDATE hostctl_owners SET registered = true, started = %s, "
+                     "max_runtime = %s, pid = %s WHERE id = %s",
+                     (started, max_runtime, pid, owner))
+        return Registration(self)
+
+    def workers(self) -> list[WorkerInfo]:
+        """The registered workers of the cluster; a dead one is listed once, then
+        forgotten."""
+        out = []
+        for owner, pid, host, started, seen, tasks_run, alive in self.db.rows(_WORKERS):
+            out.append(WorkerInfo(int(pid), str(host), str(started), utc_iso(float(seen)),
+                                  int(tasks_run), bool(alive)))
+            if not alive:
+                self.db.rows("UPDATE hostctl_owners SET registered = false WHERE id = %s",
+                             (owner,))
+        return out
+
+    def collect(self, retention_days: float, now: float, limit: int) -> int:
+        rows = self.db.rows(
+            "DELETE FROM procrastinate_jobs WHERE id IN (SELECT t.job_id FROM hostctl_tasks "
+            "t WHERE t.ended_at < to_timestamp(%s) AND t.set_aside IS NULL ORDER BY t.id "
+            "LIMIT %s) RETURNING id", (now - retention_days * 86400, limit))
+        self.local.collect(retention_days, now, 0)  # the rejected drops of this host
+        return len(rows)
+
+    def collectable(self, retention_days: float, now: float) -> int:
+        rows = self.db.rows("SELECT count(*) FROM hostctl_tasks WHERE ended_at < "
+                            "to_timestamp(%s) AND set_aside IS NULL",
+                            (now - retention_days * 86400,))
+        return int(rows[0][0])
+
+
+#: the first ready job of each context in this worker's queues, taken (see the docstring)
+_FETCH: LiteralString = """
+WITH picked AS (
+    SELECT j.id FROM procrastinate_jobs j
+    WHERE j.status = 'todo'
+      AND (%(queues)s::text[] IS NULL OR j.queue_name = ANY(%(queues)s))
+      AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())
+      AND NOT (j.lock = ANY(%(skip)s::text[]))
+      AND NOT EXISTS (
+          SELECT 1 FROM procrastinate_jobs o
+          WHERE o.lock = j.lock AND o.id <> j.id
+            AND (o.status = 'doing'
+                 OR (o.status = 'todo'
+                     AND (o.scheduled_at IS NULL OR o.scheduled_at <= now())
+                     AND (o.priority > j.priority
+                          OR (o.priority = j.priority AND o.id < j.id)))))
+      AND NOT EXISTS (SELECT 1 FROM hostctl_tasks w WHERE w.job_id = j.id
+                      AND (w.id = ANY(%(waiting)s::text[]) OR w.set_aside IS NOT NULL))
+    ORDER BY j.priority DESC, j.id
+    LIMIT %(limit)s
+    FOR UPDATE OF j SKIP LOCKED
+), taken AS (
+    UPDATE procrastinate_jobs j SET status = 'doing', worker_id = %(owner)s
+    FROM picked WHERE j.id = picked.id
+    RETURNING j.id, j.priority
+)
+UPDATE hostctl_tasks t SET owner = %(owner)s,
+    lease_until = now() + make_interval(secs => %(lease)s)
+FROM taken WHERE t.job_id = taken.id
+RETURNING t.id, t.job_id, t.body, taken.priority
+"""
+
+#: the claims in this worker's queues that are not its own, and whether their owner is
+#: dead (see the module docstring)
+_ORPHANS: LiteralString = """
+SELECT t.id, t.body, t.owner,
+       t.owner IS NULL OR o.id IS NULL OR t.lease_until IS NULL OR t.lease_until < now()
+       OR""" + owner_gone("o") + """,
+       t.lease_until IS NULL OR t.lease_until < now()
+FROM hostctl_tasks t
+JOIN procrastinate_jobs j ON j.id = t.job_id
+LEFT JOIN hostctl_owners o ON o.id = t.owner
+WHERE j.status = 'doing' AND t.set_aside IS NULL
+  AND (t.owner IS NULL OR t.owner <> %(me)s)
+  AND (%(queues)s::text[] IS NULL OR j.queue_name = ANY(%(queues)s))
+ORDER BY t.id
+"""
+
+#: owners that are gone (their lock free since the database last started, or silent for
+#: a lease), that hold no claim and are no registered worker still to be reported
+_FORGET_OWNERS: LiteralString = """
+DELETE FROM procrastinate_workers w USING hostctl_owners o
+WHERE o.id = w.id AND o.id <> %(me)s AND NOT o.registered
+  AND NOT EXISTS (SELECT 1 FROM hostctl_tasks t WHERE t.owner = o.id)
+  AND (""" + owner_gone("o") + """
+       OR (w.last_heartbeat < now() - interval '1 hour' AND NOT""" + owner_alive("o.id") + """))
+"""
+
+_WORKERS: LiteralString = """
+SELECT o.id, o.pid, o.host, o.started, extract(epoch FROM w.last_heartbeat)::float8,
+       o.tasks_run,
+      """ + owner_alive("o.id") + """
+       OR (o.locked_since <= pg_postmaster_start_time()
+           AND w.last_heartbeat > now() - interval '120 seconds')
+FROM hostctl_owners o JOIN procrastinate_workers w ON w.id = o.id
+WHERE o.registered
+ORDER BY o.host, o.pid
+"""
+
+#: every queue of this process that registered as an owner, let go at a clean exit
+_OWNERS: weakref.WeakSet[PgQueue] = weakref.WeakSet()
+
+
+@atexit.register
+def _leave() -> None:
+    for queue in list(_OWNERS):
+        queue.unregister()
+
+
+def _own(claim: Any) -> PgClaim:
+    if not isinstance(claim, PgClaim):
+        raise TypeError(f"not a cluster claim: {claim!r}")
+    return claim
+
+
+def _record_name(name: str) -> str:
+    if not name.isidentifier():
+        raise InvalidInput(f"malformed record name {name!r}")
+    return name
+
+
+def _last_index(items: list[str], value: str) -> int:
+    for i in range(len(items) - 1, -1, -1):
+        if items[i] == value:
+            return i
+    return -1
