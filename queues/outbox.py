@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+from hostctl.files import write_all
 from hostctl.queues.layout import SHARED_FILE_MODE
 from hostctl.queues.model import Task
 from hostctl.times import utc_iso
@@ -79,6 +80,25 @@ class Outbox:
                 os.close(fd)
                 os.unlink(shared)
         return None
+
+    def mirror_log(self, receipt: str, chunks: Iterator[bytes], whole: bool) -> None:
+        """Append to ``RECEIPT.log`` the task's log kept elsewhere (the cluster's
+        database): ``chunks`` are what came since the last mirror, or, ``whole``, all of
+        it, of which what the file has already is passed over. Nothing is rewritten, so a
+        front end that follows the file reads on."""
+        shared = self.folder / f"{receipt}.log"
+        fd = os.open(shared, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC |
+                     os.O_NOFOLLOW, SHARED_FILE_MODE)
+        try:
+            os.fchmod(fd, SHARED_FILE_MODE)
+            have = os.fstat(fd).st_size if whole else 0
+            seen = 0
+            for chunk in chunks:
+                if seen + len(chunk) > have:
+                    write_all(fd, chunk[max(0, have - seen):])
+                seen += len(chunk)
+        finally:
+            os.close(fd)
 
     def paths(self, receipt: str) -> list[Path]:
         """The files of one receipt."""

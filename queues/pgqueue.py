@@ -132,6 +132,10 @@ CREATE TABLE hostctl_records (
 );
 REVOKE ALL ON hostctl_tasks, hostctl_task_logs, hostctl_owners, hostctl_records
     FROM PUBLIC"""
+#: hostctl schema 5: the host whose drop box a task came in by (its receipts live there)
+SCHEMA_ORIGIN: LiteralString = """
+ALTER TABLE hostctl_tasks ADD COLUMN origin text;
+CREATE INDEX hostctl_tasks_origin ON hostctl_tasks (origin) WHERE origin IS NOT NULL"""
 
 #: the queue of a task routed to no server
 DEFAULT_QUEUE = "hostctl"
@@ -195,6 +199,12 @@ UPDATE hostctl_owners o SET suspected_at = now()
 WHERE o.id <> %(me)s AND o.locked_since > pg_postmaster_start_time()
   AND (o.suspected_at IS NULL OR o.suspected_at <= o.locked_since)
   AND NOT""" + owner_alive("o.id")
+
+
+def origin_channel(host: str) -> str:
+    """Where the host whose drop box a task came in by is told that it changed (a host
+    name is longer than a channel name may be: a digest of it)."""
+    return "hostctl_origin_" + hashlib.sha256(host.encode()).hexdigest()[:16]
 
 
 def dedup_key(env: Envelope) -> str:
@@ -298,8 +308,11 @@ class PgLog:
             # better than one lost
             self.queue.db.rows(
                 "WITH line AS (INSERT INTO hostctl_task_logs (task_id, data) "
-                "VALUES (%s, %s)) SELECT pg_notify('hostctl_log_' || %s, '')",
-                (self.task_id, self.pending, self.task_id), retry=False)
+                "VALUES (%s, %s)) SELECT pg_notify('hostctl_log_' || %s, ''), "
+                "(SELECT pg_notify('hostctl_origin_' || substr(encode(sha256(convert_to("
+                "t.origin, 'UTF8')), 'hex'), 1, 16), t.id) FROM hostctl_tasks t "
+                "WHERE t.id = %s AND t.origin IS NOT NULL)",
+                (self.task_id, self.pending, self.task_id, self.task_id), retry=False)
 
         try:
             if raise_after:
@@ -340,8 +353,9 @@ class PgWatch:
     box. One descriptor (an epoll of its own), so the connection can be made again under
     it: while the database cannot be reached, a timer wakes the sleeper each second to try."""
 
-    def __init__(self, dsn: str, channels: list[str], incoming: Path | None) -> None:
-        self.dsn, self.channels = dsn, channels
+    def __init__(self, dsn: str, channels: list[str], incoming: Path | None,
+                 told: Callable[[str], None] = lambda _channel: None) -> None:
+        self.dsn, self.channels, self.told = dsn, channels, told
         self.poll = select.epoll()
         self.timer = Timer()
         self.poll.register(self.timer, select.EPOLLIN)
@@ -379,8 +393,8 @@ class PgWatch:
             self._connect()
             return None
         try:
-            for _ in self.conn.notifies(timeout=0):
-                pass
+            for notice in self.conn.notifies(timeout=0):
+                self.told(notice.channel)
         except psycopg.Error:
             self._drop()
             self._connect()
@@ -429,6 +443,9 @@ class PgQueue:
         self._claims: set[str] = set()  # ids of the tasks this owner holds
         self._unreleased: set[str] = set()  # let go, the database not told yet
         self._resync = False  # the connection was made again since the last _settle
+        #: task id -> (state, body length, last log row) of its receipt as last posted
+        self._receipts: dict[str, tuple[str, int, int]] = {}
+        self._receipts_due = False  # a task that came in here changed (told by the watch)
         self._unjudged: tuple[object, set[str]] = (None, set())
         self._said: set[str] = set()
         self._ready = False
@@ -641,19 +658,71 @@ class PgQueue:
             return True, None
 
     def write_new(self, env: Envelope, delay: float) -> None:
+        """Admission's publish: the task came in by this host's drop box, which keeps
+        its receipt (see :meth:`sync_receipts`)."""
         try:
             with self.db.transaction():
-                self._insert(env, delay, None)
+                job = self._insert(env, delay, None)
+                if env.receipt:
+                    self.db.rows("UPDATE hostctl_tasks SET origin = %s WHERE job_id = %s",
+                                 (self.host, job))
         except DatabaseError as exc:
             if exc.unique_violation:
                 raise Conflict(f"a task with id {env.id} already exists") from None
             raise
 
     def admit(self, check: Callable[[Envelope], None]) -> list[str]:
-        return self._admission.admit(check)
+        """Take in this host's drops; then bring the receipts of the tasks that came in
+        here up to date (they run on other hosts)."""
+        notes = self._admission.admit(check)
+        try:
+            self.sync_receipts()
+        except HostctlError as exc:  # the next pass tries again
+            log.warning("receipts not brought up to date: %s", exc)
+        return notes
+
+    def sync_receipts(self) -> int:
+        """Post the status (and the log) of each task that came in by this host's drop
+        box and changed since it was last posted, wherever it runs; how many were posted.
+        A task ended more than a day ago is not looked at again."""
+        rows = self.db.rows(
+            "SELECT" + _TASK_COLUMNS + ", octet_length(t.body), (SELECT coalesce(max(seq), "
+            "0) FROM hostctl_task_logs l WHERE l.task_id = t.id)" + _TASK_FROM +
+            " WHERE t.origin = %s AND (t.ended_at IS NULL OR t.ended_at > now() - "
+            "interval '1 day')", (self.host,))
+        posted = 0
+        for row in rows:
+            try:
+                task = self._decode(row[:5])
+            except InvalidInput:
+                continue
+            stamp = (task.state, int(row[5]), int(row[6]))
+            before = self._receipts.get(task.id)
+            if before == stamp or not task.envelope.receipt:
+                continue
+            with suppress(OSError):
+                if stamp[2] != (before[2] if before else 0):
+                    # known: the rows after those mirrored; else (a fresh process) the
+                    # whole log, of which the file's length says what it has
+                    after = before[2] if before else 0
+                    self.outbox.mirror_log(task.envelope.receipt,
+                                           self._log_chunks(task.id, after),
+                                           whole=before is None)
+                self.outbox.post(task)
+                self._receipts[task.id] = stamp
+                posted += 1
+        return posted
+
+    def _log_chunks(self, task_id: str, after: int) -> Iterator[bytes]:
+        for (data,) in self.db.rows("SELECT data FROM hostctl_task_logs WHERE task_id = %s "
+                                    "AND seq > %s ORDER BY seq", (task_id, after)):
+            yield bytes(data)
 
     def has_submissions(self) -> bool:
-        return self.local.has_submissions()
+        """Drops wait in this host's drop box, or a task that came in by it changed
+        (this queue's watch was told): either way :meth:`admit` has work."""
+        due, self._receipts_due = self._receipts_due, False
+        return due or self.local.has_submissions()
 
     # -- reading ----------------------------------------------------------------------
 
@@ -913,7 +982,16 @@ class PgQueue:
         return str(self.local.dir("tmp") / f".{env.id}.result")
 
     def started(self, claim: Any) -> None:
-        """Nothing to tell: a follower sees the ``start`` event in the task itself."""
+        """A task that came in by a drop box: its host is told (its receipt changes)."""
+        self._tell_origin(_own(claim))
+
+    def _tell_origin(self, c: PgClaim) -> None:
+        if c.task.envelope.receipt:
+            with suppress(HostctlError):
+                self.db.rows(
+                    "SELECT pg_notify('hostctl_origin_' || substr(encode(sha256(convert_to("
+                    "t.origin, 'UTF8')), 'hex'), 1, 16), t.id) FROM hostctl_tasks t "
+                    "WHERE t.id = %s AND t.origin IS NOT NULL", (c.task.id,))
 
     def heartbeat(self, claim: Any) -> None:
         """Renew the claim's lease; LeaseLost when it is no longer this process's (taken
@@ -1008,6 +1086,8 @@ class PgQueue:
         self._claims.discard(c.task.id)
         if not ended:
             self._notify("requeue")
+        else:
+            self._tell_origin(c)
 
     def _done_before(self, c: PgClaim, data: bytes) -> bool:
         """Whether an end of ``c`` whose answer was lost was done: its events are the
@@ -1152,7 +1232,13 @@ class PgQueue:
             channels.append("procrastinate_any_queue_v1")
         else:
             channels += [f"procrastinate_queue_v1#{q}" for q in self.queues]
-        return PgWatch(self.dsn, channels, self.local.dir("incoming"))
+        origin = origin_channel(self.host)
+
+        def told(channel: str) -> None:
+            if channel == origin:
+                self._receipts_due = True
+
+        return PgWatch(self.dsn, [*channels, origin], self.local.dir("incoming"), told)
 
     # -- the queue as a whole ---------------------------------------------------------
 

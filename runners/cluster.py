@@ -10,7 +10,7 @@ each component's schema the database holds:
 
     component      version   what it is
     procrastinate  3.10.0    procrastinate's tables (jobs, workers, events...), its version
-    hostctl        4         hostctl's own tables: the contexts (contexts/pgstore.py), the
+    hostctl        5         hostctl's own tables: the contexts (contexts/pgstore.py), the
                              sites' records (provision/pgsecrets.py), the tasks with
                              their logs, the workers that hold them, the runners' records
                              (queues/pgqueue.py)
@@ -42,7 +42,7 @@ from hostctl.queues import pgqueue
 from hostctl.queues.spool import Spool
 
 #: hostctl's own schema version (bumped, with a step in _HOSTCTL_STEPS, by each change)
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: pg_advisory_xact_lock key: "hostctl init" in ASCII, so no other user of the lock space
 #: is likely to take it
 _INIT_LOCK = 0x686F7374_696E6974
@@ -58,6 +58,7 @@ _HOSTCTL_STEPS: Mapping[int, LiteralString] = {
     2: pgstore.SCHEMA,  # the contexts (contexts/pgstore.py)
     3: pgsecrets.SCHEMA,  # the sites' records (provision/pgsecrets.py)
     4: pgqueue.SCHEMA,  # the tasks, their logs, owners and records (queues/pgqueue.py)
+    5: pgqueue.SCHEMA_ORIGIN,  # where a dropped task came in (its receipts live there)
 }
 _MIGRATION = re.compile(r"(\d+)\.(\d+)\.(\d+)_\d+_.*\.sql")
 

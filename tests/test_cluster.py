@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from pghelpers import SECRET
 from provisionhelpers import Lab, PgCluster, world_readable_dir
 from taskhelpers import write_config
 
-from hostctl.errors import ExitStatus
+from hostctl.errors import ExitStatus, OperationFailed
 from hostctl.runners import cluster
 
 
@@ -533,3 +534,108 @@ def test_a_task_run_by_hand_on_another_servers_host_is_refused(run_hostctl, home
     write_config(here, {"cluster": {"dsn": dsn, "server": "@srv"}})
     ok = run_hostctl("--home", str(here), "provision-verify", "@a.example")
     assert ok.code == 0, ok
+
+
+def test_init_upgrades_an_older_hostctl_schema_step_by_step(run_hostctl, home: Path,
+                                                            pg: PgCluster, dsn: str) -> None:
+    """A database made by the previous hostctl (schema 4: no origin of dropped tasks)
+    is brought to this one by the steps after it, its tasks kept."""
+    in_cluster(home, dsn)
+    assert run_hostctl("cluster", "init").code == 0
+    db = dict(p.split("=", 1) for p in dsn.split())["dbname"]
+    pg.psql("DROP INDEX hostctl_tasks_origin; ALTER TABLE hostctl_tasks DROP COLUMN origin;"
+            "UPDATE hostctl_schema SET version = '4' WHERE component = 'hostctl'",
+            database=db, user="hostctl", password=SECRET)
+    res = run_hostctl("cluster", "init", "--json")
+    assert res.code == 0, res
+    report = json.loads(res.out)
+    assert report["before"]["hostctl"] == "4"
+    assert report["after"]["hostctl"] == str(cluster.SCHEMA_VERSION)
+    assert pg.psql("SELECT count(*) FROM information_schema.columns WHERE table_name = "
+                   "'hostctl_tasks' AND column_name = 'origin'", database=db) == ["1"]
+
+
+def test_a_run_on_a_host_gone_is_recovered_elsewhere_only_once_its_lease_ran_out(
+        home: Path, tmp_path: Path, dsn: str, pg: PgCluster,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its processes may live on where nobody here can stop them: another host's sweep
+    leaves it until the lease its worker renewed has run out (by then that worker, if it
+    lives, has stopped the run itself: see the next test)."""
+    from hostctl.queues.model import Envelope, Policy, Status, new_id
+    from hostctl.queues.pgqueue import PgQueue
+    from hostctl.times import utc_iso
+
+    cluster.init(dsn)
+    monkeypatch.setenv("HOSTCTL_HOST_NAME", "web9.test")
+    gone = PgQueue(dsn, tmp_path / "web9", tmp_path / "web9logs")
+    env = Envelope(new_id(), "verify", "@a.example", {}, {}, 5, utc_iso())
+    gone.publish(env)
+    [claim] = gone.claim()
+    claim.append("start", attempt=1, pid=999999, pgid=999999, worker=4242,
+                 host="web9.test")
+    claim.release()  # as its worker's death would leave it (its owner no one)
+    monkeypatch.setenv("HOSTCTL_HOST_NAME", "web1.test")
+    here = PgQueue(dsn, tmp_path / "web1", tmp_path / "web1logs")
+    rules = lambda _e: Policy(max_attempts=3, backoff_base=0.0, backoff_max=0.0)  # noqa: E731
+    assert here.sweep(rules) == []
+    assert here.get(env.id).status is Status.PROCESSING  # left to web9, or to its lease
+    db = dict(p.split("=", 1) for p in dsn.split())["dbname"]
+    pg.psql(f"UPDATE hostctl_tasks SET lease_until = now() - interval '1 second' "
+            f"WHERE id = '{env.id}'", database=db, user="hostctl", password=SECRET)
+    [note] = here.sweep(rules)
+    assert "pid 4242 on web9.test" in note and "queued again" in note, note
+    task = here.get(env.id)
+    assert task.status is Status.QUEUED and task.attempts[0].outcome == "lost"
+
+
+def test_a_worker_that_cannot_renew_its_lease_is_told_to_stop_the_run(
+        tmp_path: Path, dsn: str) -> None:
+    from hostctl.queues.backend import LeaseLost
+    from hostctl.queues.model import Envelope, new_id
+    from hostctl.queues.pgqueue import FENCE_AFTER, PgQueue
+    from hostctl.times import utc_iso
+
+    cluster.init(dsn)
+    q = PgQueue(dsn, tmp_path / "spool", tmp_path / "logs")
+    q.publish(Envelope(new_id(), "verify", "@a.example", {}, {}, 5, utc_iso()))
+    [claim] = q.claim()
+    q.heartbeat(claim)  # renewed
+    q.db.close()
+    q.db.dsn = re.sub(r"port=\d+", "port=1", dsn) + " connect_timeout=1"  # cut off
+    with pytest.raises(OperationFailed) as first:  # not yet: tried again next beat
+        q.heartbeat(claim)
+    assert not isinstance(first.value, LeaseLost)
+    claim.renewed -= FENCE_AFTER + 1  # no renewal for longer than the fence allows
+    with pytest.raises(LeaseLost, match="could not be renewed"):
+        q.heartbeat(claim)
+
+
+def test_a_worker_whose_claim_was_taken_over_kills_the_run_and_records_nothing(
+        run_hostctl, home: Path, tmp_path: Path, dsn: str, pg: PgCluster) -> None:
+    from runnerhelpers import sh_task
+
+    from hostctl.paths import Paths
+    from hostctl.process import alive
+    from hostctl.runners.home import Home
+    from hostctl.runners.worker import Worker
+
+    save_topology(run_hostctl, home, tmp_path / "www")
+    write_config(home, {"cluster": {"dsn": dsn},
+                        "tasks": {"slow": sh_task("sleep 30")}})
+    assert run_hostctl("cluster", "init").code == 0
+    assert run_hostctl("cluster", "import").code == 0
+    task_id = run_hostctl("task", "add", "slow", "@a.example").out.strip()
+    worker = Worker.of(Home(Paths(home)))
+    assert worker.step() == 1
+    [run] = worker.running.values()
+    db = dict(p.split("=", 1) for p in dsn.split())["dbname"]
+    pg.psql(f"UPDATE hostctl_tasks SET owner = 0 WHERE id = '{task_id}'", database=db,
+            user="hostctl", password=SECRET)  # another host took it over
+    run.beat_at -= 3600  # its heartbeat is due
+    deadline = time.monotonic() + 30
+    while worker.running and time.monotonic() < deadline:
+        worker.wait(0.2)
+    assert not worker.running and not alive(run.pid)
+    assert worker.summary.finished.get("lost") == 1
+    doc = json.loads(run_hostctl("task", "show", task_id, "--json").out)
+    assert doc["status"] == "processing" and doc["attempts"][0]["outcome"] is None, doc

@@ -293,3 +293,48 @@ def test_a_task_on_one_host_is_followed_and_cancelled_from_another(
     out = subprocess.run(["pgrep", "-u", str(web1.user.uid), "-f", "tick"],
                          capture_output=True, text=True, timeout=30)
     assert out.stdout.strip() == "", out.stdout
+
+
+def test_a_front_ends_drop_runs_on_its_server_and_its_receipt_follows_it(
+        run_hostctl, topology: Cluster, tmp_path: Path) -> None:
+    """The front end's host (run_tasks = false) admits the drop into the cluster; the
+    task runs on its site's server; its receipt on the front end's host says each state,
+    and its log there grows as the task prints, on the other host."""
+    from hostctl.queues import dropbox
+
+    web1, web2 = topology.hosts["@web1"], topology.hosts["@web2"]
+    for host in (web1, web2):
+        if not host.worker:
+            host.start_worker()
+    fe = tmp_path / "fe"
+    write_config(fe, {"cluster": {"dsn": topology.dsn, "run_tasks": False},
+                      "tasks": TASKS})
+    Home(Paths(fe)).writable()  # its drop box
+    log = tmp_path / "fe.log"
+    log.touch()
+    daemon = spawn_as(None, ["wait-queue", "--housekeeping-every", "60"],
+                      {"HOSTCTL_HOME": str(fe), "HOSTCTL_HOST_NAME": "fe.test"}, log)
+    try:
+        wait_for(lambda: (fe / "logs" / "hostctl.log").exists() and
+                 f"wait-queue {daemon} started" in (fe / "logs" / "hostctl.log").read_text(),
+                 30, "the front end host's wait-queue")
+        paths = Paths(fe)
+        short = dropbox.submit(paths, "short", "@site2.example", {}, {})
+        doc = wait_for(lambda: (d := dropbox.read_receipt(paths, short.receipt)) and
+                       d["status"] == "success" and d, 30, "the receipt to say success")
+        assert doc["id"] == short.id
+        assert runner_of(topology, short.id) == {web2.worker}  # run on web2, not here
+        assert b"short on @site2.example" in b"".join(
+            dropbox.frontend_log(paths, short.id, False, short.receipt))
+        ticker = dropbox.submit(paths, "ticker", "@site1.example", {}, {})
+        follow = dropbox.frontend_log(paths, ticker.id, True, ticker.receipt, poll=0.05)
+        seen = b""
+        while b"tick 2\n" not in seen:  # its lines reach the front end as they are printed
+            seen += next(follow)
+        assert dropbox.read_receipt(paths, ticker.receipt)["status"] == "processing"
+        assert admin(run_hostctl, topology, "task", "cancel", ticker.id).code == 0
+        rest = b"".join(follow)  # ends once the receipt says the task ended
+        assert b"--- hostctl:" in rest
+        assert dropbox.read_receipt(paths, ticker.receipt)["status"] == "cancelled"
+    finally:
+        stop_spawned(daemon)
