@@ -918,11 +918,11 @@ class PgQueue:
         for _ in range(5):
             try:
                 owner = self.owner()
-                with self.db.transaction(probe=False):  # lost: [] now, a new one next
-                    return self.db.rows(_FETCH, {
-                        "queues": self.queues, "skip": sorted(skip),
-                        "waiting": sorted(waiting), "limit": limit, "owner": owner,
-                        "lease": LEASE}, retry=False)
+                # one statement, atomic on its own (autocommit): no BEGIN, no COMMIT to
+                # wait for; a connection lost on the way fails it whole: [] now
+                return self.db.rows(_FETCH, {
+                    "queues": self.queues, "skip": sorted(skip), "waiting": sorted(waiting),
+                    "limit": limit, "owner": owner, "lease": LEASE}, retry=False)
             except DatabaseError as exc:
                 if exc.lost:  # not taken, or taken by a connection gone: a sweep's
                     return []
