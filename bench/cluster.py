@@ -59,7 +59,15 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 
-from common import free_port, machine, note, summarize, wait_for  # noqa: E402
+from common import (  # noqa: E402
+    free_port,
+    install_debian,
+    install_pypi,
+    machine,
+    note,
+    summarize,
+    wait_for,
+)
 
 PYPI = {"celery": "5.5.3", "rq": "3.0.0"}
 DEBIAN = {"rabbitmq-server": "rabbitmq-server", "redis-server": "redis-server",
@@ -77,29 +85,12 @@ def sh(script: str, where: str, name: str) -> list[str]:
 # -- the servers ------------------------------------------------------------------------
 
 def install() -> None:
-    missing = [pkg for cmd, pkg in DEBIAN.items()
-               if not shutil.which(cmd) and not list(Path("/usr/lib/postgresql").glob(
-                   f"*/bin/{cmd}"))]
-    if missing and os.geteuid() == 0 and shutil.which("apt-get"):
-        note(f"apt-get install {' '.join(missing)}")
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], env=env, stdout=subprocess.DEVNULL,
-                       check=False)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends",
-                        *missing], env=env, stdout=subprocess.DEVNULL, check=False)
-    from importlib.metadata import PackageNotFoundError, version
-
-    need = []
-    for name, pin in PYPI.items():
-        try:
-            if version(name) != pin:
-                need.append(f"{name}=={pin}")
-        except PackageNotFoundError:
-            need.append(f"{name}=={pin}")
-    if need:
-        note(f"pip install {' '.join(need)}")
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                        "--disable-pip-version-check", *need], check=False)
+    # initdb lives under /usr/lib/postgresql/VERSION/bin, off the PATH
+    commands = {k: v for k, v in DEBIAN.items() if k != "initdb"}
+    if not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
+        commands["initdb"] = DEBIAN["initdb"]
+    install_debian(commands)
+    install_pypi(PYPI)
 
 
 def wait_port(port: int, timeout: float = 60) -> None:

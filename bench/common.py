@@ -320,3 +320,42 @@ def watch_drain(count_done: Callable[[], int], n: int, timeout: float,
     hi = next(s for s in samples if s[1] >= 0.9 * n)
     rate = (hi[1] - lo[1]) / max(hi[0] - lo[0], 1e-6)
     return {"tasks": n, "rate": round(rate, 1), "wall_s": round(samples[-1][0], 3)}
+
+
+def install_debian(commands: dict[str, str]) -> list[str]:
+    """apt-get install the packages (``commands``: command -> Debian package) whose
+    command is missing, as root; return the commands still missing."""
+    missing = sorted({pkg for cmd, pkg in commands.items() if not shutil.which(cmd)})
+    if missing and os.geteuid() == 0 and shutil.which("apt-get"):
+        note(f"apt-get install {' '.join(missing)}")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env,
+                       stdout=subprocess.DEVNULL)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends",
+                        *missing], check=False, env=env, stdout=subprocess.DEVNULL)
+    return [cmd for cmd in commands if not shutil.which(cmd)]
+
+
+def install_pypi(pins: dict[str, str]) -> list[str]:
+    """pip install the pinned packages (name -> version) into this interpreter; return
+    those still missing."""
+    import importlib
+    from importlib.metadata import PackageNotFoundError, version
+
+    def wanted() -> list[str]:
+        out = []
+        for name, pin in pins.items():
+            try:
+                if version(name) != pin:
+                    out.append(f"{name}=={pin}")
+            except PackageNotFoundError:
+                out.append(f"{name}=={pin}")
+        return out
+
+    need = wanted()
+    if need:
+        note(f"pip install {' '.join(need)}")
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                        "--disable-pip-version-check", *need], check=False)
+        importlib.invalidate_caches()
+    return [spec.split("==")[0] for spec in wanted()]

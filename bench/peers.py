@@ -14,7 +14,6 @@ NOOP_ARGV): rq and huey through a Python job (jobs.py) that runs it with subproc
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shutil
@@ -31,13 +30,14 @@ from common import (
     Processes,
     find_pids,
     kill9_tree,
-    note,
     parse_stamp,
     read_stamp,
     summarize,
     wait_for,
     watch_drain,
 )
+from common import install_debian as common_install_debian
+from common import install_pypi as common_install_pypi
 from hostctl_side import gaps
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -53,38 +53,12 @@ HOLD_SH = f"{STAMP_ARGV[0]} +%s%N; exec sleep 2"
 
 def install_debian() -> list[str]:
     """apt-get install what is missing (as root); return the commands still missing."""
-    missing = [pkg for cmd, pkg in DEBIAN.items() if not shutil.which(cmd)]
-    if missing and os.geteuid() == 0 and shutil.which("apt-get"):
-        note(f"apt-get install {' '.join(missing)}")
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env,
-                       stdout=subprocess.DEVNULL)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends",
-                        *missing], check=False, env=env, stdout=subprocess.DEVNULL)
-    return [cmd for cmd in DEBIAN if not shutil.which(cmd)]
+    return common_install_debian(DEBIAN)
 
 
 def install_pypi() -> list[str]:
     """pip install the pinned peers into this interpreter; return those still missing."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    def wanted() -> list[str]:
-        out = []
-        for name, pin in PYPI.items():
-            try:
-                if version(name) != pin:
-                    out.append(f"{name}=={pin}")
-            except PackageNotFoundError:
-                out.append(f"{name}=={pin}")
-        return out
-
-    need = wanted()
-    if need:
-        note(f"pip install {' '.join(need)}")
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                        "--disable-pip-version-check", *need], check=False)
-        importlib.invalidate_caches()
-    return [spec.split("==")[0] for spec in wanted()]
+    return common_install_pypi(PYPI)
 
 
 def script(name: str) -> str:

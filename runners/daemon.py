@@ -141,6 +141,7 @@ class WaitQueue:
         if not self.stopping(now) and not self.home.queue.paused():
             try:
                 worker.step()
+                self._last_failure = ""
             except HostctlError as exc:  # the queue cannot be reached now: next pass
                 self._said_once(exc.message)
                 worker.hold_off()
