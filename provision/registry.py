@@ -114,8 +114,12 @@ class Registry:
                 raise InvalidInput(f"option {key!r} is not text a command line can carry "
                                    "(a lone surrogate)") from None
         # the context options as a save takes them, then every stored value by its kind:
-        # a value saved before a rule existed fails the task naming its field
-        store.check_save(ctx.name, env.context_options)
+        # a value saved before a rule existed fails the task naming its field (without
+        # options, the context just read is the one checked: no second read)
+        if env.context_options:
+            store.check_save(ctx.name, env.context_options)
+        else:
+            store.check_actionable(ctx)
         return ttype, ctx
 
     def check_envelope(self, store: ContextStore) -> Callable[[TaskRequest], None]:

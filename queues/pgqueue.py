@@ -564,14 +564,21 @@ class PgQueue:
         key = dedup_key(env) if dedup else None
         for _ in range(10):
             try:
-                with self.db.transaction():
-                    if key is not None:
-                        rows = self.db.rows(
-                            "SELECT t.id" + _TASK_FROM + " WHERE j.queueing_lock = %s "
-                            "AND j.status = 'todo' AND t.set_aside IS NULL", (key,))
-                        if rows:
-                            return str(rows[0][0]), False
-                    self._insert(env, delay, key)
+                if key is not None:
+                    rows = self.db.rows(
+                        "SELECT t.id" + _TASK_FROM + " WHERE j.queueing_lock = %s "
+                        "AND j.status = 'todo' AND t.set_aside IS NULL", (key,))
+                    if rows:
+                        return str(rows[0][0]), False
+                # the job and the task in one statement (atomic on its own); an identical
+                # task queued meanwhile makes procrastinate's unique index refuse it
+                self.db.rows(
+                    "WITH job AS (SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW(%s, "
+                    "%s, %s, %s, %s, %s::jsonb, CASE WHEN %s > 0 THEN now() + "
+                    "make_interval(secs => %s) END)]::procrastinate_job_to_defer_v1[])) AS "
+                    "id) INSERT INTO hostctl_tasks (id, job_id, body) SELECT %s, job.id, %s "
+                    "FROM job", (*self._job_row(env, key), delay, delay, env.id,
+                                 env.encode()), retry=False)
                 return env.id, True
             except DatabaseError as exc:
                 if not exc.unique_violation:
@@ -587,9 +594,7 @@ class PgQueue:
         rows = self.db.rows(
             "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW(%s, %s, %s, %s, %s, "
             "%s::jsonb, CASE WHEN %s > 0 THEN now() + make_interval(secs => %s) END"
-            ")]::procrastinate_job_to_defer_v1[]))",
-            (self.route(env)[:128], env.type[:128], env.priority, env.context, key,
-             json.dumps({"task": env.id}), delay, delay))
+            ")]::procrastinate_job_to_defer_v1[]))", (*self._job_row(env, key), delay, delay))
         job = int(rows[0][0])
         if owner is not None:
             self.db.rows("UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s "
@@ -599,6 +604,12 @@ class PgQueue:
                      "+ make_interval(secs => %s) END)",
                      (env.id, job, env.encode(), owner, owner, LEASE))
         return job
+
+    def _job_row(self, env: Envelope, key: str | None) -> tuple[Any, ...]:
+        """procrastinate's job of a task: queue (its server), task name, priority, lock
+        (its context), queueing lock, args."""
+        return (self.route(env)[:128], env.type[:128], env.priority, env.context, key,
+                json.dumps({"task": env.id}))
 
     def adopt(self, task: Task) -> bool:
         """Queue a task moved from another queue (a home's spool, by ``cluster import``)
