@@ -852,6 +852,7 @@ class PgQueue:
                          "ended_at = NULL, owner = NULL WHERE id = %s",
                          (encode_event("retry"), task_id))
         self._notify("retry")
+        self._tell_origin_of(task_id)
         return self.get(task_id)
 
     def cancel_queued(self, task_id: str) -> Task | None:
@@ -870,6 +871,7 @@ class PgQueue:
                          (encode_event("cancel"), encode_event(
                              "end", outcome="cancelled", reason="cancelled before it started"),
                           task_id))
+        self._tell_origin_of(task_id)
         return self.get(task_id)
 
     def request_cancel(self, task_id: str) -> Task:
@@ -998,11 +1000,15 @@ class PgQueue:
 
     def _tell_origin(self, c: PgClaim) -> None:
         if c.task.envelope.receipt:
-            with suppress(HostctlError):
-                self.db.rows(
-                    "SELECT pg_notify('hostctl_origin_' || substr(encode(sha256(convert_to("
-                    "t.origin, 'UTF8')), 'hex'), 1, 16), t.id) FROM hostctl_tasks t "
-                    "WHERE t.id = %s AND t.origin IS NOT NULL", (c.task.id,))
+            self._tell_origin_of(c.task.id)
+
+    def _tell_origin_of(self, task_id: str) -> None:
+        """Tell the host a dropped task came in by that it changed (its receipt)."""
+        with suppress(HostctlError):
+            self.db.rows(
+                "SELECT pg_notify('hostctl_origin_' || substr(encode(sha256(convert_to("
+                "t.origin, 'UTF8')), 'hex'), 1, 16), t.id) FROM hostctl_tasks t "
+                "WHERE t.id = %s AND t.origin IS NOT NULL", (task_id,))
 
     def heartbeat(self, claim: Any) -> None:
         """Renew the claim's lease; LeaseLost when it is no longer this process's (taken

@@ -336,5 +336,15 @@ def test_a_front_ends_drop_runs_on_its_server_and_its_receipt_follows_it(
         rest = b"".join(follow)  # ends once the receipt says the task ended
         assert b"--- hostctl:" in rest
         assert dropbox.read_receipt(paths, ticker.receipt)["status"] == "cancelled"
+        # one that never started: its receipt says so at once too, and again when retried
+        later = dropbox.submit(paths, "short", "@site2.example", {}, {}, delay=3600)
+        wait_for(lambda: (d := dropbox.read_receipt(paths, later.receipt)) and
+                 d["status"] == "queued", 30, "the delayed drop's receipt")
+        assert admin(run_hostctl, topology, "task", "cancel", later.id).code == 0
+        wait_for(lambda: dropbox.read_receipt(paths, later.receipt)["status"] == "cancelled",
+                 10, "the receipt to say cancelled")
+        assert admin(run_hostctl, topology, "task", "retry", later.id).code == 0
+        wait_for(lambda: dropbox.read_receipt(paths, later.receipt)["status"] == "success",
+                 30, "the retried drop's receipt to say success")
     finally:
         stop_spawned(daemon)
