@@ -303,6 +303,13 @@ class Task:
                 n = 0
         return n
 
+    def last_index(self, kind: str) -> int:
+        """The index in :attr:`events` of the last event of ``kind``, or -1."""
+        for i in range(len(self.events) - 1, -1, -1):
+            if self.events[i].get("event") == kind:
+                return i
+        return -1
+
     def last(self, kind: str) -> Mapping[str, Any] | None:
         for ev in reversed(self.events):
             if ev.get("event") == kind:
@@ -424,6 +431,14 @@ def decode_task(data: bytes, state: str, log_path: str = "", due: float | None =
         if isinstance(ev, dict) and isinstance(ev.get("event"), str):
             events.append(ev)
     return Task(env, tuple(events), state, log_path, due)
+
+
+def record_name(name: str) -> str:
+    """A runner's record name (the periodic queues' state): an identifier, so that it can
+    name a file or a row and nothing else."""
+    if not name.isidentifier():
+        raise InvalidInput(f"malformed record name {name!r}")
+    return name
 
 
 def encode_task(task: Task) -> bytes:

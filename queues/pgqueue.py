@@ -87,6 +87,7 @@ from hostctl.queues.model import (
     decode_task,
     encode_event,
     encode_task,
+    record_name,
     valid_id,
 )
 from hostctl.queues.outbox import Outbox
@@ -1148,8 +1149,7 @@ class PgQueue:
             if job:
                 self._quarantine(task_id, int(job[0][0]), str(exc))
             return f"set aside task {task_id}: {exc}"
-        kinds = [str(ev.get("event")) for ev in task.events]
-        spawn, start = _last_index(kinds, "spawn"), _last_index(kinds, "start")
+        spawn, start = task.last_index("spawn"), task.last_index("start")
         ran = task.events[max(spawn, start)] if max(spawn, start) >= 0 else {}
         needs_host = (spawn > start) or isinstance(ran.get("pgid"), int)
         where = ran.get("host")
@@ -1162,8 +1162,9 @@ class PgQueue:
         claim = self._take_over(task_id, owner)
         if claim is None:
             return None
-        env = claim.task.envelope
-        events = claim.task.events
+        # as it reads now that it is this owner's (its old one may have written since)
+        env, events = claim.task.envelope, claim.task.events
+        spawn, start = claim.task.last_index("spawn"), claim.task.last_index("start")
         last = events[-1] if events else None
         if last is not None and last.get("event") == "end":
             outcome = str(last.get("outcome"))
@@ -1185,7 +1186,7 @@ class PgQueue:
             claim.append("start", attempt=spawned.get("attempt"),
                          worker=spawned.get("worker"), at=spawned.get("at"))
             claim.reload()
-        elif start < 0 or _last_index(kinds, "end") > start:
+        elif start < 0 or claim.task.last_index("end") > start:
             self.requeue(claim)
             return f"task {env.id} was claimed but never started: queued again"
         started = claim.task.last("start") or {}
@@ -1295,13 +1296,13 @@ class PgQueue:
 
     def read_record(self, name: str) -> bytes | None:
         rows = self.db.rows("SELECT data FROM hostctl_records WHERE name = %s",
-                            (_record_name(name),))
+                            (record_name(name),))
         return bytes(rows[0][0]) if rows else None
 
     def write_record(self, name: str, data: bytes) -> None:
         self.db.rows("INSERT INTO hostctl_records (name, data) VALUES (%s, %s) "
                      "ON CONFLICT (name) DO UPDATE SET data = EXCLUDED.data",
-                     (_record_name(name), data))
+                     (record_name(name), data))
 
     def register_worker(self, pid: int, started: str, max_runtime: float) -> Registration:
         owner = self.owner()
@@ -1420,16 +1421,3 @@ def _own(claim: Any) -> PgClaim:
     if not isinstance(claim, PgClaim):
         raise TypeError(f"not a cluster claim: {claim!r}")
     return claim
-
-
-def _record_name(name: str) -> str:
-    if not name.isidentifier():
-        raise InvalidInput(f"malformed record name {name!r}")
-    return name
-
-
-def _last_index(items: list[str], value: str) -> int:
-    for i in range(len(items) - 1, -1, -1):
-        if items[i] == value:
-            return i
-    return -1

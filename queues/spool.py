@@ -95,6 +95,7 @@ from hostctl.queues.model import (
     decode_task,
     encode_event,
     new_id,
+    record_name,
     valid_id,
 )
 from hostctl.queues.outbox import Outbox
@@ -889,8 +890,7 @@ class Spool:
                 else:
                     self._move(path, self.dir("done") / f"{env.id}{SUFFIX}")
                 return f"completed the interrupted move of task {env.id}"
-            kinds = [ev.get("event") for ev in task.events]
-            spawn, start = _last_index(kinds, "spawn"), _last_index(kinds, "start")
+            spawn, start = task.last_index("spawn"), task.last_index("start")
             if spawn > start:
                 # its worker died between the spawn and the `start` event: what it spawned
                 # may be running, unrecorded. It is stopped before the task can run again,
@@ -903,7 +903,7 @@ class Spool:
                 claim.append("start", attempt=spawned.get("attempt"),
                              worker=spawned.get("worker"), at=spawned.get("at"))
                 task = self._read_fd(fd, "active", path.name)
-            elif start < 0 or _last_index(kinds, "end") > start:
+            elif start < 0 or task.last_index("end") > start:
                 self._move(path, self.dir("new") / _ready_name(env))
                 return f"task {env.id} was claimed but never started: queued again"
             started = task.last("start") or {}
@@ -1071,12 +1071,12 @@ class Spool:
 
     def read_record(self, name: str) -> bytes | None:
         try:
-            return (self.root / f"{_record_name(name)}.json").read_bytes()
+            return (self.root / f"{record_name(name)}.json").read_bytes()
         except OSError:
             return None
 
     def write_record(self, name: str, data: bytes) -> None:
-        write_atomic(self.root / f"{_record_name(name)}.json", data)
+        write_atomic(self.root / f"{record_name(name)}.json", data)
 
     def register_worker(self, pid: int, started: str, max_runtime: float) -> Registration:
         self.ensure()
@@ -1194,12 +1194,6 @@ class FileLog:
             self.fd = -1
 
 
-def _record_name(name: str) -> str:
-    if not name.isidentifier():
-        raise InvalidInput(f"malformed record name {name!r}")
-    return name
-
-
 def _older(folder: Path, cutoff: float) -> list[Path]:
     """The entries of ``folder`` last changed before ``cutoff``, in name order."""
     out = []
@@ -1246,11 +1240,3 @@ def _hold(ctx_fd: int, name: str) -> None:
     Spool._context_lock); no fsync: the record matters only while processes live."""
     with suppress(OSError):
         os.pwrite(ctx_fd, f"{name}\n".encode(), 0)
-
-
-def _last_index(items: list[Any], value: Any) -> int:
-    """The index of the last ``value`` in ``items``, or -1."""
-    for i in range(len(items) - 1, -1, -1):
-        if items[i] == value:
-            return i
-    return -1
