@@ -90,7 +90,6 @@ from hostctl.queues.model import (
     record_name,
     valid_id,
 )
-from hostctl.queues.outbox import Outbox
 from hostctl.queues.spool import Spool
 from hostctl.times import utc_iso
 
@@ -339,9 +338,10 @@ class Registration:
 
     def update(self, tasks_run: int) -> None:
         self.queue.db.rows(
-            "WITH beat AS (SELECT procrastinate_update_heartbeat_v1(%s)) "
-            "UPDATE hostctl_owners SET tasks_run = %s, registered = true WHERE id = %s",
-            (self.queue.owner(), tasks_run, self.queue.owner()))
+            # the beat in FROM: a WITH that nothing reads is never run
+            "UPDATE hostctl_owners SET tasks_run = %s, registered = true FROM (SELECT "
+            "procrastinate_update_heartbeat_v1(%s)) AS beat WHERE id = %s",
+            (tasks_run, self.queue.owner(), self.queue.owner()))
 
     def close(self) -> None:
         with suppress(HostctlError):
@@ -437,7 +437,7 @@ class PgQueue:
         self.host = host_name()
         self.db = Session(dsn, "task tables", on_connect=self._on_connect)
         self.local = Spool(root, logs)  # the drop box, the receipts, rejected drops
-        self.outbox = Outbox(root / "outbox")
+        self.outbox = self.local.outbox
         self._admission = Admission(self, self.outbox)
         self._owner: int | None = None
         self._owner_pid = 0
@@ -1019,10 +1019,10 @@ class PgQueue:
             return c.queue.heartbeat(c)
         try:
             rows = self.db.rows(
-                "WITH beat AS (SELECT procrastinate_update_heartbeat_v1(%s)) "
                 "UPDATE hostctl_tasks SET lease_until = now() + make_interval(secs => %s) "
+                "FROM (SELECT procrastinate_update_heartbeat_v1(%s)) AS beat "
                 "WHERE id = %s AND owner = %s RETURNING id",
-                (self.owner(), LEASE, c.task.id, self.owner()))
+                (LEASE, self.owner(), c.task.id, self.owner()))
         except HostctlError as exc:
             if time.monotonic() - c.renewed > FENCE_AFTER:
                 raise LeaseLost(f"task {c.task.id}: its claim could not be renewed for "

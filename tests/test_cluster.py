@@ -639,3 +639,35 @@ def test_a_worker_whose_claim_was_taken_over_kills_the_run_and_records_nothing(
     assert worker.summary.finished.get("lost") == 1
     doc = json.loads(run_hostctl("task", "show", task_id, "--json").out)
     assert doc["status"] == "processing" and doc["attempts"][0]["outcome"] is None, doc
+
+
+def test_a_workers_heartbeats_reach_procrastinates_worker_row(tmp_path: Path, dsn: str,
+                                                              pg: PgCluster) -> None:
+    """Both the registration's update and a claim's heartbeat renew the owner's
+    ``procrastinate_workers.last_heartbeat`` (what ``cluster status`` shows)."""
+    from hostctl.queues.model import Envelope, new_id
+    from hostctl.queues.pgqueue import PgQueue
+    from hostctl.times import utc_iso
+
+    cluster.init(dsn)
+    db = dict(p.split("=", 1) for p in dsn.split())["dbname"]
+
+    def age() -> float:
+        [value] = pg.psql("SELECT extract(epoch FROM now() - last_heartbeat) FROM "
+                          "procrastinate_workers", database=db)
+        return float(value)
+
+    def make_old() -> None:
+        pg.psql("UPDATE procrastinate_workers SET last_heartbeat = now() - "
+                "interval '1 hour'", database=db)
+
+    q = PgQueue(dsn, tmp_path / "spool", tmp_path / "logs")
+    registration = q.register_worker(os.getpid(), utc_iso(), 60.0)
+    make_old()
+    registration.update(3)
+    assert age() < 60
+    q.publish(Envelope(new_id(), "verify", "@a.example", {}, {}, 5, utc_iso()))
+    [claim] = q.claim()
+    make_old()
+    q.heartbeat(claim)
+    assert age() < 60
