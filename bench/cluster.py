@@ -18,9 +18,12 @@ Every system runs the same commands (``sh -c``): ``stamp`` writes the wall clock
 file. What is measured (milliseconds; medians and percentiles):
 
 pickup     an idle worker waiting; a task published -> its command started, for a few
-           hundred tasks at random gaps. "Published" is the moment just before the call
+           hundred rounds at random gaps. "Published" is the moment just before the call
            that queues it: Spool.publish and PgQueue.publish (in-process, as ``task add``
-           does), Celery's ``apply_async``, RQ's ``Queue.enqueue``.
+           does), Celery's ``apply_async``, RQ's ``Queue.enqueue``. All the systems'
+           workers wait at once and each round gives one task to each, in a random
+           order, so that they meet the same moments of the machine; hostctl's
+           latencies over each peer's, round by round, give a median ratio as well.
 e2e        the enqueue command started (``hostctl task add``, ``celery call``,
            ``rq enqueue``) -> the command started.
 drain      1, 2 and 4 worker processes of one slot each, started and idle; then 40
@@ -51,7 +54,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +67,7 @@ from common import (  # noqa: E402
     install_debian,
     install_pypi,
     machine,
+    median,
     note,
     summarize,
     wait_for,
@@ -371,24 +375,63 @@ def stamp_of(path: Path) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def pickup(system: System, n: int, seed: int) -> dict[str, Any]:
+def pickup(systems: list[System], n: int, seed: int) -> dict[str, dict[str, Any]]:
+    """Every system's idle worker waits at once; each round publishes one task to each
+    system in a random order, one after the other, so that all of them meet the same
+    moments of a shared machine (its noise moves the medians of runs made one after
+    the other by more than the differences between them). A system that fails is
+    reported and taken out of the rounds."""
     rng = random.Random(seed)
-    system.clear()
-    system.start_workers(1)
-    time.sleep(1.0)  # idle: the worker waits
-    lat = []
+    out: dict[str, dict[str, Any]] = {}
+    lat: dict[str, list[float]] = {}
+    rounds: dict[str, dict[int, float]] = {s.name: {} for s in systems}
+    live: list[System] = []
     try:
+        for system in systems:
+            try:
+                system.clear()
+                system.start_workers(1)
+            except Exception as exc:
+                out[system.name] = {"error": one_line(exc)}
+                continue
+            live.append(system)
+            lat[system.name] = []
+        time.sleep(1.0)  # idle: the workers wait
         for i in range(n):
-            time.sleep(rng.uniform(0.02, 0.08))
-            name = f"p{i}"
-            t0 = time.time_ns()
-            task = system.publish("stamp", name, i)
-            path = system.out / (task if isinstance(system, Hostctl) else name)
-            ran = wait_for(lambda p=path: stamp_of(p), 30, 0.0005, f"stamp {name}")
-            lat.append((ran - t0) / 1e6)
+            for system in rng.sample(live, len(live)):
+                time.sleep(rng.uniform(0.02, 0.08))
+                name = f"p{i}"
+                try:
+                    t0 = time.time_ns()
+                    task = system.publish("stamp", name, i)
+                    path = system.out / (task if isinstance(system, Hostctl) else name)
+                    ran = wait_for(lambda p=path: stamp_of(p), 30, 0.0005,
+                                   f"stamp {name}")
+                except Exception as exc:
+                    out[system.name] = {"error": one_line(exc)}
+                    live.remove(system)
+                    continue
+                lat[system.name].append((ran - t0) / 1e6)
+                rounds[system.name][i] = lat[system.name][-1]
     finally:
-        system.stop_workers()
-    return summarize(lat)
+        for system in systems:
+            with suppress(Exception):
+                system.stop_workers()
+    for name, values in lat.items():
+        out.setdefault(name, summarize(values))
+    for mine in systems:  # hostctl's latency over each peer's, round by round
+        if not mine.name.startswith("hostctl") or "error" in out[mine.name]:
+            continue
+        out[mine.name]["ratio_to"] = {
+            peer.name: round(median([rounds[mine.name][i] / rounds[peer.name][i]
+                                     for i in rounds[mine.name] if i in rounds[peer.name]]),
+                             3)
+            for peer in systems if peer is not mine and "error" not in out[peer.name]}
+    return out
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
 
 
 def e2e(system: System, n: int) -> dict[str, Any]:
@@ -442,9 +485,8 @@ def drain(system: System, workers: int, per_worker: int) -> dict[str, Any]:
 
 
 def measure(system: System, quick: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": system.name}
-    note(f"{system.name}: pickup")
-    out["pickup"] = pickup(system, 40 if quick else 300, 1)
+    """``task add`` end to end and the drains (the pickup is measured for all at once)."""
+    out: dict[str, Any] = {}
     note(f"{system.name}: e2e")
     out["e2e"] = e2e(system, 10 if quick else 40)
     out["drain"] = []
@@ -490,8 +532,12 @@ def goals(results: list[dict[str, Any]]) -> list[str]:
             continue
         ahead = (p50 < peer["pickup"]["p50"] and
                  mine["drain"][2]["rate"] >= peer["drain"][2]["rate"])
+        ratio = mine["pickup"].get("ratio_to", {}).get(peer["name"])
         out.append(f"ahead of {peer['name']} (pickup p50 and 4-worker drain): "
-                   f"{'met' if ahead else 'missed'}")
+                   f"{'met' if ahead else 'missed'} (pickup p50 {p50:.1f} vs "
+                   f"{peer['pickup']['p50']:.1f} ms, median of the rounds' ratios "
+                   f"{ratio}; drain {mine['drain'][2]['rate']} vs "
+                   f"{peer['drain'][2]['rate']} tasks/s)")
     return out
 
 
@@ -513,28 +559,51 @@ def main(argv: list[str] | None = None) -> int:
         install()
     results: list[dict[str, Any]] = []
     failed = False
-    with tempfile.TemporaryDirectory(prefix="hostctl-bench-cluster-", dir="/tmp") as tmp:
+    with tempfile.TemporaryDirectory(prefix="hostctl-bench-cluster-", dir="/tmp") as tmp, \
+            ExitStack() as services:
         root = Path(tmp)
         os.chmod(root, 0o755)
+        systems: list[System] = []
 
-        def run(make: Callable[[], System], name: str) -> None:
+        def make(build: Callable[[], System], name: str) -> None:
             nonlocal failed
             try:
-                system = make()
-                results.append(measure(system, args.quick))
+                systems.append(build())
             except Exception as exc:  # one system's failure is reported; the others run
                 failed = True
                 note(f"{name} failed: {exc}")
-                results.append({"name": name, "error": " ".join(str(exc).split())[:300]})
+                results.append({"name": name, "error": one_line(exc)})
 
-        run(lambda: Hostctl(root / "spool"), "hostctl spool")
-        with postgres(root / "postgres") as dsn:
-            run(lambda: Hostctl(root / "cluster", dsn), "hostctl cluster (PostgreSQL)")
+        make(lambda: Hostctl(root / "spool"), "hostctl spool")
+        make(lambda: Hostctl(root / "cluster",
+                             services.enter_context(postgres(root / "postgres"))),
+             "hostctl cluster (PostgreSQL)")
         if not args.quick:
-            with rabbitmq(root / "rabbitmq") as broker:
-                run(lambda: Celery(root / "celery", broker), "Celery 5.5 (RabbitMQ)")
-            with redis(root / "redis") as url:
-                run(lambda: Rq(root / "rq", url), "RQ 3.0 (Redis)")
+            make(lambda: Celery(root / "celery",
+                                services.enter_context(rabbitmq(root / "rabbitmq"))),
+                 "Celery 5.5 (RabbitMQ)")
+            make(lambda: Rq(root / "rq", services.enter_context(redis(root / "redis"))),
+                 "RQ 3.0 (Redis)")
+        note("pickup: " + ", ".join(s.name for s in systems) + " in turn")
+        pickups = pickup(systems, 40 if args.quick else 300, 1)
+        for system in systems:
+            row: dict[str, Any] = {"name": system.name}
+            if "error" in pickups[system.name]:
+                row["error"] = "pickup: " + pickups[system.name]["error"]
+            else:
+                row["pickup"] = pickups[system.name]
+                try:
+                    row.update(measure(system, args.quick))
+                except Exception as exc:
+                    row = {"name": system.name, "error": one_line(exc)}
+            if "error" in row:
+                failed = True
+                note(f"{system.name} failed: {row['error']}")
+            results.append(row)
+        order = {name: i for i, name in enumerate(
+            ["hostctl spool", "hostctl cluster (PostgreSQL)", "Celery 5.5 (RabbitMQ)",
+             "RQ 3.0 (Redis)"])}
+        results.sort(key=lambda r: order.get(r["name"], len(order)))
     doc = {"machine": machine(), "quick": args.quick, "results": results,
            "goals": goals(results)}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -17,8 +17,8 @@ that does not read as a context (written by hand) is malformed, as a broken file
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from contextlib import AbstractContextManager
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
 from typing import Any, LiteralString
 
 from hostctl.contexts.names import display, parse_name
@@ -51,6 +51,26 @@ class PgStore(StoreRules):
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
         self.db = Session(dsn, "contexts table")
+        #: within reading(): bare name -> the context as read (None: there is none)
+        self._memo: dict[str, Context | None] | None = None
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        if self._memo is not None:
+            yield
+            return
+        self._memo = {}
+        try:
+            yield
+        finally:
+            self._memo = None
+
+    def prime(self, bare: str, doc: Any) -> None:
+        """Within :meth:`reading`: the document of ``bare`` as another statement read it
+        a moment ago (a worker's claim reads its task's context with it); else nothing."""
+        if self._memo is not None and bare not in self._memo:
+            with suppress(MalformedFile):  # read again, and reported, by whoever asks
+                self._memo[bare] = None if doc is None else self._decode(bare, doc)
 
     # -- reading ----------------------------------------------------------------------
 
@@ -87,8 +107,14 @@ class PgStore(StoreRules):
         return False  # every listing is one query: nothing to keep
 
     def _read(self, bare: str) -> Context | None:
+        memo = self._memo
+        if memo is not None and bare in memo:
+            return memo[bare]
         rows = self.db.rows("SELECT document FROM hostctl_contexts WHERE name = %s", (bare,))
-        return self._decode(bare, rows[0][0]) if rows else None
+        ctx = self._decode(bare, rows[0][0]) if rows else None
+        if memo is not None:
+            memo[bare] = ctx
+        return ctx
 
     @staticmethod
     def _decode(bare: str, doc: Any) -> Context:
@@ -106,8 +132,17 @@ class PgStore(StoreRules):
 
     # -- writing ----------------------------------------------------------------------
 
-    def _locked(self) -> AbstractContextManager[None]:
-        return self.db.transaction(_LOCK)
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        # a read-modify-write reads what is stored now, and what it changes is read
+        # afresh after it: whatever a reading() scope kept is forgotten, and not kept
+        memo, self._memo = self._memo, None
+        try:
+            with self.db.transaction(_LOCK):
+                yield
+        finally:
+            if memo is not None:
+                self._memo = {}
 
     def _write(self, ctx: Context) -> None:
         hosts = sorted(host_names(ctx.name, ctx.schema, ctx.values)) if ctx.type == "site" \

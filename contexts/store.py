@@ -35,7 +35,7 @@ import os
 import tomllib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -180,6 +180,11 @@ class ContextStore(Protocol):
         """Store contexts from another store as they are (moving a home into a cluster
         and out of it), each checked as a save checks it."""
 
+    def reading(self) -> AbstractContextManager[None]:
+        """A scope in which each context is read from storage at most once (a worker's
+        check and preparation of a task see one state of it); writes are never served
+        from it. Nested scopes are one."""
+
 
 class StoreRules(ABC):
     """What every context store does the same way, on top of its storage: the validation
@@ -198,6 +203,9 @@ class StoreRules(ABC):
     def referrers(self, name: str) -> list[Context]:
         bare = parse_name(name)
         return [c for c in self.of_type() if c.name != bare and c.refers_to(bare)]
+
+    def reading(self) -> AbstractContextManager[None]:
+        return nullcontext()  # reading a file again costs next to nothing
 
     # -- writing ----------------------------------------------------------------------
 

@@ -151,6 +151,8 @@ OWNER_LOCKS = 0x686F7374
 LEADER_LOCK = 0x686F7374_6C656164
 #: where a resume, a requeue, a cancel is announced (a publish is procrastinate's own)
 CHANNEL = "hostctl_queue"
+#: how long a worker's watch may stand for asking whether the queue is paused
+PAUSE_KNOWN = 1.0
 _PAUSED = "!paused"  # the record that pauses the cluster's queue (not a record name)
 _FINISHED = ("succeeded", "failed", "cancelled", "aborted")
 _JOB_END = {"success": "succeeded", "warning": "succeeded", "cancelled": "aborted"}
@@ -355,7 +357,7 @@ class PgWatch:
     it: while the database cannot be reached, a timer wakes the sleeper each second to try."""
 
     def __init__(self, dsn: str, channels: list[str], incoming: Path | None,
-                 told: Callable[[str], None] = lambda _channel: None) -> None:
+                 told: Callable[[str, str], None] = lambda _channel, _payload: None) -> None:
         self.dsn, self.channels, self.told = dsn, channels, told
         self.poll = select.epoll()
         self.timer = Timer()
@@ -382,6 +384,7 @@ class PgWatch:
         self.conn, self.conn_fd = conn, fd
         self.poll.register(fd, select.EPOLLIN)
         self.timer.arm(0)
+        self.told("", "")  # listening (again): what was told before may have been missed
 
     def fileno(self) -> int:
         return self.poll.fileno()
@@ -395,7 +398,7 @@ class PgWatch:
             return None
         try:
             for notice in self.conn.notifies(timeout=0):
-                self.told(notice.channel)
+                self.told(notice.channel, notice.payload)
         except psycopg.Error:
             self._drop()
             self._connect()
@@ -427,8 +430,12 @@ class PgQueue:
 
     def __init__(self, dsn: str, root: Path, logs: Path, *,
                  route: Callable[[Envelope], str] | None = None,
-                 queues: Collection[str] | None = None, server: str = "") -> None:
+                 queues: Collection[str] | None = None, server: str = "",
+                 prime: Callable[[str, Any], None] | None = None) -> None:
         self.dsn = dsn
+        #: told the document of each claimed task's context (bare name, or None), as
+        #: the claim read it: the context store need not read it again
+        self.prime = prime or (lambda _name, _document: None)
         self.root = root
         self.logs = logs
         self.route = route or (lambda _env: DEFAULT_QUEUE)
@@ -450,6 +457,9 @@ class PgQueue:
         self._unjudged: tuple[object, set[str]] = (None, set())
         self._said: set[str] = set()
         self._ready = False
+        self._watch: PgWatch | None = None
+        #: what paused() read last, and when (time.monotonic)
+        self._pause_known: tuple[bool, float] | None = None
 
     # -- owner: this process, as the holder of claims ---------------------------------
 
@@ -913,11 +923,12 @@ class PgQueue:
                           key=lambda r: (-int(r[3]), int(r[1])))
             if not rows:
                 break
-            for i, (task_id, job, body, _priority) in enumerate(rows):
+            for i, (task_id, job, body, _priority, context, document) in enumerate(rows):
+                self.prime(str(context), document)
                 try:
                     claim = self._judge(str(task_id), int(job), bytes(body), check, waiting)
                 except BaseException as exc:
-                    for later_id, later_job, _body, _p in rows[i:]:
+                    for later_id, later_job, *_rest in rows[i:]:
                         with suppress(HostctlError):
                             self._give_back(str(later_id), int(later_job))
                     if isinstance(exc, DatabaseError) and exc.lost:
@@ -936,7 +947,8 @@ class PgQueue:
                 # wait for; a connection lost on the way fails it whole: [] now
                 return self.db.rows(_FETCH, {
                     "queues": self.queues, "skip": sorted(skip), "waiting": sorted(waiting),
-                    "limit": limit, "owner": owner, "lease": LEASE}, retry=False)
+                    "limit": limit, "owner": owner, "lease": LEASE, "paused": _PAUSED},
+                    retry=False)
             except DatabaseError as exc:
                 if exc.lost:  # not taken, or taken by a connection gone: a sweep's
                     return []
@@ -1252,26 +1264,41 @@ class PgQueue:
             channels += [f"procrastinate_queue_v1#{q}" for q in self.queues]
         origin = origin_channel(self.host)
 
-        def told(channel: str) -> None:
+        def told(channel: str, payload: str) -> None:
             if channel == origin:
                 self._receipts_due = True
+            if not channel or (channel == CHANNEL and payload in ("pause", "resume")):
+                self._pause_known = None  # listening again, or told of a change
 
-        return PgWatch(self.dsn, [*channels, origin], self.local.dir("incoming"), told)
+        self._watch = PgWatch(self.dsn, [*channels, origin], self.local.dir("incoming"),
+                              told)
+        return self._watch
 
     # -- the queue as a whole ---------------------------------------------------------
 
     def pause(self) -> None:
         self.db.rows("INSERT INTO hostctl_records (name, data) VALUES (%s, '') "
                      "ON CONFLICT (name) DO NOTHING", (_PAUSED,))
+        self._notify("pause")
 
     def resume(self) -> None:
         self.db.rows("DELETE FROM hostctl_records WHERE name = %s", (_PAUSED,))
         self._notify("resume")
 
     def paused(self) -> bool:
+        """Whether the queue is paused. A worker's watch hears every pause and resume,
+        so what it read last stands while the watch listens, for PAUSE_KNOWN seconds
+        at most; the claim itself takes nothing while the queue is paused, whatever
+        this said."""
+        known, watch = self._pause_known, self._watch
+        if (known is not None and watch is not None and watch.conn is not None
+                and time.monotonic() - known[1] < PAUSE_KNOWN):
+            return known[0]
         try:
-            return bool(self.db.rows("SELECT 1 FROM hostctl_records WHERE name = %s",
-                                     (_PAUSED,)))
+            paused = bool(self.db.rows("SELECT 1 FROM hostctl_records WHERE name = %s",
+                                       (_PAUSED,)))
+            self._pause_known = (paused, time.monotonic())
+            return paused
         except HostctlError as exc:
             if exc.message not in self._said:
                 self._said.add(exc.message)
@@ -1341,8 +1368,14 @@ class PgQueue:
 #: the first ready job of each context in this worker's queues, taken (see the docstring)
 _FETCH: LiteralString = """
 WITH picked AS (
-    SELECT j.id FROM procrastinate_jobs j
+    SELECT j.id FROM procrastinate_jobs j,
+        -- the claim need not wait for its commit to reach the disk: the spawn event a
+        -- worker writes before it runs anything commits synchronously, and that flush
+        -- takes every earlier commit with it; a claim lost with a crash of the database
+        -- before then never ran anything
+        (SELECT set_config('synchronous_commit', 'off', true)) AS lazy
     WHERE j.status = 'todo'
+      AND NOT EXISTS (SELECT 1 FROM hostctl_records WHERE name = %(paused)s)
       AND (%(queues)s::text[] IS NULL OR j.queue_name = ANY(%(queues)s))
       AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())
       AND NOT (j.lock = ANY(%(skip)s::text[]))
@@ -1362,12 +1395,13 @@ WITH picked AS (
 ), taken AS (
     UPDATE procrastinate_jobs j SET status = 'doing', worker_id = %(owner)s
     FROM picked WHERE j.id = picked.id
-    RETURNING j.id, j.priority
+    RETURNING j.id, j.priority, ltrim(j.lock, '@') AS context
 )
 UPDATE hostctl_tasks t SET owner = %(owner)s,
     lease_until = now() + make_interval(secs => %(lease)s)
-FROM taken WHERE t.job_id = taken.id
-RETURNING t.id, t.job_id, t.body, taken.priority
+FROM taken LEFT JOIN hostctl_contexts c ON c.name = taken.context
+WHERE t.job_id = taken.id
+RETURNING t.id, t.job_id, t.body, taken.priority, taken.context, c.document
 """
 
 #: the claims in this worker's queues that are not its own, and whether their owner is

@@ -103,6 +103,7 @@ class Home:
         """A queue object of its own: a worker keeps its own view of the queue."""
         if self.config.cluster.dsn:
             # psycopg and the cluster's queue: loaded by a home in a cluster alone
+            from hostctl.contexts.pgstore import PgStore
             from hostctl.queues.pgqueue import DEFAULT_QUEUE, PgQueue
 
             store = self.store
@@ -114,7 +115,8 @@ class Home:
             queues = ([] if not self.config.cluster.run_tasks else
                       [server, DEFAULT_QUEUE] if server else None)
             return PgQueue(self.config.cluster.dsn, self.paths.spool, self.paths.logs,
-                           route=route, server=server, queues=queues)
+                           route=route, server=server, queues=queues,
+                           prime=store.prime if isinstance(store, PgStore) else None)
         return Spool(self.paths.spool, self.paths.logs,
                      self.config.spool.allow_network_filesystem)
 

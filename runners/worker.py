@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
 from hostctl.config import Config
+from hostctl.contexts.store import ContextStore
 from hostctl.errors import HostctlError, Unreachable
 from hostctl.paths import Paths
 from hostctl.process import boot_ticks, host_name, signal_session
@@ -35,6 +36,7 @@ from hostctl.provision.runner import (
     read_result,
     secret_values,
 )
+from hostctl.provision.secrets import SecretStore
 from hostctl.provision.secretstores import open_secrets
 from hostctl.queues.backend import LeaseLost, QueueBackend, TaskClaim, TaskLog
 from hostctl.queues.model import Policy, backoff
@@ -139,12 +141,17 @@ class Worker:
         echo: TextIO | None = None,
         clock: Callable[[], float] = time.monotonic,
         queue: QueueBackend | None = None,
+        store: ContextStore | None = None,
+        secrets: SecretStore | None = None,
     ) -> None:
         self.paths = paths
         self.config = config
         self.registry = registry
-        self.store = open_store(paths, config)
-        self.secrets = open_secrets(paths, config.cluster.dsn)
+        # the home's own, when it has them: one connection each in a cluster, and the
+        # contexts its queue reads with a claim are known to this store (see reading())
+        self.store = store if store is not None else open_store(paths, config)
+        self.secrets = secrets if secrets is not None else open_secrets(
+            paths, config.cluster.dsn)
         # the only way to the queue (see backend.py); its own Spool, so that its view of
         # the spool's folders is kept up to date by this worker alone
         self.queue: QueueBackend = queue if queue is not None else Spool(
@@ -180,7 +187,8 @@ class Worker:
         """A worker for ``home``'s queue, with its settings and task types."""
         home.paths.ensure_home()
         return cls(home.paths, home.config, home.registry, concurrency=concurrency,
-                   echo=echo, queue=home.open_queue())
+                   echo=echo, queue=home.open_queue(), store=home.store,
+                   secrets=home.secrets)
 
     def reconfigure(self, config: Config, registry: Registry,
                     keep_concurrency: bool = False) -> None:
@@ -220,15 +228,17 @@ class Worker:
             self.hold_off()
             return 0
         self.queue.promote_due()
-        started = self._start_held(free)
-        free -= started
-        claims = (self.queue.claim(self._check, limit=free, skip_contexts=self._busy())
-                  if free > 0 else [])
-        for claim in claims:
-            if self.clock() < self.no_room_until:  # the disk filled up: give them back
-                self._give_back(claim)
-                continue
-            started += self.start(claim, queued=True)
+        # a task's check when claimed and its preparation read its contexts once
+        with self.store.reading():
+            started = self._start_held(free)
+            free -= started
+            claims = (self.queue.claim(self._check, limit=free, skip_contexts=self._busy())
+                      if free > 0 else [])
+            for claim in claims:
+                if self.clock() < self.no_room_until:  # the disk filled up: give them back
+                    self._give_back(claim)
+                    continue
+                started += self.start(claim, queued=True)
         self._claim_ahead()
         return started
 
@@ -314,7 +324,8 @@ class Worker:
                 self._reap(target)
             if target.exit_status is not None and not target.out_open:
                 # the next task first, then the bookkeeping of this one (see prefetch)
-                self._start_held(self.concurrency - len(self.running) + 1)
+                with self.store.reading():
+                    self._start_held(self.concurrency - len(self.running) + 1)
                 self._complete(target)
                 self.ahead_given_back = False
                 self._claim_ahead()

@@ -19,7 +19,7 @@ from pghelpers import SECRET
 from provisionhelpers import Lab, PgCluster, world_readable_dir
 from taskhelpers import write_config
 
-from hostctl.errors import ExitStatus, OperationFailed
+from hostctl.errors import ExitStatus, NotFound, OperationFailed
 from hostctl.runners import cluster
 
 
@@ -671,3 +671,84 @@ def test_a_workers_heartbeats_reach_procrastinates_worker_row(tmp_path: Path, ds
     make_old()
     q.heartbeat(claim)
     assert age() < 60
+
+
+def test_a_paused_queue_claims_nothing_whatever_a_worker_last_heard(
+        tmp_path: Path, dsn: str) -> None:
+    """A worker keeps what it read of the pause while its watch listens; the claim
+    itself asks the database, so a pause from another host stops it at once; the
+    pause's notice makes the worker ask again."""
+    from hostctl.queues.model import Envelope, new_id
+    from hostctl.queues.pgqueue import PgQueue
+    from hostctl.times import utc_iso
+
+    cluster.init(dsn)
+    worker = PgQueue(dsn, tmp_path / "w", tmp_path / "wlogs")
+    other = PgQueue(dsn, tmp_path / "o", tmp_path / "ologs")
+    watch = worker.watch()
+    try:
+        env = Envelope(new_id(), "verify", "@a.example", {}, {}, 5, utc_iso())
+        other.publish(env)
+        assert worker.paused() is False
+        other.pause()
+        assert worker.paused() is False  # what it heard last: the notice not yet read
+        assert worker.claim() == []  # ... but the claim sees the pause
+        deadline = time.monotonic() + 10
+        while not worker.paused() and time.monotonic() < deadline:
+            watch.drain()
+            time.sleep(0.01)
+        assert worker.paused() is True
+        other.resume()
+        deadline = time.monotonic() + 10
+        while worker.paused() and time.monotonic() < deadline:
+            watch.drain()
+            time.sleep(0.01)
+        [claim] = worker.claim()
+        assert claim.task.id == env.id
+        # the claim's own commit is not waited for; the session's stays synchronous
+        [(mode,)] = worker.db.rows("SHOW synchronous_commit")
+        assert mode == "on"
+    finally:
+        watch.close()
+    alone = PgQueue(dsn, tmp_path / "a", tmp_path / "alogs")  # no watch: it always asks
+    assert alone.paused() is False
+    other.pause()
+    assert alone.paused() is True
+
+
+def test_a_claim_hands_its_contexts_document_to_the_store(tmp_path: Path, dsn: str,
+                                                          run_hostctl: Any, home: Path) -> None:
+    """The claim reads the task's context with the task; within a reading() scope the
+    store serves it from there, later reads of it too, and a write reads afresh."""
+    from hostctl.contexts.pgstore import PgStore
+    from hostctl.queues.model import Envelope, new_id
+    from hostctl.queues.pgqueue import PgQueue
+    from hostctl.times import utc_iso
+
+    cluster.init(dsn)
+    store, other = PgStore(dsn), PgStore(dsn)
+    store.save("@srv", {}, "server")
+    seen: list[tuple[str, Any]] = []
+    q = PgQueue(dsn, tmp_path / "w", tmp_path / "wlogs",
+                prime=lambda name, doc: (seen.append((name, doc)), store.prime(name, doc)))
+    for context in ("@srv", "@none"):
+        q.publish(Envelope(new_id(), "verify", context, {}, {}, 5, utc_iso()))
+    with store.reading():
+        claims = q.claim(limit=2)
+        assert len(claims) == 2
+        assert sorted(name for name, _ in seen) == ["none", "srv"]
+        assert dict(seen)["none"] is None and dict(seen)["srv"]["type"] == "server"
+        # another host, meanwhile
+        other.save("@srv", {"ip_addresses": "192.0.2.7"})
+        other.save("@none", {}, "server")
+        assert store.get("@srv").get("ip_addresses") == []  # as the claim read them
+        with pytest.raises(NotFound):
+            store.get("@none")
+        store.save("@srv", {"ip_addresses": "192.0.2.8"})  # a write reads afresh
+        assert store.get("@srv").get("ip_addresses") == ["192.0.2.8"]
+        other.save("@srv", {"ip_addresses": "192.0.2.9"})
+        assert store.get("@srv").get("ip_addresses") == ["192.0.2.8"]
+    assert store.get("@srv").get("ip_addresses") == ["192.0.2.9"]  # out of it: now
+    assert store.get("@none").type == "server"
+    store.prime("srv", None)  # outside a scope: nothing is kept
+    assert store.get("@srv").get("ip_addresses") == ["192.0.2.9"]
