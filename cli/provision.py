@@ -38,9 +38,7 @@ def provision_task(
     print(f"hostctl: {type_name} on {task.envelope.context}: {label} (task {task.id})"
           + (f": {task.reason}" if task.reason and label != "success" else ""),
           file=sys.stderr)
-    if label == "cancelled":
-        return ExitStatus.INTERRUPTED
-    return ExitStatus.OK if label in ("success", "warning") else ExitStatus.ERROR
+    return ExitStatus.of_outcome(label)
 
 
 def _declared_options(home: Home, type_name: str) -> list[str]:

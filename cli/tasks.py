@@ -1,8 +1,9 @@
-"""``hostctl task add|list|show|log|retry|cancel`` and ``hostctl queue status``."""
+"""``hostctl task add|list|show|log|wait|retry|cancel`` and ``hostctl queue status``."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import typer
@@ -12,6 +13,7 @@ from hostctl.cli.common import JsonFlag, complete_context, say, state, table
 from hostctl.cli.output import emit_json
 from hostctl.cli.submit import add_task
 from hostctl.contexts.names import display, parse_name
+from hostctl.errors import ExitStatus, InvalidInput
 from hostctl.queues import dropbox
 from hostctl.queues.model import Status
 from hostctl.runners import lifecycle as ops
@@ -147,15 +149,64 @@ def log_(
     follow: Annotated[bool, typer.Option(
         "--follow", "-f", help="Keep printing until the task ends.")] = False,
     receipt: ReceiptOpt = None,
-) -> None:
-    """Print a task's log."""
+) -> int:
+    """Print a task's log; with --follow, until the task ends, then exit with its
+    outcome (as task wait does)."""
     out = sys.stdout.buffer
     paths = state(ctx).paths
+    frontend = dropbox.is_frontend(paths)
     chunks = (dropbox.frontend_log(paths, task_id, follow, receipt)
-              if dropbox.is_frontend(paths) else ops.follow_log(_home(ctx), task_id, follow))
+              if frontend else ops.follow_log(_home(ctx), task_id, follow))
     for chunk in chunks:
         out.write(chunk)
         out.flush()
+    if not follow:
+        return ExitStatus.OK
+    doc = (dropbox.frontend_show(paths, task_id, receipt) if frontend
+           else ops.get(_home(ctx), task_id).to_json())
+    return ExitStatus.of_outcome(str(doc.get("status")))
+
+
+@app.command("wait")
+def wait(
+    ctx: typer.Context,
+    task_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="The tasks' ids.")],
+    timeout: Annotated[float | None, typer.Option(
+        "--timeout", min=0, metavar="SECONDS",
+        help="Give up after this long (exit 124).")] = None,
+    receipt: ReceiptOpt = None,
+    json_: JsonFlag = False,
+) -> int:
+    """Wait until the tasks end; exit with their outcome (0 success or warning, 1 an
+    error, 130 a cancel; the worst of them), or 124 if --timeout ran out first."""
+    st = state(ctx)
+    paths = st.paths
+    if receipt is not None and len(task_ids) > 1:
+        raise InvalidInput("--receipt names one task's receipt: wait for one task with it")
+    if dropbox.is_frontend(paths):
+        def look(task_id: str) -> dict[str, Any]:
+            return dropbox.frontend_show(paths, task_id, receipt)
+    else:
+        home = _home(ctx)
+
+        def look(task_id: str) -> dict[str, Any]:
+            return ops.get(home, task_id).to_json()
+
+    def ended(doc: Mapping[str, Any]) -> None:
+        if not json_:
+            reason = doc.get("reason") or ""
+            say(st, f"task {doc['id']}: {doc['status']}"
+                    + (f": {printable(str(reason))}" if reason and
+                       doc["status"] != "success" else ""))
+
+    waited = ops.wait_tasks(look, task_ids, timeout, ended)
+    if json_:
+        emit_json(waited.ended + [dict(look(i)) for i in waited.pending])
+    if waited.pending:
+        typer.echo(f"hostctl: still not ended after {timeout:g} s: "
+                   + " ".join(waited.pending), err=True)
+        return ExitStatus.TIMED_OUT
+    return ExitStatus.of_outcomes([str(d["status"]) for d in waited.ended])
 
 
 @app.command("retry")

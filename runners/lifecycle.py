@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from hostctl.contexts.names import display, parse_name
 from hostctl.errors import Conflict, InvalidInput
@@ -119,6 +120,40 @@ def follow_log(home: Home, task_id: str, follow: bool,
                poll: float = 0.1) -> Iterator[bytes]:
     """The task's log; with ``follow``, new output until the task has ended."""
     return home.queue.read_log(task_id, follow, poll)
+
+
+@dataclass(frozen=True)
+class Waited:
+    """What ``task wait`` saw: the tasks that ended (as ``task show --json`` gives
+    them), in the order they ended, and the ids still unfinished when it gave up."""
+
+    ended: list[dict[str, Any]]
+    pending: list[str]
+
+
+def wait_tasks(look: Callable[[str], Mapping[str, Any]], ids: list[str],
+               timeout: float | None = None, on_end: Callable[[Mapping[str, Any]], None]
+               = lambda _doc: None, poll: float = 0.1,
+               clock: Callable[[], float] = time.monotonic) -> Waited:
+    """Wait until every task of ``ids`` has ended (``look(id)``: the task as ``task show
+    --json`` gives it; a status code > 0 is an end), or ``timeout`` seconds. Each id is
+    looked up once first, so a wrong one is refused before anything is waited for."""
+    pending = list(dict.fromkeys(ids))
+    ended: list[dict[str, Any]] = []
+    deadline = None if timeout is None else clock() + timeout
+    while True:
+        still = []
+        for task_id in pending:
+            doc = dict(look(task_id))
+            if int(doc.get("status_code") or 0) > 0:
+                ended.append(doc)
+                on_end(doc)
+            else:
+                still.append(task_id)
+        pending = still
+        if not pending or (deadline is not None and clock() >= deadline):
+            return Waited(ended, pending)
+        time.sleep(poll if deadline is None else max(0.0, min(poll, deadline - clock())))
 
 
 @dataclass(frozen=True)

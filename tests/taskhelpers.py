@@ -213,10 +213,11 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 20) -> int:
         proc.send_signal(signal.SIGTERM)
     try:
         return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as exc:
         proc.kill()
         proc.wait(timeout=10)
-        raise AssertionError(f"process {proc.pid} did not stop after TERM") from None
+        # from exc: a failure of the test that left the process running shows too
+        raise AssertionError(f"process {proc.pid} did not stop after TERM") from exc
 
 
 def group_members(pgid: int) -> list[int]:

@@ -231,6 +231,8 @@ def test_the_front_end_follows_its_own_task(world: World) -> None:
     assert f"dumped {len(world.values['val'])}" in log.out
     assert log.out.startswith("--- hostctl: attempt 1 of dump on @a.example")
     assert be.fe(fe1, "task", "log", world.dump, "--follow").out == log.out
+    waited = be.fe(fe1, "task", "wait", world.dump)  # by its receipt, as show does
+    assert (waited.code, waited.out) == (0, f"task {world.dump}: success\n"), waited
 
 
 def test_the_receipt_files_are_shared_with_the_group_only(world: World) -> None:

@@ -461,3 +461,57 @@ def test_provision_ctrl_c_like_sigint_cancels(root: Path, home: Path, run_hostct
     assert code == 130
     [task_id] = ids_in(home, "done")
     assert show(run_hostctl, task_id)["status"] == "cancelled"
+
+
+def _hostctl(home: Path, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*_exe(), *argv], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "HOSTCTL_HOME": str(home)})
+
+
+def test_task_wait_blocks_until_the_tasks_end_and_exits_with_the_worst(
+        root: Path, run_hostctl, home: Path) -> None:
+    ok = add(run_hostctl, "note", "@a.example")
+    bad = add(run_hostctl, "fail", "@b.example")
+    slow = add(run_hostctl, "stream", "@c.example")
+    waiter = subprocess.Popen([*_exe(), "task", "wait", ok, bad], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "HOSTCTL_HOME": str(home)})
+    time.sleep(0.5)
+    assert waiter.poll() is None  # nothing has run: it waits
+    worker = popen_hostctl(home, "wait-queue")
+    try:
+        out, err = waiter.communicate(timeout=60)
+        assert waiter.returncode == 1, err  # one of them failed
+        lines = out.splitlines()
+        assert sorted(lines) == sorted([f"task {ok}: success",
+                                        f"task {bad}: error: exited with status 3"]), out
+        assert _hostctl(home, "task", "wait", ok).returncode == 0
+        # --timeout: the task still runs, 124 and which ones
+        res = _hostctl(home, "task", "wait", slow, ok, "--timeout", "0.5")
+        assert res.returncode == 124, res
+        assert slow in res.stderr and ok not in res.stderr
+        (root / "go").touch()
+        res = _hostctl(home, "task", "wait", slow, "--json")
+        assert res.returncode == 0, res
+        [doc] = json.loads(res.stdout)
+        assert (doc["id"], doc["status"]) == (slow, "success")
+        # a cancelled task: the cancel's code, as provision-TYPE gives it
+        gone = add(run_hostctl, "slow", "@d.example")
+        wait_for(lambda: show(run_hostctl, gone)["status"] == "processing", 20, "the start")
+        assert run_hostctl("task", "cancel", gone).code == 0
+        assert _hostctl(home, "task", "wait", gone).returncode == 130
+        assert _hostctl(home, "task", "log", gone, "--follow").returncode == 130
+        assert _hostctl(home, "task", "log", bad, "--follow").returncode == 1
+        assert _hostctl(home, "task", "log", bad).returncode == 0  # not following: shown
+    finally:
+        stop(worker)
+        waiter.kill()
+
+
+def test_task_wait_refuses_an_unknown_id_before_waiting(root: Path, run_hostctl) -> None:
+    queued = add(run_hostctl, "note", "@a.example")
+    for bad in ("0" * 20, "not-an-id"):
+        res = run_hostctl("task", "wait", queued, bad)
+        assert res.code == 2 and len(res.err.strip().splitlines()) == 1, res
+    res = run_hostctl("task", "wait")
+    assert res.code == 2

@@ -16,7 +16,25 @@ class ExitStatus(IntEnum):
     ERROR = 1  # a task ended in `error`, or an operation failed at run time
     USAGE = 2  # usage, invalid input or a refused request
     INTERNAL = 70  # a bug in hostctl (EX_SOFTWARE); rerun with --traceback
-    INTERRUPTED = 130  # interrupted by the user (SIGINT)
+    TIMED_OUT = 124  # ``task wait --timeout``: a task had not ended (timeout(1)'s code)
+    INTERRUPTED = 130  # interrupted by the user (SIGINT), or a task waited for was cancelled
+
+    @classmethod
+    def of_outcome(cls, label: str) -> ExitStatus:
+        """A finished task's status as an exit status (provision-TYPE, ``task wait``,
+        ``task log --follow``): its run was interrupted when it was cancelled."""
+        if label in ("success", "warning"):
+            return cls.OK
+        return cls.INTERRUPTED if label == "cancelled" else cls.ERROR
+
+    @classmethod
+    def of_outcomes(cls, labels: list[str]) -> ExitStatus:
+        """The worst of several: an error over a cancel over success."""
+        found = {cls.of_outcome(label) for label in labels}
+        for worst in (cls.ERROR, cls.INTERRUPTED):
+            if worst in found:
+                return worst
+        return cls.OK
 
 
 class HostctlError(Exception):
