@@ -13,7 +13,16 @@ import typer
 import typer.core
 
 from hostctl import __version__
-from hostctl.cli import cluster, contexts, provision, runners, save, security, tasks
+from hostctl.cli import (
+    cluster,
+    contexts,
+    observe,
+    provision,
+    runners,
+    save,
+    security,
+    tasks,
+)
 from hostctl.cli import grammar as g
 from hostctl.cli.begin import begin
 from hostctl.cli.output import exit_process, guarded, prepare_streams
@@ -76,6 +85,7 @@ app.add_typer(runners.service_app, name="service")
 app.add_typer(security.frontend_app, name="frontend")
 app.add_typer(cluster.app, name="cluster")
 app.command("doctor")(security.doctor)
+app.command("metrics")(observe.metrics)
 tasks.queue_app.command("list")(runners.queue_list)
 tasks.queue_app.command("pause")(runners.queue_pause)
 tasks.queue_app.command("resume")(runners.queue_resume)

@@ -28,7 +28,16 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol, runtime_checkable
 
 from hostctl.errors import OperationFailed
-from hostctl.queues.model import Counts, Envelope, Policy, Status, Task, WorkerInfo
+from hostctl.queues.model import (
+    Counts,
+    Depth,
+    Envelope,
+    Policy,
+    Status,
+    Tally,
+    Task,
+    WorkerInfo,
+)
 
 
 class LeaseLost(OperationFailed):
@@ -220,3 +229,15 @@ class QueueBackend(Protocol):
 
     def collectable(self, retention_days: float, now: float) -> int:
         """How many finished tasks :meth:`collect` would forget."""
+
+    # -- the figures (``hostctl metrics``) --------------------------------------------
+    def tally(self, type_name: str, outcome: str, seconds: float | None) -> None:
+        """Count one attempt's end for good (kept across restarts and :meth:`collect`,
+        summed over every process); OSError or HostctlError when it cannot be written:
+        the caller goes on (a count is never worth a task)."""
+
+    def tallies(self) -> list[Tally]:
+        """The attempts counted so far, by task type and outcome."""
+
+    def depths(self) -> list[Depth]:
+        """Each queue's waiting tasks."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import random
 import secrets
@@ -467,6 +468,35 @@ class Counts(NamedTuple):
     incoming: int  # dropped by front ends, not yet admitted
     quarantined: int  # garbage set aside
     rejected: int  # refused submissions
+
+
+#: the queue of tasks routed to no server in particular (and the spool's one queue)
+DEFAULT_QUEUE = "hostctl"
+#: the upper bounds (seconds) of the histogram of attempts' durations (``hostctl metrics``)
+DURATION_BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0,
+                    math.inf)
+
+
+class Tally(NamedTuple):
+    """The ``attempts`` of one task type that ended with one outcome, counted since the
+    queue began: ``timed`` of them with a known duration, ``seconds`` in all, ``buckets`` the
+    histogram's cumulative counts (one per DURATION_BUCKETS bound)."""
+
+    type: str
+    outcome: str
+    attempts: int = 0
+    timed: int = 0
+    seconds: float = 0.0
+    buckets: tuple[int, ...] = (0,) * len(DURATION_BUCKETS)
+
+
+class Depth(NamedTuple):
+    """One queue's waiting tasks (a cluster: one per server)."""
+
+    queue: str
+    ready: int
+    deferred: int
+    oldest_age: float | None  # seconds since the oldest ready task was queued
 
 
 class WorkerInfo(NamedTuple):

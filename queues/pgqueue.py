@@ -77,10 +77,14 @@ from hostctl.process import host_name, kill_spawned, stop_run
 from hostctl.queues.admission import Admission
 from hostctl.queues.backend import LeaseLost, TaskClaim
 from hostctl.queues.model import (
+    DEFAULT_QUEUE,
+    DURATION_BUCKETS,
     Counts,
+    Depth,
     Envelope,
     Policy,
     Status,
+    Tally,
     Task,
     WorkerInfo,
     backoff,
@@ -136,9 +140,18 @@ REVOKE ALL ON hostctl_tasks, hostctl_task_logs, hostctl_owners, hostctl_records
 SCHEMA_ORIGIN: LiteralString = """
 ALTER TABLE hostctl_tasks ADD COLUMN origin text;
 CREATE INDEX hostctl_tasks_origin ON hostctl_tasks (origin) WHERE origin IS NOT NULL"""
-
-#: the queue of a task routed to no server
-DEFAULT_QUEUE = "hostctl"
+#: hostctl schema 6: the attempts counted for good (``hostctl metrics``; model.Tally)
+SCHEMA_TALLIES: LiteralString = """
+CREATE TABLE hostctl_tallies (
+    type text NOT NULL,
+    outcome text NOT NULL,
+    count bigint NOT NULL DEFAULT 0,
+    timed bigint NOT NULL DEFAULT 0,
+    seconds double precision NOT NULL DEFAULT 0,
+    buckets bigint[] NOT NULL,
+    PRIMARY KEY (type, outcome)
+);
+REVOKE ALL ON hostctl_tallies FROM PUBLIC"""
 #: a claim's lease: renewed on each heartbeat (every 30 s), taken over when it runs out
 LEASE = 120.0
 #: a write of a claim whose connection was lost is tried again for this long
@@ -1363,6 +1376,39 @@ class PgQueue:
                             "to_timestamp(%s) AND set_aside IS NULL",
                             (now - retention_days * 86400,))
         return int(rows[0][0])
+
+    # -- the figures ------------------------------------------------------------------
+
+    def tally(self, type_name: str, outcome: str, seconds: float | None) -> None:
+        timed = seconds is not None
+        buckets = [int(seconds is not None and seconds <= bound) for bound in DURATION_BUCKETS]
+        self.db.rows(
+            "INSERT INTO hostctl_tallies AS t (type, outcome, count, timed, seconds, "
+            "buckets) VALUES (%s, %s, 1, %s, %s, %s) ON CONFLICT (type, outcome) DO UPDATE "
+            "SET count = t.count + 1, timed = t.timed + EXCLUDED.timed, seconds = "
+            "t.seconds + EXCLUDED.seconds, buckets = ARRAY(SELECT a + b FROM "
+            "unnest(t.buckets, EXCLUDED.buckets) WITH ORDINALITY AS u(a, b, i) ORDER BY i)",
+            (type_name, outcome, int(timed), seconds or 0.0, buckets))
+
+    def tallies(self) -> list[Tally]:
+        return [Tally(str(t), str(o), int(c), int(n), float(s), tuple(int(b) for b in bs))
+                for t, o, c, n, s, bs in self.db.rows(
+                    "SELECT type, outcome, count, timed, seconds, buckets FROM "
+                    "hostctl_tallies ORDER BY type, outcome")
+                if len(bs) == len(DURATION_BUCKETS)]
+
+    def depths(self) -> list[Depth]:
+        """Per queue (server): its ready tasks, the oldest's age since it was last
+        queued (its job's latest event), and its delayed ones."""
+        return [Depth(str(q), int(ready), int(deferred),
+                      None if age is None else max(0.0, float(age)))
+                for q, ready, deferred, age in self.db.rows(
+                    "SELECT j.queue_name, count(*) FILTER (WHERE ready), "
+                    "count(*) FILTER (WHERE NOT ready), extract(epoch FROM now() - min("
+                    "(SELECT max(e.at) FROM procrastinate_events e WHERE e.job_id = j.id)) "
+                    "FILTER (WHERE ready))::float8 FROM (SELECT *, scheduled_at IS NULL OR "
+                    "scheduled_at <= now() AS ready FROM procrastinate_jobs WHERE status = "
+                    "'todo') j GROUP BY j.queue_name ORDER BY j.queue_name")]
 
 
 #: the first ready job of each context in this worker's queues, taken (see the docstring)

@@ -84,11 +84,14 @@ from hostctl.queues.listing import Listing
 from hostctl.queues.liveness import Registration
 from hostctl.queues.liveness import workers as liveness_workers
 from hostctl.queues.model import (
+    DEFAULT_QUEUE,
     MAX_TASK_BYTES,
     Counts,
+    Depth,
     Envelope,
     Policy,
     Status,
+    Tally,
     Task,
     WorkerInfo,
     backoff,
@@ -99,6 +102,7 @@ from hostctl.queues.model import (
     valid_id,
 )
 from hostctl.queues.outbox import Outbox
+from hostctl.queues.tally import TallyBook
 from hostctl.times import utc_iso
 
 if TYPE_CHECKING:  # the seam this spool implements; only its types are needed here
@@ -181,6 +185,7 @@ class Spool:
         self._ready = False
         self._listings: dict[str, Listing] = {}  # claim's and next_due's view of folders
         self.outbox = Outbox(root / "outbox")
+        self.tally_book = TallyBook(root / "tally")
         self._admission = Admission(self, self.outbox)
         self._unjudged: tuple[object, dict[str, str]] = (None, {})  # see _waiting()
         #: the retry rules of the last sweep, for a lost task recovered by a claim
@@ -848,6 +853,10 @@ class Spool:
                 notes.append(note)
         self.promote_due(now)
         self._drop_stale_tmp(now)
+        try:
+            self.tally_book.fold()
+        except OSError as exc:  # the counts stay where they are, for the next sweep
+            notes.append(f"cannot fold the counts of ended workers: {exc}")
         return notes
 
     def _recover(self, path: Path, policy: Callable[[Envelope], Policy]) -> str | None:
@@ -1096,6 +1105,27 @@ class Spool:
 
     def collectable(self, retention_days: float, now: float) -> int:
         return len(_older(self.dir("done"), now - retention_days * 86400))
+
+    def tally(self, type_name: str, outcome: str, seconds: float | None) -> None:
+        self.tally_book.count(type_name, outcome, seconds)
+
+    def tallies(self) -> list[Tally]:
+        return self.tally_book.read()
+
+    def depths(self) -> list[Depth]:
+        """The one queue: its ready tasks (the oldest's age: since its file was last
+        written, when it was queued or deferred) and its deferred ones."""
+        oldest: float | None = None
+        ready = 0
+        for name in self._names("new"):
+            try:
+                mtime = os.stat(self.dir("new") / name).st_mtime
+            except FileNotFoundError:  # taken meanwhile
+                continue
+            ready += 1
+            oldest = mtime if oldest is None else min(oldest, mtime)
+        age = None if oldest is None else max(0.0, time.time() - oldest)
+        return [Depth(DEFAULT_QUEUE, ready, len(self._names("deferred")), age)]
 
     def remove_done(self, path: Path) -> None:
         """Delete a finished task with its log and receipt (task_gc)."""

@@ -42,7 +42,7 @@ from hostctl.queues import pgqueue
 from hostctl.queues.spool import Spool
 
 #: hostctl's own schema version (bumped, with a step in _HOSTCTL_STEPS, by each change)
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 #: pg_advisory_xact_lock key: "hostctl init" in ASCII, so no other user of the lock space
 #: is likely to take it
 _INIT_LOCK = 0x686F7374_696E6974
@@ -59,6 +59,7 @@ _HOSTCTL_STEPS: Mapping[int, LiteralString] = {
     3: pgsecrets.SCHEMA,  # the sites' records (provision/pgsecrets.py)
     4: pgqueue.SCHEMA,  # the tasks, their logs, owners and records (queues/pgqueue.py)
     5: pgqueue.SCHEMA_ORIGIN,  # where a dropped task came in (its receipts live there)
+    6: pgqueue.SCHEMA_TALLIES,  # the attempts counted for good (hostctl metrics)
 }
 _MIGRATION = re.compile(r"(\d+)\.(\d+)\.(\d+)_\d+_.*\.sql")
 

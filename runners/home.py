@@ -22,7 +22,7 @@ from hostctl.provision.registry import Registry
 from hostctl.provision.registry import load as load_registry
 from hostctl.provision.secrets import SecretStore
 from hostctl.provision.secretstores import open_secrets
-from hostctl.queues.model import Envelope, Policy
+from hostctl.queues.model import DEFAULT_QUEUE, Envelope, Policy
 from hostctl.queues.spool import Spool
 
 if TYPE_CHECKING:  # the seam: only its type is needed to compose
@@ -104,7 +104,7 @@ class Home:
         if self.config.cluster.dsn:
             # psycopg and the cluster's queue: loaded by a home in a cluster alone
             from hostctl.contexts.pgstore import PgStore
-            from hostctl.queues.pgqueue import DEFAULT_QUEUE, PgQueue
+            from hostctl.queues.pgqueue import PgQueue
 
             store = self.store
 

@@ -66,12 +66,18 @@ def _start_failure(exc: HostctlError | OSError) -> str:
     return exc.message if isinstance(exc, HostctlError) else f"cannot start: {exc}"
 
 
-def _log_end(claim: TaskClaim, outcome: str, reason: str) -> None:
-    """One line in hostctl.log for every task's end (a retry and a loss included)."""
+def _log_end(queue: QueueBackend, claim: TaskClaim, outcome: str, reason: str,
+             seconds: float | None) -> None:
+    """One line in hostctl.log for every attempt's end (a retry and a loss included),
+    and one more in the queue's count of them (``hostctl metrics``)."""
     env = claim.task.envelope
     level = logging.INFO if outcome in ("success", "warning") else logging.WARNING
     log.log(level, "task %s (%s on %s) ended: %s%s", env.id, env.type, env.context, outcome,
             f": {printable(reason)}" if reason else "")
+    try:
+        queue.tally(env.type, outcome, seconds)
+    except (OSError, HostctlError) as exc:  # a count is never worth a task
+        log.warning("task %s: its end is not counted: %s", env.id, exc)
 
 
 def redact(value: Any, secrets: Redactor) -> Any:
@@ -518,7 +524,7 @@ class Worker:
             self.summary.count("lost")
             return
         self.summary.count("error")
-        _log_end(claim, "error", reason)
+        _log_end(self.queue, claim, "error", reason, None)
 
     def _no_room(self, claim: TaskClaim, task_log: TaskLog | None, what: str) -> None:
         """No room on the disk to start a queued task: give it back, claim nothing for a
@@ -716,14 +722,14 @@ class Worker:
             else:
                 self.queue.finish(claim, "lost", **fields)
             self.summary.count("lost")
-            _log_end(claim, "lost", reason)
+            _log_end(self.queue, claim, "lost", reason, elapsed)
             return
         if verdict.outcome == "retry":
             self.queue.defer(claim, backoff(run.policy, run.attempt), **fields)
         else:
             self.queue.finish(claim, verdict.outcome, **fields)
         self.summary.count(verdict.outcome)
-        _log_end(claim, verdict.outcome, str(fields["reason"]))
+        _log_end(self.queue, claim, verdict.outcome, str(fields["reason"]), elapsed)
 
 
 def _write(task_log: TaskLog, data: str | bytes) -> None:

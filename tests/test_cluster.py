@@ -538,12 +538,13 @@ def test_a_task_run_by_hand_on_another_servers_host_is_refused(run_hostctl, home
 
 def test_init_upgrades_an_older_hostctl_schema_step_by_step(run_hostctl, home: Path,
                                                             pg: PgCluster, dsn: str) -> None:
-    """A database made by the previous hostctl (schema 4: no origin of dropped tasks)
-    is brought to this one by the steps after it, its tasks kept."""
+    """A database made by an earlier hostctl (schema 4: no origin of dropped tasks, no
+    tallies) is brought to this one by the steps after it, its tasks kept."""
     in_cluster(home, dsn)
     assert run_hostctl("cluster", "init").code == 0
     db = dict(p.split("=", 1) for p in dsn.split())["dbname"]
     pg.psql("DROP INDEX hostctl_tasks_origin; ALTER TABLE hostctl_tasks DROP COLUMN origin;"
+            "DROP TABLE hostctl_tallies;"
             "UPDATE hostctl_schema SET version = '4' WHERE component = 'hostctl'",
             database=db, user="hostctl", password=SECRET)
     res = run_hostctl("cluster", "init", "--json")
@@ -553,6 +554,7 @@ def test_init_upgrades_an_older_hostctl_schema_step_by_step(run_hostctl, home: P
     assert report["after"]["hostctl"] == str(cluster.SCHEMA_VERSION)
     assert pg.psql("SELECT count(*) FROM information_schema.columns WHERE table_name = "
                    "'hostctl_tasks' AND column_name = 'origin'", database=db) == ["1"]
+    assert pg.psql("SELECT count(*) FROM hostctl_tallies", database=db) == ["0"]
 
 
 def test_a_run_on_a_host_gone_is_recovered_elsewhere_only_once_its_lease_ran_out(
@@ -752,3 +754,53 @@ def test_a_claim_hands_its_contexts_document_to_the_store(tmp_path: Path, dsn: s
     assert store.get("@none").type == "server"
     store.prime("srv", None)  # outside a scope: nothing is kept
     assert store.get("@srv").get("ip_addresses") == ["192.0.2.9"]
+
+
+def test_the_clusters_counts_and_depths_are_the_databases(tmp_path: Path, dsn: str) -> None:
+    """Attempts counted by any host add up in one table; each server's queue reports
+    its ready and delayed tasks and the oldest ready one's age."""
+    import math
+
+    from hostctl.queues.model import DURATION_BUCKETS, Envelope, new_id
+    from hostctl.queues.pgqueue import PgQueue
+    from hostctl.times import utc_iso
+
+    cluster.init(dsn)
+    web = {"@a.example": "web1", "@b.example": "web2"}
+    hosts = [PgQueue(dsn, tmp_path / f"h{i}", tmp_path / f"l{i}",
+                     route=lambda env: web[env.context]) for i in range(2)]
+    hosts[0].tally("install", "success", 0.3)
+    hosts[1].tally("install", "success", 20.0)
+    hosts[1].tally("install", "error", None)
+    got = {(t.type, t.outcome): t for t in hosts[0].tallies()}
+    ok = got[("install", "success")]
+    assert (ok.attempts, ok.timed, ok.seconds) == (2, 2, 20.3)
+    assert dict(zip(DURATION_BUCKETS, ok.buckets, strict=True))[0.5] == 1
+    assert dict(zip(DURATION_BUCKETS, ok.buckets, strict=True))[30.0] == 2
+    assert ok.buckets[-1] == 2 and DURATION_BUCKETS[-1] == math.inf
+    assert (got[("install", "error")].attempts, got[("install", "error")].timed) == (1, 0)
+    hosts[0].publish(Envelope(new_id(), "verify", "@a.example", {}, {}, 5, utc_iso()))
+    hosts[0].publish(Envelope(new_id(), "verify", "@b.example", {}, {}, 5, utc_iso()),
+                     delay=600)
+    time.sleep(1.1)
+    depths = {d.queue: d for d in hosts[1].depths()}
+    assert (depths["web1"].ready, depths["web1"].deferred) == (1, 0)
+    assert depths["web1"].oldest_age is not None and depths["web1"].oldest_age >= 1
+    assert (depths["web2"].ready, depths["web2"].deferred, depths["web2"].oldest_age) == \
+        (0, 1, None)
+
+
+def test_metrics_in_a_cluster(run_hostctl: Any, home: Path, dsn: str, tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    save_topology(run_hostctl, home, tmp_path / "www")
+    in_cluster(home, dsn)
+    assert run_hostctl("cluster", "init").code == 0
+    assert run_hostctl("cluster", "import").code == 0
+    assert run_hostctl("task", "add", "verify", "@srv").code == 0
+    assert run_hostctl("wait-queue", "--once").code == 0
+    res = run_hostctl("metrics")
+    assert res.code == 0, res
+    fams = {f.name: f for f in text_string_to_metric_families(res.out)}
+    [sample] = fams["hostctl_task_attempts"].samples
+    assert (sample.labels, sample.value) == ({"type": "verify", "outcome": "success"}, 1)
