@@ -7,6 +7,7 @@ the console script's fast path (cli/entry.py) both begin here.
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
 import sys
 from contextlib import suppress
@@ -37,13 +38,18 @@ def begin(home: str | None, verbose: int, quiet: bool, command: str | None,
     return st
 
 
-class _LogFile(logging.FileHandler):
-    """A FileHandler that, when a line cannot be written (a full disk), says so in one
-    line on stderr, once until writing works again, instead of logging's traceback."""
+class _LogFile(logging.handlers.WatchedFileHandler):
+    """hostctl.log, opened again when it was rotated away (logrotate's ``create``: the
+    file at the path is another one) and made again 0600 if it was removed; a line that
+    cannot be written (a full disk) is said in one line on stderr, once until writing
+    works again, instead of logging's traceback."""
 
     failing = False
 
     def emit(self, record: logging.LogRecord) -> None:
+        with suppress(OSError):  # private from the start, whoever made it go
+            os.close(os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND |
+                             os.O_CLOEXEC | os.O_NOFOLLOW, 0o600))
         super().emit(record)
         if self.failing and self.stream is not None:
             try:

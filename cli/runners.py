@@ -120,6 +120,12 @@ def service_systemd(ctx: typer.Context, user: UserOpt = None,
     _service(ctx, "systemd", user, max_runtime)
 
 
+@service_app.command("logrotate")
+def service_logrotate(ctx: typer.Context, user: UserOpt = None) -> None:
+    """A logrotate stanza for HOME/logs/hostctl.log (/etc/logrotate.d/hostctl)."""
+    typer.echo(service.logrotate(state(ctx).paths, user), nl=False)
+
+
 def queue_list(ctx: typer.Context, json_: JsonFlag = False) -> None:
     """Each periodic queue: type, frequency, items, enabled, pending, last and next run."""
     from hostctl.runners.dispatcher import Dispatcher

@@ -125,11 +125,10 @@ class TallyBook:
 
     @contextmanager
     def _fold_lock(self, how: int) -> Iterator[bool]:
-        try:
-            self.folder.mkdir(mode=0o700, exist_ok=True)
+        try:  # no folder: nothing was ever counted here (and none is made for it)
             fd = os.open(self.folder / ".fold",
                          os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        except FileNotFoundError:  # no spool yet: nothing counted
+        except FileNotFoundError:
             yield False
             return
         except PermissionError:  # a reader who may not write here: no lock to share

@@ -22,6 +22,7 @@ back-end user's environment:
 from __future__ import annotations
 
 import getpass
+import grp
 import pwd
 import re
 import shlex
@@ -94,6 +95,37 @@ redirect_stderr=true
 ; errors (supervisorctl tail hostctl-wait-queue), in supervisord's childlogdir: a log
 ; file supervisord made in the home would be root's, and hostctl doctor would fail
 stdout_logfile=AUTO
+"""
+
+
+def logrotate(paths: Paths, user: str | None = None) -> str:
+    """A logrotate(8) stanza for the home's logs: hostctl.log, weekly, 8 kept, compressed;
+    the new file made 0600 for the back-end user (wait-queue opens it at its next line,
+    no signal needed). The tasks' own logs are not rotated: task_gc removes each with its
+    task, after ``[queues.task_gc] retention_days``."""
+    user = user or getpass.getuser()
+    try:
+        account = pwd.getpwnam(user)
+        group = grp.getgrgid(account.pw_gid).gr_name
+    except KeyError:
+        raise NotFound(f"no user {user!r} (or no group of its own): the stanza makes the "
+                       "new log file that user's; create the user first") from None
+    log = str(paths.logs / "hostctl.log")
+    line_safe("the log's path", log)
+    if any(c in log for c in '"\\{}') or any(c.isspace() for c in user + group):
+        raise InvalidInput(f"the log's path {log!r} cannot go into a logrotate stanza (a "
+                           "quote, a backslash or a brace); choose another home")
+    return f"""# hostctl's own log ({log}); install as /etc/logrotate.d/hostctl
+"{log}" {{
+    weekly
+    rotate 8
+    compress
+    delaycompress
+    missingok
+    notifempty
+    su {user} {group}
+    create 0600 {user} {group}
+}}
 """
 
 

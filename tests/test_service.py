@@ -331,3 +331,45 @@ def test_supervisor_needs_a_real_user(hostctl_process) -> None:
     res = hostctl_process("service", "supervisor", "--user", "no-such-user-hostctl")
     assert res.returncode == 2 and res.stdout == "", res
     assert "no user 'no-such-user-hostctl'" in res.stderr and res.stderr.count("\n") == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("logrotate") is None,
+                    reason="logrotate's su and create need root (CI runs as root)")
+def test_a_real_logrotate_rotates_the_log_and_wait_queue_follows(
+        run_hostctl, home: Path, procs: Procs, tmp_path: Path) -> None:
+    """logrotate with the generated stanza moves hostctl.log away and makes a new one
+    (0600); a running wait-queue writes its next lines there, with no signal; a log
+    removed by hand comes back 0600."""
+    save_sites(run_hostctl, home, ["a.example"])
+    write_config(home, {"tasks": {"quick": sh_task("true")}})
+    log = home / "logs" / "hostctl.log"
+    daemon = procs.start("wait-queue", "--max-runtime", "120")
+    first = add_task(run_hostctl, "quick", "@a.example")
+    wait_for(lambda: log.exists() and f"task {first} " in log.read_text(), 30, "a first line")
+    res = run_hostctl("service", "logrotate")
+    assert res.code == 0, res
+    conf = tmp_path / "hostctl.logrotate"
+    conf.write_text(res.out)
+    os.chmod(conf, 0o644)
+    rotated = subprocess.run(["logrotate", "-f", "-s", str(tmp_path / "state"), str(conf)],
+                             capture_output=True, text=True, timeout=60)
+    assert rotated.returncode == 0, rotated.stderr
+    old = home / "logs" / "hostctl.log.1"
+    assert f"task {first} " in old.read_text()
+    assert (os.stat(log).st_mode & 0o777) == 0o600 and log.read_text() == ""
+    second = add_task(run_hostctl, "quick", "@a.example")
+    wait_for(lambda: f"task {second} " in log.read_text(), 30, "a line in the new log")
+    assert f"task {second} " not in old.read_text()
+    log.unlink()  # removed by hand: made again, private
+    third = add_task(run_hostctl, "quick", "@a.example")
+    wait_for(lambda: log.exists() and f"task {third} " in log.read_text(), 30,
+             "the log made again")
+    assert (os.stat(log).st_mode & 0o777) == 0o600
+    assert daemon.poll() is None
+    daemon.send_signal(signal.SIGTERM)
+    assert wait_exit(daemon, 30, "wait-queue") == 0
+
+
+def test_logrotate_needs_a_real_user(hostctl_process) -> None:
+    res = hostctl_process("service", "logrotate", "--user", "no-such-user-here")
+    assert res.returncode == 2 and "no user 'no-such-user-here'" in res.stderr, res
