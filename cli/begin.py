@@ -47,10 +47,15 @@ class _LogFile(logging.handlers.WatchedFileHandler):
     failing = False
 
     def emit(self, record: logging.LogRecord) -> None:
-        with suppress(OSError):  # private from the start, whoever made it go
-            os.close(os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND |
-                             os.O_CLOEXEC | os.O_NOFOLLOW, 0o600))
-        super().emit(record)
+        try:
+            if not os.path.exists(self.baseFilename):  # removed: made again, private
+                os.close(os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT |
+                                 os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600))
+            self.reopenIfNeeded()  # (its own errors are not handled by logging)
+        except OSError:
+            self.handleError(record)
+            return
+        logging.FileHandler.emit(self, record)
         if self.failing and self.stream is not None:
             try:
                 self.flush()
@@ -79,6 +84,11 @@ def file_log(st: State) -> None:
         f"%(asctime)s [{os.getpid()}] %(levelname)s %(message)s"))
     handler.setLevel(logging.INFO)
     root = logging.getLogger("hostctl")
+    for old in [h for h in root.handlers if isinstance(h, _LogFile)]:
+        # one hostctl.log per process: a process that ran for another home before (a
+        # test, a fork) writes no more there
+        root.removeHandler(old)
+        old.close()
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if st.verbose > 1 else logging.INFO)
     for h in logging.getLogger().handlers:  # stderr keeps the level -v/-q chose

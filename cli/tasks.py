@@ -12,10 +12,9 @@ from hostctl.cli import grammar as g
 from hostctl.cli.common import JsonFlag, complete_context, say, state, table
 from hostctl.cli.output import emit_json
 from hostctl.cli.submit import add_task
-from hostctl.contexts.names import display, parse_name
 from hostctl.errors import ExitStatus, InvalidInput
 from hostctl.queues import dropbox
-from hostctl.queues.model import Status
+from hostctl.queues.model import Status, TaskQuery
 from hostctl.runners import lifecycle as ops
 from hostctl.runners.home import Home
 from hostctl.text import printable
@@ -75,6 +74,10 @@ def add(
              priority, delay, json_)
 
 
+#: how many tasks ``task list`` shows unless told
+LIST_LIMIT = 100
+
+
 @app.command("list")
 def list_(
     ctx: typer.Context,
@@ -83,27 +86,55 @@ def list_(
     context: Annotated[str | None, typer.Option(
         "--context", metavar="@NAME", help="Only tasks on this context.",
         autocompletion=complete_context)] = None,
+    type_: Annotated[str | None, typer.Option(
+        "--type", metavar="TYPE", help="Only tasks of this type.",
+        autocompletion=_complete_type)] = None,
+    since: Annotated[str | None, typer.Option(
+        "--since", metavar="WHEN",
+        help="Only tasks made since: an age (30m, 2h, 7d) or an ISO 8601 date or time.")]
+        = None,
+    limit: Annotated[int, typer.Option(
+        "--limit", "-n", metavar="N", help="At most N tasks, the newest (0: every one).")]
+        = LIST_LIMIT,
     json_: JsonFlag = False,
 ) -> None:
-    """List tasks, oldest first (a front-end user: the tasks it submitted)."""
-    paths = state(ctx).paths
-    if dropbox.is_frontend(paths):
-        wanted = Status.parse(status).label if status is not None else None
-        name = display(parse_name(context)) if context is not None else None
-        docs = [d for d in dropbox.frontend_list(paths)
-                if (wanted is None or d.get("status") == wanted)
-                and (name is None or d.get("context") == name)]
+    """List tasks, newest first (a front-end user: the tasks it submitted)."""
+    st = state(ctx)
+    query = ops.task_query(status, context, type_, since, limit)
+    # one more than shown: whether there are more to say so
+    asked = query._replace(limit=query.limit + 1 if query.limit else None)
+    if dropbox.is_frontend(st.paths):
+        docs = sorted((d for d in dropbox.frontend_list(st.paths) if _wanted(asked, d)),
+                      key=lambda d: str(d.get("id")), reverse=True)[:asked.limit]
     else:
-        docs = [t.to_json() for t in ops.list_tasks(_home(ctx), status, context)]
+        docs = [t.to_json() for t in ops.list_tasks(_home(ctx), asked)]
+    more = query.limit is not None and len(docs) > query.limit
+    docs = docs[:query.limit]
     if json_:
         emit_json(docs)
     elif docs:
         rows = [(str(d["id"]), str(d.get("type") or ""), str(d.get("context") or ""),
                  str(d["status"]), str(d.get("priority") or ""),
-                 str(len(d.get("attempts") or [])), str(d.get("created") or ""))
+                 str(len(d.get("attempts") or [])), str(d.get("created") or ""),
+                 _short(printable(str(d.get("reason") or ""))))
                 for d in docs]
         typer.echo(table(rows, ("ID", "TYPE", "CONTEXT", "STATUS", "PRIO", "RUNS",
-                                "CREATED")))
+                                "CREATED", "REASON")))
+    if more and not st.quiet:
+        typer.echo(f"hostctl: the newest {query.limit} shown; --limit 0 lists every one",
+                   err=True)
+
+
+def _wanted(query: TaskQuery, doc: Mapping[str, Any]) -> bool:
+    """``query`` on a front end's receipt (what it can see of a task)."""
+    return ((query.statuses is None or doc.get("status") in {s.label for s in query.statuses})
+            and (query.context is None or doc.get("context") == query.context)
+            and (query.type is None or doc.get("type") == query.type)
+            and (query.since is None or str(doc.get("id")) >= (query.id_floor() or "")))
+
+
+def _short(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def _show(doc: dict[str, Any]) -> None:

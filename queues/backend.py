@@ -36,6 +36,7 @@ from hostctl.queues.model import (
     Status,
     Tally,
     Task,
+    TaskQuery,
     WorkerInfo,
 )
 
@@ -129,6 +130,10 @@ class QueueBackend(Protocol):
     def tasks(self, statuses: Collection[Status] | None = None) -> list[Task]:
         """Every task (of these statuses), in id order; a task set aside as garbage is
         shown as an error, with its reason."""
+
+    def recent(self, query: TaskQuery) -> list[Task]:
+        """The tasks ``query`` wants, newest first, at most ``query.limit``: read in that
+        order, so a short listing of a long history reads only what it shows."""
 
     def counts(self) -> Counts: ...
 

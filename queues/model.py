@@ -490,6 +490,27 @@ class Tally(NamedTuple):
     buckets: tuple[int, ...] = (0,) * len(DURATION_BUCKETS)
 
 
+class TaskQuery(NamedTuple):
+    """Which tasks ``recent`` lists, newest first (by id: when they were made)."""
+
+    statuses: frozenset[Status] | None = None
+    context: str | None = None  # a display name (@a.example)
+    type: str | None = None
+    since: float | None = None  # made at or after (Unix time)
+    limit: int | None = None  # at most this many (None: all)
+
+    def id_floor(self) -> str | None:
+        """The smallest id a task made at ``since`` can have (ids sort by time)."""
+        return None if self.since is None else f"{max(0, int(self.since * 1000)):012x}" + \
+            "0" * 8
+
+    def wants(self, task: Task) -> bool:
+        return ((self.statuses is None or task.status in self.statuses)
+                and (self.context is None or task.envelope.context == self.context)
+                and (self.type is None or task.envelope.type == self.type)
+                and (self.since is None or task.id >= (self.id_floor() or "")))
+
+
 class Depth(NamedTuple):
     """One queue's waiting tasks (a cluster: one per server)."""
 

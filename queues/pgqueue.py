@@ -86,6 +86,7 @@ from hostctl.queues.model import (
     Status,
     Tally,
     Task,
+    TaskQuery,
     WorkerInfo,
     backoff,
     decode_task,
@@ -797,6 +798,32 @@ class PgQueue:
                 out.append(task)
         return out
 
+    def recent(self, query: TaskQuery) -> list[Task]:
+        """Newest first, a page of rows at a time (type, context and age filtered in the
+        database, the status, which the events decide, here)."""
+        out: list[Task] = []
+        before: str | None = None
+        while query.limit is None or len(out) < query.limit:
+            rows = self.db.rows(
+                "SELECT" + _TASK_COLUMNS + _TASK_FROM + " WHERE (%(before)s::text IS NULL "
+                "OR t.id < %(before)s) AND (%(floor)s::text IS NULL OR t.id >= %(floor)s) "
+                "AND (%(type)s::text IS NULL OR j.task_name = %(type)s) AND "
+                "(%(context)s::text IS NULL OR j.lock = %(context)s) ORDER BY t.id DESC "
+                "LIMIT %(page)s",
+                {"before": before, "floor": query.id_floor(), "type": query.type,
+                 "context": query.context, "page": _PAGE})
+            for row in rows:
+                try:
+                    task = self._decode(row)
+                except InvalidInput:
+                    continue
+                if query.wants(task) and (query.limit is None or len(out) < query.limit):
+                    out.append(task)
+            if len(rows) < _PAGE:
+                break
+            before = str(rows[-1][0])
+        return out
+
     def counts(self) -> Counts:
         rows = self.db.rows(
             "SELECT count(*) FILTER (WHERE t.set_aside IS NULL AND j.status = 'todo' AND "
@@ -1410,6 +1437,9 @@ class PgQueue:
                     "scheduled_at <= now() AS ready FROM procrastinate_jobs WHERE status = "
                     "'todo') j GROUP BY j.queue_name ORDER BY j.queue_name")]
 
+
+#: rows read at a time by a listing (recent)
+_PAGE = 500
 
 #: the first ready job of each context in this worker's queues, taken (see the docstring)
 _FETCH: LiteralString = """

@@ -93,6 +93,7 @@ from hostctl.queues.model import (
     Status,
     Tally,
     Task,
+    TaskQuery,
     WorkerInfo,
     backoff,
     decode_task,
@@ -381,6 +382,40 @@ class Spool:
         if any(s.finished for s in wanted):  # garbage set aside shows as an error
             states += ["done", "quarantine"]
         return [t for t in self.tasks_in(tuple(states)) if t.status in wanted]
+
+    def recent(self, query: TaskQuery) -> list[Task]:
+        """Newest first by the ids in the file names, so only the files shown are read
+        (a name without an id, garbage set aside, is read to know it)."""
+        wanted = query.statuses if query.statuses is not None else set(Status)
+        states: list[str] = []
+        if Status.QUEUED in wanted:
+            states += ["new", "deferred"]
+        if Status.PROCESSING in wanted:
+            states.append("active")
+        if any(s.finished for s in wanted):
+            states += ["done", "quarantine"]
+        floor = query.id_floor() or ""
+        named: list[tuple[str, str, str]] = []
+        for state in states:
+            for name in self._names(state):
+                task_id = _id_of(name)
+                if task_id is None:
+                    with suppress(FileNotFoundError, InvalidInput):
+                        task_id = self._read_path(self.dir(state) / name, state).id
+                if task_id is not None and task_id >= floor:
+                    named.append((task_id, state, name))
+        named.sort(reverse=True)
+        out: list[Task] = []
+        for _id, state, name in named:
+            if query.limit is not None and len(out) >= query.limit:
+                break
+            try:
+                task = self._read_path(self.dir(state) / name, state)
+            except (FileNotFoundError, InvalidInput):
+                continue  # moved on meanwhile (a listing is a moment's), or garbage
+            if query.wants(task):
+                out.append(task)
+        return out
 
     def counts(self) -> Counts:
         c = {s: self._count(s) for s in ("incoming", "new", "deferred", "active", "done",

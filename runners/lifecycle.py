@@ -4,16 +4,26 @@ and ``provision-TYPE`` do, returning values for the CLI to render.
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from hostctl.contexts.names import display, parse_name
 from hostctl.errors import Conflict, InvalidInput
 from hostctl.process import host_name, is_task_group, signal_session
-from hostctl.queues.model import MAX_PRIORITY, MIN_PRIORITY, Envelope, Status, Task, new_id
+from hostctl.queues.model import (
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    Envelope,
+    Status,
+    Task,
+    TaskQuery,
+    new_id,
+)
 from hostctl.runners.home import Home
 from hostctl.times import parse_iso, utc_iso
 
@@ -67,11 +77,40 @@ def get(home: Home, task_id: str) -> Task:
     return home.queue.get(task_id)
 
 
-def list_tasks(home: Home, status: str | None = None, context: str | None = None) -> list[Task]:
-    wanted = Status.parse(status) if status is not None else None
-    ctx = display(parse_name(context)) if context is not None else None
-    return [t for t in home.queue.tasks(None if wanted is None else (wanted,))
-            if ctx is None or t.envelope.context == ctx]
+_AGO = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """``--since``: an age (``90s``, ``30m``, ``2h``, ``7d``, ``1w``) or an ISO 8601 date or
+    time (UTC unless it says otherwise); Unix time."""
+    found = _AGO.fullmatch(text.strip())
+    if found:
+        return (time.time() if now is None else now) - float(found[1]) * _UNITS[found[2]]
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise InvalidInput(f"--since takes an age (30m, 2h, 7d) or an ISO 8601 date or "
+                           f"time, not {text!r}") from None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def task_query(status: str | None = None, context: str | None = None,
+               type_name: str | None = None, since: str | None = None,
+               limit: int | None = None) -> TaskQuery:
+    """The filters of ``task list``, checked (InvalidInput)."""
+    if limit is not None and limit < 0:
+        raise InvalidInput("--limit takes 0 (every task) or more")
+    return TaskQuery(
+        statuses=frozenset([Status.parse(status)]) if status is not None else None,
+        context=display(parse_name(context)) if context is not None else None,
+        type=type_name, since=parse_since(since) if since is not None else None,
+        limit=limit or None)
+
+
+def list_tasks(home: Home, query: TaskQuery) -> list[Task]:
+    """The tasks ``query`` wants, newest first."""
+    return home.queue.recent(query)
 
 
 def retry(home: Home, task_id: str) -> Task:

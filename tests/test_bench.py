@@ -224,3 +224,16 @@ def test_the_cluster_bench_quick_run_measures_both_hostctl_queues(tmp_path: Path
     cluster = doc["results"][1]
     assert f"({cluster['pickup']['p50']:.1f} ms)" in doc["goals"][0]
     assert (REPO / "docs" / "cluster.md").read_bytes() == before
+
+
+def test_the_task_list_bench_runs_every_command_on_the_tasks_it_wrote(tmp_path: Path) -> None:
+    out = tmp_path / "list.json"
+    res = subprocess.run([sys.executable, str(BENCH / "task_list.py"), "--tasks", "300",
+                          "--runs", "1", "--json", str(out)], capture_output=True, text=True,
+                         timeout=300, cwd=REPO)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["tasks"] == 300 and "300 finished tasks written" in res.stderr
+    assert {"task list (the newest 100)", "queue status", "metrics"} <= set(doc["runs"])
+    for figures in doc["runs"].values():
+        assert 0 < figures["min_ms"] <= figures["median_ms"] <= figures["max_ms"]

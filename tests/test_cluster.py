@@ -804,3 +804,30 @@ def test_metrics_in_a_cluster(run_hostctl: Any, home: Path, dsn: str, tmp_path: 
     fams = {f.name: f for f in text_string_to_metric_families(res.out)}
     [sample] = fams["hostctl_task_attempts"].samples
     assert (sample.labels, sample.value) == ({"type": "verify", "outcome": "success"}, 1)
+
+
+def test_the_clusters_listing_is_newest_first_page_by_page(
+        tmp_path: Path, dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hostctl.queues import pgqueue
+    from hostctl.queues.model import Envelope, Status, TaskQuery, new_id
+    from hostctl.times import utc_iso
+
+    cluster.init(dsn)
+    monkeypatch.setattr(pgqueue, "_PAGE", 3)  # pages of 3 rows: the paging is exercised
+    q = pgqueue.PgQueue(dsn, tmp_path / "s", tmp_path / "l")
+    made = []
+    for i in range(8):
+        env = Envelope(new_id(), "verify" if i % 2 else "install",
+                       "@a.example" if i < 4 else "@b.example", {}, {}, 5, utc_iso())
+        q.publish(env, dedup=False)
+        made.append(env)
+    newest = [e.id for e in reversed(made)]
+    assert [t.id for t in q.recent(TaskQuery())] == newest
+    assert [t.id for t in q.recent(TaskQuery(limit=5))] == newest[:5]
+    assert [t.id for t in q.recent(TaskQuery(type="verify", limit=3))] == \
+        [e.id for e in reversed(made) if e.type == "verify"][:3]
+    assert [t.id for t in q.recent(TaskQuery(context="@a.example"))] == \
+        [e.id for e in reversed(made[:4])]
+    assert q.recent(TaskQuery(statuses=frozenset([Status.SUCCESS]))) == []
+    assert q.recent(TaskQuery(since=time.time() + 60)) == []
+    assert len(q.recent(TaskQuery(since=time.time() - 60))) == 8

@@ -466,7 +466,7 @@ def test_the_runners_need_nothing_but_the_interface(run_hostctl, home: Path, tmp
     assert type(h.queue._inner) is {"spool": Spool, "postgresql": PgQueue}[backend]
     added = ops.add(h, "ok", "@a.example", {}, {})
     assert added.created and added.task.status is Status.QUEUED
-    assert [t.id for t in ops.list_tasks(h, "queued")] == [added.task.id]
+    assert [t.id for t in ops.list_tasks(h, ops.task_query("queued"))] == [added.task.id]
     assert drain_once(h).started == 1
     assert ops.get(h, added.task.id).status is Status.SUCCESS
     assert b"ran on @a.example" in b"".join(ops.follow_log(h, added.task.id, False))

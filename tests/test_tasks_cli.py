@@ -515,3 +515,37 @@ def test_task_wait_refuses_an_unknown_id_before_waiting(root: Path, run_hostctl)
         assert res.code == 2 and len(res.err.strip().splitlines()) == 1, res
     res = run_hostctl("task", "wait")
     assert res.code == 2
+
+
+def test_task_list_is_newest_first_with_filters_a_limit_and_reasons(
+        root: Path, run_hostctl, home: Path) -> None:
+    ids = [add(run_hostctl, "note", f"@{s}") for s in SITES[:3]]
+    failed = add(run_hostctl, "fail", "@d.example")
+    assert run_hostctl("wait-queue", "--once").code == 0
+    listed = json.loads(run_hostctl("task", "list", "--json").out)
+    assert [d["id"] for d in listed] == [failed, *reversed(ids)]
+    text = run_hostctl("task", "list")
+    header, first = text.out.splitlines()[:2]
+    assert header.split()[-1] == "REASON" and first.startswith(failed)
+    assert first.rstrip().endswith("exited with status 3"), first
+    # --limit: the newest N, and a word on stderr that there are more
+    res = run_hostctl("task", "list", "--limit", "2", "--json")
+    assert [d["id"] for d in json.loads(res.out)] == [failed, ids[2]]
+    assert "--limit 0" in res.err
+    res = run_hostctl("task", "list", "--limit", "4", "--json")
+    assert len(json.loads(res.out)) == 4 and res.err == ""
+    assert run_hostctl("-q", "task", "list", "--limit", "1").err == ""
+    # --type, --status, --context
+    assert [d["id"] for d in json.loads(
+        run_hostctl("task", "list", "--type", "note", "--json").out)] == list(reversed(ids))
+    assert [d["id"] for d in json.loads(run_hostctl(
+        "task", "list", "--status", "error", "--json").out)] == [failed]
+    assert [d["id"] for d in json.loads(run_hostctl(
+        "task", "list", "--context", "@b.example", "--json").out)] == [ids[1]]
+    # --since: an age or a time; nothing made in the future, everything in the last hour
+    assert len(json.loads(run_hostctl("task", "list", "--since", "1h", "--json").out)) == 4
+    later = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() + 3600))
+    assert json.loads(run_hostctl("task", "list", "--since", later, "--json").out) == []
+    for bad in (("--since", "yesterday"), ("--limit", "-1"), ("--status", "nope")):
+        res = run_hostctl("task", "list", *bad)
+        assert res.code == 2 and len(res.err.strip().splitlines()) == 1, (bad, res)
