@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Mapping
 from typing import Annotated, Any
@@ -155,7 +156,9 @@ def _show(doc: dict[str, Any]) -> None:
     if doc.get("result"):
         typer.echo("  result:")
         for k, v in doc["result"].items():
-            typer.echo(f"    {k}: {v}")
+            # as JSON when it is not text: never as Python writes its values
+            shown = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
+            typer.echo(f"    {printable(str(k))}: {printable(shown)}")
 
 
 @app.command("show")

@@ -50,6 +50,7 @@ from hostctl.provision.tasktype import (
     context_values,
     write_result,
 )
+from hostctl.text import printable
 
 if TYPE_CHECKING:
     from hostctl.provision.tasktype import TaskRequest
@@ -273,8 +274,10 @@ def read_result(path: str) -> dict[str, Any]:
 
 
 def judge(wait_status: int, result: Mapping[str, Any], *, cancelled: bool, timed_out: float,
-          attempts_left: bool) -> Verdict:
-    """The outcome of an attempt, from how its child ended and what it reported."""
+          attempts_left: bool, said: str = "") -> Verdict:
+    """The outcome of an attempt, from how its child ended and what it reported. A
+    failure's reason says what failed: the ``error`` its result gave, else the last line
+    it printed (``said``), after how it ended."""
     if os.WIFSIGNALED(wait_status):
         code = None
         sig = os.WTERMSIG(wait_status)
@@ -296,7 +299,9 @@ def judge(wait_status: int, result: Mapping[str, Any], *, cancelled: bool, timed
             return Verdict("retry", code, f"{how}: asked to be tried again", result)
         return Verdict("error", code, f"{how}: asked to be tried again, no attempts left",
                        result)
-    return Verdict("error", code, how, result)
+    error = result.get("error")
+    what = printable(error)[:300] if isinstance(error, str) and error.strip() else said
+    return Verdict("error", code, f"{how}: {what}" if what else how, result)
 
 
 def secret_values(ctx: Context, store: ContextStore,

@@ -219,8 +219,16 @@ class Dispatcher:
             try:  # one broken queue must not stop the others
                 c = compute(self.home.config.queues[name], self.total(name)[0])
                 now = self.clock()
-                if not is_due(c, state.last_run(name), now, force):
-                    report.queues.append(QueueRun(name, False, "not due"))
+                last = state.last_run(name)
+                if not is_due(c, last, now, force):
+                    due = next_run(c, last, now) or now
+                    why = (f"disabled ([queues.{name}] enabled = false)"
+                           if not c.settings.enabled else
+                           f"not due: next run in {max(0.0, due - now):.0f} s")
+                    # asked for by name (--force) and disabled: said without -v
+                    log.log(logging.WARNING if force and not c.settings.enabled
+                            else logging.INFO, "queue %s did not run: %s", name, why)
+                    report.queues.append(QueueRun(name, False, why))
                     continue
                 state.set_last_run(name, now)
                 note = getattr(self, f"_queue_{name}")(c, state, worker, report)

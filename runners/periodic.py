@@ -77,10 +77,12 @@ def compute(q: QueueSettings, total: int) -> Computed:
 
 
 def is_due(c: Computed, last: float | None, now: float, force: bool = False) -> bool:
-    if force:
-        return True
+    """Whether the queue runs now: ``force`` runs an enabled queue before its time, and
+    never a disabled one."""
     if not c.settings.enabled:
         return False
+    if force:
+        return True
     return last is None or now - last >= c.frequency - min(TICK_SLACK, c.frequency / 10)
 
 

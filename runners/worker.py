@@ -119,6 +119,7 @@ class Running:
     cut: int = 0  # bytes of the current output line past MAX_LINE, not kept
     log_error: str = ""  # the log could not be written: the task ends in error
     beat_at: float = 0.0  # the last heartbeat to the queue (clock)
+    said: str = ""  # the last line it printed (redacted): what failed, when it fails
 
     @property
     def context(self) -> str:
@@ -623,6 +624,11 @@ class Worker:
 
     def _emit(self, run: Running, data: bytes) -> None:
         data = run.secrets.data(data)
+        for line in reversed(data[-2048:].splitlines()):
+            text = line.strip()
+            if text and not text.startswith(b"[... "):
+                run.said = printable(text.decode("utf-8", "replace"))[:300]
+                break
         self._run_log(run, data)
         if self.echo is not None:
             self.echo.write(data.decode("utf-8", "replace"))
@@ -702,7 +708,7 @@ class Worker:
         assert run.exit_status is not None
         verdict = judge(run.exit_status, result, cancelled=cancelled,
                         timed_out=run.timed_out,
-                        attempts_left=run.attempt < run.policy.max_attempts)
+                        attempts_left=run.attempt < run.policy.max_attempts, said=run.said)
         elapsed = self.clock() - run.started
         self._run_log(run, f"--- hostctl: {verdict.reason or 'exited with status 0'} "
                               f"after {elapsed:.2f} s: {verdict.outcome}\n")

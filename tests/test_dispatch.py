@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import time
@@ -179,6 +180,24 @@ def test_queue_option_runs_only_that_queue(run_hostctl, home, tmp_path) -> None:
     assert "nosuchqueue" in res.err and "task_gc" in res.err
 
 
+def test_force_never_runs_a_disabled_queue_and_verbose_says_why_one_did_not_run(
+        run_hostctl, hostctl_process, home) -> None:
+    write_config(home, {"tasks": {"cron": sh_task("true")},
+                        "queues": {"cron": {"enabled": False}}})
+    save_sites(run_hostctl, home, ["a.example"])
+    res = hostctl_process("dispatch", "--queue", "cron", "--force")
+    assert res.returncode == 0, res
+    assert "queue cron did not run: disabled ([queues.cron] enabled = false)" in res.stderr
+    assert run_hostctl("task", "list", "--json").out.strip() == "[]"
+    assert hostctl_process("dispatch").returncode == 0
+    res = hostctl_process("-v", "dispatch")
+    assert res.returncode == 0, res
+    assert re.search(r"queue task_gc did not run: not due: next run in \d+ s", res.stderr)
+    assert "queue cron did not run: disabled" in res.stderr
+    quiet = hostctl_process("dispatch")
+    assert "did not run" not in quiet.stderr  # without -v: nothing to say
+
+
 def test_task_gc_removes_finished_tasks_and_their_logs_past_retention(
         run_hostctl, home) -> None:
     write_config(home, {"queues": {"task_gc": {"retention_days": 30, "min_threads": 1}}})
@@ -286,13 +305,13 @@ def test_a_site_whose_task_failed_is_picked_first_at_the_next_run(
     state = json.loads((home / "spool" / "queues.json").read_text())
     assert state["version"] == 2
     # the last pass's task is not settled yet: it is pending until the next run reads it
-    assert state["pending"][queue] == {"@b.example": tasks[-1]["id"]}
+    assert state["pending"][queue] == {"@b.example": tasks[0]["id"]}
     assert state["failures"][queue] == {"@c.example": 2}
     times = state["sites"][queue]
     assert set(times) == {"@a.example", "@b.example", "@c.example"}
-    last_a = [t for t in tasks if t["context"] == "@a.example"][-1]
+    last_a = [t for t in tasks if t["context"] == "@a.example"][0]
     assert times["@a.example"] == pytest.approx(iso(last_a["finished"]), abs=0.002)
-    second_c = [t for t in tasks if t["context"] == "@c.example"][-1]
+    second_c = [t for t in tasks if t["context"] == "@c.example"][0]
     assert times["@c.example"] == pytest.approx(iso(second_c["finished"]), abs=0.002)
 
 

@@ -102,12 +102,12 @@ def test_a_minute_queue_runs_at_every_cron_tick_even_a_little_early() -> None:
     assert not is_due(c, now - 30, now)
 
 
-def test_disabled_queue_is_never_due_unless_forced() -> None:
+def test_a_disabled_queue_is_never_due_not_even_forced() -> None:
     c = compute(QueueSettings("backup", "batch", 60.0, 5, enabled=False), 10)
     now = 1_000_000.0
     assert not is_due(c, None, now)
     assert not is_due(c, now - 10_000, now)
-    assert is_due(c, None, now, force=True)
+    assert not is_due(c, None, now, force=True)
     assert next_run(c, None, now) is None
 
 

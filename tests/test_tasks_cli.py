@@ -484,7 +484,7 @@ def test_task_wait_blocks_until_the_tasks_end_and_exits_with_the_worst(
         assert waiter.returncode == 1, err  # one of them failed
         lines = out.splitlines()
         assert sorted(lines) == sorted([f"task {ok}: success",
-                                        f"task {bad}: error: exited with status 3"]), out
+                                        f"task {bad}: error: exited with status 3: failing"]), out
         assert _hostctl(home, "task", "wait", ok).returncode == 0
         # --timeout: the task still runs, 124 and which ones
         res = _hostctl(home, "task", "wait", slow, ok, "--timeout", "0.5")
@@ -527,7 +527,7 @@ def test_task_list_is_newest_first_with_filters_a_limit_and_reasons(
     text = run_hostctl("task", "list")
     header, first = text.out.splitlines()[:2]
     assert header.split()[-1] == "REASON" and first.startswith(failed)
-    assert first.rstrip().endswith("exited with status 3"), first
+    assert first.rstrip().endswith("exited with status 3: failing"), first
     # --limit: the newest N, and a word on stderr that there are more
     res = run_hostctl("task", "list", "--limit", "2", "--json")
     assert [d["id"] for d in json.loads(res.out)] == [failed, ids[2]]
@@ -549,3 +549,37 @@ def test_task_list_is_newest_first_with_filters_a_limit_and_reasons(
     for bad in (("--since", "yesterday"), ("--limit", "-1"), ("--status", "nope")):
         res = run_hostctl("task", "list", *bad)
         assert res.code == 2 and len(res.err.strip().splitlines()) == 1, (bad, res)
+
+
+def test_a_failed_tasks_reason_says_what_failed(root: Path, run_hostctl, home: Path) -> None:
+    """The error its result gave, else the last line it printed, after how it ended."""
+    write_config(home, {"tasks": {
+        "said": {"command": ["sh", "-c", "echo working; echo 'no space left on disk' >&2; "
+                             "echo; exit 4"], "context_types": ["site"]},
+        "reported": {"command": ["sh", "-c", 'echo noise; printf \'{"error": "the '
+                                 'database refused: access denied"}\' > "$HOSTCTL_RESULT";'
+                                 ' exit 1'], "context_types": ["site"]},
+        "silent": {"command": ["sh", "-c", "exit 5"], "context_types": ["site"]}}})
+    said = add(run_hostctl, "said", "@a.example")
+    reported = add(run_hostctl, "reported", "@b.example")
+    silent = add(run_hostctl, "silent", "@c.example")
+    assert run_hostctl("wait-queue", "--once").code == 0
+    assert show(run_hostctl, said)["reason"] == "exited with status 4: no space left on disk"
+    assert show(run_hostctl, reported)["reason"] == \
+        "exited with status 1: the database refused: access denied"
+    assert show(run_hostctl, silent)["reason"] == "exited with status 5"
+
+
+def test_task_show_prints_a_result_as_json_never_as_python(root: Path, run_hostctl,
+                                                           home: Path) -> None:
+    write_config(home, {"tasks": {"rich": {"command": ["sh", "-c", 'printf \'{"urls": '
+                                                       '["https://a.example/"], "ok": true, '
+                                                       '"note": "fine", "none": null}\' '
+                                                       '> "$HOSTCTL_RESULT"'],
+                                           "context_types": ["site"]}}})
+    task_id = add(run_hostctl, "rich", "@a.example")
+    assert run_hostctl("wait-queue", "--once").code == 0
+    out = run_hostctl("task", "show", task_id).out
+    assert '    urls: ["https://a.example/"]' in out
+    assert "    ok: true" in out and "    note: fine" in out and "    none: null" in out
+    assert "['" not in out and "True" not in out and "None" not in out
