@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 
 def fill(home: Path, n: int) -> None:
@@ -57,6 +58,49 @@ def timed(argv: list[str], env: dict[str, str], runs: int) -> dict[str, float]:
             raise SystemExit(f"{' '.join(argv)}: {res.stderr.decode()[-500:]}")
     return {"median_ms": round(statistics.median(times), 1),
             "min_ms": round(min(times), 1), "max_ms": round(max(times), 1)}
+
+
+def served(exe: str, env: dict[str, str], runs: int) -> dict[str, Any]:
+    """``hostctl serve`` on the same home: each page's answer time, and the server's
+    resident memory and CPU time after them."""
+    import http.client
+    import re
+
+    proc = subprocess.Popen([exe, "serve", "--listen", "127.0.0.1:0"], env=env,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        found = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+        if not found:
+            raise SystemExit(f"serve did not start: {line}")
+        port = int(found[1])
+        out: dict[str, Any] = {}
+        for path in ("/", "/api/status", "/metrics"):
+            times = []
+            for _ in range(runs):
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+                t0 = time.perf_counter()
+                conn.request("GET", path)
+                res = conn.getresponse()
+                res.read()
+                times.append((time.perf_counter() - t0) * 1000)
+                conn.close()
+                if res.status != 200:
+                    raise SystemExit(f"serve {path}: {res.status}")
+            out[f"serve GET {path}"] = {"median_ms": round(statistics.median(times), 1),
+                                        "min_ms": round(min(times), 1),
+                                        "max_ms": round(max(times), 1)}
+        stat = Path(f"/proc/{proc.pid}/status").read_text()
+        rss = int(re.search(r"VmRSS:\s+(\d+)", stat)[1])  # type: ignore[index]
+        ticks = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        cpu = (int(ticks[11]) + int(ticks[12])) / os.sysconf("SC_CLK_TCK")
+        out["serve resident memory after them"] = {"rss_mib": round(rss / 1024, 1),
+                                                   "cpu_s": round(cpu, 2)}
+        return out
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def main() -> int:
@@ -93,6 +137,9 @@ def main() -> int:
             out[label] = timed([exe, *argv], env, args.runs)
             print(f"{label:55} median {out[label]['median_ms']:8.1f} ms  "
                   f"(min {out[label]['min_ms']}, max {out[label]['max_ms']})")
+        for label, figures in served(exe, env, args.runs).items():
+            out[label] = figures
+            print(f"{label:55} {figures}")
     if args.json:
         Path(args.json).write_text(json.dumps({"tasks": args.tasks, "runs": out}, indent=2)
                                    + "\n")

@@ -94,14 +94,17 @@ def list_(
         "--since", metavar="WHEN",
         help="Only tasks made since: an age (30m, 2h, 7d) or an ISO 8601 date or time.")]
         = None,
-    limit: Annotated[int, typer.Option(
-        "--limit", "-n", metavar="N", help="At most N tasks, the newest (0: every one).")]
-        = LIST_LIMIT,
+    limit: Annotated[int | None, typer.Option(
+        "--limit", "-n", metavar="N",
+        help=f"At most N tasks, the newest (0: every one; default {LIST_LIMIT}, and every "
+             "one with --json).")] = None,
     json_: JsonFlag = False,
 ) -> None:
     """List tasks, newest first (a front-end user: the tasks it submitted)."""
     st = state(ctx)
-    query = ops.task_query(status, context, type_, since, limit)
+    # a person reads the newest; a script given no limit gets every task it asks for
+    query = ops.task_query(status, context, type_, since,
+                           limit if limit is not None else 0 if json_ else LIST_LIMIT)
     # one more than shown: whether there are more to say so
     asked = query._replace(limit=query.limit + 1 if query.limit else None)
     if dropbox.is_frontend(st.paths):

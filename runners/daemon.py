@@ -73,6 +73,7 @@ class WaitQueue:
         self._next_housekeeping = 0.0
         self._announced_stop = False
         self._registration: Registration | None = None
+        self._told_started = 0  # the tasks started that the registration says
         self._watch: Watch | None = None
         self._pipe: tuple[int, int] | None = None
         self._config_seen: tuple[int, ...] | None = None
@@ -165,6 +166,12 @@ class WaitQueue:
             while True:
                 now = self.clock()
                 self.step(now)
+                if worker.summary.started != self._told_started:
+                    # queue status and the status page show this daemon's count as it
+                    # is, not as it was at the last housekeeping pass
+                    self._told_started = worker.summary.started
+                    with suppress(HostctlError, OSError):
+                        self._touch_liveness()
                 if self.stopping(now) and not worker.running:
                     break
                 worker.wait(self.wake_in(now))

@@ -495,7 +495,7 @@ def last_task(run: Callable[..., Any], ttype: str, context: str) -> dict[str, An
     assert res.code == 0, res
     found = [t for t in json.loads(res.out) if t["type"] == ttype]
     assert found, (ttype, context, res.out)
-    return found[-1]
+    return found[0]  # newest first
 
 
 # -- a home with a server, platforms and sites -------------------------------------------

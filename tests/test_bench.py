@@ -235,5 +235,8 @@ def test_the_task_list_bench_runs_every_command_on_the_tasks_it_wrote(tmp_path: 
     doc = json.loads(out.read_text())
     assert doc["tasks"] == 300 and "300 finished tasks written" in res.stderr
     assert {"task list (the newest 100)", "queue status", "metrics"} <= set(doc["runs"])
+    assert {"serve GET /", "serve GET /metrics"} <= set(doc["runs"])
     for figures in doc["runs"].values():
-        assert 0 < figures["min_ms"] <= figures["median_ms"] <= figures["max_ms"]
+        if "median_ms" in figures:
+            assert 0 < figures["min_ms"] <= figures["median_ms"] <= figures["max_ms"]
+    assert doc["runs"]["serve resident memory after them"]["rss_mib"] > 0

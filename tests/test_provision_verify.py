@@ -246,7 +246,7 @@ def test_backup_progress_bar_on_a_terminal_only(lab: Lab, home: Path) -> None:
     assert "backup of @big.example: [" in text and "100%" in text, text
     # the database's dump is counted too, as it goes (its size is known only at its end)
     assert re.search(r"backup of @big\.example: database: \d+(\.\d)? (B|KiB|MiB)", text), text
-    doc = json.loads(lab.ok("task", "list", "--json").out)[-1]
+    doc = json.loads(lab.ok("task", "list", "--json").out)[0]
     assert doc["type"] == "backup" and doc["status"] == "success"
     log = lab.log(doc["id"])
     assert "backup of @big.example: [" not in log and "100%" not in log

@@ -549,6 +549,12 @@ def test_task_list_is_newest_first_with_filters_a_limit_and_reasons(
     for bad in (("--since", "yesterday"), ("--limit", "-1"), ("--status", "nope")):
         res = run_hostctl("task", "list", *bad)
         assert res.code == 2 and len(res.err.strip().splitlines()) == 1, (bad, res)
+    # the table shows the newest 100 unless told; --json, every task
+    for _ in range(97):
+        add(run_hostctl, "note", "@a.example", "--priority", "1", "-o", f"tag={_}")
+    table_rows = run_hostctl("task", "list")
+    assert len(table_rows.out.splitlines()) == 101 and "--limit 0" in table_rows.err
+    assert len(json.loads(run_hostctl("task", "list", "--json").out)) == 101
 
 
 def test_a_failed_tasks_reason_says_what_failed(root: Path, run_hostctl, home: Path) -> None:

@@ -417,6 +417,21 @@ def test_second_term_kills_a_task_that_ignores_term_after_the_grace_period(
 # -- liveness in queue status -----------------------------------------------------------
 
 
+def test_the_daemons_count_is_current_between_housekeeping_passes(
+        run_hostctl, home, procs) -> None:
+    """Its record says each task it started at once, not at the next pass (an hour)."""
+    write_config(home, {"queues": {"cron": {"enabled": False}}})
+    save_sites(run_hostctl, home, ["a.example", "b.example"])
+    daemon = start_daemon(procs, home, "--max-runtime", "120",
+                          "--housekeeping-every", "3600")
+    assert daemon_record(run_hostctl, daemon.pid)["tasks_run"] == 0
+    ids = [add_task(run_hostctl, "verify", f"@{s}.example") for s in "ab"]
+    wait_for(lambda: all(status_of(run_hostctl, i) == "success" for i in ids), 30,
+             "the tasks to run")
+    assert daemon_record(run_hostctl, daemon.pid)["tasks_run"] == 2
+    term(daemon)
+
+
 def test_queue_status_shows_the_daemons_tasks_run_and_last_seen(
         run_hostctl, home, procs) -> None:
     write_config(home, {"queues": {"cron": {"enabled": False}}})  # only the tasks below run
