@@ -123,6 +123,19 @@ def _ready_name(env: Envelope) -> str:
     return f"{_prio_char(env.priority)}{env.id}{SUFFIX}"
 
 
+def _folders_of(statuses: Collection[Status]) -> tuple[str, ...]:
+    """The folders that hold tasks of these statuses (garbage set aside shows as an
+    error)."""
+    folders: list[str] = []
+    if Status.QUEUED in statuses:
+        folders += ["new", "deferred"]
+    if Status.PROCESSING in statuses:
+        folders.append("active")
+    if any(s.finished for s in statuses):
+        folders += ["done", "quarantine"]
+    return tuple(folders)
+
+
 def _id_of(name: str) -> str | None:
     """The task id inside a spool file name of any folder, or None for a stray name."""
     if not name.endswith(SUFFIX):
@@ -374,29 +387,14 @@ class Spool:
 
     def tasks(self, statuses: Collection[Status] | None = None) -> list[Task]:
         wanted = set(statuses) if statuses is not None else set(Status)
-        states: list[str] = []
-        if Status.QUEUED in wanted:
-            states += ["new", "deferred"]
-        if Status.PROCESSING in wanted:
-            states.append("active")
-        if any(s.finished for s in wanted):  # garbage set aside shows as an error
-            states += ["done", "quarantine"]
-        return [t for t in self.tasks_in(tuple(states)) if t.status in wanted]
+        return [t for t in self.tasks_in(_folders_of(wanted)) if t.status in wanted]
 
     def recent(self, query: TaskQuery) -> list[Task]:
         """Newest first by the ids in the file names, so only the files shown are read
         (a name without an id, garbage set aside, is read to know it)."""
-        wanted = query.statuses if query.statuses is not None else set(Status)
-        states: list[str] = []
-        if Status.QUEUED in wanted:
-            states += ["new", "deferred"]
-        if Status.PROCESSING in wanted:
-            states.append("active")
-        if any(s.finished for s in wanted):
-            states += ["done", "quarantine"]
         floor = query.id_floor() or ""
         named: list[tuple[str, str, str]] = []
-        for state in states:
+        for state in _folders_of(query.statuses or set(Status)):
             for name in self._names(state):
                 task_id = _id_of(name)
                 if task_id is None:

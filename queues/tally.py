@@ -60,10 +60,21 @@ class TallyBook:
     def _claim_name(self) -> None:
         self.folder.mkdir(mode=0o700, exist_ok=True)
         name = f"{os.getpid()}-{time.time_ns()}"
-        fd = os.open(self.folder / f"{name}.lock",
-                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        self._name, self._lock_fd = name, fd
+        # locked before it takes its name: a fold never sees a live process's lock free
+        for again in (True, True, False):
+            tmp = self.folder / f".{name}.lock.tmp"
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC |
+                         os.O_NOFOLLOW, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                os.rename(tmp, self.folder / f"{name}.lock")
+            except FileNotFoundError:  # a fold took it for a dead one's before the lock
+                os.close(fd)
+                if not again:
+                    raise
+                continue
+            self._name, self._lock_fd = name, fd
+            return
 
     def read(self) -> list[Tally]:
         """Everyone's counts, summed by (task type, outcome)."""
@@ -89,6 +100,10 @@ class TallyBook:
             total_path = self.folder / TOTAL
             total, folded = _load(total_path)
             names = set(self._names())
+            for entry in os.listdir(self.folder):  # a process that died taking its name
+                if entry.endswith(".lock.tmp") and not lock_held(self.folder / entry):
+                    with suppress(FileNotFoundError):
+                        (self.folder / entry).unlink()
             leftover = [n for n in folded if n in names]  # a fold cut short: in the total
             dead = [n for n in sorted(names) if n not in folded and n != self._name
                     and not lock_held(self.folder / f"{n}.lock")]
