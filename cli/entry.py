@@ -151,7 +151,7 @@ def _run(req: Request) -> int | None:
 
         add_task(st.paths, req.args[0], req.args[1], v.get("options", []),
                  v.get("context_options", []), v.get("priority", g.DEFAULT_PRIORITY),
-                 v.get("delay", 0.0), v.get("json", False))
+                 v.get("delay", 0.0), v.get("json", False), st.quiet)
         return None
     from hostctl.cli import runs
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from hostctl.cli.common import complete_context, state
+from hostctl.cli.output import emit_json
 from hostctl.cli.save import HELP_SETTINGS, field_args
 from hostctl.errors import ExitStatus, HostctlError
 from hostctl.runners.home import Home
@@ -25,19 +26,30 @@ def provision_task(
         metavar="@NAME [--OPTION VALUE]...", help="The context, then the task's options.",
         autocompletion=complete_context, show_default=False)] = None,
 ) -> int:
-    home = Home(state(ctx).paths)
+    st = state(ctx)
+    home = Home(st.paths)
     type_name = (ctx.info_name or "").removeprefix(PREFIX)
     declared = {k.replace("-", "_"): k for k in _declared_options(home, type_name)}
+    # --json is hostctl's own, unless the task type declares an option of that name
+    own_json = "json" not in declared
     name, options = field_args(
-        ctx, list(args or []), flag=lambda _: False, what=f"{PREFIX}{type_name}",
+        ctx, list(args or []), flag=lambda key: own_json and key == "json",
+        what=f"{PREFIX}{type_name}",
         spelling=lambda key: declared.get(key.replace("-", "_"), key))
+    json_ = own_json and options.pop("json", "false").lower() in ("true", "yes", "1", "on")
     from hostctl.runners.foreground import run_now  # the worker: loaded only to run one
 
-    task, summary = run_now(home, type_name, name, options, echo=sys.stdout)
+    # with --json, stdout holds the task's document alone: its output goes to stderr
+    task, summary = run_now(
+        home, type_name, name, options, echo=sys.stderr if json_ else sys.stdout,
+        notice=lambda text: None if st.quiet else print(f"hostctl: {text}", file=sys.stderr))
     label = task.status.label
-    print(f"hostctl: {type_name} on {task.envelope.context}: {label} (task {task.id})"
-          + (f": {task.reason}" if task.reason and label != "success" else ""),
-          file=sys.stderr)
+    if json_:
+        emit_json(task.to_json())
+    if label != "success" or not st.quiet:  # -q: only what went wrong
+        print(f"hostctl: {type_name} on {task.envelope.context}: {label} (task {task.id})"
+              + (f": {task.reason}" if task.reason and label != "success" else ""),
+              file=sys.stderr)
     return ExitStatus.of_outcome(label)
 
 
@@ -53,7 +65,9 @@ def make_command(type_name: str, help_text: str, options: dict[str, str]) -> Any
     """A click command for one task type, from the generic provision_task."""
     sub = typer.Typer(add_completion=False, rich_markup_mode=None)
     epilog = ("Options: " + ", ".join(f"--{k}" + (f" ({v})" if v else "")
-                                      for k, v in options.items())) if options else None
+                                      for k, v in options.items()) + ". " if options else ""
+              ) + ("--json: print the task as task show --json gives it (its output then "
+                   "goes to stderr)." if "json" not in options else "")
     sub.command(
         f"{PREFIX}{type_name}",
         help=help_text,

@@ -16,7 +16,8 @@ from hostctl.runners.home import Home
 
 
 def add_task(paths: Paths, type_: str, context: str, options: list[str],
-             context_options: list[str], priority: int, delay: float, json_: bool) -> None:
+             context_options: list[str], priority: int, delay: float, json_: bool,
+             quiet: bool = False) -> None:
     """Run by a front-end user who does not own the home, the task goes through the drop
     box: it is checked when the back end admits it, and its receipt lets this user follow
     it with `task show` and `task log`."""
@@ -40,6 +41,6 @@ def add_task(paths: Paths, type_: str, context: str, options: list[str],
         emit_json(added.task.to_json())
     else:
         print(added.task.id)
-        if not added.created:
+        if not added.created and not quiet:  # -q: the id alone
             print(f"hostctl: an identical task is already queued: {added.task.id}",
                   file=sys.stderr)

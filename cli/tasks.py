@@ -71,8 +71,9 @@ def add(
     drop box: it is checked when the back end admits it, and its receipt lets this user
     follow it with `task show` and `task log`.
     """
-    add_task(state(ctx).paths, type_, context, option or [], context_option or [],
-             priority, delay, json_)
+    st = state(ctx)
+    add_task(st.paths, type_, context, option or [], context_option or [],
+             priority, delay, json_, st.quiet)
 
 
 #: how many tasks ``task list`` shows unless told

@@ -3,8 +3,7 @@ as a queued one (so it waits for a task running on its context, and is recorded 
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TextIO
 
 from hostctl.contexts.routing import server_of
@@ -16,7 +15,8 @@ from hostctl.runners.worker import Summary, Worker
 
 
 def run_now(home: Home, type_name: str, context: str, options: Mapping[str, str],
-            echo: TextIO | None = None) -> tuple[Task, Summary]:
+            echo: TextIO | None = None,
+            notice: Callable[[str], object] = lambda _text: None) -> tuple[Task, Summary]:
     """Run a task in the foreground (provision-TYPE), through the same queue and runner."""
     env = build(home, type_name, context, options, {}, 9)
     if home.config.cluster.dsn and home.server:
@@ -26,7 +26,7 @@ def run_now(home: Home, type_name: str, context: str, options: Mapping[str, str]
                            f"{home.server}: run it there, or queue it (hostctl task add)")
     queue = home.writable()
     if queue.context_busy(env.context):
-        print(f"hostctl: waiting for the task running on {env.context}", file=sys.stderr)
+        notice(f"waiting for the task running on {env.context}")
     claim = queue.publish_claimed(env, wait=True)
     summary = Worker.of(home, echo=echo).run_claim(claim)
     return queue.get(env.id), summary

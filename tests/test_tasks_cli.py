@@ -589,3 +589,26 @@ def test_task_show_prints_a_result_as_json_never_as_python(root: Path, run_hostc
     assert '    urls: ["https://a.example/"]' in out
     assert "    ok: true" in out and "    note: fine" in out and "    none: null" in out
     assert "['" not in out and "True" not in out and "None" not in out
+
+
+def test_provision_type_takes_json_and_quiet(root: Path, run_hostctl, home: Path) -> None:
+    res = run_hostctl("provision-note", "@a.example", "--json", "--tag", "x")
+    assert res.code == 0, res
+    doc = json.loads(res.out)  # stdout: the task's document alone
+    assert (doc["type"], doc["status"], doc["options"]) == ("note", "success", {"tag": "x"})
+    assert "noted a.example" in res.err and "hostctl: note on @a.example: success" in res.err
+    res = run_hostctl("-q", "provision-note", "@b.example")
+    assert res.code == 0 and "hostctl: note on" not in res.err, res
+    assert "noted b.example" in res.out  # what the task says is its result
+    res = run_hostctl("-q", "provision-fail", "@c.example", "--json")
+    assert res.code == 1 and json.loads(res.out)["status"] == "error"
+    assert "hostctl: fail on @c.example: error" in res.err  # what went wrong is said
+
+
+def test_quiet_leaves_the_id_alone_when_an_identical_task_is_queued(
+        root: Path, run_hostctl) -> None:
+    first = add(run_hostctl, "note", "@a.example")
+    again = run_hostctl("task", "add", "note", "@a.example")
+    assert again.out.strip() == first and "already queued" in again.err
+    quiet = run_hostctl("-q", "task", "add", "note", "@a.example")
+    assert (quiet.code, quiet.out.strip(), quiet.err) == (0, first, "")
