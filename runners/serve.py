@@ -517,16 +517,21 @@ def _route(paths: Paths, path: str, query: Mapping[str, list[str]]) -> _Answer:
 
 def read_token(path: Path | None) -> str:
     """The token from ``path`` (its first line; the file must be private) or from
-    HOSTCTL_SERVE_TOKEN; "" if neither."""
+    HOSTCTL_SERVE_TOKEN; "" if neither. A token shorter than 16 characters is refused."""
     if path is None:
-        return os.environ.get("HOSTCTL_SERVE_TOKEN", "").strip()
-    try:
-        st = os.stat(path)
-        if st.st_mode & 0o077:
-            raise InvalidInput(f"the token file {path} can be read by others: chmod 600 it")
-        token = path.read_text().splitlines()[0].strip() if path.read_text() else ""
-    except OSError as exc:
-        raise InvalidInput(f"cannot read the token file {path}: {exc.strerror}") from None
+        token, where = os.environ.get("HOSTCTL_SERVE_TOKEN", "").strip(), \
+            "HOSTCTL_SERVE_TOKEN"
+        if not token:
+            return ""
+    else:
+        try:
+            if os.stat(path).st_mode & 0o077:
+                raise InvalidInput(f"the token file {path} can be read by others: chmod 600 "
+                                   "it")
+            lines = path.read_text().splitlines()
+        except OSError as exc:
+            raise InvalidInput(f"cannot read the token file {path}: {exc.strerror}") from None
+        token, where = (lines[0].strip() if lines else ""), str(path)
     if len(token) < 16:
-        raise InvalidInput(f"the token in {path} is shorter than 16 characters")
+        raise InvalidInput(f"the token in {where} is shorter than 16 characters")
     return token

@@ -155,6 +155,9 @@ def test_off_loopback_it_needs_a_token(run_hostctl: Any, home: Path, procs: Proc
     save_sites(run_hostctl, home, ["a.example"])
     res = hostctl_process("serve", "--listen", "0.0.0.0:0")
     assert res.returncode == 2 and "needs a token" in res.stderr, res
+    res = hostctl_process("serve", "--listen", "0.0.0.0:0",
+                          env={"HOSTCTL_SERVE_TOKEN": "short"})
+    assert res.returncode == 2 and "shorter than 16" in res.stderr, res
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token-0123456789\n")
     os.chmod(token_file, 0o644)
