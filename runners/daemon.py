@@ -39,6 +39,7 @@ import gc
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
@@ -53,6 +54,7 @@ from hostctl.times import utc_iso
 
 log = logging.getLogger("hostctl")
 HOUSEKEEPING_EVERY = 60.0  # sweep, rescan, liveness, periodic queues
+COURIER_IDLE = 30.0  # the webhooks thread looks at the folder at least this often
 
 
 class WaitQueue:
@@ -74,6 +76,8 @@ class WaitQueue:
         self._announced_stop = False
         self._registration: Registration | None = None
         self._told_started = 0  # the tasks started that the registration says
+        self._courier_wake = threading.Event()
+        self._courier_done = False
         self._watch: Watch | None = None
         self._pipe: tuple[int, int] | None = None
         self._config_seen: tuple[int, ...] | None = None
@@ -114,6 +118,10 @@ class WaitQueue:
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
         worker.sweep()
+        # the webhooks go out from a thread of their own: a slow receiver never holds a
+        # task back (runners/notify.py)
+        worker.on_delivery = self._courier_wake.set
+        threading.Thread(target=self._courier, name="webhooks", daemon=True).start()
         # what start-up made (the modules, the schemas, the registry) lives as long as the
         # daemon: out of the collector's sight, a full collection walks only the objects
         # of the task loop
@@ -278,7 +286,26 @@ class WaitQueue:
         if self._registration is not None and self.worker is not None:
             self._registration.update(self.worker.summary.started)
 
+    def _courier(self) -> None:
+        """Send the webhooks' deliveries as they come and come due, until the daemon
+        ends (a delivery cut off then stays for the next runner)."""
+        worker = self.worker
+        assert worker is not None
+        while not self._courier_done:
+            try:
+                worker.deliveries.send_due(worker.config.webhooks)
+                due = worker.deliveries.next_due()
+            except OSError as exc:
+                log.error("webhooks: %s", exc)
+                due = None
+            wait = COURIER_IDLE if due is None else min(COURIER_IDLE,
+                                                          max(0.0, due - time.time()))
+            self._courier_wake.wait(wait)
+            self._courier_wake.clear()
+
     def _close(self) -> None:
+        self._courier_done = True
+        self._courier_wake.set()
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
@@ -297,5 +324,8 @@ def drain_once(home: Home, concurrency: int | None = None) -> Summary:
     if home.queue.paused():
         worker.queue.ensure()
         worker.sweep()
-        return worker.summary
-    return worker.run(once=True, should_stop=home.queue.paused)
+        summary = worker.summary
+    else:
+        summary = worker.run(once=True, should_stop=home.queue.paused)
+    worker.deliveries.flush(worker.config.webhooks)
+    return summary

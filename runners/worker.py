@@ -42,6 +42,7 @@ from hostctl.queues.backend import LeaseLost, QueueBackend, TaskClaim, TaskLog
 from hostctl.queues.model import Policy, backoff
 from hostctl.queues.spool import Spool
 from hostctl.runners.home import Home, open_store, retry_policy
+from hostctl.runners.notify import Deliveries
 from hostctl.text import Redactor, printable
 from hostctl.times import utc_iso
 
@@ -187,6 +188,9 @@ class Worker:
         self.held: list[TaskClaim] = []
         self.held_until = 0.0  # (clock) a task claimed ahead is given back after this
         self.ahead_given_back = False  # ... and none is claimed ahead until a task ends
+        #: the webhooks' deliveries (runners/notify.py), and who is told of a new one
+        self.deliveries = Deliveries(paths.spool / "notify")
+        self.on_delivery: Callable[[], object] = lambda: None
 
     @classmethod
     def of(cls, home: Home, concurrency: int | None = None,
@@ -497,6 +501,24 @@ class Worker:
         self.running[pid] = run
         return True
 
+    def _ended(self, claim: TaskClaim, outcome: str, reason: str,
+               seconds: float | None) -> None:
+        """An attempt's end is recorded: its line, its count, its webhooks."""
+        _log_end(self.queue, claim, outcome, reason, seconds)
+        env = claim.task.envelope
+        hooks = [h for h in self.config.webhooks.values() if h.wants(env.type, outcome)]
+        if not hooks:
+            return
+        try:
+            doc = self.queue.get(env.id).to_json()
+            doc.pop("log", None)  # a path on this host: nothing a receiver needs
+            for hook in hooks:
+                self.deliveries.add(hook, outcome, doc)
+        except (OSError, HostctlError) as exc:  # a notice is never worth a task
+            log.error("task %s: its webhooks are not sent: %s", env.id, exc)
+            return
+        self.on_delivery()
+
     def _cannot_write(self, claim: TaskClaim, attempt: int, task_log: TaskLog | None,
                       queued: bool,
                       exc: OSError, what: str) -> bool:
@@ -525,7 +547,7 @@ class Worker:
             self.summary.count("lost")
             return
         self.summary.count("error")
-        _log_end(self.queue, claim, "error", reason, None)
+        self._ended(claim, "error", reason, None)
 
     def _no_room(self, claim: TaskClaim, task_log: TaskLog | None, what: str) -> None:
         """No room on the disk to start a queued task: give it back, claim nothing for a
@@ -728,14 +750,14 @@ class Worker:
             else:
                 self.queue.finish(claim, "lost", **fields)
             self.summary.count("lost")
-            _log_end(self.queue, claim, "lost", reason, elapsed)
+            self._ended(claim, "lost", reason, elapsed)
             return
         if verdict.outcome == "retry":
             self.queue.defer(claim, backoff(run.policy, run.attempt), **fields)
         else:
             self.queue.finish(claim, verdict.outcome, **fields)
         self.summary.count(verdict.outcome)
-        _log_end(self.queue, claim, verdict.outcome, str(fields["reason"]), elapsed)
+        self._ended(claim, verdict.outcome, str(fields["reason"]), elapsed)
 
 
 def _write(task_log: TaskLog, data: str | bytes) -> None:

@@ -138,6 +138,24 @@ class ClusterSettings(NamedTuple):
 
 CLUSTER_DSN_VAR = "HOSTCTL_CLUSTER_DSN"
 
+#: what an attempt can end as, for [notify.webhooks.NAME] outcomes
+OUTCOMES = ("success", "warning", "error", "cancelled", "retry", "lost")
+
+
+class Webhook(NamedTuple):
+    """``[notify.webhooks.NAME]``: POST each matching attempt's end to ``url``, signed
+    with HMAC-SHA256 by the key in ``secret_file`` (a private file) when one is given."""
+
+    name: str
+    url: str
+    secret_file: str = ""
+    outcomes: tuple[str, ...] = ("error",)
+    types: tuple[str, ...] = ()  # empty: every task type
+    timeout: float = 10.0
+
+    def wants(self, type_name: str, outcome: str) -> bool:
+        return outcome in self.outcomes and (not self.types or type_name in self.types)
+
 
 @dataclass(frozen=True)
 class Config:
@@ -148,6 +166,7 @@ class Config:
     frontend: FrontendSettings = field(default_factory=FrontendSettings)
     provision: ProvisionSettings = field(default_factory=ProvisionSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    webhooks: Mapping[str, Webhook] = field(default_factory=dict)
     path: Path | None = None
 
 
@@ -185,8 +204,8 @@ def _load_file(path: Path, fields: FieldNames) -> Config:
 
 
 def _parse(doc: Mapping[str, Any], path: Path, fields: FieldNames) -> Config:
-    known_keys(doc, {"worker", "tasks", "queues", "spool", "frontend", "provision", "cluster"},
-           "config.toml")
+    known_keys(doc, {"worker", "tasks", "queues", "spool", "frontend", "provision", "cluster",
+                     "notify"}, "config.toml")
     w = table(doc, "worker")
     known_keys(w, set(WorkerSettings._fields), "[worker]")
     worker = WorkerSettings(
@@ -221,7 +240,40 @@ def _parse(doc: Mapping[str, Any], path: Path, fields: FieldNames) -> Config:
                   spool=SpoolSettings(allow_network_filesystem=allow_nfs),
                   frontend=_frontend(table(doc, "frontend"), fields.known),
                   provision=_provision(table(doc, "provision")),
-                  cluster=_cluster(table(doc, "cluster")), path=path)
+                  cluster=_cluster(table(doc, "cluster")),
+                  webhooks=_webhooks(table(doc, "notify")), path=path)
+
+
+def _webhooks(spec: Mapping[str, Any]) -> dict[str, Webhook]:
+    known_keys(spec, {"webhooks"}, "[notify]")
+    out = {}
+    for name, hook in table(spec, "webhooks").items():
+        where = f"[notify.webhooks.{name}]"
+        if not TASK_NAME.fullmatch(name) or not isinstance(hook, dict):
+            raise ValueError(f"{where}: a webhook is a table named with lower-case letters, "
+                             "digits and '-'")
+        known_keys(hook, set(Webhook._fields) - {"name"}, where)
+        url = hook.get("url")
+        if not isinstance(url, str) or not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", url):
+            raise ValueError(f"{where}: url must be an http:// or https:// address")
+        secret_file = hook.get("secret_file", "")
+        if not isinstance(secret_file, str) or (secret_file and
+                                                not secret_file.startswith("/")):
+            raise ValueError(f"{where}: secret_file must be an absolute path")
+        outcomes = hook.get("outcomes", ["error"])
+        if (not isinstance(outcomes, list) or not outcomes
+                or any(o not in OUTCOMES for o in outcomes)):
+            raise ValueError(f"{where}: outcomes is a list of {', '.join(OUTCOMES)}")
+        types = hook.get("types", [])
+        if not isinstance(types, list) or any(not isinstance(t, str) for t in types):
+            raise ValueError(f"{where}: types is a list of task type names")
+        timeout = hook.get("timeout", 10.0)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) \
+                or not 0 < timeout <= 300:
+            raise ValueError(f"{where}: timeout is a number of seconds, up to 300")
+        out[name] = Webhook(name, url, secret_file, tuple(outcomes), tuple(types),
+                            float(timeout))
+    return out
 
 
 def _cluster(spec: Mapping[str, Any]) -> ClusterSettings:
