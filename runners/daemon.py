@@ -293,7 +293,7 @@ class WaitQueue:
         assert worker is not None
         while not self._courier_done:
             try:
-                worker.deliveries.send_due(worker.config.webhooks)
+                worker.deliveries.send_due(worker.config)
                 due = worker.deliveries.next_due()
             except OSError as exc:
                 log.error("webhooks: %s", exc)
@@ -327,5 +327,5 @@ def drain_once(home: Home, concurrency: int | None = None) -> Summary:
         summary = worker.summary
     else:
         summary = worker.run(once=True, should_stop=home.queue.paused)
-    worker.deliveries.flush(worker.config.webhooks)
+    worker.deliveries.flush(worker.config)
     return summary

@@ -205,7 +205,7 @@ class Dispatcher:
                 log.info("the queue is paused")
                 return report
             self.run_due(worker, report, force, only)
-            worker.deliveries.flush(worker.config.webhooks)
+            worker.deliveries.flush(worker.config)
         return report
 
     def run_due(self, worker: Worker, report: DispatchReport, force: bool = False,

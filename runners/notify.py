@@ -1,5 +1,7 @@
-"""Webhooks: each attempt's end that a ``[notify.webhooks.NAME]`` wants is POSTed there,
-by the queue's own runners, never by the task and never in its way.
+"""Notices of tasks' ends: each attempt's end that a ``[notify.webhooks.NAME]`` wants is
+POSTed there, and one a ``[notify.email.NAME]`` wants is mailed (SMTP, the local MTA by
+default; ``Message-ID: <ID@hostctl>``), by the queue's own runners, never by the task
+and never in its way.
 
 The deliveries wait in this host's spool (also in a cluster: a host sends what its
 workers ended)::
@@ -34,15 +36,17 @@ import json
 import logging
 import os
 import secrets
+import smtplib
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from contextlib import suppress
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from hostctl.config import Webhook
+from hostctl.config import Config, Email, Webhook
 from hostctl.files import write_atomic
 from hostctl.process import host_name
 
@@ -74,15 +78,16 @@ class Deliveries:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
-    def add(self, hook: Webhook, outcome: str, task: Mapping[str, Any]) -> str:
+    def add(self, hook: Webhook | Email, outcome: str, task: Mapping[str, Any]) -> str:
         """Queue one delivery of ``task``'s end to ``hook``; its id."""
         delivery = secrets.token_hex(10)
         body = json.dumps({"event": "task.ended", "delivery": delivery, "hook": hook.name,
                            "host": host_name(), "outcome": outcome, "task": dict(task)},
                           ensure_ascii=False)
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        kind = "email" if isinstance(hook, Email) else "webhook"
         write_atomic(self.folder / _name(time.time(), delivery, 0),
-                     json.dumps({"hook": hook.name, "body": body}).encode())
+                     json.dumps({"kind": kind, "hook": hook.name, "body": body}).encode())
         return delivery
 
     def pending(self) -> list[str]:
@@ -95,12 +100,12 @@ class Deliveries:
         names = self.pending()
         return _parse(names[0])[0] if names else None  # type: ignore[index]
 
-    def send_due(self, hooks: Mapping[str, Webhook], now: float | None = None,
-                 post: Callable[[Webhook, bytes, str], int] | None = None,
+    def send_due(self, config: Config, now: float | None = None,
+                 post: Callable[[Webhook | Email, bytes, str], int] | None = None,
                  until: float | None = None) -> int:
         """Send every delivery due now (``until``: stop starting new ones after this
         time.monotonic()); how many were delivered."""
-        post = post or _post
+        post = post or _deliver
         sent = 0
         for name in self.pending():
             parsed = _parse(name)
@@ -110,20 +115,19 @@ class Deliveries:
                 break  # the names sort by when they are due
             if until is not None and time.monotonic() > until:
                 break
-            sent += self._send_one(name, delivery, attempts, hooks, post)
+            sent += self._send_one(name, delivery, attempts, config, post)
         return sent
 
-    def flush(self, hooks: Mapping[str, Webhook], within: float = 10.0) -> None:
+    def flush(self, config: Config, within: float = 10.0) -> None:
         """A runner that ends (``wait-queue --once``, dispatch): send what is due, for
         ``within`` seconds at most; what is left waits for the next runner."""
         try:
-            self.send_due(hooks, until=time.monotonic() + within)
+            self.send_due(config, until=time.monotonic() + within)
         except OSError as exc:
             log.error("webhooks: %s", exc)
 
-    def _send_one(self, name: str, delivery: str, attempts: int,
-                  hooks: Mapping[str, Webhook], post: Callable[[Webhook, bytes, str], int]
-                  ) -> int:
+    def _send_one(self, name: str, delivery: str, attempts: int, config: Config,
+                  post: Callable[[Webhook | Email, bytes, str], int]) -> int:
         path = self.folder / name
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
@@ -138,12 +142,15 @@ class Deliveries:
                 return 0  # done by the runner that held it before us
             try:
                 doc = json.loads(os.read(fd, 16 << 20))
-                hook, body = hooks.get(str(doc["hook"])), str(doc["body"]).encode()
+                found: Mapping[str, Webhook | Email] = (
+                    config.emails if doc.get("kind") == "email" else config.webhooks)
+                hook, body = found.get(str(doc["hook"])), str(doc["body"]).encode()
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 self._give_up(name, f"unreadable: {exc}")
                 return 0
             if hook is None:
-                self._give_up(name, f"no webhook {doc['hook']!r} in config.toml any more")
+                self._give_up(name, f"no {doc.get('kind', 'webhook')} notice "
+                                    f"{doc['hook']!r} in config.toml any more")
                 return 0
             try:
                 status = post(hook, body, delivery)
@@ -186,6 +193,35 @@ def _secret(hook: Webhook) -> bytes:
 
 def signature(secret: bytes, body: bytes) -> str:
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def _deliver(hook: Webhook | Email, body: bytes, delivery: str) -> int:
+    """Send one delivery: an HTTP status, 250 for a mail the server took (an error
+    raises)."""
+    if isinstance(hook, Email):
+        _mail(hook, body, delivery)
+        return 250
+    return _post(hook, body, delivery)
+
+
+def _mail(hook: Email, body: bytes, delivery: str) -> None:
+    doc = json.loads(body)
+    task = doc["task"]
+    message = EmailMessage()
+    message["Subject"] = (f"hostctl: {task.get('type')} on {task.get('context')}: "
+                          f"{doc['outcome']}")
+    message["From"] = hook.sender
+    message["To"] = ", ".join(hook.to)
+    message["Message-ID"] = f"<{delivery}@hostctl>"  # the same on a repeat
+    message["X-Hostctl-Delivery"] = delivery
+    lines = [f"{k}: {task.get(k)}" for k in ("id", "type", "context", "status", "reason",
+                                              "created", "started", "finished")]
+    message.set_content("\n".join([*lines, f"host: {doc['host']}", "",
+                                    "The task, as hostctl task show --json gives it:",
+                                    json.dumps(task, indent=2, ensure_ascii=False)]) + "\n")
+    host, _, port = hook.smtp.rpartition(":")
+    with smtplib.SMTP(host.strip("[]"), int(port), timeout=hook.timeout) as smtp:
+        smtp.send_message(message)
 
 
 def _post(hook: Webhook, body: bytes, delivery: str) -> int:

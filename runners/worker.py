@@ -22,7 +22,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
-from hostctl.config import Config
+from hostctl.config import Config, Email, Webhook
 from hostctl.contexts.store import ContextStore
 from hostctl.errors import HostctlError, Unreachable
 from hostctl.paths import Paths
@@ -506,7 +506,9 @@ class Worker:
         """An attempt's end is recorded: its line, its count, its webhooks."""
         _log_end(self.queue, claim, outcome, reason, seconds)
         env = claim.task.envelope
-        hooks = [h for h in self.config.webhooks.values() if h.wants(env.type, outcome)]
+        notices: list[Webhook | Email] = [*self.config.webhooks.values(),
+                                          *self.config.emails.values()]
+        hooks = [h for h in notices if h.wants(env.type, outcome)]
         if not hooks:
             return
         try:

@@ -198,3 +198,91 @@ def test_a_wrong_webhook_is_one_line(run_hostctl: Any, home: Path, hook: dict[st
     res = run_hostctl("task", "list")
     assert res.code == 2 and "notify.webhooks.panel" in res.err \
         and len(res.err.strip().splitlines()) == 1, res
+
+
+class SmtpSink:
+    """A small SMTP server on loopback that keeps each message it is given (RFC 5321's
+    commands a client sends: HELO/EHLO, MAIL, RCPT, DATA, QUIT)."""
+
+    def __init__(self) -> None:
+        import socketserver
+
+        self.messages: list[tuple[str, list[str], bytes]] = []
+        owner = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                self.wfile.write(b"220 sink ESMTP\r\n")
+                sender, rcpts = "", []
+                while line := self.rfile.readline():
+                    cmd = line.decode().strip()
+                    verb = cmd.split(" ", 1)[0].upper()
+                    if verb in ("HELO", "EHLO"):
+                        self.wfile.write(b"250 sink\r\n")
+                    elif verb == "MAIL":
+                        sender = cmd.split(":", 1)[1].strip()
+                        self.wfile.write(b"250 ok\r\n")
+                    elif verb == "RCPT":
+                        rcpts.append(cmd.split(":", 1)[1].strip())
+                        self.wfile.write(b"250 ok\r\n")
+                    elif verb == "DATA":
+                        self.wfile.write(b"354 go on\r\n")
+                        data = b""
+                        while (part := self.rfile.readline()) not in (b".\r\n", b""):
+                            data += part
+                        owner.messages.append((sender, rcpts, data))
+                        sender, rcpts = "", []
+                        self.wfile.write(b"250 kept\r\n")
+                    elif verb == "QUIT":
+                        self.wfile.write(b"221 bye\r\n")
+                        return
+                    else:
+                        self.wfile.write(b"250 ok\r\n")
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = int(self.server.server_address[1])
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_failed_task_is_mailed_through_smtp(run_hostctl: Any, home: Path,
+                                              receiver: Receiver) -> None:
+    from email import message_from_bytes
+
+    sink = SmtpSink()
+    try:
+        configure(home, receiver.url)
+        config = (home / "config.toml").read_text()
+        (home / "config.toml").write_text(
+            config + '\n[notify.email.ops]\nto = ["ops@example.test", "dev@example.test"]\n'
+            f'from = "hostctl@web1.example.test"\nsmtp = "127.0.0.1:{sink.port}"\n')
+        save_sites(run_hostctl, home, ["a.example", "b.example"])
+        failed = add_task(run_hostctl, "fail", "@a.example")
+        add_task(run_hostctl, "ok", "@b.example")
+        once(home)
+        [(sender, rcpts, data)] = sink.messages
+        assert sender == "<hostctl@web1.example.test>"
+        assert rcpts == ["<ops@example.test>", "<dev@example.test>"]
+        mail = message_from_bytes(data)
+        assert mail["Subject"] == "hostctl: fail on @a.example: error"
+        delivery = mail["X-Hostctl-Delivery"]
+        assert mail["Message-ID"] == f"<{delivery}@hostctl>"
+        text = mail.get_payload(decode=True).decode()
+        assert f"id: {failed}" in text and "reason: exited with status 3: quota exceeded" in text
+        assert len(receiver.got) == 1  # the webhook too, a delivery of its own
+        assert receiver.docs()[0]["delivery"] != delivery and pending(home) == []
+    finally:
+        sink.close()
+    # the mail server down: kept, and tried again later
+    task = add_task(run_hostctl, "fail", "@a.example")
+    once(home)
+    mails = [n for n in pending(home)]
+    assert len(mails) == 1 and mails[0].endswith(".1.json"), mails
+    assert task

@@ -157,6 +157,22 @@ class Webhook(NamedTuple):
         return outcome in self.outcomes and (not self.types or type_name in self.types)
 
 
+class Email(NamedTuple):
+    """``[notify.email.NAME]``: a mail to ``to`` for each matching attempt's end, through
+    the SMTP server at ``smtp`` (HOST:PORT; the local MTA by default)."""
+
+    name: str
+    to: tuple[str, ...]
+    sender: str = "hostctl@localhost"
+    smtp: str = "localhost:25"
+    outcomes: tuple[str, ...] = ("error",)
+    types: tuple[str, ...] = ()
+    timeout: float = 30.0
+
+    def wants(self, type_name: str, outcome: str) -> bool:
+        return outcome in self.outcomes and (not self.types or type_name in self.types)
+
+
 @dataclass(frozen=True)
 class Config:
     worker: WorkerSettings = field(default_factory=WorkerSettings)
@@ -167,6 +183,7 @@ class Config:
     provision: ProvisionSettings = field(default_factory=ProvisionSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     webhooks: Mapping[str, Webhook] = field(default_factory=dict)
+    emails: Mapping[str, Email] = field(default_factory=dict)
     path: Path | None = None
 
 
@@ -241,11 +258,58 @@ def _parse(doc: Mapping[str, Any], path: Path, fields: FieldNames) -> Config:
                   frontend=_frontend(table(doc, "frontend"), fields.known),
                   provision=_provision(table(doc, "provision")),
                   cluster=_cluster(table(doc, "cluster")),
-                  webhooks=_webhooks(table(doc, "notify")), path=path)
+                  webhooks=_webhooks(table(doc, "notify")),
+                  emails=_emails(table(doc, "notify")), path=path)
+
+
+_ADDRESS = re.compile(r"[^@\s<>,;\"]+@[^@\s<>,;\"]+")
+
+
+def _filters(hook: Mapping[str, Any], where: str) -> tuple[tuple[str, ...], tuple[str, ...],
+                                                          float]:
+    """A notice's outcomes, types and timeout, checked."""
+    outcomes = hook.get("outcomes", ["error"])
+    if (not isinstance(outcomes, list) or not outcomes
+            or any(o not in OUTCOMES for o in outcomes)):
+        raise ValueError(f"{where}: outcomes is a list of {', '.join(OUTCOMES)}")
+    types = hook.get("types", [])
+    if not isinstance(types, list) or any(not isinstance(t, str) for t in types):
+        raise ValueError(f"{where}: types is a list of task type names")
+    timeout = hook.get("timeout", 10.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) \
+            or not 0 < timeout <= 300:
+        raise ValueError(f"{where}: timeout is a number of seconds, up to 300")
+    return tuple(outcomes), tuple(types), float(timeout)
+
+
+def _emails(spec: Mapping[str, Any]) -> dict[str, Email]:
+    out = {}
+    for name, mail in table(spec, "email").items():
+        where = f"[notify.email.{name}]"
+        if not TASK_NAME.fullmatch(name) or not isinstance(mail, dict):
+            raise ValueError(f"{where}: a mail notice is a table named with lower-case "
+                             "letters, digits and '-'")
+        known_keys(mail, {"to", "from", "smtp", "outcomes", "types", "timeout"}, where)
+        to = mail.get("to")
+        if isinstance(to, str):
+            to = [to]
+        if not isinstance(to, list) or not to or any(
+                not isinstance(a, str) or not _ADDRESS.fullmatch(a) for a in to):
+            raise ValueError(f"{where}: to is a mail address, or a list of them")
+        sender = mail.get("from", "hostctl@localhost")
+        if not isinstance(sender, str) or not _ADDRESS.fullmatch(sender):
+            raise ValueError(f"{where}: from is a mail address")
+        smtp = mail.get("smtp", "localhost:25")
+        if not isinstance(smtp, str) or not re.fullmatch(r"[A-Za-z0-9.\-\[\]:]+:\d{1,5}",
+                                                          smtp):
+            raise ValueError(f"{where}: smtp is HOST:PORT")
+        outcomes, types, timeout = _filters({"timeout": 30.0, **mail}, where)
+        out[name] = Email(name, tuple(to), sender, smtp, outcomes, types, timeout)
+    return out
 
 
 def _webhooks(spec: Mapping[str, Any]) -> dict[str, Webhook]:
-    known_keys(spec, {"webhooks"}, "[notify]")
+    known_keys(spec, {"webhooks", "email"}, "[notify]")
     out = {}
     for name, hook in table(spec, "webhooks").items():
         where = f"[notify.webhooks.{name}]"
@@ -260,19 +324,8 @@ def _webhooks(spec: Mapping[str, Any]) -> dict[str, Webhook]:
         if not isinstance(secret_file, str) or (secret_file and
                                                 not secret_file.startswith("/")):
             raise ValueError(f"{where}: secret_file must be an absolute path")
-        outcomes = hook.get("outcomes", ["error"])
-        if (not isinstance(outcomes, list) or not outcomes
-                or any(o not in OUTCOMES for o in outcomes)):
-            raise ValueError(f"{where}: outcomes is a list of {', '.join(OUTCOMES)}")
-        types = hook.get("types", [])
-        if not isinstance(types, list) or any(not isinstance(t, str) for t in types):
-            raise ValueError(f"{where}: types is a list of task type names")
-        timeout = hook.get("timeout", 10.0)
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) \
-                or not 0 < timeout <= 300:
-            raise ValueError(f"{where}: timeout is a number of seconds, up to 300")
-        out[name] = Webhook(name, url, secret_file, tuple(outcomes), tuple(types),
-                            float(timeout))
+        outcomes, types, timeout = _filters(hook, where)
+        out[name] = Webhook(name, url, secret_file, outcomes, types, timeout)
     return out
 
 
