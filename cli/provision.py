@@ -14,7 +14,8 @@ import typer
 from hostctl.cli.common import complete_context, state
 from hostctl.cli.output import emit_json
 from hostctl.cli.save import HELP_SETTINGS, field_args
-from hostctl.errors import ExitStatus, HostctlError
+from hostctl.contexts.schema import FALSE_WORDS, TRUE_WORDS
+from hostctl.errors import ExitStatus, HostctlError, InvalidInput
 from hostctl.runners.home import Home
 
 PREFIX = "provision-"
@@ -36,7 +37,7 @@ def provision_task(
         ctx, list(args or []), flag=lambda key: own_json and key == "json",
         what=f"{PREFIX}{type_name}",
         spelling=lambda key: declared.get(key.replace("-", "_"), key))
-    json_ = own_json and options.pop("json", "false").lower() in ("true", "yes", "1", "on")
+    json_ = own_json and _flag("json", options.pop("json", "false"))
     from hostctl.runners.foreground import run_now  # the worker: loaded only to run one
 
     # with --json, stdout holds the task's document alone: its output goes to stderr
@@ -51,6 +52,16 @@ def provision_task(
               + (f": {task.reason}" if task.reason and label != "success" else ""),
               file=sys.stderr)
     return ExitStatus.of_outcome(label)
+
+
+def _flag(name: str, value: str) -> bool:
+    """A flag of hostctl's own among a task's options: alone, or =true/=false."""
+    if value.lower() in TRUE_WORDS:
+        return True
+    if value.lower() in FALSE_WORDS:
+        return False
+    raise InvalidInput(f"--{name} is hostctl's own flag: it takes no value but true or "
+                       f"false, not {value!r}")
 
 
 def _declared_options(home: Home, type_name: str) -> list[str]:

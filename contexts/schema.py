@@ -268,7 +268,12 @@ def _path(text: str) -> str:
     if _UNSAFE_PATH.search(text):
         raise InvalidInput(f"{shown(text)} holds a quote, a backslash or a '$', which a "
                            "web server's configuration would misread")
-    return os.path.normpath(text)
+    normal = os.path.normpath(text)
+    if normal != normal.strip():
+        # '/a /' is '/a ' once normalised, which a save would trim to '/a' when read
+        # back: one stored spelling, and none a configuration line would lose
+        raise InvalidInput(f"{shown(text)} ends in white space")
+    return normal
 
 
 def _ip(text: str) -> str:

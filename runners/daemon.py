@@ -295,8 +295,8 @@ class WaitQueue:
             try:
                 worker.deliveries.send_due(worker.config)
                 due = worker.deliveries.next_due()
-            except OSError as exc:
-                log.error("webhooks: %s", exc)
+            except Exception as exc:  # noqa: BLE001 - the thread must live on: said, then again
+                log.error("notices: %s: %s", type(exc).__name__, exc)
                 due = None
             wait = COURIER_IDLE if due is None else min(COURIER_IDLE,
                                                           max(0.0, due - time.time()))

@@ -32,6 +32,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import hmac
+import http.client
 import json
 import logging
 import os
@@ -155,8 +156,9 @@ class Deliveries:
             try:
                 status = post(hook, body, delivery)
                 why = "" if 200 <= status < 300 else f"answered {status}"
-            except (OSError, ValueError) as exc:  # refused, timed out, a bad address
-                why = str(getattr(exc, "reason", exc))
+            except (OSError, ValueError, http.client.HTTPException) as exc:
+                # refused, timed out, a bad address, an answer that is not HTTP
+                why = str(getattr(exc, "reason", exc)) or type(exc).__name__
             if not why:
                 path.unlink()
                 return 1

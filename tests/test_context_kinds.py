@@ -254,6 +254,8 @@ def what_provisioning_does(tmp: Path, ctype: str, name: str, value: object) -> N
 # found by this test: the schema took a ';' in a URL that the vhost writer refused (the
 # writer quotes the URL, so one rule, the schema's, now serves both)
 @example(case=(("server", SERVER.fields["web_disable_url"]), "http://;"))
+# and a path that normalising left ending in a space, which trimming then lost
+@example(case=(("server", SERVER.fields["aegir_root"]), "/ /"))
 def test_every_kind_saves_only_what_provisioning_can_act_on(
         tmp_path: Path, case: tuple[tuple[str, Field], str]) -> None:
     (ctype, spec), raw = case

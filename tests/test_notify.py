@@ -286,3 +286,33 @@ def test_a_failed_task_is_mailed_through_smtp(run_hostctl: Any, home: Path,
     mails = [n for n in pending(home)]
     assert len(mails) == 1 and mails[0].endswith(".1.json"), mails
     assert task
+
+
+def test_an_answer_that_is_not_http_is_tried_again(run_hostctl: Any, home: Path) -> None:
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+
+    def garbage() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"this is not HTTP\r\n\r\n")
+
+    threading.Thread(target=garbage, daemon=True).start()
+    try:
+        configure(home, f"http://127.0.0.1:{server.getsockname()[1]}/hook")
+        save_sites(run_hostctl, home, ["a.example"])
+        add_task(run_hostctl, "fail", "@a.example")
+        once(home)
+        [name] = pending(home)
+        assert name.endswith(".1.json")  # kept for its next try, the runner unharmed
+        assert "not delivered" in (home / "logs" / "hostctl.log").read_text()
+    finally:
+        server.close()
