@@ -32,6 +32,7 @@ import socket
 import socketserver
 import threading
 from collections.abc import Callable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -107,6 +108,10 @@ class _TcpServer(ThreadingHTTPServer):
     daemon_threads = True
 
 
+class _TcpServer6(_TcpServer):
+    address_family = socket.AF_INET6
+
+
 class StatusServer:
     """The server: ``serve_forever`` until ``shutdown`` (another thread, a signal)."""
 
@@ -119,16 +124,16 @@ class StatusServer:
         handler = _handler(self)
         server: socketserver.BaseServer
         if listen.path:
-            with_suppress_unlink(listen.path)
+            with suppress(FileNotFoundError):  # a socket left by a server before
+                os.unlink(listen.path)
             mask = os.umask(0o117)  # 0660 from its first moment
             try:
                 server = _UnixServer(listen.path, handler)
             finally:
                 os.umask(mask)
         else:
-            if ":" in listen.host:
-                _TcpServer.address_family = socket.AF_INET6
-            server = _TcpServer((listen.host, listen.port), handler)
+            kind = _TcpServer6 if ":" in listen.host else _TcpServer
+            server = kind((listen.host, listen.port), handler)
         self.server = server
 
     @property
@@ -164,14 +169,8 @@ class StatusServer:
     def close(self) -> None:
         self.server.server_close()
         if self.listen.path:
-            with_suppress_unlink(self.listen.path)
-
-
-def with_suppress_unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+            with suppress(FileNotFoundError):
+                os.unlink(self.listen.path)
 
 
 # -- what the pages read ----------------------------------------------------------------

@@ -67,20 +67,6 @@ def _start_failure(exc: HostctlError | OSError) -> str:
     return exc.message if isinstance(exc, HostctlError) else f"cannot start: {exc}"
 
 
-def _log_end(queue: QueueBackend, claim: TaskClaim, outcome: str, reason: str,
-             seconds: float | None) -> None:
-    """One line in hostctl.log for every attempt's end (a retry and a loss included),
-    and one more in the queue's count of them (``hostctl metrics``)."""
-    env = claim.task.envelope
-    level = logging.INFO if outcome in ("success", "warning") else logging.WARNING
-    log.log(level, "task %s (%s on %s) ended: %s%s", env.id, env.type, env.context, outcome,
-            f": {printable(reason)}" if reason else "")
-    try:
-        queue.tally(env.type, outcome, seconds)
-    except (OSError, HostctlError) as exc:  # a count is never worth a task
-        log.warning("task %s: its end is not counted: %s", env.id, exc)
-
-
 def redact(value: Any, secrets: Redactor) -> Any:
     """``value`` (a task's structured result) with every secret replaced, as in its log."""
     if isinstance(value, str):
@@ -503,9 +489,16 @@ class Worker:
 
     def _ended(self, claim: TaskClaim, outcome: str, reason: str,
                seconds: float | None) -> None:
-        """An attempt's end is recorded: its line, its count, its webhooks."""
-        _log_end(self.queue, claim, outcome, reason, seconds)
+        """An attempt's end is recorded (a retry and a loss included): its line in
+        hostctl.log, its count (``hostctl metrics``), its notices."""
         env = claim.task.envelope
+        level = logging.INFO if outcome in ("success", "warning") else logging.WARNING
+        log.log(level, "task %s (%s on %s) ended: %s%s", env.id, env.type, env.context,
+                outcome, f": {printable(reason)}" if reason else "")
+        try:
+            self.queue.tally(env.type, outcome, seconds)
+        except (OSError, HostctlError) as exc:  # a count is never worth a task
+            log.warning("task %s: its end is not counted: %s", env.id, exc)
         notices: list[Webhook | Email] = [*self.config.webhooks.values(),
                                           *self.config.emails.values()]
         hooks = [h for h in notices if h.wants(env.type, outcome)]

@@ -751,6 +751,7 @@ PROVISION_KEYS = st.one_of(
 @example(pairs=[("json", "", True)])
 @example(pairs=[("json", "off", True), ("val", "x", False)])
 @example(pairs=[("json", "null", False)])
+@example(pairs=[("json", "-h", False)])
 def test_provision_options_reach_the_command_as_single_argv_items_or_are_refused(
         run_hostctl, tmp_path: Path, echo_home: Path, pairs: list[tuple[str, str, bool]],
         ) -> None:
@@ -764,8 +765,9 @@ def test_provision_options_reach_the_command_as_single_argv_items_or_are_refused
         canonical = {"val": "val", "dry_run": "dry-run"}.get(key.replace("-", "_"), key)
         if key == "json":  # hostctl's own flag (echo declares no json option)
             # alone, =true or =false; a word after it that is no boolean is a second
-            # context name, and one that starts with -- is an option of its own
-            if not joined and value.startswith("--"):
+            # context name, and one that starts with - is read on its own (an option,
+            # or -h: the help)
+            if not joined and value.startswith("-"):
                 open_ended = True
             elif value.lower() not in BOOLS or "\x00" in value or canonical in seen:
                 refused = True

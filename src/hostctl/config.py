@@ -36,7 +36,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -154,7 +154,13 @@ class Webhook(NamedTuple):
     timeout: float = 10.0
 
     def wants(self, type_name: str, outcome: str) -> bool:
-        return outcome in self.outcomes and (not self.types or type_name in self.types)
+        return _matches(self.outcomes, self.types, type_name, outcome)
+
+
+def _matches(outcomes: tuple[str, ...], types: tuple[str, ...], type_name: str,
+             outcome: str) -> bool:
+    """Whether a notice asked for this end (no types: every task type)."""
+    return outcome in outcomes and (not types or type_name in types)
 
 
 class Email(NamedTuple):
@@ -170,7 +176,7 @@ class Email(NamedTuple):
     timeout: float = 30.0
 
     def wants(self, type_name: str, outcome: str) -> bool:
-        return outcome in self.outcomes and (not self.types or type_name in self.types)
+        return _matches(self.outcomes, self.types, type_name, outcome)
 
 
 @dataclass(frozen=True)
@@ -282,13 +288,19 @@ def _filters(hook: Mapping[str, Any], where: str) -> tuple[tuple[str, ...], tupl
     return tuple(outcomes), tuple(types), float(timeout)
 
 
+def _notices(spec: Mapping[str, Any], kind: str) -> Iterator[tuple[str, dict[str, Any], str]]:
+    """Each ``[notify.KIND.NAME]`` table: its name, itself, and where it is (for errors)."""
+    for name, notice in table(spec, kind).items():
+        where = f"[notify.{kind}.{name}]"
+        if not TASK_NAME.fullmatch(name) or not isinstance(notice, dict):
+            raise ValueError(f"{where}: a notice is a table named with lower-case letters, "
+                             "digits and '-'")
+        yield name, notice, where
+
+
 def _emails(spec: Mapping[str, Any]) -> dict[str, Email]:
     out = {}
-    for name, mail in table(spec, "email").items():
-        where = f"[notify.email.{name}]"
-        if not TASK_NAME.fullmatch(name) or not isinstance(mail, dict):
-            raise ValueError(f"{where}: a mail notice is a table named with lower-case "
-                             "letters, digits and '-'")
+    for name, mail, where in _notices(spec, "email"):
         known_keys(mail, {"to", "from", "smtp", "outcomes", "types", "timeout"}, where)
         to = mail.get("to")
         if isinstance(to, str):
@@ -311,11 +323,7 @@ def _emails(spec: Mapping[str, Any]) -> dict[str, Email]:
 def _webhooks(spec: Mapping[str, Any]) -> dict[str, Webhook]:
     known_keys(spec, {"webhooks", "email"}, "[notify]")
     out = {}
-    for name, hook in table(spec, "webhooks").items():
-        where = f"[notify.webhooks.{name}]"
-        if not TASK_NAME.fullmatch(name) or not isinstance(hook, dict):
-            raise ValueError(f"{where}: a webhook is a table named with lower-case letters, "
-                             "digits and '-'")
+    for name, hook, where in _notices(spec, "webhooks"):
         known_keys(hook, set(Webhook._fields) - {"name"}, where)
         url = hook.get("url")
         if not isinstance(url, str) or not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", url):
