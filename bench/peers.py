@@ -121,12 +121,27 @@ def floor_drain(n: int) -> dict[str, Any]:
     return {"tasks": n, "rate": round(n / elapsed, 1), "wall_s": round(elapsed, 3)}
 
 
-def floor_interpreter(n: int, gap: tuple[float, float]) -> dict[str, Any]:
-    """A bare interpreter start and exit: ``python3 -c pass``."""
+def script_interpreter(script: str) -> str:
+    """The interpreter a console script runs on (its ``#!`` line), else this one: the
+    floor of a hostctl command is that interpreter's bare start, not whatever ``python3``
+    the PATH finds first (a version manager's shim costs more than the interpreter)."""
+    try:
+        with open(script, "rb") as fh:
+            first = fh.readline(4096)
+    except OSError:
+        return sys.executable
+    words = first[2:].decode(errors="replace").split() if first.startswith(b"#!") else []
+    return words[0] if words and os.access(words[0], os.X_OK) else sys.executable
+
+
+def floor_interpreter(n: int, gap: tuple[float, float], python: str = sys.executable
+                      ) -> dict[str, Any]:
+    """A bare interpreter start and exit: ``python -c pass``, ``python`` being the
+    interpreter hostctl's console script runs on (see :func:`script_interpreter`)."""
 
     def one(_: int) -> float:
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "pass"], check=True)
+        subprocess.run([python, "-c", "pass"], check=True)
         return (time.perf_counter() - t0) * 1000
 
     return timed(n, gap, 4, one)

@@ -26,7 +26,8 @@ pickup        published -> the command started, with an idle worker already runn
               so for them it is when their client is started. The floor is the command
               spawned directly.
 end-to-end    the enqueue command started (``hostctl task add``, ``rq enqueue``, ``nq``,
-              ``tsp``) -> the command started; the floor is ``python3 -c pass``.
+              ``tsp``) -> the command started; the floor is ``python -c pass`` on the
+              interpreter hostctl's console script runs on (its ``#!`` line).
 drain         N no-op tasks (``true``) queued in advance on distinct contexts, then one
               worker, then two: tasks per second between 10 % and 90 % done; the floor
               is the command spawned N times in a row (as a one-slot worker would).
@@ -241,7 +242,9 @@ class Run:
             if name in self.peers and same:
                 self.results["end_to_end"][f"{self.label(name)} (the pickup run)"] = same
         self.section("end_to_end", "floor: python3 -c pass",
-                     lambda: peers.floor_interpreter(max(s.e2e, 10), s.e2e_gap))
+                     lambda: peers.floor_interpreter(
+                         max(s.e2e, 10), s.e2e_gap,
+                         peers.script_interpreter(self.hb.exe)))
 
     def drain(self) -> None:
         n = self.s.drain

@@ -14,6 +14,7 @@ from contextlib import suppress
 from typing import NamedTuple
 
 from hostctl.cli.output import logging_level
+from hostctl.formats import check_home
 from hostctl.paths import Paths, resolve_home
 from hostctl.queues.dropbox import refuse_frontend
 
@@ -29,12 +30,15 @@ class State(NamedTuple):
 def begin(home: str | None, verbose: int, quiet: bool, command: str | None,
           asks_help: bool = False) -> State:
     """Set up stderr's logging and the home; a front end's user may run only ``task``
-    (``command`` None: no command, help or completion)."""
+    (``command`` None: no command, help or completion); a home a newer hostctl wrote is
+    refused by every command (formats.py)."""
     logging.basicConfig(level=logging_level(verbose, quiet), format="hostctl: %(message)s",
                         stream=sys.stderr)
     st = State(paths=Paths(resolve_home(home)), verbose=verbose, quiet=quiet)
     if command and command != "task" and not asks_help:
         refuse_frontend(st.paths, command)
+    if command and not asks_help:
+        check_home(st.paths.home)
     return st
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -9,7 +10,7 @@ import typer
 from hostctl.cli.common import JsonFlag, complete_context, state, table
 from hostctl.cli.output import emit_json
 from hostctl.contexts.schema import TYPES, Field, Kind, context_type
-from hostctl.contexts.store import Context
+from hostctl.contexts.store import Context, listing
 from hostctl.runners.home import Home
 
 app = typer.Typer(help="List and show contexts (servers, platforms, sites).",
@@ -37,12 +38,22 @@ def list_(
     json_: JsonFlag = False,
 ) -> None:
     """List the contexts, sorted by name."""
-    found = Home(state(ctx).paths).store.of_type(type_)
+    found = listing(Home(state(ctx).paths).store, type_)
     if json_:
-        emit_json([c.to_json() for c in found])
+        sys.stdout.write(_json_list([one.json for one in found]) + "\n")  # as emit_json
     elif found:
-        typer.echo(table([(c.display_name, c.type, _summary(c)) for c in found],
+        typer.echo(table([(c.display_name, c.type, _summary(c))
+                          for c in (one.context for one in found)],
                          ("NAME", "TYPE", "DETAIL")))
+
+
+def _json_list(items: list[str]) -> str:
+    """The list of rendered objects, as ``json.dump(..., indent=2)`` writes it (each
+    rendering is a whole document at indent 2; in a list it is indented once more:
+    JSON strings never hold a raw newline)."""
+    if not items:
+        return "[]"
+    return "[\n" + ",\n".join("  " + item.replace("\n", "\n  ") for item in items) + "\n]"
 
 
 @app.command("show")

@@ -16,6 +16,7 @@ from hostctl import __version__
 from hostctl.cli import (
     cluster,
     contexts,
+    importer,
     observe,
     provision,
     runners,
@@ -84,7 +85,10 @@ app.add_typer(runners.cron_app, name="cron")
 app.add_typer(runners.service_app, name="service")
 app.add_typer(security.frontend_app, name="frontend")
 app.add_typer(cluster.app, name="cluster")
+app.add_typer(importer.app, name="import")
 app.command("doctor")(security.doctor)
+app.command("setup")(runners.setup_backend)
+app.command("upgrade-home")(runners.upgrade_home)
 app.command("metrics")(observe.metrics)
 app.command("serve")(observe.serve)
 tasks.queue_app.command("list")(runners.queue_list)

@@ -1,5 +1,5 @@
 """The runners and their installers: ``dispatch``, ``wait-queue``, ``cron``, ``service``,
-``queue list|pause|resume``.
+``queue list|pause|resume``, ``upgrade-home``.
 
 ``dispatch`` and ``wait-queue`` also write what they do to ``HOME/logs/hostctl.log``;
 on stderr they say only warnings and errors (more with ``-v``), so cron mails nothing
@@ -95,13 +95,18 @@ def _service(ctx: typer.Context, kind: str, user: str | None, max_runtime: float
     home = Home(state(ctx).paths)
     registry = home.registry
     longest = max([registry.timeout(t) for t in registry.types.values()] or [0.0])
-    make = service.supervisor if kind == "supervisor" else service.systemd
-    typer.echo(make(home.paths, longest, home.config.worker.kill_grace, max_runtime, user),
-               nl=False)
+    grace = home.config.worker.kill_grace
+    if kind == "supervisor":
+        text = service.supervisor(home.paths, longest, grace, max_runtime, user)
+    else:
+        text = service.systemd(home.paths, longest, grace, max_runtime, user,
+                               service.hardening_for(home))
+    typer.echo(text, nl=False)
 
 
 UserOpt = Annotated[str | None, typer.Option(
-    "--user", help="The backend user (default: the user running this).")]
+    "--user", help="The backend user (default: the home's owner, else the user running "
+    "this; root only when named).")]
 RuntimeOpt = Annotated[float, typer.Option(
     "--max-runtime", min=1, metavar="SECONDS", help="wait-queue's --max-runtime.")]
 
@@ -170,3 +175,71 @@ def queue_resume(ctx: typer.Context) -> None:
     st = state(ctx)
     resume(Home(st.paths))
     say(st, "Resumed")
+
+
+def upgrade_home(
+    ctx: typer.Context,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Say what the upgrade would do; write nothing.")] = False,
+    json_: JsonFlag = False,
+) -> None:
+    """Bring a home an older hostctl wrote up to this one's format (docs/upgrade.md)."""
+    from hostctl.runners.upgrade import report_lines, upgrade
+
+    report = upgrade(Home(state(ctx).paths), dry_run=dry_run)
+    if json_:
+        emit_json(report.to_json())
+        return
+    for line in report_lines(report):
+        typer.echo(line)
+
+
+def setup_backend(
+    ctx: typer.Context,
+    user: Annotated[str, typer.Option(
+        "--user", metavar="NAME",
+        help="The back-end user, made a system user if it is missing.")] = "hostctl",
+    front_end_group: Annotated[str | None, typer.Option(
+        "--front-end-group", metavar="GROUP",
+        help="The web front end's group (for example www-data): it gets the drop box.")
+    ] = None,
+    home: Annotated[str | None, typer.Option(
+        "--home", metavar="PATH",
+        help="The hostctl home and the user's home directory (default: an existing "
+             "user's, else /var/lib/hostctl).")] = None,
+    runner: Annotated[str | None, typer.Option(
+        "--runner", metavar="cron|systemd|supervisor|none",
+        help="What runs the queue (default: systemd where it runs the machine, else "
+             "cron).")] = None,
+    config_dir: Annotated[str | None, typer.Option(
+        "--config-dir", metavar="DIR",
+        help="Where the unit or the Supervisor section goes (default: "
+             "/etc/systemd/system, /etc/supervisor/conf.d).")] = None,
+    max_runtime: RuntimeOpt = 3600.0,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Say what setup would do; change nothing.")] = False,
+    json_: JsonFlag = False,
+) -> int:
+    """As root: the back-end user, its home, the drop box, the runner, then doctor."""
+    from pathlib import Path
+
+    from hostctl.runners.setup import SetupRequest, setup
+
+    given = home or ctx.find_root().params.get("home")
+    report = setup(SetupRequest(
+        user=user, group=front_end_group, home=Path(given) if given else None,
+        runner=runner, config_dir=Path(config_dir) if config_dir else None,
+        max_runtime=max_runtime, dry_run=dry_run))
+    if json_:
+        emit_json(report.to_json())
+    else:
+        for step in report.steps:
+            typer.echo(f"{step.name}: {step.outcome.value}: {step.detail}")
+        for line in report.doctor:
+            typer.echo(f"  doctor: {line}")
+    if not report.ok:
+        failed = report.steps[-1]
+        typer.echo(f"hostctl: setup stopped at the {failed.name} step: {failed.detail}",
+                   err=True)
+        return ExitStatus.ERROR
+    return ExitStatus.OK

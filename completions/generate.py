@@ -1,19 +1,41 @@
-"""Write completions/hostctl.{bash,zsh,fish} from the CLI; ``--check`` fails if stale.
+"""Write the files generated from hostctl that a wheel installs; ``--check`` fails if stale.
 
 Usage: python completions/generate.py [--check]
 
-Each script asks hostctl itself for candidates at completion time (through the
-``_HOSTCTL_COMPLETE`` variable), so commands, options, task types and the context names of
-the current home (after ``@``) are always those of the installed hostctl.
+- ``completions/hostctl.{bash,zsh,fish}``: the shell completions. Each script asks hostctl
+  itself for candidates at completion time (through the ``_HOSTCTL_COMPLETE`` variable), so
+  commands, options, task types and the context names of the current home (after ``@``)
+  are always those of the installed hostctl.
+- ``docs/hostctl.1``: the man page, from the command tree (every command and sub-command,
+  its arguments, options and help; the provision-TYPE commands of the built-in task types
+  only), with the exit status, environment and files written out here.
+- ``examples/service/``: a systemd unit, a Supervisor section, a logrotate stanza and a
+  crontab block, from hostctl's own generators (``hostctl service ...``,
+  ``hostctl cron install``) with fixed example values: home /var/lib/hostctl, user hostctl,
+  hostctl in /usr/local/bin.
+
+The wheel installs them under share/ (src/build_backend/hostctl_build.py).
 """
 
 from __future__ import annotations
 
+import grp
+import inspect
+import pwd
+import re
 import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 SHELLS = ("bash", "zsh", "fish")
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+MAN_PAGE = ROOT / "docs" / "hostctl.1"
+EXAMPLES = ROOT / "examples" / "service"
 
 
 # Interactive bash splits "@name" into "@" and "name" ('@' is in COMP_WORDBREAKS) and
@@ -73,21 +95,321 @@ def render(shell: str) -> str:
     return header + body.rstrip("\n") + "\n"
 
 
+
+# --- the man page (man(7) macros) --------------------------------------------------------
+
+MAN_NAME = "back end of a hosting control panel: contexts, a task queue, provision commands"
+
+MAN_DESCRIPTION = """\
+hostctl keeps named contexts (servers, platforms and sites), a task queue that a web front
+end fills, and the provision commands that carry each task out. A front end, running as
+the web server's user, asks for work through the spool; hostctl, running as a separate
+back-end user, does it. Everything lives in files under hostctl's home (--home, else
+$HOSTCTL_HOME, else the user data folder, ~/.local/share/hostctl).
+
+The queue runs from cron (`hostctl cron install`: `dispatch` every minute) or as a daemon
+under Supervisor or systemd (`wait-queue`; `hostctl service supervisor` or
+`hostctl service systemd` prints a ready configuration). Example configurations are
+installed with hostctl under PREFIX/share/hostctl/examples/.
+
+Every field of a context is given as --FIELD VALUE, also with its dashed spelling
+(--context-type). Names are @ followed by lower-case letters, digits, `.`, `_` and `-`."""
+
+#: what each exit status means (the codes: src/hostctl/errors.py)
+EXIT_MEANINGS = {
+    "OK": "Success, a task that ended in warning included.",
+    "ERROR": "A task ended in error, or an operation failed.",
+    "USAGE": "Bad input or a refused request (one line on stderr, never a traceback).",
+    "INTERNAL": "A bug in hostctl; run again with --traceback to see the Python traceback.",
+    "TIMED_OUT": "`task wait --timeout` ran out before the tasks ended.",
+    "INTERRUPTED": "A task was cancelled, or hostctl was interrupted (SIGINT).",
+}
+
+MAN_EXIT_NOTE = """\
+provision-TYPE, `task wait` and `task log --follow` exit with the outcome of the task;
+`task wait` with several tasks, with the worst of theirs (an error over a cancel over
+success). A task's own command exits 0 for success, 75 to be tried again later (with
+backoff, up to its max_attempts) and anything else for an error."""
+
+MAN_ENVIRONMENT = (
+    ("HOSTCTL_HOME", "hostctl's home, when --home is not given."),
+    ("HOSTCTL_CLUSTER_DSN",
+     "The cluster's PostgreSQL database (over [cluster] dsn in config.toml)."),
+    ("HOSTCTL_HOST_NAME", "This host's name in a cluster (default: uname -n)."),
+    ("HOSTCTL_RECEIPTS", "Where `task add` keeps a front end's receipts "
+     "(default: ~/.local/state/hostctl/receipts/)."),
+    ("HOSTCTL_SERVE_TOKEN", "The token `serve` requires (instead of --token-file)."),
+    ("_HOSTCTL_COMPLETE", "Set by the shell completion scripts to ask for candidates."),
+)
+
+MAN_TASK_ENVIRONMENT = """\
+A task's command gets HOSTCTL_TASK_ID, HOSTCTL_CONTEXT, HOSTCTL_CONTEXT_TYPE,
+HOSTCTL_HOME, HOSTCTL_FIELD_<FIELD> for each field of its context, HOSTCTL_OPTION_<KEY>
+for each option, and HOSTCTL_RESULT, the file a task may write a JSON object to as its
+result."""
+
+MAN_FILES = (
+    ("HOME/config.toml", "Task types, queues, worker, front end, notices and cluster settings."),
+    ("HOME/contexts/NAME.toml", "A context."),
+    ("HOME/secrets/SITE.toml", "A site's secrets (its database password), mode 0600."),
+    ("HOME/spool/", "The queue: tasks, their logs and results; incoming/ is the front end's "
+     "drop box, outbox/ its receipts."),
+    ("HOME/logs/hostctl.log", "What dispatch and wait-queue did."),
+    ("HOME/backups/", "Site backups (SITE-YYYYmmdd.HHMMSS.tar.zst)."),
+    ("HOME/config/SERVER/nginx/vhost.d/", "The sites' nginx vhosts, one file per site."),
+    ("/etc/hostctl/privileged.toml",
+     "The settings of `hostctl privileged`, the helper the back end runs through sudo for "
+     "what needs root (site users, PHP-FPM pools)."),
+    ("PREFIX/share/hostctl/examples/",
+     "A systemd unit, a Supervisor section, a logrotate stanza and a crontab block, as "
+     "`hostctl service` and `hostctl cron install` write them for an example home."),
+)
+
+MAN_SEE_ALSO = ("crontab(5), systemd.service(5), supervisord(1), logrotate(8), nginx(8), "
+                "sudoers(5)")
+
+
+def roff_text(text: str) -> str:
+    """Plain text for a roff line: backslashes, hyphens and what is not ASCII escaped,
+    `code` in bold, and a line that would start with a control character protected."""
+    out = text.replace("\\", "\\e").replace("-", "\\-")
+    out = "".join(c if ord(c) < 128 else f"\\[u{ord(c):04X}]" for c in out)
+    out = re.sub(r"`([^`]+)`", r"\\fB\1\\fR", out)
+    return "\n".join("\\&" + line if line.startswith((".", "'")) else line
+                     for line in out.split("\n"))
+
+
+def roff_arg(text: str) -> str:
+    """One quoted macro argument."""
+    return '"' + roff_text(text).replace('"', "\\(dq") + '"'
+
+
+def paragraphs(text: str) -> list[str]:
+    """Help text as paragraphs, each one line (click's \\b marks are dropped)."""
+    found = []
+    for block in re.split(r"\n\s*\n", inspect.cleandoc(text or "")):
+        lines = [line.strip() for line in block.splitlines() if line.strip() != "\b"]
+        if lines:
+            found.append(" ".join(lines))
+    return found
+
+
+def roff_paragraphs(text: str) -> list[str]:
+    out: list[str] = []
+    for i, para in enumerate(paragraphs(text)):
+        if i:
+            out.append(".PP")
+        out.append(roff_text(para))
+    return out
+
+
+def roff_term(record: str) -> str:
+    """An option's or argument's synopsis: the option names bold, the rest italic."""
+    words = []
+    for word in record.split(" "):
+        bare = word.rstrip(",")
+        if bare.startswith("-"):
+            words.append(f"\\fB{roff_text(bare)}\\fR" + word[len(bare):])
+        elif word == "/":
+            words.append(word)
+        else:
+            words.append(f"\\fI{roff_text(word)}\\fR")
+    return " ".join(words)
+
+
+def roff_params(command: Any, ctx: Any) -> list[str]:
+    out: list[str] = []
+    for param in command.params:
+        if getattr(param, "hidden", False):
+            continue
+        record = param.get_help_record(ctx)
+        if not record:
+            continue
+        term, help_text = record
+        out += [".TP", roff_term(term), *(roff_text(p) for p in paragraphs(help_text))]
+    return out
+
+
+def commands(root: Any, ctx: Any) -> Iterator[tuple[list[str], Any, Any]]:
+    """(words, command, its context) of every command under ``root``, depth first, each
+    group before its sub-commands; at the top, the static commands, then the
+    provision-TYPE command of each built-in task type."""
+    import typer
+    import typer.core
+
+    from hostctl.cli import provision
+    from hostctl.provision import builtin
+
+    def walk(words: list[str], command: Any, parent: Any) -> Iterator[tuple[list[str], Any,
+                                                                           Any]]:
+        sub_ctx = typer.Context(command, info_name=words[-1], parent=parent)
+        yield words, command, sub_ctx
+        if hasattr(command, "list_commands"):
+            for name in command.list_commands(sub_ctx):
+                yield from walk([*words, name], command.get_command(sub_ctx, name), sub_ctx)
+
+    for name in typer.core.TyperGroup.list_commands(root, ctx):
+        yield from walk([name], root.get_command(ctx, name), ctx)
+    for name in sorted(t.name for t in builtin.TYPES):
+        yield from walk([provision.PREFIX + name],
+                        root.get_command(ctx, provision.PREFIX + name), ctx)
+
+
+def man_page() -> str:
+    import typer
+
+    from hostctl import __version__
+    from hostctl.cli.main import app
+    from hostctl.errors import ExitStatus
+
+    root = typer.main.get_command(app)
+    lines = [
+        '.\\" generated by completions/generate.py from the command line; do not edit',
+        f'.TH HOSTCTL 1 "" {roff_arg("hostctl " + __version__)} "User Commands"',
+        ".nh",  # names and options are never hyphenated,
+        ".ad l",  # nor spread out
+        ".SH NAME",
+        f"hostctl \\- {roff_text(MAN_NAME)}",
+        ".SH SYNOPSIS",
+        ".B hostctl",
+        "[\\fIGLOBAL OPTIONS\\fR] \\fICOMMAND\\fR [\\fIARGUMENTS\\fR]...",
+        ".SH DESCRIPTION",
+        *roff_paragraphs(root.help or ""),
+        ".PP",
+        *roff_paragraphs(MAN_DESCRIPTION),
+    ]
+    with tempfile.TemporaryDirectory() as scratch:
+        # an empty home: the built-in task types only, whatever the machine's home holds
+        ctx = typer.Context(root, info_name="hostctl")
+        ctx.params["home"] = str(Path(scratch) / "home")
+        lines += [".SH GLOBAL OPTIONS", *roff_params(root, ctx), ".SH COMMANDS"]
+        for words, command, sub_ctx in commands(root, ctx):
+            if command.hidden:
+                continue
+            usage = " ".join(command.collect_usage_pieces(sub_ctx))
+            if hasattr(command, "list_commands"):
+                usage = "COMMAND [ARGUMENTS]..."
+            lines += [f".SS {roff_arg(' '.join(['hostctl', *words]))}",
+                      f".B {roff_arg(' '.join(['hostctl', *words]))}",
+                      roff_text(usage), ".PP", *roff_paragraphs(command.help or "")]
+            if command.epilog:
+                lines += [".PP", *roff_paragraphs(command.epilog)]
+            lines += roff_params(command, sub_ctx)
+    meanings = {ExitStatus[name]: text for name, text in EXIT_MEANINGS.items()}
+    missing = sorted(s.name for s in ExitStatus if s not in meanings)
+    if missing:
+        raise SystemExit(f"no EXIT STATUS text for {', '.join(missing)}: add it to "
+                         "EXIT_MEANINGS in completions/generate.py")
+    lines.append(".SH EXIT STATUS")
+    for status in sorted(ExitStatus):
+        lines += [".TP", f".B {int(status)}", roff_text(meanings[status])]
+    lines += [".PP", *roff_paragraphs(MAN_EXIT_NOTE), ".SH ENVIRONMENT"]
+    for name, text in MAN_ENVIRONMENT:
+        lines += [".TP", f".B {roff_text(name)}", roff_text(text)]
+    lines += [".PP", *roff_paragraphs(MAN_TASK_ENVIRONMENT), ".SH FILES"]
+    for path, text in MAN_FILES:
+        lines += [".TP", f".I {roff_text(path)}", roff_text(text)]
+    lines += [".SH SEE ALSO", roff_text(MAN_SEE_ALSO)]
+    return "\n".join(lines) + "\n"
+
+
+# --- the example service files -----------------------------------------------------------
+
+EXAMPLE_HOME = "/var/lib/hostctl"
+EXAMPLE_USER = "hostctl"
+EXAMPLE_PROGRAM = "/usr/local/bin/hostctl"
+EXAMPLE_MAX_RUNTIME = 3600.0  # service supervisor|systemd's default --max-runtime
+
+
+@contextmanager
+def example_system() -> Iterator[None]:
+    """hostctl run as EXAMPLE_PROGRAM, on a system with the user EXAMPLE_USER (its home
+    EXAMPLE_HOME), whatever this machine has."""
+    account = pwd.struct_passwd((EXAMPLE_USER, "x", 999, 999, EXAMPLE_USER, EXAMPLE_HOME,
+                                 "/usr/sbin/nologin"))
+    group = grp.struct_group((EXAMPLE_USER, "x", 999, []))
+
+    def getpwnam(name: str) -> pwd.struct_passwd:
+        if name != EXAMPLE_USER:
+            raise KeyError(name)
+        return account
+
+    def getgrgid(gid: int) -> grp.struct_group:
+        if gid != group.gr_gid:
+            raise KeyError(gid)
+        return group
+
+    with mock.patch.object(pwd, "getpwnam", getpwnam), \
+            mock.patch.object(grp, "getgrgid", getgrgid), \
+            mock.patch.object(sys, "argv", [EXAMPLE_PROGRAM]):
+        yield
+
+
+def examples() -> dict[str, str]:
+    """The example files by name."""
+    from hostctl.config import Config
+    from hostctl.paths import Paths
+    from hostctl.provision.registry import load
+    from hostctl.runners import crontab, service
+
+    config = Config()  # an example home's: the defaults, the built-in task types
+    registry = load(config, plugins=False)
+    longest = max(registry.timeout(t) for t in registry.types.values())
+    grace = config.worker.kill_grace
+    paths = Paths(Path(EXAMPLE_HOME))
+    where = f"--home {EXAMPLE_HOME}"
+    made: dict[str, tuple[str, Callable[[], str]]] = {
+        "hostctl-wait-queue.service": (
+            f"hostctl {where} service systemd --user {EXAMPLE_USER}; install as "
+            "/etc/systemd/system/hostctl-wait-queue.service",
+            lambda: service.systemd(paths, longest, grace, EXAMPLE_MAX_RUNTIME,
+                                    EXAMPLE_USER)),
+        "hostctl-wait-queue.conf": (
+            f"hostctl {where} service supervisor --user {EXAMPLE_USER}; install as "
+            "/etc/supervisor/conf.d/hostctl-wait-queue.conf",
+            lambda: service.supervisor(paths, longest, grace, EXAMPLE_MAX_RUNTIME,
+                                       EXAMPLE_USER)),
+        "hostctl.logrotate": (
+            f"hostctl {where} service logrotate --user {EXAMPLE_USER}",
+            lambda: service.logrotate(paths, EXAMPLE_USER)),
+        "hostctl.crontab": (
+            f"the crontab block hostctl {where} cron install adds to {EXAMPLE_USER}'s "
+            "crontab",
+            lambda: crontab.block(paths)),
+    }
+    out = {}
+    with example_system():
+        for name, (what, make) in made.items():
+            out[name] = (f"# An example: {what}\n"
+                         "# (generated by completions/generate.py; do not edit)\n" + make())
+    return out
+
+
+# --- writing and checking ----------------------------------------------------------------
+
+
+def generated() -> dict[Path, str]:
+    """Every generated file and what it should hold."""
+    found = {HERE / f"hostctl.{shell}": render(shell) for shell in SHELLS}
+    found[MAN_PAGE] = man_page()
+    found.update((EXAMPLES / name, text) for name, text in examples().items())
+    return found
+
+
 def main(argv: list[str]) -> int:
     check = "--check" in argv
     stale = []
-    for shell in SHELLS:
-        path = HERE / f"hostctl.{shell}"
-        text = render(shell)
+    for path, text in generated().items():
         current = path.read_text() if path.exists() else None
         if current == text:
             continue
         if check:
-            stale.append(path.name)
+            stale.append(str(path.relative_to(ROOT)))
         else:
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
     if stale:
-        print(f"stale completions: {', '.join(stale)}; run python completions/generate.py",
+        print(f"stale generated files: {', '.join(stale)}; run python completions/generate.py",
               file=sys.stderr)
         return 1
     return 0

@@ -121,7 +121,8 @@ class PgStore(StoreRules):
         try:
             if not isinstance(doc, dict):
                 raise InvalidInput("not a JSON object")
-            return decode_document(bare, doc)
+            return decode_document(
+                bare, doc, f"context {display(bare)} in the cluster's database")
         except (InvalidInput, ValueError) as exc:
             raise MalformedFile(f"malformed context {display(bare)} in the cluster's "
                                 f"database: {' '.join(str(exc).split())}") from None

@@ -25,20 +25,46 @@ checks them, under the lock, against every other site's; so that this does not r
 context file on every save, ``contexts/.hosts.json`` keeps each context file's identity
 (inode, mtime, size, ctime) and the names it claims. It is only a cache: an entry counts
 while its file's identity (one ``stat``) is unchanged, any other file is read again (a
-context edited by hand included), and a missing or damaged index is rebuilt.
+context edited by hand included), and a missing or damaged index is rebuilt. A process
+that saves many contexts (a bulk ``provision-save``, an import) watches the folder with
+inotify once it holds many files: after its first pass it reads only the files that
+inotify names, never a ``stat`` of every file on every save.
+
+Listings (``context list``, the periodic queues) read ``contexts/.cache/listing.json``
+(in a folder of its own, so that writing it never changes the identity of ``contexts/``):
+the CRC-32 of the rest in hex on a line, one line of JSON, then the JSON rendering of every
+context, back to back (UTF-8)::
+
+    0123abcd
+    {"format": 1, "folder": [INODE, MTIME_NS, CTIME_NS] or null,
+     "contexts": [[NAME, [INODE, MTIME_NS, SIZE, CTIME_NS], TYPE, CREATED, UPDATED,
+                   {FIELD: VALUE, ...}, BYTES], ...  [NAME, null], ...]}
+    {RENDERING OF THE FIRST CONTEXT}{RENDERING OF THE NEXT}...
+
+An entry counts while its file's identity (one ``stat``) is unchanged; any other file is
+read again. ``folder`` is the folder's identity when the names were listed: while it is
+unchanged no file was created, removed or renamed there, and the names need not be listed
+again. A file (or the folder) changed less than two seconds before it was read may change
+again within one tick of the file system's clock without changing its identity: it is
+recorded without an identity (``[NAME, null]``: read again next time). The cache is
+written atomically, by a listing that had to read files afresh, and only by the home's
+owner; a missing, damaged or foreign-format cache is rebuilt, and a file is never read
+through it once it changed.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 import tomllib
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from hostctl import inotify as ino
 from hostctl.contexts.names import display, is_valid, parse_name
@@ -51,6 +77,7 @@ from hostctl.errors import (
     OperationFailed,
 )
 from hostctl.files import write_atomic
+from hostctl.formats import check_format
 from hostctl.paths import Paths
 from hostctl.times import utc_iso
 
@@ -61,6 +88,14 @@ INDEX_FORMAT = 1
 #: rewrite the index once a save has had to read this many context files afresh; below
 #: that, reading them costs less than writing the whole index again
 INDEX_REWRITE = 16
+#: from this many context files on, a process that checks host names twice watches the
+#: folder (inotify) instead of taking a ``stat`` of every file each time
+INDEX_WATCH_FROM = 256
+LISTING = ".cache/listing.json"
+LISTING_FORMAT = 1
+#: a file changed less than this before it was read may change again within one tick of
+#: the file system's clock without changing its identity: it is not cached
+RACY_NS = 2_000_000_000
 SECRET_MASK = "********"
 
 
@@ -115,6 +150,29 @@ class Context:
             "updated": self.updated,
             "fields": self.effective(show_secrets),
         }
+
+
+def render(ctx: Context) -> str:
+    """The context as ``context show --json`` prints it (secrets masked), without the
+    final newline: what a listing keeps of it."""
+    return json.dumps(ctx.to_json(), indent=2, ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class Listed:
+    """A context in a listing, with its :func:`render` (kept by the listing cache, so
+    that a listing of thousands of contexts does not render each one again)."""
+
+    context: Context
+    json: str
+
+
+def listing(store: ContextStore, type_name: str | None = None) -> list[Listed]:
+    """The contexts (of one type) by name, each with its rendering; from the store's
+    listing cache where it has one."""
+    if isinstance(store, TomlStore):
+        return store.listing(type_name)
+    return [Listed(c, render(c)) for c in store.of_type(type_name)]
 
 
 @dataclass(frozen=True)
@@ -474,16 +532,18 @@ class TomlStore(StoreRules):
         # name -> (the file's identity when read, its context): a worker reads the same
         # context for every task on it, and parsing TOML costs ~50 us a time. Every write
         # is a rename of a new file, so a changed context has a new inode and mtime.
-        self._cache: dict[str, tuple[tuple[int, int, int, int], Context]] = {}
+        self._cache: dict[str, tuple[_Ident, Context]] = {}
         self._folder = str(self.folder)
-        # With watch(): whole listings, kept until inotify reports any change in the
+        # With watch(): the whole listing, kept until inotify reports any change in the
         # folder (a save, a delete, a file edited in place): an idle daemon's periodic
         # queues then list thousands of contexts without a system call per file.
         self._watch: Any = None
-        self._lists: dict[str | None, tuple[list[Context], list[MalformedFile]]] = {}
-        # the host name index as last read or made (see the module's docstring)
+        self._lists: tuple[list[Context], list[MalformedFile]] | None = None
+        # the host name index as last read or made (see the module's docstring), and the
+        # inotify watch that tells which files to look at again (a process saving many)
         self._index: dict[str, _Claim] | None = None
         self._index_behind = 0  # files read afresh since the index file was read or written
+        self._index_watch: Any = None
 
     def watch(self) -> bool:
         """Keep listings while the folder does not change (see above); False where inotify
@@ -494,7 +554,7 @@ class TomlStore(StoreRules):
             self._watch = ino.Inotify([self.folder], ino.CONTEXTS_MASK)
         except (OSError, AttributeError):
             return False
-        self._lists.clear()
+        self._lists = None
         return True
 
     def _listings_valid(self) -> bool:
@@ -502,9 +562,8 @@ class TomlStore(StoreRules):
             return False
         events = self._watch.events()
         if events:
-            self._lists.clear()
-            if any(mask & (ino.IN_IGNORED | ino.IN_DELETE_SELF | ino.IN_MOVE_SELF
-                           | ino.IN_Q_OVERFLOW) for _wd, mask, _name in events):
+            self._lists = None
+            if any(mask & _LOST for _wd, mask, _name in events):
                 self._watch.close()  # the folder itself went, or events were lost
                 self._watch = None
                 return False
@@ -522,25 +581,100 @@ class TomlStore(StoreRules):
         when a ``malformed`` list is given, is added to it and passed over."""
         if type_name is not None:
             context_type(type_name)
-        if self._listings_valid() and type_name in self._lists:
-            found, problems = self._lists[type_name]
+        if self._listings_valid() and self._lists is not None:
+            found, problems = self._lists
         else:
-            found, problems = [], []
-            for bare in self.names():
-                try:
-                    ctx = self._read(bare)
-                except MalformedFile as exc:
-                    problems.append(exc)
-                    continue
-                if ctx is not None and (type_name is None or ctx.type == type_name):
-                    found.append(ctx)
+            entries, problems = self._list_all()
+            found = [e.context for e in entries if e.context is not None]
             if self._watch is not None:
-                self._lists[type_name] = (found, problems)
-        if problems:
-            if malformed is None:
-                raise problems[0]
-            malformed.extend(problems)
-        return list(found)
+                self._lists = (found, problems)
+        _report(problems, malformed)
+        return [c for c in found if type_name is None or c.type == type_name]
+
+    def listing(self, type_name: str | None = None,
+                malformed: list[MalformedFile] | None = None) -> list[Listed]:
+        """:meth:`of_type`, each context with its :func:`render`: through the listing
+        cache, one file and a ``stat`` per context (see the module's docstring)."""
+        if type_name is not None:
+            context_type(type_name)
+        entries, problems = self._list_all()
+        _report(problems, malformed)
+        return [Listed(e.context, e.text.decode()) for e in entries
+                if e.context is not None and (type_name is None or e.context.type == type_name)]
+
+    def _list_all(self) -> tuple[list[_Entry], list[MalformedFile]]:
+        """Every readable context with its rendering, in name order, and the files that
+        do not read; the listing cache is believed for each file whose identity it
+        holds, and written again (by the home's owner) when it had to read others."""
+        started = time.time_ns()
+        try:
+            folder_st = os.stat(self._folder)
+        except FileNotFoundError:
+            return [], []
+        except OSError as exc:
+            raise OperationFailed(f"cannot read {self.folder}: {exc.strerror}") from exc
+        folder = (folder_st.st_ino, folder_st.st_mtime_ns, folder_st.st_ctime_ns)
+        # the folder's identity is recorded only once it is old enough that a change
+        # after the names were listed cannot keep it (see RACY_NS)
+        record = folder if folder_st.st_ctime_ns < started - RACY_NS else None
+        cache_path = self.folder / LISTING
+        old_folder, old = _load_listing(cache_path)
+        names = list(old) if old_folder is not None and old_folder == folder else self.names()
+        changed = record != old_folder or len(names) != len(old)
+        found: list[_Entry] = []
+        rows: list[tuple[str, _Entry]] = []  # what the cache is to hold
+        problems: list[MalformedFile] = []
+        try:
+            dir_fd = os.open(self._folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise OperationFailed(f"cannot read {self.folder}: {exc.strerror}") from exc
+        try:
+            for bare in names:
+                known = old.get(bare)
+                try:
+                    st: os.stat_result | None = os.stat(f"{bare}.toml", dir_fd=dir_fd)
+                except FileNotFoundError:
+                    changed = True  # gone since the names were listed
+                    continue
+                except OSError:
+                    st = None  # _read below says what is wrong with it
+                if (st is not None and known is not None and known.context is not None
+                        and known.ident == _ident(st)):
+                    found.append(known)
+                    rows.append((bare, known))
+                    continue
+                entry = self._entry(bare, started, problems)
+                if entry is None:
+                    changed = True
+                    continue
+                if entry.context is not None:
+                    found.append(entry)
+                rows.append((bare, entry))
+                changed = changed or known is None or known.ident != entry.ident
+        finally:
+            os.close(dir_fd)
+        if changed and os.geteuid() == folder_st.st_uid:
+            _write_listing(cache_path, record, rows)
+        return found, problems
+
+    def _entry(self, bare: str, started: int, problems: list[MalformedFile]) -> _Entry | None:
+        """The listing's entry for a file read afresh (None: it is gone)."""
+        try:
+            ctx = self._read(bare)
+        except MalformedFile as exc:
+            problems.append(exc)
+            return _Entry(None, None, b"")
+        cached = self._cache.get(bare)
+        if ctx is None or cached is None:
+            return None
+        ident = cached[0]  # the identity of what was read, not of a later stat
+        racy = ident[3] >= started - RACY_NS
+        return _Entry(None if racy else ident, ctx, render(ctx).encode())
+
+    def stamp(self) -> str | None:
+        """See :func:`stamp_of`: a word that changes whenever a context file is created,
+        replaced (every save), renamed or removed; not when one is edited in place."""
+        return stamp_of(self._folder)
 
     def names(self) -> list[str]:
         """Bare names of the stored contexts, sorted; stray files are passed over."""
@@ -558,22 +692,33 @@ class TomlStore(StoreRules):
         aliases; nothing for the other types), from the index where a file is unchanged,
         else read afresh. With ``rewrite`` (under the lock) the index is written again
         when many files had to be read. A malformed file claims nothing (as a listing
-        passes it over)."""
+        passes it over). Where the folder is watched (a process that checks many saves),
+        only the files inotify named since the last pass are looked at."""
         index_path = self.folder / INDEX
         old = self._index if self._index is not None else _load_index(index_path)
-        fresh: dict[str, _Claim] = {}
+        touched = self._index_touched()
+        if touched is None:  # a pass over every file
+            self._watch_index()  # first: a change during the pass is reported too
+            names = self.names()
+            if len(names) < INDEX_WATCH_FROM:
+                self._unwatch_index()
+            fresh: dict[str, _Claim] = {}
+        else:
+            names = sorted(touched)
+            fresh = dict(old)
         reread = 0
-        for bare in self.names():
+        for bare in names:
             try:
                 st = os.stat(f"{self._folder}/{bare}.toml")
             except OSError:
+                fresh.pop(bare, None)
                 continue  # gone meanwhile, or unreadable: a listing passes it over too
-            ident = (st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns)
             known = old.get(bare)
-            if known is not None and known[0] == ident:
+            if known is not None and known[0] == _ident(st):
                 fresh[bare] = known
                 continue
             reread += 1
+            fresh.pop(bare, None)
             try:
                 ctx = self._read(bare)
             except MalformedFile:
@@ -583,15 +728,39 @@ class TomlStore(StoreRules):
                 continue
             # the identity of what was read: a file replaced after the stat above is
             # read again next time, never taken for the old one
-            names = sorted(host_names(bare, ctx.schema, ctx.values)) if ctx.type == "site" \
-                else []
-            fresh[bare] = (cached[0], tuple(names))
+            names_of = sorted(host_names(bare, ctx.schema, ctx.values)) \
+                if ctx.type == "site" else []
+            fresh[bare] = (cached[0], tuple(names_of))
         self._index = fresh
         self._index_behind += reread
         if rewrite and self._index_behind >= INDEX_REWRITE:
             _write_index(index_path, fresh)
             self._index_behind = 0
         return fresh
+
+    def _index_touched(self) -> set[str] | None:
+        """The context files inotify named since the index was last made; None when every
+        file is to be looked at (no watch, no index yet, or events were lost)."""
+        if self._index_watch is None or self._index is None:
+            return None
+        events = self._index_watch.events()
+        if any(mask & _LOST for _wd, mask, _name in events):
+            self._unwatch_index()
+            return None
+        return {name[: -len(".toml")] for _wd, _mask, name in events
+                if name.endswith(".toml") and is_valid(name[: -len(".toml")])}
+
+    def _watch_index(self) -> None:
+        if self._index_watch is None:
+            try:
+                self._index_watch = ino.Inotify([self.folder], ino.CONTEXTS_MASK)
+            except (OSError, AttributeError):
+                self._index_watch = None  # no inotify, or no folder yet: passes over all
+
+    def _unwatch_index(self) -> None:
+        if self._index_watch is not None:
+            self._index_watch.close()
+            self._index_watch = None
 
     def _host_claims(self, *, rewrite: bool) -> Mapping[str, tuple[str, ...]]:
         return {bare: claim[1] for bare, claim in self._claims(rewrite=rewrite).items()}
@@ -651,7 +820,7 @@ class TomlStore(StoreRules):
         finally:
             os.close(fd)
         try:
-            ctx = _decode(bare, raw)
+            ctx = _decode(bare, raw, path)
         except (InvalidInput, ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise MalformedFile(f"malformed context file {path}: {_one_line(exc)}") from exc
         self._cache[bare] = (key, ctx)
@@ -688,15 +857,17 @@ def document(ctx: Context) -> dict[str, Any]:
     }
 
 
-def _decode(bare: str, raw: bytes) -> Context:
-    return decode_document(bare, tomllib.loads(raw.decode("utf-8")))
+def _decode(bare: str, raw: bytes, where: Path) -> Context:
+    return decode_document(bare, tomllib.loads(raw.decode("utf-8")), where)
 
 
-def decode_document(bare: str, doc: Mapping[str, Any]) -> Context:
+def decode_document(bare: str, doc: Mapping[str, Any], where: object = None) -> Context:
     """A stored document read back, every value checked by its field's kind
-    (InvalidInput saying what is wrong)."""
-    if doc.get("format") != FORMAT:
-        raise InvalidInput(f"unsupported format {doc.get('format')!r} (expected {FORMAT})")
+    (InvalidInput saying what is wrong; NewerFormat, naming ``where``, for a document a
+    newer hostctl wrote)."""
+    problem = check_format(doc.get("format"), FORMAT, where or f"context {display(bare)}")
+    if problem:
+        raise InvalidInput(problem)
     if doc.get("name") != display(bare):
         raise InvalidInput(f"it names {doc.get('name')!r}, not {display(bare)}")
     type_name = doc.get("type")
@@ -730,7 +901,115 @@ def host_names(bare: str, schema: ContextType, values: Mapping[str, Value]) -> s
     return names
 
 
-_Claim = tuple[tuple[int, int, int, int], tuple[str, ...]]
+_Ident = tuple[int, int, int, int]  # inode, mtime, size, ctime: a file as read
+_Claim = tuple[_Ident, tuple[str, ...]]
+#: inotify's word that the folder itself went, or that events were lost
+_LOST = ino.IN_IGNORED | ino.IN_DELETE_SELF | ino.IN_MOVE_SELF | ino.IN_Q_OVERFLOW
+
+
+def stamp_of(path: str | Path) -> str | None:
+    """The identity of a file or folder (inode, mtime, ctime) as one word, "-" if there is
+    none; None if it cannot be trusted: it changed less than RACY_NS ago, and may change
+    again within one tick of the file system's clock without changing its times."""
+    now = time.time_ns()
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "-"
+    except OSError:
+        return None
+    if st.st_ctime_ns >= now - RACY_NS:
+        return None
+    return f"{st.st_ino}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+
+
+def _ident(st: os.stat_result) -> _Ident:
+    return (st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns)
+
+
+class _Entry(NamedTuple):
+    """A name in the listing: the identity of the file its context was read from (None:
+    read it again next time), the context (None: the file does not read), its
+    :func:`render` as UTF-8."""
+
+    ident: _Ident | None
+    context: Context | None
+    text: bytes
+
+
+def _report(problems: list[MalformedFile], malformed: list[MalformedFile] | None) -> None:
+    if problems:
+        if malformed is None:
+            raise problems[0]
+        malformed.extend(problems)
+
+
+def _load_listing(path: Path) -> tuple[tuple[int, int, int] | None, dict[str, _Entry]]:
+    """The listing cache: the folder's recorded identity and the entries by name, in
+    order; nothing at all if it is missing or damaged in any way (it is rebuilt)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO: damaged
+        try:
+            raw = _read_all(fd, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+        start = raw.index(b"\n") + 1
+        if int(raw[:start], 16) != zlib.crc32(memoryview(raw)[start:]):
+            return None, {}
+        end = raw.index(b"\n", start)
+        doc = json.loads(raw[start:end])
+        if doc["format"] != LISTING_FORMAT:
+            return None, {}
+        folder = doc["folder"]
+        if folder is not None:
+            folder = (folder[0], folder[1], folder[2])
+        out: dict[str, _Entry] = {}
+        pos = end + 1
+        for item in doc["contexts"]:
+            if len(item) == 2:
+                bare, ident = item
+                if type(bare) is not str or ident is not None:
+                    return None, {}
+                out[bare] = _Entry(None, None, b"")
+                continue
+            # an identity of the wrong shape never equals a file's: that file is read
+            bare, ident, type_name, created, updated, values, size = item
+            if (type(bare) is not str or type(created) is not str
+                    or type(updated) is not str or type(values) is not dict
+                    or type(size) is not int or size < 0 or type_name not in TYPES):
+                return None, {}
+            out[bare] = _Entry(tuple(ident), Context(bare, type_name, values, created, updated),
+                               raw[pos:pos + size])
+            pos += size
+        if pos != len(raw):
+            return None, {}
+        return folder, out
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError,
+            RecursionError):
+        return None, {}
+
+
+def _write_listing(path: Path, folder: tuple[int, int, int] | None,
+                   rows: list[tuple[str, _Entry]]) -> None:
+    items: list[list[Any]] = []
+    texts: list[bytes] = []
+    for bare, e in rows:
+        if e.ident is None or e.context is None:
+            items.append([bare, None])
+            continue
+        c = e.context
+        items.append([bare, list(e.ident), c.type, c.created, c.updated, dict(c.values),
+                      len(e.text)])
+        texts.append(e.text)
+    head = json.dumps({"format": LISTING_FORMAT, "folder": list(folder) if folder else None,
+                       "contexts": items}, separators=(",", ":"))
+    rest = b"".join([head.encode(), b"\n", *texts])
+    try:
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        # a cache: not worth an fsync, and not worth failing a listing for
+        write_atomic(path, b"%08x\n" % zlib.crc32(rest) + rest, durable=False)
+    except OSError:
+        pass
 
 
 def _load_index(path: Path) -> dict[str, _Claim]:

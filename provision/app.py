@@ -60,6 +60,7 @@ from hostctl.config import PLACEHOLDER, known_keys, table
 from hostctl.contexts.schema import SITE, secret_field_names
 from hostctl.contexts.store import Context
 from hostctl.errors import MalformedFile
+from hostctl.formats import check_format
 
 MANIFEST = "hostctl-app.toml"
 COMMANDS = ("install", "login_link", "cron")
@@ -117,8 +118,9 @@ def load(platform: Context) -> Manifest:
 
 def _parse(doc: Mapping[str, object], path: Path) -> Manifest:
     known_keys(doc, {"format", "web", "site", "settings", "commands", "env"}, MANIFEST)
-    if doc.get("format", FORMAT) != FORMAT:
-        raise ValueError(f"unsupported format {doc.get('format')!r} (expected {FORMAT})")
+    problem = check_format(doc.get("format", FORMAT), FORMAT, path)
+    if problem:
+        raise ValueError(problem)
     web = table(doc, "web")
     known_keys(web, {"root", "index", "php", "front_controller", "deny"}, "[web]")
     root = web.get("root", "{root}")

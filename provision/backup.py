@@ -74,6 +74,7 @@ import zstandard
 from hostctl.contexts.store import Context, utcnow
 from hostctl.errors import Conflict, InvalidInput, MalformedFile, NotFound, OperationFailed
 from hostctl.files import fsync_dir
+from hostctl.formats import check_format
 from hostctl.provision import layout
 from hostctl.provision.job import Job
 from hostctl.provision.secrets import SiteRecord
@@ -562,8 +563,11 @@ class Archive:
             doc = json.loads(fh.read())
         except (OSError, tarfile.TarError, KeyError, ValueError) as exc:
             raise MalformedFile(f"{path} is not a hostctl backup: {exc}") from None
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        if not isinstance(doc, dict):
             raise MalformedFile(f"{path}: unsupported backup format {doc!r:.60}")
+        problem = check_format(doc.get("format"), FORMAT, f"{path} (its {MANIFEST})")
+        if problem:
+            raise MalformedFile(f"{path}: {problem.replace('format', 'backup format', 1)}")
         self.doc: dict[str, Any] = doc
 
     @property

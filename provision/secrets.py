@@ -37,8 +37,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hostctl.contexts.names import display
+from hostctl.contexts.store import stamp_of
 from hostctl.errors import MalformedFile, OperationFailed
 from hostctl.files import write_atomic
+from hostctl.formats import check_format
 from hostctl.paths import Paths
 from hostctl.provision import layout
 
@@ -86,15 +88,18 @@ def read(paths: Paths, site: str) -> SiteRecord | None:
     except OSError as exc:
         raise MalformedFile(f"cannot read {path}: {exc.strerror}") from exc
     try:
-        return from_document(tomllib.loads(raw.decode("utf-8")))
+        return from_document(tomllib.loads(raw.decode("utf-8")), path)
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
         raise MalformedFile(f"malformed secrets file {path}: {exc}") from exc
 
 
-def from_document(doc: Mapping[str, Any]) -> SiteRecord:
-    """A stored record read back (ValueError, KeyError or TypeError if it is not one)."""
-    if doc.get("format") != FORMAT:
-        raise ValueError(f"unsupported format {doc.get('format')!r}")
+def from_document(doc: Mapping[str, Any], where: object = None) -> SiteRecord:
+    """A stored record read back (ValueError, KeyError or TypeError if it is not one;
+    NewerFormat, naming ``where``, for a record a newer hostctl wrote)."""
+    problem = check_format(doc.get("format"), FORMAT,
+                           where or f"the secrets record of {doc.get('site')}")
+    if problem:
+        raise ValueError(problem)
     db = doc.get("db")
     creds = DbCredentials(**{k: str(v) for k, v in db.items()}) if db else None
     return SiteRecord(
@@ -178,6 +183,7 @@ class FileSecrets:
 
     def __init__(self, paths: Paths) -> None:
         self.paths = paths
+        self._folder = str(layout.secrets_dir(paths))  # installed(): asked of every site
 
     def read(self, site: str) -> SiteRecord | None:
         return read(self.paths, site)
@@ -192,4 +198,9 @@ class FileSecrets:
         return values(self.paths, site)
 
     def installed(self, site: str) -> bool:
-        return layout.secrets_file(self.paths, site.lstrip("@")).exists()
+        return os.path.exists(f"{self._folder}/{site.lstrip('@')}.toml")
+
+    def stamp(self) -> str | None:
+        """A word that changes whenever a site is installed or its record removed (the
+        folder's identity; see contexts.store.stamp_of)."""
+        return stamp_of(self._folder)

@@ -27,9 +27,11 @@ from typing import TYPE_CHECKING, Protocol
 from hostctl.contexts.names import display, parse_name
 from hostctl.errors import Conflict, HostctlError, InvalidInput, NotFound, OperationFailed
 from hostctl.files import write_private
+from hostctl.formats import unsupported
 from hostctl.libc import rename_noreplace
 from hostctl.queues.layout import SUFFIX
 from hostctl.queues.model import (
+    FORMAT,
     MAX_TASK_BYTES,
     Envelope,
     Task,
@@ -82,6 +84,8 @@ def decode_submission(data: bytes, submitter: int, now: float | None = None) -> 
     for key in ("options", "context_options"):
         if not isinstance(doc.get(key) or {}, dict):
             raise InvalidInput(f"{key!r} must be an object of strings")
+    if doc.get("format", FORMAT) != FORMAT:  # a newer front end's too: rejected, saying why
+        raise InvalidInput(unsupported(doc.get("format"), FORMAT))
     guarded = sorted(GUARDED_FIELDS & set(doc.get("context_options") or {}))
     if guarded:
         raise InvalidInput(f"a front end may not change {guarded[0]!r}")

@@ -127,9 +127,11 @@ class QueueBackend(Protocol):
     def get(self, task_id: str) -> Task:
         """One task by id (NotFound, InvalidInput for a malformed id)."""
 
-    def tasks(self, statuses: Collection[Status] | None = None) -> list[Task]:
+    def tasks(self, statuses: Collection[Status] | None = None,
+              strict: bool = False) -> list[Task]:
         """Every task (of these statuses), in id order; a task set aside as garbage is
-        shown as an error, with its reason."""
+        shown as an error, with its reason. A task a newer hostctl wrote is passed over
+        and said once in the log, or, ``strict``, refused (NewerFormat: upgrade-home)."""
 
     def recent(self, query: TaskQuery) -> list[Task]:
         """The tasks ``query`` wants, newest first, at most ``query.limit``: read in that

@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 from hostctl.contexts.schema import secret_field_names
 from hostctl.contexts.store import SECRET_MASK
 from hostctl.errors import InvalidInput
+from hostctl.formats import check_format
 from hostctl.process import host_name
 from hostctl.times import utc_iso
 
@@ -198,13 +199,16 @@ def loads_strict(data: bytes | str) -> Any:
         raise InvalidInput(f"not JSON: {why}"[:300]) from None
 
 
-def decode_envelope(line: bytes) -> Envelope:
-    """Parse and check a submission line; raise InvalidInput saying what is wrong."""
+def decode_envelope(line: bytes, where: object = None) -> Envelope:
+    """Parse and check a submission line; raise InvalidInput saying what is wrong, or
+    NewerFormat (naming ``where``, the task's file) for a task a newer hostctl wrote."""
     doc = loads_strict(line)
     if not isinstance(doc, dict):
         raise InvalidInput("not a JSON object")
-    if doc.get("format", FORMAT) != FORMAT:
-        raise InvalidInput(f"unsupported format {doc.get('format')!r}")
+    problem = check_format(doc.get("format", FORMAT), FORMAT,
+                           where or f"task {str(doc.get('id'))[:20]}")
+    if problem:
+        raise InvalidInput(problem)
     task_id = doc.get("id")
     if not isinstance(task_id, str) or not valid_id(task_id):
         raise InvalidInput("missing or malformed 'id' (20 lower-case hex digits)")
@@ -407,8 +411,10 @@ def _secret_names() -> frozenset[str]:
     return secret_field_names()
 
 
-def decode_task(data: bytes, state: str, log_path: str = "", due: float | None = None) -> Task:
-    """Parse a task file; a torn final line is ignored, a bad first line is an error."""
+def decode_task(data: bytes, state: str, log_path: str = "", due: float | None = None,
+                where: object = None) -> Task:
+    """Parse a task file; a torn final line is ignored, a bad first line is an error
+    (NewerFormat, naming ``where``, for a task a newer hostctl wrote)."""
     if len(data) > MAX_TASK_BYTES * 16:
         raise InvalidInput(f"task file of {len(data)} bytes is too large")
     lines = data.split(b"\n")
@@ -420,7 +426,7 @@ def decode_task(data: bytes, state: str, log_path: str = "", due: float | None =
     if len(lines) == 1:
         # no newline at all: the writer may have been cut off; accept only whole JSON
         pass
-    env = decode_envelope(first)
+    env = decode_envelope(first, where)
     events = []
     for raw in lines[1:]:
         if not raw.strip():

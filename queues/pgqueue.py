@@ -67,6 +67,7 @@ from hostctl.errors import (
     Conflict,
     HostctlError,
     InvalidInput,
+    NewerFormat,
     NotFound,
     NotJudgedYet,
     OperationFailed,
@@ -786,13 +787,19 @@ class PgQueue:
             raise InvalidInput(f"task {task_id} in the cluster's database is not a "
                                f"readable task: {exc}") from None
 
-    def tasks(self, statuses: Collection[Status] | None = None) -> list[Task]:
+    def tasks(self, statuses: Collection[Status] | None = None,
+              strict: bool = False) -> list[Task]:
         wanted = set(statuses) if statuses is not None else set(Status)
         out = []
         for row in self.db.rows("SELECT" + _TASK_COLUMNS + _TASK_FROM + " ORDER BY t.id"):
             try:
                 task = self._decode(row)
             except InvalidInput:
+                continue
+            except NewerFormat as exc:  # not this hostctl's to read: said, passed over
+                if strict:
+                    raise
+                log.warning("%s", exc)
                 continue
             if task.status in wanted:
                 out.append(task)

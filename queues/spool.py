@@ -15,6 +15,8 @@ Layout (one local file system; every name below is a plain file unless it ends i
       outbox/       receipts:       RECEIPT.json (a dropped task's status), RECEIPT.log
       keys/         de-duplication: HASH holds the id of the last task with that key
       locks/        publish.lock, context.NAME.lock
+      catalog/      a cache of each task's type, context and how it ended, for filtered
+                    lists: log (appended), log.old, base (see catalog.py)
 
 ``ID`` is 12 hex digits of milliseconds plus 8 random hex digits, so ``sorted(new/)`` is
 the run order: higher priority first, then first queued, first run.
@@ -38,6 +40,14 @@ Protocol
             ``new/``; stale temp files go.
   garbage   a file that cannot be read as a task is moved to ``quarantine/`` with a
             ``.reason`` file beside it, and the queue goes on.
+  catalog   a task's type and context are appended to ``catalog/log`` before it is
+            linked into ``new/`` (or ``active/``), and how it ended (its file's size and
+            status) before every move into ``done/``: one ``O_APPEND`` write, no fsync,
+            no lock. A list reads the names of the folders, asks the catalog which ids may
+            match, and reads those newest first; an id the catalog does not know (or, in
+            ``done/``, not how it ended) is read, then noted. ``task_gc`` (``collect``)
+            compacts it: only the tasks in the folders are kept, each finished one checked
+            against its file's size. It is a cache: the files always win.
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import heapq
 import logging
 import os
 import shutil
@@ -60,6 +71,7 @@ from hostctl.errors import (
     Conflict,
     HostctlError,
     InvalidInput,
+    NewerFormat,
     NotFound,
     NotJudgedYet,
     OperationFailed,
@@ -79,6 +91,7 @@ from hostctl.inotify import IN_DELETE, Inotify
 from hostctl.libc import rename_noreplace
 from hostctl.process import kill_spawned, stop_run
 from hostctl.queues.admission import STALE_TMP_SECONDS, Admission
+from hostctl.queues.catalog import Catalog, entry, size_of, status_of
 from hostctl.queues.layout import FOLDERS, SUFFIX
 from hostctl.queues.listing import Listing
 from hostctl.queues.liveness import Registration
@@ -200,8 +213,10 @@ class Spool:
         self._listings: dict[str, Listing] = {}  # claim's and next_due's view of folders
         self.outbox = Outbox(root / "outbox")
         self.tally_book = TallyBook(root / "tally")
+        self.catalog = Catalog(root / "catalog")
         self._admission = Admission(self, self.outbox)
         self._unjudged: tuple[object, dict[str, str]] = (None, {})  # see _waiting()
+        self._too_new: set[str] = set()  # task files a newer hostctl wrote: said once
         #: the retry rules of the last sweep, for a lost task recovered by a claim
         self._policy: Callable[[Envelope], Policy] = lambda _env: Policy()
 
@@ -265,6 +280,7 @@ class Spool:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            self._note(env)
             os.link(tmp, target)
             os.unlink(tmp)
             fsync_dir(target_dir)
@@ -375,45 +391,202 @@ class Spool:
                 continue
         raise NotFound(f"no task {task_id}")
 
-    def tasks_in(self, states: tuple[str, ...] = ("new", "deferred", "active", "done")
-                 ) -> list[Task]:
+    def tasks_in(self, states: tuple[str, ...] = ("new", "deferred", "active", "done"),
+                 strict: bool = False) -> list[Task]:
         tasks = []
         for state in states:
             for name in self._names(state):
-                with suppress(FileNotFoundError, InvalidInput):
+                try:
                     tasks.append(self._read_path(self.dir(state) / name, state))
+                except (FileNotFoundError, InvalidInput):
+                    continue
+                except NewerFormat as exc:  # not this hostctl's to read: said, passed over
+                    if strict:
+                        raise
+                    self._said_too_new(name, exc)
         tasks.sort(key=lambda t: t.id)
         return tasks
 
-    def tasks(self, statuses: Collection[Status] | None = None) -> list[Task]:
+    def tasks(self, statuses: Collection[Status] | None = None,
+              strict: bool = False) -> list[Task]:
         wanted = set(statuses) if statuses is not None else set(Status)
-        return [t for t in self.tasks_in(_folders_of(wanted)) if t.status in wanted]
+        return [t for t in self.tasks_in(_folders_of(wanted), strict) if t.status in wanted]
 
     def recent(self, query: TaskQuery) -> list[Task]:
-        """Newest first by the ids in the file names, so only the files shown are read
-        (a name without an id, garbage set aside, is read to know it)."""
+        """Newest first, by the ids in the file names. A filter on type, context or how a
+        task ended is answered by the catalog (catalog.py), so that only the files shown
+        are read, with those the catalog does not know yet (each read once, then noted).
+        A name without an id (garbage set aside) is read to know it."""
         floor = query.id_floor() or ""
-        named: list[tuple[str, str, str]] = []
-        for state in _folders_of(query.statuses or set(Status)):
-            for name in self._names(state):
-                task_id = _id_of(name)
-                if task_id is None:
-                    with suppress(FileNotFoundError, InvalidInput):
-                        task_id = self._read_path(self.dir(state) / name, state).id
-                if task_id is not None and task_id >= floor:
-                    named.append((task_id, state, name))
-        named.sort(reverse=True)
+        statuses = query.statuses or frozenset(Status)
+        labels = {s.label for s in statuses if s.finished}
+        narrowed = query.type is not None or query.context is not None
+        by_status = 0 < len(labels) < sum(1 for s in Status if s.finished)
+        known = self.catalog.load() if narrowed or by_status else None
+        fits, ends_fit = _fitting(known, query, labels if by_status else None)
+        done_ids: set[str] = set()
+        others: list[tuple[str, str, str]] = []  # (id, state, name) outside done/
+        for state in _folders_of(statuses):
+            if state == "done":
+                ids, odd = self._done_ids()
+                if known is not None and ends_fit is not None:
+                    ids = (ids & ends_fit) | ids.difference(known)
+                elif known is not None and fits is not None:
+                    ids = (ids & fits) | ids.difference(known)
+                done_ids |= ids
+            else:
+                odd = []
+                for name in self._listed(state):
+                    task_id = _id_of(name)
+                    if task_id is None:
+                        odd.append(name)
+                    elif (known is None or fits is None or state == "quarantine" or
+                          task_id in fits or task_id not in known):
+                        others.append((task_id, state, name))
+            for name in odd:  # read now, to place it by the id inside
+                try:
+                    others.append((self._read_path(self.dir(state) / name, state).id,
+                                   state, name))
+                except (FileNotFoundError, InvalidInput):
+                    continue
+                except NewerFormat as exc:
+                    self._said_too_new(name, exc)
+        others.sort(reverse=True)
+        in_done = ((task_id, "done", f"{task_id}{SUFFIX}")
+                   for task_id in _newest_first(done_ids))
         out: list[Task] = []
-        for _id, state, name in named:
-            if query.limit is not None and len(out) >= query.limit:
+        notes: list[str | None] = []
+        for task_id, state, name in heapq.merge(in_done, others, reverse=True):
+            if (query.limit is not None and len(out) >= query.limit) or task_id < floor:
                 break
+            odd_name = state == "done" and not valid_id(task_id)
+            if odd_name and name.startswith("."):
+                continue
             try:
-                task = self._read_path(self.dir(state) / name, state)
+                task, size = self._read_sized(self.dir(state) / name, state)
             except (FileNotFoundError, InvalidInput):
                 continue  # moved on meanwhile (a listing is a moment's), or garbage
+            except NewerFormat as exc:  # passed over, said once: not this hostctl's
+                self._said_too_new(name, exc)
+                continue
+            if odd_name:
+                task_id = task.id  # not an id after all: a name to be read, as above
+            if known is not None and state != "quarantine" and task.id == task_id:
+                rest = known.get(task_id)
+                if rest is None or (state == "done" and size_of(rest) < size):
+                    notes.append(_entry_of(task, size))
             if query.wants(task):
                 out.append(task)
+        if notes:
+            self.catalog.append(notes)
+            if self.catalog.known_bytes() > _COMPACT_BYTES:  # built again from the files
+                self.compact_catalog()
         return out
+
+    def _done_ids(self) -> tuple[set[str], list[str]]:
+        """The ids the names in done/ say (``ID.task``; one that is not an id after all
+        is told apart when read), and the other names."""
+        try:
+            names = os.listdir(self.dir("done"))
+        except FileNotFoundError:
+            return set(), []
+        # the common case checked at once: every name 25 characters long, ending .task
+        joined = "\n".join(names)
+        if not names or (len(joined) == 26 * len(names) - 1 and
+                         f"{joined}\n".count(f"{SUFFIX}\n") == len(names)):
+            return {n[:20] for n in names}, []
+        return ({n[:20] for n in names if len(n) == 25 and n.endswith(SUFFIX)},
+                [n for n in names if not n.startswith(".") and
+                 (len(n) != 25 or not n.endswith(SUFFIX))])
+
+    def _listed(self, state: str) -> list[str]:
+        """``_names(state)``, unsorted."""
+        try:
+            names = os.listdir(self.dir(state))
+        except FileNotFoundError:
+            return []
+        if state in ("quarantine", "rejected"):
+            return _set_aside(names)
+        return [n for n in names if not n.startswith(".")]
+
+    def _read_sized(self, path: Path, state: str) -> tuple[Task, int]:
+        """The task in ``path`` and its file's size then (-1 in quarantine/)."""
+        if state == "quarantine":
+            return self._read_quarantined(path), -1
+        try:
+            fd = os.open(path, _READ_FLAGS)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:  # a folder, a symlink, unreadable
+            raise InvalidInput(f"cannot open {path.name}: {exc.strerror}") from exc
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise InvalidInput(f"{path.name} is not a regular file")
+            data = os.pread(fd, min(st.st_size, MAX_TASK_BYTES * 16 + 1), 0)
+            return self._decode(data, state, path.name), len(data)
+        finally:
+            os.close(fd)
+
+    # -- the catalog (catalog.py) ------------------------------------------------------
+
+    def _note(self, env: Envelope) -> None:
+        """Catalog a task about to appear in the folders (no fsync: see catalog.py)."""
+        self.catalog.append([entry(env.id, env.type, env.context)])
+
+    def _note_end(self, fd: int, env: Envelope, outcome: object) -> None:
+        """Catalog how a task ended, before its file moves to done/. A catalog that
+        cannot be written is dropped as a whole: an older entry of a task run again
+        would say how its last run ended."""
+        try:
+            size = os.fstat(fd).st_size
+        except OSError:
+            size = -1
+        line = entry(env.id, env.type, env.context, size, status_of(outcome))
+        if size < 0 or not self.catalog.append([line]):
+            self.catalog.drop()
+
+    def compact_catalog(self) -> bool:
+        """Fold the catalog's log into its base, keeping only the tasks in the folders,
+        and check each finished one against its file (one that grew is read again);
+        False if another process is at it (see catalog.py)."""
+        with self.catalog.compacting() as mine:
+            if not mine:
+                return False
+            self.catalog.rotate()
+            known = self.catalog.load()
+            kept: dict[str, str] = {}
+            for state in ("new", "deferred", "active", "done"):
+                for name in self._listed(state):
+                    task_id = _id_of(name)
+                    if task_id is None:
+                        continue
+                    rest = known.get(task_id)
+                    path = self.dir(state) / name
+                    if state == "done":
+                        try:
+                            size = os.lstat(path).st_size
+                        except FileNotFoundError:
+                            continue
+                        if rest is not None and size_of(rest) == size:
+                            kept[task_id] = rest
+                            continue
+                    elif rest is not None:
+                        kept[task_id] = rest
+                        continue
+                    try:
+                        task, size = self._read_sized(path, state)
+                    except (OSError, InvalidInput, NewerFormat):
+                        continue
+                    line = _entry_of(task, size) if task.id == task_id else None
+                    if line is not None:
+                        kept[task_id] = line[21:]
+            try:
+                self.catalog.replace(kept)
+            except OSError as exc:
+                log.warning("cannot write the task catalog: %s", exc.strerror)
+                return False
+            return True
 
     def counts(self) -> Counts:
         c = {s: self._count(s) for s in ("incoming", "new", "deferred", "active", "done",
@@ -433,13 +606,8 @@ class Spool:
         return sum(1 for n in names if not n.startswith("."))
 
     def _names(self, state: str) -> list[str]:
-        try:
-            names = os.listdir(self.dir(state))
-        except FileNotFoundError:
-            return []
-        if state in ("quarantine", "rejected"):
-            return _set_aside(names)
-        return sorted(n for n in names if not n.startswith("."))
+        names = self._listed(state)
+        return names if state in ("quarantine", "rejected") else sorted(names)
 
     def _read_path(self, path: Path, state: str) -> Task:
         if state == "quarantine":
@@ -471,7 +639,7 @@ class Spool:
                                f"cannot be opened: {exc.strerror}") from exc
         try:
             task = self._read_fd(fd, "quarantine", path.name)
-        except InvalidInput as exc:
+        except (InvalidInput, NewerFormat) as exc:  # set aside: garbage, whatever it says
             raise InvalidInput(f"quarantine/{path.name} ({why or 'no reason recorded'}) "
                                f"is not a readable task: {exc}") from None
         finally:
@@ -487,7 +655,7 @@ class Spool:
 
     def _decode(self, data: bytes, state: str, name: str) -> Task:
         due = _deferred_due(name) if state == "deferred" else None
-        task = decode_task(data, state, due=due)
+        task = decode_task(data, state, due=due, where=self.dir(state) / name)
         return Task(task.envelope, task.events, state,
                     str(self.log_path(task.envelope.id)), due)
 
@@ -524,23 +692,38 @@ class Spool:
                     busy.add(claim.task.envelope.context)
             return claims
         passed: list[str] = []  # still queued (or gone meanwhile): back into the listing
+        listing.release(busy)
         names = listing.smallest(passed)
         try:
             while len(claims) < limit:
                 smallest = next(names, None)
                 if smallest is None:
                     break
-                if listing.contexts.get(smallest) in busy or smallest in waiting:
-                    continue  # known to wait for its context, or for its type
-                claim = self._try_claim(smallest, check, busy, listing.contexts)
-                if claim is not None:
-                    passed.pop()
-                    listing.discard(smallest)
-                    claims.append(claim)
-                    busy.add(claim.task.envelope.context)
+                if smallest in waiting:
+                    continue  # known to wait for its type
+                context = listing.contexts.get(smallest)
+                if context is None or context not in busy:
+                    claim = self._try_claim(smallest, check, busy, listing.contexts)
+                    if claim is not None:
+                        passed.pop()
+                        listing.discard(smallest)
+                        claims.append(claim)
+                        busy.add(claim.task.envelope.context)
+                        continue
+                    context = listing.contexts.get(smallest)
+                if context is not None and context in busy:
+                    passed.pop()  # waits for its context: parked, not passed over again
+                    listing.park(smallest, context)
         finally:
             listing.restore(passed)
         return claims
+
+    def _said_too_new(self, name: str, exc: NewerFormat) -> None:
+        """A task file of a newer format is neither run, recovered nor quarantined: a
+        runner leaves it where it lies, and logs it once."""
+        if name not in self._too_new:
+            self._too_new.add(name)
+            log.error("%s", exc)
 
     def _waiting(self, check: object) -> dict[str, str]:
         """The names of ``new/`` that ``check`` could not judge (name -> task type); a
@@ -588,6 +771,12 @@ class Spool:
                     raise InvalidInput(f"file name {name!r} does not match the task inside")
                 if check is not None:
                     check(task.envelope)
+            except NewerFormat as exc:
+                if _id_of(name) is None:  # not even a task's name: garbage, set aside
+                    self._quarantine_path(path, str(exc))
+                else:  # left as it is, for a newer hostctl
+                    self._said_too_new(name, exc)
+                return None
             except NotJudgedYet as exc:
                 waiting = self._waiting(check)
                 if task.envelope.type not in waiting.values():
@@ -653,6 +842,7 @@ class Spool:
             if os.write(fd, data) != len(data):
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             os.fsync(fd)
+            self._note(env)
             target = self.dir("active") / _ready_name(env)
             os.rename(tmp, target)
             fsync_dir(target.parent)
@@ -743,6 +933,7 @@ class Spool:
         """Record the end of the attempt and move the task to done/."""
         claim = _own(claim)
         claim.append("end", outcome=outcome, **fields)
+        self._note_end(claim.fd, claim.task.envelope, outcome)
         self._move(claim.path, self.dir("done") / f"{claim.task.id}{SUFFIX}")
         self._post_claim(claim, "done")
         claim.release()
@@ -790,6 +981,9 @@ class Spool:
                 os.write(fd, encode_event("cancel"))
                 os.write(fd, encode_event("end", outcome="cancelled",
                                           reason="cancelled before it started"))
+                with suppress(OSError, InvalidInput):
+                    self._note_end(fd, self._read_fd(fd, state, path.name).envelope,
+                                   "cancelled")
                 done = self.dir("done") / f"{task_id}{SUFFIX}"
                 try:
                     os.rename(path, done)
@@ -829,6 +1023,7 @@ class Spool:
                 raise Conflict(f"task {task_id} is being changed by another process")
             os.write(fd, encode_event("retry"))
             task = self._read_fd(fd, "new")
+            self._note(task.envelope)
             target = self.dir("new") / _ready_name(task.envelope)
             try:
                 rename_noreplace(path, target)
@@ -888,7 +1083,7 @@ class Spool:
         self._drop_stale_tmp(now)
         try:
             self.tally_book.fold()
-        except OSError as exc:  # the counts stay where they are, for the next sweep
+        except (OSError, NewerFormat) as exc:  # the counts stay where they are
             notes.append(f"cannot fold the counts of ended workers: {exc}")
         return notes
 
@@ -918,6 +1113,12 @@ class Spool:
                 return None
             try:
                 task = self._read_fd(fd, "active", path.name)
+            except NewerFormat as exc:
+                if _id_of(path.name) is not None:  # left as it is, for a newer hostctl
+                    self._said_too_new(path.name, exc)
+                    return None
+                self._quarantine_path(path, str(exc))  # not even a task's name: garbage
+                return f"quarantined {path.name}: {exc}"
             except InvalidInput as exc:
                 self._quarantine_path(path, str(exc))
                 return f"quarantined {path.name}: {exc}"
@@ -930,6 +1131,7 @@ class Spool:
                 if last.get("outcome") == "retry":
                     self._defer_path(claim, 0)
                 else:
+                    self._note_end(fd, env, last.get("outcome"))
                     self._move(path, self.dir("done") / f"{env.id}{SUFFIX}")
                 return f"completed the interrupted move of task {env.id}"
             spawn, start = task.last_index("spawn"), task.last_index("start")
@@ -960,6 +1162,7 @@ class Spool:
                       f"{attempts}")
             if task.cancel_requested:
                 claim.append("end", outcome="cancelled", reason=f"cancelled; {reason}")
+                self._note_end(fd, env, "cancelled")
                 self._move(path, self.dir("done") / f"{env.id}{SUFFIX}")
                 return f"task {env.id}: {reason}; it was being cancelled"
             if rules.rerun_on_loss and attempts < rules.max_attempts:
@@ -970,6 +1173,7 @@ class Spool:
                    if not rules.rerun_on_loss else
                    f"{reason}; no attempts left (max {rules.max_attempts})")
             claim.append("end", outcome="lost", reason=why)
+            self._note_end(fd, env, "lost")
             self._move(path, self.dir("done") / f"{env.id}{SUFFIX}")
             return f"task {env.id}: {why}"
         finally:
@@ -1134,6 +1338,7 @@ class Spool:
             self.remove_done(path)
         for path in _older(self.dir("rejected"), now - retention_days * 86400):
             self.remove_rejected(path)
+        self.compact_catalog()  # the removed tasks leave it
         return min(len(victims), limit)
 
     def collectable(self, retention_days: float, now: float) -> int:
@@ -1168,6 +1373,12 @@ class Spool:
             return
         except InvalidInput as exc:  # garbage (a folder, a FIFO, a broken file): set aside
             self._quarantine_path(path, str(exc))
+            return
+        except NewerFormat as exc:
+            if _id_of(path.name) is None:  # not even a task's name: garbage, set aside
+                self._quarantine_path(path, str(exc))
+            else:  # a newer hostctl's: left where it lies
+                self._said_too_new(path.name, exc)
             return
         with suppress(FileNotFoundError):
             os.unlink(path)
@@ -1223,6 +1434,54 @@ class Spool:
 
     # -- helpers ----------------------------------------------------------------------
 
+
+
+#: a catalog log larger than this is folded by the list that added to it
+_COMPACT_BYTES = 1 << 20
+
+
+def _entry_of(task: Task, size: int) -> str | None:
+    """The catalog entry of a task read from a file of ``size`` bytes."""
+    env = task.envelope
+    if task.state == "done":
+        return entry(env.id, env.type, env.context, size, task.status.label)
+    return entry(env.id, env.type, env.context)
+
+
+def _fitting(known: dict[str, str] | None, query: TaskQuery, labels: set[str] | None
+             ) -> tuple[set[str] | None, set[str] | None]:
+    """Of the catalogued ids: those whose type and context fit ``query`` (None: no such
+    filter), and of those, the ones whose entry says they ended with one of ``labels``
+    or not at all (None: no such filter)."""
+    if known is None:
+        return None, None
+    fits: set[str] | None = None
+    if query.type is not None or query.context is not None:
+        head = f"{query.type} "
+        middle = f" {query.context} "
+        if query.context is None:
+            fits = {i for i, rest in known.items() if rest.startswith(head)}
+        elif query.type is None:
+            fits = {i for i, rest in known.items() if middle in rest}
+        else:
+            fits = {i for i, rest in known.items() if rest.startswith(head) and middle in rest}
+    if labels is None:
+        return fits, None
+    ends = {f" {label}" for label in labels} | {" -"}
+    pool = known.keys() if fits is None else fits
+    return fits, {i for i in pool if known[i][known[i].rfind(" "):] in ends}
+
+
+def _newest_first(ids: set[str]) -> Iterator[str]:
+    """``ids`` from the largest down, sorting only as many as are taken."""
+    taken, batch = 0, 256
+    while taken < len(ids):
+        if batch * 4 >= len(ids):
+            yield from sorted(ids, reverse=True)[taken:]
+            return
+        top = heapq.nlargest(batch, ids)
+        yield from top[taken:]
+        taken, batch = batch, batch * 16
 
 
 def _head(path: Path) -> bytes:

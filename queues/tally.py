@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from hostctl.files import lock_held, write_atomic
+from hostctl.formats import refuse_newer
 from hostctl.queues.model import DURATION_BUCKETS, Tally
 
 VERSION = 1
@@ -181,9 +182,12 @@ def _encode(tallies: Iterable[Tally], folded: list[str]) -> bytes:
 
 def _load(path: Path) -> tuple[list[Tally], list[str]]:
     """A tally file's counts and the names it folded; nothing from a missing or damaged
-    one (a count is never worth an error)."""
+    one (a count is never worth an error); NewerFormat for one a newer hostctl wrote
+    (neither counted nor folded: a fold would write it back in this format)."""
     try:
         doc: Any = json.loads(path.read_bytes())
+        if isinstance(doc, dict):
+            refuse_newer(doc.get("version"), VERSION, path)
         tallies = [Tally(str(t["type"]), str(t["outcome"]), int(t["attempts"]), int(t["timed"]),
                          float(t["seconds"]), tuple(int(n) for n in t["buckets"]))
                    for t in doc["tallies"]]

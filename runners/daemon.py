@@ -27,6 +27,13 @@ not know is never quarantined for it: it stays queued (see ``Spool.claim``) unti
 configuration knows it, so an id that ``task add`` printed from a newer config.toml is
 never lost to an older one.
 
+systemd (``Type=notify``, see runners/service.py): with ``NOTIFY_SOCKET`` in its
+environment the daemon says ``READY=1`` once it listens (watches set, first sweep done),
+``WATCHDOG=1`` every half ``WATCHDOG_USEC`` from the loop itself (a loop that hangs, or a
+process that is stopped, stops the pings, and systemd kills and restarts it), a short
+``STATUS=`` line when its counts change, and ``STOPPING=1`` when it starts to stop; without
+it, nothing (``hostctl.sdnotify``).
+
 Liveness: the daemon registers with the queue for its life (``register_worker``; the
 spool keeps ``spool/workers/PID.json``, pid, start, last seen, tasks run, next to an flock
 on ``spool/locks/worker.PID.lock``): ``queue status`` shows a
@@ -50,6 +57,7 @@ from hostctl.queues.backend import Registration, Watch
 from hostctl.runners.dispatcher import Dispatcher, DispatchReport
 from hostctl.runners.home import Home
 from hostctl.runners.worker import Summary, Worker
+from hostctl.sdnotify import Notifier
 from hostctl.times import utc_iso
 
 log = logging.getLogger("hostctl")
@@ -82,6 +90,9 @@ class WaitQueue:
         self._pipe: tuple[int, int] | None = None
         self._config_seen: tuple[int, ...] | None = None
         self._last_failure = ""
+        self.notifier = Notifier.from_environment()  # tasks must not inherit its socket
+        self._next_ping = 0.0
+        self._told_stopping = False
 
     # -- signals: record only ---------------------------------------------------------
 
@@ -128,6 +139,8 @@ class WaitQueue:
         gc.collect()
         gc.freeze()
         log.info("wait-queue %d started (max runtime %g s)", os.getpid(), self.max_runtime)
+        self.notifier.ready(self._status_line())
+        self._next_ping = self.clock()
 
     def step(self, now: float) -> None:
         """One pass: react to signals, do what is due, claim what fits."""
@@ -180,11 +193,13 @@ class WaitQueue:
                     self._told_started = worker.summary.started
                     with suppress(HostctlError, OSError):
                         self._touch_liveness()
+                self._notify(now)
                 if self.stopping(now) and not worker.running:
                     break
                 worker.wait(self.wake_in(now))
         finally:
             self._close()
+            self.notifier.close()
         log.info("wait-queue %d exits after %d task(s)", os.getpid(), worker.summary.started)
         return 0
 
@@ -192,6 +207,8 @@ class WaitQueue:
         """Seconds the loop may sleep in the kernel before something of its own is due
         (the housekeeping pass, the max runtime, the next deferred task)."""
         waits = [self._next_housekeeping - now]
+        if self.notifier.watchdog_every is not None:
+            waits.append(self._next_ping - now)
         if not self.stopping(now):
             waits.append(self._start + self.max_runtime - now)
             assert self.worker is not None
@@ -201,6 +218,27 @@ class WaitQueue:
         return max(0.0, min(waits))
 
     # -- helpers ----------------------------------------------------------------------
+
+    def _status_line(self) -> str:
+        worker = self.worker
+        if worker is None:
+            return "starting"
+        return (f"{len(worker.running)} task(s) running, {worker.summary.started} started"
+                + (", stopping" if self._told_stopping else ""))
+
+    def _notify(self, now: float) -> None:
+        """systemd's side of one pass (nothing without NOTIFY_SOCKET): the loop came
+        round, so it is alive."""
+        if not self.notifier.enabled:
+            return
+        if self.stopping(now) and not self._told_stopping:
+            self._told_stopping = True
+            self.notifier.stopping(self._status_line())
+        every = self.notifier.watchdog_every
+        if every is not None and now >= self._next_ping:
+            self._next_ping = now + every
+            self.notifier.ping()
+        self.notifier.status(self._status_line())
 
     def _on_queue_change(self) -> None:
         assert self.worker is not None

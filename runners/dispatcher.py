@@ -10,6 +10,11 @@ atomically by whoever is free, never twice.
 Order of a pass: sweep lost tasks and admit dropped ones, then task_gc, cron and backup
 (which queue tasks), then tasks (which runs them). A failing queue is reported and the
 others still run.
+
+A queue over sites (cron, backup, ssl) that is not due costs no work per site: whether it
+is due comes from its record's last run and the count of its sites kept there (see
+runners/periodic.py, ``totals``), as long as nothing that count depends on changed. Only a
+queue that runs, or whose count is stale, lists the sites.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from hostctl.contexts.store import Context
+from hostctl.contexts.store import Context, TomlStore, stamp_of
 from hostctl.errors import HostctlError, InvalidInput, MalformedFile
+from hostctl.provision.secrets import FileSecrets
 from hostctl.queues.model import Status
 from hostctl.runners import lifecycle as ops
 from hostctl.runners.home import Home
@@ -36,6 +42,7 @@ from hostctl.times import parse_iso, utc_iso
 
 log = logging.getLogger("hostctl")
 ORDER = ("task_gc", "cron", "backup", "ssl", "tasks")
+SITE_QUEUES = ("cron", "backup", "ssl")  # the queues whose total is a number of sites
 
 
 @dataclass
@@ -120,6 +127,7 @@ class Dispatcher:
         self.clock = clock
         self._site_cache: dict[str, tuple[list[str], list[MalformedFile]]] = {}
         self._all_sites: tuple[list[Context], list[MalformedFile]] | None = None
+        self._stamp: tuple[str | None] | None = None
 
     # -- what each queue covers -------------------------------------------------------
 
@@ -170,6 +178,38 @@ class Dispatcher:
         sites = len(self._sites(name))
         return sites, sites
 
+    def stamp(self) -> str | None:
+        """What the count of a queue's sites depends on (see periodic.py, ``totals``), as
+        one word; None where it cannot be told (a store or secrets other than the home's
+        files, or a folder changed a moment ago). Taken once per pass, before any
+        listing, so that a change during the pass makes it stale."""
+        if self._stamp is None:
+            store, secrets = self.home.store, self.home.secrets
+            parts = [store.stamp() if isinstance(store, TomlStore) else None,
+                     secrets.stamp() if isinstance(secrets, FileSecrets) else None,
+                     stamp_of(self.home.paths.config_file)]
+            self._stamp = (None if None in parts else " ".join(str(p) for p in parts),)
+        return self._stamp[0]
+
+    def _due_total(self, name: str, state: QueueState) -> tuple[int, bool]:
+        """The total that decides whether ``name`` is due, and whether it was counted
+        now: a queue over sites takes the count its record keeps while the stamp holds
+        (no site listed), else counts them and keeps the count."""
+        if name not in SITE_QUEUES:
+            return self.total(name)[0], True
+        stamp = self.stamp()
+        known = state.known_total(name, stamp) if stamp is not None else None
+        if known is not None:
+            return known, False
+        return self._count(name, state), True
+
+    def _count(self, name: str, state: QueueState) -> int:
+        total = self.total(name)[0]
+        stamp = self.stamp()
+        if stamp is not None:
+            state.set_total(name, total, stamp)
+        return total
+
     def totals(self) -> dict[str, tuple[int, int]]:
         """(total, pending) per queue."""
         return {name: self.total(name) for name in ORDER}
@@ -218,7 +258,8 @@ class Dispatcher:
             if name not in wanted:
                 continue
             try:  # one broken queue must not stop the others
-                c = compute(self.home.config.queues[name], self.total(name)[0])
+                total, counted = self._due_total(name, state)
+                c = compute(self.home.config.queues[name], total)
                 now = self.clock()
                 last = state.last_run(name)
                 if not is_due(c, last, now, force):
@@ -231,6 +272,8 @@ class Dispatcher:
                             else logging.INFO, "queue %s did not run: %s", name, why)
                     report.queues.append(QueueRun(name, False, why))
                     continue
+                if not counted:  # it runs: on its sites as they are now
+                    c = compute(c.settings, self._count(name, state))
                 state.set_last_run(name, now)
                 note = getattr(self, f"_queue_{name}")(c, state, worker, report)
                 log.info("queue %s: %s", name, note)

@@ -19,7 +19,8 @@ written whole under the leader lock::
      "last_run": {"QUEUE": UNIX_TIME, ...},
      "sites":    {"cron": {"@SITE": UNIX_TIME, ...}, "backup": {...}},
      "pending":  {"cron": {"@SITE": "TASK_ID", ...}, "backup": {...}},
-     "failures": {"cron": {"@SITE": COUNT, ...}, "backup": {...}}}
+     "failures": {"cron": {"@SITE": COUNT, ...}, "backup": {...}},
+     "totals":   {"cron": {"total": N, "stamp": "..."}, "backup": {...}}}
 
 The queue picks the sites with the oldest time in ``sites`` (none: first). That is when the
 site's last cron (or backup) task *finished successfully* (success or warning): a site whose
@@ -31,6 +32,15 @@ not been settled yet: the next run of the queue reads where that task is (queued
 running: the site is passed over, never given a second one; finished: as above, and the
 entry goes). Files written before version 2 hold the time a task was queued in ``sites``
 and nothing else; they are read as they are.
+
+``totals`` keeps, for each queue over sites, how many sites it covered when they were last
+counted, and a stamp of what that count depends on (the identities of the contexts folder,
+the secrets folder and config.toml, which change with every save, delete, install, removal
+and configuration edit). While the stamp is unchanged, a pass decides whether the queue is
+due from that count and lists no site at all; a queue that runs counts its sites afresh.
+A context edited by hand in place (or an application's manifest) changes no stamp: it is
+counted when the queue next runs. A record without ``totals`` (an older hostctl's) is
+counted once.
 """
 
 from __future__ import annotations
@@ -43,6 +53,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hostctl.config import QueueSettings
+from hostctl.formats import refuse_newer
 from hostctl.queues.backend import QueueBackend
 
 # a queue whose frequency is cron's minute must run at every tick, although ticks come a
@@ -115,6 +126,9 @@ class QueueState:
                 self.doc, self._saved = loaded, raw
         except ValueError:
             self.doc = {}
+        # a newer hostctl's record is never saved over in this format
+        refuse_newer(self.doc.get("version"), FORMAT_VERSION,
+                     f"the periodic queues' record {name!r} (spool/{name}.json)")
 
     def last_run(self, queue: str) -> float | None:
         value = self._get("last_run", queue)
@@ -162,6 +176,21 @@ class QueueState:
             self._table("failures", queue)[site] = count
         else:
             self._table("failures", queue).pop(site, None)
+
+    def known_total(self, queue: str, stamp: str) -> int | None:
+        """The queue's last count of its sites, if it was taken under ``stamp``."""
+        value = self._get("totals", queue)
+        if isinstance(value, dict) and value.get("stamp") == stamp:
+            total = value.get("total")
+            if type(total) is int and total >= 0:
+                return total
+        return None
+
+    def set_total(self, queue: str, total: int, stamp: str) -> None:
+        outer = self.doc.get("totals")
+        if not isinstance(outer, dict):
+            outer = self.doc["totals"] = {}
+        outer[queue] = {"total": total, "stamp": stamp}
 
     def _get(self, key: str, queue: str) -> Any:
         outer = self.doc.get(key)

@@ -171,6 +171,11 @@ class Worker:
         # long task must not keep the next one from another, idle worker.
         self.prefetch = False
         self.accepting = True
+        # attempts ended and recorded, whose log line, count and notices wait until the
+        # next task has started (see _report_ends): on a busy context the next task can
+        # only be claimed once the last one's end is recorded, and what follows the
+        # record need not come before it
+        self._ends: list[tuple[TaskClaim, str, str, float | None]] = []
         self.held: list[TaskClaim] = []
         self.held_until = 0.0  # (clock) a task claimed ahead is given back after this
         self.ahead_given_back = False  # ... and none is claimed ahead until a task ends
@@ -237,6 +242,7 @@ class Worker:
                     continue
                 started += self.start(claim, queued=True)
         self._claim_ahead()
+        self._report_ends()
         return started
 
     def hold_off(self) -> None:
@@ -244,6 +250,7 @@ class Worker:
         a full disk, the load. Tasks claimed ahead go back to the queue."""
         self.accepting = False
         self._give_back_held()
+        self._report_ends()
 
     def _give_back_held(self) -> None:
         while self.held:
@@ -290,6 +297,7 @@ class Worker:
 
     def wait(self, timeout: float | None) -> None:
         """Handle output and exits for up to ``timeout`` seconds; enforce deadlines."""
+        self._report_ends()
         if self.running:
             now = self.clock()
             soonest = min(min(r.term_at + self.config.worker.kill_grace if r.term_at
@@ -415,6 +423,7 @@ class Worker:
                 self.wait(None)
             except KeyboardInterrupt:  # Ctrl-C: stop the task, then report it
                 self.stop_all("interrupted")
+        self._report_ends()
         return self.summary
 
     # -- one task ---------------------------------------------------------------------
@@ -490,7 +499,19 @@ class Worker:
     def _ended(self, claim: TaskClaim, outcome: str, reason: str,
                seconds: float | None) -> None:
         """An attempt's end is recorded (a retry and a loss included): its line in
-        hostctl.log, its count (``hostctl metrics``), its notices."""
+        hostctl.log, its count (``hostctl metrics``) and its notices follow, once the
+        next task has had its chance to start (:meth:`_report_ends`)."""
+        self._ends.append((claim, outcome, reason, seconds))
+
+    def _report_ends(self) -> None:
+        """The log lines, counts and notices of the attempts ended since the last call:
+        at the end of :meth:`step`, before :meth:`wait` sleeps, and when the worker holds
+        off or runs its last task."""
+        while self._ends:
+            self._report_end(*self._ends.pop(0))
+
+    def _report_end(self, claim: TaskClaim, outcome: str, reason: str,
+                    seconds: float | None) -> None:
         env = claim.task.envelope
         level = logging.INFO if outcome in ("success", "warning") else logging.WARNING
         log.log(level, "task %s (%s on %s) ended: %s%s", env.id, env.type, env.context,

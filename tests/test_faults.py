@@ -55,10 +55,12 @@ def one_line_error(stderr: str) -> str:
 
 
 def spool_files(home: Path) -> dict[str, list[str]]:
-    """Every name in every spool folder (dot-names included) but locks/."""
+    """Every name in every spool folder (dot-names included) but locks/ and catalog/ (a
+    cache: a compaction cut short by the full disk leaves its log renamed, for the next
+    one to fold)."""
     out = {}
     for folder in sorted((home / "spool").iterdir()):
-        if folder.is_dir() and folder.name != "locks":
+        if folder.is_dir() and folder.name not in ("locks", "catalog"):
             out[folder.name] = sorted(os.listdir(folder))
     return out
 

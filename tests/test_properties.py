@@ -1058,6 +1058,8 @@ def due_in_future(name: str) -> bool:
 @prop(80)
 @given(junk=garbage_files())
 @example(junk=[Garbage("deferred", "0.task", "file", b"")])
+@example(junk=[Garbage("new", "0", "file", b'{"format": 2}\n')])  # no task's name: garbage
+@example(junk=[Garbage("done", "0.task", "file", b'{"format": 2}\n')])  # listed around it
 @example(junk=[Garbage(f, f"g-{k}.task", k, b"") for f in SPOOL_FOLDERS
                for k in ("dir", "link", "fifo")])
 def test_garbage_in_every_spool_folder_is_set_aside_and_a_valid_task_still_runs(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import pwd
 import re
 import shlex
 import shutil
@@ -30,6 +31,7 @@ from runnerhelpers import (
 )
 
 LONGEST = 5000  # seconds: the longest task timeout in the test config
+ME = pwd.getpwuid(os.geteuid()).pw_name  # named: the generators never take root by default
 
 
 def settings(text: str) -> dict[str, str]:
@@ -48,7 +50,7 @@ def long_tasks(home: Path) -> None:
 
 
 def test_supervisor_section(home, long_tasks, hostctl_process) -> None:
-    res = hostctl_process("service", "supervisor")
+    res = hostctl_process("service", "supervisor", "--user", ME)
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("[program:")
     s = settings(res.stdout)
@@ -80,8 +82,8 @@ def test_systemd_unit(home, long_tasks, hostctl_process) -> None:
     assert argv[1:4] == ["--home", str(home), "wait-queue"]
     assert argv[argv.index("--max-runtime") + 1] == "900"
     assert "HOSTCTL_HOME=" + str(home) in s["Environment"]
-    default_user = hostctl_process("service", "systemd")
-    assert settings(default_user.stdout)["User"] == getpass.getuser()
+    assert s["Type"] == "notify" and s["NotifyAccess"] == "main"
+    assert s["WatchdogSec"] == "120s"
 
 
 SUPERVISORD = shutil.which("supervisord")
@@ -94,7 +96,7 @@ def test_a_real_supervisord_keeps_wait_queue_running(
         run_hostctl, home, hostctl_process, tmp_path) -> None:
     save_sites(run_hostctl, home, ["a.example", "b.example"])
     first = add_task(run_hostctl, "verify", "@a.example")
-    res = hostctl_process("service", "supervisor", "--max-runtime", "2")
+    res = hostctl_process("service", "supervisor", "--user", ME, "--max-runtime", "2")
     assert res.returncode == 0, res.stderr
     section = res.stdout
     assert re.search(r"wait-queue --max-runtime 2\b", section)
@@ -224,7 +226,7 @@ def test_supervisor_reads_back_every_path_and_the_environment(tmp_path, name: st
 
     exe = odd_hostctl(tmp_path, "bin dir%1,x'y")
     home = tmp_path / name
-    res = subprocess.run([str(exe), "--home", str(home), "service", "supervisor"],
+    res = subprocess.run([str(exe), "--home", str(home), "service", "supervisor", "--user", ME],
                          capture_output=True, text=True, timeout=60,
                          env=bare_env())
     assert res.returncode == 0, res.stderr
@@ -278,7 +280,7 @@ def test_systemd_reads_back_every_path(tmp_path, name: str) -> None:
     exe = odd_hostctl(tmp_path, "bin dir%1$x")
     home = tmp_path / name
     home.mkdir()
-    res = subprocess.run([str(exe), "--home", str(home), "service", "systemd"],
+    res = subprocess.run([str(exe), "--home", str(home), "service", "systemd", "--user", ME],
                          capture_output=True, text=True, timeout=60,
                          env=bare_env())
     assert res.returncode == 0, res.stderr
@@ -294,10 +296,11 @@ def test_systemd_reads_back_every_path(tmp_path, name: str) -> None:
         return
     unit = tmp_path / "hostctl-wait-queue.service"
     unit.write_text(res.stdout)
-    # systemd itself finds the executable through the quoting (and refuses a bad line)
-    check = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True,
-                           timeout=60)
-    assert check.returncode == 0, check.stderr
+    # systemd itself finds the executable through the quoting (and refuses a bad line);
+    # a path it splits or trims is said on stderr, so stderr must be empty
+    check = subprocess.run([analyze, "verify", "--man=no", str(unit)], capture_output=True,
+                           text=True, timeout=60)
+    assert check.returncode == 0 and check.stderr == "", check.stderr
 
 
 @pytest.mark.parametrize(("kind", "name", "says"), [
@@ -308,11 +311,12 @@ def test_systemd_reads_back_every_path(tmp_path, name: str) -> None:
     ("supervisor", "a #comment", "' #'"),
     ("supervisor", "trailing ", "white space"),
     ("systemd", "trailing ", "white space"),
+    ("systemd", "ends in a backslash\\", "backslash at its end"),
     ("supervisor", "tab\there", "control character"),
 ])
 def test_a_path_a_format_cannot_carry_is_refused(tmp_path, hostctl_process, kind: str,
                                                  name: str, says: str) -> None:
-    res = hostctl_process("--home", str(tmp_path / name), "service", kind)
+    res = hostctl_process("--home", str(tmp_path / name), "service", kind, "--user", ME)
     assert res.returncode == 2, res
     assert res.stdout == ""
     assert res.stderr.count("\n") == 1 and says in res.stderr, res.stderr
@@ -321,7 +325,8 @@ def test_a_path_a_format_cannot_carry_is_refused(tmp_path, hostctl_process, kind
 
 def test_systemd_refuses_an_executable_it_would_not_run(tmp_path) -> None:
     exe = odd_hostctl(tmp_path, "it's here")
-    res = subprocess.run([str(exe), "--home", str(tmp_path / "h"), "service", "systemd"],
+    res = subprocess.run([str(exe), "--home", str(tmp_path / "h"), "service", "systemd",
+                          "--user", ME],
                          capture_output=True, text=True, timeout=60, env=bare_env())
     assert res.returncode == 2 and res.stdout == "", res
     assert "executable's path" in res.stderr and res.stderr.count("\n") == 1
@@ -346,7 +351,7 @@ def test_a_real_logrotate_rotates_the_log_and_wait_queue_follows(
     daemon = procs.start("wait-queue", "--max-runtime", "120")
     first = add_task(run_hostctl, "quick", "@a.example")
     wait_for(lambda: log.exists() and f"task {first} " in log.read_text(), 30, "a first line")
-    res = run_hostctl("service", "logrotate")
+    res = run_hostctl("service", "logrotate", "--user", ME)
     assert res.code == 0, res
     conf = tmp_path / "hostctl.logrotate"
     conf.write_text(res.out)
@@ -373,3 +378,209 @@ def test_a_real_logrotate_rotates_the_log_and_wait_queue_follows(
 def test_logrotate_needs_a_real_user(hostctl_process) -> None:
     res = hostctl_process("service", "logrotate", "--user", "no-such-user-here")
     assert res.returncode == 2 and "no user 'no-such-user-here'" in res.stderr, res
+
+
+# -- who the service runs as; systemd's hardening; sd_notify --------------------------------
+
+def test_the_default_user_is_the_homes_owner_and_never_silently_root(
+        tmp_path: Path, hostctl_process) -> None:
+    home = tmp_path / "owned"
+    home.mkdir()
+    nobody = pwd.getpwnam("nobody")
+    os.chown(home, nobody.pw_uid, -1)
+    for kind in ("systemd", "supervisor"):
+        res = hostctl_process("--home", str(home), "service", kind)
+        assert res.returncode == 0, res.stderr
+        assert settings(res.stdout).get("User", settings(res.stdout).get("user")) == "nobody"
+    os.chown(home, 0, -1)
+    for kind in ("systemd", "supervisor", "logrotate"):
+        res = hostctl_process("--home", str(home), "service", kind)
+        assert res.returncode == 2 and res.stdout == "", res
+        assert "would run as root" in res.stderr and res.stderr.count("\n") == 1
+    named = hostctl_process("--home", str(home), "service", "systemd", "--user", "root")
+    assert named.returncode == 0 and settings(named.stdout)["User"] == "root", named
+
+
+ANALYZE = shutil.which("systemd-analyze")
+HARDENING = ("NoNewPrivileges=yes", "ProtectSystem=full", "ProtectHome=read-only",
+             "PrivateTmp=yes")
+
+
+def systemd_reads(unit_text: str, folder: Path) -> dict[str, str]:
+    """The unit checked by ``systemd-analyze verify`` (nothing said) and its hardening
+    as systemd's own offline security report reads it: option -> description."""
+    assert ANALYZE is not None
+    folder.mkdir(exist_ok=True)
+    unit = folder / "hostctl-wait-queue.service"
+    unit.write_text(unit_text)
+    check = subprocess.run([ANALYZE, "verify", "--man=no", str(unit)], capture_output=True,
+                           text=True, timeout=60)
+    assert check.returncode == 0 and check.stderr == "", check.stderr
+    report = subprocess.run([ANALYZE, "security", "--offline=yes", "--json=short",
+                             "--no-pager", str(unit)], capture_output=True, text=True,
+                            timeout=60)
+    assert report.returncode == 0, report.stderr
+    return {row["name"]: row["description"] for row in json.loads(report.stdout)}
+
+
+@pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
+def test_systemd_hardening_is_what_the_tasks_can_live_with(
+        tmp_path: Path, run_hostctl) -> None:
+    base = Path(tempfile.mkdtemp(prefix="hostctl-unit-", dir="/var/lib"))
+    try:
+        # a home outside /tmp, with a space, a '%' and a '$': every option fits plain sites
+        home = base / "var lib" / "host%ctl $HOME"
+        home.mkdir(parents=True)
+        env = {"HOSTCTL_HOME": str(home)}
+        os.environ.update(env)
+        try:
+            save_sites(run_hostctl, home, ["a.example"])
+            plain = run_hostctl("--home", str(home), "service", "systemd", "--user", ME)
+            assert plain.code == 0, plain
+            for option in HARDENING:
+                assert option in plain.out.splitlines(), option
+            assert "# left out" not in plain.out
+            assert systemd_words(settings(plain.out)["ReadWritePaths"], command=False) == [
+                str(home)]
+            seen = systemd_reads(plain.out, tmp_path / "plain")
+            assert seen["NoNewPrivileges="].startswith("Service processes cannot acquire")
+            assert seen["PrivateTmp="].startswith("Service has no access to other")
+            assert "read-only access to home" in seen["ProtectHome="]
+            assert "full access" not in seen["ProtectSystem="]
+
+            # a server that runs PHP sites: the helper goes through sudo and writes /etc
+            res = run_hostctl("provision-save", "@srv", "--php_service_type", "php-fpm")
+            assert res.code == 0, res
+            php = run_hostctl("--home", str(home), "service", "systemd", "--user", ME)
+            assert php.code == 0, php
+            lines = php.out.splitlines()
+            assert "NoNewPrivileges=yes" not in lines and "ProtectSystem=full" not in lines
+            assert "PrivateTmp=yes" in lines and "ProtectHome=read-only" in lines
+            left = [line for line in lines if line.startswith("# left out: ")]
+            assert len(left) == 2 and all("@srv" in line for line in left), left
+            assert "sudo" in left[0] and "/etc" in left[1]
+            seen = systemd_reads(php.out, tmp_path / "php")
+            assert not seen["NoNewPrivileges="].startswith("Service processes cannot")
+            assert "full access to the OS" in seen["ProtectSystem="]
+            assert seen["PrivateTmp="].startswith("Service has no access to other")
+
+            # an http_restart_cmd through sudo (Aegir's habit): NoNewPrivileges= alone
+            res = run_hostctl("provision-save", "@srv", "--php_service_type", "null",
+                              "--http_restart_cmd", "sudo /usr/sbin/nginx -s reload")
+            assert res.code == 0, res
+            sudo = run_hostctl("--home", str(home), "service", "systemd", "--user", ME)
+            lines = sudo.out.splitlines()
+            assert "NoNewPrivileges=yes" not in lines and "ProtectSystem=full" in lines
+            assert any("http_restart_cmd" in line for line in lines if "left out" in line)
+            systemd_reads(sudo.out, tmp_path / "sudo")
+        finally:
+            for key in env:
+                os.environ.pop(key, None)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
+def test_a_home_under_tmp_keeps_its_tmp(home: Path, run_hostctl, tmp_path: Path) -> None:
+    res = run_hostctl("--home", str(tmp_path / "h"), "service", "systemd", "--user", ME)
+    assert res.code == 0, res
+    assert "PrivateTmp=yes" not in res.out.splitlines()
+    assert any(line.startswith("# left out: PrivateTmp=yes: the home ")
+               for line in res.out.splitlines()), res.out
+    systemd_reads(res.out, tmp_path / "unit")
+
+
+class NotifySocket:
+    """A datagram socket bound as systemd's NOTIFY_SOCKET: a path, or an abstract name."""
+
+    def __init__(self, address: str) -> None:
+        import socket
+
+        self.address = address
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("\0" + address[1:] if address.startswith("@") else address)
+
+    def messages(self, seconds: float) -> list[str]:
+        """Every message that arrives within ``seconds``, in order."""
+        import time
+
+        got: list[str] = []
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            self.sock.settimeout(left)
+            try:
+                got.append(self.sock.recv(4096).decode())
+            except TimeoutError:
+                break
+        return got
+
+    def until(self, line: str, seconds: float) -> list[str]:
+        import time
+
+        got: list[str] = []
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            self.sock.settimeout(left)
+            try:
+                got.append(self.sock.recv(4096).decode())
+            except TimeoutError:
+                break
+            if line in got[-1].splitlines():
+                return got
+        raise AssertionError(f"no {line} within {seconds} s; got {got}")
+
+
+@pytest.mark.parametrize("kind", ["path", "abstract"])
+def test_wait_queue_speaks_sd_notify(home: Path, run_hostctl, procs: Procs, tmp_path: Path,
+                                     kind: str) -> None:
+    """READY=1 once it listens, WATCHDOG=1 every half WATCHDOG_USEC from its loop, none
+    while the process is stopped (SIGSTOP), STOPPING=1 at SIGTERM; tasks do not inherit
+    the socket."""
+    import secrets
+
+    save_sites(run_hostctl, home, ["a.example"])
+    seen = tmp_path / "env"
+    write_config(home, {"tasks": {"env": sh_task(f"env > {shlex.quote(str(seen))}")}})
+    address = (str(tmp_path / "notify.sock") if kind == "path"
+               else f"@hostctl-test-{secrets.token_hex(6)}")
+    listener = NotifySocket(address)
+    env = {**os.environ, "HOSTCTL_HOME": str(home), "NOTIFY_SOCKET": address,
+           "WATCHDOG_USEC": "200000"}
+    daemon = procs.start("wait-queue", "--max-runtime", "120", env=env,
+                         log=tmp_path / "daemon.log")
+    try:
+        first = listener.until("READY=1", 30)
+        assert any(line.startswith("STATUS=") for m in first for line in m.splitlines())
+        pings = [m for m in listener.messages(1.0) if "WATCHDOG=1" in m.splitlines()]
+        assert 5 <= len(pings) <= 15, pings  # every 0.1 s
+
+        task = add_task(run_hostctl, "env", "@a.example")
+        wait_for(lambda: status_of(run_hostctl, task) == "success", 30, "the task")
+        env_seen = seen.read_text()
+        assert "NOTIFY_SOCKET" not in env_seen and "WATCHDOG_USEC" not in env_seen
+        assert any("1 started" in m for m in listener.messages(0.5)), "a STATUS= line"
+
+        daemon.send_signal(signal.SIGSTOP)  # a hung loop: no ping at all
+        listener.messages(0.2)  # what was already on its way
+        assert listener.messages(1.0) == []
+        daemon.send_signal(signal.SIGCONT)
+        assert any("WATCHDOG=1" in m for m in listener.messages(1.0))
+
+        daemon.send_signal(signal.SIGTERM)
+        listener.until("STOPPING=1", 30)
+        assert wait_exit(daemon, 30, "wait-queue") == 0
+    finally:
+        listener.sock.close()
+
+
+def test_no_notify_socket_no_notifications() -> None:
+    from hostctl.sdnotify import Notifier
+
+    env = {"WATCHDOG_USEC": "1000000"}
+    quiet = Notifier.from_environment(env)
+    assert not quiet.enabled and quiet.watchdog_every is None and env == {}
+    assert quiet.send("READY=1") is False
+    other = {"NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"}
+    assert Notifier.from_environment(other).watchdog_every is None  # not this process's
+    mine = {"NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": str(os.getpid())}
+    assert Notifier.from_environment(mine).watchdog_every == 0.5

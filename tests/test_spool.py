@@ -7,11 +7,13 @@ import fcntl
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from hostctl.errors import Conflict, InvalidInput, NotFound
+from hostctl.queues.listing import Listing
 from hostctl.queues.model import Envelope, Policy, Status, backoff, encode_event, new_id
 from hostctl.queues.spool import Spool
 from hostctl.times import utc_iso
@@ -271,6 +273,43 @@ def test_tasks_skipped_for_a_busy_context_wait_for_it(sp: Spool, view: str) -> N
     assert sp.claim(limit=5) == []
     other.finish(held, "success", exit=0)
     assert [c.task.id for c in sp.claim(limit=5)] == [a2.id]
+
+
+def test_a_burst_on_a_busy_context_is_looked_at_once_not_at_every_claim(
+        sp: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A site with hundreds of queued tasks while one of them runs: each claim (the
+    worker's claim ahead, another worker's pass) must not pass over every one of them
+    again, and when the site is free its next task, in run order, is the one claimed."""
+    burst = [env("@a.example", options={"n": str(n)}) for n in range(200)]
+    for e in burst:
+        sp.publish(e, dedup=False)
+    [first] = sp.claim()
+    assert first.task.id == burst[0].id
+    looked: list[str] = []  # every queued name a claim considered
+    real = Listing.smallest
+
+    def counting(self: Listing, passed: list[str]) -> Iterator[str]:
+        for name in real(self, passed):
+            looked.append(name)
+            yield name
+
+    monkeypatch.setattr(Listing, "smallest", counting)
+    assert sp.claim(skip_contexts={"@a.example"}) == []  # learns where they all wait
+    assert len(looked) == len(burst) - 1
+    looked.clear()
+    for _ in range(20):
+        assert sp.claim(skip_contexts={"@a.example"}) == []
+    assert looked == []
+    other = env("@b.example")
+    sp.publish(other)
+    assert [c.task.id for c in sp.claim(skip_contexts={"@a.example"})] == [other.id]
+    assert len(looked) == 1
+    for expected in burst[1:4]:  # the site free again: its tasks one at a time, in order
+        sp.finish(first, "success", exit=0)
+        looked.clear()
+        [first] = sp.claim(limit=5)
+        assert first.task.id == expected.id
+        assert len(looked) == 1
 
 
 def test_claim_follows_a_replaced_new_folder(sp: Spool, view: str, tmp_path: Path) -> None:

@@ -79,7 +79,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
     cluster.init(dsn)
 
     def corrupt_row(bare: str) -> None:
-        pg.psql(f"UPDATE hostctl_contexts SET document = '{{\"format\": 7}}' "
+        pg.psql(f"UPDATE hostctl_contexts SET document = '{{\"format\": \"seven\"}}' "
                 f"WHERE name = '{bare}'", database=db)
 
     return Storage(lambda: PgStore(dsn), corrupt_row)

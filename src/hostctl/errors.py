@@ -79,6 +79,11 @@ class MalformedFile(HostctlError):
     """A file under the home cannot be read as what it should be."""
 
 
+class NewerFormat(HostctlError):
+    """A file (the home's marker, a context, a task, ...) written by a newer hostctl, in a
+    format this one does not read: refused, and nothing is written or "repaired"."""
+
+
 class ForeignHome(HostctlError):
     """The home belongs to another user; hostctl will not write into it."""
 

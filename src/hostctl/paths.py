@@ -11,6 +11,7 @@ user). Layout inside the home::
         .lock              serialises every context write (read-modify-write)
       spool/               the task queue (docs/spool.md)
       logs/                task logs
+      hostctl-home.toml    the home's format (formats.py, docs/upgrade.md)
 
 hostctl creates the home on its first write, with mode 0700, and refuses to write into a
 home that belongs to another user: the classic mistake of running the backend as root in
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hostctl.errors import ForeignHome, InvalidInput, OperationFailed
+from hostctl.formats import settle_home
 
 HOME_ENV = "HOSTCTL_HOME"
 
@@ -72,7 +74,8 @@ class Paths:
         return self.contexts / f"{bare_name}.toml"
 
     def ensure_home(self) -> Path:
-        """Create the home (0700) if needed and check that it is ours to write into."""
+        """Create the home (0700) if needed and check that it is ours to write into, and of
+        a format this hostctl writes (a new home gets its marker: formats.py)."""
         try:
             self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
             st = self.home.stat()
@@ -83,6 +86,7 @@ class Paths:
                 f"home {self.home} belongs to uid {st.st_uid}, not to uid {os.geteuid()} "
                 "who runs hostctl; run hostctl as its owner or choose another --home"
             )
+        settle_home(self.home)
         return self.home
 
     def ensure_dir(self, path: Path) -> Path:
