@@ -92,16 +92,7 @@ def cron_show(ctx: typer.Context) -> int:
 
 
 def _service(ctx: typer.Context, kind: str, user: str | None, max_runtime: float) -> None:
-    home = Home(state(ctx).paths)
-    registry = home.registry
-    longest = max([registry.timeout(t) for t in registry.types.values()] or [0.0])
-    grace = home.config.worker.kill_grace
-    if kind == "supervisor":
-        text = service.supervisor(home.paths, longest, grace, max_runtime, user)
-    else:
-        text = service.systemd(home.paths, longest, grace, max_runtime, user,
-                               service.hardening_for(home))
-    typer.echo(text, nl=False)
+    typer.echo(service.render(Home(state(ctx).paths), kind, user, max_runtime), nl=False)
 
 
 UserOpt = Annotated[str | None, typer.Option(

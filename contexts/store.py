@@ -63,10 +63,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from hashlib import sha256
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
+from hostctl import __version__
 from hostctl import inotify as ino
+from hostctl.contexts import schema as schema_module
 from hostctl.contexts.names import display, is_valid, parse_name
 from hostctl.contexts.schema import NULL, TYPES, ContextType, Value, context_type
 from hostctl.errors import (
@@ -93,6 +96,24 @@ INDEX_REWRITE = 16
 INDEX_WATCH_FROM = 256
 LISTING = ".cache/listing.json"
 LISTING_FORMAT = 1
+_renderer: str | None = None
+
+
+def _renderer_id() -> str:
+    """What a cached rendering depends on besides its file: this hostctl's version and
+    the code that renders a context (its schema: fields, defaults, which are secret). A
+    cache another hostctl wrote is rebuilt, never shown: an upgrade that makes a field
+    secret must not print it from a cache."""
+    global _renderer
+    if _renderer is None:
+        digest = sha256(__version__.encode())
+        for source in (schema_module.__file__, __file__):
+            try:
+                digest.update(Path(str(source)).read_bytes())
+            except (OSError, TypeError):
+                digest.update(str(source).encode())
+        _renderer = digest.hexdigest()[:16]
+    return _renderer
 #: a file changed less than this before it was read may change again within one tick of
 #: the file system's clock without changing its identity: it is not cached
 RACY_NS = 2_000_000_000
@@ -958,7 +979,7 @@ def _load_listing(path: Path) -> tuple[tuple[int, int, int] | None, dict[str, _E
             return None, {}
         end = raw.index(b"\n", start)
         doc = json.loads(raw[start:end])
-        if doc["format"] != LISTING_FORMAT:
+        if doc["format"] != LISTING_FORMAT or doc.get("renderer") != _renderer_id():
             return None, {}
         folder = doc["folder"]
         if folder is not None:
@@ -1001,7 +1022,8 @@ def _write_listing(path: Path, folder: tuple[int, int, int] | None,
         items.append([bare, list(e.ident), c.type, c.created, c.updated, dict(c.values),
                       len(e.text)])
         texts.append(e.text)
-    head = json.dumps({"format": LISTING_FORMAT, "folder": list(folder) if folder else None,
+    head = json.dumps({"format": LISTING_FORMAT, "renderer": _renderer_id(),
+                       "folder": list(folder) if folder else None,
                        "contexts": items}, separators=(",", ":"))
     rest = b"".join([head.encode(), b"\n", *texts])
     try:

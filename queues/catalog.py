@@ -166,9 +166,12 @@ class Catalog:
         lists read the files, and a compaction builds the catalog again."""
         if not self.writable():
             return
-        for path in (self.log, self.old, self.base):
-            with suppress(OSError):
-                os.unlink(path)
+        # under the compaction's lock: a compaction that loaded the entries before this
+        # must not write them back as a base after it
+        with self.compacting(wait=True):
+            for path in (self.log, self.old, self.base):
+                with suppress(OSError):
+                    os.unlink(path)
 
     # -- readers ----------------------------------------------------------------------
 
@@ -202,8 +205,9 @@ class Catalog:
     # -- compaction -------------------------------------------------------------------
 
     @contextmanager
-    def compacting(self) -> Iterator[bool]:
-        """``compact.lock``, without waiting: True if this process may compact."""
+    def compacting(self, wait: bool = False) -> Iterator[bool]:
+        """``compact.lock`` (``wait``: for the compaction at work to end), True if this
+        process holds it (may compact)."""
         if not self.writable():
             yield False
             return
@@ -216,7 +220,7 @@ class Catalog:
             return
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             except OSError:
                 yield False
                 return

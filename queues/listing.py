@@ -117,16 +117,27 @@ class Listing:
             del self.out[context]
         heapq.heappush(self.parked.setdefault(context, []), name)
 
+    def let_go(self, name: str) -> None:
+        """``name``, put back by :meth:`release`, waits neither claimed nor parked (its
+        type not judged yet): the next parked name of its context comes back now."""
+        context = self.contexts.get(name)
+        if context is not None and self.out.get(context) == name:
+            del self.out[context]
+            self._put_back(context)
+
     def release(self, busy: Collection[str]) -> None:
         """Put back into ``heap`` the smallest parked name of each context not ``busy``
         (unless one of its names is there already)."""
         for context in [c for c in self.parked if c not in busy and c not in self.out]:
-            names = self.parked[context]
-            while names and names[0] not in self.present:
-                heapq.heappop(names)  # gone meanwhile
-            if not names:
-                del self.parked[context]
-                continue
-            name = heapq.heappop(names)
-            self.out[context] = name
-            heapq.heappush(self.heap, name)
+            self._put_back(context)
+
+    def _put_back(self, context: str) -> None:
+        names = self.parked.get(context, [])
+        while names and names[0] not in self.present:
+            heapq.heappop(names)  # gone meanwhile
+        if not names:
+            self.parked.pop(context, None)
+            return
+        name = heapq.heappop(names)
+        self.out[context] = name
+        heapq.heappush(self.heap, name)

@@ -92,6 +92,7 @@ from hostctl.libc import rename_noreplace
 from hostctl.process import kill_spawned, stop_run
 from hostctl.queues.admission import STALE_TMP_SECONDS, Admission
 from hostctl.queues.catalog import Catalog, entry, size_of, status_of
+from hostctl.queues.catalog import fields as entry_fields
 from hostctl.queues.layout import FOLDERS, SUFFIX
 from hostctl.queues.listing import Listing
 from hostctl.queues.liveness import Registration
@@ -530,9 +531,11 @@ class Spool:
 
     # -- the catalog (catalog.py) ------------------------------------------------------
 
-    def _note(self, env: Envelope) -> None:
-        """Catalog a task about to appear in the folders (no fsync: see catalog.py)."""
-        self.catalog.append([entry(env.id, env.type, env.context)])
+    def _note(self, env: Envelope, size: int = -1) -> None:
+        """Catalog a task about to appear in the folders (no fsync: see catalog.py); a
+        task run again (``size``: its file's, with the ``retry`` event) is noted as not
+        ended, larger than its last end's entry, which it therefore outweighs."""
+        self.catalog.append([entry(env.id, env.type, env.context, size)])
 
     def _note_end(self, fd: int, env: Envelope, outcome: object) -> None:
         """Catalog how a task ended, before its file moves to done/. A catalog that
@@ -571,8 +574,9 @@ class Spool:
                         if rest is not None and size_of(rest) == size:
                             kept[task_id] = rest
                             continue
-                    elif rest is not None:
-                        kept[task_id] = rest
+                    elif rest is not None:  # not ended now, whatever an older end said
+                        kind, context = entry_fields(rest)[:2]
+                        kept[task_id] = f"{kind} {context} - -"
                         continue
                     try:
                         task, size = self._read_sized(path, state)
@@ -699,8 +703,9 @@ class Spool:
                 smallest = next(names, None)
                 if smallest is None:
                     break
-                if smallest in waiting:
-                    continue  # known to wait for its type
+                if smallest in waiting:  # known to wait for its type: not its context's
+                    listing.let_go(smallest)  # turn to hold up the context's next task
+                    continue
                 context = listing.contexts.get(smallest)
                 if context is None or context not in busy:
                     claim = self._try_claim(smallest, check, busy, listing.contexts)
@@ -1023,7 +1028,7 @@ class Spool:
                 raise Conflict(f"task {task_id} is being changed by another process")
             os.write(fd, encode_event("retry"))
             task = self._read_fd(fd, "new")
-            self._note(task.envelope)
+            self._note(task.envelope, os.fstat(fd).st_size)
             target = self.dir("new") / _ready_name(task.envelope)
             try:
                 rename_noreplace(path, target)

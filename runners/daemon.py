@@ -198,6 +198,7 @@ class WaitQueue:
                     break
                 worker.wait(self.wake_in(now))
         finally:
+            worker.report_ends()  # what ended and is not said yet, whatever stops the loop
             self._close()
             self.notifier.close()
         log.info("wait-queue %d exits after %d task(s)", os.getpid(), worker.summary.started)

@@ -295,6 +295,19 @@ def _hardening_lines(paths: Paths, hardening: Hardening) -> list[str]:
     return lines
 
 
+def render(home: Home, kind: str, user: str | None, max_runtime: float) -> str:
+    """The Supervisor section (``kind`` "supervisor") or the systemd unit that keeps
+    wait-queue running on ``home``, from its configuration and contexts, read only:
+    ``hostctl setup`` renders what it installs as root itself, never taking the text from
+    a process of the back-end user (whose Python may load that user's own code)."""
+    registry = home.registry
+    longest = max([registry.timeout(t) for t in registry.types.values()] or [0.0])
+    grace = home.config.worker.kill_grace
+    if kind == "supervisor":
+        return supervisor(home.paths, longest, grace, max_runtime, user)
+    return systemd(home.paths, longest, grace, max_runtime, user, hardening_for(home))
+
+
 def systemd(paths: Paths, longest_task: float, grace: float, max_runtime: float,
             user: str | None = None, hardening: Hardening | None = None) -> str:
     """The unit; ``hardening`` None: every option (see :func:`hardening_for`)."""

@@ -41,7 +41,8 @@ from hostctl.errors import Conflict, HostctlError, InvalidInput, NotFound, Opera
 from hostctl.files import write_atomic
 from hostctl.paths import Paths
 from hostctl.queues.layout import HOME_MODE, INCOMING_MODE, OUTBOX_MODE, SPOOL_MODE
-from hostctl.runners import crontab
+from hostctl.runners import crontab, service
+from hostctl.runners.home import Home
 from hostctl.runners.service import LANG, UNIT
 
 RUNNERS = ("cron", "systemd", "supervisor", "none")
@@ -191,7 +192,7 @@ class _Plan:
                 return Step("home", Outcome.ALREADY, f"{self.home}, {self.user}'s, {mode:04o}")
             if self.dry:
                 return Step("home", Outcome.WOULD, f"make {self.home} mode 0700")
-            os.chmod(self.home, PRIVATE_HOME)
+            _own(self.home, None, PRIVATE_HOME)
             return Step("home", Outcome.DONE, f"{self.home}: mode {mode:04o} -> 0700")
         if st is not None and any(os.scandir(self.home)):
             raise Conflict(f"{self.home} holds files of uid {st.st_uid}, not {self.user}'s: "
@@ -202,8 +203,7 @@ class _Plan:
         self.home.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         if st is None:
             os.mkdir(self.home, PRIVATE_HOME)
-        os.chown(self.home, account.pw_uid, account.pw_gid)
-        os.chmod(self.home, PRIVATE_HOME)
+        _own(self.home, account, PRIVATE_HOME)
         return Step("home", Outcome.DONE, f"made {self.home}, {self.user}'s, 0700")
 
     def _group(self) -> Step | None:
@@ -262,8 +262,10 @@ class _Plan:
         path = self.config_dir / (UNIT if systemd else SUPERVISOR_FILE)
         if self.dry or self._account() is None:
             return Step("runner", Outcome.WOULD, f"write {path}")
-        text = self._hostctl("service", self.runner, "--user", self.user,
-                             "--max-runtime", f"{self.request.max_runtime:g}")
+        # rendered here, as root, from the home read only: never the output of a process
+        # of the back-end user, whose Python loads what that user may put in its home
+        text = service.render(Home(Paths(self.home)), self.runner, self.user,
+                              self.request.max_runtime)
         try:
             changed = path.read_text(encoding="utf-8") != text
         except FileNotFoundError:
@@ -391,6 +393,23 @@ def _plan(request: SetupRequest) -> _Plan:
                            f"user in it first (groupadd; usermod -a -G)") from None
     config_dir = request.config_dir or (SYSTEMD_DIR if runner == "systemd" else SUPERVISOR_DIR)
     return _Plan(request, user, home, runner, config_dir, gid)
+
+
+def _own(folder: Path, account: pwd.struct_passwd | None, mode: int) -> None:
+    """Give ``folder`` to ``account`` (None: leave its owner) with ``mode``, through a
+    descriptor of the folder itself: a name swapped for a symbolic link since it was
+    looked at is refused, never followed (root must not chown what a link points to)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise Conflict(f"{folder} is no longer a folder ({exc.strerror}): run setup "
+                       "again") from None
+    try:
+        if account is not None:
+            os.fchown(fd, account.pw_uid, account.pw_gid)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
 
 
 def _has(path: Path, mode: int, gid: int) -> bool:

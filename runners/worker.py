@@ -172,7 +172,7 @@ class Worker:
         self.prefetch = False
         self.accepting = True
         # attempts ended and recorded, whose log line, count and notices wait until the
-        # next task has started (see _report_ends): on a busy context the next task can
+        # next task has started (see report_ends): on a busy context the next task can
         # only be claimed once the last one's end is recorded, and what follows the
         # record need not come before it
         self._ends: list[tuple[TaskClaim, str, str, float | None]] = []
@@ -242,15 +242,17 @@ class Worker:
                     continue
                 started += self.start(claim, queued=True)
         self._claim_ahead()
-        self._report_ends()
+        self.report_ends()
         return started
 
     def hold_off(self) -> None:
         """Start nothing more until the next :meth:`step`: a stopping or paused runner,
         a full disk, the load. Tasks claimed ahead go back to the queue."""
         self.accepting = False
-        self._give_back_held()
-        self._report_ends()
+        try:
+            self._give_back_held()
+        finally:
+            self.report_ends()
 
     def _give_back_held(self) -> None:
         while self.held:
@@ -297,7 +299,7 @@ class Worker:
 
     def wait(self, timeout: float | None) -> None:
         """Handle output and exits for up to ``timeout`` seconds; enforce deadlines."""
-        self._report_ends()
+        self.report_ends()
         if self.running:
             now = self.clock()
             soonest = min(min(r.term_at + self.config.worker.kill_grace if r.term_at
@@ -418,12 +420,14 @@ class Worker:
     def run_claim(self, claim: TaskClaim) -> Summary:
         """Run one claimed task to its end (a foreground provision-TYPE)."""
         self.start(claim, queued=False)
-        while self.running:
-            try:
-                self.wait(None)
-            except KeyboardInterrupt:  # Ctrl-C: stop the task, then report it
-                self.stop_all("interrupted")
-        self._report_ends()
+        try:
+            while self.running:
+                try:
+                    self.wait(None)
+                except KeyboardInterrupt:  # Ctrl-C: stop the task, then report it
+                    self.stop_all("interrupted")
+        finally:
+            self.report_ends()
         return self.summary
 
     # -- one task ---------------------------------------------------------------------
@@ -500,10 +504,10 @@ class Worker:
                seconds: float | None) -> None:
         """An attempt's end is recorded (a retry and a loss included): its line in
         hostctl.log, its count (``hostctl metrics``) and its notices follow, once the
-        next task has had its chance to start (:meth:`_report_ends`)."""
+        next task has had its chance to start (:meth:`report_ends`)."""
         self._ends.append((claim, outcome, reason, seconds))
 
-    def _report_ends(self) -> None:
+    def report_ends(self) -> None:
         """The log lines, counts and notices of the attempts ended since the last call:
         at the end of :meth:`step`, before :meth:`wait` sleeps, and when the worker holds
         off or runs its last task."""

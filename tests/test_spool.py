@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hostctl.errors import Conflict, InvalidInput, NotFound
+from hostctl.errors import Conflict, InvalidInput, NotFound, NotJudgedYet
 from hostctl.queues.listing import Listing
 from hostctl.queues.model import Envelope, Policy, Status, backoff, encode_event, new_id
 from hostctl.queues.spool import Spool
@@ -310,6 +310,26 @@ def test_a_burst_on_a_busy_context_is_looked_at_once_not_at_every_claim(
         [first] = sp.claim(limit=5)
         assert first.task.id == expected.id
         assert len(looked) == 1
+
+
+def test_a_parked_task_whose_type_waits_does_not_hold_up_its_context(sp: Spool) -> None:
+    """Tasks parked while their site was busy; the site is free, but the first of them
+    is of a type this configuration does not know yet (it waits, unclaimed): the next
+    task of the site runs all the same."""
+    later, then = env("@a.example", type_="later"), env("@a.example", options={"n": "2"})
+    for e in (later, then):
+        sp.publish(e)
+        time.sleep(0.002)
+    assert sp.claim(skip_contexts={"@a.example"}) == []  # both wait for @a: parked
+
+    def check(e: Envelope) -> None:
+        if e.type == "later":
+            raise NotJudgedYet("not in this configuration")
+
+    got = sp.claim(check) or sp.claim(check)
+    assert [c.task.id for c in got] == [then.id]
+    assert sp.claim(check) == []  # "later" still waits, untouched, in new/
+    assert later.id in " ".join(names(sp, "new"))
 
 
 def test_claim_follows_a_replaced_new_folder(sp: Spool, view: str, tmp_path: Path) -> None:

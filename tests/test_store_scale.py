@@ -209,8 +209,11 @@ def test_a_damaged_or_foreign_cache_is_rebuilt_and_only_the_owner_writes_it(
     # well-formed, but lying: another rendering of the same length, a newer format
     forged = body.replace(b'"@plat"', b'"@flat"', 1)
     newer = json.dumps({**doc, "format": 99}).encode() + b"\n" + body
+    # written by another hostctl (an upgrade may render a context otherwise: a field made
+    # secret must not be printed from an older cache)
+    other = json.dumps({**doc, "renderer": "another"}).encode() + b"\n" + forged
     for junk in (b"", b"\n", b"[]\n", good[:-1], crc + b"\n" + head + b"\n" + forged,
-                 b"%08x\n" % zlib.crc32(newer) + newer):
+                 b"%08x\n" % zlib.crc32(newer) + newer, b"%08x\n" % zlib.crc32(other) + other):
         cache.write_bytes(junk)
         assert_listing_is_fresh(folder, TomlStore(home.paths))
         assert cache.read_bytes() == good  # rebuilt

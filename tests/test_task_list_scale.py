@@ -300,3 +300,21 @@ def test_a_reader_of_another_user_writes_nothing_into_the_spool(run_hostctl, hom
     assert len(listed(run_hostctl, ["--context", "@a.example"])) == 5
     assert Spool(home / "spool", home / "logs").catalog.writable()
     assert (catalog / "log").exists()  # the owner notes what it read
+
+
+def test_a_retry_outweighs_the_last_end_even_when_the_next_end_is_not_catalogued(
+        run_hostctl, home: Path) -> None:
+    """A task ended in error, retried, and ended in success, but the catalog never got
+    the second end (a power cut: its appends are not fsynced): the retry's own entry
+    outweighs the first end, so --status success reads the file and lists the task."""
+    spool = spool_of(home)
+    env = Envelope(new_id(), "verify", "@a.example", {}, {}, 5, utc_iso())
+    spool.publish(env)
+    spool.finish(spool.claim()[0], "error")
+    spool.retry(env.id)
+    log = home / "spool" / "catalog" / "log"
+    kept = log.read_bytes()  # up to the retry's entry
+    spool.finish(spool.claim()[0], "success")
+    log.write_bytes(kept)  # the second end is lost
+    assert listed(run_hostctl, ["--status", "success"]) == [env.id]
+    assert listed(run_hostctl, ["--status", "error"]) == []
