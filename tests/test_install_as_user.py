@@ -67,17 +67,19 @@ class Sandbox:
     uid: int | None  # None: the user running the tests
     gid: int | None
 
-    def run(self, *argv: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def run(self, *argv: str | Path, timeout: float = 300,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         env = {"HOME": str(self.user_dir), "PATH": PATH, "LANG": "C.UTF-8",
                "TMPDIR": str(self.user_dir / "tmp"), "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-               "PIP_NO_CACHE_DIR": "1", "PIP_NO_INPUT": "1"}
+               "PIP_NO_CACHE_DIR": "1", "PIP_NO_INPUT": "1", **(env or {})}
         return subprocess.run([str(a) for a in argv], capture_output=True, text=True, env=env,
                               cwd=self.user_dir, timeout=timeout, user=self.uid,
                               group=self.gid,
                               extra_groups=[] if self.uid is not None else None)
 
-    def ok(self, *argv: str | Path, timeout: float = 300) -> str:
-        p = self.run(*argv, timeout=timeout)
+    def ok(self, *argv: str | Path, timeout: float = 300,
+           env: dict[str, str] | None = None) -> str:
+        p = self.run(*argv, timeout=timeout, env=env)
         assert p.returncode == 0, f"{argv}: {p.returncode}\n{p.stdout}\n{p.stderr}"
         return p.stdout
 
@@ -220,3 +222,21 @@ def test_user_builds_a_wheel_of_it_and_installs_the_wheel(sandbox: Sandbox) -> N
         p = sandbox.run(man, "--warnings", "-l", venv / "share/man/man1/hostctl.1")
         assert p.returncode == 0 and "provision-save" in p.stdout, p.stderr
         assert p.stderr == "", p.stderr
+
+
+@pytest.mark.skipif(shutil.which("pipx") is None, reason="needs pipx (Debian's pipx)")
+def test_user_pipx_installs_a_read_only_checkout_of_another_user(sandbox: Sandbox) -> None:
+    """The same with pipx, as the README offers it: the package in a venv of pipx's own
+    under the user's folder, the command linked into the user's bin folder."""
+    before = snapshot(sandbox.checkout)
+    pipx = {"PIPX_HOME": str(sandbox.user_dir / "pipx"),
+            "PIPX_BIN_DIR": str(sandbox.user_dir / "bin")}
+    sandbox.ok(shutil.which("pipx") or "pipx", "install", "--python", SYSTEM_PYTHON,
+               "--pip-args", f"--no-index --find-links {sandbox.wheelhouse}",
+               sandbox.checkout, env=pipx)
+    venv = sandbox.user_dir / "pipx" / "venvs" / "hostctl"
+    use_hostctl(sandbox, venv)
+    linked = sandbox.user_dir / "bin" / "hostctl"
+    assert sandbox.ok(linked, "--version") == f"hostctl {hostctl.__version__}\n"
+    assert_data_files(venv)
+    assert snapshot(sandbox.checkout) == before
