@@ -550,10 +550,11 @@ class TomlStore(StoreRules):
     def __init__(self, paths: Paths) -> None:
         self.paths = paths
         self.folder = paths.contexts
-        # name -> (the file's identity when read, its context): a worker reads the same
-        # context for every task on it, and parsing TOML costs ~50 us a time. Every write
-        # is a rename of a new file, so a changed context has a new inode and mtime.
-        self._cache: dict[str, tuple[_Ident, Context]] = {}
+        # name -> (the file's identity when read, its context, when it was read (ns)): a
+        # worker reads the same context for every task on it, and parsing TOML costs
+        # ~50 us a time. Every write is a rename of a new file, so a changed context has a
+        # new inode and mtime.
+        self._cache: dict[str, tuple[_Ident, Context, int]] = {}
         self._folder = str(self.folder)
         # With watch(): the whole listing, kept until inotify reports any change in the
         # folder (a save, a delete, a file edited in place): an idle daemon's periodic
@@ -689,7 +690,9 @@ class TomlStore(StoreRules):
         if ctx is None or cached is None:
             return None
         ident = cached[0]  # the identity of what was read, not of a later stat
-        racy = ident[3] >= started - RACY_NS
+        # changed shortly before it was read (in this listing, or long before it, in
+        # this process): an edit in place within one clock tick keeps the identity
+        racy = ident[3] >= min(started, cached[2]) - RACY_NS
         return _Entry(None if racy else ident, ctx, render(ctx).encode())
 
     def stamp(self) -> str | None:
@@ -824,6 +827,7 @@ class TomlStore(StoreRules):
             if cached[0] == (st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns):
                 return cached[1]
         path = self.paths.context_file(bare)
+        read_at = time.time_ns()
         try:
             # non-blocking: a FIFO put there by hand is malformed, not a hang
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -844,7 +848,7 @@ class TomlStore(StoreRules):
             ctx = _decode(bare, raw, path)
         except (InvalidInput, ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise MalformedFile(f"malformed context file {path}: {_one_line(exc)}") from exc
-        self._cache[bare] = (key, ctx)
+        self._cache[bare] = (key, ctx, read_at)
         return ctx
 
     def _write(self, ctx: Context) -> None:

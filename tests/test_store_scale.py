@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import tomllib
 import zlib
 from collections.abc import Callable, Iterator
@@ -166,6 +167,23 @@ def test_a_file_edited_in_place_within_the_clock_tick_is_never_hidden(
     head = json.loads((home.paths.contexts / store_mod.LISTING).read_bytes().split(b"\n")[1])
     assert head["folder"] is None
     assert ["a.example", None] in head["contexts"]
+
+
+def test_a_context_read_in_its_clock_tick_is_not_trusted_later_by_the_same_process(
+        tmp_path: Path) -> None:
+    """A long-lived process (the daemon, a bulk import) read a context the moment it was
+    written; long after, it lists from what it read then: that file is still untrusted in
+    the cache it writes, since an edit in place within the tick of that read keeps the
+    file's identity (real RACY_NS; the wait is for the clock, nothing is timed)."""
+    home = new_home(tmp_path / "home")
+    home.store.save("@a.example", {"platform": "@plat", "language": "en"}, "site")
+    kept = TomlStore(home.paths)
+    assert kept.get("@a.example").get("language") == "en"  # read within the tick
+    time.sleep(store_mod.RACY_NS / 1e9 + 0.2)  # the file is old now; the read is not
+    kept.listing("site")
+    head = json.loads((home.paths.contexts / store_mod.LISTING).read_bytes().split(b"\n")[1])
+    assert ["a.example", None] in head["contexts"]
+    assert any(item[0] == "srv" and item[1] is not None for item in head["contexts"])
 
 
 def test_a_listing_trusts_the_cache_and_reads_only_changed_files(
