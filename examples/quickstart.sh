@@ -70,7 +70,17 @@ http {
 }
 CONF
     "$NGINX" -c "$CONF"
-    trap '"$NGINX" -c "$CONF" -s stop 2>/dev/null || true' EXIT
+    # stop it at the end, and wait until it is gone: `nginx -s stop` only signals it
+    stop_nginx() {
+        master=$(cat "$DEMO/nginx/nginx.pid" 2>/dev/null || true)
+        "$NGINX" -c "$CONF" -s stop 2>/dev/null || true
+        tries=0
+        while [ -n "$master" ] && kill -0 "$master" 2>/dev/null && [ "$tries" -lt 200 ]; do
+            sleep 0.05
+            tries=$((tries + 1))
+        done
+    }
+    trap stop_nginx EXIT
     echo "nginx: $NGINX on 127.0.0.1:$PORT"
     WEB="$WEB --http_port $PORT --ip_addresses 127.0.0.1 --nginx_binary $NGINX --nginx_conf $CONF"
 fi
