@@ -49,14 +49,13 @@ finds in its folders; a missing or damaged catalog costs time, never a task.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import zlib
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
-from hostctl.files import write_atomic
+from hostctl.files import flocked, write_atomic
 
 FORMAT = 1
 _MAGIC = "hostctl-catalog"
@@ -211,22 +210,14 @@ class Catalog:
         if not self.writable():
             yield False
             return
-        try:
-            self.folder.mkdir(mode=0o700, exist_ok=True)
-            fd = os.open(self.folder / "compact.lock",
-                         os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        except OSError:
-            yield False
-            return
-        try:
+        with ExitStack() as held:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except OSError:
-                yield False
-                return
-            yield True
-        finally:
-            os.close(fd)
+                self.folder.mkdir(mode=0o700, exist_ok=True)
+                mine = held.enter_context(
+                    flocked(self.folder / "compact.lock", wait=wait, follow=False))
+            except OSError:  # no lock file here: no compaction, a slower list
+                mine = False
+            yield mine
 
     def rotate(self) -> None:
         """Start a compaction: new records go to a new log (a compaction that crashed

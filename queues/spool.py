@@ -614,18 +614,7 @@ class Spool:
         return names if state in ("quarantine", "rejected") else sorted(names)
 
     def _read_path(self, path: Path, state: str) -> Task:
-        if state == "quarantine":
-            return self._read_quarantined(path)
-        try:
-            fd = os.open(path, _READ_FLAGS)
-        except FileNotFoundError:
-            raise
-        except OSError as exc:  # a folder, a symlink, unreadable
-            raise InvalidInput(f"cannot open {path.name}: {exc.strerror}") from exc
-        try:
-            return self._read_fd(fd, state, path.name)
-        finally:
-            os.close(fd)
+        return self._read_sized(path, state)[0]
 
     def _read_quarantined(self, path: Path) -> Task:
         """A task in quarantine/, with the reason it lies there; InvalidInput (saying
