@@ -549,12 +549,35 @@ def splice(doc: Path, text: str) -> None:
     doc.write_text(body[:start + len(MARK_BEGIN)] + "\n" + text + "\n" + body[end:])
 
 
+def pickup_only(rounds: int, json_path: str) -> int:
+    """The cluster's and Celery's pickups alone, side by side: the quick look at a change
+    of the cluster's path to a command."""
+    install()
+    with tempfile.TemporaryDirectory(prefix="hostctl-bench-cluster-", dir="/tmp") as tmp, \
+            ExitStack() as services:
+        root = Path(tmp)
+        os.chmod(root, 0o755)
+        systems: list[System] = [
+            Hostctl(root / "cluster", services.enter_context(postgres(root / "postgres"))),
+            Celery(root / "celery", services.enter_context(rabbitmq(root / "rabbitmq")))]
+        found = pickup(systems, rounds, 1)
+    Path(json_path).write_text(json.dumps(found, indent=2) + "\n")
+    for name, row in found.items():
+        print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in row.items()))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", default=str(BENCH_DIR / "results" / "cluster.json"))
     parser.add_argument("--no-doc", action="store_true")
+    parser.add_argument("--pickup-only", type=int, default=0, metavar="ROUNDS",
+                        help="only the pickup, in this many rounds, of hostctl's cluster "
+                             "and Celery (no document, no drain)")
     args = parser.parse_args(argv)
+    if args.pickup_only:
+        return pickup_only(args.pickup_only, args.json)
     if not args.quick:
         install()
     results: list[dict[str, Any]] = []

@@ -62,7 +62,7 @@ from typing import Any, LiteralString, TypeVar
 import psycopg
 from psycopg import sql
 
-from hostctl.database import DatabaseError, Session, open_connection
+from hostctl.database import ASYNC, FLUSH, DatabaseError, Session, open_connection
 from hostctl.errors import (
     Conflict,
     HostctlError,
@@ -595,16 +595,22 @@ class PgQueue:
                         "SELECT t.id" + _TASK_FROM + " WHERE j.queueing_lock = %s "
                         "AND j.status = 'todo' AND t.set_aside IS NULL", (key,))
                     if rows:
+                        # queued by another, whose call may not have returned: it is on
+                        # the disk before this one says so
+                        self.db.rows(FLUSH, retry=False)
                         return str(rows[0][0]), False
                 # the job and the task in one statement (atomic on its own); an identical
-                # task queued meanwhile makes procrastinate's unique index refuse it
-                self.db.rows(
+                # task queued meanwhile makes procrastinate's unique index refuse it. Its
+                # worker hears of it before its commit reaches the disk, and waits for
+                # the disk before it runs anything (its spawn event commits
+                # synchronously); this call returns once it is there (rows_heard_first)
+                self.db.rows_heard_first(
                     "WITH job AS (SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW(%s, "
                     "%s, %s, %s, %s, %s::jsonb, CASE WHEN %s > 0 THEN now() + "
                     "make_interval(secs => %s) END)]::procrastinate_job_to_defer_v1[])) AS "
                     "id) INSERT INTO hostctl_tasks (id, job_id, body) SELECT %s, job.id, %s "
-                    "FROM job", (*self._job_row(env, key), delay, delay, env.id,
-                                 env.encode()), retry=False)
+                    "FROM job, " + ASYNC + " AS lazy",
+                    (*self._job_row(env, key), delay, delay, env.id, env.encode()))
                 return env.id, True
             except DatabaseError as exc:
                 if not exc.unique_violation:

@@ -230,10 +230,11 @@ class PgCluster:
     def databases(self) -> set[str]:
         return set(self.psql("SELECT datname FROM pg_database WHERE NOT datistemplate"))
 
-    def restart(self) -> None:
-        """pg_ctl restart (fast: every session is cut), its output to its log."""
+    def restart(self, mode: str = "fast") -> None:
+        """pg_ctl restart (fast: every session is cut; immediate: a crash, what was not
+        written out of its WAL buffers is lost), its output to its log."""
         res = subprocess.run([f"{self.bindir}/pg_ctl", "-D", str(self.base / "data"), "-l",
-                              str(self.base / "log"), "-m", "fast", "-w", "restart"],
+                              str(self.base / "log"), "-m", mode, "-w", "restart"],
                              user=self.user, capture_output=True, text=True, timeout=120,
                              cwd="/")
         assert res.returncode == 0, res.stdout + res.stderr

@@ -756,6 +756,39 @@ def test_a_claim_hands_its_contexts_document_to_the_store(tmp_path: Path, dsn: s
     assert store.get("@srv").get("ip_addresses") == ["192.0.2.9"]
 
 
+def test_a_published_task_outlives_a_crash_of_the_database_right_after(
+        tmp_path: Path, dsn: str, pg: PgCluster) -> None:
+    """A publish commits without waiting for the disk, so that its worker hears of it
+    sooner, and returns only once a synchronous commit after it has been flushed: a
+    crash of the database the moment it returned loses nothing. The WAL writer is made
+    lazy (10 s), so that nothing but that flush writes the commits out in time."""
+    from hostctl.queues.model import Envelope, new_id
+    from hostctl.queues.pgqueue import PgQueue
+    from hostctl.times import utc_iso
+
+    cluster.init(dsn)
+    pg.psql("ALTER SYSTEM SET wal_writer_delay = '10s'")
+    pg.psql("SELECT pg_reload_conf()")
+    try:
+        q = PgQueue(dsn, tmp_path / "w", tmp_path / "wlogs")
+        ids = []
+        for i in range(3):
+            for n in range(5):
+                env = Envelope(new_id(), "verify", f"@c{i}-{n}", {}, {}, 5, utc_iso())
+                assert q.publish(env) == (env.id, True)
+                ids.append(env.id)
+            # the identical task's publish is told of the queued one: it is on the disk
+            again = Envelope(new_id(), "verify", f"@c{i}-0", {}, {}, 5, utc_iso())
+            assert q.publish(again) == (ids[-5], False)
+            pg.restart("immediate")  # a crash: the WAL buffers are gone
+            assert sorted(t.id for t in PgQueue(dsn, tmp_path / "r", tmp_path / "rlogs")
+                          .tasks()) == sorted(ids)
+            q.db.close()
+    finally:
+        pg.psql("ALTER SYSTEM RESET wal_writer_delay")
+        pg.psql("SELECT pg_reload_conf()")
+
+
 def test_the_clusters_counts_and_depths_are_the_databases(tmp_path: Path, dsn: str) -> None:
     """Attempts counted by any host add up in one table; each server's queue reports
     its ready and delayed tasks and the oldest ready one's age."""

@@ -18,6 +18,13 @@ from psycopg import conninfo as libpq
 from hostctl.errors import InvalidInput, OperationFailed, Unreachable
 
 CONNECT_TIMEOUT = 10
+#: joined into a statement (``FROM ..., ASYNC AS lazy``): its commit does not wait for
+#: the disk
+ASYNC: LiteralString = "(SELECT set_config('synchronous_commit', 'off', true))"
+#: a statement that commits synchronously while changing nothing: a logical message
+#: (a WAL record no one reads) in a transaction of its own; waiting for its flush waits
+#: for every commit before it
+FLUSH: LiteralString = "SELECT pg_logical_emit_message(true, 'hostctl', '')"
 
 
 def parse_dsn(dsn: str) -> dict[str, str]:
@@ -164,6 +171,27 @@ class Session:
             except psycopg.Error as exc:
                 raise self.failed(exc) from None
         raise AssertionError("unreachable")
+
+    def rows_heard_first(self, query: LiteralString,
+                         params: tuple[Any, ...] | dict[str, Any] = ()) -> list[Any]:
+        """Run one write whose listeners (its NOTIFYs) are told a disk flush sooner, and
+        return once it is on the disk as a synchronous commit would: the statement is
+        committed without waiting for the disk (``query`` sets ``synchronous_commit`` off
+        for itself; see :data:`ASYNC`), and a second transaction, sent with it in one
+        round trip, writes a record of no effect (a logical message) and commits
+        synchronously; its flush takes every earlier commit with it. Until then nothing
+        was said to the caller, and whoever acts on the row before must make a
+        synchronous commit of its own first (its flush, too, takes this one). Never
+        tried again: the write may have been done before a connection broke."""
+        conn = self.connection()
+        try:
+            with conn.pipeline() as pipeline:
+                cur = conn.execute(query, params)
+                pipeline.sync()  # its own transaction: committed (and heard) here
+                conn.execute(FLUSH)
+            return cur.fetchall() if cur.description is not None else []
+        except psycopg.Error as exc:
+            raise self.failed(exc) from None
 
     @contextmanager
     def transaction(self, lock: int | None = None, probe: bool = True) -> Iterator[None]:
