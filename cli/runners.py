@@ -1,9 +1,10 @@
 """The runners and their installers: ``dispatch``, ``wait-queue``, ``cron``, ``service``,
-``queue list|pause|resume``, ``upgrade-home``.
+``queue list|pause|resume``, ``upgrade-home``; and ``notify-send`` (hidden), the sender
+of notices the runners start (runners/notify.py).
 
-``dispatch`` and ``wait-queue`` also write what they do to ``HOME/logs/hostctl.log``;
-on stderr they say only warnings and errors (more with ``-v``), so cron mails nothing
-when all is well.
+``dispatch``, ``wait-queue`` and ``notify-send`` also write what they do to
+``HOME/logs/hostctl.log``; on stderr they say only warnings and errors (more with ``-v``),
+so cron mails nothing when all is well.
 """
 
 from __future__ import annotations
@@ -59,6 +60,17 @@ def wait_queue(
 
     return runs.wait_queue(state(ctx), max_runtime, concurrency, once, housekeeping_every,
                            server)
+
+
+def notify_send(ctx: typer.Context) -> int:
+    """Send the notices of task ends that are due, then exit (the runners start it)."""
+    from hostctl.cli.begin import file_log
+    from hostctl.runners.notify import send_notices
+
+    st = state(ctx)
+    file_log(st)
+    send_notices(st.paths, Home(st.paths).config)
+    return ExitStatus.OK
 
 
 @cron_app.command("install")

@@ -34,6 +34,12 @@ process that is stopped, stops the pings, and systemd kills and restarts it), a 
 ``STATUS=`` line when its counts change, and ``STOPPING=1`` when it starts to stop; without
 it, nothing (``hostctl.sdnotify``).
 
+Notices of task ends (runners/notify.py): a thread of the daemon starts a sender process
+(``hostctl notify-send``, a session of its own) when a delivery is due and no sender is at
+work, and waits for it, one at a time; a kill -9 of the daemon leaves it to finish alone.
+When the daemon stops, its sender finishes the delivery in flight (TERM) and the daemon
+waits for that, as long as the longest hook's timeout and a few seconds.
+
 Liveness: the daemon registers with the queue for its life (``register_worker``; the
 spool keeps ``spool/workers/PID.json``, pid, start, last seen, tasks run, next to an flock
 on ``spool/locks/worker.PID.lock``): ``queue status`` shows a
@@ -45,6 +51,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import select
 import signal
 import threading
 import time
@@ -56,13 +63,15 @@ from hostctl.inotify import IN_CLOSE_WRITE, IN_MOVED_TO, Inotify
 from hostctl.queues.backend import Registration, Watch
 from hostctl.runners.dispatcher import Dispatcher, DispatchReport
 from hostctl.runners.home import Home
+from hostctl.runners.notify import STOP_MARGIN, longest_request, start_sender
 from hostctl.runners.worker import Summary, Worker
 from hostctl.sdnotify import Notifier
 from hostctl.times import utc_iso
 
 log = logging.getLogger("hostctl")
 HOUSEKEEPING_EVERY = 60.0  # sweep, rescan, liveness, periodic queues
-COURIER_IDLE = 30.0  # the webhooks thread looks at the folder at least this often
+COURIER_IDLE = 30.0  # the notices' thread looks at the folder at least this often
+SENDER_POLL = 1.0  # ... and this often while another runner's sender is at work
 
 
 class WaitQueue:
@@ -86,6 +95,8 @@ class WaitQueue:
         self._told_started = 0  # the tasks started that the registration says
         self._courier_wake = threading.Event()
         self._courier_done = False
+        self._sender_fd: int | None = None  # a pidfd of the notices' sender at work
+        self._sender_guard = threading.Lock()
         self._watch: Watch | None = None
         self._pipe: tuple[int, int] | None = None
         self._config_seen: tuple[int, ...] | None = None
@@ -129,8 +140,9 @@ class WaitQueue:
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
         worker.sweep()
-        # the webhooks go out from a thread of their own: a slow receiver never holds a
-        # task back (runners/notify.py)
+        # the notices go out from a sender process that a thread of its own starts: a
+        # slow receiver never holds a task back, a kill -9 never cuts a request off
+        # (runners/notify.py)
         worker.on_delivery = self._courier_wake.set
         threading.Thread(target=self._courier, name="webhooks", daemon=True).start()
         # what start-up made (the modules, the schemas, the registry) lives as long as the
@@ -326,25 +338,80 @@ class WaitQueue:
             self._registration.update(self.worker.summary.started)
 
     def _courier(self) -> None:
-        """Send the webhooks' deliveries as they come and come due, until the daemon
-        ends (a delivery cut off then stays for the next runner)."""
+        """Start a sender of notices (runners/notify.py) when a delivery is due and no
+        sender is at work, and wait for it: one at a time, until the daemon ends (its
+        sender is then asked to stop after the delivery in flight: see :meth:`_close`)."""
         worker = self.worker
         assert worker is not None
+        deliveries = worker.deliveries
+        not_before = 0.0  # (monotonic) no sender is started before this
         while not self._courier_done:
+            wait = COURIER_IDLE
             try:
-                worker.deliveries.send_due(worker.config)
-                due = worker.deliveries.next_due()
+                due = deliveries.next_due()
+                if due is not None and due <= time.time():
+                    if deliveries.sending():  # another runner's sender: it sends them
+                        wait = SENDER_POLL
+                    elif time.monotonic() < not_before:
+                        wait = not_before - time.monotonic()
+                    else:
+                        ok = self._run_sender()
+                        # a sender that failed (a broken config.toml, say) is not tried
+                        # again at once; one that ended leaves at most what it skipped
+                        not_before = time.monotonic() + (SENDER_POLL if ok else COURIER_IDLE)
+                        continue
+                elif due is not None:
+                    wait = min(COURIER_IDLE, due - time.time())
             except Exception as exc:  # noqa: BLE001 - the thread must live on: said, then again
                 log.error("notices: %s: %s", type(exc).__name__, exc)
-                due = None
-            wait = COURIER_IDLE if due is None else min(COURIER_IDLE,
-                                                          max(0.0, due - time.time()))
-            self._courier_wake.wait(wait)
+            self._courier_wake.wait(max(0.0, wait))
             self._courier_wake.clear()
 
+    def _run_sender(self) -> bool:
+        """Start a sender and wait for it; whether it ended well."""
+        with self._sender_guard:
+            if self._courier_done:
+                return True
+            sender = start_sender(self.home.paths.home)
+            # its handle for _stop_sender: no pid reused meanwhile is ever signalled
+            self._sender_fd = os.pidfd_open(sender.pid)
+        try:
+            code = sender.wait()
+        finally:
+            with self._sender_guard:
+                os.close(self._sender_fd)
+                self._sender_fd = None
+        if code != 0:
+            log.error("notices: the sender exited with status %d", code)
+        return code == 0
+
+    def _stop_sender(self) -> None:
+        """The daemon ends: its sender, if it is at work, finishes the delivery in flight
+        and starts no other (TERM); wait for that, as long as one request may take, so
+        that a service manager that kills what is left of the service cuts nothing off."""
+        with self._sender_guard:
+            if self._sender_fd is None:
+                return
+            try:
+                signal.pidfd_send_signal(self._sender_fd, signal.SIGTERM)
+            except ProcessLookupError:
+                return  # it has ended
+            handle = os.dup(self._sender_fd)
+        assert self.worker is not None
+        log.info("notices: waiting for the sender's delivery in flight")
+        try:
+            ended, _, _ = select.select([handle], [], [],
+                                        longest_request(self.worker.config) + STOP_MARGIN)
+            if not ended:
+                log.warning("notices: the sender is still at work; wait-queue exits")
+        finally:
+            os.close(handle)
+
     def _close(self) -> None:
-        self._courier_done = True
+        with self._sender_guard:
+            self._courier_done = True  # no sender is started after this
         self._courier_wake.set()
+        self._stop_sender()
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
@@ -366,5 +433,5 @@ def drain_once(home: Home, concurrency: int | None = None) -> Summary:
         summary = worker.summary
     else:
         summary = worker.run(once=True, should_stop=home.queue.paused)
-    worker.deliveries.flush(worker.config)
+    worker.deliveries.flush(home.paths.home)
     return summary

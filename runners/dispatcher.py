@@ -245,7 +245,7 @@ class Dispatcher:
                 log.info("the queue is paused")
                 return report
             self.run_due(worker, report, force, only)
-            worker.deliveries.flush(worker.config)
+            worker.deliveries.flush(self.home.paths.home)
         return report
 
     def run_due(self, worker: Worker, report: DispatchReport, force: bool = False,

@@ -502,13 +502,16 @@ class Worker:
 
     def _ended(self, claim: TaskClaim, outcome: str, reason: str,
                seconds: float | None) -> None:
-        """An attempt's end is recorded (a retry and a loss included): its line in
-        hostctl.log, its count (``hostctl metrics``) and its notices follow, once the
-        next task has had its chance to start (:meth:`report_ends`)."""
+        """An attempt's end is recorded (a retry and a loss included): its notices are
+        written at once (a worker killed meanwhile would lose them: the moment between
+        the end's record and theirs is all that is left); its line in hostctl.log and
+        its count (``hostctl metrics``) follow once the next task has had its chance to
+        start (:meth:`report_ends`)."""
+        self._notices(claim, outcome)
         self._ends.append((claim, outcome, reason, seconds))
 
     def report_ends(self) -> None:
-        """The log lines, counts and notices of the attempts ended since the last call:
+        """The log lines and counts of the attempts ended since the last call:
         at the end of :meth:`step`, before :meth:`wait` sleeps, and when the worker holds
         off or runs its last task."""
         while self._ends:
@@ -524,6 +527,10 @@ class Worker:
             self.queue.tally(env.type, outcome, seconds)
         except (OSError, HostctlError) as exc:  # a count is never worth a task
             log.warning("task %s: its end is not counted: %s", env.id, exc)
+
+    def _notices(self, claim: TaskClaim, outcome: str) -> None:
+        """The deliveries of an attempt's end to the notices that want it."""
+        env = claim.task.envelope
         notices: list[Webhook | Email] = [*self.config.webhooks.values(),
                                           *self.config.emails.values()]
         hooks = [h for h in notices if h.wants(env.type, outcome)]

@@ -1,7 +1,9 @@
 """Webhooks ([notify.webhooks.NAME]): a real HTTP receiver on loopback; the HMAC signature,
 what is sent and what is not, the retries while the receiver fails or is down, and the
-deliveries surviving kill -9 of the runner that sends them (each one arrives; a repeat
-carries the same delivery id)."""
+sender processes the runners start: a kill -9 of a runner (the daemon, dispatch,
+wait-queue --once) cuts no request off, so each delivery arrives exactly once; two
+senders at once send each delivery once; only a sender itself killed mid-request sends it
+again, with the same delivery id."""
 
 from __future__ import annotations
 
@@ -21,24 +23,44 @@ from typing import Any
 
 import pytest
 from conftest import hostctl_exe
-from runnerhelpers import Procs, add_task, save_sites, status_of, wait_for, write_config
+from runnerhelpers import (
+    Procs,
+    add_task,
+    hostctl_log,
+    save_sites,
+    status_of,
+    wait_exit,
+    wait_for,
+    write_config,
+)
+
+from hostctl.config import Config, Webhook
+from hostctl.files import flocked
+from hostctl.runners.notify import SENDER_COMMAND, Deliveries, Sender
 
 SECRET = b"a-webhook-secret-of-the-panel"
 
 
 class Receiver:
     """An HTTP server on loopback that keeps every POST; ``answers`` are the statuses of
-    the next requests (then 200)."""
+    the next requests (then 200). A request is answered once ``hold`` (if given) is set
+    and ``delay`` has passed; ``arrived`` has its delivery id from the moment it came."""
 
-    def __init__(self, port: int = 0, delay: float = 0.0) -> None:
+    def __init__(self, port: int = 0, delay: float = 0.0,
+                 hold: threading.Event | None = None) -> None:
         self.got: list[tuple[dict[str, str], bytes]] = []
+        self.arrived: list[str] = []
         self.answers: list[int] = []
         self.delay = delay
+        self.hold = hold
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                owner.arrived.append(self.headers["X-Hostctl-Delivery"])
+                if owner.hold is not None:
+                    owner.hold.wait(60)
                 time.sleep(owner.delay)
                 status = owner.answers.pop(0) if owner.answers else 200
                 owner.got.append(({k.lower(): v for k, v in self.headers.items()}, body))
@@ -65,12 +87,57 @@ class Receiver:
     def docs(self) -> list[dict[str, Any]]:
         return [json.loads(body) for _h, body in self.got]
 
+    def in_flight(self) -> bool:
+        """Whether a request came and is not answered yet."""
+        return len(self.arrived) > len(self.got)
+
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     r = Receiver()
     yield r
     r.close()
+
+
+def senders(home: Path) -> list[int]:
+    """The notices' senders of ``home`` at work: hostctl --home HOME notify-send."""
+    found = []
+    want = [b"--home", os.fsencode(home), SENDER_COMMAND.encode()]
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(argv[i:i + 3] == want for i in range(len(argv))):
+            found.append(int(entry))
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_sender_left(home: Path) -> Iterator[None]:
+    """A sender outlives the runner that started it, never the test."""
+    yield
+    try:
+        wait_for(lambda: not senders(home), 90, "the senders to end")
+    finally:
+        for pid in senders(home):
+            os.kill(pid, signal.SIGKILL)
+
+
+def sender_pids(home: Path) -> set[str]:
+    """The pids of the senders that said in hostctl.log what they did."""
+    return {line.split("[", 1)[1].split("]", 1)[0] for line in hostctl_log(home).splitlines()
+            if "notices: " in line and ("delivered" in line or "another sender" in line)}
+
+
+def exactly_once(got: list[dict[str, Any]], ids: list[str]) -> None:
+    """Every task's end arrived, each in one delivery that arrived once."""
+    assert {d["task"]["id"] for d in got} == set(ids)  # every end arrived
+    deliveries = [d["delivery"] for d in got]
+    repeats = len(deliveries) - len(set(deliveries))
+    assert repeats == 0 and len(got) == len(ids), f"{repeats} repeat(s) of {len(ids)}"
 
 
 def configure(home: Path, url: str, **hook: Any) -> None:
@@ -157,37 +224,164 @@ def test_a_receiver_that_is_down_gets_it_once_it_is_back(
         back.close()
 
 
-def test_deliveries_survive_kill_9_of_the_runner_that_sends_them(
+def test_a_kill_9_storm_of_the_daemon_sends_each_delivery_exactly_once(
         run_hostctl: Any, home: Path, procs: Procs) -> None:
-    slow = Receiver(delay=0.15)  # each answer takes a while: kills land mid-send
+    slow = Receiver(delay=0.3)  # each answer takes a while: kills land mid-request
     try:
         configure(home, slow.url)
         sites = [f"s{i}.example" for i in range(12)]
         save_sites(run_hostctl, home, sites)
         ids = [add_task(run_hostctl, "fail", f"@{s}") for s in sites]
         rng = random.Random(5)
-        kills = 0
+        kills = mid_request = 0
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and (
-                len({d["task"]["id"] for d in slow.docs()}) < len(ids)):
+        while time.monotonic() < deadline and len(set(slow.arrived)) < len(ids):
             daemon = procs.start("wait-queue", "--max-runtime", "120")
-            time.sleep(rng.uniform(0.2, 0.8))
+            # at a random moment, most often while a request waits for its answer
+            until = time.monotonic() + rng.uniform(0.3, 1.5)
+            while time.monotonic() < until and not slow.in_flight():
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.25))
+            mid_request += slow.in_flight()
             os.kill(daemon.pid, signal.SIGKILL)
             daemon.wait()
             kills += 1
-        if len({d["task"]["id"] for d in slow.docs()}) < len(ids):
+        wait_for(lambda: not senders(home), 60, "the senders left behind to end")
+        if len(slow.got) < len(ids):
             once(home)  # a last runner, not killed
-        got = slow.docs()
-        assert {d["task"]["id"] for d in got} == set(ids)  # every end arrived
-        per_delivery: dict[str, set[str]] = {}
-        for d in got:
-            per_delivery.setdefault(d["delivery"], set()).add(d["task"]["id"])
-        assert all(len(t) == 1 for t in per_delivery.values())
-        assert len(per_delivery) == len(ids)  # one delivery each: a repeat keeps its id
-        assert len(got) - len(ids) <= kills
+        assert kills >= 3 and mid_request >= 1, (kills, mid_request)
+        exactly_once(slow.docs(), ids)
         assert pending(home) == []
     finally:
         slow.close()
+
+
+@pytest.mark.parametrize("runner", [("dispatch",), ("wait-queue", "--once")])
+def test_a_runner_killed_mid_send_leaves_its_sender_to_finish_alone(
+        run_hostctl: Any, home: Path, procs: Procs, runner: tuple[str, ...]) -> None:
+    slow = Receiver(delay=0.3)
+    try:
+        configure(home, slow.url)
+        sites = [f"s{i}.example" for i in range(5)]
+        save_sites(run_hostctl, home, sites)
+        ids = [add_task(run_hostctl, "fail", f"@{s}") for s in sites]
+        proc = procs.start(*runner)
+        wait_for(slow.in_flight, 60, "a request in flight")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        # no runner after it: the sender, re-parented, sends every delivery, then ends
+        wait_for(lambda: len(slow.got) >= len(ids) and not senders(home), 30,
+                 "the sender to send them all and end")
+        exactly_once(slow.docs(), ids)
+        assert pending(home) == []
+    finally:
+        slow.close()
+
+
+def test_a_sender_killed_mid_request_sends_it_again_with_the_same_id(
+        run_hostctl: Any, home: Path, procs: Procs) -> None:
+    hold = threading.Event()
+    held = Receiver(hold=hold)  # takes the request, answers once released
+    try:
+        configure(home, held.url)
+        save_sites(run_hostctl, home, ["a.example"])
+        task = add_task(run_hostctl, "fail", "@a.example")
+        runner = procs.start("wait-queue", "--once")
+        wait_for(lambda: held.arrived, 60, "the request")
+        [pid] = senders(home)
+        assert os.getsid(pid) == pid != os.getsid(runner.pid)  # a session of its own
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not senders(home), 10, "the sender to be gone")
+        hold.set()  # the receiver answers a sender that is gone
+        assert wait_exit(runner, 30, "the runner") == 0
+        [name] = pending(home)
+        assert name.endswith(".0.json")  # as it was: whether it arrived is not known
+        once(home)
+        assert len(held.arrived) == 2 and held.arrived[0] == held.arrived[1]
+        assert held.docs()[-1]["task"]["id"] == task and pending(home) == []
+    finally:
+        hold.set()
+        held.close()
+
+
+def test_a_daemon_that_stops_waits_for_its_senders_request(
+        run_hostctl: Any, home: Path, procs: Procs) -> None:
+    hold = threading.Event()
+    held = Receiver(hold=hold)
+    try:
+        configure(home, held.url)
+        save_sites(run_hostctl, home, ["a.example"])
+        add_task(run_hostctl, "fail", "@a.example")
+        daemon = procs.start("wait-queue", "--max-runtime", "120")
+        wait_for(lambda: held.arrived, 60, "the request")
+        [pid] = senders(home)
+        daemon.send_signal(signal.SIGTERM)
+        wait_for(lambda: "waiting for the sender's delivery in flight" in hostctl_log(home),
+                 10, "the daemon to wait")
+        time.sleep(0.5)
+        assert daemon.poll() is None and senders(home) == [pid]
+        hold.set()
+        assert wait_exit(daemon, 30, "the daemon") == 0
+        assert senders(home) == [] and pending(home) == []
+        assert len(held.arrived) == 1 and len(held.got) == 1
+    finally:
+        hold.set()
+        held.close()
+
+
+def test_two_runners_at_once_start_two_senders_and_each_delivery_arrives_once(
+        run_hostctl: Any, home: Path, procs: Procs) -> None:
+    down = Receiver()
+    port = down.port
+    down.close()  # refused: the deliveries wait for their next try
+    configure(home, f"http://127.0.0.1:{port}/hook")
+    sites = [f"s{i}.example" for i in range(8)]
+    save_sites(run_hostctl, home, sites)
+    ids = [add_task(run_hostctl, "fail", f"@{s}") for s in sites]
+    once(home)
+    assert len(pending(home)) == len(ids)
+    slow = Receiver(port, delay=0.3)
+    try:
+        time.sleep(1.2)  # the backoff before the second try
+        first = procs.start("wait-queue", "--once")
+        second = procs.start("dispatch")
+        wait_for(lambda: senders(home), 30, "a sender")
+        third = procs.start(SENDER_COMMAND)  # a sender beside the one at work
+        for proc in (first, second, third):
+            assert wait_exit(proc, 60, "a runner") == 0
+        wait_for(lambda: not senders(home), 60, "the senders to end")
+        exactly_once(slow.docs(), ids)
+        assert pending(home) == []
+        assert len(sender_pids(home)) >= 2  # each said what it did, or that it stood by
+        assert "notices: another sender is at work" in hostctl_log(home)
+    finally:
+        slow.close()
+
+
+def test_a_sender_stands_by_while_another_holds_the_lock_and_stops_when_asked(
+        tmp_path: Path) -> None:
+    hook = Webhook("panel", "http://127.0.0.1:9/hook")
+    config = Config(webhooks={"panel": hook})
+    deliveries = Deliveries(tmp_path / "notify")
+    for n in range(3):
+        deliveries.add(hook, "error", {"id": f"t{n}"})
+    posted: list[str] = []
+
+    def post(_hook: Any, _body: bytes, delivery: str) -> int:
+        posted.append(delivery)
+        sender.stop_requested = len(posted) == 2  # a TERM during the second request
+        return 200
+
+    sender = Sender(deliveries, config, post=post)
+    with flocked(deliveries.lock_path) as mine:
+        assert mine
+        sent = sender.send()
+    assert sent.busy and posted == [] and len(deliveries.pending()) == 3
+    sent = sender.send()
+    assert (sent.delivered, sent.busy, sent.left) == (2, False, 1)  # finished, no other
+    assert len(posted) == 2 and len(deliveries.pending()) == 1
+    sender.stop_requested = False
+    assert sender.send().delivered == 1 and deliveries.pending() == []
 
 
 @pytest.mark.parametrize("hook", [{"url": "ftp://x"}, {"url": "http://x", "outcomes": ["bad"]},

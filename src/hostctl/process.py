@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from collections.abc import Mapping
 from contextlib import suppress
@@ -45,6 +46,12 @@ def host_name() -> str:
     """The name of this host, as a task's events record where it ran: the kernel's
     (``uname -n``), unless HOSTCTL_HOST_NAME says otherwise."""
     return os.environ.get(HOST_NAME_VAR) or os.uname().nodename
+
+
+def hostctl_command(*args: str) -> list[str]:
+    """The argv of another hostctl process of this one: this interpreter and this package
+    (``-P``: nothing of the working folder is imported), never a shell."""
+    return [sys.executable, "-P", "-m", "hostctl", *args]
 
 
 def die_with_parent(parent: int) -> None:
