@@ -6,6 +6,7 @@ Usage (from the repository; root installs and starts the servers)::
     python3 bench/cluster.py            # the full run (a few minutes)
     python3 bench/cluster.py --quick    # hostctl's spool and cluster only, small counts
     python3 bench/cluster.py --json r.json --no-doc
+    python3 bench/cluster.py --pickup-only 300   # the cluster's and Celery's pickups
 
 A full run installs what it compares with when missing: the Debian packages postgresql,
 rabbitmq-server and redis-server (apt-get, as root) and the PyPI packages celery and rq
