@@ -33,7 +33,7 @@ def hostctl_argv() -> list[str]:
     """How to run this very hostctl from a bare environment (cron, a supervisor)."""
     first = sys.argv[0] if sys.argv else ""
     if first.endswith("__main__.py") or not first:
-        return [sys.executable, "-m", "hostctl"]
+        return [sys.executable, "-P", "-m", "hostctl"]  # -P: not the working folder's
     found = first if os.sep in first else (shutil.which(first) or first)
     return [os.path.abspath(found)]
 

@@ -204,6 +204,42 @@ def test_settings_others_could_write_are_refused(tmp_path: Path, www: Path) -> N
     refused(Path("relative.toml"), "user-add", "hs-x", why="not an absolute path")
 
 
+def test_the_helper_as_root_loads_nothing_of_the_working_folder(tmp_path: Path) -> None:
+    """A back end that is root runs the helper with this interpreter (``-P``): a folder a
+    site's user may write, where root happens to run hostctl, cannot put a ``hostctl``
+    of its own in front of the real one. So does a cron line without a script."""
+    if os.geteuid() != 0:
+        pytest.skip("the helper runs as root")
+    from hostctl.contexts.store import TomlStore
+    from hostctl.paths import Paths
+    from hostctl.provision.services.php import PhpFpm
+    from hostctl.runners.crontab import hostctl_argv
+
+    home = Paths(tmp_path / "home")
+    home.ensure_home()
+    server = TomlStore(home).save("@srv", {"php_service_type": "php-fpm"}, "server").context
+    planted = world_readable_dir("hostctl-priv-cwd-")
+    marker = planted / "ran"
+    (planted / "hostctl").mkdir()
+    (planted / "hostctl" / "__init__.py").write_text(
+        f"open({str(marker)!r}, 'w').write('planted')\n")
+    (planted / "hostctl" / "__main__.py").write_text("")
+    argv = PhpFpm(server, home).helper_argv()
+    res = subprocess.run([*argv, "/nonexistent/privileged.toml", "user-add", "hs-x"],
+                         capture_output=True, text=True, timeout=60, cwd=planted)
+    assert not marker.exists(), argv
+    assert res.returncode != 0 and "/nonexistent/privileged.toml" in res.stderr, res
+    old_argv = sys.argv
+    sys.argv = ["/x/__main__.py"]
+    try:
+        cron = hostctl_argv()
+    finally:
+        sys.argv = old_argv
+    res = subprocess.run([*cron, "--version"], capture_output=True, text=True, timeout=60,
+                         cwd=planted)
+    assert not marker.exists() and res.returncode == 0, (cron, res)
+
+
 # -- through sudo, from an unprivileged back end -----------------------------------------
 
 

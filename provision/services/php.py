@@ -31,6 +31,7 @@ from pathlib import Path
 from hostctl.contexts.store import Context
 from hostctl.errors import HostctlError, InvalidInput, OperationFailed
 from hostctl.paths import Paths
+from hostctl.process import hostctl_command
 from hostctl.provision import privileged
 from hostctl.provision.job import Job
 
@@ -66,8 +67,8 @@ class PhpFpm:
         configured = str(self.server.get("privileged_command") or "")
         if configured.strip():
             return shlex.split(configured)
-        if os.geteuid() == 0:
-            return [sys.executable, "-m", "hostctl", "privileged"]
+        if os.geteuid() == 0:  # (-P: nothing of the working folder is imported as root)
+            return hostctl_command("privileged")
         program = shutil.which("hostctl")
         if program is None:
             raise InvalidInput(f"{self.server.display_name}: no hostctl program on PATH for "
