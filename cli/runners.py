@@ -16,8 +16,8 @@ import typer
 from hostctl.cli import grammar as g
 from hostctl.cli.common import JsonFlag, say, state, table
 from hostctl.cli.output import emit_json
-from hostctl.errors import ExitStatus
-from hostctl.runners import crontab, service
+from hostctl.errors import ExitStatus, HostctlError
+from hostctl.runners import crontab
 from hostctl.runners.home import Home
 
 cron_app = typer.Typer(help="The crontab entry that runs dispatch every minute.",
@@ -63,14 +63,23 @@ def wait_queue(
 
 
 def notify_send(ctx: typer.Context) -> int:
-    """Send the notices of task ends that are due, then exit (the runners start it)."""
+    """Send the notices of task ends that are due, then exit (the runners start it):
+    75 if some were due and another process held each one."""
+    import logging
+
     from hostctl.cli.begin import file_log
     from hostctl.runners.notify import send_notices
 
     st = state(ctx)
+    # first: a sender that dispatch left at work writes to /dev/null, and to hostctl.log
     file_log(st)
-    send_notices(st.paths, Home(st.paths).config)
-    return ExitStatus.OK
+    try:
+        sent = send_notices(st.paths, Home(st.paths).config)
+    except Exception as exc:
+        why = exc.message if isinstance(exc, HostctlError) else f"{type(exc).__name__}: {exc}"
+        logging.getLogger("hostctl").error("notices: the sender stops: %s", why)
+        raise
+    return ExitStatus.TEMPFAIL if sent.blocked else ExitStatus.OK
 
 
 @cron_app.command("install")
@@ -104,6 +113,8 @@ def cron_show(ctx: typer.Context) -> int:
 
 
 def _service(ctx: typer.Context, kind: str, user: str | None, max_runtime: float) -> None:
+    from hostctl.runners import service  # (and the notices' code it reads the waits of)
+
     typer.echo(service.render(Home(state(ctx).paths), kind, user, max_runtime), nl=False)
 
 
@@ -131,6 +142,8 @@ def service_systemd(ctx: typer.Context, user: UserOpt = None,
 @service_app.command("logrotate")
 def service_logrotate(ctx: typer.Context, user: UserOpt = None) -> None:
     """A logrotate stanza for HOME/logs/hostctl.log (/etc/logrotate.d/hostctl)."""
+    from hostctl.runners import service
+
     typer.echo(service.logrotate(state(ctx).paths, user), nl=False)
 
 

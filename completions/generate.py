@@ -121,6 +121,9 @@ EXIT_MEANINGS = {
     "ERROR": "A task ended in error, or an operation failed.",
     "USAGE": "Bad input or a refused request (one line on stderr, never a traceback).",
     "INTERNAL": "A bug in hostctl; run again with --traceback to see the Python traceback.",
+    "TEMPFAIL": "The hidden notify-send (the sender of notices the runners start): "
+                "notices were due and another process held each of them; its runner "
+                "starts the next sender later.",
     "TIMED_OUT": "`task wait --timeout` ran out before the tasks ended.",
     "INTERRUPTED": "A task was cancelled, or hostctl was interrupted (SIGINT).",
 }
@@ -351,11 +354,13 @@ def examples() -> dict[str, str]:
     from hostctl.paths import Paths
     from hostctl.provision.registry import load
     from hostctl.runners import crontab, service
+    from hostctl.runners.notify import stop_wait
 
     config = Config()  # an example home's: the defaults, the built-in task types
     registry = load(config, plugins=False)
     longest = max(registry.timeout(t) for t in registry.types.values())
     grace = config.worker.kill_grace
+    sender_wait = stop_wait(config)
     paths = Paths(Path(EXAMPLE_HOME))
     where = f"--home {EXAMPLE_HOME}"
     made: dict[str, tuple[str, Callable[[], str]]] = {
@@ -363,12 +368,12 @@ def examples() -> dict[str, str]:
             f"hostctl {where} service systemd --user {EXAMPLE_USER}; install as "
             "/etc/systemd/system/hostctl-wait-queue.service",
             lambda: service.systemd(paths, longest, grace, EXAMPLE_MAX_RUNTIME,
-                                    EXAMPLE_USER)),
+                                    EXAMPLE_USER, sender_wait=sender_wait)),
         "hostctl-wait-queue.conf": (
             f"hostctl {where} service supervisor --user {EXAMPLE_USER}; install as "
             "/etc/supervisor/conf.d/hostctl-wait-queue.conf",
             lambda: service.supervisor(paths, longest, grace, EXAMPLE_MAX_RUNTIME,
-                                       EXAMPLE_USER)),
+                                       EXAMPLE_USER, sender_wait=sender_wait)),
         "hostctl.logrotate": (
             f"hostctl {where} service logrotate --user {EXAMPLE_USER}",
             lambda: service.logrotate(paths, EXAMPLE_USER)),

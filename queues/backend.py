@@ -16,9 +16,10 @@ The words of a task queue map onto these calls: publish = ``publish``; claim = `
 heartbeat = ``heartbeat``; complete and fail = ``finish`` (with the outcome); retry =
 ``defer`` (this attempt ended, run again later) and ``retry`` (a finished task, again);
 cancel = ``cancel_queued`` and ``request_cancel``; list and show = ``tasks``/``get``;
-follow a log = ``read_log``; recover = ``sweep``; pause = ``pause``/``resume``; the
-leader of the periodic queues = ``leader``; their stored state = ``read_record`` and
-``write_record``; liveness of workers = ``register_worker``/``workers``.
+follow a log = ``read_log``; recover = ``sweep`` (which tells its caller of the ends it
+records, for their notices); pause = ``pause``/``resume``; the leader of the periodic
+queues = ``leader``; their stored state = ``read_record`` and ``write_record``; liveness
+of workers = ``register_worker``/``workers``.
 """
 
 from __future__ import annotations
@@ -89,6 +90,16 @@ class Watch(Protocol):
     def close(self) -> None: ...
 
 
+class Ends(Protocol):
+    """Who hears of each attempt's end that a :meth:`QueueBackend.sweep` records (the
+    runners write its notices around it: runners/notify.py)."""
+
+    def ending(self, task: Task, outcome: str) -> AbstractContextManager[object]:
+        """Entered just before the end of ``task``'s last attempt is recorded as
+        ``outcome`` (``task`` as read then, that attempt's ``start`` in it), left once it
+        is recorded; left by an exception when it may not be."""
+
+
 class Registration(Protocol):
     """A worker's entry in the queue's list of live workers, held while it lives."""
 
@@ -157,9 +168,13 @@ class QueueBackend(Protocol):
         """Ask the worker that runs the task to stop it (recorded on the task)."""
 
     # -- what a worker does ----------------------------------------------------------
-    def sweep(self, policy: Callable[[Envelope], Policy],
-              now: float | None = None) -> list[str]:
-        """Recover the tasks of dead owners; return one note per task recovered."""
+    def sweep(self, policy: Callable[[Envelope], Policy], now: float | None = None,
+              ends: Ends | None = None) -> list[str]:
+        """Recover the tasks of dead owners; return one note per task recovered. Each end
+        of an attempt it records (a loss, a retry, a cancel) is recorded inside
+        ``ends.ending(task, outcome)``; a backend that recovers such a task elsewhere
+        too (a claim that finds its context held by a dead owner's task) does the same,
+        with the ``ends`` of its last sweep."""
 
     def promote_due(self, now: float | None = None) -> int:
         """Make the deferred tasks whose time has come ready; return how many."""

@@ -54,7 +54,7 @@ import select
 import time
 import weakref
 from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, LiteralString, TypeVar
@@ -76,7 +76,7 @@ from hostctl.inotify import Inotify
 from hostctl.libc import Timer
 from hostctl.process import host_name, kill_spawned, stop_run
 from hostctl.queues.admission import Admission
-from hostctl.queues.backend import LeaseLost, TaskClaim
+from hostctl.queues.backend import Ends, LeaseLost, TaskClaim
 from hostctl.queues.model import (
     DEFAULT_QUEUE,
     DURATION_BUCKETS,
@@ -604,13 +604,18 @@ class PgQueue:
                 # worker hears of it before its commit reaches the disk, and waits for
                 # the disk before it runs anything (its spawn event commits
                 # synchronously); this call returns once it is there (rows_heard_first)
-                self.db.rows_heard_first(
-                    "WITH job AS (SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW(%s, "
-                    "%s, %s, %s, %s, %s::jsonb, CASE WHEN %s > 0 THEN now() + "
-                    "make_interval(secs => %s) END)]::procrastinate_job_to_defer_v1[])) AS "
-                    "id) INSERT INTO hostctl_tasks (id, job_id, body) SELECT %s, job.id, %s "
-                    "FROM job, " + ASYNC + " AS lazy",
-                    (*self._job_row(env, key), delay, delay, env.id, env.encode()))
+                try:
+                    self.db.rows_heard_first(
+                        "WITH job AS (SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW("
+                        "%s, %s, %s, %s, %s, %s::jsonb, CASE WHEN %s > 0 THEN now() + "
+                        "make_interval(secs => %s) END)]::procrastinate_job_to_defer_v1[]))"
+                        " AS id) INSERT INTO hostctl_tasks (id, job_id, body) SELECT %s, "
+                        "job.id, %s FROM job, " + ASYNC + " AS lazy",
+                        (*self._job_row(env, key), delay, delay, env.id, env.encode()))
+                except DatabaseError as exc:
+                    if exc.lost and self._queued_after_all(env.id, exc):
+                        return env.id, True
+                    raise
                 return env.id, True
             except DatabaseError as exc:
                 if not exc.unique_violation:
@@ -619,6 +624,21 @@ class PgQueue:
                     raise Conflict(f"a task with id {env.id} already exists") from None
                 # an identical task was queued this moment by another host: look again
         raise OperationFailed("cannot queue the task: its de-duplication key stays taken")
+
+    def _queued_after_all(self, task_id: str, exc: DatabaseError) -> bool:
+        """A publish whose connection broke on the way may have committed (a worker may
+        run the task already): look, on a new connection, and if it is there, make it
+        durable as the publish would have and say it was queued, so that a caller does
+        not queue it again; where that cannot be told now, say so (OperationFailed)."""
+        try:
+            if not self._exists(task_id):
+                return False
+            self.db.rows(FLUSH, retry=False)  # this session sees it: the flush takes it
+        except DatabaseError:
+            raise OperationFailed(f"cannot tell whether task {task_id} was queued "
+                                  f"({exc.message}): see hostctl task show {task_id}"
+                                  ) from None
+        return True
 
     def _insert(self, env: Envelope, delay: float, key: str | None,
                 owner: int | None = None) -> int:
@@ -1184,10 +1204,11 @@ class PgQueue:
 
     # -- recovery ---------------------------------------------------------------------
 
-    def sweep(self, policy: Callable[[Envelope], Policy],
-              now: float | None = None) -> list[str]:
+    def sweep(self, policy: Callable[[Envelope], Policy], now: float | None = None,
+              ends: Ends | None = None) -> list[str]:
         """Recover the claims of dead owners in this worker's queues (see the module
-        docstring); forget dead owners that hold nothing."""
+        docstring), each end recorded inside ``ends.ending``; forget dead owners that hold
+        nothing."""
         self.ensure()
         self._settle()
         me = self.owner()
@@ -1197,7 +1218,8 @@ class PgQueue:
         for task_id, body, owner, dead, expired in rows:
             if not dead:
                 continue
-            note = self._recover(str(task_id), bytes(body), owner, bool(expired), policy)
+            note = self._recover(str(task_id), bytes(body), owner, bool(expired), policy,
+                                 ends)
             if note:
                 notes.append(note)
         with suppress(HostctlError):
@@ -1206,7 +1228,7 @@ class PgQueue:
         return notes
 
     def _recover(self, task_id: str, body: bytes, owner: int | None, expired: bool,
-                 policy: Callable[[Envelope], Policy]) -> str | None:
+                 policy: Callable[[Envelope], Policy], ends: Ends | None = None) -> str | None:
         try:
             task = decode_task(body, "active")
         except InvalidInput as exc:
@@ -1264,16 +1286,24 @@ class PgQueue:
         reason = (f"its worker (pid {started.get('worker')} on "
                   f"{started.get('host') or 'an unknown host'}) died during attempt "
                   f"{attempts}")
-        if claim.task.cancel_requested:
-            self.finish(claim, "cancelled", reason=f"cancelled; {reason}")
+        task = claim.task
+
+        def ending(outcome: str) -> AbstractContextManager[object]:
+            return nullcontext() if ends is None else ends.ending(task, outcome)
+
+        if task.cancel_requested:
+            with ending("cancelled"):
+                self.finish(claim, "cancelled", reason=f"cancelled; {reason}")
             return f"task {env.id}: {reason}; it was being cancelled"
         if rules.rerun_on_loss and attempts < rules.max_attempts:
-            self.defer(claim, backoff(rules, attempts), outcome="lost", reason=reason)
+            with ending("lost"):
+                self.defer(claim, backoff(rules, attempts), outcome="lost", reason=reason)
             return f"task {env.id}: {reason}; queued again"
         why = (f"{reason}; a {env.type} that was cut off must be checked by a person"
                if not rules.rerun_on_loss else
                f"{reason}; no attempts left (max {rules.max_attempts})")
-        self.finish(claim, "lost", reason=why)
+        with ending("lost"):
+            self.finish(claim, "lost", reason=why)
         return f"task {env.id}: {why}"
 
     def _take_over(self, task_id: str, owner: int | None) -> PgClaim | None:

@@ -62,7 +62,7 @@ import shutil
 import stat
 import time
 from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -91,6 +91,7 @@ from hostctl.inotify import IN_DELETE, Inotify
 from hostctl.libc import rename_noreplace
 from hostctl.process import kill_spawned, stop_run
 from hostctl.queues.admission import STALE_TMP_SECONDS, Admission
+from hostctl.queues.backend import Ends
 from hostctl.queues.catalog import Catalog, entry, size_of, status_of
 from hostctl.queues.catalog import fields as entry_fields
 from hostctl.queues.layout import FOLDERS, SUFFIX
@@ -220,6 +221,8 @@ class Spool:
         self._too_new: set[str] = set()  # task files a newer hostctl wrote: said once
         #: the retry rules of the last sweep, for a lost task recovered by a claim
         self._policy: Callable[[Envelope], Policy] = lambda _env: Policy()
+        #: who hears of the ends the last sweep's recovery records (and a claim's)
+        self._ends: Ends | None = None
 
     # -- set-up -----------------------------------------------------------------------
 
@@ -1052,14 +1055,17 @@ class Spool:
 
     # -- sweep ------------------------------------------------------------------------
 
-    def sweep(self, policy: Callable[[Envelope], Policy], now: float | None = None) -> list[str]:
-        """Recover tasks whose worker died; promote due tasks; drop stale temp files;
-        list ``new/`` and ``deferred/`` again (the safety net for what inotify missed).
+    def sweep(self, policy: Callable[[Envelope], Policy], now: float | None = None,
+              ends: Ends | None = None) -> list[str]:
+        """Recover tasks whose worker died (each end recorded inside ``ends.ending``);
+        promote due tasks; drop stale temp files; list ``new/`` and ``deferred/`` again
+        (the safety net for what inotify missed).
 
         Returns one line per recovered task, for the log.
         """
         self.ensure()
         self._policy = policy
+        self._ends = ends
         now = time.time() if now is None else now
         for listing in self._listings.values():
             listing.relist()
@@ -1155,23 +1161,30 @@ class Spool:
             reason = (f"its worker (pid {started.get('worker')}) died during attempt "
                       f"{attempts}")
             if task.cancel_requested:
-                claim.append("end", outcome="cancelled", reason=f"cancelled; {reason}")
-                self._note_end(fd, env, "cancelled")
-                self._move(path, self.dir("done") / f"{env.id}{SUFFIX}")
+                with self._ending(task, "cancelled"):
+                    claim.append("end", outcome="cancelled", reason=f"cancelled; {reason}")
+                    self._note_end(fd, env, "cancelled")
+                    self._move(path, self.dir("done") / f"{env.id}{SUFFIX}")
                 return f"task {env.id}: {reason}; it was being cancelled"
             if rules.rerun_on_loss and attempts < rules.max_attempts:
-                claim.append("end", outcome="lost", reason=reason)
-                self._defer_path(claim, backoff(rules, attempts))
+                with self._ending(task, "lost"):
+                    claim.append("end", outcome="lost", reason=reason)
+                    self._defer_path(claim, backoff(rules, attempts))
                 return f"task {env.id}: {reason}; queued again"
             why = (f"{reason}; a {env.type} that was cut off must be checked by a person"
                    if not rules.rerun_on_loss else
                    f"{reason}; no attempts left (max {rules.max_attempts})")
-            claim.append("end", outcome="lost", reason=why)
-            self._note_end(fd, env, "lost")
-            self._move(path, self.dir("done") / f"{env.id}{SUFFIX}")
+            with self._ending(task, "lost"):
+                claim.append("end", outcome="lost", reason=why)
+                self._note_end(fd, env, "lost")
+                self._move(path, self.dir("done") / f"{env.id}{SUFFIX}")
             return f"task {env.id}: {why}"
         finally:
             os.close(fd)
+
+    def _ending(self, task: Task, outcome: str) -> AbstractContextManager[object]:
+        """Where a recovery records an attempt's end: inside its caller's ``ending``."""
+        return nullcontext() if self._ends is None else self._ends.ending(task, outcome)
 
     def promote_due(self, now: float | None = None) -> int:
         now = time.time() if now is None else now

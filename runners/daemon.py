@@ -16,7 +16,8 @@ task; it keeps sweeping and admitting, and ``queue resume`` wakes it at once.
 Signals (handlers only record them; the loop acts and logs one sentence):
   TERM or INT, first   stop claiming, let the running tasks finish, exit 0
   TERM or INT, second  TERM the running tasks' groups, KILL after the grace period; the
-                       interrupted runs are queued again (if their type allows), exit 0
+                       interrupted runs are queued again (if their type allows), exit 0;
+                       no more waiting for the notices' sender (it finishes alone)
   HUP                  re-read config.toml (task types, limits, queues)
 
 config.toml is followed without a signal too (an inotify watch on the home wakes the
@@ -37,8 +38,13 @@ it, nothing (``hostctl.sdnotify``).
 Notices of task ends (runners/notify.py): a thread of the daemon starts a sender process
 (``hostctl notify-send``, a session of its own) when a delivery is due and no sender is at
 work, and waits for it, one at a time; a kill -9 of the daemon leaves it to finish alone.
-When the daemon stops, its sender finishes the delivery in flight (TERM) and the daemon
-waits for that, as long as the longest hook's timeout and a few seconds.
+A sender that failed, or that found every delivery due held by another process (its exit
+status 75), is followed by the next one COURIER_IDLE seconds later. While the last reload
+of config.toml failed, no sender is started (each reads config.toml afresh, and would
+fail on it): the notices wait, said once in the log, for a config.toml that reads. When
+the daemon stops, its sender finishes the delivery in flight (TERM) and the daemon waits
+for that, as long as the longest hook's timeout and a few seconds
+(``notify.stop_wait``), or until a second TERM or INT.
 
 Liveness: the daemon registers with the queue for its life (``register_worker``; the
 spool keeps ``spool/workers/PID.json``, pid, start, last seen, tasks run, next to an flock
@@ -50,6 +56,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import os
 import select
 import signal
@@ -63,7 +70,7 @@ from hostctl.inotify import IN_CLOSE_WRITE, IN_MOVED_TO, Inotify
 from hostctl.queues.backend import Registration, Watch
 from hostctl.runners.dispatcher import Dispatcher, DispatchReport
 from hostctl.runners.home import Home
-from hostctl.runners.notify import STOP_MARGIN, longest_request, start_sender
+from hostctl.runners.notify import SENDER_BLOCKED, start_sender, stop_wait
 from hostctl.runners.worker import Summary, Worker
 from hostctl.sdnotify import Notifier
 from hostctl.times import utc_iso
@@ -72,6 +79,7 @@ log = logging.getLogger("hostctl")
 HOUSEKEEPING_EVERY = 60.0  # sweep, rescan, liveness, periodic queues
 COURIER_IDLE = 30.0  # the notices' thread looks at the folder at least this often
 SENDER_POLL = 1.0  # ... and this often while another runner's sender is at work
+STOP_SLICE = 0.1  # the stop's wait for the sender looks at the signals this often
 
 
 class WaitQueue:
@@ -97,6 +105,8 @@ class WaitQueue:
         self._courier_done = False
         self._sender_fd: int | None = None  # a pidfd of the notices' sender at work
         self._sender_guard = threading.Lock()
+        #: why the last reload of config.toml failed ("": it read): no sender meanwhile
+        self._notices_wait = ""
         self._watch: Watch | None = None
         self._pipe: tuple[int, int] | None = None
         self._config_seen: tuple[int, ...] | None = None
@@ -288,6 +298,7 @@ class WaitQueue:
     def _reload(self) -> None:
         fresh = Home(self.home.paths)
         try:
+            self._check_notices(fresh)
             fresh.registry.names()  # parse now, so a broken file keeps the old one
         except HostctlError as exc:
             log.error("config not reloaded: %s", exc)
@@ -305,6 +316,18 @@ class WaitQueue:
         self.worker.reconfigure(fresh.config, fresh.registry,
                                 keep_concurrency=self.concurrency is not None)
         log.warning("config reloaded")
+
+    def _check_notices(self, fresh: Home) -> None:
+        """config.toml as a sender reads it: while it does not, the courier starts none
+        (it would fail on it); once it does again, the courier looks at once."""
+        try:
+            fresh.config.path  # noqa: B018 - config.toml read now (a cached property)
+        except HostctlError as exc:
+            self._notices_wait = exc.message
+            raise
+        if self._notices_wait:
+            self._notices_wait = ""
+            self._courier_wake.set()
 
     def _housekeeping(self) -> None:
         """Sweep, the periodic queues, liveness: a failure is logged and tried again at
@@ -345,20 +368,32 @@ class WaitQueue:
         assert worker is not None
         deliveries = worker.deliveries
         not_before = 0.0  # (monotonic) no sender is started before this
+        told = False  # that the notices wait for config.toml
         while not self._courier_done:
             wait = COURIER_IDLE
             try:
+                why = self._notices_wait
+                if told and not why:
+                    told = False
+                    log.warning("notices: config.toml reads again: senders start again")
                 due = deliveries.next_due()
                 if due is not None and due <= time.time():
-                    if deliveries.sending():  # another runner's sender: it sends them
+                    if why:  # a sender would fail on config.toml: woken once it reads
+                        if not told:
+                            told = True
+                            log.error("notices: none is sent until config.toml reads "
+                                      "again (%s)", why)
+                    elif deliveries.sending():  # another runner's sender: it sends them
                         wait = SENDER_POLL
                     elif time.monotonic() < not_before:
                         wait = not_before - time.monotonic()
                     else:
-                        ok = self._run_sender()
-                        # a sender that failed (a broken config.toml, say) is not tried
-                        # again at once; one that ended leaves at most what it skipped
-                        not_before = time.monotonic() + (SENDER_POLL if ok else COURIER_IDLE)
+                        code = self._run_sender()
+                        # one that failed, or found every delivery due held by another
+                        # process, is not followed at once; one that ended well leaves at
+                        # most what it skipped
+                        not_before = time.monotonic() + (
+                            SENDER_POLL if code == 0 else COURIER_IDLE)
                         continue
                 elif due is not None:
                     wait = min(COURIER_IDLE, due - time.time())
@@ -367,28 +402,34 @@ class WaitQueue:
             self._courier_wake.wait(max(0.0, wait))
             self._courier_wake.clear()
 
-    def _run_sender(self) -> bool:
-        """Start a sender and wait for it; whether it ended well."""
+    def _run_sender(self) -> int:
+        """Start a sender and wait for it; its exit status."""
         with self._sender_guard:
             if self._courier_done:
-                return True
-            sender = start_sender(self.home.paths.home)
-            # its handle for _stop_sender: no pid reused meanwhile is ever signalled
-            self._sender_fd = os.pidfd_open(sender.pid)
+                return 0
+            sender = start_sender(self.home.paths.home, stderr=True)
+            try:
+                # its handle for _stop_sender: no pid reused meanwhile is ever signalled
+                self._sender_fd = os.pidfd_open(sender.pid)
+            except OSError as exc:  # no fd left, say: it is waited for all the same
+                log.warning("notices: sender %d has no handle (%s): a stop of wait-queue "
+                            "leaves it to finish alone", sender.pid, exc.strerror or exc)
         try:
             code = sender.wait()
         finally:
             with self._sender_guard:
-                os.close(self._sender_fd)
-                self._sender_fd = None
-        if code != 0:
+                if self._sender_fd is not None:
+                    os.close(self._sender_fd)
+                    self._sender_fd = None
+        if code not in (0, SENDER_BLOCKED):
             log.error("notices: the sender exited with status %d", code)
-        return code == 0
+        return code
 
     def _stop_sender(self) -> None:
         """The daemon ends: its sender, if it is at work, finishes the delivery in flight
         and starts no other (TERM); wait for that, as long as one request may take, so
-        that a service manager that kills what is left of the service cuts nothing off."""
+        that a service manager that kills what is left of the service cuts nothing off.
+        A second stop request (TERM or INT) ends the wait: the sender finishes alone."""
         with self._sender_guard:
             if self._sender_fd is None:
                 return
@@ -396,14 +437,29 @@ class WaitQueue:
                 signal.pidfd_send_signal(self._sender_fd, signal.SIGTERM)
             except ProcessLookupError:
                 return  # it has ended
-            handle = os.dup(self._sender_fd)
+            try:
+                handle = os.dup(self._sender_fd)  # the courier closes its own
+            except OSError as exc:
+                log.warning("notices: the sender is not waited for (%s); wait-queue exits",
+                            exc.strerror or exc)
+                return
         assert self.worker is not None
-        log.info("notices: waiting for the sender's delivery in flight")
         try:
-            ended, _, _ = select.select([handle], [], [],
-                                        longest_request(self.worker.config) + STOP_MARGIN)
-            if not ended:
-                log.warning("notices: the sender is still at work; wait-queue exits")
+            poller = select.poll()  # any fd number (select() takes none above 1023)
+            poller.register(handle, select.POLLIN)
+            until = time.monotonic() + stop_wait(self.worker.config)
+            log.info("notices: waiting for the sender's delivery in flight")
+            while True:
+                if self.stop_requests >= 2:
+                    log.warning("notices: stopping now: the sender finishes its delivery "
+                                "alone")
+                    return
+                left = until - time.monotonic()
+                if left <= 0:
+                    log.warning("notices: the sender is still at work; wait-queue exits")
+                    return
+                if poller.poll(math.ceil(min(left, STOP_SLICE) * 1000)):
+                    return  # it has ended
         finally:
             os.close(handle)
 

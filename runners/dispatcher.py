@@ -30,6 +30,7 @@ from hostctl.provision.secrets import FileSecrets
 from hostctl.queues.model import Status
 from hostctl.runners import lifecycle as ops
 from hostctl.runners.home import Home
+from hostctl.runners.notify import Deliveries, Notices
 from hostctl.runners.periodic import (
     Computed,
     QueueState,
@@ -83,9 +84,12 @@ def pause(home: Home, wait: bool = True, poll: float = 0.2,
     if wait:
         while queue.running():
             sleep(poll)
-    recovered = tuple(queue.sweep(home.policy))
+    notices = Notices(Deliveries(home.paths.spool / "notify"), lambda: home.config,
+                      queue.get)
+    recovered = tuple(queue.sweep(home.policy, ends=notices))
     for note in recovered:
         log.warning("%s", note)
+    notices.recover()
     return PauseResult(len(first), recovered)
 
 

@@ -39,8 +39,9 @@ from hostctl.errors import HostctlError, InvalidInput, NotFound
 from hostctl.paths import Paths
 from hostctl.runners.crontab import hostctl_argv, line_safe, search_path
 from hostctl.runners.home import Home
+from hostctl.runners.notify import stop_wait
 
-STOP_MARGIN = 30  # seconds on top of the longest task timeout and the kill grace
+STOP_MARGIN = 30  # seconds on top of the longest task timeout, the kill grace, the notices
 WATCHDOG = 120  # seconds: a daemon loop that has not come round in that long is hung
 UNIT = "hostctl-wait-queue.service"
 LANG = "C.UTF-8"
@@ -94,8 +95,16 @@ def _supervisor_env(pairs: list[tuple[str, str]]) -> str:
     return ",".join(out)
 
 
+def stop_budget(longest_task: float, grace: float, sender_wait: float) -> int:
+    """Seconds a stop may take before the service manager kills what is left: the
+    running tasks' end (the longest task timeout, then the kill grace), then the wait for
+    the notices' sender's request in flight (``sender_wait``: :func:`notify.stop_wait`),
+    and STOP_MARGIN."""
+    return int(longest_task + grace + sender_wait + STOP_MARGIN)
+
+
 def supervisor(paths: Paths, longest_task: float, grace: float, max_runtime: float,
-               user: str | None = None) -> str:
+               user: str | None = None, *, sender_wait: float) -> str:
     user = backend_user(paths, user)
     try:
         account = pwd.getpwnam(user)
@@ -117,7 +126,7 @@ autostart=true
 autorestart=true
 startsecs=1
 stopsignal=TERM
-stopwaitsecs={int(longest_task + grace + STOP_MARGIN)}
+stopwaitsecs={stop_budget(longest_task, grace, sender_wait)}
 stopasgroup=true
 killasgroup=true
 redirect_stderr=true
@@ -303,14 +312,19 @@ def render(home: Home, kind: str, user: str | None, max_runtime: float) -> str:
     registry = home.registry
     longest = max([registry.timeout(t) for t in registry.types.values()] or [0.0])
     grace = home.config.worker.kill_grace
+    sender_wait = stop_wait(home.config)
     if kind == "supervisor":
-        return supervisor(home.paths, longest, grace, max_runtime, user)
-    return systemd(home.paths, longest, grace, max_runtime, user, hardening_for(home))
+        return supervisor(home.paths, longest, grace, max_runtime, user,
+                          sender_wait=sender_wait)
+    return systemd(home.paths, longest, grace, max_runtime, user, hardening_for(home),
+                   sender_wait=sender_wait)
 
 
 def systemd(paths: Paths, longest_task: float, grace: float, max_runtime: float,
-            user: str | None = None, hardening: Hardening | None = None) -> str:
-    """The unit; ``hardening`` None: every option (see :func:`hardening_for`)."""
+            user: str | None = None, hardening: Hardening | None = None, *,
+            sender_wait: float) -> str:
+    """The unit; ``hardening`` None: every option (see :func:`hardening_for`);
+    ``sender_wait``: how long the daemon's stop waits for its notices' sender."""
     user = backend_user(paths, user)
     argv = _argv(paths, max_runtime)
     if any(c in argv[0] for c in "\"'\\"):
@@ -346,7 +360,7 @@ def systemd(paths: Paths, longest_task: float, grace: float, max_runtime: float,
         "RestartSec=2",
         "KillMode=mixed",
         "KillSignal=SIGTERM",
-        f"TimeoutStopSec={int(longest_task + grace + STOP_MARGIN)}",
+        f"TimeoutStopSec={stop_budget(longest_task, grace, sender_wait)}",
         *_hardening_lines(paths, hardening or Hardening()),
     ])
     return f"""[Unit]

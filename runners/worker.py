@@ -22,7 +22,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
-from hostctl.config import Config, Email, Webhook
+from hostctl.config import Config
 from hostctl.contexts.store import ContextStore
 from hostctl.errors import HostctlError, Unreachable
 from hostctl.paths import Paths
@@ -42,7 +42,7 @@ from hostctl.queues.backend import LeaseLost, QueueBackend, TaskClaim, TaskLog
 from hostctl.queues.model import Policy, backoff
 from hostctl.queues.spool import Spool
 from hostctl.runners.home import Home, open_store, retry_policy
-from hostctl.runners.notify import Deliveries
+from hostctl.runners.notify import Deliveries, Held, Notices
 from hostctl.text import Redactor, printable
 from hostctl.times import utc_iso
 
@@ -95,6 +95,7 @@ class Running:
     timeout: float
     started: float
     attempt: int
+    serial: int  # the attempt's number among all the task's (a manual retry goes on)
     buffer: bytes = b""
     exit_status: int | None = None
     out_open: bool = True
@@ -171,17 +172,21 @@ class Worker:
         # long task must not keep the next one from another, idle worker.
         self.prefetch = False
         self.accepting = True
-        # attempts ended and recorded, whose log line, count and notices wait until the
-        # next task has started (see report_ends): on a busy context the next task can
-        # only be claimed once the last one's end is recorded, and what follows the
-        # record need not come before it
+        # attempts ended and recorded, whose log line and count wait until the next task
+        # has started (see report_ends): on a busy context the next task can only be
+        # claimed once the last one's end is recorded, and what follows the record need
+        # not come before it
         self._ends: list[tuple[TaskClaim, str, str, float | None]] = []
         self.held: list[TaskClaim] = []
         self.held_until = 0.0  # (clock) a task claimed ahead is given back after this
         self.ahead_given_back = False  # ... and none is claimed ahead until a task ends
-        #: the webhooks' deliveries (runners/notify.py), and who is told of a new one
+        #: the webhooks' deliveries (runners/notify.py), the notices of the ends this
+        #: worker records (and its sweeps), and who is told of a new delivery
         self.deliveries = Deliveries(paths.spool / "notify")
         self.on_delivery: Callable[[], object] = lambda: None
+        self.notices = Notices(self.deliveries, lambda: self.config,
+                               lambda task_id: self.queue.get(task_id),
+                               lambda: self.on_delivery())
 
     @classmethod
     def of(cls, home: Home, concurrency: int | None = None,
@@ -210,8 +215,11 @@ class Worker:
     # -- the loop ---------------------------------------------------------------------
 
     def sweep(self) -> None:
-        for note in self.queue.sweep(self.policy):
+        """Recover what dead workers left: their tasks (the queue's sweep, whose ends get
+        their notices), then the notices' holds (runners/notify.py); admit submissions."""
+        for note in self.queue.sweep(self.policy, ends=self.notices):
             log.warning("%s", note)
+        self.notices.recover()
         self.admit()
 
     def admit(self) -> None:
@@ -440,6 +448,7 @@ class Worker:
         foreground one ends in error."""
         env = claim.task.envelope
         attempt = claim.task.attempt_count + 1
+        serial = len(claim.task.attempts) + 1
         result_path = self.queue.result_path(env)
         self.summary.started += 1
         task_log: TaskLog | None = None
@@ -493,21 +502,33 @@ class Worker:
         assert task_log is not None
         run = Running(claim, pid, out_fd, os.pidfd_open(pid), task_log,
                       self.policy(env), result_path, now + timeout, timeout, now,
-                      attempt, secrets=secrets, beat_at=now)
+                      attempt, serial, secrets=secrets, beat_at=now)
         os.set_blocking(out_fd, False)
         self.selector.register(out_fd, selectors.EVENT_READ, ("out", run))
         self.selector.register(run.pidfd, selectors.EVENT_READ, ("exit", run))
         self.running[pid] = run
         return True
 
+    def _record(self, claim: TaskClaim, serial: int, outcome: str,
+                record: Callable[[], object]) -> Held:
+        """Record an attempt's end as ``outcome`` (``record``), its notices' holds made
+        before it (runners/notify.py): a worker killed at any moment after the record
+        leaves them to the next sweep."""
+        held = self.notices.hold(claim.task.id, claim.task.envelope.type, serial, outcome)
+        try:
+            record()
+        except BaseException:
+            self.notices.release(held)  # recorded or not: the recovery finds out
+            raise
+        return held
+
     def _ended(self, claim: TaskClaim, outcome: str, reason: str,
-               seconds: float | None) -> None:
-        """An attempt's end is recorded (a retry and a loss included): its notices are
-        written at once (a worker killed meanwhile would lose them: the moment between
-        the end's record and theirs is all that is left); its line in hostctl.log and
-        its count (``hostctl metrics``) follow once the next task has had its chance to
-        start (:meth:`report_ends`)."""
-        self._notices(claim, outcome)
+               seconds: float | None, held: Held) -> None:
+        """An attempt's end is recorded (a retry and a loss included): its notices'
+        holds become due deliveries at once; its line in hostctl.log and its count
+        (``hostctl metrics``) follow once the next task has had its chance to start
+        (:meth:`report_ends`)."""
+        self.notices.complete(held)
         self._ends.append((claim, outcome, reason, seconds))
 
     def report_ends(self) -> None:
@@ -528,24 +549,6 @@ class Worker:
         except (OSError, HostctlError) as exc:  # a count is never worth a task
             log.warning("task %s: its end is not counted: %s", env.id, exc)
 
-    def _notices(self, claim: TaskClaim, outcome: str) -> None:
-        """The deliveries of an attempt's end to the notices that want it."""
-        env = claim.task.envelope
-        notices: list[Webhook | Email] = [*self.config.webhooks.values(),
-                                          *self.config.emails.values()]
-        hooks = [h for h in notices if h.wants(env.type, outcome)]
-        if not hooks:
-            return
-        try:
-            doc = self.queue.get(env.id).to_json()
-            doc.pop("log", None)  # a path on this host: nothing a receiver needs
-            for hook in hooks:
-                self.deliveries.add(hook, outcome, doc)
-        except (OSError, HostctlError) as exc:  # a notice is never worth a task
-            log.error("task %s: its webhooks are not sent: %s", env.id, exc)
-            return
-        self.on_delivery()
-
     def _cannot_write(self, claim: TaskClaim, attempt: int, task_log: TaskLog | None,
                       queued: bool,
                       exc: OSError, what: str) -> bool:
@@ -564,9 +567,14 @@ class Worker:
             with suppress(OSError):
                 _write(task_log, f"--- hostctl: {reason}\n")
             task_log.close()
-        try:
+        serial = len(claim.task.attempts) + 1  # the task as claimed: before this start
+
+        def record() -> None:
             claim.append("start", attempt=attempt, worker=os.getpid())
             self.queue.finish(claim, "error", exit=None, reason=reason, result={})
+
+        try:
+            held = self._record(claim, serial, "error", record)
         except (OSError, HostctlError) as exc:
             # e.g. a full disk: let go of the task; the next sweep finds it
             log.error("task %s: cannot record its end (%s): %s", claim.task.id, reason, exc)
@@ -574,7 +582,7 @@ class Worker:
             self.summary.count("lost")
             return
         self.summary.count("error")
-        self._ended(claim, "error", reason, None)
+        self._ended(claim, "error", reason, None, held)
 
     def _no_room(self, claim: TaskClaim, task_log: TaskLog | None, what: str) -> None:
         """No room on the disk to start a queued task: give it back, claim nothing for a
@@ -771,20 +779,29 @@ class Worker:
         if run.interrupted and verdict.outcome != "cancelled":
             reason = f"{run.interrupted}; {verdict.reason}"
             fields.update(exit=verdict.exit, reason=reason)
-            if run.policy.rerun_on_loss and run.attempt < run.policy.max_attempts:
-                self.queue.defer(claim, backoff(run.policy, run.attempt), outcome="lost",
-                                 **fields)
-            else:
-                self.queue.finish(claim, "lost", **fields)
+
+            def record_loss() -> None:
+                if run.policy.rerun_on_loss and run.attempt < run.policy.max_attempts:
+                    self.queue.defer(claim, backoff(run.policy, run.attempt),
+                                     outcome="lost", **fields)
+                else:
+                    self.queue.finish(claim, "lost", **fields)
+
+            held = self._record(claim, run.serial, "lost", record_loss)
             self.summary.count("lost")
-            self._ended(claim, "lost", reason, elapsed)
+            self._ended(claim, "lost", reason, elapsed, held)
             return
-        if verdict.outcome == "retry":
-            self.queue.defer(claim, backoff(run.policy, run.attempt), **fields)
-        else:
-            self.queue.finish(claim, verdict.outcome, **fields)
-        self.summary.count(verdict.outcome)
-        self._ended(claim, verdict.outcome, str(fields["reason"]), elapsed)
+        outcome = verdict.outcome
+
+        def record_end() -> None:
+            if outcome == "retry":
+                self.queue.defer(claim, backoff(run.policy, run.attempt), **fields)
+            else:
+                self.queue.finish(claim, outcome, **fields)
+
+        held = self._record(claim, run.serial, outcome, record_end)
+        self.summary.count(outcome)
+        self._ended(claim, outcome, str(fields["reason"]), elapsed, held)
 
 
 def _write(task_log: TaskLog, data: str | bytes) -> None:

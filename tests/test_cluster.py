@@ -789,6 +789,59 @@ def test_a_published_task_outlives_a_crash_of_the_database_right_after(
         pg.psql("SELECT pg_reload_conf()")
 
 
+def test_a_publish_whose_connection_broke_after_its_commit_says_queued(
+        tmp_path: Path, dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The publish's flush is its second transaction: a connection that breaks there
+    leaves a task committed, which a worker may run already. The publish looks on a new
+    connection, makes it durable and says it was queued (a caller told it failed would
+    queue it again); one that breaks before its commit says it failed."""
+    from hostctl import database
+    from hostctl.database import DatabaseError
+    from hostctl.queues.model import Envelope, new_id
+    from hostctl.queues.pgqueue import PgQueue
+    from hostctl.times import utc_iso
+
+    cluster.init(dsn)
+    q = PgQueue(dsn, tmp_path / "w", tmp_path / "wlogs")
+    # the flush's statement ends its own session: the break after the commit
+    monkeypatch.setattr(database, "FLUSH", "SELECT pg_terminate_backend(pg_backend_pid())")
+    env = Envelope(new_id(), "verify", "@a", {}, {}, 5, utc_iso())
+    assert q.publish(env) == (env.id, True)
+    assert [t.id for t in q.tasks()] == [env.id]
+    again = Envelope(new_id(), "verify", "@a", {}, {}, 5, utc_iso())
+    assert q.publish(again) == (env.id, False)  # the identical one, not a second
+    # the break before the commit: nothing queued, and said so
+    from hostctl.queues import pgqueue
+
+    monkeypatch.setattr(pgqueue, "ASYNC", "(SELECT pg_terminate_backend(pg_backend_pid()))")
+    lost = Envelope(new_id(), "verify", "@b", {}, {}, 5, utc_iso())
+    with pytest.raises(DatabaseError):
+        q.publish(lost)
+    monkeypatch.undo()
+    assert [t.id for t in q.tasks()] == [env.id]
+
+
+def test_a_commit_that_fails_in_a_flushed_write_leaves_the_session_usable(dsn: str) -> None:
+    """An error raised at the commit (a deferred constraint, a serialization failure)
+    while the two transactions are sent together must not leave the connection in
+    pipeline mode: the session's next statement works."""
+    from hostctl.database import ASYNC, DatabaseError, Session
+
+    db = Session(dsn)
+    db.rows("CREATE TABLE at_commit (x int)")
+    db.rows("CREATE FUNCTION at_commit_no() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$BEGIN RAISE EXCEPTION 'refused at commit'; END$$")
+    db.rows("CREATE CONSTRAINT TRIGGER at_commit_t AFTER INSERT ON at_commit "
+            "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION at_commit_no()")
+    for _ in range(3):
+        # said as the commit's error, or (psycopg's pipeline one answer out of step
+        # after it) as a connection whose state is not known: either way, one error
+        with pytest.raises(DatabaseError):
+            db.rows_heard_first("INSERT INTO at_commit SELECT 1 FROM " + ASYNC + " AS lazy")
+        assert db.rows("SELECT count(*) FROM at_commit") == [(0,)]
+    db.close()
+
+
 def test_the_clusters_counts_and_depths_are_the_databases(tmp_path: Path, dsn: str) -> None:
     """Attempts counted by any host add up in one table; each server's queue reports
     its ready and delayed tasks and the oldest ready one's age."""

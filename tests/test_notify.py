@@ -3,10 +3,19 @@ what is sent and what is not, the retries while the receiver fails or is down, a
 sender processes the runners start: a kill -9 of a runner (the daemon, dispatch,
 wait-queue --once) cuts no request off, so each delivery arrives exactly once; two
 senders at once send each delivery once; only a sender itself killed mid-request sends it
-again, with the same delivery id."""
+again, with the same delivery id. The holds: a worker killed -9 once an end is recorded,
+or once its delivery is written but not due, and a worker killed mid-task whose loss a
+sweep records (the sweeper killed too), on the spool and in a cluster: each notice
+arrives once, from the next runner. What a review found: an answer trickled in byte by
+byte is cut off at the hook's timeout; a broken config.toml starts no sender until it is
+fixed; dispatch's output ends while the sender it leaves goes on; a probe of the sender
+lock puts no sender off; garbage in the folder is set aside; a second TERM ends the
+daemon's wait for its sender; a sender that finds every delivery held exits 75 and the
+daemon waits before the next."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import json
@@ -23,20 +32,30 @@ from typing import Any
 
 import pytest
 from conftest import hostctl_exe
+from pghelpers import new_database
 from runnerhelpers import (
     Procs,
     add_task,
     hostctl_log,
     save_sites,
     status_of,
+    task_json,
     wait_exit,
     wait_for,
     write_config,
 )
 
 from hostctl.config import Config, Webhook
+from hostctl.errors import ExitStatus
 from hostctl.files import flocked
-from hostctl.runners.notify import SENDER_COMMAND, Deliveries, Sender
+from hostctl.runners.notify import (
+    FLUSH_WAIT,
+    REQUEST_MARGIN,
+    SENDER_COMMAND,
+    Deliveries,
+    Sender,
+    delivery_id,
+)
 
 SECRET = b"a-webhook-secret-of-the-panel"
 
@@ -44,15 +63,18 @@ SECRET = b"a-webhook-secret-of-the-panel"
 class Receiver:
     """An HTTP server on loopback that keeps every POST; ``answers`` are the statuses of
     the next requests (then 200). A request is answered once ``hold`` (if given) is set
-    and ``delay`` has passed; ``arrived`` has its delivery id from the moment it came."""
+    and ``delay`` has passed; ``arrived`` has its delivery id from the moment it came.
+    ``trickle``: the answer goes out one byte every that many seconds (each read of the
+    client gets a byte well within its timeout)."""
 
     def __init__(self, port: int = 0, delay: float = 0.0,
-                 hold: threading.Event | None = None) -> None:
+                 hold: threading.Event | None = None, trickle: float = 0.0) -> None:
         self.got: list[tuple[dict[str, str], bytes]] = []
         self.arrived: list[str] = []
         self.answers: list[int] = []
         self.delay = delay
         self.hold = hold
+        self.trickle = trickle
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -64,6 +86,15 @@ class Receiver:
                 time.sleep(owner.delay)
                 status = owner.answers.pop(0) if owner.answers else 200
                 owner.got.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                if owner.trickle:
+                    self.close_connection = True
+                    for byte in f"HTTP/1.0 {status} OK\r\nContent-Length: 0\r\n\r\n".encode():
+                        try:
+                            self.wfile.write(bytes([byte]))
+                        except OSError:
+                            return  # the client has gone
+                        time.sleep(owner.trickle)
+                    return
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -510,3 +541,269 @@ def test_an_answer_that_is_not_http_is_tried_again(run_hostctl: Any, home: Path)
         assert "not delivered" in (home / "logs" / "hostctl.log").read_text()
     finally:
         server.close()
+
+
+# -- the holds: no notice lost to a kill -9 -------------------------------------------------
+
+def holds(home: Path) -> list[str]:
+    folder = home / "spool" / "notify"
+    return sorted(n for n in os.listdir(folder) if n.startswith("hold.")) \
+        if folder.exists() else []
+
+
+def killed_with(home: Path, procs: Procs, *argv: str, **env: str) -> bool:
+    """Run ``hostctl argv`` with ``env`` (a test-only kill point): was it killed there?"""
+    proc = procs.start(*argv, env={**os.environ, "HOSTCTL_HOME": str(home), **env})
+    return wait_exit(proc, 60, "the runner") == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("die", ["HOSTCTL_TEST_DIE_AFTER_END", "HOSTCTL_TEST_DIE_BEFORE_DUE"])
+def test_a_worker_killed_once_the_end_is_recorded_leaves_its_notice_to_the_next_runner(
+        run_hostctl: Any, home: Path, receiver: Receiver, procs: Procs, die: str) -> None:
+    configure(home, receiver.url)
+    save_sites(run_hostctl, home, ["a.example"])
+    task = add_task(run_hostctl, "fail", "@a.example")
+    assert killed_with(home, procs, "wait-queue", "--once", **{die: "1"})
+    assert status_of(run_hostctl, task) == "error"  # the end is recorded
+    assert len(holds(home)) == 1 and pending(home) == holds(home)  # held, not due
+    once(home)
+    wait_for(lambda: receiver.got and not senders(home), 30, "the notice")
+    exactly_once(receiver.docs(), [task])
+    [doc] = receiver.docs()
+    assert (doc["outcome"], doc["task"]["status"]) == ("error", "error")
+    assert doc["delivery"] == delivery_id(task, 1, "webhook", "panel")
+    once(home)  # nothing left to send: never again
+    assert len(receiver.got) == 1 and pending(home) == []
+
+
+@pytest.mark.parametrize(("backend", "sweeper_dies"), [("spool", False), ("spool", True),
+                                                       ("cluster", False),
+                                                       ("cluster", True)])
+def test_a_worker_killed_mid_task_the_loss_its_sweep_records_is_told_once(
+        run_hostctl: Any, home: Path, receiver: Receiver, procs: Procs,
+        request: pytest.FixtureRequest, backend: str, sweeper_dies: bool) -> None:
+    config: dict[str, Any] = {
+        "queues": {"cron": {"enabled": False}},
+        # the loss queues the task again, an hour from now: no runner here runs it
+        "worker": {"backoff_base": 3600, "backoff_max": 3600},
+        "tasks": {"slow": {"command": ["sleep", "120"], "context_types": ["site"]}},
+        "notify": {"webhooks": {"panel": {"url": receiver.url, "outcomes": ["lost"]}}}}
+    if backend == "cluster":
+        config["cluster"] = {"dsn": new_database(request.getfixturevalue("pg_server"),
+                                                 "notify", init=True)}
+    write_config(home, config)
+    save_sites(run_hostctl, home, ["a.example"])
+    task = add_task(run_hostctl, "slow", "@a.example")
+    worker = procs.start("wait-queue", "--once")
+    wait_for(lambda: task_json(run_hostctl, task)["attempts"], 60, "the task to start")
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    if sweeper_dies:  # the next runner's sweep records the loss, and is killed there
+        # (in a cluster, once the database has seen the dead worker's connection end)
+        wait_for(lambda: killed_with(home, procs, "wait-queue", "--once",
+                                     HOSTCTL_TEST_DIE_AFTER_END="1"), 60, "a sweep killed")
+        assert task_json(run_hostctl, task)["attempts"][0]["outcome"] == "lost"
+        assert len(holds(home)) == 1 and receiver.got == []
+
+    def told() -> bool:
+        once(home)  # in a cluster the database may see the dead worker's end a bit late
+        return bool(receiver.got)
+
+    wait_for(told, 60, "the notice of the loss")
+    wait_for(lambda: not senders(home), 30, "the sender to end")
+    exactly_once(receiver.docs(), [task])
+    [doc] = receiver.docs()
+    assert (doc["outcome"], doc["task"]["status"]) == ("lost", "queued")
+    assert doc["task"]["attempts"][0]["outcome"] == "lost"
+    assert doc["delivery"] == delivery_id(task, 1, "webhook", "panel")
+    once(home)
+    assert len(receiver.got) == 1 and pending(home) == []
+
+
+# -- what a review of the sender found --------------------------------------------------
+
+def sender_run(home: Path) -> subprocess.CompletedProcess[str]:
+    """``hostctl notify-send`` for ``home``, as a runner starts it."""
+    return subprocess.run([hostctl_exe(), "--home", str(home), SENDER_COMMAND],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_an_answer_that_trickles_in_is_cut_off_at_the_hooks_timeout(
+        run_hostctl: Any, home: Path, procs: Procs) -> None:
+    slow = Receiver(trickle=0.5)  # 19 s for the whole answer, each byte within 1 s
+    try:
+        configure(home, slow.url, timeout=1)
+        save_sites(run_hostctl, home, ["a.example"])
+        add_task(run_hostctl, "fail", "@a.example")
+        runner = procs.start("wait-queue", "--once")
+        wait_for(lambda: slow.arrived, 60, "the request")
+        came = time.monotonic()
+        wait_for(lambda: [n for n in pending(home) if n.endswith(".1.json")],
+                 1 + REQUEST_MARGIN + 5, "the try to end, as a failed one")
+        assert time.monotonic() - came < 1 + REQUEST_MARGIN + 4
+        assert wait_exit(runner, 30, "the runner") == 0
+        assert "no answer within 3 s" in hostctl_log(home)
+    finally:
+        slow.close()
+
+
+def test_a_broken_config_toml_starts_no_sender_until_it_is_fixed(
+        run_hostctl: Any, home: Path, procs: Procs) -> None:
+    hold = threading.Event()
+    held = Receiver(hold=hold)
+    try:
+        configure(home, held.url)
+        good = (home / "config.toml").read_text()
+        save_sites(run_hostctl, home, ["a.example"])
+        held.answers = [500]  # the first try fails: the next one is due a second later
+        add_task(run_hostctl, "fail", "@a.example")
+        daemon = procs.start("wait-queue", "--max-runtime", "120")
+        wait_for(lambda: held.arrived, 60, "the first try")
+        (home / "config.toml").write_text(good + "\n[[[ not TOML\n")
+        wait_for(lambda: "config not reloaded" in hostctl_log(home), 15, "the failed reload")
+        hold.set()
+        waiting = "notices: none is sent until config.toml reads again"
+        wait_for(lambda: waiting in hostctl_log(home), 15, "the notices to wait")
+        time.sleep(3)  # a storm would start a sender a second, or one every 30 s
+        log = hostctl_log(home)
+        assert log.count(waiting) == 1, log
+        assert "the sender exited with status" not in log and "sender stops" not in log
+        assert len(held.arrived) == 1 and [n.rsplit(".", 2)[1] for n in pending(home)] == ["1"]
+        (home / "config.toml").write_text(good)
+        wait_for(lambda: len(held.got) == 2 and pending(home) == [], 15, "the delivery")
+        assert "notices: config.toml reads again" in hostctl_log(home)
+        daemon.send_signal(signal.SIGTERM)
+        assert wait_exit(daemon, 30, "the daemon") == 0
+    finally:
+        hold.set()
+        held.close()
+
+
+def test_dispatch_with_its_output_captured_ends_while_its_sender_goes_on(
+        run_hostctl: Any, home: Path) -> None:
+    hold = threading.Event()
+    held = Receiver(hold=hold)  # answers once released: the sender outlives dispatch
+    try:
+        configure(home, held.url, timeout=60)
+        save_sites(run_hostctl, home, ["a.example"])
+        add_task(run_hostctl, "fail", "@a.example")
+        started = time.monotonic()
+        res = subprocess.run([hostctl_exe(), "dispatch"], capture_output=True, text=True,
+                             timeout=120, env={**os.environ, "HOSTCTL_HOME": str(home)})
+        took = time.monotonic() - started
+        assert res.returncode == 0, res.stderr
+        assert took < FLUSH_WAIT + 8, took  # not the sender's end: its stderr is not ours
+        assert held.arrived and senders(home), "the sender goes on"
+        assert "goes on after this runner" in hostctl_log(home)
+        hold.set()
+        wait_for(lambda: held.got and not senders(home), 30, "the sender to end")
+        assert pending(home) == []
+    finally:
+        hold.set()
+        held.close()
+
+
+def test_a_probe_of_the_sender_lock_does_not_put_a_sender_off(tmp_path: Path) -> None:
+    hook = Webhook("panel", "http://127.0.0.1:9/hook")
+    deliveries = Deliveries(tmp_path / "notify")
+    deliveries.add(hook, "error", {"id": "t1"})
+    posted: list[str] = []
+
+    def post(_hook: Any, _body: bytes, delivery: str) -> int:
+        posted.append(delivery)
+        return 200
+
+    sender = Sender(deliveries, Config(webhooks={"panel": hook}), post=post)
+    probe = os.open(deliveries.lock_path, os.O_RDONLY | os.O_CREAT, 0o600)
+    fcntl.flock(probe, fcntl.LOCK_SH)  # what Deliveries.sending() holds for an instant
+    threading.Timer(0.005, os.close, (probe,)).start()
+    sent = sender.send()
+    assert not sent.busy and sent.delivered == 1 and len(posted) == 1
+
+
+def test_garbage_in_the_folder_is_set_aside_and_the_deliveries_go_out(
+        home: Path, receiver: Receiver) -> None:
+    configure(home, receiver.url)
+    folder = home / "spool" / "notify"
+    deliveries = Deliveries(folder)
+    good = deliveries.add(Webhook("panel", receiver.url), "error", {"id": "t-good"})
+    [line] = [(folder / n).read_text() for n in pending(home)]
+    elsewhere = home / "elsewhere.json"
+    elsewhere.write_text(line)
+    past = time.time() - 60
+
+    def name(n: int) -> str:  # due before the good one: each is looked at first
+        return f"{int((past + n) * 1000):013x}.{n:020x}.0.json"
+
+    garbage = {
+        name(1): lambda p: p.symlink_to(elsewhere),  # ELOOP
+        name(2): lambda p: p.write_text("[1, 2]"),  # a JSON list
+        name(3): lambda p: p.mkdir(),  # a folder named like a delivery
+        name(4): lambda p: p.write_text("42"),
+        name(5): lambda p: p.write_text("[" * 100_000),  # RecursionError
+        name(6): lambda p: p.write_text('{"kind": "webhook", "hook": ["panel"]}'),
+        name(7): lambda p: os.mkfifo(p),  # opened without O_NONBLOCK: no end
+        name(8): lambda p: p.write_bytes(b"\xff\xfe\x00garbage"),
+    }
+    for n, make in garbage.items():
+        make(folder / n)
+    res = sender_run(home)
+    assert res.returncode == 0, res.stderr
+    [doc] = receiver.docs()
+    assert doc["delivery"] == good and pending(home) == []
+    failed = folder / "failed"
+    for n in garbage:
+        assert os.path.lexists(failed / n), n
+        assert (failed / f"{n}.reason").read_text().strip(), n
+    assert elsewhere.read_text() == line  # a link is moved, never followed
+
+
+def test_a_second_term_ends_the_daemons_wait_for_its_sender(
+        run_hostctl: Any, home: Path, procs: Procs) -> None:
+    hold = threading.Event()
+    held = Receiver(hold=hold)
+    try:
+        configure(home, held.url, timeout=60)
+        save_sites(run_hostctl, home, ["a.example"])
+        add_task(run_hostctl, "fail", "@a.example")
+        daemon = procs.start("wait-queue", "--max-runtime", "120")
+        wait_for(lambda: held.arrived, 60, "the request")
+        [pid] = senders(home)
+        daemon.send_signal(signal.SIGTERM)
+        wait_for(lambda: "waiting for the sender's delivery in flight" in hostctl_log(home),
+                 10, "the daemon to wait")
+        time.sleep(0.3)
+        daemon.send_signal(signal.SIGTERM)
+        assert wait_exit(daemon, 5, "the daemon, at the second TERM") == 0
+        assert "the sender finishes its delivery alone" in hostctl_log(home)
+        assert senders(home) == [pid]
+        hold.set()
+        wait_for(lambda: held.got and not senders(home), 30, "the sender to end alone")
+        assert len(held.arrived) == 1 and pending(home) == []
+    finally:
+        hold.set()
+        held.close()
+
+
+def test_a_sender_that_finds_every_delivery_held_exits_75_and_the_daemon_waits(
+        home: Path, receiver: Receiver, procs: Procs) -> None:
+    configure(home, receiver.url)
+    folder = home / "spool" / "notify"
+    Deliveries(folder).add(Webhook("panel", receiver.url), "error", {"id": "t1"})
+    [name] = pending(home)
+    held = os.open(folder / name, os.O_RDONLY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another process sends it (an older sender)
+        res = sender_run(home)
+        assert res.returncode == ExitStatus.TEMPFAIL == 75, res.stderr
+        daemon = procs.start("wait-queue", "--max-runtime", "120")
+        said = "notices: every delivery due is held by another process"
+        wait_for(lambda: hostctl_log(home).count(said) == 2, 30, "the daemon's sender")
+        time.sleep(3)  # a sender a second, were it not for the daemon's wait
+        log = hostctl_log(home)
+        assert log.count(said) == 2 and "the sender exited with status" not in log, log
+        daemon.send_signal(signal.SIGTERM)
+        assert wait_exit(daemon, 30, "the daemon") == 0
+    finally:
+        os.close(held)
+    assert receiver.got == [] and pending(home) == [name]

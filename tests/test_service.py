@@ -30,7 +30,14 @@ from runnerhelpers import (
     write_config,
 )
 
+from hostctl.runners.notify import REQUEST_MARGIN
+from hostctl.runners.notify import STOP_MARGIN as NOTIFY_STOP_MARGIN
+
 LONGEST = 5000  # seconds: the longest task timeout in the test config
+HOOK_TIMEOUT = 300  # seconds: the longest notice's timeout in the test config
+#: a stop's budget: the longest task, the kill grace, then the daemon's wait for its
+#: sender's request (the hook's timeout and the margins), and the service's own margin
+STOP_BUDGET = LONGEST + 7 + HOOK_TIMEOUT + int(REQUEST_MARGIN + NOTIFY_STOP_MARGIN) + 30
 ME = pwd.getpwuid(os.geteuid()).pw_name  # named: the generators never take root by default
 
 
@@ -46,7 +53,9 @@ def settings(text: str) -> dict[str, str]:
 @pytest.fixture
 def long_tasks(home: Path) -> None:
     write_config(home, {"worker": {"timeout": 100, "kill_grace": 7},
-                        "tasks": {"slow": sh_task("sleep 1", timeout=LONGEST)}})
+                        "tasks": {"slow": sh_task("sleep 1", timeout=LONGEST)},
+                        "notify": {"webhooks": {"panel": {
+                            "url": "http://127.0.0.1:9/hook", "timeout": HOOK_TIMEOUT}}}})
 
 
 def test_supervisor_section(home, long_tasks, hostctl_process) -> None:
@@ -57,7 +66,8 @@ def test_supervisor_section(home, long_tasks, hostctl_process) -> None:
     assert s["autorestart"] == "true"
     assert s["autostart"] == "true"
     assert s["stopsignal"] == "TERM"
-    assert int(s["stopwaitsecs"]) > LONGEST + 7  # the longest task and the kill grace
+    # the longest task, the kill grace and the wait for the notices' sender
+    assert int(s["stopwaitsecs"]) == STOP_BUDGET
     assert s["stopasgroup"] == "true"
     assert s["killasgroup"] == "true"
     assert s["user"] == getpass.getuser()
@@ -75,7 +85,7 @@ def test_systemd_unit(home, long_tasks, hostctl_process) -> None:
     s = settings(res.stdout)
     assert s["Restart"] == "always"
     assert s["KillMode"] == "mixed"
-    assert int(s["TimeoutStopSec"]) > LONGEST + 7
+    assert int(s["TimeoutStopSec"]) == STOP_BUDGET
     assert s["User"] == "aegir"
     argv = shlex.split(s["ExecStart"])
     assert argv[0] == hostctl_exe()

@@ -21,9 +21,11 @@ CONNECT_TIMEOUT = 10
 #: joined into a statement (``FROM ..., ASYNC AS lazy``): its commit does not wait for
 #: the disk
 ASYNC: LiteralString = "(SELECT set_config('synchronous_commit', 'off', true))"
-#: a statement that commits synchronously while changing nothing: a logical message
-#: (a WAL record no one reads) in a transaction of its own; waiting for its flush waits
-#: for every commit before it
+#: a statement that commits synchronously while changing nothing: a logical message (a
+#: WAL record of no effect; a logical decoding consumer that asks for messages sees it,
+#: prefix ``hostctl``) in a transaction of its own; waiting for its flush waits for every
+#: commit before it. Sent in one round trip with the write before it: pipeline mode,
+#: libpq 14 or later (psycopg[binary] brings its own)
 FLUSH: LiteralString = "SELECT pg_logical_emit_message(true, 'hostctl', '')"
 
 
@@ -182,7 +184,8 @@ class Session:
         synchronously; its flush takes every earlier commit with it. Until then nothing
         was said to the caller, and whoever acts on the row before must make a
         synchronous commit of its own first (its flush, too, takes this one). Never
-        tried again: the write may have been done before a connection broke."""
+        tried again: the write may have been done before a connection broke (the caller
+        looks). A connection a failure came through is not used again."""
         conn = self.connection()
         try:
             with conn.pipeline() as pipeline:
@@ -191,7 +194,17 @@ class Session:
                 conn.execute(FLUSH)
             return cur.fetchall() if cur.description is not None else []
         except psycopg.Error as exc:
+            # what a failed pipeline leaves unread (its other results, its mode) would
+            # be read by the next statement: the connection goes with it (a unique
+            # violation, the one failure a caller expects, is rare)
+            self.close()
             raise self.failed(exc) from None
+        except IndexError:
+            # an error at a commit can leave psycopg's pipeline one result out of step
+            # with what it sent: what became of the write is not known here
+            self.close()
+            raise self.failed(psycopg.OperationalError(
+                "the connection's answers went out of step with its statements")) from None
 
     @contextmanager
     def transaction(self, lock: int | None = None, probe: bool = True) -> Iterator[None]:

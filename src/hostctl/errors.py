@@ -16,6 +16,7 @@ class ExitStatus(IntEnum):
     ERROR = 1  # a task ended in `error`, or an operation failed at run time
     USAGE = 2  # usage, invalid input or a refused request
     INTERNAL = 70  # a bug in hostctl (EX_SOFTWARE); rerun with --traceback
+    TEMPFAIL = 75  # notify-send: notices were due, none could be taken up now (EX_TEMPFAIL)
     TIMED_OUT = 124  # ``task wait --timeout``: a task had not ended (timeout(1)'s code)
     INTERRUPTED = 130  # interrupted by the user (SIGINT), or a task waited for was cancelled
 

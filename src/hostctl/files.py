@@ -151,19 +151,27 @@ def lock_held(path: Path) -> bool:
 
 
 @contextmanager
-def flocked(path: Path, *, wait: bool = True, follow: bool = True) -> Iterator[bool]:
+def flocked(path: Path, *, wait: bool = True, follow: bool = True,
+            patience: float = 0.0) -> Iterator[bool]:
     """Hold an exclusive flock on ``path`` (a lock file, made 0600 if missing) for the
     block; True inside it. Without ``wait``, a lock another process holds gives False at
-    once. The kernel drops the lock when its holder dies: no stale lock to clean up.
-    ``follow=False`` refuses a symbolic link where the lock file should be."""
+    once, or after trying again for ``patience`` seconds (a :func:`lock_held` probe holds
+    a shared lock for an instant: it is no holder). The kernel drops the lock when its
+    holder dies: no stale lock to clean up. ``follow=False`` refuses a symbolic link where
+    the lock file should be."""
     flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
     fd = os.open(path, flags, 0o600)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
+        until = time.monotonic() + patience
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+                break
+            except BlockingIOError:
+                if time.monotonic() >= until:
+                    yield False
+                    return
+                time.sleep(min(0.005, max(0.0, until - time.monotonic())))
         yield True
     finally:
         os.close(fd)
