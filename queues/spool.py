@@ -385,10 +385,16 @@ class Spool:
     def get(self, task_id: str) -> Task:
         if not valid_id(task_id):
             raise InvalidInput(f"malformed task id {task_id!r} (20 hex digits)")
-        for _ in range(5):  # the file may move between locate and read
+        missed = 0
+        for _ in range(6):  # the file may move between locate and read
             found = self._locate(task_id)
             if found is None:
-                break
+                # one look may miss a task moving into a folder it looked in already
+                # (deferred/ to new/, active/ to new/): gone when a second misses it too
+                missed += 1
+                if missed == 2:
+                    break
+                continue
             try:
                 return self._read_path(found[1], found[0])
             except FileNotFoundError:

@@ -39,8 +39,13 @@ read: the attempt's end recorded as the hold's outcome makes the delivery (the t
 the record says; dropped if the hook is gone or wants that outcome no more); recorded as
 another outcome, it was a recovery's end, which made its own holds: dropped; no end
 recorded, dropped (the queue's recovery ends that attempt, and makes its own hold); the
-task gone (retention), dropped. A task that cannot be read now (the cluster's database
-away) keeps its hold for the next sweep. A hold of the same id that is in the way of a
+task gone (retention), dropped once no look has found it for GONE_AFTER seconds (a task
+moving between the spool's folders may be missed by one). A task that cannot be read now
+(the cluster's database away) keeps its hold for the next sweep. A worker whose claim was
+taken over (the cluster: it did not record that end; whoever took it did, with its own
+notices) removes its holds. Anything under a hold's name that cannot be one (not a
+regular file, not its line) goes to failed/; a name that is not a delivery's exactly
+(13 and 20 hex digits) is passed over by the senders. A hold of the same id that is in the way of a
 new one (its maker died before its end was recorded) is dropped under its lock (made due
 if it holds a delivery). Stale ``.hold.*.tmp`` files go after STALE_TMP seconds.
 
@@ -120,6 +125,7 @@ import os
 import secrets
 import signal
 import smtplib
+import stat
 import subprocess
 import threading
 import time
@@ -167,6 +173,7 @@ STOP_MARGIN = 5.0  # the daemon's stop waits for its sender's request this much 
 LOCK_PATIENCE = 0.05  # a sender takes the sender lock held this long as another's
 HOLD_WAIT = 5.0  # a hold of the same id in the way, locked: wait this long for it
 STALE_TMP = 60.0  # a hold being made whose maker is gone: removed after this many seconds
+GONE_AFTER = 600.0  # a hold whose task no look finds: dropped once this old (seconds)
 MAX_READ = 16 << 20
 #: tests only: a process that recorded an end with notices dies before they are due
 #: (a worker or a sweep), or once a hold holds its delivery, before it is due
@@ -180,14 +187,19 @@ def _name(due: float, delivery: str, attempts: int) -> str:
     return f"{int(due * 1000):013x}.{delivery}.{attempts}.json"
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
 def _parse(name: str) -> tuple[float, str, int] | None:
+    """A delivery's name, read (:func:`_name`: 13 hex digits, 20 hex digits, a count);
+    None for any other name, which no sender looks at (one that sorted before the
+    deliveries and read as due in years would hold every notice back)."""
     parts = name.split(".")
-    if len(parts) != 4 or parts[3] != "json" or not parts[2].isdigit():
+    if (len(parts) != 4 or parts[3] != "json" or len(parts[0]) != 13
+            or len(parts[1]) != 20 or not set(parts[0] + parts[1]) <= _HEX
+            or not parts[2].isascii() or not parts[2].isdigit() or len(parts[2]) > 6):
         return None
-    try:
-        return int(parts[0], 16) / 1000, parts[1], int(parts[2])
-    except ValueError:
-        return None
+    return int(parts[0], 16) / 1000, parts[1], int(parts[2])
 
 
 def delivery_id(task_id: str, attempt: int, kind: str, hook: str) -> str:
@@ -230,18 +242,18 @@ def _read_hold(data: bytes) -> tuple[dict[str, Any] | None, bool]:
     """A hold's intent (its first line; None if it cannot be read), and whether its
     delivery follows it whole (a torn one, its maker killed as it wrote it, counts as
     none)."""
-    first, _, rest = data.partition(b"\n")
+    first, newline, rest = data.partition(b"\n")
     try:
         intent = json.loads(first)
-        if not isinstance(intent, dict) or not all(
+        if not newline or not isinstance(intent, dict) or not all(
                 isinstance(intent.get(k), str) for k in ("task", "outcome", "kind", "hook")) \
                 or not isinstance(intent.get("attempt"), int):
             return None, False
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON; nested past the parser's depth
         return None, False
     try:
         doc = json.loads(rest) if rest.strip() else None
-    except ValueError:
+    except (ValueError, RecursionError):
         doc = None
     return intent, isinstance(doc, dict) and "body" in doc
 
@@ -259,16 +271,23 @@ def _read_delivery(fd: int) -> tuple[str, str, bytes]:
     return kind, hook, body.encode()
 
 
+class NotAHold(ValueError):
+    """A file under a hold's name that cannot be one (set aside in failed/)."""
+
+
 def _lock(path: Path, until: float | None = None) -> int | None:
     """``path`` open and flock'ed, still the file of that name; None once there is no
     such file. BlockingIOError when another process holds it (``until``: tried again till
     then, time.monotonic())."""
     while True:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+            # O_NONBLOCK: a FIFO of that name must not hold the runner in its open
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             return None
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise NotAHold(f"{path.name} is not a regular file")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -337,7 +356,7 @@ class Notices:
                                  "kind": _kind(hook), "hook": hook.name}).encode() + b"\n"
             try:
                 held.holds.append(self._make(delivery, hook, intent))
-            except OSError as exc:  # a notice is never worth a task
+            except (OSError, ValueError) as exc:  # a notice is never worth a task
                 log.error("task %s: its notice %s is not written: %s", task_id, hook.name,
                           exc)
         return held
@@ -369,6 +388,18 @@ class Notices:
         if made:
             self.on_due()
         return made
+
+    def withdraw(self, held: Held) -> None:
+        """The end was certainly not recorded by this process (its claim was taken over:
+        another records that end, with its own notices): the holds go, under their
+        locks, so that no recovery sends the notice a second time."""
+        while held.holds:
+            hold = held.holds.pop()
+            try:
+                with suppress(FileNotFoundError):
+                    os.unlink(hold.path)
+            finally:
+                os.close(hold.fd)
 
     def release(self, held: Held) -> None:
         """Let the holds go as they are (whether the end was recorded is not known):
@@ -402,7 +433,10 @@ class Notices:
                     self._drop_stale_tmp(self.folder / name)
                 elif _is_hold(name):
                     made += self._settle(self.folder / name)
-            except (OSError, HostctlError) as exc:
+            except (NotAHold, IsADirectoryError, RecursionError, UnicodeError) as exc:
+                # of the file's own making: it never will be read; out of everyone's way
+                self.deliveries.give_up(name, f"not a hold: {exc}")
+            except (OSError, HostctlError) as exc:  # the disk, the database: next sweep
                 message = exc.message if isinstance(exc, HostctlError) else str(exc)
                 log.error("notices: hold %s waits for the next sweep: %s", name, message)
         if made:
@@ -427,6 +461,8 @@ class Notices:
                     rename_noreplace(tmp, path)
                     break
                 except FileExistsError:
+                    if time.monotonic() > until:
+                        raise
                     self._clear(path, until)
             fsync_dir(self.folder)
         except BaseException:
@@ -440,7 +476,11 @@ class Notices:
         """A hold of the same id is in the way: its maker died before the end it told of
         was recorded (it is being recorded now, by this process). Dropped under its lock,
         or made due if it holds a delivery."""
-        fd = _lock(path, until)
+        try:
+            fd = _lock(path, until)
+        except (NotAHold, IsADirectoryError) as exc:  # out of the way, kept for a person
+            self.deliveries.give_up(path.name, f"not a hold: {exc}")
+            return
         if fd is None:
             return
         try:
@@ -471,6 +511,10 @@ class Notices:
             try:
                 task = self.read(intent["task"])
             except NotFound:
+                # a task moving between folders may be missed by one look: gone only
+                # when it stays so
+                if time.time() - os.fstat(fd).st_mtime < GONE_AFTER:
+                    return 0
                 return self._drop(path, intent, "the task is gone")
             except InvalidInput as exc:
                 self.deliveries.give_up(path.name, f"its task cannot be read: {exc}")
@@ -487,7 +531,7 @@ class Notices:
             hook = found.get(intent["hook"])
             if hook is None or not hook.wants(task.envelope.type, ended):
                 return self._drop(path, intent, "no notice wants it any more")
-            size = data.index(b"\n") + 1  # its intent's line, as its maker wrote it
+            size = data.find(b"\n") + 1  # its intent's line (_read_hold: it has one)
             self._fill(Hold(path, fd, path.name.split(".")[1], hook, size), ended,
                        task_doc(task))
             log.info("notices: the notice of task %s's end to %s, left by a process that "
@@ -762,24 +806,26 @@ def stop_wait(config: Config) -> float:
     return longest_request(config) + STOP_MARGIN
 
 
-@contextmanager
-def _deadline(seconds: float) -> Iterator[None]:
-    """Raise TimeoutError in the block once ``seconds`` have passed (SIGALRM: the
-    sender is a process of its own, single-threaded; armed from its main thread
-    alone)."""
+def _within(seconds: float, call: Callable[[], int]) -> int:
+    """``call()``, or TimeoutError once ``seconds`` have passed (SIGALRM: the sender is a
+    process of its own, single-threaded; armed from its main thread alone). An alarm
+    that comes once ``call`` has returned is ignored: an answer had is never undone."""
     if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+        return call()
+    answered = False
 
     def expired(signum: int, frame: object) -> None:
-        raise TimeoutError(f"no answer within {seconds:g} s")
+        if not answered:
+            raise TimeoutError(f"no answer within {seconds:g} s")
 
     before = signal.signal(signal.SIGALRM, expired)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
-        yield
+        status = call()
+        answered = True
+        return status
     finally:
-        # (an alarm due right now may still raise here: the request counts as failed)
+        answered = True
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, signal.SIG_DFL if before is None else before)
 
@@ -826,8 +872,7 @@ class Sender:
         post = self.post or _deliver
         if not self.deadlines:
             return post(hook, body, delivery)
-        with _deadline(hook.timeout + REQUEST_MARGIN):
-            return post(hook, body, delivery)
+        return _within(hook.timeout + REQUEST_MARGIN, lambda: post(hook, body, delivery))
 
     def send(self) -> Sent:
         """Hold the sender lock and send what is due until nothing is, the time is up or

@@ -517,8 +517,16 @@ class Worker:
         held = self.notices.hold(claim.task.id, claim.task.envelope.type, serial, outcome)
         try:
             record()
+        except (LeaseLost, OSError) as exc:
+            if isinstance(exc, LeaseLost) or exc.errno == errno.ESTALE:
+                # taken over: not recorded here; whoever took it records that end, and
+                # writes its notices
+                self.notices.withdraw(held)
+            else:
+                self.notices.release(held)  # recorded or not: the recovery finds out
+            raise
         except BaseException:
-            self.notices.release(held)  # recorded or not: the recovery finds out
+            self.notices.release(held)
             raise
         return held
 

@@ -807,3 +807,64 @@ def test_a_sender_that_finds_every_delivery_held_exits_75_and_the_daemon_waits(
     finally:
         os.close(held)
     assert receiver.got == [] and pending(home) == [name]
+
+
+# -- what a review of the holds found -----------------------------------------------------
+
+def test_garbage_holds_and_names_stop_no_runner_and_no_notice(
+        run_hostctl: Any, home: Path, receiver: Receiver) -> None:
+    """Anything under a hold's name that cannot be one (a FIFO, a folder, nesting past
+    the parser's depth, an intent without its line's end) is set aside by the runners'
+    sweep, which neither hangs on it nor dies of it; a name that would sort before every
+    delivery and read as due in years holds none back."""
+    configure(home, receiver.url)
+    save_sites(run_hostctl, home, ["a.example"])
+    folder = home / "spool" / "notify"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    task = add_task(run_hostctl, "fail", "@a.example")
+    intent = json.dumps({"task": task, "attempt": 1, "outcome": "error", "kind": "webhook",
+                         "hook": "panel"})
+    garbage = {
+        f"hold.{'f' * 20}.json": lambda p: os.mkfifo(p),
+        f"hold.{'e' * 20}.json": lambda p: p.mkdir(),
+        f"hold.{'d' * 20}.json": lambda p: p.write_text("[" * 100_000),
+        f"hold.{'c' * 20}.json": lambda p: p.write_text(intent),  # no end to its line
+    }
+    for n, make in garbage.items():
+        make(folder / n)
+    (folder / "001FFFFFFFFFF.junk.0.json").write_text("{}")  # sorts first; year 2039
+    (folder / "0010000000000000.x.0.json").write_text("{}")
+    res = subprocess.run([hostctl_exe(), "wait-queue", "--once"], capture_output=True,
+                         text=True, timeout=60, env={**os.environ, "HOSTCTL_HOME": str(home)})
+    assert res.returncode == 0, res.stderr  # it ran the task: neither hung nor died
+    wait_for(lambda: receiver.got and not senders(home), 30, "the task's notice")
+    exactly_once(receiver.docs(), [task])
+    failed = folder / "failed"
+    for n in garbage:
+        assert os.path.lexists(failed / n) and not os.path.lexists(folder / n), n
+    once(home)  # again: nothing more, nothing stuck
+    assert len(receiver.got) == 1
+
+
+def test_a_hold_whose_task_one_look_misses_is_kept_until_it_stays_missing(
+        home: Path) -> None:
+    """A task moving between the spool's folders may be missed by one look; its hold is
+    dropped only once the task has stayed missing for GONE_AFTER seconds."""
+    from hostctl.errors import NotFound
+    from hostctl.runners import notify
+
+    folder = home / "spool" / "notify"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    config = Config(webhooks={"panel": Webhook("panel", "http://127.0.0.1:9/")})
+    path = folder / f"hold.{'a' * 20}.json"
+    path.write_text(json.dumps({"task": "0" * 20, "attempt": 1, "outcome": "error",
+                                "kind": "webhook", "hook": "panel"}) + "\n")
+
+    def missing(task_id: str) -> Any:
+        raise NotFound(f"no task {task_id}")
+
+    notices = notify.Notices(Deliveries(folder), lambda: config, missing)
+    assert notices.recover() == 0 and path.exists()  # just missed: kept
+    old = time.time() - notify.GONE_AFTER - 1
+    os.utime(path, (old, old))
+    assert notices.recover() == 0 and not path.exists()  # missing for long: dropped
