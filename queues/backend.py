@@ -176,6 +176,11 @@ class QueueBackend(Protocol):
         too (a claim that finds its context held by a dead owner's task) does the same,
         with the ``ends`` of its last sweep."""
 
+    def recovery(self, policy: Callable[[Envelope], Policy], ends: Ends | None) -> None:
+        """The retry rules and the ``ends`` a recovery outside a sweep goes by (a claim
+        that finds its context held by a dead owner's task: a foreground run started
+        before any sweep of this process); a sweep sets them too."""
+
     def promote_due(self, now: float | None = None) -> int:
         """Make the deferred tasks whose time has come ready; return how many."""
 

@@ -1204,6 +1204,10 @@ class PgQueue:
 
     # -- recovery ---------------------------------------------------------------------
 
+    def recovery(self, policy: Callable[[Envelope], Policy], ends: Ends | None) -> None:
+        """Nothing to keep: only a sweep recovers a dead owner's claim here (a claim waits
+        for its context, whose dead owner a sweep of any host settles)."""
+
     def sweep(self, policy: Callable[[Envelope], Policy], now: float | None = None,
               ends: Ends | None = None) -> list[str]:
         """Recover the claims of dead owners in this worker's queues (see the module

@@ -1061,6 +1061,9 @@ class Spool:
 
     # -- sweep ------------------------------------------------------------------------
 
+    def recovery(self, policy: Callable[[Envelope], Policy], ends: Ends | None) -> None:
+        self._policy, self._ends = policy, ends
+
     def sweep(self, policy: Callable[[Envelope], Policy], now: float | None = None,
               ends: Ends | None = None) -> list[str]:
         """Recover tasks whose worker died (each end recorded inside ``ends.ending``);

@@ -25,8 +25,12 @@ def run_now(home: Home, type_name: str, context: str, options: Mapping[str, str]
             raise Conflict(f"{env.context} is served by {serves}, and this host is "
                            f"{home.server}: run it there, or queue it (hostctl task add)")
     queue = home.writable()
+    worker = Worker.of(home, echo=echo)
+    # a dead worker's task found on the context is recovered by its type's rules, and
+    # its end gets its notices, as a sweep's would
+    queue.recovery(home.policy, worker.notices)
     if queue.context_busy(env.context):
         notice(f"waiting for the task running on {env.context}")
     claim = queue.publish_claimed(env, wait=True)
-    summary = Worker.of(home, echo=echo).run_claim(claim)
+    summary = worker.run_claim(claim)
     return queue.get(env.id), summary

@@ -868,3 +868,32 @@ def test_a_hold_whose_task_one_look_misses_is_kept_until_it_stays_missing(
     old = time.time() - notify.GONE_AFTER - 1
     os.utime(path, (old, old))
     assert notices.recover() == 0 and not path.exists()  # missing for long: dropped
+
+
+def test_a_foreground_run_that_finds_a_dead_workers_task_recovers_it_by_its_rules(
+        run_hostctl: Any, home: Path, receiver: Receiver, procs: Procs) -> None:
+    """provision-TYPE on a context whose task a worker killed -9 was running recovers
+    that task before any sweep: by its type's rules (a type that is not run again after a
+    loss is not queued again), and with the notice of its loss."""
+    write_config(home, {
+        "queues": {"cron": {"enabled": False}},
+        "tasks": {"slow": {"command": ["sleep", "120"], "context_types": ["site"],
+                           "rerun_on_loss": False},
+                  "quick": {"command": ["true"], "context_types": ["site"]}},
+        "notify": {"webhooks": {"panel": {"url": receiver.url, "outcomes": ["lost"]}}}})
+    save_sites(run_hostctl, home, ["a.example"])
+    task = add_task(run_hostctl, "slow", "@a.example")
+    worker = procs.start("wait-queue", "--once")
+    wait_for(lambda: task_json(run_hostctl, task)["attempts"], 60, "the task to start")
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    res = run_hostctl("provision-quick", "@a.example")
+    assert res.code == 0, res.err
+    doc = task_json(run_hostctl, task)
+    # ended, not queued again: a slow that was cut off must be checked by a person
+    assert doc["status"] == "error" and doc["attempts"][0]["outcome"] == "lost", doc
+    assert "checked by a person" in doc["reason"], doc
+    once(home)
+    wait_for(lambda: receiver.got and not senders(home), 30, "the notice of the loss")
+    exactly_once(receiver.docs(), [task])
+    assert receiver.docs()[0]["outcome"] == "lost"
