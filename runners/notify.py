@@ -213,6 +213,17 @@ def _kind(hook: Webhook | Email) -> str:
     return "email" if isinstance(hook, Email) else "webhook"
 
 
+def _hooks(config: Config) -> list[Webhook | Email]:
+    """Every notice ``config`` has, webhooks and mail."""
+    return [*config.webhooks.values(), *config.emails.values()]
+
+
+def _hook(config: Config, kind: str, name: str) -> Webhook | Email | None:
+    """The notice of that kind and name in ``config``, if it has one."""
+    found: Mapping[str, Webhook | Email] = config.emails if kind == "email" else config.webhooks
+    return found.get(name)
+
+
 def _delivery(delivery: str, hook: Webhook | Email, outcome: str,
               task: Mapping[str, Any]) -> bytes:
     """A due delivery's line: the hook and the body it is sent."""
@@ -347,8 +358,7 @@ class Notices:
         notice that wants that end. One that cannot be made is logged and left out."""
         held = Held(task_id, outcome)
         config = self.config()
-        hooks: list[Webhook | Email] = [*config.webhooks.values(), *config.emails.values()]
-        for hook in hooks:
+        for hook in _hooks(config):
             if not hook.wants(type_name, outcome):
                 continue
             delivery = delivery_id(task_id, attempt, _kind(hook), hook.name)
@@ -526,9 +536,7 @@ class Notices:
                 return self._drop(path, intent, "the end was not recorded")
             if ended != intent["outcome"]:
                 return self._drop(path, intent, f"ended as {ended} by a recovery")
-            found: Mapping[str, Webhook | Email] = (
-                self.config().emails if intent["kind"] == "email" else self.config().webhooks)
-            hook = found.get(intent["hook"])
+            hook = _hook(self.config(), intent["kind"], intent["hook"])
             if hook is None or not hook.wants(task.envelope.type, ended):
                 return self._drop(path, intent, "no notice wants it any more")
             size = data.find(b"\n") + 1  # its intent's line (_read_hold: it has one)
@@ -651,18 +659,12 @@ class Deliveries:
         """Whether a sender is at work (it holds the sender lock)."""
         return lock_held(self.lock_path)
 
-    def send_due(self, config: Config, now: float | None = None, post: Post | None = None,
-                 until: float | None = None,
-                 should_stop: Callable[[], bool] = lambda: False) -> int:
-        """Send every delivery due now (``until``: stop starting new ones after this
-        time.monotonic(); ``should_stop``: asked before each one); how many were
-        delivered. Only a :class:`Sender` calls it: it holds the sender lock."""
-        return self.send_pass(config, now, post, until, should_stop).delivered
-
     def send_pass(self, config: Config, now: float | None = None, post: Post | None = None,
                   until: float | None = None,
                   should_stop: Callable[[], bool] = lambda: False) -> Pass:
-        """:meth:`send_due`, and what it did with each delivery."""
+        """Send every delivery due now (``until``: stop starting new ones after this
+        time.monotonic(); ``should_stop``: asked before each one); what it did with each.
+        Only a :class:`Sender` calls it: it holds the sender lock."""
         post = post or _deliver
         delivered = tried = 0
         skipped = set()
@@ -723,9 +725,7 @@ class Deliveries:
             except (OSError, ValueError, RecursionError) as exc:
                 # whatever the file holds, it is set aside: it never stops the others
                 return self._set_aside(name, f"unreadable: {exc}")
-            found: Mapping[str, Webhook | Email] = (
-                config.emails if kind == "email" else config.webhooks)
-            hook = found.get(name_of_hook)
+            hook = _hook(config, kind, name_of_hook)
             if hook is None:
                 return self._set_aside(name, f"no {kind} notice {name_of_hook!r} in "
                                              "config.toml any more")
@@ -796,8 +796,7 @@ def start_sender(home: Path, *, stderr: bool) -> subprocess.Popen[bytes]:
 def longest_request(config: Config) -> float:
     """The most one request may take under ``config``: the longest hook's timeout and
     REQUEST_MARGIN (0 without notices)."""
-    hooks: list[Webhook | Email] = [*config.webhooks.values(), *config.emails.values()]
-    return max((h.timeout + REQUEST_MARGIN for h in hooks), default=0.0)
+    return max((h.timeout + REQUEST_MARGIN for h in _hooks(config)), default=0.0)
 
 
 def stop_wait(config: Config) -> float:
