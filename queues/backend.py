@@ -188,9 +188,16 @@ class QueueBackend(Protocol):
         """When the next deferred task comes due (epoch seconds), if any."""
 
     def claim(self, check: Callable[[Envelope], None] | None = None, limit: int = 1,
-              skip_contexts: set[str] | None = None) -> list[TaskClaim]:
+              skip_contexts: set[str] | None = None,
+              ahead: bool = False) -> list[TaskClaim]:
         """Take up to ``limit`` ready tasks, at most one per context and none on
-        ``skip_contexts``; a task ``check`` refuses is set aside with the reason."""
+        ``skip_contexts``; a task ``check`` refuses is set aside with the reason.
+        ``ahead``: taken while every slot is busy, to start once one frees (a queue
+        may hand tasks to a process whose claim found none: not to this one)."""
+
+    def hold(self) -> None:
+        """This process takes nothing for now (it stops, the queue is paused, the disk is
+        full): what the queue set aside for it alone goes back, for another worker."""
 
     def open_log(self, env: Envelope) -> TaskLog:
         """Where the task's output goes."""

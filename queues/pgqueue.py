@@ -62,7 +62,7 @@ from typing import Any, LiteralString, TypeVar
 import psycopg
 from psycopg import sql
 
-from hostctl.database import ASYNC, FLUSH, DatabaseError, Session, open_connection
+from hostctl.database import FLUSH, DatabaseError, Session, open_connection
 from hostctl.errors import (
     Conflict,
     HostctlError,
@@ -74,7 +74,7 @@ from hostctl.errors import (
 )
 from hostctl.inotify import Inotify
 from hostctl.libc import Timer
-from hostctl.process import host_name, kill_spawned, stop_run
+from hostctl.process import boot_ticks, host_name, kill_spawned, stop_run
 from hostctl.queues.admission import Admission
 from hostctl.queues.backend import Ends, LeaseLost, TaskClaim
 from hostctl.queues.model import (
@@ -154,6 +154,18 @@ CREATE TABLE hostctl_tallies (
     PRIMARY KEY (type, outcome)
 );
 REVOKE ALL ON hostctl_tallies FROM PUBLIC"""
+#: hostctl schema 7: idle workers' offers, and the tasks a publish handed to one of them
+SCHEMA_HANDOFF: LiteralString = """
+CREATE TABLE hostctl_offers (
+    owner bigint PRIMARY KEY REFERENCES hostctl_owners (id) ON DELETE CASCADE,
+    queues text[],
+    host text NOT NULL,
+    pid integer NOT NULL,
+    not_before bigint NOT NULL,
+    since timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE hostctl_tasks ADD COLUMN handed jsonb;
+REVOKE ALL ON hostctl_offers FROM PUBLIC"""
 #: a claim's lease: renewed on each heartbeat (every 30 s), taken over when it runs out
 LEASE = 120.0
 #: a write of a claim whose connection was lost is tried again for this long
@@ -168,6 +180,11 @@ LEADER_LOCK = 0x686F7374_6C656164
 CHANNEL = "hostctl_queue"
 #: how long a worker's watch may stand for asking whether the queue is paused
 PAUSE_KNOWN = 1.0
+#: where a publish tells an owner of the task it handed to it (``hostctl_owner_ID``)
+OWNER_CHANNEL = "hostctl_owner_"
+#: how long a worker waits to be told that a handed task is on the disk before it makes
+#: sure of it itself (a synchronous commit of its own)
+DURABLE_WAIT = 0.02
 _PAUSED = "!paused"  # the record that pauses the cluster's queue (not a record name)
 _FINISHED = ("succeeded", "failed", "cancelled", "aborted")
 _JOB_END = {"success": "succeeded", "warning": "succeeded", "cancelled": "aborted"}
@@ -245,12 +262,24 @@ class PgClaim:
     size: int  # the body's length after this claim's last read or write (-1: unknown)
     renewed: float = field(default_factory=time.monotonic)  # the last lease renewal
     released: bool = False
+    #: handed to this owner by its publish: the task's ``handed`` mark stands for its
+    #: first ``spawn`` event (see _PUBLISH)
+    handed: bool = False
 
     def append(self, kind: str, **fields: Any) -> None:
         """One event, fenced by this owner; a connection lost on the way is made again
-        (for up to RECONNECT_FOR seconds) and the event written once."""
-        data = encode_event(kind, **fields)
+        (for up to RECONNECT_FOR seconds) and the event written once. A handed task's
+        first ``spawn`` is its ``handed`` mark, written by its publish: nothing is
+        written, once the publish is on the disk."""
         queue = self.queue
+        if kind == "spawn" and self.handed:
+            self.handed = False
+            try:
+                queue._await_durable(self.task.id)
+            except HostctlError as exc:
+                raise _os_error(exc) from None
+            return
+        data = encode_event(kind, **fields)
 
         def attempt(again: bool) -> int | None:
             rows = queue.db.rows(
@@ -446,8 +475,12 @@ class PgQueue:
     def __init__(self, dsn: str, root: Path, logs: Path, *,
                  route: Callable[[Envelope], str] | None = None,
                  queues: Collection[str] | None = None, server: str = "",
-                 prime: Callable[[str, Any], None] | None = None) -> None:
+                 prime: Callable[[str, Any], None] | None = None,
+                 route_by_contexts: bool = False) -> None:
         self.dsn = dsn
+        #: the contexts are the cluster's (PgStore): a publish routes its task itself,
+        #: in its statement, as ``route`` would (SERVER_OF)
+        self.route_by_contexts = route_by_contexts
         #: told the document of each claimed task's context (bare name, or None), as
         #: the claim read it: the context store need not read it again
         self.prime = prime or (lambda _name, _document: None)
@@ -475,6 +508,13 @@ class PgQueue:
         self._watch: PgWatch | None = None
         #: what paused() read last, and when (time.monotonic)
         self._pause_known: tuple[bool, float] | None = None
+        #: the channel this owner's watch hears what is handed to it on ("": none)
+        self._listening = ""
+        self._offered = False  # this owner's offer stands (or was taken, unheard yet)
+        #: tasks handed to this owner, not taken up yet: id -> its notice (None: read it)
+        self._handed: dict[str, dict[str, Any] | None] = {}
+        self._durable: set[str] = set()  # handed tasks told to be on the disk
+        self._cancels: set[str] = set()  # handed tasks a cancel was heard for
 
     # -- owner: this process, as the holder of claims ---------------------------------
 
@@ -482,6 +522,7 @@ class PgQueue:
         """This process's owner id, registered on first use."""
         if self._owner is None or self._owner_pid != os.getpid():
             self._owner, self._claims = None, set()
+            self._handed, self._offered = {}, False  # an owner's before: not this one's
             self._owner_pid = os.getpid()
             conn = self.db.connection()  # its lock is taken by _on_connect from now on
             try:
@@ -554,8 +595,11 @@ class PgQueue:
             self._unreleased.discard(task_id)
         if self._resync and self._owner is not None:
             try:
+                # (a task handed here and not heard of is no lost claim: the next fetch
+                # takes it up)
                 self.db.rows("UPDATE hostctl_tasks SET owner = NULL WHERE owner = %s AND "
-                             "NOT (id = ANY(%s::text[]))", (self._owner, sorted(self._claims)))
+                             "NOT (id = ANY(%s::text[])) AND handed IS NULL",
+                             (self._owner, sorted(self._claims)))
             except HostctlError:
                 return
             self._resync = False
@@ -565,6 +609,7 @@ class PgQueue:
         if self._owner is None or self._owner_pid != os.getpid() or self.db.forked:
             return
         with suppress(HostctlError):
+            self._give_back_handed()  # handed here and never started: queued again
             self.db.rows("UPDATE hostctl_tasks SET owner = NULL WHERE owner = %s",
                          (self._owner,))
             self.db.rows("SELECT procrastinate_unregister_worker_v1(%s)", (self._owner,))
@@ -599,19 +644,24 @@ class PgQueue:
                         # the disk before this one says so
                         self.db.rows(FLUSH, retry=False)
                         return str(rows[0][0]), False
-                # the job and the task in one statement (atomic on its own); an identical
-                # task queued meanwhile makes procrastinate's unique index refuse it. Its
-                # worker hears of it before its commit reaches the disk, and waits for
-                # the disk before it runs anything (its spawn event commits
-                # synchronously); this call returns once it is there (rows_heard_first)
+                # the job and the task in one statement (_PUBLISH), handed to an idle
+                # worker where one offered itself; an identical task queued meanwhile
+                # (or a claim of its context, for a handed one) makes procrastinate's
+                # unique index refuse it: look again. Its worker hears of it before its
+                # commit reaches the disk, and waits for the disk before it runs
+                # anything (a handed task's owner is told of it by _PUBLISHED; another
+                # claim's spawn event commits synchronously); this call returns once it
+                # is there (rows_heard_first)
+                body = env.encode()
                 try:
-                    self.db.rows_heard_first(
-                        "WITH job AS (SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW("
-                        "%s, %s, %s, %s, %s, %s::jsonb, CASE WHEN %s > 0 THEN now() + "
-                        "make_interval(secs => %s) END)]::procrastinate_job_to_defer_v1[]))"
-                        " AS id) INSERT INTO hostctl_tasks (id, job_id, body) SELECT %s, "
-                        "job.id, %s FROM job, " + ASYNC + " AS lazy",
-                        (*self._job_row(env, key), delay, delay, env.id, env.encode()))
+                    self.db.rows_heard_first(_PUBLISH, {
+                        "queue": None if self.route_by_contexts else self.route(env)[:128],
+                        "default": DEFAULT_QUEUE, "type": env.type[:128],
+                        "priority": env.priority, "lock": env.context, "key": key,
+                        "args": json.dumps({"task": env.id}),
+                        "delay": delay, "id": env.id, "body": body, "text": body.decode(),
+                        "lease": LEASE, "paused": _PAUSED, "at": utc_iso()},
+                        _PUBLISHED, (env.id,))
                 except DatabaseError as exc:
                     if exc.lost and self._queued_after_all(env.id, exc):
                         return env.id, True
@@ -975,10 +1025,12 @@ class PgQueue:
     # -- claim ------------------------------------------------------------------------
 
     def claim(self, check: Callable[[Envelope], None] | None = None, limit: int = 1,
-              skip_contexts: set[str] | None = None) -> list[TaskClaim]:
-        """Up to ``limit`` ready tasks of this worker's queues, one per context. A task
-        ``check`` refuses is set aside with the reason; one it cannot judge yet
-        (NotJudgedYet) goes back, and is passed over until the check changes."""
+              skip_contexts: set[str] | None = None,
+              ahead: bool = False) -> list[TaskClaim]:
+        """Up to ``limit`` ready tasks of this worker's queues, one per context: those a
+        publish handed to this process first (they need no round trip), then those its
+        fetch takes. A task ``check`` refuses is set aside with the reason; one it cannot
+        judge yet (NotJudgedYet) goes back, and is passed over until the check changes."""
         try:
             self.ensure()
             self._settle()
@@ -991,15 +1043,23 @@ class PgQueue:
         waiting = self._unjudged[1]
         skip = set(skip_contexts or ())
         out: list[TaskClaim] = []
+        while self._handed and len(out) < limit:
+            task_id = next(iter(self._handed))
+            claim = self._take_handed(task_id, self._handed.pop(task_id), check, waiting)
+            if claim is not None:
+                out.append(claim)
+                skip.add(claim.task.envelope.context)
         while len(out) < limit:
-            rows = sorted(self._fetch(limit - len(out), skip, waiting),
+            rows = sorted(self._fetch(limit - len(out), skip, waiting, not ahead),
                           key=lambda r: (-int(r[3]), int(r[1])))
             if not rows:
                 break
-            for i, (task_id, job, body, _priority, context, document) in enumerate(rows):
+            for i, (task_id, job, body, _priority, context, document, handed) in \
+                    enumerate(rows):
                 self.prime(str(context), document)
                 try:
-                    claim = self._judge(str(task_id), int(job), bytes(body), check, waiting)
+                    claim = self._judge(str(task_id), int(job), bytes(body), check, waiting,
+                                        handed=bool(handed))
                 except BaseException as exc:
                     for later_id, later_job, *_rest in rows[i:]:
                         with suppress(HostctlError):
@@ -1012,25 +1072,151 @@ class PgQueue:
                     skip.add(claim.task.envelope.context)
         return out
 
-    def _fetch(self, limit: int, skip: set[str], waiting: set[str]) -> list[Any]:
+    def _take_handed(self, task_id: str, told: dict[str, Any] | None,
+                     check: Callable[[Envelope], None] | None,
+                     waiting: set[str]) -> PgClaim | None:
+        """A task a publish handed to this owner, from its notice (``told``), or read
+        when the notice did not carry it or a cancel was heard for it since."""
+        job: Any = None
+        try:
+            if told is None or task_id in self._cancels:
+                rows = self.db.rows(
+                    "SELECT t.job_id, t.body, ltrim(j.lock, '@'), c.document" + _TASK_FROM
+                    + " LEFT JOIN hostctl_contexts c ON c.name = ltrim(j.lock, '@') "
+                    "WHERE t.id = %s AND t.owner = %s AND t.handed IS NOT NULL AND "
+                    "j.status = 'doing'", (task_id, self.owner()))
+                if not rows:
+                    return None  # not this owner's (any more): nothing to take
+                job, body, context, document = rows[0]
+                body = bytes(body)
+            else:
+                job, body = int(told["job"]), str(told["body"]).encode()
+                context, document = str(told["context"]), told.get("document")
+            self.prime(str(context), document)
+            return self._judge(task_id, int(job), body, check, waiting, handed=True)
+        except (HostctlError, KeyError, TypeError, ValueError) as exc:
+            # the database away, or a notice that is none of ours: the next fetch finds
+            # the task as handed and not taken (missed)
+            log.debug("handed task %s not taken now: %s", task_id, exc)
+            return None
+        finally:
+            self._cancels.discard(task_id)
+
+    def _heard(self, payload: str) -> None:
+        """A notice on this owner's channel: a task handed to it (the task, or its id),
+        or that a task handed to it is on the disk (``durable ID``)."""
+        if payload.startswith("durable "):
+            if len(self._durable) > 10_000:  # of tasks never taken up: forget them
+                self._durable.clear()
+            self._durable.add(payload[8:])
+            return
+        self._offered = False  # its offer was taken
+        try:
+            told = json.loads(payload)
+            task_id = str(told["id"])
+        except (ValueError, TypeError, KeyError):
+            return  # the next fetch finds what was handed here (missed)
+        if valid_id(task_id) and task_id not in self._claims:
+            self._handed[task_id] = told if isinstance(told, dict) and "job" in told else None
+
+    def _await_durable(self, task_id: str) -> None:
+        """Return once the publish that handed ``task_id`` here is on the disk: told so
+        by its publisher (_PUBLISHED), or, not told within DURABLE_WAIT, by a synchronous
+        commit of this owner's own, whose flush takes the publish's commit with it."""
+        deadline = time.monotonic() + DURABLE_WAIT
+        watch = self._watch
+        while task_id not in self._durable and watch is not None and watch.conn is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                for notice in watch.conn.notifies(timeout=left, stop_after=1):
+                    watch.told(notice.channel, notice.payload)
+            except psycopg.Error:
+                break  # the watch makes its connection again when it is next drained
+        if task_id in self._durable:
+            self._durable.discard(task_id)
+            return
+        self.db.rows(FLUSH, retry=False)
+
+    def hold(self) -> None:
+        """This process takes nothing for now (it stops, the queue is paused, the disk
+        is full, the machine busy): its offer is withdrawn, and the tasks handed to it
+        go back to the queue, for another worker. Where the database cannot be told, the
+        next call tries again."""
+        if not self._offered and not self._handed:
+            return
+        with suppress(HostctlError):
+            if self._offered:
+                self.db.rows("DELETE FROM hostctl_offers WHERE owner = %s", (self.owner(),))
+                self._offered = False  # if it was taken meanwhile, its notice comes later
+            while self._handed:
+                task_id = next(iter(self._handed))
+                self._give_back_handed(task_id)
+                del self._handed[task_id]
+                self._cancels.discard(task_id)
+
+    def _give_back_handed(self, task_id: str | None = None) -> None:
+        """Tasks handed to this owner that it did not start (``task_id``, or each one it
+        does not hold as a claim) go back to the queue, their ``handed`` mark gone (they
+        never ran), and the workers are told."""
+        rows = self.db.rows(
+            "WITH t AS (UPDATE hostctl_tasks SET owner = NULL, lease_until = NULL, "
+            "handed = NULL WHERE owner = %s AND handed IS NOT NULL AND "
+            "(id = %s OR (%s::text IS NULL AND NOT (id = ANY(%s::text[])))) "
+            "RETURNING job_id) UPDATE procrastinate_jobs j SET status = 'todo', "
+            "worker_id = NULL FROM t WHERE j.id = t.job_id AND j.status = 'doing' "
+            "RETURNING j.id", (self.owner(), task_id, task_id, sorted(self._claims)))
+        if rows:
+            self._notify("requeue")
+
+    def _fetch(self, limit: int, skip: set[str], waiting: set[str],
+               free: bool = True) -> list[Any]:
+        """Claim up to ``limit`` ready tasks in one statement (_FETCH), with what was
+        handed here unheard (missed); with none to take and a ``free`` slot, offer this
+        owner to the next publish (when its watch hears its channel). The rows of the
+        tasks taken."""
         for _ in range(5):
             try:
                 owner = self.owner()
+                offer = free and self._listening == OWNER_CHANNEL + str(owner)
+                offered = self._offered
                 # one statement, atomic on its own (autocommit): no BEGIN, no COMMIT to
                 # wait for; a connection lost on the way fails it whole: [] now
-                return self.db.rows(_FETCH, {
+                rows = self.db.rows(_FETCH, {
                     "queues": self.queues, "skip": sorted(skip), "waiting": sorted(waiting),
-                    "limit": limit, "owner": owner, "lease": LEASE, "paused": _PAUSED},
-                    retry=False)
+                    "limit": limit, "owner": owner, "lease": LEASE, "paused": _PAUSED,
+                    "known": sorted(self._claims | set(self._handed)), "offer": offer,
+                    "offered": offered, "host": self.host, "pid": os.getpid(),
+                    "not_before": boot_ticks()}, retry=False)
             except DatabaseError as exc:
                 if exc.lost:  # not taken, or taken by a connection gone: a sweep's
                     return []
                 if not exc.unique_violation:  # two hosts took one context's jobs at once
                     raise
+                continue
+            tasks = [r for r in rows if r[0] is not None]
+            withdrawn, made = next(((int(r[3]), bool(r[6])) for r in rows if r[0] is None),
+                                   (0, False))
+            if made:
+                self._offered = True
+            elif withdrawn or any(r[6] for r in tasks):
+                self._offered = False
+            elif offered and tasks:
+                # the offer was taken by a publish this statement did not see: its task
+                # is on its way here, in a slot this fetch may have filled as well
+                self._offered = False
+                if len(tasks) >= limit:
+                    extra = tasks.pop()
+                    with suppress(HostctlError):
+                        self._give_back(str(extra[0]), int(extra[1]))
+                        self._notify("requeue")
+            return tasks
         return []
 
     def _judge(self, task_id: str, job: int, body: bytes,
-               check: Callable[[Envelope], None] | None, waiting: set[str]) -> PgClaim | None:
+               check: Callable[[Envelope], None] | None, waiting: set[str],
+               handed: bool = False) -> PgClaim | None:
         try:
             task = decode_task(body, "active")
             if task.id != task_id:
@@ -1048,7 +1234,7 @@ class PgQueue:
             self._quarantine(task_id, job, str(exc))
             return None
         self._claims.add(task_id)
-        claim = PgClaim(task, self, job, len(body))
+        claim = PgClaim(task, self, job, len(body), handed=handed)
         if task.cancel_requested:  # cancelled while queued, before it was taken
             self.finish(claim, "cancelled", reason="cancelled before it started")
             return None
@@ -1060,8 +1246,8 @@ class PgQueue:
         with self.db.transaction():
             self.db.rows("UPDATE procrastinate_jobs SET status = 'todo', worker_id = NULL "
                          "WHERE id = %s AND status = 'doing'", (job,))
-            self.db.rows("UPDATE hostctl_tasks SET owner = NULL, lease_until = NULL "
-                         "WHERE id = %s", (task_id,))
+            self.db.rows("UPDATE hostctl_tasks SET owner = NULL, lease_until = NULL, "
+                         "handed = NULL WHERE id = %s", (task_id,))
 
     def _quarantine(self, task_id: str, job: int, reason: str) -> None:
         self._claims.discard(task_id)
@@ -1157,7 +1343,8 @@ class PgQueue:
             with self.db.transaction(probe=False):  # lost: tried again, patiently
                 rows = self.db.rows(
                     "UPDATE hostctl_tasks SET body = body || %s, owner = NULL, "
-                    "lease_until = NULL, ended_at = CASE WHEN %s THEN now() END "
+                    "lease_until = NULL, handed = NULL, "
+                    "ended_at = CASE WHEN %s THEN now() END "
                     "WHERE id = %s AND owner = %s RETURNING id",
                     (data, ended, c.task.id, self.owner()), retry=False)
                 if not rows:
@@ -1219,11 +1406,11 @@ class PgQueue:
         notes = []
         self.db.rows(_SUSPECT, {"me": me})
         rows = self.db.rows(_ORPHANS, {"me": me, "queues": self.queues})
-        for task_id, body, owner, dead, expired in rows:
+        for task_id, body, handed, owner, dead, expired in rows:
             if not dead:
                 continue
             note = self._recover(str(task_id), bytes(body), owner, bool(expired), policy,
-                                 ends)
+                                 ends, handed)
             if note:
                 notes.append(note)
         with suppress(HostctlError):
@@ -1232,7 +1419,8 @@ class PgQueue:
         return notes
 
     def _recover(self, task_id: str, body: bytes, owner: int | None, expired: bool,
-                 policy: Callable[[Envelope], Policy], ends: Ends | None = None) -> str | None:
+                 policy: Callable[[Envelope], Policy], ends: Ends | None = None,
+                 handed: Any = None) -> str | None:
         try:
             task = decode_task(body, "active")
         except InvalidInput as exc:
@@ -1241,8 +1429,12 @@ class PgQueue:
                 self._quarantine(task_id, int(job[0][0]), str(exc))
             return f"set aside task {task_id}: {exc}"
         spawn, start = task.last_index("spawn"), task.last_index("start")
-        ran = task.events[max(spawn, start)] if max(spawn, start) >= 0 else {}
-        needs_host = (spawn > start) or isinstance(ran.get("pgid"), int)
+        # a task handed to its owner by its publish, and not started as far as its
+        # events say: its mark stands for its first spawn event (_PUBLISH)
+        handed = handed if isinstance(handed, dict) and max(
+            spawn, start, task.last_index("end")) < 0 else None
+        ran = handed or (task.events[max(spawn, start)] if max(spawn, start) >= 0 else {})
+        needs_host = handed is not None or (spawn > start) or isinstance(ran.get("pgid"), int)
         where = ran.get("host")
         if needs_host and where not in (None, self.host) and not expired:
             if task_id not in self._said:
@@ -1253,6 +1445,12 @@ class PgQueue:
         claim = self._take_over(task_id, owner)
         if claim is None:
             return None
+        if handed is not None and max(claim.task.last_index("spawn"),
+                                      claim.task.last_index("start")) < 0:
+            claim.append("spawn", **{k: handed[k] for k in
+                                     ("attempt", "worker", "not_before", "host", "at")
+                                     if k in handed})
+            claim.reload()
         # as it reads now that it is this owner's (its old one may have written since)
         env, events = claim.task.envelope, claim.task.events
         spawn, start = claim.task.last_index("spawn"), claim.task.last_index("start")
@@ -1344,21 +1542,31 @@ class PgQueue:
         return float(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def watch(self) -> PgWatch:
+        """What this process sleeps on: its queues' channels, its drop box, and its
+        owner's channel, on which a publish hands it a task once it offered itself (a
+        claim that found nothing does; see _PUBLISH)."""
         channels = [CHANNEL]
         if self.queues is None:
             channels.append("procrastinate_any_queue_v1")
         else:
             channels += [f"procrastinate_queue_v1#{q}" for q in self.queues]
         origin = origin_channel(self.host)
+        mine = OWNER_CHANNEL + str(self.owner()) if self.queues != [] else ""
 
         def told(channel: str, payload: str) -> None:
-            if channel == origin:
+            if channel == mine:
+                self._heard(payload)
+            elif channel == origin:
                 self._receipts_due = True
+            elif channel == CHANNEL and payload.startswith("cancel "):
+                if payload[7:] in self._handed:
+                    self._cancels.add(payload[7:])
             if not channel or (channel == CHANNEL and payload in ("pause", "resume")):
                 self._pause_known = None  # listening again, or told of a change
 
-        self._watch = PgWatch(self.dsn, [*channels, origin], self.local.dir("incoming"),
-                              told)
+        self._watch = PgWatch(self.dsn, [*channels, origin, *([mine] if mine else [])],
+                              self.local.dir("incoming"), told)
+        self._listening = mine
         return self._watch
 
     # -- the queue as a whole ---------------------------------------------------------
@@ -1489,8 +1697,105 @@ class PgQueue:
 _PAGE = 500
 
 #: the first ready job of each context in this worker's queues, taken (see the docstring)
+#: SQL: the server (``@web1``) a task on the context %(lock)s runs on, or NULL, as
+#: contexts/routing.py's server_of says from the cluster's contexts: a server's own name;
+#: a platform's web server, else its server; a site's platform's
+SERVER_OF: LiteralString = """
+    SELECT CASE WHEN c.type = 'server' THEN '@' || c.name
+                ELSE COALESCE(NULLIF(p.document -> 'fields' ->> 'web_server', ''),
+                              NULLIF(p.document -> 'fields' ->> 'server', '')) END
+    FROM hostctl_contexts c
+    LEFT JOIN hostctl_contexts p ON p.name = CASE WHEN c.type = 'site'
+        THEN substr(c.document -> 'fields' ->> 'platform',
+                    CASE WHEN left(c.document -> 'fields' ->> 'platform', 1) = '@'
+                         THEN 2 ELSE 1 END)
+        ELSE c.name END
+    WHERE c.name = substr(%(lock)s::text, CASE WHEN left(%(lock)s::text, 1) = '@'
+                                               THEN 2 ELSE 1 END)"""
+
+#: a publish: the job and the task in one statement (atomic on its own). A task ready now
+#: whose context has nothing running or ready goes straight to the idle worker of its
+#: queue that offered itself first (an offer of a live owner, the queue not paused): the
+#: job is inserted ``doing``, the task is that owner's with the ``handed`` mark (what its
+#: ``spawn`` event would say: a worker that dies from here on may have started it), and
+#: the owner is told on its channel, with the task and its context's document; the
+#: others are not woken (procrastinate announces a ``todo`` job alone)
+_PUBLISH: LiteralString = """
+WITH routed AS (
+    -- its queue: given, or its context's server as the cluster's contexts say (the
+    -- twin of contexts/routing.py's server_of, without a round trip of its own)
+    SELECT left(COALESCE(%(queue)s::text, (""" + SERVER_OF + """), %(default)s::text), 128)
+        AS name
+), offer AS (
+    SELECT f.owner, f.host, f.pid, f.not_before FROM hostctl_offers f, routed
+    WHERE %(delay)s::float8 <= 0
+      AND (f.queues IS NULL OR routed.name = ANY(f.queues))
+      AND NOT EXISTS (SELECT 1 FROM hostctl_records WHERE name = %(paused)s::text)
+      AND NOT EXISTS (
+          SELECT 1 FROM procrastinate_jobs o
+          WHERE o.lock = %(lock)s::text
+            AND (o.status = 'doing'
+                 OR (o.status = 'todo' AND (o.scheduled_at IS NULL OR o.scheduled_at <= now()))))
+      AND""" + owner_alive("f.owner") + """
+    ORDER BY f.since, f.owner
+    LIMIT 1
+    FOR UPDATE OF f SKIP LOCKED
+), taken AS (
+    DELETE FROM hostctl_offers f USING offer WHERE f.owner = offer.owner
+    RETURNING f.owner, f.host, f.pid, f.not_before
+), job AS (
+    INSERT INTO procrastinate_jobs (queue_name, task_name, priority, lock, queueing_lock,
+                                    args, scheduled_at, status, worker_id)
+    SELECT (SELECT name FROM routed), %(type)s::text, %(priority)s::int, %(lock)s::text,
+           %(key)s::text, %(args)s::jsonb,
+           CASE WHEN %(delay)s::float8 > 0
+                THEN now() + make_interval(secs => %(delay)s::float8) END,
+           CASE WHEN taken.owner IS NULL THEN 'todo' ELSE 'doing'
+           END::procrastinate_job_status, taken.owner
+    FROM (SELECT 1) AS one LEFT JOIN taken ON true
+    RETURNING id, worker_id
+), task AS (
+    INSERT INTO hostctl_tasks (id, job_id, body, owner, lease_until, handed)
+    SELECT %(id)s::text, job.id, %(body)s::bytea, taken.owner,
+           CASE WHEN taken.owner IS NOT NULL THEN now() + make_interval(secs => %(lease)s::float8)
+           END,
+           CASE WHEN taken.owner IS NOT NULL THEN jsonb_build_object(
+               'attempt', 1, 'worker', taken.pid, 'not_before', taken.not_before,
+               'host', taken.host, 'at', %(at)s::text) END
+    FROM job LEFT JOIN taken ON true,
+         -- its commit does not wait for the disk: see PgQueue.publish
+         (SELECT set_config('synchronous_commit', 'off', true)) AS lazy
+    RETURNING job_id, owner
+)
+SELECT pg_notify('""" + OWNER_CHANNEL + """' || task.owner,
+                 -- a NOTIFY's payload stays under 8000 bytes: a larger task is read
+                 CASE WHEN octet_length(told.whole) <= 7800
+                      THEN told.whole ELSE json_build_object('id', %(id)s::text)::text END)
+FROM task, LATERAL (
+    SELECT json_build_object('id', %(id)s::text, 'job', task.job_id, 'body', %(text)s::text,
+                             'context', ltrim(%(lock)s::text, '@'), 'document', c.document
+                             )::text AS whole
+    FROM (SELECT 1) AS one LEFT JOIN hostctl_contexts c ON c.name = ltrim(%(lock)s::text, '@')
+) AS told
+WHERE task.owner IS NOT NULL
+"""
+
+#: the second transaction of a publish (Session.rows_heard_first): a synchronous commit,
+#: after which the owner a task was handed to is told that it is on the disk
+_PUBLISHED: LiteralString = """
+SELECT pg_logical_emit_message(true, 'hostctl', ''),
+       (SELECT pg_notify('""" + OWNER_CHANNEL + """' || t.owner, 'durable ' || t.id)
+        FROM hostctl_tasks t WHERE t.id = %s AND t.handed IS NOT NULL AND t.owner IS NOT NULL)
+"""
+
 _FETCH: LiteralString = """
-WITH picked AS (
+WITH missed AS (
+    -- tasks handed to this owner whose notice it has not had (its LISTEN connection was
+    -- made again): taken up now, in a slot each
+    SELECT t.id FROM hostctl_tasks t
+    WHERE t.owner = %(owner)s::bigint AND t.handed IS NOT NULL
+      AND NOT (t.id = ANY(%(known)s::text[]))
+), picked AS (
     SELECT j.id FROM procrastinate_jobs j,
         -- the claim need not wait for its commit to reach the disk: the spawn event a
         -- worker writes before it runs anything commits synchronously, and that flush
@@ -1498,7 +1803,7 @@ WITH picked AS (
         -- before then never ran anything
         (SELECT set_config('synchronous_commit', 'off', true)) AS lazy
     WHERE j.status = 'todo'
-      AND NOT EXISTS (SELECT 1 FROM hostctl_records WHERE name = %(paused)s)
+      AND NOT EXISTS (SELECT 1 FROM hostctl_records WHERE name = %(paused)s::text)
       AND (%(queues)s::text[] IS NULL OR j.queue_name = ANY(%(queues)s))
       AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())
       AND NOT (j.lock = ANY(%(skip)s::text[]))
@@ -1513,24 +1818,47 @@ WITH picked AS (
       AND NOT EXISTS (SELECT 1 FROM hostctl_tasks w WHERE w.job_id = j.id
                       AND (w.id = ANY(%(waiting)s::text[]) OR w.set_aside IS NOT NULL))
     ORDER BY j.priority DESC, j.id
-    LIMIT %(limit)s
+    LIMIT greatest(0, %(limit)s::int - (SELECT count(*) FROM missed))
     FOR UPDATE OF j SKIP LOCKED
 ), taken AS (
-    UPDATE procrastinate_jobs j SET status = 'doing', worker_id = %(owner)s
+    UPDATE procrastinate_jobs j SET status = 'doing', worker_id = %(owner)s::bigint
     FROM picked WHERE j.id = picked.id
     RETURNING j.id, j.priority, ltrim(j.lock, '@') AS context
+), withdrawn AS (
+    -- a slot taken, or no offer wanted: this owner's offer, if it stands, is withdrawn
+    DELETE FROM hostctl_offers f WHERE f.owner = %(owner)s::bigint
+      AND (NOT %(offer)s::boolean OR EXISTS (SELECT 1 FROM picked) OR EXISTS (SELECT 1 FROM missed))
+    RETURNING f.owner
+), offered AS (
+    -- nothing to take and a slot free: the next publish may hand its task here
+    INSERT INTO hostctl_offers (owner, queues, host, pid, not_before)
+    SELECT %(owner)s::bigint, %(queues)s, %(host)s::text, %(pid)s::int, %(not_before)s::bigint
+    WHERE %(offer)s::boolean AND NOT %(offered)s::boolean AND NOT EXISTS (SELECT 1 FROM picked)
+      AND NOT EXISTS (SELECT 1 FROM missed)
+    ON CONFLICT (owner) DO NOTHING
+    RETURNING owner
+), claimed AS (
+    UPDATE hostctl_tasks t SET owner = %(owner)s::bigint, handed = NULL,
+        lease_until = now() + make_interval(secs => %(lease)s::float8)
+    FROM taken LEFT JOIN hostctl_contexts c ON c.name = taken.context
+    WHERE t.job_id = taken.id
+    RETURNING t.id, t.job_id, t.body, taken.priority, taken.context, c.document
 )
-UPDATE hostctl_tasks t SET owner = %(owner)s,
-    lease_until = now() + make_interval(secs => %(lease)s)
-FROM taken LEFT JOIN hostctl_contexts c ON c.name = taken.context
-WHERE t.job_id = taken.id
-RETURNING t.id, t.job_id, t.body, taken.priority, taken.context, c.document
+SELECT id, job_id, body, priority, context, document, false FROM claimed
+UNION ALL
+SELECT t.id, t.job_id, t.body, j.priority, ltrim(j.lock, '@'), c.document, true
+FROM missed m JOIN hostctl_tasks t ON t.id = m.id JOIN procrastinate_jobs j ON j.id = t.job_id
+LEFT JOIN hostctl_contexts c ON c.name = ltrim(j.lock, '@')
+UNION ALL
+-- the offer's fate, in a row of its own (no task): withdrawn here, made here
+SELECT NULL, NULL, NULL, (SELECT count(*) FROM withdrawn), NULL, NULL,
+       EXISTS (SELECT 1 FROM offered)
 """
 
 #: the claims in this worker's queues that are not its own, and whether their owner is
 #: dead (see the module docstring)
 _ORPHANS: LiteralString = """
-SELECT t.id, t.body, t.owner,
+SELECT t.id, t.body, t.handed, t.owner,
        t.owner IS NULL OR o.id IS NULL OR t.lease_until IS NULL OR t.lease_until < now()
        OR""" + owner_gone("o") + """,
        t.lease_until IS NULL OR t.lease_until < now()

@@ -663,13 +663,18 @@ class Spool:
 
     # -- claim ------------------------------------------------------------------------
 
+    def hold(self) -> None:
+        """Nothing to give back: no task is set aside for one worker here."""
+
     def claim(
         self,
         check: Callable[[Envelope], None] | None = None,
         limit: int = 1,
         skip_contexts: set[str] | None = None,
+        ahead: bool = False,
     ) -> list[TaskClaim]:
-        """Claim up to ``limit`` ready tasks, at most one per context.
+        """Claim up to ``limit`` ready tasks, at most one per context (``ahead`` makes no
+        difference here).
 
         ``check`` may raise InvalidInput for a submission that must not run (a context
         that no longer exists, say): the file goes to quarantine with that reason. It

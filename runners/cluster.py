@@ -42,7 +42,7 @@ from hostctl.queues import pgqueue
 from hostctl.queues.spool import Spool
 
 #: hostctl's own schema version (bumped, with a step in _HOSTCTL_STEPS, by each change)
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 #: pg_advisory_xact_lock key: "hostctl init" in ASCII, so no other user of the lock space
 #: is likely to take it
 _INIT_LOCK = 0x686F7374_696E6974
@@ -60,6 +60,7 @@ _HOSTCTL_STEPS: Mapping[int, LiteralString] = {
     4: pgqueue.SCHEMA,  # the tasks, their logs, owners and records (queues/pgqueue.py)
     5: pgqueue.SCHEMA_ORIGIN,  # where a dropped task came in (its receipts live there)
     6: pgqueue.SCHEMA_TALLIES,  # the attempts counted for good (hostctl metrics)
+    7: pgqueue.SCHEMA_HANDOFF,  # idle workers' offers, tasks handed to them at publish
 }
 _MIGRATION = re.compile(r"(\d+)\.(\d+)\.(\d+)_\d+_.*\.sql")
 

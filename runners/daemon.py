@@ -126,14 +126,16 @@ class WaitQueue:
     # -- lifecycle --------------------------------------------------------------------
 
     def start(self) -> None:
-        queue = self.home.writable()
+        self.home.writable()
         self._config_seen = self._config_stamp()  # before it is read: a change after counts
         self.worker = worker = Worker.of(self.home, self.concurrency)
         worker.registry.names()  # look for plugin types now, not at the first pickup
         worker.prefetch = True  # claim one task ahead while tasks run (see Worker)
         self._start = self.clock()
         self._register_liveness()
-        watch = queue.watch()  # a publish, a drop, a resume: wake at once
+        # a publish, a drop, a resume: wake at once (the worker's own queue, which a
+        # publish may hand a task to)
+        watch = worker.queue.watch()
         if watch is not None:
             self._watch = watch
             worker.watch(watch, self._on_queue_change)
@@ -182,7 +184,7 @@ class WaitQueue:
         if now >= self._next_housekeeping:
             self._next_housekeeping = now + self.housekeeping_every
             self._housekeeping()
-        if not self.stopping(now) and not self.home.queue.paused():
+        if not self.stopping(now) and not worker.queue.paused():
             try:
                 worker.step()
                 self._last_failure = ""
@@ -268,7 +270,7 @@ class WaitQueue:
         if self._watch is not None:
             self._watch.drain()
         self.worker.check_cancels()  # a cancel asked on another host
-        if self.home.queue.has_submissions():
+        if self.worker.queue.has_submissions():
             self._follow_config()  # judge the drops by the configuration of now
             if self.reload_requested:
                 self.reload_requested = False

@@ -116,7 +116,8 @@ class Home:
                       [server, DEFAULT_QUEUE] if server else None)
             return PgQueue(self.config.cluster.dsn, self.paths.spool, self.paths.logs,
                            route=route, server=server, queues=queues,
-                           prime=store.prime if isinstance(store, PgStore) else None)
+                           prime=store.prime if isinstance(store, PgStore) else None,
+                           route_by_contexts=isinstance(store, PgStore))
         return Spool(self.paths.spool, self.paths.logs,
                      self.config.spool.allow_network_filesystem)
 

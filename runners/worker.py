@@ -259,6 +259,7 @@ class Worker:
         self.accepting = False
         try:
             self._give_back_held()
+            self.queue.hold()
         finally:
             self.report_ends()
 
@@ -294,7 +295,8 @@ class Worker:
                 or self.overloaded()):
             return
         try:
-            self.held = self.queue.claim(self._check, limit=1, skip_contexts=self._busy())
+            self.held = self.queue.claim(self._check, limit=1, skip_contexts=self._busy(),
+                                         ahead=True)
         except HostctlError as exc:  # the queue cannot be reached now: the next step
             log.warning("cannot claim a task ahead: %s", exc)
             return

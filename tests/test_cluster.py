@@ -539,12 +539,13 @@ def test_a_task_run_by_hand_on_another_servers_host_is_refused(run_hostctl, home
 def test_init_upgrades_an_older_hostctl_schema_step_by_step(run_hostctl, home: Path,
                                                             pg: PgCluster, dsn: str) -> None:
     """A database made by an earlier hostctl (schema 4: no origin of dropped tasks, no
-    tallies) is brought to this one by the steps after it, its tasks kept."""
+    tallies, no offers) is brought to this one by the steps after it, its tasks kept."""
     in_cluster(home, dsn)
     assert run_hostctl("cluster", "init").code == 0
     db = dict(p.split("=", 1) for p in dsn.split())["dbname"]
     pg.psql("DROP INDEX hostctl_tasks_origin; ALTER TABLE hostctl_tasks DROP COLUMN origin;"
-            "DROP TABLE hostctl_tallies;"
+            "DROP TABLE hostctl_tallies; DROP TABLE hostctl_offers;"
+            "ALTER TABLE hostctl_tasks DROP COLUMN handed;"
             "UPDATE hostctl_schema SET version = '4' WHERE component = 'hostctl'",
             database=db, user="hostctl", password=SECRET)
     res = run_hostctl("cluster", "init", "--json")
@@ -555,6 +556,7 @@ def test_init_upgrades_an_older_hostctl_schema_step_by_step(run_hostctl, home: P
     assert pg.psql("SELECT count(*) FROM information_schema.columns WHERE table_name = "
                    "'hostctl_tasks' AND column_name = 'origin'", database=db) == ["1"]
     assert pg.psql("SELECT count(*) FROM hostctl_tallies", database=db) == ["0"]
+    assert pg.psql("SELECT count(*) FROM hostctl_offers", database=db) == ["0"]
 
 
 def test_a_run_on_a_host_gone_is_recovered_elsewhere_only_once_its_lease_ran_out(
@@ -795,8 +797,8 @@ def test_a_publish_whose_connection_broke_after_its_commit_says_queued(
     leaves a task committed, which a worker may run already. The publish looks on a new
     connection, makes it durable and says it was queued (a caller told it failed would
     queue it again); one that breaks before its commit says it failed."""
-    from hostctl import database
     from hostctl.database import DatabaseError
+    from hostctl.queues import pgqueue
     from hostctl.queues.model import Envelope, new_id
     from hostctl.queues.pgqueue import PgQueue
     from hostctl.times import utc_iso
@@ -804,16 +806,17 @@ def test_a_publish_whose_connection_broke_after_its_commit_says_queued(
     cluster.init(dsn)
     q = PgQueue(dsn, tmp_path / "w", tmp_path / "wlogs")
     # the flush's statement ends its own session: the break after the commit
-    monkeypatch.setattr(database, "FLUSH", "SELECT pg_terminate_backend(pg_backend_pid())")
+    monkeypatch.setattr(pgqueue, "_PUBLISHED",
+                        "SELECT pg_terminate_backend(pg_backend_pid()), %s::text")
     env = Envelope(new_id(), "verify", "@a", {}, {}, 5, utc_iso())
     assert q.publish(env) == (env.id, True)
     assert [t.id for t in q.tasks()] == [env.id]
     again = Envelope(new_id(), "verify", "@a", {}, {}, 5, utc_iso())
     assert q.publish(again) == (env.id, False)  # the identical one, not a second
     # the break before the commit: nothing queued, and said so
-    from hostctl.queues import pgqueue
-
-    monkeypatch.setattr(pgqueue, "ASYNC", "(SELECT pg_terminate_backend(pg_backend_pid()))")
+    monkeypatch.setattr(pgqueue, "_PUBLISH", pgqueue._PUBLISH.replace(
+        "(SELECT set_config('synchronous_commit', 'off', true))",
+        "(SELECT pg_terminate_backend(pg_backend_pid()))"))
     lost = Envelope(new_id(), "verify", "@b", {}, {}, 5, utc_iso())
     with pytest.raises(DatabaseError):
         q.publish(lost)

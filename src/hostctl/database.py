@@ -175,12 +175,15 @@ class Session:
         raise AssertionError("unreachable")
 
     def rows_heard_first(self, query: LiteralString,
-                         params: tuple[Any, ...] | dict[str, Any] = ()) -> list[Any]:
+                         params: tuple[Any, ...] | dict[str, Any] = (),
+                         flush: LiteralString = FLUSH,
+                         flush_params: tuple[Any, ...] = ()) -> list[Any]:
         """Run one write whose listeners (its NOTIFYs) are told a disk flush sooner, and
         return once it is on the disk as a synchronous commit would: the statement is
         committed without waiting for the disk (``query`` sets ``synchronous_commit`` off
         for itself; see :data:`ASYNC`), and a second transaction, sent with it in one
-        round trip, writes a record of no effect (a logical message) and commits
+        round trip, writes a record of no effect (a logical message; ``flush``, which may
+        tell a listener that the write is on the disk, must write one) and commits
         synchronously; its flush takes every earlier commit with it. Until then nothing
         was said to the caller, and whoever acts on the row before must make a
         synchronous commit of its own first (its flush, too, takes this one). Never
@@ -191,7 +194,7 @@ class Session:
             with conn.pipeline() as pipeline:
                 cur = conn.execute(query, params)
                 pipeline.sync()  # its own transaction: committed (and heard) here
-                conn.execute(FLUSH)
+                conn.execute(flush, flush_params)
             return cur.fetchall() if cur.description is not None else []
         except psycopg.Error as exc:
             # what a failed pipeline leaves unread (its other results, its mode) would
