@@ -131,6 +131,10 @@ def postgres(base: Path) -> Iterator[str]:
     try:
         subprocess.run([str(bindir / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U",
                         "bench", "-d", "postgres", "-c", "CREATE DATABASE hostctl"], **run)
+        # as docs/cluster.md sets one up: no role but hostctl's may connect to it
+        subprocess.run([str(bindir / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U",
+                        "bench", "-d", "postgres", "-c",
+                        "REVOKE CONNECT, TEMPORARY ON DATABASE hostctl FROM PUBLIC"], **run)
         yield f"host=127.0.0.1 port={port} dbname=hostctl user=bench"
     finally:
         subprocess.run([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],

@@ -21,12 +21,23 @@ rewritten), who holds the claim (``owner``) and until when (``lease_until``), an
 task was set aside. A task's log is ``hostctl_task_logs``, line blocks in order, each
 insert announced on ``hostctl_log_ID`` for whoever follows it.
 
-Jobs are enqueued with procrastinate's ``procrastinate_defer_jobs_v1`` and ended with its
+Jobs are inserted into procrastinate's table as its ``procrastinate_defer_jobs_v1`` does
+(a publish is one statement of hostctl's: _PUBLISH) and ended with its
 ``procrastinate_finish_job_v1``, ``procrastinate_retry_job_v2`` and
 ``procrastinate_cancel_job_v1``. The fetch is hostctl's own statement over the same table
 (procrastinate's cannot pass over the contexts a worker already runs, and counts a
 delayed job as holding its lock): the first ready job of each context, by priority then
 age, ``FOR UPDATE SKIP LOCKED``, only of this worker's queues.
+
+Handoff. A worker whose fetch found nothing, with a slot free and its watch listening on
+its owner's channel, offers itself (``hostctl_offers``). A publish whose task could be
+claimed at once (ready, nothing running or ready on its context, the queue not paused)
+takes the oldest offer of a live owner of its queue: the job is inserted ``doing`` for
+that owner and the task with its ``handed`` mark (what the owner's ``spawn`` event would
+say), and the owner is told on ``hostctl_owner_ID``, with the task and its context's
+document, then told again once the publish is on the disk. The owner starts it from the
+notice, with no query, once told that it is on the disk (or once it made sure of it
+itself); a handed task with no events is recovered as one whose spawn was written.
 
 Owners and leases. Every process that claims registers as an owner: a row of
 ``procrastinate_workers`` (its unique id, its heartbeat) and of ``hostctl_owners`` (host,
@@ -165,6 +176,7 @@ CREATE TABLE hostctl_offers (
     since timestamptz NOT NULL DEFAULT now()
 );
 ALTER TABLE hostctl_tasks ADD COLUMN handed jsonb;
+ALTER TABLE hostctl_owners ADD COLUMN handoff boolean NOT NULL DEFAULT false;
 REVOKE ALL ON hostctl_offers FROM PUBLIC"""
 #: a claim's lease: renewed on each heartbeat (every 30 s), taken over when it runs out
 LEASE = 120.0
@@ -270,15 +282,14 @@ class PgClaim:
         """One event, fenced by this owner; a connection lost on the way is made again
         (for up to RECONNECT_FOR seconds) and the event written once. A handed task's
         first ``spawn`` is its ``handed`` mark, written by its publish: nothing is
-        written, once the publish is on the disk."""
+        written once its publisher told that the publish is on the disk."""
         queue = self.queue
         if kind == "spawn" and self.handed:
             self.handed = False
-            try:
-                queue._await_durable(self.task.id)
-            except HostctlError as exc:
-                raise _os_error(exc) from None
-            return
+            if queue._told_durable(self.task.id):
+                return
+            # not told: the spawn event is written (synchronously, fenced), which makes
+            # sure that the task is this owner's and on the disk
         data = encode_event(kind, **fields)
 
         def attempt(again: bool) -> int | None:
@@ -320,7 +331,7 @@ class PgClaim:
             return
         self.released = True
         self.queue._claims.discard(self.task.id)
-        self.queue._unreleased.add(self.task.id)
+        self.queue._unreleased[self.task.id] = self.handed  # its mark unused: never ran
         self.queue._settle()
 
 
@@ -433,6 +444,11 @@ class PgWatch:
     def fileno(self) -> int:
         return self.poll.fileno()
 
+    def poke(self) -> None:
+        """Readable at once: what was read off the connection elsewhere is acted on by
+        whoever sleeps on this watch, as on a notice."""
+        self.timer.arm(1e-9)
+
     def drain(self) -> object:
         self.timer.drain()
         if self.inotify is not None:
@@ -497,7 +513,9 @@ class PgQueue:
         self._owner: int | None = None
         self._owner_pid = 0
         self._claims: set[str] = set()  # ids of the tasks this owner holds
-        self._unreleased: set[str] = set()  # let go, the database not told yet
+        #: let go, the database not told yet: id -> whether it was handed here and never
+        #: started (its mark goes with it)
+        self._unreleased: dict[str, bool] = {}
         self._resync = False  # the connection was made again since the last _settle
         #: task id -> (state, body length, last log row) of its receipt as last posted
         self._receipts: dict[str, tuple[str, int, int]] = {}
@@ -514,6 +532,9 @@ class PgQueue:
         #: tasks handed to this owner, not taken up yet: id -> its notice (None: read it)
         self._handed: dict[str, dict[str, Any] | None] = {}
         self._durable: set[str] = set()  # handed tasks told to be on the disk
+        #: no role but hostctl's may connect (_PRIVATE), as last looked at
+        self._private = False
+        self._said_private = False
         self._cancels: set[str] = set()  # handed tasks a cancel was heard for
 
     # -- owner: this process, as the holder of claims ---------------------------------
@@ -526,9 +547,12 @@ class PgQueue:
             self._owner_pid = os.getpid()
             conn = self.db.connection()  # its lock is taken by _on_connect from now on
             try:
+                # (``handoff``: this owner's sweeps know what a handed mark means; while
+                # an owner that does not lives, nothing is handed: see _PUBLISH)
                 row = conn.execute(
-                    "INSERT INTO hostctl_owners (id, host, pid, server) SELECT worker_id, "
-                    "%s, %s, %s FROM procrastinate_register_worker_v1() RETURNING id",
+                    "INSERT INTO hostctl_owners (id, host, pid, server, handoff) SELECT "
+                    "worker_id, %s, %s, %s, true FROM procrastinate_register_worker_v1() "
+                    "RETURNING id",
                     (self.host, os.getpid(), self.server)).fetchone()
                 assert row is not None
                 conn.execute("SELECT pg_advisory_lock(%s, %s::int)", (OWNER_LOCKS, row[0]))
@@ -586,13 +610,14 @@ class PgQueue:
         connection was made again, let go of what the database says this owner holds
         and this process does not know of (a claim whose answer the break lost: a sweep
         queues it again, as claimed but never started)."""
-        for task_id in sorted(self._unreleased):
+        for task_id, unused in sorted(self._unreleased.items()):
             try:
-                self.db.rows("UPDATE hostctl_tasks SET owner = NULL WHERE id = %s AND "
-                             "owner = %s", (task_id, self.owner()))
+                self.db.rows("UPDATE hostctl_tasks SET owner = NULL, handed = CASE WHEN %s "
+                             "THEN NULL ELSE handed END WHERE id = %s AND owner = %s",
+                             (unused, task_id, self.owner()))
             except HostctlError:
                 return
-            self._unreleased.discard(task_id)
+            del self._unreleased[task_id]
         if self._resync and self._owner is not None:
             try:
                 # (a task handed here and not heard of is no lost claim: the next fetch
@@ -609,9 +634,14 @@ class PgQueue:
         if self._owner is None or self._owner_pid != os.getpid() or self.db.forked:
             return
         with suppress(HostctlError):
-            self._give_back_handed()  # handed here and never started: queued again
+            self._settle()  # what was let go: told (a handed task that ran keeps its mark)
+        with suppress(HostctlError):
+            # handed here and never started (not a claim, not let go): queued again
+            self._give_back_handed(keep=self._claims | set(self._unreleased))
+        with suppress(HostctlError):
             self.db.rows("UPDATE hostctl_tasks SET owner = NULL WHERE owner = %s",
                          (self._owner,))
+        with suppress(HostctlError):
             self.db.rows("SELECT procrastinate_unregister_worker_v1(%s)", (self._owner,))
         self._owner = None
         self.db.close()
@@ -1114,30 +1144,35 @@ class PgQueue:
         try:
             told = json.loads(payload)
             task_id = str(told["id"])
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, RecursionError):
             return  # the next fetch finds what was handed here (missed)
         if valid_id(task_id) and task_id not in self._claims:
             self._handed[task_id] = told if isinstance(told, dict) and "job" in told else None
 
-    def _await_durable(self, task_id: str) -> None:
-        """Return once the publish that handed ``task_id`` here is on the disk: told so
-        by its publisher (_PUBLISHED), or, not told within DURABLE_WAIT, by a synchronous
-        commit of this owner's own, whose flush takes the publish's commit with it."""
+    def _told_durable(self, task_id: str) -> bool:
+        """Whether the publish that handed ``task_id`` here was told to be on the disk
+        (_PUBLISHED), waiting DURABLE_WAIT at most. Notices read meanwhile are told as
+        the watch would; the watch is made readable, so that the loop that sleeps on it
+        acts on them (a cancel, a task queued) as on any other."""
         deadline = time.monotonic() + DURABLE_WAIT
         watch = self._watch
+        heard = False
         while task_id not in self._durable and watch is not None and watch.conn is not None:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
             try:
                 for notice in watch.conn.notifies(timeout=left, stop_after=1):
+                    heard = True
                     watch.told(notice.channel, notice.payload)
             except psycopg.Error:
                 break  # the watch makes its connection again when it is next drained
+        if heard and watch is not None:
+            watch.poke()
         if task_id in self._durable:
             self._durable.discard(task_id)
-            return
-        self.db.rows(FLUSH, retry=False)
+            return True
+        return False
 
     def hold(self) -> None:
         """This process takes nothing for now (it stops, the queue is paused, the disk
@@ -1155,18 +1190,15 @@ class PgQueue:
                 self._give_back_handed(task_id)
                 del self._handed[task_id]
                 self._cancels.discard(task_id)
+                self._durable.discard(task_id)
 
-    def _give_back_handed(self, task_id: str | None = None) -> None:
-        """Tasks handed to this owner that it did not start (``task_id``, or each one it
-        does not hold as a claim) go back to the queue, their ``handed`` mark gone (they
-        never ran), and the workers are told."""
-        rows = self.db.rows(
-            "WITH t AS (UPDATE hostctl_tasks SET owner = NULL, lease_until = NULL, "
-            "handed = NULL WHERE owner = %s AND handed IS NOT NULL AND "
-            "(id = %s OR (%s::text IS NULL AND NOT (id = ANY(%s::text[])))) "
-            "RETURNING job_id) UPDATE procrastinate_jobs j SET status = 'todo', "
-            "worker_id = NULL FROM t WHERE j.id = t.job_id AND j.status = 'doing' "
-            "RETURNING j.id", (self.owner(), task_id, task_id, sorted(self._claims)))
+    def _give_back_handed(self, task_id: str | None = None,
+                          keep: Collection[str] = ()) -> None:
+        """Tasks handed to this owner that it did not start (``task_id``, or each one
+        but those in ``keep``) go back to the queue, their mark gone (they never ran),
+        and the workers are told."""
+        rows = self.db.rows(_GIVE_BACK, {"owner": self.owner(), "id": task_id,
+                                         "all": task_id is None, "keep": sorted(keep)})
         if rows:
             self._notify("requeue")
 
@@ -1179,7 +1211,8 @@ class PgQueue:
         for _ in range(5):
             try:
                 owner = self.owner()
-                offer = free and self._listening == OWNER_CHANNEL + str(owner)
+                offer = (free and self._private
+                         and self._listening == OWNER_CHANNEL + str(owner))
                 offered = self._offered
                 # one statement, atomic on its own (autocommit): no BEGIN, no COMMIT to
                 # wait for; a connection lost on the way fails it whole: [] now
@@ -1241,22 +1274,27 @@ class PgQueue:
         return claim
 
     def _give_back(self, task_id: str, job: int) -> None:
-        """A fetched task that did not start goes back as it was (no attempt)."""
+        """A fetched (or handed) task of this owner's that did not start goes back as it
+        was (no attempt, no mark)."""
         self._claims.discard(task_id)
-        with self.db.transaction():
-            self.db.rows("UPDATE procrastinate_jobs SET status = 'todo', worker_id = NULL "
-                         "WHERE id = %s AND status = 'doing'", (job,))
-            self.db.rows("UPDATE hostctl_tasks SET owner = NULL, lease_until = NULL, "
-                         "handed = NULL WHERE id = %s", (task_id,))
+        self.db.rows(_GIVE_BACK, {"owner": self.owner(), "id": task_id, "all": False,
+                                  "keep": []})
 
-    def _quarantine(self, task_id: str, job: int, reason: str) -> None:
+    def _quarantine(self, task_id: str, job: int, reason: str, mine: bool = True) -> None:
+        """Set a task aside (its job failed) with ``reason``: one this owner holds
+        (``mine``), or, found by a sweep, whichever dead owner held it."""
         self._claims.discard(task_id)
         with self.db.transaction():
-            self.db.rows("SELECT procrastinate_finish_job_v1(%s, 'failed', false)", (job,))
-            self.db.rows("UPDATE hostctl_tasks SET set_aside = %s, owner = NULL, "
-                         "ended_at = now() WHERE id = %s",
-                         (" ".join(reason.split())[:2000], task_id))
-        log.warning("task %s set aside: %s", task_id, reason)
+            rows = self.db.rows(
+                "UPDATE hostctl_tasks SET set_aside = %s, owner = NULL, handed = NULL, "
+                "ended_at = now() WHERE id = %s AND job_id = %s AND (NOT %s OR owner = %s) "
+                "RETURNING id", (" ".join(reason.split())[:2000], task_id, job, mine,
+                                 self.owner()))
+            if rows:
+                self.db.rows("SELECT procrastinate_finish_job_v1(%s, 'failed', false)",
+                             (job,))
+        if rows:
+            log.warning("task %s set aside: %s", task_id, reason)
 
     # -- the owner's side of a claim --------------------------------------------------
 
@@ -1404,6 +1442,7 @@ class PgQueue:
         self._settle()
         me = self.owner()
         notes = []
+        self._look_private()
         self.db.rows(_SUSPECT, {"me": me})
         rows = self.db.rows(_ORPHANS, {"me": me, "queues": self.queues})
         for task_id, body, handed, owner, dead, expired in rows:
@@ -1426,7 +1465,7 @@ class PgQueue:
         except InvalidInput as exc:
             job = self.db.rows("SELECT job_id FROM hostctl_tasks WHERE id = %s", (task_id,))
             if job:
-                self._quarantine(task_id, int(job[0][0]), str(exc))
+                self._quarantine(task_id, int(job[0][0]), str(exc), mine=False)
             return f"set aside task {task_id}: {exc}"
         spawn, start = task.last_index("spawn"), task.last_index("start")
         # a task handed to its owner by its publish, and not started as far as its
@@ -1567,7 +1606,24 @@ class PgQueue:
         self._watch = PgWatch(self.dsn, [*channels, origin, *([mine] if mine else [])],
                               self.local.dir("incoming"), told)
         self._listening = mine
+        self._look_private()
         return self._watch
+
+    def _look_private(self) -> None:
+        """Whether this owner may be handed tasks: no role that may connect to the
+        database but hostctl's (_PRIVATE); looked at again by each sweep."""
+        if not self._listening:
+            return
+        try:
+            private = bool(self.db.rows(_PRIVATE)[0][0])
+        except HostctlError:
+            return
+        if not private and not self._said_private:
+            log.info("no task is handed to an idle worker: roles that may not read "
+                     "hostctl's tasks may connect to its database (REVOKE CONNECT ON "
+                     "DATABASE ... FROM PUBLIC: see docs/cluster.md)")
+        self._said_private = not private
+        self._private = private
 
     # -- the queue as a whole ---------------------------------------------------------
 
@@ -1737,6 +1793,10 @@ WITH routed AS (
             AND (o.status = 'doing'
                  OR (o.status = 'todo' AND (o.scheduled_at IS NULL OR o.scheduled_at <= now()))))
       AND""" + owner_alive("f.owner") + """
+      -- every live owner (every sweep) knows what a handed mark means: a host of an
+      -- earlier hostctl would queue a handed task again as never started
+      AND NOT EXISTS (SELECT 1 FROM hostctl_owners old WHERE NOT old.handoff
+                      AND""" + owner_alive("old.id") + """)
     ORDER BY f.since, f.owner
     LIMIT 1
     FOR UPDATE OF f SKIP LOCKED
@@ -1780,6 +1840,36 @@ FROM task, LATERAL (
 WHERE task.owner IS NOT NULL
 """
 
+#: whether every role that may log in to the database may read hostctl's tasks: only
+#: then is a task handed to an idle worker (its notice carries the task and its
+#: context's document, and LISTEN asks for no privilege but the database's CONNECT)
+_PRIVATE: LiteralString = """
+SELECT NOT EXISTS (
+    SELECT 1 FROM pg_roles r
+    WHERE r.rolcanlogin AND has_database_privilege(r.oid, current_database(), 'CONNECT')
+      AND NOT has_table_privilege(r.oid, 'hostctl_tasks', 'SELECT'))"""
+
+#: a task of this owner's that it did not start goes back to the queue as it was: no
+#: owner, no lease, no handed mark (%(id)s, or with %(all)s every handed one but those
+#: in %(keep)s); a job going back beside an identical queued one gives up its
+#: de-duplication key (both stay queued)
+_GIVE_BACK: LiteralString = """
+WITH t AS (
+    UPDATE hostctl_tasks SET owner = NULL, lease_until = NULL, handed = NULL
+    WHERE owner = %(owner)s::bigint
+      AND (id = %(id)s::text
+           OR (%(all)s::boolean AND handed IS NOT NULL
+               AND NOT (id = ANY(%(keep)s::text[]))))
+    RETURNING job_id
+)
+UPDATE procrastinate_jobs j SET status = 'todo', worker_id = NULL,
+    queueing_lock = CASE WHEN EXISTS (
+        SELECT 1 FROM procrastinate_jobs o WHERE o.queueing_lock = j.queueing_lock
+        AND o.status = 'todo' AND o.id <> j.id) THEN NULL ELSE j.queueing_lock END
+FROM t WHERE j.id = t.job_id AND j.status = 'doing'
+RETURNING j.id
+"""
+
 #: the second transaction of a publish (Session.rows_heard_first): a synchronous commit,
 #: after which the owner a task was handed to is told that it is on the disk
 _PUBLISHED: LiteralString = """
@@ -1795,6 +1885,8 @@ WITH missed AS (
     SELECT t.id FROM hostctl_tasks t
     WHERE t.owner = %(owner)s::bigint AND t.handed IS NOT NULL
       AND NOT (t.id = ANY(%(known)s::text[]))
+    ORDER BY t.id
+    LIMIT greatest(%(limit)s::int, 0)
 ), picked AS (
     SELECT j.id FROM procrastinate_jobs j,
         -- the claim need not wait for its commit to reach the disk: the spawn event a

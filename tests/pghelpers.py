@@ -18,7 +18,9 @@ def new_database(pg: PgCluster, prefix: str = "db", init: bool = False) -> str:
     """A fresh database of the ``hostctl`` role; its DSN (with the cluster's schema made
     when ``init``)."""
     name = f"{prefix}{next(_made)}"
-    pg.psql(f"CREATE DATABASE {name} OWNER hostctl")
+    # as docs/cluster.md sets one up: no role but hostctl's may connect to it
+    pg.psql(f"CREATE DATABASE {name} OWNER hostctl; "
+            f"REVOKE CONNECT, TEMPORARY ON DATABASE {name} FROM PUBLIC")
     dsn = f"host=127.0.0.1 port={pg.port} dbname={name} user=hostctl password={SECRET}"
     if init:
         from hostctl.runners import cluster

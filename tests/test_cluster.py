@@ -546,6 +546,7 @@ def test_init_upgrades_an_older_hostctl_schema_step_by_step(run_hostctl, home: P
     pg.psql("DROP INDEX hostctl_tasks_origin; ALTER TABLE hostctl_tasks DROP COLUMN origin;"
             "DROP TABLE hostctl_tallies; DROP TABLE hostctl_offers;"
             "ALTER TABLE hostctl_tasks DROP COLUMN handed;"
+            "ALTER TABLE hostctl_owners DROP COLUMN handoff;"
             "UPDATE hostctl_schema SET version = '4' WHERE component = 'hostctl'",
             database=db, user="hostctl", password=SECRET)
     res = run_hostctl("cluster", "init", "--json")

@@ -33,7 +33,8 @@ _made = [0]
 def dsn(pg_server: PgCluster) -> str:
     _made[0] += 1
     name = f"handoff{_made[0]}"
-    pg_server.psql(f"CREATE DATABASE {name} OWNER hostctl")
+    pg_server.psql(f"CREATE DATABASE {name} OWNER hostctl; "
+                   f"REVOKE CONNECT, TEMPORARY ON DATABASE {name} FROM PUBLIC")
     cluster.init(f"host=127.0.0.1 port={pg_server.port} dbname={name} user=hostctl "
                  f"password={SECRET}")
     return f"host=127.0.0.1 port={pg_server.port} dbname={name} user=hostctl password={SECRET}"
@@ -98,9 +99,10 @@ def test_an_idle_worker_is_handed_the_task_and_runs_it_with_no_round_trip(
     worker.db.rows = lambda q, *a, **k: (sent.append(q), rows(q, *a, **k))[1]  # type: ignore[method-assign]
     [claim] = worker.claim()
     assert claim.task.id == handed
-    assert sent == []  # taken from its notice: no query
-    # the mark stands for the spawn event: nothing is written before the run starts
+    # the mark stands for the spawn event, and the publisher said that the task is on
+    # the disk: nothing is asked or written before the run starts
     claim.append("spawn", attempt=1, worker=os.getpid(), not_before=0, host=host_name())
+    assert sent == []
     claim.append("start", attempt=1, pid=1, pgid=1, worker=os.getpid(), host=host_name())
     assert events(front, handed) == ["start"]
     worker.finish(claim, "success")
@@ -177,8 +179,10 @@ def test_a_worker_that_holds_off_or_stops_gives_back_what_it_was_handed(
     handed = task(front)
     assert worker._watch is not None
     worker._watch.drain()
+    standing = idle(queue(dsn, tmp_path, "standing"))
     worker.hold()  # stopping, paused, the disk full
     assert row(front, handed) == ("todo", None, None, None)
+    standing.hold()  # an offer that stands is withdrawn
     assert worker.db.rows("SELECT count(*) FROM hostctl_offers") == [(0,)]
     other = queue(dsn, tmp_path, "other")
     [claim] = other.claim()
@@ -192,6 +196,8 @@ def test_a_worker_that_holds_off_or_stops_gives_back_what_it_was_handed(
     assert row(front, second) == ("todo", None, None, None)
     [claim] = other.claim()
     assert claim.task.id == second
+    assert standing.claim() == []  # its next claim offers it again
+    assert standing._offered
 
 
 def test_a_cancel_before_the_handed_task_starts_is_kept(tmp_path: Path, dsn: str) -> None:
@@ -219,7 +225,9 @@ def test_a_handed_task_whose_notice_was_missed_is_taken_by_the_next_claim(
     [claim] = worker.claim()
     assert claim.task.id == handed
     claim.append("spawn", attempt=1, worker=os.getpid(), not_before=0, host=host_name())
-    assert events(front, handed) == []  # the mark is its spawn event
+    # told nothing, it wrote its spawn event (fenced, synchronous): the task is its
+    # own, and on the disk
+    assert events(front, handed) == ["spawn"]
     worker.finish(claim, "success")
     assert front.get(handed).status is Status.SUCCESS
 
@@ -300,3 +308,120 @@ def test_an_idle_wait_queue_is_handed_its_task_and_withdraws_when_it_may_not_tak
     proc.terminate()
     assert wait_exit(proc, 30, "wait-queue") == 0
     assert offers() == 0
+
+
+def test_a_large_task_is_handed_by_its_id_and_read(tmp_path: Path, dsn: str) -> None:
+    """A notice stays under 8000 bytes: a larger task's carries its id alone."""
+    worker = idle(queue(dsn, tmp_path, "w"))
+    front = queue(dsn, tmp_path, "front")
+    env = Envelope(new_id(), "verify", "@a", {"note": "x" * 9000}, {}, 5, utc_iso())
+    front.publish(env, dedup=False)
+    assert worker._watch is not None
+    worker._watch.drain()
+    assert worker._handed == {env.id: None}
+    [claim] = worker.claim()
+    assert claim.task.envelope.options["note"] == "x" * 9000
+
+
+def test_garbage_on_a_workers_channel_harms_nothing(tmp_path: Path, dsn: str) -> None:
+    worker = idle(queue(dsn, tmp_path, "w"))
+    channel = f"hostctl_owner_{worker.owner()}"
+    for junk in ("[" * 7000, "{}", "not json", '{"id": 5}', '{"id": "../x", "job": 1}',
+                 "durable "):
+        worker.db.rows("SELECT pg_notify(%s, %s)", (channel, junk))
+    assert worker._watch is not None
+    worker._watch.drain()
+    assert worker.claim() == []  # nothing of it taken; the offer made again
+    front = queue(dsn, tmp_path, "front")
+    handed = task(front)
+    worker._watch.drain()
+    [claim] = worker.claim()
+    assert claim.task.id == handed
+
+
+def test_a_task_given_back_beside_an_identical_queued_one_gives_up_its_key(
+        tmp_path: Path, dsn: str) -> None:
+    worker = idle(queue(dsn, tmp_path, "w"))
+    front = queue(dsn, tmp_path, "front")
+    env = Envelope(new_id(), "verify", "@a", {}, {}, 5, utc_iso())
+    first, _ = front.publish(env)  # handed: running, so an identical one is queued
+    again = Envelope(new_id(), "verify", "@a", {}, {}, 5, utc_iso())
+    second, queued = front.publish(again)
+    assert queued and second != first and row(front, second)[0] == "todo"
+    assert worker._watch is not None
+    worker._watch.drain()
+    worker.hold()
+    assert row(front, first)[:3] == ("todo", None, None)
+    keys = dict(front.db.rows("SELECT t.id, j.queueing_lock FROM hostctl_tasks t JOIN "
+                              "procrastinate_jobs j ON j.id = t.job_id"))
+    assert keys[first] is None and keys[second] is not None
+
+
+def test_a_handed_claim_let_go_before_it_started_is_queued_again_not_lost(
+        tmp_path: Path, dsn: str) -> None:
+    worker = idle(queue(dsn, tmp_path, "w"))
+    front = queue(dsn, tmp_path, "front")
+    handed = task(front)
+    assert worker._watch is not None
+    worker._watch.drain()
+    [claim] = worker.claim()
+    claim.release()  # as a start that cannot reach the database ends
+    assert row(front, handed)[2:] == (None, None)  # no owner, and no mark: never ran
+    sweeper = queue(dsn, tmp_path, "sweeper")
+    rules = lambda _e: Policy(max_attempts=3, rerun_on_loss=False)  # noqa: E731
+    notes = sweeper.sweep(rules)
+    assert any("never started: queued again" in n for n in notes), notes
+    assert front.get(handed).attempts == []
+
+
+def test_a_handed_task_that_ran_is_not_given_back_by_a_clean_exit(tmp_path: Path,
+                                                                 dsn: str) -> None:
+    """Its end could not be recorded (the claim let go): it ran, and its mark stays for
+    the sweep, which counts the attempt."""
+    worker = idle(queue(dsn, tmp_path, "w"))
+    front = queue(dsn, tmp_path, "front")
+    handed = task(front)
+    assert worker._watch is not None
+    worker._watch.drain()
+    [claim] = worker.claim()
+    claim.append("spawn", attempt=1, worker=os.getpid(), not_before=0, host=host_name())
+    claim.append("start", attempt=1, pid=1, pgid=1, worker=os.getpid(), host=host_name())
+    claim.release()
+    worker.unregister()
+    status, _worker, owner, mark = row(front, handed)
+    assert (status, owner) == ("doing", None) and mark is not None
+
+
+def test_nothing_is_handed_while_a_host_of_an_earlier_hostctl_lives(tmp_path: Path,
+                                                                   dsn: str) -> None:
+    """Its sweeps would not know what a handed mark means."""
+    worker = idle(queue(dsn, tmp_path, "w"))
+    old = queue(dsn, tmp_path, "old")
+    old.db.rows("UPDATE hostctl_owners SET handoff = false WHERE id = %s", (old.owner(),))
+    front = queue(dsn, tmp_path, "front")
+    queued = task(front)
+    assert row(front, queued)[:3] == ("todo", None, None)
+    old.unregister()
+    handed = task(front, "@b")
+    assert row(front, handed)[2] == worker.owner()
+
+
+def test_no_worker_offers_itself_where_other_roles_may_connect(
+        tmp_path: Path, dsn: str, pg_server: PgCluster) -> None:
+    """A role that may connect may LISTEN: the notices would tell it the tasks."""
+    name = dict(p.split("=", 1) for p in dsn.split())["dbname"]
+    pg_server.psql("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = "
+                   "'outsider') THEN CREATE ROLE outsider LOGIN; END IF; END $$")
+    pg_server.psql(f"GRANT CONNECT ON DATABASE {name} TO outsider")
+    worker = queue(dsn, tmp_path, "w")
+    worker.watch()
+    assert worker.claim() == []
+    assert worker.db.rows("SELECT count(*) FROM hostctl_offers") == [(0,)]
+    front = queue(dsn, tmp_path, "front")
+    assert row(front, task(front))[:3] == ("todo", None, None)
+    pg_server.psql(f"REVOKE CONNECT ON DATABASE {name} FROM outsider")
+    worker.sweep(lambda _e: Policy())  # looks again
+    [claim] = worker.claim()  # the queued task
+    worker.finish(claim, "success")
+    assert worker.claim() == []
+    assert worker.db.rows("SELECT owner FROM hostctl_offers") == [(worker.owner(),)]
