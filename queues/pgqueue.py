@@ -286,6 +286,7 @@ class PgClaim:
         queue = self.queue
         if kind == "spawn" and self.handed:
             self.handed = False
+            queue._unspawned.discard(self.task.id)
             if queue._told_durable(self.task.id):
                 return
             # not told: the spawn event is written (synchronously, fenced), which makes
@@ -332,6 +333,7 @@ class PgClaim:
         self.released = True
         self.queue._claims.discard(self.task.id)
         self.queue._unreleased[self.task.id] = self.handed  # its mark unused: never ran
+        self.queue._unspawned.discard(self.task.id)
         self.queue._settle()
 
 
@@ -532,6 +534,8 @@ class PgQueue:
         #: tasks handed to this owner, not taken up yet: id -> its notice (None: read it)
         self._handed: dict[str, dict[str, Any] | None] = {}
         self._durable: set[str] = set()  # handed tasks told to be on the disk
+        #: handed tasks claimed here whose spawn (the mark) is not used yet
+        self._unspawned: set[str] = set()
         #: no role but hostctl's may connect (_PRIVATE), as last looked at
         self._private = False
         self._said_private = False
@@ -633,11 +637,15 @@ class PgQueue:
         """Leave the owners (a clean exit): what this process still holds is let go."""
         if self._owner is None or self._owner_pid != os.getpid() or self.db.forked:
             return
+        with suppress(HostctlError):  # first: nothing more is handed here
+            self.db.rows("DELETE FROM hostctl_offers WHERE owner = %s", (self._owner,))
         with suppress(HostctlError):
             self._settle()  # what was let go: told (a handed task that ran keeps its mark)
         with suppress(HostctlError):
-            # handed here and never started (not a claim, not let go): queued again
-            self._give_back_handed(keep=self._claims | set(self._unreleased))
+            # handed here and never started: queued again; what may have run (a claim
+            # past its spawn, one let go after it) keeps its mark for the sweep
+            self._give_back_handed(keep=(self._claims - self._unspawned) | {
+                task_id for task_id, unused in self._unreleased.items() if not unused})
         with suppress(HostctlError):
             self.db.rows("UPDATE hostctl_tasks SET owner = NULL WHERE owner = %s",
                          (self._owner,))
@@ -1182,7 +1190,7 @@ class PgQueue:
         if not self._offered and not self._handed:
             return
         with suppress(HostctlError):
-            if self._offered:
+            if self._offered:  # (or may stand: an answer was lost)
                 self.db.rows("DELETE FROM hostctl_offers WHERE owner = %s", (self.owner(),))
                 self._offered = False  # if it was taken meanwhile, its notice comes later
             while self._handed:
@@ -1197,9 +1205,7 @@ class PgQueue:
         """Tasks handed to this owner that it did not start (``task_id``, or each one
         but those in ``keep``) go back to the queue, their mark gone (they never ran),
         and the workers are told."""
-        rows = self.db.rows(_GIVE_BACK, {"owner": self.owner(), "id": task_id,
-                                         "all": task_id is None, "keep": sorted(keep)})
-        if rows:
+        if self._give_back_rows(task_id, task_id is None, keep):
             self._notify("requeue")
 
     def _fetch(self, limit: int, skip: set[str], waiting: set[str],
@@ -1214,13 +1220,16 @@ class PgQueue:
                 offer = (free and self._private
                          and self._listening == OWNER_CHANNEL + str(owner))
                 offered = self._offered
+                # an offer may stand from here on, whatever becomes of the answer (hold
+                # withdraws it); the answer says whether it does
+                self._offered = offered or offer
                 # one statement, atomic on its own (autocommit): no BEGIN, no COMMIT to
                 # wait for; a connection lost on the way fails it whole: [] now
                 rows = self.db.rows(_FETCH, {
                     "queues": self.queues, "skip": sorted(skip), "waiting": sorted(waiting),
                     "limit": limit, "owner": owner, "lease": LEASE, "paused": _PAUSED,
-                    "known": sorted(self._claims | set(self._handed)), "offer": offer,
-                    "offered": offered, "host": self.host, "pid": os.getpid(),
+                    "known": sorted(self._claims | set(self._handed) | set(self._unreleased)),
+                    "offer": offer, "host": self.host, "pid": os.getpid(),
                     "not_before": boot_ticks()}, retry=False)
             except DatabaseError as exc:
                 if exc.lost:  # not taken, or taken by a connection gone: a sweep's
@@ -1231,19 +1240,15 @@ class PgQueue:
             tasks = [r for r in rows if r[0] is not None]
             withdrawn, made = next(((int(r[3]), bool(r[6])) for r in rows if r[0] is None),
                                    (0, False))
-            if made:
-                self._offered = True
-            elif withdrawn or any(r[6] for r in tasks):
-                self._offered = False
-            elif offered and tasks:
-                # the offer was taken by a publish this statement did not see: its task
-                # is on its way here, in a slot this fetch may have filled as well
-                self._offered = False
-                if len(tasks) >= limit:
-                    extra = tasks.pop()
-                    with suppress(HostctlError):
-                        self._give_back(str(extra[0]), int(extra[1]))
-                        self._notify("requeue")
+            # the offer as the database has it now: it stands (made or kept); withdrawn
+            # here; or gone without this statement, taken by a publish it did not see,
+            # whose task is on its way here, in a slot this fetch may have filled too
+            self._offered = made
+            if offered and not withdrawn and tasks and not any(r[6] for r in tasks) \
+                    and len(tasks) >= limit:
+                extra = tasks.pop()
+                with suppress(HostctlError):
+                    self._give_back(str(extra[0]), int(extra[1]))
             return tasks
         return []
 
@@ -1267,6 +1272,8 @@ class PgQueue:
             self._quarantine(task_id, job, str(exc))
             return None
         self._claims.add(task_id)
+        if handed:
+            self._unspawned.add(task_id)
         claim = PgClaim(task, self, job, len(body), handed=handed)
         if task.cancel_requested:  # cancelled while queued, before it was taken
             self.finish(claim, "cancelled", reason="cancelled before it started")
@@ -1277,19 +1284,37 @@ class PgQueue:
         """A fetched (or handed) task of this owner's that did not start goes back as it
         was (no attempt, no mark)."""
         self._claims.discard(task_id)
-        self.db.rows(_GIVE_BACK, {"owner": self.owner(), "id": task_id, "all": False,
-                                  "keep": []})
+        self._unspawned.discard(task_id)
+        self._give_back_rows(task_id, False, ())
+        self._notify("requeue")  # a job back to todo is announced by no trigger
 
-    def _quarantine(self, task_id: str, job: int, reason: str, mine: bool = True) -> None:
-        """Set a task aside (its job failed) with ``reason``: one this owner holds
-        (``mine``), or, found by a sweep, whichever dead owner held it."""
+    def _give_back_rows(self, task_id: str | None, every: bool,
+                        keep: Collection[str]) -> list[Any]:
+        """_GIVE_BACK, again when an identical task took the de-duplication key at that
+        very moment (the statement's look at it came just before)."""
+        for _ in range(3):
+            try:
+                return self.db.rows(_GIVE_BACK, {"owner": self.owner(), "id": task_id,
+                                                 "all": every, "keep": sorted(keep)})
+            except DatabaseError as exc:
+                if not exc.unique_violation:
+                    raise
+        raise OperationFailed(f"task {task_id}: cannot put it back in the queue")
+
+    def _quarantine(self, task_id: str, job: int, reason: str, mine: bool = True,
+                    owner: int | None = None) -> None:
+        """Set a task aside (its job failed) with ``reason``, while its holder holds it:
+        this owner (``mine``), or ``owner``, the dead one a sweep found."""
         self._claims.discard(task_id)
+        self._unspawned.discard(task_id)
+        if mine:
+            owner = self.owner()
         with self.db.transaction():
             rows = self.db.rows(
                 "UPDATE hostctl_tasks SET set_aside = %s, owner = NULL, handed = NULL, "
-                "ended_at = now() WHERE id = %s AND job_id = %s AND (NOT %s OR owner = %s) "
-                "RETURNING id", (" ".join(reason.split())[:2000], task_id, job, mine,
-                                 self.owner()))
+                "ended_at = now() WHERE id = %s AND job_id = %s AND "
+                "owner IS NOT DISTINCT FROM %s RETURNING id",
+                (" ".join(reason.split())[:2000], task_id, job, owner))
             if rows:
                 self.db.rows("SELECT procrastinate_finish_job_v1(%s, 'failed', false)",
                              (job,))
@@ -1465,7 +1490,8 @@ class PgQueue:
         except InvalidInput as exc:
             job = self.db.rows("SELECT job_id FROM hostctl_tasks WHERE id = %s", (task_id,))
             if job:
-                self._quarantine(task_id, int(job[0][0]), str(exc), mine=False)
+                self._quarantine(task_id, int(job[0][0]), str(exc), mine=False,
+                                 owner=owner)
             return f"set aside task {task_id}: {exc}"
         spawn, start = task.last_index("spawn"), task.last_index("start")
         # a task handed to its owner by its publish, and not started as far as its
@@ -1619,7 +1645,7 @@ class PgQueue:
         except HostctlError:
             return
         if not private and not self._said_private:
-            log.info("no task is handed to an idle worker: roles that may not read "
+            log.warning("no task is handed to an idle worker: roles that may not read "
                      "hostctl's tasks may connect to its database (REVOKE CONNECT ON "
                      "DATABASE ... FROM PUBLIC: see docs/cluster.md)")
         self._said_private = not private
@@ -1847,7 +1873,11 @@ _PRIVATE: LiteralString = """
 SELECT NOT EXISTS (
     SELECT 1 FROM pg_roles r
     WHERE r.rolcanlogin AND has_database_privilege(r.oid, current_database(), 'CONNECT')
-      AND NOT has_table_privilege(r.oid, 'hostctl_tasks', 'SELECT'))"""
+      AND NOT (has_table_privilege(r.oid, 'hostctl_tasks', 'SELECT')
+               AND has_table_privilege(r.oid, 'hostctl_contexts', 'SELECT')
+               AND has_schema_privilege(r.oid, (SELECT relnamespace FROM pg_class
+                                                WHERE oid = 'hostctl_tasks'::regclass),
+                                        'USAGE')))"""
 
 #: a task of this owner's that it did not start goes back to the queue as it was: no
 #: owner, no lease, no handed mark (%(id)s, or with %(all)s every handed one but those
@@ -1923,11 +1953,12 @@ WITH missed AS (
     RETURNING f.owner
 ), offered AS (
     -- nothing to take and a slot free: the next publish may hand its task here
+    -- (one that stands is kept as it is: its place in line, and the answer says so)
     INSERT INTO hostctl_offers (owner, queues, host, pid, not_before)
     SELECT %(owner)s::bigint, %(queues)s, %(host)s::text, %(pid)s::int, %(not_before)s::bigint
-    WHERE %(offer)s::boolean AND NOT %(offered)s::boolean AND NOT EXISTS (SELECT 1 FROM picked)
+    WHERE %(offer)s::boolean AND NOT EXISTS (SELECT 1 FROM picked)
       AND NOT EXISTS (SELECT 1 FROM missed)
-    ON CONFLICT (owner) DO NOTHING
+    ON CONFLICT (owner) DO UPDATE SET since = hostctl_offers.since
     RETURNING owner
 ), claimed AS (
     UPDATE hostctl_tasks t SET owner = %(owner)s::bigint, handed = NULL,

@@ -374,22 +374,44 @@ def test_a_handed_claim_let_go_before_it_started_is_queued_again_not_lost(
     assert front.get(handed).attempts == []
 
 
-def test_a_handed_task_that_ran_is_not_given_back_by_a_clean_exit(tmp_path: Path,
-                                                                 dsn: str) -> None:
-    """Its end could not be recorded (the claim let go): it ran, and its mark stays for
-    the sweep, which counts the attempt."""
+def test_a_handed_task_that_ran_is_not_given_back_by_a_clean_exit(
+        tmp_path: Path, dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its end could not be recorded and the database could not be told that it was let
+    go: it ran, and its mark stays for the sweep, which counts the attempt; what was
+    handed and never started goes back."""
+    import psycopg
+
+    from hostctl.database import database_error
+
     worker = idle(queue(dsn, tmp_path, "w"))
     front = queue(dsn, tmp_path, "front")
-    handed = task(front)
+    ran = task(front)
     assert worker._watch is not None
     worker._watch.drain()
     [claim] = worker.claim()
     claim.append("spawn", attempt=1, worker=os.getpid(), not_before=0, host=host_name())
     claim.append("start", attempt=1, pid=1, pgid=1, worker=os.getpid(), host=host_name())
+    rows = worker.db.rows
+
+    def no_settling(query: str, *a: Any, **k: Any) -> Any:
+        if query.startswith("UPDATE hostctl_tasks SET owner = NULL, handed = CASE"):
+            raise database_error("the database is away",
+                                 psycopg.OperationalError("connection lost"))
+        return rows(query, *a, **k)
+
+    monkeypatch.setattr(worker.db, "rows", no_settling)
     claim.release()
+    assert ran in worker._unreleased
+    assert worker.claim() == []  # nor is it taken again as handed and unheard
+    worker.hold()  # (its offer withdrawn: the next task goes to another)
+    never = idle(queue(dsn, tmp_path, "w2"))
+    never_id = task(front, "@b")
+    assert row(front, never_id)[2] == never.owner()
     worker.unregister()
-    status, _worker, owner, mark = row(front, handed)
+    status, _worker, owner, mark = row(front, ran)
     assert (status, owner) == ("doing", None) and mark is not None
+    never.unregister()  # handed, never heard of: back to the queue, unmarked
+    assert row(front, never_id) == ("todo", None, None, None)
 
 
 def test_nothing_is_handed_while_a_host_of_an_earlier_hostctl_lives(tmp_path: Path,
@@ -425,3 +447,26 @@ def test_no_worker_offers_itself_where_other_roles_may_connect(
     worker.finish(claim, "success")
     assert worker.claim() == []
     assert worker.db.rows("SELECT owner FROM hostctl_offers") == [(worker.owner(),)]
+
+
+def test_notices_read_while_waiting_for_the_disk_still_wake_the_loop(
+        tmp_path: Path, dsn: str) -> None:
+    """The wait reads the LISTEN connection itself: what it read (a cancel, a task
+    queued) must still reach whoever sleeps on the watch."""
+    import select
+
+    worker = idle(queue(dsn, tmp_path, "w"))
+    front = queue(dsn, tmp_path, "front")
+    handed = task(front)
+    watch = worker._watch
+    assert watch is not None
+    watch.drain()
+    worker._durable.discard(handed)  # as if the word had not come yet
+    [claim] = worker.claim()
+    front.db.rows("SELECT pg_notify('hostctl_queue', 'cancel 0123456789abcdef0123'), "
+                  "pg_notify(%s, %s)", (f"hostctl_owner_{worker.owner()}",
+                                        f"durable {handed}"))
+    assert select.select([watch], [], [], 5)[0] == [watch]  # the notices came
+    claim.append("spawn", attempt=1, worker=os.getpid(), not_before=0, host=host_name())
+    assert events(front, handed) == []  # told (by the notice the wait read): nothing written
+    assert select.select([watch], [], [], 0)[0] == [watch]  # read, and readable still
