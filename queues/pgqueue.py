@@ -1115,7 +1115,6 @@ class PgQueue:
                      waiting: set[str]) -> PgClaim | None:
         """A task a publish handed to this owner, from its notice (``told``), or read
         when the notice did not carry it or a cancel was heard for it since."""
-        job: Any = None
         try:
             if told is None or task_id in self._cancels:
                 rows = self.db.rows(

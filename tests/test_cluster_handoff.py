@@ -60,6 +60,18 @@ def task(q: PgQueue, context: str = "@a", delay: float = 0.0) -> str:
     return task_id
 
 
+def heard(dsn: str, where: Path) -> tuple[PgQueue, PgQueue, str]:
+    """An idle worker, a front end's queue, and a task the front end published: handed
+    to the worker, which heard of it."""
+    worker = idle(queue(dsn, where, "w"))
+    front = queue(dsn, where, "front")
+    handed = task(front)
+    assert worker._watch is not None
+    worker._watch.drain()
+    assert handed in worker._handed
+    return worker, front, handed
+
+
 def row(q: PgQueue, task_id: str) -> tuple[Any, ...]:
     """(job status, job worker, task owner, handed mark) of a task."""
     [found] = q.db.rows("SELECT j.status::text, j.worker_id, t.owner, t.handed FROM "
@@ -174,11 +186,7 @@ def test_a_task_handed_to_a_worker_that_died_counts_as_possibly_started(
 
 def test_a_worker_that_holds_off_or_stops_gives_back_what_it_was_handed(
         tmp_path: Path, dsn: str) -> None:
-    worker = idle(queue(dsn, tmp_path, "w"))
-    front = queue(dsn, tmp_path, "front")
-    handed = task(front)
-    assert worker._watch is not None
-    worker._watch.drain()
+    worker, front, handed = heard(dsn, tmp_path)
     standing = idle(queue(dsn, tmp_path, "standing"))
     worker.hold()  # stopping, paused, the disk full
     assert row(front, handed) == ("todo", None, None, None)
@@ -359,11 +367,7 @@ def test_a_task_given_back_beside_an_identical_queued_one_gives_up_its_key(
 
 def test_a_handed_claim_let_go_before_it_started_is_queued_again_not_lost(
         tmp_path: Path, dsn: str) -> None:
-    worker = idle(queue(dsn, tmp_path, "w"))
-    front = queue(dsn, tmp_path, "front")
-    handed = task(front)
-    assert worker._watch is not None
-    worker._watch.drain()
+    worker, front, handed = heard(dsn, tmp_path)
     [claim] = worker.claim()
     claim.release()  # as a start that cannot reach the database ends
     assert row(front, handed)[2:] == (None, None)  # no owner, and no mark: never ran
