@@ -130,4 +130,8 @@ def status(ctx: typer.Context, json_: JsonFlag = False) -> int:
                if srv.workers else "no live worker")
         typer.echo(f"{name}: {who}, {srv.waiting} task{'s' if srv.waiting != 1 else ''} "
                    f"waiting, {srv.running} running")
+    if found.handoff:
+        typer.echo(f"handoff to idle workers: {found.handoff['offers']} offering"
+                   if found.handoff["on"] else
+                   f"handoff to idle workers: off: {found.handoff['why_not']}")
     return code

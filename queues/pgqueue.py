@@ -536,7 +536,7 @@ class PgQueue:
         self._durable: set[str] = set()  # handed tasks told to be on the disk
         #: handed tasks claimed here whose spawn (the mark) is not used yet
         self._unspawned: set[str] = set()
-        #: no role but hostctl's may connect (_PRIVATE), as last looked at
+        #: no role but hostctl's may connect (PRIVATE_DATABASE), as last looked at
         self._private = False
         self._said_private = False
         self._cancels: set[str] = set()  # handed tasks a cancel was heard for
@@ -1636,11 +1636,11 @@ class PgQueue:
 
     def _look_private(self) -> None:
         """Whether this owner may be handed tasks: no role that may connect to the
-        database but hostctl's (_PRIVATE); looked at again by each sweep."""
+        database but hostctl's (PRIVATE_DATABASE); looked at again by each sweep."""
         if not self._listening:
             return
         try:
-            private = bool(self.db.rows(_PRIVATE)[0][0])
+            private = bool(self.db.rows(PRIVATE_DATABASE)[0][0])
         except HostctlError:
             return
         if not private and not self._said_private:
@@ -1868,7 +1868,7 @@ WHERE task.owner IS NOT NULL
 #: whether every role that may log in to the database may read hostctl's tasks: only
 #: then is a task handed to an idle worker (its notice carries the task and its
 #: context's document, and LISTEN asks for no privilege but the database's CONNECT)
-_PRIVATE: LiteralString = """
+PRIVATE_DATABASE: LiteralString = """
 SELECT NOT EXISTS (
     SELECT 1 FROM pg_roles r
     WHERE r.rolcanlogin AND has_database_privilege(r.oid, current_database(), 'CONNECT')

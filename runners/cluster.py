@@ -203,6 +203,9 @@ class ClusterStatus:
     workers: tuple[WorkerRow, ...] = ()
     #: each server context, and each queue named after a server
     servers: Mapping[str, ServerRow] = field(default_factory=dict)
+    #: whether a publish hands its task to an idle worker, how many offer themselves,
+    #: and why none is handed when none is (queues/pgqueue.py, _PUBLISH)
+    handoff: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:
@@ -214,7 +217,8 @@ class ClusterStatus:
                 "schema": dict(self.schema), "ready": self.ready,
                 "jobs": {q: dict(s) for q, s in self.jobs.items()},
                 "workers": [w.to_json() for w in self.workers],
-                "servers": {n: s.to_json() for n, s in self.servers.items()}}
+                "servers": {n: s.to_json() for n, s in self.servers.items()},
+                "handoff": dict(self.handoff)}
 
 
 _WORKERS: LiteralString = """
@@ -235,6 +239,7 @@ def status(dsn: str) -> ClusterStatus:
         jobs: dict[str, dict[str, int]] = {}
         workers: list[WorkerRow] = []
         servers: dict[str, ServerRow] = {}
+        handoff: dict[str, Any] = {}
         if _has_table(cur, "procrastinate_jobs"):
             cur.execute("SELECT queue_name, status::text, count(*) FROM procrastinate_jobs "
                         "GROUP BY 1, 2 ORDER BY 1, 2")
@@ -258,11 +263,29 @@ def status(dsn: str) -> ClusterStatus:
                            w.server == name)
                 waiting, running = depth.get(name, (0, 0))
                 servers[name] = ServerRow(live, waiting, running)
+            if _has_table(cur, "hostctl_offers"):
+                handoff = _handoff(cur)
         elif _has_table(cur, "procrastinate_workers"):
             cur.execute("SELECT id, extract(epoch FROM now() - last_heartbeat) "
                         "FROM procrastinate_workers ORDER BY id")
             workers = [WorkerRow(int(i), round(float(age), 3)) for i, age in cur.fetchall()]
-    return ClusterStatus(shown(dsn), server, schema, jobs, tuple(workers), servers)
+    return ClusterStatus(shown(dsn), server, schema, jobs, tuple(workers), servers,
+                         handoff)
+
+
+def _handoff(cur: Any) -> dict[str, Any]:
+    """Whether an idle worker is handed tasks (every role that may connect may read
+    hostctl's tasks, and no owner of an earlier hostctl lives), and how many offer."""
+    cur.execute(pgqueue.PRIVATE_DATABASE)
+    private = bool(cur.fetchone()[0])
+    cur.execute("SELECT count(*) FILTER (WHERE NOT o.handoff), count(f.owner) FROM "
+                "hostctl_owners o LEFT JOIN hostctl_offers f ON f.owner = o.id WHERE"
+                + pgqueue.owner_alive("o.id"))
+    older, offers = (int(n) for n in cur.fetchone())
+    why = ("roles that may not read hostctl's tasks may connect to the database "
+           "(REVOKE CONNECT ON DATABASE ... FROM PUBLIC)" if not private else
+           f"{older} worker(s) of an earlier hostctl live" if older else "")
+    return {"on": not why, "offers": offers, "why_not": why}
 
 
 @dataclass(frozen=True)

@@ -299,6 +299,7 @@ def test_an_idle_wait_queue_is_handed_its_task_and_withdraws_when_it_may_not_tak
     wait_for(lambda: f"wait-queue {proc.pid} started" in hostctl_log(home), 30,
              "wait-queue to start")
     wait_for(lambda: offers() == 1, 30, "the idle worker's offer")
+    assert "handoff to idle workers: 1 offering" in run_hostctl("cluster", "status").out
     task_id = run_hostctl("task", "add", "mark", "@srv").out.strip()
     wait_for(lambda: look.get(task_id).status is Status.SUCCESS, 30, "the task to run")
     assert (marks / task_id).exists()
@@ -427,6 +428,8 @@ def test_nothing_is_handed_while_a_host_of_an_earlier_hostctl_lives(tmp_path: Pa
     front = queue(dsn, tmp_path, "front")
     queued = task(front)
     assert row(front, queued)[:3] == ("todo", None, None)
+    said = cluster.status(dsn).handoff
+    assert not said["on"] and "1 worker(s) of an earlier hostctl" in said["why_not"], said
     old.unregister()
     handed = task(front, "@b")
     assert row(front, handed)[2] == worker.owner()
@@ -443,6 +446,8 @@ def test_no_worker_offers_itself_where_other_roles_may_connect(
     worker.watch()
     assert worker.claim() == []
     assert worker.db.rows("SELECT count(*) FROM hostctl_offers") == [(0,)]
+    said = cluster.status(dsn).handoff
+    assert not said["on"] and "REVOKE CONNECT" in said["why_not"], said
     front = queue(dsn, tmp_path, "front")
     assert row(front, task(front))[:3] == ("todo", None, None)
     pg_server.psql(f"REVOKE CONNECT ON DATABASE {name} FROM outsider")
@@ -451,6 +456,7 @@ def test_no_worker_offers_itself_where_other_roles_may_connect(
     worker.finish(claim, "success")
     assert worker.claim() == []
     assert worker.db.rows("SELECT owner FROM hostctl_offers") == [(worker.owner(),)]
+    assert cluster.status(dsn).handoff == {"on": True, "offers": 1, "why_not": ""}
 
 
 def test_notices_read_while_waiting_for_the_disk_still_wake_the_loop(
