@@ -530,7 +530,9 @@ class PgQueue:
         self._pause_known: tuple[bool, float] | None = None
         #: the channel this owner's watch hears what is handed to it on ("": none)
         self._listening = ""
-        self._offered = False  # this owner's offer stands (or was taken, unheard yet)
+        #: this owner's offer may stand (or was taken, unheard yet, or an answer that
+        #: would say was lost): hold() withdraws it
+        self._offered = False
         #: tasks handed to this owner, not taken up yet: id -> its notice (None: read it)
         self._handed: dict[str, dict[str, Any] | None] = {}
         self._durable: set[str] = set()  # handed tasks told to be on the disk
@@ -644,7 +646,7 @@ class PgQueue:
         with suppress(HostctlError):
             # handed here and never started: queued again; what may have run (a claim
             # past its spawn, one let go after it) keeps its mark for the sweep
-            self._give_back_handed(keep=(self._claims - self._unspawned) | {
+            self._give_back(keep=(self._claims - self._unspawned) | {
                 task_id for task_id, unused in self._unreleased.items() if not unused})
         with suppress(HostctlError):
             self.db.rows("UPDATE hostctl_tasks SET owner = NULL WHERE owner = %s",
@@ -1099,9 +1101,9 @@ class PgQueue:
                     claim = self._judge(str(task_id), int(job), bytes(body), check, waiting,
                                         handed=bool(handed))
                 except BaseException as exc:
-                    for later_id, later_job, *_rest in rows[i:]:
+                    for later_id, *_rest in rows[i:]:
                         with suppress(HostctlError):
-                            self._give_back(str(later_id), int(later_job))
+                            self._give_back(str(later_id))
                     if isinstance(exc, DatabaseError) and exc.lost:
                         return out  # the check could not read the contexts: later
                     raise
@@ -1194,18 +1196,10 @@ class PgQueue:
                 self._offered = False  # if it was taken meanwhile, its notice comes later
             while self._handed:
                 task_id = next(iter(self._handed))
-                self._give_back_handed(task_id)
+                self._give_back(task_id)
                 del self._handed[task_id]
                 self._cancels.discard(task_id)
                 self._durable.discard(task_id)
-
-    def _give_back_handed(self, task_id: str | None = None,
-                          keep: Collection[str] = ()) -> None:
-        """Tasks handed to this owner that it did not start (``task_id``, or each one
-        but those in ``keep``) go back to the queue, their mark gone (they never ran),
-        and the workers are told."""
-        if self._give_back_rows(task_id, task_id is None, keep):
-            self._notify("requeue")
 
     def _fetch(self, limit: int, skip: set[str], waiting: set[str],
                free: bool = True) -> list[Any]:
@@ -1247,7 +1241,7 @@ class PgQueue:
                     and len(tasks) >= limit:
                 extra = tasks.pop()
                 with suppress(HostctlError):
-                    self._give_back(str(extra[0]), int(extra[1]))
+                    self._give_back(str(extra[0]))
             return tasks
         return []
 
@@ -1265,7 +1259,7 @@ class PgQueue:
                 log.warning("task %s waits in the queue: %s (not in the configuration "
                             "this process loaded)", task_id, exc)
             waiting.add(task_id)
-            self._give_back(task_id, job)
+            self._give_back(task_id)
             return None
         except InvalidInput as exc:
             self._quarantine(task_id, job, str(exc))
@@ -1279,26 +1273,28 @@ class PgQueue:
             return None
         return claim
 
-    def _give_back(self, task_id: str, job: int) -> None:
-        """A fetched (or handed) task of this owner's that did not start goes back as it
-        was (no attempt, no mark)."""
-        self._claims.discard(task_id)
-        self._unspawned.discard(task_id)
-        self._give_back_rows(task_id, False, ())
-        self._notify("requeue")  # a job back to todo is announced by no trigger
-
-    def _give_back_rows(self, task_id: str | None, every: bool,
-                        keep: Collection[str]) -> list[Any]:
-        """_GIVE_BACK, again when an identical task took the de-duplication key at that
-        very moment (the statement's look at it came just before)."""
+    def _give_back(self, task_id: str | None = None, keep: Collection[str] = ()) -> None:
+        """A task of this owner's that did not start (``task_id``; without one, each task
+        handed here but those in ``keep``) goes back to the queue as it was: no attempt,
+        no mark; the workers are told (no trigger announces a job back in ``todo``). Tried
+        again when an identical task took the de-duplication key at that very moment
+        (the statement's look at it came just before)."""
+        if task_id is not None:
+            self._claims.discard(task_id)
+            self._unspawned.discard(task_id)
         for _ in range(3):
             try:
-                return self.db.rows(_GIVE_BACK, {"owner": self.owner(), "id": task_id,
-                                                 "all": every, "keep": sorted(keep)})
+                rows = self.db.rows(_GIVE_BACK, {"owner": self.owner(), "id": task_id,
+                                                 "all": task_id is None,
+                                                 "keep": sorted(keep)})
+                break
             except DatabaseError as exc:
                 if not exc.unique_violation:
                     raise
-        raise OperationFailed(f"task {task_id}: cannot put it back in the queue")
+        else:
+            raise OperationFailed(f"task {task_id}: cannot put it back in the queue")
+        if rows:
+            self._notify("requeue")
 
     def _quarantine(self, task_id: str, job: int, reason: str, mine: bool = True,
                     owner: int | None = None) -> None:
@@ -1645,8 +1641,8 @@ class PgQueue:
             return
         if not private and not self._said_private:
             log.warning("no task is handed to an idle worker: roles that may not read "
-                     "hostctl's tasks may connect to its database (REVOKE CONNECT ON "
-                     "DATABASE ... FROM PUBLIC: see docs/cluster.md)")
+                        "hostctl's tasks may connect to its database (REVOKE CONNECT ON "
+                        "DATABASE ... FROM PUBLIC: see docs/cluster.md)")
         self._said_private = not private
         self._private = private
 
@@ -1777,7 +1773,6 @@ class PgQueue:
 #: rows read at a time by a listing (recent)
 _PAGE = 500
 
-#: the first ready job of each context in this worker's queues, taken (see the docstring)
 #: SQL: the server (``@web1``) a task on the context %(lock)s runs on, or NULL, as
 #: contexts/routing.py's server_of says from the cluster's contexts: a server's own name;
 #: a platform's web server, else its server; a site's platform's
@@ -1907,6 +1902,8 @@ SELECT pg_logical_emit_message(true, 'hostctl', ''),
         FROM hostctl_tasks t WHERE t.id = %s AND t.handed IS NOT NULL AND t.owner IS NOT NULL)
 """
 
+#: the first ready job of each context in this worker's queues, taken (see the docstring),
+#: with the tasks handed here and not heard of; with nothing to take, this owner's offer
 _FETCH: LiteralString = """
 WITH missed AS (
     -- tasks handed to this owner whose notice it has not had (its LISTEN connection was
@@ -1972,7 +1969,7 @@ SELECT t.id, t.job_id, t.body, j.priority, ltrim(j.lock, '@'), c.document, true
 FROM missed m JOIN hostctl_tasks t ON t.id = m.id JOIN procrastinate_jobs j ON j.id = t.job_id
 LEFT JOIN hostctl_contexts c ON c.name = ltrim(j.lock, '@')
 UNION ALL
--- the offer's fate, in a row of its own (no task): withdrawn here, made here
+-- the offer's fate, in a row of its own (no task): withdrawn here; standing (made or kept)
 SELECT NULL, NULL, NULL, (SELECT count(*) FROM withdrawn), NULL, NULL,
        EXISTS (SELECT 1 FROM offered)
 """
