@@ -227,6 +227,16 @@ def owner_alive(owner: LiteralString) -> LiteralString:
 _OWNER_HELD = owner_alive("t.owner")
 
 
+def owner_holds(owner: LiteralString) -> LiteralString:
+    """SQL: the owner ``owner`` is alive, as owner_alive says, asked of its one lock
+    rather than of every lock of the server (pg_locks copies the whole lock table, at a
+    cost that grows with the server's sessions): a shared try of its lock, which only the
+    exclusive hold of its live owner refuses; one that succeeds holds the lock to the
+    end of the asking transaction (an owner taking its lock back tries again). For the
+    statements every publish runs."""
+    return " NOT pg_try_advisory_xact_lock_shared(1752134516, (" + owner + ")::int)"
+
+
 def owner_gone(o: LiteralString) -> LiteralString:
     """SQL: the owner row ``o`` is of a process whose connection ended: its lock was
     seen free by a sweep at least SUSPECT_FOR seconds ago, and since its last connection
@@ -1812,11 +1822,11 @@ WITH routed AS (
           WHERE o.lock = %(lock)s::text
             AND (o.status = 'doing'
                  OR (o.status = 'todo' AND (o.scheduled_at IS NULL OR o.scheduled_at <= now()))))
-      AND""" + owner_alive("f.owner") + """
+      AND""" + owner_holds("f.owner") + """
       -- every live owner (every sweep) knows what a handed mark means: a host of an
       -- earlier hostctl would queue a handed task again as never started
       AND NOT EXISTS (SELECT 1 FROM hostctl_owners old WHERE NOT old.handoff
-                      AND""" + owner_alive("old.id") + """)
+                      AND""" + owner_holds("old.id") + """)
     ORDER BY f.since, f.owner
     LIMIT 1
     FOR UPDATE OF f SKIP LOCKED
