@@ -131,6 +131,9 @@ class WaitQueue:
         self.worker = worker = Worker.of(self.home, self.concurrency)
         worker.registry.names()  # look for plugin types now, not at the first pickup
         worker.prefetch = True  # claim one task ahead while tasks run (see Worker)
+        # a task claimed as one ends, between two passes: as a pass would claim it
+        worker.may_claim = lambda: (not self.stopping(self.clock())
+                                    and not worker.queue.paused())
         self._start = self.clock()
         self._register_liveness()
         # a publish, a drop, a resume: wake at once (the worker's own queue, which a

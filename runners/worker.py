@@ -163,15 +163,25 @@ class Worker:
         self.load_note = False
         self.no_room_until = 0.0  # the disk was full: claim nothing before this (clock)
         # Claim one task ahead while tasks run (``prefetch``): when a child ends, the next
-        # one is spawned before the ended one's end is recorded, and the claim after it is
-        # made while the new child runs, so the bookkeeping overlaps the tasks instead of
-        # coming between them. A task claimed ahead holds its lock (and its context's) but
-        # has no ``start``; it is started only while the worker is ``accepting`` and given
-        # back (no attempt counted) when it stops; if the worker dies, the sweep queues it
-        # again as "claimed but never started". It is held at most HOLD_AHEAD seconds: a
-        # long task must not keep the next one from another, idle worker.
+        # one is spawned before the ended one's end is recorded (and before it is
+        # reaped), and the claim after it is made while the new child runs, so the
+        # bookkeeping overlaps the tasks instead of coming between them. A task claimed
+        # ahead holds its lock (and its context's) but has no ``start``; it is started
+        # only while the worker is ``accepting`` and given back (no attempt counted) when
+        # it stops; if the worker dies, the sweep queues it again as "claimed but never
+        # started". It is held at most HOLD_AHEAD seconds: a long task must not keep the
+        # next one from another, idle worker; so none is claimed ahead while every
+        # running task looks set to run longer than that (the last attempt of its type
+        # did) but shortly before one should end, as long as its type's last attempt
+        # ran (the loop wakes for it); a task that ends before anything was claimed
+        # ahead has the next one claimed as it ends.
         self.prefetch = False
         self.accepting = True
+        #: whether a task may be claimed now, between two passes of the loop that runs
+        #: this worker (not stopping, the queue not paused): asked when a child ends
+        self.may_claim: Callable[[], bool] = lambda: True
+        #: how long the last attempt of each task type ran (seconds, by this worker)
+        self.took: dict[str, float] = {}
         # attempts ended and recorded, whose log line and count wait until the next task
         # has started (see report_ends): on a busy context the next task can only be
         # claimed once the last one's end is recorded, and what follows the record need
@@ -292,7 +302,7 @@ class Worker:
     def _claim_ahead(self) -> None:
         if (not self.prefetch or not self.accepting or self.held or not self.running
                 or self.ahead_given_back or self.clock() < self.no_room_until
-                or self.overloaded()):
+                or not self._ends_soon() or self.overloaded()):
             return
         try:
             self.held = self.queue.claim(self._check, limit=1, skip_contexts=self._busy(),
@@ -301,6 +311,47 @@ class Worker:
             log.warning("cannot claim a task ahead: %s", exc)
             return
         self.held_until = self.clock() + HOLD_AHEAD
+
+    def _ends_soon(self) -> bool:
+        """May a running task end within HOLD_AHEAD? Yes unless the last attempt of its
+        type (by this worker) ran longer than it has run so far plus HOLD_AHEAD."""
+        soon = self.clock() + HOLD_AHEAD
+        return any(r.started + self.took.get(r.claim.task.envelope.type, 0.0) <= soon
+                   for r in self.running.values())
+
+    def _ahead_due(self, now: float) -> float:
+        """When a task should be claimed ahead (prefetch): half of HOLD_AHEAD before a
+        running task is expected to end, as long as the last attempt of its type ran;
+        infinity when no such moment is to come."""
+        if not self.prefetch or not self.accepting or self.ahead_given_back:
+            return float("inf")
+        return min((due for due in (r.started + self.took[r.claim.task.envelope.type]
+                                    - HOLD_AHEAD / 2
+                                    for r in self.running.values()
+                                    if r.claim.task.envelope.type in self.took)
+                    if due > now), default=float("inf"))
+
+    def _start_next(self) -> None:
+        """A child ended (not reaped yet, so that its pid and session stay its own): the
+        next task starts in its slot first (see prefetch), the one claimed ahead or else
+        one claimed now. The queue out of reach: the loop's next pass claims."""
+        free = self.concurrency - len(self.running) + 1
+        with self.store.reading():
+            free -= self._start_held(free)
+            if (free <= 0 or not self.accepting or not self.may_claim()
+                    or self.clock() < self.no_room_until or self.overloaded()):
+                return
+            try:
+                claims = self.queue.claim(self._check, limit=free,
+                                          skip_contexts=self._busy())
+            except HostctlError as exc:
+                log.debug("no task claimed as one ended: %s", exc)
+                return
+            for claim in claims:
+                if self.clock() < self.no_room_until:  # the disk filled up: give it back
+                    self._give_back(claim)
+                    continue
+                self.start(claim, queued=True)
 
     def _expire_held(self) -> None:
         if self.held and self.clock() >= self.held_until:
@@ -317,6 +368,8 @@ class Worker:
                           for r in self.running.values())
             if self.held:
                 soonest = min(soonest, self.held_until)
+            else:
+                soonest = min(soonest, self._ahead_due(now))
             limit = max(0.0, soonest - now)
             timeout = limit if timeout is None else min(timeout, limit)
         # held back by a full disk or by the load: no event says when that ends, so look
@@ -338,11 +391,10 @@ class Worker:
             else:
                 if target.exit_status is not None:
                     continue
+                if self.prefetch and _exited(target):
+                    self._start_next()  # the next task first, then this one's bookkeeping
                 self._reap(target)
             if target.exit_status is not None and not target.out_open:
-                # the next task first, then the bookkeeping of this one (see prefetch)
-                with self.store.reading():
-                    self._start_held(self.concurrency - len(self.running) + 1)
                 self._complete(target)
                 self.ahead_given_back = False
                 self._claim_ahead()
@@ -413,6 +465,7 @@ class Worker:
         self.queue.ensure()
         self.sweep()
         prefetch, self.prefetch = self.prefetch, True
+        may_claim, self.may_claim = self.may_claim, lambda: not should_stop()
         try:
             while True:
                 stopping = should_stop()
@@ -424,7 +477,7 @@ class Worker:
                     return self.summary
                 self.wait(None if self.running else 0.5)
         finally:
-            self.prefetch = prefetch
+            self.prefetch, self.may_claim = prefetch, may_claim
             self.hold_off()
 
     def run_claim(self, claim: TaskClaim) -> Summary:
@@ -777,6 +830,7 @@ class Worker:
                         timed_out=run.timed_out,
                         attempts_left=run.attempt < run.policy.max_attempts, said=run.said)
         elapsed = self.clock() - run.started
+        self.took[claim.task.envelope.type] = elapsed
         self._run_log(run, f"--- hostctl: {verdict.reason or 'exited with status 0'} "
                               f"after {elapsed:.2f} s: {verdict.outcome}\n")
         with suppress(OSError):
@@ -812,6 +866,15 @@ class Worker:
         held = self._record(claim, run.serial, outcome, record_end)
         self.summary.count(outcome)
         self._ended(claim, outcome, str(fields["reason"]), elapsed, held)
+
+
+def _exited(run: Running) -> bool:
+    """Has the run's child exited? (It stays unreaped: a zombie keeps its pid.)"""
+    try:
+        return os.waitid(os.P_PIDFD, run.pidfd,
+                         os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return False
 
 
 def _write(task_log: TaskLog, data: str | bytes) -> None:

@@ -5,6 +5,7 @@ and given back (no attempt counted) when the worker stops."""
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 from runnerhelpers import add_task, save_sites, sh_task, status_of, task_json
@@ -46,6 +47,102 @@ def test_the_next_task_is_claimed_ahead_and_started_when_the_running_one_ends(
     assert status_of(run_hostctl, first) == "success"
     assert status_of(run_hostctl, second) == "success"
     assert len(task_json(run_hostctl, second)["attempts"]) == 1
+
+
+def test_no_task_is_claimed_ahead_of_one_whose_type_runs_long(
+        run_hostctl, home: Path, tmp_path: Path) -> None:
+    """A claim ahead would be given back before such a task ends: none is made; the
+    next task is claimed as the task ends, and started in its slot before that task's
+    end is recorded. A type whose last attempt ran short is claimed ahead of."""
+    go = tmp_path / "go"
+    write_config(home, {"tasks": {"wait": sh_task(WAIT, str(go)), "ok": sh_task("echo ok")}})
+    save_sites(run_hostctl, home, ["a.example", "b.example", "c.example"])
+    first = add_task(run_hostctl, "wait", "@a.example")
+    second = add_task(run_hostctl, "ok", "@b.example")
+    now = [0.0]
+    worker = worker_for(home, clock=lambda: now[0])
+    worker.took["wait"] = 60.0  # its last attempt ran a minute
+    assert worker.step() == 1 and worker.held == []
+    assert folder_of(home, second) == ["new"]  # not claimed
+    recorded: list[tuple[str, list[str]]] = []
+    complete = worker._complete
+
+    def spy(run) -> None:  # who runs when an end is recorded
+        recorded.append((run.claim.task.id,
+                         sorted(r.claim.task.id for r in worker.running.values())))
+        complete(run)
+
+    worker._complete = spy  # type: ignore[method-assign]
+    go.touch()
+    for _ in range(400):
+        worker.wait(0.05)
+        if not worker.running:
+            break
+    assert recorded[0] == (first, sorted([first, second]))
+    assert status_of(run_hostctl, first) == "success"
+    assert status_of(run_hostctl, second) == "success"
+    assert set(worker.took) == {"wait", "ok"}
+    go.unlink()
+    third = add_task(run_hostctl, "wait", "@a.example")
+    fourth = add_task(run_hostctl, "ok", "@c.example")
+    worker.took["wait"] = 0.01  # it ran short last time: its end may come soon
+    assert worker.step() == 1 and [c.task.id for c in worker.held] == [fourth]
+    go.touch()
+    while worker.running or worker.held:
+        worker.wait(0.05)
+    assert status_of(run_hostctl, third) == "success"
+    assert status_of(run_hostctl, fourth) == "success"
+
+
+def test_the_next_task_is_claimed_ahead_shortly_before_the_running_one_should_end(
+        run_hostctl, home: Path, tmp_path: Path) -> None:
+    """As long as the last attempt of its type ran, less half of HOLD_AHEAD: the loop
+    wakes for it; held past HOLD_AHEAD (the task ran longer this time), it goes back."""
+    go = tmp_path / "go"
+    write_config(home, {"tasks": {"wait": sh_task(WAIT, str(go)), "ok": sh_task("echo ok")}})
+    save_sites(run_hostctl, home, ["a.example", "b.example"])
+    first = add_task(run_hostctl, "wait", "@a.example")
+    second = add_task(run_hostctl, "ok", "@b.example")
+    worker = worker_for(home)
+    worker.took["wait"] = 0.4
+    began = time.monotonic()
+    assert worker.step() == 1 and worker.held == []
+    while not worker.held and time.monotonic() < began + 30:
+        worker.wait(None)  # output, or the moment to claim ahead
+        worker.step()
+    assert [c.task.id for c in worker.held] == [second]
+    assert time.monotonic() - began >= 0.4 - HOLD_AHEAD / 2
+    while worker.held:  # the task runs on: given back
+        worker.wait(None)
+    assert folder_of(home, second) == ["new"] and worker.ahead_given_back
+    go.touch()  # it ends: the next task is claimed as it does
+    while worker.running:
+        worker.wait(0.05)
+    assert status_of(run_hostctl, first) == "success"
+    assert status_of(run_hostctl, second) == "success"
+    assert len(task_json(run_hostctl, second)["attempts"]) == 1
+
+
+def test_nothing_is_claimed_as_a_task_ends_once_the_runner_may_not_claim(
+        run_hostctl, home: Path, tmp_path: Path) -> None:
+    """Between two passes of its loop (a stop asked, the queue paused meanwhile), an
+    ending task does not make the worker claim the next one."""
+    go = tmp_path / "go"
+    write_config(home, {"tasks": {"wait": sh_task(WAIT, str(go)), "ok": sh_task("echo ok")}})
+    save_sites(run_hostctl, home, ["a.example", "b.example"])
+    first = add_task(run_hostctl, "wait", "@a.example")
+    second = add_task(run_hostctl, "ok", "@b.example")
+    worker = worker_for(home)
+    worker.took["wait"] = 60.0
+    assert worker.step() == 1 and worker.held == []
+    worker.may_claim = lambda: False
+    go.touch()
+    for _ in range(400):
+        worker.wait(0.05)
+        if not worker.running:
+            break
+    assert status_of(run_hostctl, first) == "success"
+    assert status_of(run_hostctl, second) == "queued" and folder_of(home, second) == ["new"]
 
 
 def test_a_task_claimed_ahead_is_given_back_soon_for_another_worker(
