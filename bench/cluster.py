@@ -26,7 +26,8 @@ pickup     an idle worker waiting; a task published -> its command started, for 
            order, so that they meet the same moments of the machine; hostctl's
            latencies over each peer's, round by round, give a median ratio as well.
 e2e        the enqueue command started (``hostctl task add``, ``celery call``,
-           ``rq enqueue``) -> the command started.
+           ``rq enqueue``) -> the command started; hostctl's bytecode written first,
+           as installing it writes it (the peers' is, by pip).
 drain      1, 2 and 4 worker processes of one slot each, started and idle; then 40
            ``nap`` tasks per worker queued at once (distinct contexts for hostctl):
            tasks per second between 10 % and 90 % done, from when each task's file was
@@ -64,6 +65,7 @@ REPO = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 
 from common import (  # noqa: E402
+    compile_hostctl,
     free_port,
     install_debian,
     install_pypi,
@@ -581,6 +583,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the pickup, in this many rounds, of hostctl's cluster "
                              "and Celery (no document, no drain)")
     args = parser.parse_args(argv)
+    compile_hostctl()  # `task add` starts as an installed hostctl's would
     if args.pickup_only:
         return pickup_only(args.pickup_only, args.json)
     if not args.quick:

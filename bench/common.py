@@ -359,3 +359,17 @@ def install_pypi(pins: dict[str, str]) -> list[str]:
                         "--disable-pip-version-check", *need], check=False)
         importlib.invalidate_caches()
     return [spec.split("==")[0] for spec in wanted()]
+
+
+def compile_hostctl() -> None:
+    """Write hostctl's bytecode, as installing a package does: an editable install only
+    writes it on first import, and not at all under PYTHONDONTWRITEBYTECODE, and every
+    start of ``hostctl`` would then compile its modules again (the peers, installed by
+    pip, have theirs)."""
+    import compileall
+    import importlib
+
+    for name in ("hostctl", "hostctl.cli", "hostctl.contexts", "hostctl.queues",
+                 "hostctl.provision", "hostctl.runners"):
+        for folder in importlib.import_module(name).__path__:
+            compileall.compile_dir(folder, quiet=2)

@@ -215,7 +215,7 @@ class Run:
                 self.peers.remove(name)
 
     def setup(self) -> None:
-        compile_hostctl()
+        common.compile_hostctl()
         self.hb.setup(max(self.s.drain, min(self.s.memory_batch, 2000)))
 
     def pickup(self) -> None:
@@ -384,20 +384,6 @@ def render_saved(path: Path, doc: Path | None) -> int:
     write_outputs(results, None, doc)
     print(report.targets_table(results))
     return 0
-
-
-def compile_hostctl() -> None:
-    """Write hostctl's bytecode, as installing a package does: an editable install only
-    writes it on first import, and not at all under PYTHONDONTWRITEBYTECODE, and every
-    start of ``hostctl`` would then compile its modules again (the peers, installed by
-    pip, have theirs)."""
-    import compileall
-    import importlib
-
-    for name in ("hostctl", "hostctl.cli", "hostctl.contexts", "hostctl.queues",
-                 "hostctl.provision"):
-        for folder in importlib.import_module(name).__path__:
-            compileall.compile_dir(folder, quiet=2)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -218,6 +218,7 @@ def owner_alive(owner: LiteralString) -> LiteralString:
     are the database's own: another database of the server has owners of its own)."""
     return ("""
     EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
+            AND l.mode = 'ExclusiveLock'  -- (owner_holds' shared try is no owner)
             AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
             AND l.classid = 1752134516 AND l.objsubid = 2 AND l.objid::bigint = """
             + owner + ")")
@@ -231,9 +232,10 @@ def owner_holds(owner: LiteralString) -> LiteralString:
     """SQL: the owner ``owner`` is alive, as owner_alive says, asked of its one lock
     rather than of every lock of the server (pg_locks copies the whole lock table, at a
     cost that grows with the server's sessions): a shared try of its lock, which only the
-    exclusive hold of its live owner refuses; one that succeeds holds the lock to the
-    end of the asking transaction (an owner taking its lock back tries again). For the
-    statements every publish runs."""
+    exclusive hold of its live owner refuses (from another session: the owner's own
+    would be granted it); one that succeeds holds the lock, shared, to the end of the
+    asking transaction (owner_alive counts exclusive holds alone; an owner taking its
+    lock back tries again for a while). For the statement every publish runs."""
     return " NOT pg_try_advisory_xact_lock_shared(1752134516, (" + owner + ")::int)"
 
 

@@ -131,9 +131,7 @@ class WaitQueue:
         self.worker = worker = Worker.of(self.home, self.concurrency)
         worker.registry.names()  # look for plugin types now, not at the first pickup
         worker.prefetch = True  # claim one task ahead while tasks run (see Worker)
-        # a task claimed as one ends, between two passes: as a pass would claim it
-        worker.may_claim = lambda: (not self.stopping(self.clock())
-                                    and not worker.queue.paused())
+        worker.may_claim = self._may_claim
         self._start = self.clock()
         self._register_liveness()
         # a publish, a drop, a resume: wake at once (the worker's own queue, which a
@@ -196,6 +194,14 @@ class WaitQueue:
                 worker.hold_off()
         else:
             worker.hold_off()  # a task claimed ahead goes back: nothing more starts
+
+    def _may_claim(self) -> bool:
+        """May a task be claimed as one ends, between two passes? As the next pass would:
+        not stopping, the queue not paused, config.toml not changed since it was read."""
+        worker = self.worker
+        return (worker is not None and not self.stopping(self.clock())
+                and not self.reload_requested and self._config_stamp() == self._config_seen
+                and not worker.queue.paused())
 
     def _said_once(self, message: str) -> None:
         """Log a failure of the queue once while it lasts."""

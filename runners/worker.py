@@ -108,6 +108,7 @@ class Running:
     log_error: str = ""  # the log could not be written: the task ends in error
     beat_at: float = 0.0  # the last heartbeat to the queue (clock)
     said: str = ""  # the last line it printed (redacted): what failed, when it fails
+    ended_at: float | None = None  # (clock) its child was seen to exit, not reaped yet
 
     @property
     def context(self) -> str:
@@ -300,7 +301,8 @@ class Worker:
         return started
 
     def _claim_ahead(self) -> None:
-        if (not self.prefetch or not self.accepting or self.held or not self.running
+        if (not self.prefetch or not self.accepting or self.held
+                or len(self.running) < self.concurrency  # a slot free: none to hold
                 or self.ahead_given_back or self.clock() < self.no_room_until
                 or not self._ends_soon() or self.overloaded()):
             return
@@ -323,7 +325,8 @@ class Worker:
         """When a task should be claimed ahead (prefetch): half of HOLD_AHEAD before a
         running task is expected to end, as long as the last attempt of its type ran;
         infinity when no such moment is to come."""
-        if not self.prefetch or not self.accepting or self.ahead_given_back:
+        if (not self.prefetch or not self.accepting or self.ahead_given_back
+                or len(self.running) < self.concurrency):
             return float("inf")
         return min((due for due in (r.started + self.took[r.claim.task.envelope.type]
                                     - HOLD_AHEAD / 2
@@ -334,12 +337,15 @@ class Worker:
     def _start_next(self) -> None:
         """A child ended (not reaped yet, so that its pid and session stay its own): the
         next task starts in its slot first (see prefetch), the one claimed ahead or else
-        one claimed now. The queue out of reach: the loop's next pass claims."""
+        one claimed now; nothing while the runner may not claim (the one claimed ahead is
+        then the next pass's to start or give back). The queue out of reach: the loop's
+        next pass claims."""
+        if not self.accepting or not self.may_claim():
+            return
         free = self.concurrency - len(self.running) + 1
         with self.store.reading():
             free -= self._start_held(free)
-            if (free <= 0 or not self.accepting or not self.may_claim()
-                    or self.clock() < self.no_room_until or self.overloaded()):
+            if free <= 0 or self.clock() < self.no_room_until or self.overloaded():
                 return
             try:
                 claims = self.queue.claim(self._check, limit=free,
@@ -391,8 +397,13 @@ class Worker:
             else:
                 if target.exit_status is not None:
                     continue
-                if self.prefetch and _exited(target):
-                    self._start_next()  # the next task first, then this one's bookkeeping
+                if self.prefetch and target.ended_at is None and _exited(target):
+                    target.ended_at = self.clock()
+                    try:  # the next task first, then this one's bookkeeping
+                        self._start_next()
+                    except (OSError, HostctlError) as exc:  # this one is recorded still
+                        log.error("no task started as task %s ended: %s",
+                                  target.claim.task.id, exc)
                 self._reap(target)
             if target.exit_status is not None and not target.out_open:
                 self._complete(target)
@@ -829,7 +840,7 @@ class Worker:
         verdict = judge(run.exit_status, result, cancelled=cancelled,
                         timed_out=run.timed_out,
                         attempts_left=run.attempt < run.policy.max_attempts, said=run.said)
-        elapsed = self.clock() - run.started
+        elapsed = (run.ended_at or self.clock()) - run.started
         self.took[claim.task.envelope.type] = elapsed
         self._run_log(run, f"--- hostctl: {verdict.reason or 'exited with status 0'} "
                               f"after {elapsed:.2f} s: {verdict.outcome}\n")
@@ -871,7 +882,7 @@ class Worker:
 def _exited(run: Running) -> bool:
     """Has the run's child exited? (It stays unreaped: a zombie keeps its pid.)"""
     try:
-        return os.waitid(os.P_PIDFD, run.pidfd,
+        return os.waitid(os.P_PID, run.pid,
                          os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
     except ChildProcessError:
         return False

@@ -158,6 +158,35 @@ def test_a_dead_idle_workers_offer_is_passed_over(tmp_path: Path, dsn: str) -> N
     assert row(front, queued)[:3] == ("todo", None, None)
 
 
+def test_the_publishs_look_at_a_dead_owners_lock_does_not_bring_it_back(
+        tmp_path: Path, dsn: str) -> None:
+    """The publish asks whether an offer's owner lives by trying its lock, shared: held
+    meanwhile by that try, the lock of a dead owner still says dead to the sweeps (they
+    count an owner's own exclusive hold alone)."""
+    import psycopg
+
+    from hostctl.queues.pgqueue import OWNER_LOCKS, owner_alive, owner_holds
+
+    worker = idle(queue(dsn, tmp_path, "w"))
+    owner = worker.owner()
+    look = psycopg.connect(dsn, autocommit=True)
+    try:
+        assert look.execute("SELECT" + owner_alive("%(o)s::bigint") + ", "
+                            + owner_holds("%(o)s::bigint"), {"o": owner}).fetchone() \
+            == (True, True)
+        die(worker)
+        with psycopg.connect(dsn) as probe:  # a publish's transaction, open
+            assert probe.execute("SELECT" + owner_holds("%s::bigint"),
+                                 (owner,)).fetchone() == (False,)
+            assert look.execute("SELECT" + owner_alive("%s::bigint"),
+                                (owner,)).fetchone() == (False,)
+        assert OWNER_LOCKS == 1752134516  # the key owner_holds and owner_alive spell out
+    finally:
+        look.close()
+    front = queue(dsn, tmp_path, "front")
+    assert row(front, task(front))[:3] == ("todo", None, None)
+
+
 def test_a_task_handed_to_a_worker_that_died_counts_as_possibly_started(
         tmp_path: Path, dsn: str) -> None:
     """Its worker may have started it and died before writing anything: the sweep on
