@@ -840,7 +840,7 @@ class Worker:
         verdict = judge(run.exit_status, result, cancelled=cancelled,
                         timed_out=run.timed_out,
                         attempts_left=run.attempt < run.policy.max_attempts, said=run.said)
-        elapsed = (run.ended_at or self.clock()) - run.started
+        elapsed = (self.clock() if run.ended_at is None else run.ended_at) - run.started
         self.took[claim.task.envelope.type] = elapsed
         self._run_log(run, f"--- hostctl: {verdict.reason or 'exited with status 0'} "
                               f"after {elapsed:.2f} s: {verdict.outcome}\n")
