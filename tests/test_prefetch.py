@@ -26,13 +26,19 @@ def worker_for(home: Path, clock=None) -> Worker:
     return worker
 
 
+def wait_then_ok(run_hostctl, home: Path, go: Path,
+                 sites: tuple[str, ...] = ("a.example", "b.example")) -> tuple[str, str]:
+    """A task on @a.example that runs until ``go`` exists, queued before a quick one on
+    @b.example: their ids."""
+    write_config(home, {"tasks": {"wait": sh_task(WAIT, str(go)), "ok": sh_task("echo ok")}})
+    save_sites(run_hostctl, home, list(sites))
+    return add_task(run_hostctl, "wait", "@a.example"), add_task(run_hostctl, "ok", "@b.example")
+
+
 def test_the_next_task_is_claimed_ahead_and_started_when_the_running_one_ends(
         run_hostctl, home: Path, tmp_path: Path) -> None:
     go = tmp_path / "go"
-    write_config(home, {"tasks": {"wait": sh_task(WAIT, str(go)), "ok": sh_task("echo ok")}})
-    save_sites(run_hostctl, home, ["a.example", "b.example"])
-    first = add_task(run_hostctl, "wait", "@a.example")
-    second = add_task(run_hostctl, "ok", "@b.example")
+    first, second = wait_then_ok(run_hostctl, home, go)
     now = [0.0]  # a clock that stands still: the claim ahead does not expire
     worker = worker_for(home, clock=lambda: now[0])
     assert worker.step() == 1
@@ -55,10 +61,8 @@ def test_no_task_is_claimed_ahead_of_one_whose_type_runs_long(
     next task is claimed as the task ends, and started in its slot before that task's
     end is recorded. A type whose last attempt ran short is claimed ahead of."""
     go = tmp_path / "go"
-    write_config(home, {"tasks": {"wait": sh_task(WAIT, str(go)), "ok": sh_task("echo ok")}})
-    save_sites(run_hostctl, home, ["a.example", "b.example", "c.example"])
-    first = add_task(run_hostctl, "wait", "@a.example")
-    second = add_task(run_hostctl, "ok", "@b.example")
+    first, second = wait_then_ok(run_hostctl, home, go,
+                                 ("a.example", "b.example", "c.example"))
     now = [0.0]
     worker = worker_for(home, clock=lambda: now[0])
     worker.took["wait"] = 60.0  # its last attempt ran a minute
@@ -101,10 +105,7 @@ def test_the_next_task_is_claimed_ahead_shortly_before_the_running_one_should_en
     """As long as the last attempt of its type ran, less half of HOLD_AHEAD: the loop
     wakes for it; held past HOLD_AHEAD (the task ran longer this time), it goes back."""
     go = tmp_path / "go"
-    write_config(home, {"tasks": {"wait": sh_task(WAIT, str(go)), "ok": sh_task("echo ok")}})
-    save_sites(run_hostctl, home, ["a.example", "b.example"])
-    first = add_task(run_hostctl, "wait", "@a.example")
-    second = add_task(run_hostctl, "ok", "@b.example")
+    first, second = wait_then_ok(run_hostctl, home, go)
     worker = worker_for(home)
     worker.took["wait"] = 0.4
     began = time.monotonic()
@@ -132,10 +133,7 @@ def test_nothing_is_claimed_as_a_task_ends_once_the_runner_may_not_claim(
     """Between two passes of its loop (a stop asked, the queue paused meanwhile), an
     ending task does not make the worker claim the next one."""
     go = tmp_path / "go"
-    write_config(home, {"tasks": {"wait": sh_task(WAIT, str(go)), "ok": sh_task("echo ok")}})
-    save_sites(run_hostctl, home, ["a.example", "b.example"])
-    first = add_task(run_hostctl, "wait", "@a.example")
-    second = add_task(run_hostctl, "ok", "@b.example")
+    first, second = wait_then_ok(run_hostctl, home, go)
     worker = worker_for(home)
     worker.took["wait"] = 60.0
     assert worker.step() == 1 and worker.held == []
@@ -215,10 +213,7 @@ def test_a_task_cancelled_while_claimed_ahead_never_runs(
 def test_a_worker_that_stops_gives_its_claim_ahead_back(
         run_hostctl, home: Path, tmp_path: Path) -> None:
     go = tmp_path / "go"
-    write_config(home, {"tasks": {"wait": sh_task(WAIT, str(go)), "ok": sh_task("echo ok")}})
-    save_sites(run_hostctl, home, ["a.example", "b.example"])
-    add_task(run_hostctl, "wait", "@a.example")
-    second = add_task(run_hostctl, "ok", "@b.example")
+    _, second = wait_then_ok(run_hostctl, home, go)
     now = [0.0]
     worker = worker_for(home, clock=lambda: now[0])
     worker.step()
