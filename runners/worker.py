@@ -314,12 +314,15 @@ class Worker:
             return
         self.held_until = self.clock() + HOLD_AHEAD
 
+    def _expected_end(self, run: Running) -> float:
+        """When the run should end (clock): as long after its start as the last attempt
+        of its type ran (by this worker); at its start for a type not run yet."""
+        return run.started + self.took.get(run.claim.task.envelope.type, 0.0)
+
     def _ends_soon(self) -> bool:
-        """May a running task end within HOLD_AHEAD? Yes unless the last attempt of its
-        type (by this worker) ran longer than it has run so far plus HOLD_AHEAD."""
+        """May a running task end within HOLD_AHEAD?"""
         soon = self.clock() + HOLD_AHEAD
-        return any(r.started + self.took.get(r.claim.task.envelope.type, 0.0) <= soon
-                   for r in self.running.values())
+        return any(self._expected_end(r) <= soon for r in self.running.values())
 
     def _ahead_due(self, now: float) -> float:
         """When a task should be claimed ahead (prefetch): half of HOLD_AHEAD before a
@@ -328,8 +331,7 @@ class Worker:
         if (not self.prefetch or not self.accepting or self.ahead_given_back
                 or len(self.running) < self.concurrency):
             return float("inf")
-        return min((due for due in (r.started + self.took[r.claim.task.envelope.type]
-                                    - HOLD_AHEAD / 2
+        return min((due for due in (self._expected_end(r) - HOLD_AHEAD / 2
                                     for r in self.running.values()
                                     if r.claim.task.envelope.type in self.took)
                     if due > now), default=float("inf"))

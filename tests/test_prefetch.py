@@ -35,6 +35,14 @@ def wait_then_ok(run_hostctl, home: Path, go: Path,
     return add_task(run_hostctl, "wait", "@a.example"), add_task(run_hostctl, "ok", "@b.example")
 
 
+def run_out(worker: Worker) -> None:
+    """Let the worker run until it runs and holds nothing (20 s at most)."""
+    for _ in range(400):
+        worker.wait(0.05)
+        if not worker.running and not worker.held:
+            return
+
+
 def test_the_next_task_is_claimed_ahead_and_started_when_the_running_one_ends(
         run_hostctl, home: Path, tmp_path: Path) -> None:
     go = tmp_path / "go"
@@ -46,10 +54,7 @@ def test_the_next_task_is_claimed_ahead_and_started_when_the_running_one_ends(
     assert folder_of(home, second) == ["active"]  # claimed ...
     assert task_json(run_hostctl, second)["attempts"] == []  # ... not started
     go.touch()
-    for _ in range(400):  # the first ends; the one claimed ahead starts at once
-        worker.wait(0.05)
-        if not worker.running and not worker.held:
-            break
+    run_out(worker)  # the first ends; the one claimed ahead starts at once
     assert status_of(run_hostctl, first) == "success"
     assert status_of(run_hostctl, second) == "success"
     assert len(task_json(run_hostctl, second)["attempts"]) == 1
@@ -78,10 +83,7 @@ def test_no_task_is_claimed_ahead_of_one_whose_type_runs_long(
 
     worker._complete = spy  # type: ignore[method-assign]
     go.touch()
-    for _ in range(400):
-        worker.wait(0.05)
-        if not worker.running:
-            break
+    run_out(worker)
     assert recorded[0] == (first, sorted([first, second]))
     assert status_of(run_hostctl, first) == "success"
     assert status_of(run_hostctl, second) == "success"
@@ -92,17 +94,14 @@ def test_no_task_is_claimed_ahead_of_one_whose_type_runs_long(
     worker.took["wait"] = 0.01  # it ran short last time: its end may come soon
     assert worker.step() == 1 and [c.task.id for c in worker.held] == [fourth]
     go.touch()
-    for _ in range(400):
-        worker.wait(0.05)
-        if not worker.running and not worker.held:
-            break
+    run_out(worker)
     assert status_of(run_hostctl, third) == "success"
     assert status_of(run_hostctl, fourth) == "success"
 
 
 def test_the_next_task_is_claimed_ahead_shortly_before_the_running_one_should_end(
         run_hostctl, home: Path, tmp_path: Path) -> None:
-    """As long as the last attempt of its type ran, less half of HOLD_AHEAD: the loop
+    """As long as the last attempt of its type ran, minus half of HOLD_AHEAD: the loop
     wakes for it; held past HOLD_AHEAD (the task ran longer this time), it goes back."""
     go = tmp_path / "go"
     first, second = wait_then_ok(run_hostctl, home, go)
@@ -119,10 +118,7 @@ def test_the_next_task_is_claimed_ahead_shortly_before_the_running_one_should_en
         worker.wait(None)
     assert folder_of(home, second) == ["new"] and worker.ahead_given_back
     go.touch()  # it ends: the next task is claimed as it does
-    for _ in range(400):
-        worker.wait(0.05)
-        if not worker.running:
-            break
+    run_out(worker)
     assert status_of(run_hostctl, first) == "success"
     assert status_of(run_hostctl, second) == "success"
     assert len(task_json(run_hostctl, second)["attempts"]) == 1
@@ -139,10 +135,7 @@ def test_nothing_is_claimed_as_a_task_ends_once_the_runner_may_not_claim(
     assert worker.step() == 1 and worker.held == []
     worker.may_claim = lambda: False
     go.touch()
-    for _ in range(400):
-        worker.wait(0.05)
-        if not worker.running:
-            break
+    run_out(worker)
     assert status_of(run_hostctl, first) == "success"
     assert status_of(run_hostctl, second) == "queued" and folder_of(home, second) == ["new"]
 
