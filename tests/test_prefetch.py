@@ -7,13 +7,16 @@ from __future__ import annotations
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
+from pghelpers import new_database
 from runnerhelpers import add_task, save_sites, sh_task, status_of, task_json
 from taskhelpers import folder_of, popen_hostctl, stop, wait_for, write_config
 
 from hostctl.paths import Paths
 from hostctl.runners import lifecycle as ops
-from hostctl.runners.worker import HOLD_AHEAD, Worker
+from hostctl.runners.worker import HOLD_AHEAD, Worker, _exited
 
 WAIT = 'echo started; while [ ! -e "$0" ]; do sleep 0.02; done; echo done'
 
@@ -21,17 +24,30 @@ WAIT = 'echo started; while [ ! -e "$0" ]; do sleep 0.02; done; echo done'
 def worker_for(home: Path, clock=None) -> Worker:
     h = ops.Home(Paths(home))
     kw = {"clock": clock} if clock else {}
-    worker = Worker(h.paths, h.config, h.registry, concurrency=1, **kw)
+    worker = Worker(h.paths, h.config, h.registry, concurrency=1, queue=h.open_queue(),
+                    store=h.store, secrets=h.secrets, **kw)
     worker.prefetch = True
     return worker
 
 
-def wait_then_ok(run_hostctl, home: Path, go: Path,
-                 sites: tuple[str, ...] = ("a.example", "b.example")) -> tuple[str, str]:
-    """A task on @a.example that runs until ``go`` exists, queued before a quick one on
-    @b.example: their ids."""
-    write_config(home, {"tasks": {"wait": sh_task(WAIT, str(go)), "ok": sh_task("echo ok")}})
+def configure(run_hostctl, home: Path, go: Path, sites: tuple[str, ...],
+              dsn: str = "") -> None:
+    """Task types ``wait`` (runs until ``go`` exists) and ``ok`` (quick), and ``sites``;
+    in the cluster of ``dsn`` if given."""
+    config: dict[str, Any] = {"tasks": {"wait": sh_task(WAIT, str(go)),
+                                        "ok": sh_task("echo ok")}}
+    if dsn:
+        config["cluster"] = {"dsn": dsn}
+    write_config(home, config)
     save_sites(run_hostctl, home, list(sites))
+
+
+def wait_then_ok(run_hostctl, home: Path, go: Path,
+                 sites: tuple[str, ...] = ("a.example", "b.example"),
+                 dsn: str = "") -> tuple[str, str]:
+    """A task on @a.example that runs until ``go`` exists, queued before a quick one on
+    @b.example (in the cluster of ``dsn`` if given): their ids."""
+    configure(run_hostctl, home, go, sites, dsn)
     return add_task(run_hostctl, "wait", "@a.example"), add_task(run_hostctl, "ok", "@b.example")
 
 
@@ -60,19 +76,24 @@ def test_the_next_task_is_claimed_ahead_and_started_when_the_running_one_ends(
     assert len(task_json(run_hostctl, second)["attempts"]) == 1
 
 
+@pytest.mark.parametrize("backend", ["spool", "postgresql"])
 def test_no_task_is_claimed_ahead_of_one_whose_type_runs_long(
-        run_hostctl, home: Path, tmp_path: Path) -> None:
+        run_hostctl, home: Path, tmp_path: Path, backend: str,
+        request: pytest.FixtureRequest) -> None:
     """A claim ahead would be given back before such a task ends: none is made; the
     next task is claimed as the task ends, and started in its slot before that task's
-    end is recorded. A type whose last attempt ran short is claimed ahead of."""
+    end is recorded. A type whose last attempt ran short is claimed ahead of. The same
+    on the cluster's queue."""
     go = tmp_path / "go"
+    dsn = (new_database(request.getfixturevalue("pg_server"), "prefetch", init=True)
+           if backend == "postgresql" else "")
     first, second = wait_then_ok(run_hostctl, home, go,
-                                 ("a.example", "b.example", "c.example"))
+                                 ("a.example", "b.example", "c.example"), dsn)
     now = [0.0]
     worker = worker_for(home, clock=lambda: now[0])
     worker.took["wait"] = 60.0  # its last attempt ran a minute
     assert worker.step() == 1 and worker.held == []
-    assert folder_of(home, second) == ["new"]  # not claimed
+    assert status_of(run_hostctl, second) == "queued"  # not claimed
     recorded: list[tuple[str, list[str]]] = []
     complete = worker._complete
 
@@ -122,6 +143,55 @@ def test_the_next_task_is_claimed_ahead_shortly_before_the_running_one_should_en
     assert status_of(run_hostctl, first) == "success"
     assert status_of(run_hostctl, second) == "success"
     assert len(task_json(run_hostctl, second)["attempts"]) == 1
+
+
+@pytest.mark.parametrize("backend", ["spool", "postgresql"])
+def test_tasks_that_end_at_once_have_their_slots_filled_and_no_more(
+        run_hostctl, home: Path, tmp_path: Path, backend: str,
+        request: pytest.FixtureRequest) -> None:
+    """Two slots whose tasks end in one wake of the loop: each exit starts one task in
+    its slot before that end is recorded, and never is a third started while two run
+    (an ended task counts as running until its exit is seen)."""
+    go = tmp_path / "go"
+    sites = ("a.example", "b.example", "c.example", "d.example", "e.example")
+    dsn = (new_database(request.getfixturevalue("pg_server"), "prefetch", init=True)
+           if backend == "postgresql" else "")
+    configure(run_hostctl, home, go, sites, dsn)
+    first, second = (add_task(run_hostctl, "wait", f"@{site}") for site in sites[:2])
+    more = [add_task(run_hostctl, "ok", f"@{site}") for site in sites[2:]]
+    worker = worker_for(home, clock=lambda: 0.0)
+    worker.concurrency = 2
+    worker.took["wait"] = 60.0  # nothing claimed ahead: the exits claim
+    seen: list[tuple[str, str, int]] = []
+    start, complete = worker.start, worker._complete
+
+    def spy_start(claim, queued: bool = False) -> bool:
+        live = sum(r.ended_at is None for r in worker.running.values())
+        seen.append(("start", claim.task.id, live))
+        return start(claim, queued)
+
+    def spy_complete(run) -> None:
+        seen.append(("end", run.claim.task.id, 0))
+        complete(run)
+
+    worker.start = spy_start  # type: ignore[method-assign]
+    worker._complete = spy_complete  # type: ignore[method-assign]
+    assert worker.step() == 2
+    go.touch()
+    wait_for(lambda: all(_exited(r) for r in worker.running.values()), 30,
+             "both tasks to end")  # (unseen yet: their exits come in one wake)
+    seen.clear()
+    worker.wait(5.0)
+    kinds = [kind for kind, *_ in seen]
+    assert sorted(kinds) == ["end", "end", "start", "start"], seen
+    # each slot's next task started before the end of the task that had it is recorded
+    assert all(kinds[:i].count("start") >= kinds[:i + 1].count("end")
+               for i in range(len(kinds))), seen
+    run_out(worker)
+    assert all(live < 2 for kind, _id, live in seen if kind == "start"), seen
+    assert {i for kind, i, _ in seen if kind == "start"} == set(more), seen
+    for task_id in (first, second, *more):
+        assert status_of(run_hostctl, task_id) == "success"
 
 
 def test_nothing_is_claimed_as_a_task_ends_once_the_runner_may_not_claim(

@@ -622,6 +622,49 @@ def test_step_sweeps_and_rescans_only_when_its_housekeeping_is_due(
             wq._close()
 
 
+@pytest.mark.parametrize("change", ["pause", "config", "hup"])
+def test_a_task_that_ends_between_two_passes_frees_no_slot_the_next_pass_would_not(
+        run_hostctl, home, tmp_path, change) -> None:
+    """The next task starts in an ended task's slot before the daemon's next pass (see
+    Worker._start_next), so the daemon's own conditions are asked there: the queue
+    paused, config.toml changed or a HUP since the pass, and nothing starts."""
+    from hostctl.runners.daemon import WaitQueue
+    from hostctl.runners.dispatcher import pause
+
+    flag = tmp_path / "flag"
+    config = {"tasks": {"slow": sh_task(BLOCKING, str(flag))},
+              "queues": {"cron": {"enabled": False}}}
+    write_config(home, config)
+    save_sites(run_hostctl, home, ["a.example", "b.example"])
+    slow = add_task(run_hostctl, "slow", "@a.example")
+    h = ops.Home(Paths(home))
+    wq = WaitQueue(h, concurrency=1, housekeeping_every=30)
+    with own_signal_handlers():
+        wq.start()
+        try:
+            worker = wq.worker
+            assert worker is not None
+            wq.step(wq.clock())
+            assert len(worker.running) == 1
+            wait_for(lambda: Path(f"{flag}.started").exists(), 30, "the slow task to start")
+            # ready on another context: it would start the moment the slot frees
+            behind = add_task(run_hostctl, "verify", "@b.example")
+            if change == "pause":
+                pause(h, wait=False)
+            elif change == "config":
+                write_config(home, config)  # the same text, written again: a change
+            else:
+                os.kill(os.getpid(), signal.SIGHUP)
+                wait_for(lambda: wq.reload_requested, 10, "the HUP to be recorded")
+            Path(f"{flag}.go").touch()
+            while worker.running:
+                worker.wait(1.0)
+            assert status_of(run_hostctl, slow) == "success"
+            assert status_of(run_hostctl, behind) == "queued"
+        finally:
+            wq._close()
+
+
 def no_inotify(tmp_path: Path) -> list[str]:
     """A command prefix that runs the command in a user namespace of its own whose inotify
     instance limit is 0, as when the user's instances ran out: inotify_init1 fails with
