@@ -428,6 +428,7 @@ class PgWatch:
     def __init__(self, dsn: str, channels: list[str], incoming: Path | None,
                  told: Callable[[str, str], None] = lambda _channel, _payload: None) -> None:
         self.dsn, self.channels, self.told = dsn, channels, told
+        self.pid = os.getpid()
         self.poll = select.epoll()
         self.timer = Timer()
         self.poll.register(self.timer, select.EPOLLIN)
@@ -457,6 +458,18 @@ class PgWatch:
 
     def fileno(self) -> int:
         return self.poll.fileno()
+
+    def relisten(self, old: str, new: str) -> None:
+        """Hear ``new`` instead of ``old`` from now on. A connection that fails on the
+        way is made again, with ``new``, when the watch is next drained."""
+        self.channels = [c for c in self.channels if c != old] + [new]
+        if self.conn is not None:
+            try:
+                self.conn.execute(sql.SQL("UNLISTEN {}").format(sql.Identifier(old)))
+                self.conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(new)))
+            except psycopg.Error:
+                self._drop()
+        self.poke()  # what was read off the connection meanwhile, or the connection
 
     def poke(self) -> None:
         """Readable at once: what was read off the connection elsewhere is acted on by
@@ -558,7 +571,11 @@ class PgQueue:
     # -- owner: this process, as the holder of claims ---------------------------------
 
     def owner(self) -> int:
-        """This process's owner id, registered on first use."""
+        """This process's owner id, registered on first use; again when the connection,
+        made again first, finds the owner gone (judged dead while the connection was
+        lost), so that no statement is built with the id of an owner that is no more."""
+        with suppress(HostctlError):  # (out of reach: the statement says so)
+            self.db.connection()
         if self._owner is None or self._owner_pid != os.getpid():
             self._owner, self._claims = None, set()
             self._handed, self._offered = {}, False  # an owner's before: not this one's
@@ -578,7 +595,20 @@ class PgQueue:
                 raise self.db.failed(exc) from None
             self._owner = int(row[0])
             _OWNERS.add(self)
+            self._follow_owner()
         return self._owner
+
+    def _follow_owner(self) -> None:
+        """An owner registered again: the watch hears the new owner's channel, on which
+        publishes hand it tasks, instead of the old one's."""
+        watch, channel = self._watch, OWNER_CHANNEL + str(self._owner)
+        if watch is None or not self._listening or self._listening == channel:
+            return
+        if watch.pid != os.getpid():  # a forked child's copy: its parent's connection
+            self._listening = ""  # hears nothing for this owner, which offers nothing
+            return
+        watch.relisten(self._listening, channel)
+        self._listening = channel
 
     def _on_connect(self, conn: psycopg.Connection[Any]) -> None:
         """A connection made again (the database restarted, the network broke): this
@@ -1626,7 +1656,7 @@ class PgQueue:
         mine = OWNER_CHANNEL + str(self.owner()) if self.queues != [] else ""
 
         def told(channel: str, payload: str) -> None:
-            if channel == mine:
+            if channel and channel == self._listening:  # (the owner's, as it is now)
                 self._heard(payload)
             elif channel == origin:
                 self._receipts_due = True

@@ -509,3 +509,32 @@ def test_notices_read_while_waiting_for_the_disk_still_wake_the_loop(
     claim.append("spawn", attempt=1, worker=os.getpid(), not_before=0, host=host_name())
     assert events(front, handed) == []  # told (by the notice the wait read): nothing written
     assert select.select([watch], [], [], 0)[0] == [watch]  # read, and readable still
+
+
+def test_a_worker_judged_dead_while_it_lived_is_handed_tasks_as_its_new_owner(
+        tmp_path: Path, dsn: str) -> None:
+    """Its connection lost long enough for the sweeps to judge it dead and forget it, a
+    worker registers again as a new owner: its watch hears that owner's channel from
+    then on, and its next claim that finds nothing offers it to the publishes again."""
+    worker = idle(queue(dsn, tmp_path, "w"))
+    old = worker.owner()
+    worker.db.close()  # its connection gone, and its owner's lock with it
+    sweeper = queue(dsn, tmp_path, "sweeper")
+    rules = lambda _e: Policy(max_attempts=3, backoff_base=0.0, backoff_max=0.0)  # noqa: E731
+    for _ in range(60):  # a dead owner is judged gone over two sweeps, 3 s apart
+        sweeper.sweep(rules)
+        if not sweeper.db.rows("SELECT 1 FROM hostctl_owners WHERE id = %s", (old,)):
+            break
+        time.sleep(0.25)
+    else:
+        pytest.fail("the sweeps did not forget the owner that looked dead")
+    assert worker.claim() == []  # its connection made again: a new owner, offered
+    assert worker.owner() != old and worker._offered
+    front = queue(dsn, tmp_path, "front")
+    handed = task(front)
+    assert row(front, handed)[:3] == ("doing", worker.owner(), worker.owner())
+    assert worker._watch is not None
+    worker._watch.drain()
+    assert handed in worker._handed
+    [claim] = worker.claim()
+    assert claim.task.id == handed
