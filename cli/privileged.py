@@ -28,19 +28,6 @@ USAGE = ("usage: hostctl privileged SETTINGS ACTION ARG... (as root, through sud
          "hostctl privileged --sudoers SETTINGS [USER]")
 
 
-def program() -> str:
-    """The absolute path of the hostctl program that runs now (what sudoers must name)."""
-    return os.path.realpath(sys.argv[0]) if os.path.isabs(sys.argv[0]) or os.sep in \
-        sys.argv[0] else (_which("hostctl") or "hostctl")
-
-
-def _which(name: str) -> str | None:
-    import shutil
-
-    found = shutil.which(name)
-    return os.path.realpath(found) if found else None
-
-
 def main(argv: list[str]) -> int:
     """Run the helper; return its exit code (errors: one line, through cli/output.py)."""
     return guarded(lambda: _run(argv), lambda: False)
@@ -50,7 +37,7 @@ def _run(argv: list[str]) -> int:
     try:
         if argv[:1] == ["--sudoers"] and len(argv) in (2, 3):
             user = argv[2] if len(argv) == 3 else pwd.getpwuid(os.getuid()).pw_name
-            print(privileged.sudoers_line(Path(argv[1]), user, _which("hostctl") or program()))
+            print(privileged.sudoers_line(Path(argv[1]), user, sys.executable))
             return ExitStatus.OK
         if len(argv) < 2 or argv[0].startswith("-"):
             raise InvalidInput(USAGE)

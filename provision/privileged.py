@@ -6,12 +6,13 @@ and making that user, handing it the folders it may write and its settings file,
 giving it a PHP-FPM pool need root. As Aegir gave its user one sudoers line for the web
 server's reload, hostctl gives its back-end user one line for this helper::
 
-    aegir ALL=(root) NOPASSWD: /usr/local/bin/hostctl privileged /etc/hostctl/privileged.toml *
+    aegir ALL=(root) NOPASSWD: /usr/bin/python3 -I -m hostctl privileged \
+        /etc/hostctl/privileged.toml *
 
-(``hostctl privileged sudoers`` prints it for this machine; ``doctor`` checks it.) The
-helper takes a fixed set of actions, each with strictly checked arguments; it never runs a
-command line built from what it is given, and it acts only on what its settings file,
-which only root may write, allows:
+(``hostctl privileged --sudoers SETTINGS USER`` prints it for this machine; ``doctor``
+checks it.) The helper takes a fixed set of actions, each with strictly checked
+arguments; it never runs a command line built from what it is given, and it acts only on
+what its settings file, which only root may write, allows:
 
     backend_user = "aegir"            # whose files it hands over and takes back
     user_prefix = "hs-"               # every site user's name starts with it
@@ -729,5 +730,15 @@ def fastcgi_get(path: Path, uri: str, timeout: float = 5.0, *,
         conn.close()
 
 
-def sudoers_line(settings_path: Path, backend_user: str, program: str) -> str:
-    return (f"{backend_user} ALL=(root) NOPASSWD: {program} privileged {settings_path} *")
+def sudo_argv(interpreter: str) -> list[str]:
+    """How a back end that is not root runs the helper: through sudo, with hostctl's
+    interpreter isolated (``-I``: no ``PYTHON*`` variable, no user site-packages, not the
+    working folder), so that nothing of the environment sudo lets through (a kept
+    ``HOME``'s ``~/.local``, a kept ``PYTHONPATH``) reaches the code root runs."""
+    return ["sudo", "-n", interpreter, "-I", "-m", "hostctl", "privileged"]
+
+
+def sudoers_line(settings_path: Path, backend_user: str, interpreter: str) -> str:
+    """The one line that lets ``backend_user`` run the helper as :func:`sudo_argv` does."""
+    command = " ".join(sudo_argv(interpreter)[2:])
+    return f"{backend_user} ALL=(root) NOPASSWD: {command} {settings_path} *"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import stat
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from asuser import Users, can_make_users, frontend_users, hostctl_as
+from asuser import Users, call_as, can_make_users, frontend_users, hostctl_as
 from conftest import hostctl_exe
 from provisionhelpers import (
     PgCluster,
@@ -243,6 +244,14 @@ def test_the_helper_as_root_loads_nothing_of_the_working_folder(tmp_path: Path) 
 # -- through sudo, from an unprivileged back end -----------------------------------------
 
 
+def allow(sudoers: Path, text: str) -> None:
+    """Install ``text`` as the sudoers file ``sudoers``, as visudo would accept it."""
+    sudoers.write_text(text if text.endswith("\n") else text + "\n")
+    sudoers.chmod(0o440)
+    subprocess.run(["visudo", "-cf", str(sudoers)], check=True, capture_output=True,
+                   timeout=60)
+
+
 @pytest.fixture(scope="module")
 def users() -> Iterator[Users]:
     why = can_make_users()
@@ -273,16 +282,12 @@ def test_an_unprivileged_back_end_through_sudo(users: Users, pg: PgCluster) -> N
     prefix = privileged.load(fpm.settings).user_prefix
     sudoers = Path(f"/etc/sudoers.d/hostctl-test-{backend.name}")
     try:
-        line = subprocess.run([hostctl_exe(), "privileged", "--sudoers", str(fpm.settings),
-                               backend.name], capture_output=True, text=True, timeout=60,
-                              check=True).stdout
-        program = os.path.realpath(hostctl_exe())
-        assert line.strip() == (f"{backend.name} ALL=(root) NOPASSWD: {program} privileged "
-                                f"{fpm.settings} *")
-        sudoers.write_text(line)
-        sudoers.chmod(0o440)
-        subprocess.run(["visudo", "-cf", str(sudoers)], check=True, capture_output=True,
-                       timeout=60)
+        line = subprocess.run([sys.executable, "-m", "hostctl", "privileged", "--sudoers",
+                               str(fpm.settings), backend.name], capture_output=True,
+                              text=True, timeout=60, check=True).stdout
+        assert line.strip() == (f"{backend.name} ALL=(root) NOPASSWD: {sys.executable} -I "
+                                f"-m hostctl privileged {fpm.settings} *")
+        allow(sudoers, line)
         home = top / "home"
         root = www / "plat"
         make_php_platform(root)
@@ -294,10 +299,10 @@ def test_an_unprivileged_back_end_through_sudo(users: Users, pg: PgCluster) -> N
             assert res.code == 0, (argv, res)
             return str(res.out)
 
+        # the helper as the server's settings leave it: through sudo, as the line allows
         be("provision-save", "@srv", "--context_type", "server", "--http_service_type",
            "none", "--php_service_type", "php-fpm", "--privileged_settings",
-           str(fpm.settings), "--privileged_command", f"sudo -n {program} privileged",
-           *pg.server_fields())
+           str(fpm.settings), *pg.server_fields())
         be("provision-save", "@plat", "--context_type", "platform", "--root", str(root),
            "--web_server", "@srv")
         be("provision-save", "@s.test", "--context_type", "site", "--platform", "@plat")
@@ -318,7 +323,7 @@ def test_an_unprivileged_back_end_through_sudo(users: Users, pg: PgCluster) -> N
         def sudo(*args: str, settings: Path = fpm.settings) -> tuple[int, str]:
             done = hostctl_as(backend, "privileged", "--sudoers", str(settings))
             assert done.code == 0
-            argv = ["sudo", "-n", program, "privileged", str(settings), *args]
+            argv = [*privileged.sudo_argv(sys.executable), str(settings), *args]
             proc = subprocess.run(["setpriv", f"--reuid={backend.uid}",
                                    f"--regid={backend.gid}", "--clear-groups", *argv],
                                   capture_output=True, text=True, timeout=60, cwd="/")
@@ -340,9 +345,8 @@ def test_an_unprivileged_back_end_through_sudo(users: Users, pg: PgCluster) -> N
         sudoers.unlink()
         res = hostctl_as(backend, "--home", str(home), "doctor")
         assert res.code != 0 and "sudo does not let" in res.out, res
-        assert f"NOPASSWD: {program} privileged {fpm.settings} *" in res.out, res
-        sudoers.write_text(line)
-        sudoers.chmod(0o440)
+        assert line.strip() in res.out, res
+        allow(sudoers, line)
 
         be("provision-disable", "@s.test")
         be("provision-delete", "@s.test")
@@ -352,3 +356,77 @@ def test_an_unprivileged_back_end_through_sudo(users: Users, pg: PgCluster) -> N
         sudoers.unlink(missing_ok=True)
         fpm.stop()
         remove_site_users(prefix)
+
+
+def test_through_sudo_nothing_of_the_kept_environment_runs_as_root(
+        users: Users, www: Path) -> None:
+    """A sudoers that keeps PYTHONPATH (or HOME, and with it ~/.local) would let the back
+    end's user put code before hostctl's in a Python run as root: the helper's sudo line
+    runs the interpreter isolated (-I), where the hostctl program (an earlier hostctl's
+    line), whose interpreter takes the environment in, runs the planted code. That
+    earlier line still works, with a warning, and doctor names the line to put instead."""
+    from hostctl.contexts.store import TomlStore
+    from hostctl.paths import Paths
+    from hostctl.provision.services import php
+
+    backend = users.backend
+    fpm = start_php_fpm([www], backend_user=backend.name, prefix="hse")
+    settings = fpm.settings
+    planted = world_readable_dir("hostctl-priv-planted-")
+    marker = planted / "ran-as-root"
+    (planted / "sitecustomize.py").write_text(
+        f"import os\nif os.geteuid() == 0:\n    open({str(marker)!r}, 'w').write('x')\n")
+    bindir = world_readable_dir("hostctl-priv-bin-")  # an earlier install's program
+    shutil.copy(hostctl_exe(), bindir / "hostctl")
+    (bindir / "hostctl").chmod(0o755)
+    earlier = f"{bindir}/hostctl privileged {settings} *"
+    sudoers = Path(f"/etc/sudoers.d/hostctl-test-env-{backend.name}")
+    keep = f'Defaults:{backend.name} env_keep += "PYTHONPATH"\n'
+    env = {"PYTHONPATH": str(planted), "PATH": f"{bindir}:/usr/bin:/bin"}
+
+    def as_backend(argv: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["setpriv", f"--reuid={backend.uid}", f"--regid={backend.gid}",
+                               "--clear-groups", *argv, str(settings), "user-del",
+                               privileged.load(settings).user_prefix + "nobody"],
+                              capture_output=True, text=True, timeout=60, cwd="/",
+                              env={**os.environ, **env})
+
+    def chosen() -> list[str]:
+        php._SUDO_ALLOWS.clear()
+        os.environ.update(env)
+        return php.through_sudo(settings)
+
+    home = world_readable_dir("hostctl-priv-home-") / "home"
+    home.mkdir()
+    os.chown(home, backend.uid, backend.gid)
+    try:
+        allow(sudoers, keep + privileged.sudoers_line(settings, backend.name,
+                                                      sys.executable))
+        argv = call_as(backend, chosen)
+        assert argv == privileged.sudo_argv(sys.executable)
+        res = as_backend(argv)
+        assert res.returncode == 0, res  # (no such user: nothing to delete)
+        assert not marker.exists()
+
+        allow(sudoers, keep + f"{backend.name} ALL=(root) NOPASSWD: {earlier}")
+        argv = call_as(backend, chosen)
+        assert argv == ["sudo", "-n", str(bindir / "hostctl"), "privileged"]
+        res = as_backend(argv)
+        assert res.returncode == 0, res
+        assert marker.exists()  # what the isolated interpreter keeps out
+        marker.unlink()
+        res = hostctl_as(backend, "--home", str(home), "provision-save", "@srv",
+                         "--context_type", "server", "--php_service_type", "php-fpm",
+                         "--privileged_settings", str(settings), env=env)
+        assert res.code == 0, res
+        res = hostctl_as(backend, "--home", str(home), "doctor", env=env)
+        line = privileged.sudoers_line(settings, backend.name, sys.executable)
+        assert f"only as {bindir}/hostctl" in res.out and line in res.out, res
+        assert res.code != 0
+        assert TomlStore(Paths(home)).get("@srv").type == "server"
+    finally:
+        sudoers.unlink(missing_ok=True)
+        fpm.stop()
+        shutil.rmtree(planted, ignore_errors=True)
+        shutil.rmtree(bindir, ignore_errors=True)
+        shutil.rmtree(home.parent, ignore_errors=True)

@@ -20,6 +20,7 @@ end is root) with the server's ``privileged_settings`` file; what a site gets:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pwd
 import re
@@ -34,6 +35,8 @@ from hostctl.paths import Paths
 from hostctl.process import hostctl_command
 from hostctl.provision import privileged
 from hostctl.provision.job import Job
+
+log = logging.getLogger("hostctl")
 
 TEMPLATE = "php-fpm-pool.conf"
 _SAFE_VALUE = re.compile(r'[^"\\$\x00-\x1f\x7f]*')
@@ -69,11 +72,7 @@ class PhpFpm:
             return shlex.split(configured)
         if os.geteuid() == 0:  # (-P: nothing of the working folder is imported as root)
             return hostctl_command("privileged")
-        program = shutil.which("hostctl")
-        if program is None:
-            raise InvalidInput(f"{self.server.display_name}: no hostctl program on PATH for "
-                               "sudo to run; set privileged_command")
-        return ["sudo", "-n", os.path.realpath(program), "privileged"]
+        return through_sudo(self.settings_path)
 
     def call(self, job: Job, action: str, *args: str, stdin: str | None = None) -> str:
         ran = job.run([*self.helper_argv(), str(self.settings_path), action, *args],
@@ -163,8 +162,6 @@ class PhpFpm:
         change it is root: the interpreter, hostctl's modules loaded here, and
         ``helper_code``, the files of the command line that runs the helper), and, for a
         back end that is not root, the sudoers line."""
-        import subprocess
-
         found: list[tuple[Path, str]] = []
         try:
             privileged.load(self.settings_path)
@@ -172,7 +169,8 @@ class PhpFpm:
             found.append((self.settings_path, exc.message))
             return found
         argv = self.helper_argv()
-        code = {Path(sys.executable), *helper_code}
+        # the interpreter, and the folder of the name sudoers gives it (a venv's link)
+        code = {Path(sys.executable), Path(sys.executable).parent, *helper_code}
         for name, module in list(sys.modules.items()):
             file = getattr(module, "__file__", None)
             if (name == "hostctl" or name.startswith("hostctl.")) and file:
@@ -187,18 +185,63 @@ class PhpFpm:
                 found.append((path, f"the privileged helper runs this as root: "
                                     f"{exc.message}"))
         if os.geteuid() != 0 and argv[:1] == ["sudo"]:
-            probe = [a for a in argv if a != "-n"]
-            ran = subprocess.run(["sudo", "-n", "-l", *probe[1:], str(self.settings_path),
-                                  "user-add", self.settings.user_prefix + "doctor"],
-                                 capture_output=True, text=True, timeout=30)
-            if ran.returncode != 0:
-                user = pwd.getpwuid(os.geteuid()).pw_name
-                line = privileged.sudoers_line(self.settings_path, user,
-                                               program or "hostctl")
+            user = pwd.getpwuid(os.geteuid()).pw_name
+            line = privileged.sudoers_line(self.settings_path, user, sys.executable)
+            if not str(self.server.get("privileged_command") or "").strip() and \
+                    argv != privileged.sudo_argv(sys.executable):
+                found.append((Path("/etc/sudoers.d"), f"sudo lets {user} run the privileged "
+                              f"helper only as {argv[2]}, whose interpreter takes in the "
+                              "environment sudo keeps (a kept HOME's ~/.local, PYTHONPATH); "
+                              f"replace that sudoers line with: {line}"))
+            elif not _sudo_allows(argv, self.settings_path):
                 found.append((Path("/etc/sudoers.d"), f"sudo does not let {user} run the "
                               f"privileged helper; add this line (visudo -f "
                               f"/etc/sudoers.d/hostctl): {line}"))
         return found
+
+
+#: the helper's argv that sudo allows, per settings file, as this process found it
+_SUDO_ALLOWS: dict[str, list[str]] = {}
+
+
+def through_sudo(settings_path: Path) -> list[str]:
+    """The helper's argv through sudo: :func:`privileged.sudo_argv`, as the sudoers line
+    of ``hostctl privileged --sudoers`` allows it. Where sudo allows only the form of an
+    earlier hostctl (its program, whose interpreter takes in the environment sudo keeps),
+    that one, with a warning, until the line is replaced (``doctor`` names it). Asked of
+    sudo (``sudo -n -l``) once per process and settings file."""
+    key = str(settings_path)
+    found = _SUDO_ALLOWS.get(key)
+    if found is not None:
+        return found
+    isolated = privileged.sudo_argv(sys.executable)
+    if _sudo_allows(isolated, settings_path):
+        _SUDO_ALLOWS[key] = isolated
+        return isolated
+    program = shutil.which("hostctl")
+    if program is not None:
+        earlier = ["sudo", "-n", os.path.realpath(program), "privileged"]
+        if _sudo_allows(earlier, settings_path):
+            log.warning("sudo lets the privileged helper run only as %s, which takes in "
+                        "the environment sudo keeps: replace its sudoers line with the "
+                        "one `hostctl privileged --sudoers %s` prints", earlier[2],
+                        settings_path)
+            _SUDO_ALLOWS[key] = earlier
+            return earlier
+    return isolated  # not allowed: sudo says so when it is run (and doctor, how to mend)
+
+
+def _sudo_allows(argv: list[str], settings_path: Path) -> bool:
+    """Whether sudo lets this user run ``argv`` (``sudo -n ...``) on ``settings_path``."""
+    import subprocess
+
+    try:
+        ran = subprocess.run(["sudo", "-n", "-l", *argv[2:], str(settings_path),
+                              "user-add", "hostctl-probe"], capture_output=True,
+                             stdin=subprocess.DEVNULL, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return ran.returncode == 0
 
 
 class StepsFailed(OperationFailed):
