@@ -460,16 +460,13 @@ class PgWatch:
         return self.poll.fileno()
 
     def relisten(self, old: str, new: str) -> None:
-        """Hear ``new`` instead of ``old`` from now on. A connection that fails on the
-        way is made again, with ``new``, when the watch is next drained."""
+        """Hear ``new`` instead of ``old`` from now on: the connection is made again, with
+        the new channels, when the watch is next drained (at once: it is made readable),
+        and what it may have missed meanwhile is told as after any new connection. No
+        statement waits here on a connection that may be half dead."""
         self.channels = [c for c in self.channels if c != old] + [new]
-        if self.conn is not None:
-            try:
-                self.conn.execute(sql.SQL("UNLISTEN {}").format(sql.Identifier(old)))
-                self.conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(new)))
-            except psycopg.Error:
-                self._drop()
-        self.poke()  # what was read off the connection meanwhile, or the connection
+        self._drop()
+        self.poke()
 
     def poke(self) -> None:
         """Readable at once: what was read off the connection elsewhere is acted on by
@@ -571,11 +568,10 @@ class PgQueue:
     # -- owner: this process, as the holder of claims ---------------------------------
 
     def owner(self) -> int:
-        """This process's owner id, registered on first use; again when the connection,
-        made again first, finds the owner gone (judged dead while the connection was
-        lost), so that no statement is built with the id of an owner that is no more."""
-        with suppress(HostctlError):  # (out of reach: the statement says so)
-            self.db.connection()
+        """This process's owner id, registered on first use; again once a connection made
+        again found the owner gone (judged dead while the connection was lost: see
+        _on_connect). A statement built with the old id just before finds nothing of
+        it (its claims are no longer this process's), or, for an offer, is tried again."""
         if self._owner is None or self._owner_pid != os.getpid():
             self._owner, self._claims = None, set()
             self._handed, self._offered = {}, False  # an owner's before: not this one's
@@ -1252,7 +1248,9 @@ class PgQueue:
         for _ in range(5):
             try:
                 owner = self.owner()
-                offer = (free and self._private
+                watch = self._watch  # (an offer stands only while its watch listens)
+                offer = (free and self._private and watch is not None
+                         and watch.conn is not None
                          and self._listening == OWNER_CHANNEL + str(owner))
                 offered = self._offered
                 # an offer may stand from here on, whatever becomes of the answer (hold
@@ -1269,6 +1267,8 @@ class PgQueue:
             except DatabaseError as exc:
                 if exc.lost:  # not taken, or taken by a connection gone: a sweep's
                     return []
+                if exc.sqlstate == "23503" and self._owner != owner:
+                    continue  # an offer of the owner that the new connection found gone
                 if not exc.unique_violation:  # two hosts took one context's jobs at once
                     raise
                 continue

@@ -528,12 +528,14 @@ def test_a_worker_judged_dead_while_it_lived_is_handed_tasks_as_its_new_owner(
         time.sleep(0.25)
     else:
         pytest.fail("the sweeps did not forget the owner that looked dead")
-    assert worker.claim() == []  # its connection made again: a new owner, offered
-    assert worker.owner() != old and worker._offered
+    assert worker.claim() == []  # its connection made again: a new owner ...
+    assert worker.owner() != old and not worker._offered
+    assert worker._watch is not None
+    worker._watch.drain()  # ... whose watch listens again (as the loop's next wake does)
+    assert worker.claim() == [] and worker._offered  # ... and offers it
     front = queue(dsn, tmp_path, "front")
     handed = task(front)
     assert row(front, handed)[:3] == ("doing", worker.owner(), worker.owner())
-    assert worker._watch is not None
     worker._watch.drain()
     assert handed in worker._handed
     [claim] = worker.claim()
