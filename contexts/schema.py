@@ -389,8 +389,9 @@ SERVER = ContextType(
         Field("privileged_settings", Kind.PATH, "the privileged helper's settings file, "
               "root's (unset: /etc/hostctl/privileged.toml)"),
         Field("privileged_command", Kind.COMMAND, "the command that runs the privileged "
-              "helper, before its settings file and action (unset: hostctl privileged, "
-              "through sudo -n unless the back end is root)", default=""),
+              "helper, before its settings file and action (unset: this hostctl's "
+              "interpreter, isolated, PYTHON -I -m hostctl privileged, through sudo -n "
+              "unless the back end is root)", default=""),
         Field("db_service_type", Kind.CHOICE, "database server", default="none",
               choices=("none", "sqlite", "pgsql", "mariadb", "mysql")),
         Field("db_host", Kind.ENDPOINT, "host of the database server, or the folder of its "

@@ -739,6 +739,12 @@ def sudo_argv(interpreter: str) -> list[str]:
 
 
 def sudoers_line(settings_path: Path, backend_user: str, interpreter: str) -> str:
-    """The one line that lets ``backend_user`` run the helper as :func:`sudo_argv` does."""
+    """The one line that lets ``backend_user`` run the helper as :func:`sudo_argv` does;
+    InvalidInput for a name sudoers would read otherwise (a space, ``,:=\\#()*?[]!``)."""
+    for what, value in (("the interpreter", interpreter), ("the settings file",
+                        str(settings_path)), ("the back-end user", backend_user)):
+        if not value or re.search(r"[\s,:=\\#()*?\[\]!\"']", value):
+            raise InvalidInput(f"{what} {value!r} cannot be named in a sudoers line as it "
+                               "is: move it to a path of plain characters")
     command = " ".join(sudo_argv(interpreter)[2:])
     return f"{backend_user} ALL=(root) NOPASSWD: {command} {settings_path} *"

@@ -423,6 +423,13 @@ def test_through_sudo_nothing_of_the_kept_environment_runs_as_root(
         line = privileged.sudoers_line(settings, backend.name, sys.executable)
         assert f"only as {bindir}/hostctl" in res.out and line in res.out, res
         assert res.code != 0
+
+        # both lines: the new one is used, and doctor asks for the earlier one to go
+        allow(sudoers, keep + f"{backend.name} ALL=(root) NOPASSWD: {earlier}\n" + line)
+        assert call_as(backend, chosen) == privileged.sudo_argv(sys.executable)
+        res = hostctl_as(backend, "--home", str(home), "doctor", env=env)
+        assert f"as {bindir}/hostctl" in res.out and "remove that sudoers line" in res.out
+        assert "add this one" not in res.out and res.code != 0, res
         assert TomlStore(Paths(home)).get("@srv").type == "server"
     finally:
         sudoers.unlink(missing_ok=True)

@@ -27,6 +27,7 @@ import re
 import shutil
 import sys
 from collections.abc import Iterable, Mapping
+from contextlib import suppress
 from pathlib import Path
 
 from hostctl.contexts.store import Context
@@ -169,8 +170,7 @@ class PhpFpm:
             found.append((self.settings_path, exc.message))
             return found
         argv = self.helper_argv()
-        # the interpreter, and the folder of the name sudoers gives it (a venv's link)
-        code = {Path(sys.executable), Path(sys.executable).parent, *helper_code}
+        code = {*_interpreter_files(), *helper_code}
         for name, module in list(sys.modules.items()):
             file = getattr(module, "__file__", None)
             if (name == "hostctl" or name.startswith("hostctl.")) and file:
@@ -185,19 +185,36 @@ class PhpFpm:
                 found.append((path, f"the privileged helper runs this as root: "
                                     f"{exc.message}"))
         if os.geteuid() != 0 and argv[:1] == ["sudo"]:
-            user = pwd.getpwuid(os.geteuid()).pw_name
-            line = privileged.sudoers_line(self.settings_path, user, sys.executable)
-            if not str(self.server.get("privileged_command") or "").strip() and \
-                    argv != privileged.sudo_argv(sys.executable):
-                found.append((Path("/etc/sudoers.d"), f"sudo lets {user} run the privileged "
-                              f"helper only as {argv[2]}, whose interpreter takes in the "
-                              "environment sudo keeps (a kept HOME's ~/.local, PYTHONPATH); "
-                              f"replace that sudoers line with: {line}"))
-            elif not _sudo_allows(argv, self.settings_path):
-                found.append((Path("/etc/sudoers.d"), f"sudo does not let {user} run the "
-                              f"privileged helper; add this line (visudo -f "
-                              f"/etc/sudoers.d/hostctl): {line}"))
+            found += self._sudo_problems(argv)
         return found
+
+    def _sudo_problems(self, argv: list[str]) -> list[tuple[Path, str]]:
+        """The sudoers line: allowed as the helper is run, and no line of an earlier
+        hostctl (its program, whose interpreter takes in the environment sudo keeps: a
+        kept HOME's ~/.local, PYTHONPATH) left that the back end could run instead."""
+        where = Path("/etc/sudoers.d")
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        try:
+            line = privileged.sudoers_line(self.settings_path, user, sys.executable)
+        except InvalidInput as exc:
+            return [(where, exc.message)]
+        earlier = _earlier_argv()
+        if earlier is not None and earlier != argv and \
+                _sudo_allows(earlier, self.settings_path):
+            return [(where, f"sudo lets {user} run the privileged helper as {earlier[2]}, "
+                            "whose interpreter takes in the environment sudo keeps (a kept "
+                            "HOME's ~/.local, PYTHONPATH): remove that sudoers line"
+                            + ("" if argv != earlier and _sudo_allows(argv, self.settings_path)
+                               else f" and add this one: {line}"))]
+        if argv == earlier:
+            return [(where, f"sudo lets {user} run the privileged helper only as "
+                            f"{earlier[2]}, whose interpreter takes in the environment sudo "
+                            "keeps (a kept HOME's ~/.local, PYTHONPATH): replace that "
+                            f"sudoers line with: {line}")]
+        if not _sudo_allows(argv, self.settings_path):
+            return [(where, f"sudo does not let {user} run the privileged helper; add this "
+                            f"line (visudo -f /etc/sudoers.d/hostctl): {line}")]
+        return []
 
 
 #: the helper's argv that sudo allows, per settings file, as this process found it
@@ -218,9 +235,8 @@ def through_sudo(settings_path: Path) -> list[str]:
     if _sudo_allows(isolated, settings_path):
         _SUDO_ALLOWS[key] = isolated
         return isolated
-    program = shutil.which("hostctl")
-    if program is not None:
-        earlier = ["sudo", "-n", os.path.realpath(program), "privileged"]
+    earlier = _earlier_argv()
+    if earlier is not None:
         if _sudo_allows(earlier, settings_path):
             log.warning("sudo lets the privileged helper run only as %s, which takes in "
                         "the environment sudo keeps: replace its sudoers line with the "
@@ -231,12 +247,55 @@ def through_sudo(settings_path: Path) -> list[str]:
     return isolated  # not allowed: sudo says so when it is run (and doctor, how to mend)
 
 
+def _earlier_argv() -> list[str] | None:
+    """The helper's argv as an earlier hostctl ran it through sudo (its program), if a
+    hostctl program is on PATH."""
+    program = shutil.which("hostctl")
+    return None if program is None else ["sudo", "-n", os.path.realpath(program),
+                                         "privileged"]
+
+
+def _interpreter_files() -> set[Path]:
+    """What of the interpreter a root process of it runs or reads first: the interpreter,
+    the folder of each name on its way (a venv's link: swapped, it is another program),
+    a venv's pyvenv.cfg (it says where the standard library is), the .pth files of its
+    site-packages (site runs their import lines), and ``hostctl.__main__`` (``-m``)."""
+    import importlib.util
+    import site
+
+    found: set[Path] = {Path(sys.executable)}
+    hop = Path(sys.executable)
+    with suppress(OSError):  # (what cannot be looked at is said by the check)
+        for _ in range(40):  # (a loop of links ends here; realpath then fails the check)
+            found.add(hop.parent)
+            if not hop.is_symlink():
+                break
+            hop = hop.parent / os.readlink(hop)
+    found.add(Path(os.path.realpath(sys.executable)))
+    cfg = Path(sys.prefix) / "pyvenv.cfg"
+    with suppress(OSError):
+        if cfg.exists():
+            found.add(cfg)
+    for folder in site.getsitepackages():
+        with suppress(OSError):
+            found.update(Path(folder).glob("*.pth"))
+    spec = importlib.util.find_spec("hostctl.__main__")
+    if spec is not None and spec.origin:
+        found.add(Path(spec.origin))
+    return found
+
+
 def _sudo_allows(argv: list[str], settings_path: Path) -> bool:
-    """Whether sudo lets this user run ``argv`` (``sudo -n ...``) on ``settings_path``."""
+    """Whether sudo lets this user run ``argv`` (``sudo [-n] ...``) on ``settings_path``."""
     import subprocess
 
+    command = list(argv)
+    if command[:1] == ["sudo"]:
+        command = command[1:]
+        while command[:1] == ["-n"]:
+            command = command[1:]
     try:
-        ran = subprocess.run(["sudo", "-n", "-l", *argv[2:], str(settings_path),
+        ran = subprocess.run(["sudo", "-n", "-l", *command, str(settings_path),
                               "user-add", "hostctl-probe"], capture_output=True,
                              stdin=subprocess.DEVNULL, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
