@@ -65,6 +65,7 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 
+from hostctl.config import unsettled_for
 from hostctl.errors import HostctlError
 from hostctl.inotify import IN_CLOSE_WRITE, IN_MOVED_TO, Inotify
 from hostctl.queues.backend import Registration, Watch
@@ -110,6 +111,7 @@ class WaitQueue:
         self._watch: Watch | None = None
         self._pipe: tuple[int, int] | None = None
         self._config_seen: tuple[int, ...] | None = None
+        self._settles_at: float | None = None  # (clock) config.toml changed, not settled
         self._last_failure = ""
         self.notifier = Notifier.from_environment()  # tasks must not inherit its socket
         self._next_ping = 0.0
@@ -241,6 +243,8 @@ class WaitQueue:
         """Seconds the loop may sleep in the kernel before something of its own is due
         (the housekeeping pass, the max runtime, the next deferred task)."""
         waits = [self._next_housekeeping - now]
+        if self._settles_at is not None:  # a change of config.toml to take once settled
+            waits.append(self._settles_at - now)
         if self.notifier.watchdog_every is not None:
             waits.append(self._next_ping - now)
         if not self.stopping(now):
@@ -300,11 +304,21 @@ class WaitQueue:
         return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
     def _follow_config(self) -> None:
-        """Ask for a reload when config.toml changed since it was last read: one stat."""
+        """Ask for a reload when config.toml changed since it was last read, once it has
+        settled (hostctl.config.SETTLE: an editor's write caught halfway, empty or cut
+        short, is never taken for the configuration): a stat or two; until it settles,
+        the loop wakes when it will have."""
         stamp = self._config_stamp()
-        if stamp != self._config_seen:
-            self._config_seen = stamp
-            self.reload_requested = True
+        if stamp == self._config_seen:
+            self._settles_at = None
+            return
+        wait = unsettled_for(self.home.paths.config_file)
+        if wait > 0:
+            self._settles_at = self.clock() + wait
+            return
+        self._settles_at = None
+        self._config_seen = stamp
+        self.reload_requested = True
 
     def _reload(self) -> None:
         fresh = Home(self.home.paths)

@@ -85,7 +85,7 @@ def pause(home: Home, wait: bool = True, poll: float = 0.2,
         while queue.running():
             sleep(poll)
     notices = Notices(Deliveries(home.paths.spool / "notify"), lambda: home.config,
-                      queue.get)
+                      queue.get, config_file=home.paths.config_file)
     recovered = tuple(queue.sweep(home.policy, ends=notices))
     for note in recovered:
         log.warning("%s", note)

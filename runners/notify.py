@@ -138,7 +138,8 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from hostctl.config import Config, Email, Webhook
+from hostctl.config import Config, Email, Webhook, settled
+from hostctl.contexts.schema import field_names
 from hostctl.errors import ExitStatus, HostctlError, InvalidInput, NotFound
 from hostctl.files import (
     flocked,
@@ -216,6 +217,16 @@ def _kind(hook: Webhook | Email) -> str:
 def _hooks(config: Config) -> list[Webhook | Email]:
     """Every notice ``config`` has, webhooks and mail."""
     return [*config.webhooks.values(), *config.emails.values()]
+
+
+def recheck(config_file: Path | None) -> tuple[Config | None, float]:
+    """config.toml as it stands once settled (hostctl.config.settled), read again before
+    a delivery or a hold is given up for a notice the config in hand lacks (it may have
+    been read from an editor's write caught halfway): (it, 0); (None, seconds) until it
+    settles or reads; (None, 0) without a file to read (the config in hand stands)."""
+    if config_file is None:
+        return None, 0.0
+    return settled(config_file, field_names())
 
 
 def _hook(config: Config, kind: str, name: str) -> Webhook | Email | None:
@@ -343,11 +354,14 @@ class Notices:
 
     def __init__(self, deliveries: Deliveries, config: Callable[[], Config],
                  read: Callable[[str], Task],
-                 on_due: Callable[[], object] = lambda: None) -> None:
+                 on_due: Callable[[], object] = lambda: None,
+                 config_file: Path | None = None) -> None:
         self.deliveries = deliveries
         self.config = config
         self.read = read
         self.on_due = on_due
+        #: config.toml, read afresh before a hold is dropped for a notice it lacks
+        self.config_file = config_file
 
     @property
     def folder(self) -> Path:
@@ -538,7 +552,12 @@ class Notices:
                 return self._drop(path, intent, f"ended as {ended} by a recovery")
             hook = _hook(self.config(), intent["kind"], intent["hook"])
             if hook is None or not hook.wants(task.envelope.type, ended):
-                return self._drop(path, intent, "no notice wants it any more")
+                fresh, wait = recheck(self.config_file)
+                if wait > 0:
+                    return 0  # config.toml changes this moment: looked at again later
+                hook = _hook(fresh, intent["kind"], intent["hook"]) if fresh else None
+                if hook is None or not hook.wants(task.envelope.type, ended):
+                    return self._drop(path, intent, "no notice wants it any more")
             size = data.find(b"\n") + 1  # its intent's line (_read_hold: it has one)
             self._fill(Hold(path, fd, path.name.split(".")[1], hook, size), ended,
                        task_doc(task))
@@ -661,10 +680,13 @@ class Deliveries:
 
     def send_pass(self, config: Config, now: float | None = None, post: Post | None = None,
                   until: float | None = None,
-                  should_stop: Callable[[], bool] = lambda: False) -> Pass:
+                  should_stop: Callable[[], bool] = lambda: False,
+                  config_file: Path | None = None) -> Pass:
         """Send every delivery due now (``until``: stop starting new ones after this
         time.monotonic(); ``should_stop``: asked before each one); what it did with each.
-        Only a :class:`Sender` calls it: it holds the sender lock."""
+        A delivery whose notice ``config`` lacks is set aside once ``config_file`` lacks
+        it too, settled (:func:`recheck`). Only a :class:`Sender` calls it: it holds the
+        sender lock."""
         post = post or _deliver
         delivered = tried = 0
         skipped = set()
@@ -673,7 +695,7 @@ class Deliveries:
                 break
             parsed = _parse(name)
             assert parsed is not None
-            done = self._send_one(name, parsed[1], parsed[2], config, post)
+            done = self._send_one(name, parsed[1], parsed[2], config, post, config_file)
             if done is Tried.SKIPPED:
                 skipped.add(name)
                 continue
@@ -703,7 +725,7 @@ class Deliveries:
             log.error("notices: the sender exited with status %d (see hostctl.log)", code)
 
     def _send_one(self, name: str, delivery: str, attempts: int, config: Config,
-                  post: Post) -> Tried:
+                  post: Post, config_file: Path | None = None) -> Tried:
         path = self.folder / name
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -726,6 +748,15 @@ class Deliveries:
                 # whatever the file holds, it is set aside: it never stops the others
                 return self._set_aside(name, f"unreadable: {exc}")
             hook = _hook(config, kind, name_of_hook)
+            if hook is None:
+                fresh, wait = recheck(config_file)
+                if wait > 0:  # config.toml changes this moment: it is asked again then
+                    os.rename(path, self.folder / _name(time.time() + wait, delivery,
+                                                        attempts))
+                    log.info("notices: delivery %s waits for config.toml to settle",
+                             delivery)
+                    return Tried.KEPT
+                hook = _hook(fresh, kind, name_of_hook) if fresh else None
             if hook is None:
                 return self._set_aside(name, f"no {kind} notice {name_of_hook!r} in "
                                              "config.toml any more")
@@ -779,7 +810,8 @@ class Deliveries:
 
 def send_notices(paths: Paths, config: Config) -> Sent:
     """``hostctl notify-send``: this process is the sender (see :class:`Sender`)."""
-    return Sender(Deliveries(paths.spool / "notify"), config).run()
+    return Sender(Deliveries(paths.spool / "notify"), config,
+                  config_file=paths.config_file).run()
 
 
 def start_sender(home: Path, *, stderr: bool) -> subprocess.Popen[bytes]:
@@ -836,9 +868,11 @@ class Sender:
 
     def __init__(self, deliveries: Deliveries, config: Config, within: float = SEND_FOR,
                  post: Post | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 config_file: Path | None = None) -> None:
         self.deliveries = deliveries
         self.config = config
+        self.config_file = config_file  # read again before a delivery is set aside
         self.within = within
         self.post = post
         self.clock = clock
@@ -890,7 +924,8 @@ class Sender:
                 last = Pass()
                 while not self._over(until):
                     last = self.deliveries.send_pass(
-                        self.config, post=self._post, should_stop=lambda: self._over(until))
+                        self.config, post=self._post, should_stop=lambda: self._over(until),
+                        config_file=self.config_file)
                     delivered, tried = delivered + last.delivered, tried + last.tried
                     if not last.tried:
                         break

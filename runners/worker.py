@@ -197,7 +197,7 @@ class Worker:
         self.on_delivery: Callable[[], object] = lambda: None
         self.notices = Notices(self.deliveries, lambda: self.config,
                                lambda task_id: self.queue.get(task_id),
-                               lambda: self.on_delivery())
+                               lambda: self.on_delivery(), paths.config_file)
 
     @classmethod
     def of(cls, home: Home, concurrency: int | None = None,

@@ -897,3 +897,73 @@ def test_a_foreground_run_that_finds_a_dead_workers_task_recovers_it_by_its_rule
     wait_for(lambda: receiver.got and not senders(home), 30, "the notice of the loss")
     exactly_once(receiver.docs(), [task])
     assert receiver.docs()[0]["outcome"] == "lost"
+
+
+# -- config.toml caught halfway through an editor's write ---------------------------------
+
+def test_a_notice_missing_from_a_config_toml_just_written_is_not_given_up(
+        run_hostctl: Any, home: Path, receiver: Receiver) -> None:
+    """A sender, and a runner's look at a dead maker's hold, that find no notice of a
+    delivery's name in the config in hand read config.toml again once it has settled:
+    until then the delivery waits, the hold stays; the notice found again is sent; gone
+    for good, the delivery is set aside and the hold dropped, as before."""
+    from hostctl.config import SETTLE
+    from hostctl.paths import Paths
+    from hostctl.runners import notify
+    from hostctl.runners.lifecycle import Home as OpsHome
+
+    configure(home, receiver.url)
+    good = (home / "config.toml").read_text()
+    save_sites(run_hostctl, home, ["a.example", "b.example"])
+    receiver.answers = [500]  # its first try fails: the delivery is due again later
+    first = add_task(run_hostctl, "fail", "@a.example")
+    once(home)
+    wait_for(lambda: receiver.got and not senders(home), 30, "the first try")
+    [due] = pending(home)
+    folder = home / "spool" / "notify"
+    _when, delivery, tries = notify._parse(due)  # type: ignore[misc]
+    os.rename(folder / due, folder / notify._name(time.time() - 1, delivery, tries))
+    (home / "config.toml").write_text("")  # an editor's write, caught halfway
+    ran = sender_run(home)
+    assert ran.returncode == 0, ran
+    assert not (folder / "failed").exists() and len(pending(home)) == 1
+    assert "waits for config.toml to settle" in hostctl_log(home)
+    (home / "config.toml").write_text(good)
+    time.sleep(SETTLE + 0.2)
+    wait_for(lambda: sender_run(home).returncode == 0 and len(receiver.got) == 2, 30,
+             "the delivery, once config.toml settled")
+    assert pending(home) == [] and receiver.docs()[1]["task"]["id"] == first
+
+    # a hold its maker left (killed once the end was recorded), looked at while
+    # config.toml is being written: kept; then found with the notice: due and sent
+    second = add_task(run_hostctl, "fail", "@b.example")
+    h = OpsHome(Paths(home))
+    assert run_hostctl("dispatch").code == 0
+    wait_for(lambda: len(receiver.got) == 3 and not senders(home), 30, "its own notice")
+    hold = folder / f"hold.{'b' * 20}.json"
+    hold.write_text(json.dumps({"task": second, "attempt": 1, "outcome": "error",
+                                "kind": "webhook", "hook": "panel"}) + "\n")
+    sent_before = len(receiver.got)
+    empty = Config()
+    notices = notify.Notices(Deliveries(folder), lambda: empty, h.queue.get,
+                             config_file=h.paths.config_file)
+    (home / "config.toml").write_text("")
+    assert notices.recover() == 0 and hold.exists()
+    (home / "config.toml").write_text(good)
+    time.sleep(SETTLE + 0.2)
+    assert notices.recover() == 1 and not hold.exists()
+    wait_for(lambda: sender_run(home).returncode == 0
+             and len(receiver.got) > sent_before, 30, "the held notice")
+
+    # gone for good (config.toml settled without it): the hold dropped, the delivery
+    # set aside
+    hold.write_text(json.dumps({"task": second, "attempt": 1, "outcome": "error",
+                                "kind": "webhook", "hook": "panel"}) + "\n")
+    write_config(home, {"queues": {"cron": {"enabled": False}}})
+    time.sleep(SETTLE + 0.2)
+    assert notices.recover() == 0 and not hold.exists()
+    d = Deliveries(folder)
+    d.add(Webhook("panel", receiver.url), "error", {"id": second})
+    ran = sender_run(home)
+    assert ran.returncode == 0, ran
+    assert pending(home) == [] and len(os.listdir(folder / "failed")) == 2  # (+ reason)

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from runnerhelpers import (
@@ -622,13 +623,29 @@ def test_step_sweeps_and_rescans_only_when_its_housekeeping_is_due(
             wq._close()
 
 
+@contextmanager
+def daemon_here(h: ops.Home, **kw: Any) -> Iterator[tuple[Any, Any]]:
+    """wait-queue's daemon in this process (its signal handlers given back after), its
+    first pass made: it and its worker."""
+    from hostctl.runners.daemon import WaitQueue
+
+    wq = WaitQueue(h, housekeeping_every=30, **kw)
+    with own_signal_handlers():
+        wq.start()
+        try:
+            assert wq.worker is not None
+            wq.step(wq.clock())
+            yield wq, wq.worker
+        finally:
+            wq._close()
+
+
 @pytest.mark.parametrize("change", ["pause", "config", "hup"])
 def test_a_task_that_ends_between_two_passes_frees_no_slot_the_next_pass_would_not(
         run_hostctl, home, tmp_path, change) -> None:
     """The next task starts in an ended task's slot before the daemon's next pass (see
     Worker._start_next), so the daemon's own conditions are asked there: the queue
     paused, config.toml changed or a HUP since the pass, and nothing starts."""
-    from hostctl.runners.daemon import WaitQueue
     from hostctl.runners.dispatcher import pause
 
     flag = tmp_path / "flag"
@@ -638,31 +655,48 @@ def test_a_task_that_ends_between_two_passes_frees_no_slot_the_next_pass_would_n
     save_sites(run_hostctl, home, ["a.example", "b.example"])
     slow = add_task(run_hostctl, "slow", "@a.example")
     h = ops.Home(Paths(home))
-    wq = WaitQueue(h, concurrency=1, housekeeping_every=30)
-    with own_signal_handlers():
-        wq.start()
-        try:
-            worker = wq.worker
-            assert worker is not None
-            wq.step(wq.clock())
-            assert len(worker.running) == 1
-            wait_for(lambda: Path(f"{flag}.started").exists(), 30, "the slow task to start")
-            # ready on another context: it would start the moment the slot frees
-            behind = add_task(run_hostctl, "verify", "@b.example")
-            if change == "pause":
-                pause(h, wait=False)
-            elif change == "config":
-                write_config(home, config)  # the same text, written again: a change
-            else:
-                os.kill(os.getpid(), signal.SIGHUP)
-                wait_for(lambda: wq.reload_requested, 10, "the HUP to be recorded")
-            Path(f"{flag}.go").touch()
-            while worker.running:
-                worker.wait(1.0)
-            assert status_of(run_hostctl, slow) == "success"
-            assert status_of(run_hostctl, behind) == "queued"
-        finally:
-            wq._close()
+    with daemon_here(h, concurrency=1) as (wq, worker):
+        assert len(worker.running) == 1
+        wait_for(lambda: Path(f"{flag}.started").exists(), 30, "the slow task to start")
+        # ready on another context: it would start the moment the slot frees
+        behind = add_task(run_hostctl, "verify", "@b.example")
+        if change == "pause":
+            pause(h, wait=False)
+        elif change == "config":
+            write_config(home, config)  # the same text, written again: a change
+        else:
+            os.kill(os.getpid(), signal.SIGHUP)
+            wait_for(lambda: wq.reload_requested, 10, "the HUP to be recorded")
+        Path(f"{flag}.go").touch()
+        while worker.running:
+            worker.wait(1.0)
+        assert status_of(run_hostctl, slow) == "success"
+        assert status_of(run_hostctl, behind) == "queued"
+
+
+def test_config_toml_caught_halfway_through_a_write_is_not_taken(run_hostctl, home) -> None:
+    """An editor that writes config.toml in place leaves it empty (or cut short) for a
+    moment: read then, it would be a home with no task types (or one that left its
+    cluster: wait-queue would exit). The daemon takes a change once the file has stood
+    SETTLE seconds unchanged, and wakes for it then."""
+    from hostctl.config import SETTLE
+
+    config = {"tasks": {"block": sh_task(BLOCKING, "/nonexistent/flag")},
+              "queues": {"cron": {"enabled": False}}}
+    write_config(home, config)
+    good = (home / "config.toml").read_text()
+    with daemon_here(ops.Home(Paths(home))) as (wq, worker):
+        (home / "config.toml").write_text("")  # the write, caught halfway
+        wq.step(wq.clock())
+        assert not wq.reload_requested and "block" in worker.registry.names()
+        assert 0 < wq.wake_in(wq.clock()) <= SETTLE
+        (home / "config.toml").write_text(good + '\n[worker]\nconcurrency = 3\n')
+        wq.step(wq.clock())
+        assert worker.concurrency == 2
+        time.sleep(SETTLE + 0.1)
+        wq.step(wq.clock())  # settled: taken
+        assert worker.concurrency == 3 and "block" in worker.registry.names()
+        assert wq.wake_in(wq.clock()) > SETTLE
 
 
 def no_inotify(tmp_path: Path) -> list[str]:

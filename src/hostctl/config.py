@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -200,6 +201,40 @@ class FieldNames(NamedTuple):
 
     known: frozenset[str]
     secret: frozenset[str]
+
+
+#: how long config.toml must stand unchanged before what it lacks is taken as removed:
+#: an editor that writes it in place leaves it empty, or cut short, for a moment (and a
+#: cut between two tables reads as a smaller file that is valid)
+SETTLE = 1.0
+
+
+def unsettled_for(path: Path) -> float:
+    """Seconds until ``path`` has stood SETTLE seconds unchanged (0: it has). A missing
+    file counts from its folder's last change (an editor that deletes it and writes it
+    anew)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        try:
+            st = os.stat(path.parent)
+        except OSError:
+            return 0.0
+    except OSError:
+        return 0.0
+    return max(0.0, max(st.st_mtime, st.st_ctime) + SETTLE - time.time())
+
+
+def settled(path: Path, fields: FieldNames) -> tuple[Config | None, float]:
+    """config.toml read afresh once it has stood SETTLE seconds unchanged: (it, 0); until
+    then, or while it does not read, (None, the seconds to wait before asking again)."""
+    wait = unsettled_for(path)
+    if wait > 0:
+        return None, wait
+    try:
+        return load(path, fields), 0.0
+    except MalformedFile:
+        return None, SETTLE
 
 
 def load(path: Path, fields: FieldNames) -> Config:
