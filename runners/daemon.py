@@ -65,7 +65,7 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 
-from hostctl.config import unsettled_for
+from hostctl.config import SETTLE, file_stamp, unsettled_for
 from hostctl.errors import HostctlError
 from hostctl.inotify import IN_CLOSE_WRITE, IN_MOVED_TO, Inotify
 from hostctl.queues.backend import Registration, Watch
@@ -112,6 +112,8 @@ class WaitQueue:
         self._pipe: tuple[int, int] | None = None
         self._config_seen: tuple[int, ...] | None = None
         self._settles_at: float | None = None  # (clock) config.toml changed, not settled
+        #: that change (its stamp) and since when (clock) this daemon has seen it
+        self._pending: tuple[tuple[int, ...] | None, float] | None = None
         self._last_failure = ""
         self.notifier = Notifier.from_environment()  # tasks must not inherit its socket
         self._next_ping = 0.0
@@ -134,6 +136,9 @@ class WaitQueue:
         worker.registry.names()  # look for plugin types now, not at the first pickup
         worker.prefetch = True  # claim one task ahead while tasks run (see Worker)
         worker.may_claim = self._may_claim
+        # a drop is judged by the configuration it was written for: none while a change
+        # of config.toml settles
+        worker.may_admit = lambda: self._settles_at is None
         self._start = self.clock()
         self._register_liveness()
         # a publish, a drop, a resume: wake at once (the worker's own queue, which a
@@ -184,6 +189,8 @@ class WaitQueue:
         if self.reload_requested:
             self.reload_requested = False
             self._reload()
+            if self._settles_at is None and worker.queue.has_submissions():
+                worker.admit()  # (the drops left while the change settled)
         if now >= self._next_housekeeping:
             self._next_housekeeping = now + self.housekeeping_every
             self._housekeeping()
@@ -198,8 +205,9 @@ class WaitQueue:
             worker.hold_off()  # a task claimed ahead goes back: nothing more starts
 
     def _may_claim(self) -> bool:
-        """May a task be claimed as one ends, between two passes? As the next pass would:
-        not stopping, the queue not paused, config.toml not changed since it was read."""
+        """May a task be claimed as one ends, between two passes? Not while stopping,
+        the queue paused, or config.toml changed since it was read (the next pass claims
+        with the configuration it has until the change settles)."""
         worker = self.worker
         return (worker is not None and not self.stopping(self.clock())
                 and not self.reload_requested and self._config_stamp() == self._config_seen
@@ -288,7 +296,7 @@ class WaitQueue:
             if self.reload_requested:
                 self.reload_requested = False
                 self._reload()
-            self.worker.admit()
+            self.worker.admit()  # (none while a change of config.toml settles)
 
     def _drain_pipe(self) -> None:
         assert self._pipe is not None
@@ -297,11 +305,7 @@ class WaitQueue:
                 pass
 
     def _config_stamp(self) -> tuple[int, ...] | None:
-        try:
-            st = os.stat(self.home.paths.config_file)
-        except OSError:
-            return None
-        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        return file_stamp(self.home.paths.config_file)
 
     def _follow_config(self) -> None:
         """Ask for a reload when config.toml changed since it was last read, once it has
@@ -310,17 +314,24 @@ class WaitQueue:
         the loop wakes when it will have."""
         stamp = self._config_stamp()
         if stamp == self._config_seen:
-            self._settles_at = None
+            self._settles_at = self._pending = None
             return
-        wait = unsettled_for(self.home.paths.config_file)
+        now = self.clock()
+        if self._pending is None or self._pending[0] != stamp:
+            self._pending = (stamp, now)  # this change, seen since now
+        # settled by the wall clock, or seen unchanged for SETTLE here (a file dated
+        # ahead of the clock)
+        wait = min(unsettled_for(self.home.paths.config_file),
+                   self._pending[1] + SETTLE - now)
         if wait > 0:
-            self._settles_at = self.clock() + wait
+            self._settles_at = now + wait
             return
-        self._settles_at = None
+        self._settles_at = self._pending = None
         self._config_seen = stamp
         self.reload_requested = True
 
     def _reload(self) -> None:
+        stamp = self._config_stamp()
         fresh = Home(self.home.paths)
         try:
             self._check_notices(fresh)
@@ -328,6 +339,9 @@ class WaitQueue:
         except HostctlError as exc:
             log.error("config not reloaded: %s", exc)
             return
+        if self._config_stamp() != stamp:  # written again as it was read: once settled
+            return
+        self._config_seen = stamp  # (a HUP's reload too: the config read is this one)
         assert self.worker is not None
         if fresh.config.cluster.dsn != self.home.config.cluster.dsn or (
                 fresh.config.cluster.server != self.home.config.cluster.server):

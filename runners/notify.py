@@ -219,14 +219,15 @@ def _hooks(config: Config) -> list[Webhook | Email]:
     return [*config.webhooks.values(), *config.emails.values()]
 
 
-def recheck(config_file: Path | None) -> tuple[Config | None, float]:
-    """config.toml as it stands once settled (hostctl.config.settled), read again before
-    a delivery or a hold is given up for a notice the config in hand lacks (it may have
-    been read from an editor's write caught halfway): (it, 0); (None, seconds) until it
-    settles or reads; (None, 0) without a file to read (the config in hand stands)."""
+def recheck(config_file: Path | None, wait: bool = False) -> tuple[Config | None, float]:
+    """config.toml as it stands once settled (hostctl.config.settled; ``wait``: waited
+    for), read again before a delivery or a hold is given up for a notice the config in
+    hand lacks (it may have been read from an editor's write caught halfway): (it, 0);
+    (None, seconds) while it does not settle or read; (None, 0) without a file to read
+    (the config in hand stands)."""
     if config_file is None:
         return None, 0.0
-    return settled(config_file, field_names())
+    return settled(config_file, field_names(), wait=wait)
 
 
 def _hook(config: Config, kind: str, name: str) -> Webhook | Email | None:
@@ -749,13 +750,11 @@ class Deliveries:
                 return self._set_aside(name, f"unreadable: {exc}")
             hook = _hook(config, kind, name_of_hook)
             if hook is None:
-                fresh, wait = recheck(config_file)
-                if wait > 0:  # config.toml changes this moment: it is asked again then
-                    os.rename(path, self.folder / _name(time.time() + wait, delivery,
-                                                        attempts))
+                fresh, wait = recheck(config_file, wait=True)
+                if wait > 0:  # config.toml keeps changing: the next sender looks again
                     log.info("notices: delivery %s waits for config.toml to settle",
                              delivery)
-                    return Tried.KEPT
+                    return Tried.SKIPPED
                 hook = _hook(fresh, kind, name_of_hook) if fresh else None
             if hook is None:
                 return self._set_aside(name, f"no {kind} notice {name_of_hook!r} in "

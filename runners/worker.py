@@ -181,6 +181,9 @@ class Worker:
         #: whether a task may be claimed now, between two passes of the loop that runs
         #: this worker (not stopping, the queue not paused): asked when a child ends
         self.may_claim: Callable[[], bool] = lambda: True
+        #: whether submissions may be judged now (the daemon: not while a change of its
+        #: configuration settles)
+        self.may_admit: Callable[[], bool] = lambda: True
         #: how long the last attempt of each task type ran (seconds, by this worker)
         self.took: dict[str, float] = {}
         # attempts ended and recorded, whose log line and count wait until the next task
@@ -234,6 +237,8 @@ class Worker:
         self.admit()
 
     def admit(self) -> None:
+        if not self.may_admit():
+            return
         for note in self.queue.admit(self._check):
             log.info("%s", note)
 

@@ -697,6 +697,45 @@ def test_config_toml_caught_halfway_through_a_write_is_not_taken(run_hostctl, ho
         wq.step(wq.clock())  # settled: taken
         assert worker.concurrency == 3 and "block" in worker.registry.names()
         assert wq.wake_in(wq.clock()) > SETTLE
+        # dated an hour ahead of the clock (a clock set back): taken once seen unchanged
+        # for SETTLE seconds here
+        (home / "config.toml").write_text(good + '\n[worker]\nconcurrency = 4\n')
+        ahead = time.time() + 3600
+        os.utime(home / "config.toml", (ahead, ahead))
+        wq.step(wq.clock())
+        assert worker.concurrency == 3 and 0 < wq.wake_in(wq.clock()) <= SETTLE
+        time.sleep(SETTLE + 0.1)
+        wq.step(wq.clock())
+        assert worker.concurrency == 4
+
+
+def test_when_config_toml_counts_as_settled(tmp_path: Path) -> None:
+    """A file changed a moment ago is not settled yet, one dated ahead of the clock counts
+    as just changed (never longer: whoever watches it stand takes it), and a link whose
+    target is being written anew (missing for a moment) counts from the change of the
+    target's folder, not from the link's."""
+    from hostctl.config import SETTLE, unsettled_for, wait_settled
+
+    cfg = tmp_path / "config.toml"
+    cfg.write_text("")
+    assert 0 < unsettled_for(cfg) <= SETTLE
+    ahead = time.time() + 3600
+    os.utime(cfg, (ahead, ahead))
+    assert unsettled_for(cfg) == SETTLE
+    began = time.monotonic()
+    assert wait_settled(cfg)  # seen unchanged here for SETTLE seconds
+    assert time.monotonic() - began >= SETTLE
+    target = tmp_path / "etc"
+    target.mkdir()
+    (target / "config.toml").write_text("")
+    link = tmp_path / "home" / "config.toml"
+    link.parent.mkdir()
+    link.symlink_to(target / "config.toml")
+    time.sleep(SETTLE + 0.1)
+    assert unsettled_for(link) == 0
+    (target / "config.toml").unlink()  # its target being written anew
+    assert 0 < unsettled_for(link) <= SETTLE
+    assert not wait_settled(link, patience=0.2)
 
 
 def no_inotify(tmp_path: Path) -> list[str]:

@@ -203,38 +203,81 @@ class FieldNames(NamedTuple):
     secret: frozenset[str]
 
 
-#: how long config.toml must stand unchanged before what it lacks is taken as removed:
+#: how long config.toml must stand unchanged before it is taken for the configuration:
 #: an editor that writes it in place leaves it empty, or cut short, for a moment (and a
 #: cut between two tables reads as a smaller file that is valid)
 SETTLE = 1.0
+#: the most a runner waits, at its start, for config.toml to settle
+SETTLE_PATIENCE = 5.0
+
+
+def file_stamp(path: Path) -> tuple[int, ...] | None:
+    """What changes with config.toml's content (device, inode, size, mtime, ctime, of
+    the file a link leads to); None while there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def unsettled_for(path: Path) -> float:
-    """Seconds until ``path`` has stood SETTLE seconds unchanged (0: it has). A missing
-    file counts from its folder's last change (an editor that deletes it and writes it
-    anew)."""
+    """Seconds until ``path`` has stood SETTLE seconds unchanged by the wall clock (0: it
+    has), at most SETTLE. A missing file (or a link whose target is being written anew)
+    counts from the last change of the folder it would be in; a change dated ahead of the
+    clock (a clock set back, a copy that kept a future time) as one just made: whoever
+    watches it stand SETTLE seconds on a clock of its own (:func:`wait_settled`, the
+    daemon) takes it then."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
         try:
-            st = os.stat(path.parent)
+            st = os.stat(os.path.dirname(os.path.realpath(path)))
         except OSError:
             return 0.0
     except OSError:
         return 0.0
-    return max(0.0, max(st.st_mtime, st.st_ctime) + SETTLE - time.time())
+    age = time.time() - max(st.st_mtime, st.st_ctime)
+    return SETTLE if age < 0 else max(0.0, SETTLE - age)
 
 
-def settled(path: Path, fields: FieldNames) -> tuple[Config | None, float]:
-    """config.toml read afresh once it has stood SETTLE seconds unchanged: (it, 0); until
-    then, or while it does not read, (None, the seconds to wait before asking again)."""
-    wait = unsettled_for(path)
-    if wait > 0:
-        return None, wait
+def wait_settled(path: Path, patience: float = SETTLE_PATIENCE) -> bool:
+    """Wait, ``patience`` seconds at most, until ``path`` has settled: by the wall clock
+    (:func:`unsettled_for`), or seen unchanged for SETTLE seconds here. Whether it did."""
+    began = seen_since = time.monotonic()
+    seen = file_stamp(path)
+    while True:
+        now = time.monotonic()
+        wait = min(unsettled_for(path), seen_since + SETTLE - now)
+        if wait <= 0:
+            return True
+        if now - began >= patience:
+            return False
+        time.sleep(min(wait, 0.1, max(0.0, began + patience - now)))
+        stamp = file_stamp(path)
+        if stamp != seen:
+            seen, seen_since = stamp, time.monotonic()
+
+
+def settled(path: Path, fields: FieldNames, wait: bool = False) -> tuple[Config | None, float]:
+    """config.toml read afresh once it has settled (with ``wait``: waited for, as
+    :func:`wait_settled`), and not changed while it was read: (it, 0); else (None, the
+    seconds to wait before asking again)."""
+    if wait:
+        if not wait_settled(path):
+            return None, SETTLE
+    else:
+        left = unsettled_for(path)
+        if left > 0:
+            return None, left
+    before = file_stamp(path)
     try:
-        return load(path, fields), 0.0
+        config = load(path, fields)
     except MalformedFile:
         return None, SETTLE
+    if file_stamp(path) != before:
+        return None, SETTLE
+    return config, 0.0
 
 
 def load(path: Path, fields: FieldNames) -> Config:
