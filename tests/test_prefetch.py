@@ -21,6 +21,14 @@ from hostctl.runners.worker import HOLD_AHEAD, Worker, _exited
 WAIT = 'echo started; while [ ! -e "$0" ]; do sleep 0.02; done; echo done'
 
 
+@pytest.fixture(params=["spool", "postgresql"])
+def dsn(request: pytest.FixtureRequest) -> str:
+    """The queue a test runs on: "" for the spool, else a fresh cluster database's DSN."""
+    if request.param == "spool":
+        return ""
+    return new_database(request.getfixturevalue("pg_server"), "prefetch", init=True)
+
+
 def worker_for(home: Path, clock=None) -> Worker:
     h = ops.Home(Paths(home))
     kw = {"clock": clock} if clock else {}
@@ -76,17 +84,13 @@ def test_the_next_task_is_claimed_ahead_and_started_when_the_running_one_ends(
     assert len(task_json(run_hostctl, second)["attempts"]) == 1
 
 
-@pytest.mark.parametrize("backend", ["spool", "postgresql"])
 def test_no_task_is_claimed_ahead_of_one_whose_type_runs_long(
-        run_hostctl, home: Path, tmp_path: Path, backend: str,
-        request: pytest.FixtureRequest) -> None:
+        run_hostctl, home: Path, tmp_path: Path, dsn: str) -> None:
     """A claim ahead would be given back before such a task ends: none is made; the
     next task is claimed as the task ends, and started in its slot before that task's
     end is recorded. A type whose last attempt ran short is claimed ahead of. The same
     on the cluster's queue."""
     go = tmp_path / "go"
-    dsn = (new_database(request.getfixturevalue("pg_server"), "prefetch", init=True)
-           if backend == "postgresql" else "")
     first, second = wait_then_ok(run_hostctl, home, go,
                                  ("a.example", "b.example", "c.example"), dsn)
     now = [0.0]
@@ -145,17 +149,13 @@ def test_the_next_task_is_claimed_ahead_shortly_before_the_running_one_should_en
     assert len(task_json(run_hostctl, second)["attempts"]) == 1
 
 
-@pytest.mark.parametrize("backend", ["spool", "postgresql"])
 def test_tasks_that_end_at_once_have_their_slots_filled_and_no_more(
-        run_hostctl, home: Path, tmp_path: Path, backend: str,
-        request: pytest.FixtureRequest) -> None:
+        run_hostctl, home: Path, tmp_path: Path, dsn: str) -> None:
     """Two slots whose tasks end in one wake of the loop: each exit starts one task in
     its slot before that end is recorded, and never is a third started while two run
     (an ended task counts as running until its exit is seen)."""
     go = tmp_path / "go"
     sites = ("a.example", "b.example", "c.example", "d.example", "e.example")
-    dsn = (new_database(request.getfixturevalue("pg_server"), "prefetch", init=True)
-           if backend == "postgresql" else "")
     configure(run_hostctl, home, go, sites, dsn)
     first, second = (add_task(run_hostctl, "wait", f"@{site}") for site in sites[:2])
     more = [add_task(run_hostctl, "ok", f"@{site}") for site in sites[2:]]
