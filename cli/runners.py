@@ -68,14 +68,14 @@ def notify_send(ctx: typer.Context) -> int:
     import logging
 
     from hostctl.cli.begin import file_log
-    from hostctl.config import wait_settled
+    from hostctl.config import wait_if_emptied
     from hostctl.runners.notify import send_notices
 
     st = state(ctx)
     # first: a sender that dispatch left at work writes to /dev/null, and to hostctl.log
     file_log(st)
     try:
-        wait_settled(st.paths.config_file)  # not an editor's write caught halfway
+        wait_if_emptied(st.paths.config_file)  # not an editor's write caught halfway
         sent = send_notices(st.paths, Home(st.paths).config)
     except Exception as exc:
         why = exc.message if isinstance(exc, HostctlError) else f"{type(exc).__name__}: {exc}"

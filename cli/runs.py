@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 from hostctl.cli.begin import State, file_log
-from hostctl.config import wait_settled
+from hostctl.config import wait_if_emptied
 from hostctl.errors import ExitStatus
 from hostctl.runners.daemon import WaitQueue, drain_once
 from hostctl.runners.dispatcher import Dispatcher
@@ -20,7 +20,7 @@ def dispatch(st: State, force: bool = False, queue: str | None = None,
              server: str | None = None) -> int:
     """One pass from cron: sweep lost tasks, run every queue that is due, wait, exit."""
     file_log(st)
-    wait_settled(st.paths.config_file)  # not an editor's write caught halfway
+    wait_if_emptied(st.paths.config_file)  # not an editor's write caught halfway
     home = Home(st.paths, server or "")
     home.check_server()
     report = Dispatcher(home).run(force=force, only=queue)  # logs each queue
@@ -32,7 +32,7 @@ def wait_queue(st: State, max_runtime: float = 3600.0, concurrency: int | None =
                server: str | None = None) -> int:
     """The daemon: run each task as soon as it is queued (under Supervisor or systemd)."""
     file_log(st)
-    wait_settled(st.paths.config_file)  # not an editor's write caught halfway
+    wait_if_emptied(st.paths.config_file)  # not an editor's write caught halfway
     home = Home(st.paths, server or "")
     home.check_server()
     if once:

@@ -8,7 +8,10 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Callable, Iterable, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -178,3 +181,27 @@ def wait_exit(proc: subprocess.Popen[bytes], timeout: float, what: str) -> int:
     except subprocess.TimeoutExpired:
         raise AssertionError(f"{what} (pid {proc.pid}) still runs after {timeout:g} s") \
             from None
+
+
+@contextmanager
+def written_in_place(config: Path, text: str, seconds: float = 2.0) -> Iterator[None]:
+    """config.toml written in place, slowly, by another thread: empty (written again every
+    0.2 s) for ``seconds``, then ``text``; the block runs once the emptying has begun, and
+    the writer is done when it is left."""
+    begun = threading.Event()
+
+    def write() -> None:
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            config.write_text("")
+            begun.set()
+            time.sleep(0.2)
+        config.write_text(text)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        begun.wait(10)
+        yield
+    finally:
+        writer.join()

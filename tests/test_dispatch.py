@@ -25,6 +25,7 @@ from runnerhelpers import (
     wait_exit,
     wait_for,
     write_config,
+    written_in_place,
 )
 
 
@@ -440,3 +441,19 @@ def test_built_in_cron_and_backup_go_only_to_sites_that_want_them(
                       ("cron", "@app.example")], queued
     assert all(t["status"] == "success" for t in tasks), tasks
     assert ran.read_text() == "app.example\n"
+
+
+def test_a_dispatch_started_as_config_toml_is_written_in_place_runs_by_the_whole_file(
+        run_hostctl, home, hostctl_process) -> None:
+    """An editor writing config.toml in place cuts it to nothing first: a dispatch that
+    starts then waits for the file to settle, and runs the queued task by the type the
+    whole file declares (read empty, the type would be unknown: the task would wait)."""
+    write_config(home, {"tasks": {"hello": sh_task("echo hello")},
+                        "queues": {"cron": {"enabled": False}}})
+    good = (home / "config.toml").read_text()
+    save_sites(run_hostctl, home, ["a.example"])
+    task = add_task(run_hostctl, "hello", "@a.example")
+    with written_in_place(home / "config.toml", good):
+        ran = hostctl_process("dispatch")
+    assert ran.returncode == 0, ran.stderr
+    assert status_of(run_hostctl, task) == "success"

@@ -43,6 +43,7 @@ from runnerhelpers import (
     wait_exit,
     wait_for,
     write_config,
+    written_in_place,
 )
 
 from hostctl.config import Config, Webhook
@@ -923,23 +924,8 @@ def test_a_notice_missing_from_a_config_toml_just_written_is_not_given_up(
     folder = home / "spool" / "notify"
     _when, delivery, tries = notify._parse(due)  # type: ignore[misc]
     os.rename(folder / due, folder / notify._name(time.time() - 1, delivery, tries))
-    writing = threading.Event()
-
-    def slow_write() -> None:  # in place, in steps: empty for two seconds, then whole
-        until = time.monotonic() + 2 * SETTLE
-        while time.monotonic() < until:
-            (home / "config.toml").write_text("")
-            writing.set()
-            time.sleep(0.2)
-        (home / "config.toml").write_text(good)
-
-    writer = threading.Thread(target=slow_write)
-    writer.start()
-    try:
-        writing.wait(10)
+    with written_in_place(home / "config.toml", good, 2 * SETTLE):
         ran = sender_run(home)  # started while config.toml is empty
-    finally:
-        writer.join()
     assert ran.returncode == 0, ran
     assert not (folder / "failed").exists(), os.listdir(folder / "failed")
     assert pending(home) == [] and len(receiver.got) == 2

@@ -259,6 +259,19 @@ def wait_settled(path: Path, patience: float = SETTLE_PATIENCE) -> bool:
             seen, seen_since = stamp, time.monotonic()
 
 
+def wait_if_emptied(path: Path) -> bool:
+    """At a runner's start: while config.toml is empty (the moment an editor writing it
+    in place has cut it to nothing), wait for it to settle as :func:`wait_settled` does;
+    a file with content is taken at once (whatever changes after, the daemon takes once
+    settled, and nothing is given up for a notice it lacks before a settled look)."""
+    try:
+        if os.stat(path).st_size > 0:
+            return True
+    except OSError:
+        return True  # none: the defaults, as ever
+    return wait_settled(path)
+
+
 def settled(path: Path, fields: FieldNames, wait: bool = False) -> tuple[Config | None, float]:
     """config.toml read afresh once it has settled (with ``wait``: waited for, as
     :func:`wait_settled`), and not changed while it was read: (it, 0); else (None, the
