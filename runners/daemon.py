@@ -189,7 +189,7 @@ class WaitQueue:
         if self.reload_requested:
             self.reload_requested = False
             self._reload()
-            if self._settles_at is None and worker.queue.has_submissions():
+            if worker.queue.has_submissions():
                 worker.admit()  # (the drops left while the change settled)
         if now >= self._next_housekeeping:
             self._next_housekeeping = now + self.housekeeping_every
