@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import hostctl_exe
-from pghelpers import SECRET
+from pghelpers import SECRET, AnswersHeld
 from provisionhelpers import Lab, PgCluster, world_readable_dir
 from taskhelpers import write_config
 
@@ -844,6 +844,28 @@ def test_a_commit_that_fails_in_a_flushed_write_leaves_the_session_usable(dsn: s
             db.rows_heard_first("INSERT INTO at_commit SELECT 1 FROM " + ASYNC + " AS lazy")
         assert db.rows("SELECT count(*) FROM at_commit") == [(0,)]
     db.close()
+
+
+def test_a_flushed_write_sends_its_flush_before_it_reads_an_answer(pg: PgCluster,
+                                                                   dsn: str) -> None:
+    """The write and the transaction that flushes it go to the server in one round
+    trip: the flush is on its way before the client reads the write's answer, so the
+    server starts the flush as soon as the write is committed (and heard by its
+    listeners), without waiting for this process to read and answer. A proxy holds the
+    server's answers until it has seen the flush's statement."""
+    from hostctl.database import ASYNC, FLUSH, Session
+
+    proxy = AnswersHeld(pg.port, FLUSH.split("(")[0].split()[-1].encode())
+    db = Session(proxy.dsn(dsn))
+    try:
+        db.rows("CREATE TABLE flushed (x int)")
+        proxy.hold()
+        db.rows_heard_first("INSERT INTO flushed SELECT 1 FROM " + ASYNC + " AS lazy")
+        assert not proxy.waited_out, "the flush was sent only after an answer was read"
+        assert db.rows("SELECT count(*) FROM flushed") == [(1,)]
+    finally:
+        db.close()
+        proxy.close()
 
 
 def test_the_clusters_counts_and_depths_are_the_databases(tmp_path: Path, dsn: str) -> None:

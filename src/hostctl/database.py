@@ -188,13 +188,20 @@ class Session:
         was said to the caller, and whoever acts on the row before must make a
         synchronous commit of its own first (its flush, too, takes this one). Never
         tried again: the write may have been done before a connection broke (the caller
-        looks). A connection a failure came through is not used again."""
+        looks). A connection a failure came through is not used again.
+
+        The first transaction is ended by its own COMMIT inside the pipeline, not by a
+        pipeline sync: psycopg's ``Pipeline.sync()`` waits for the answers before the
+        next statement is sent, which cost the flush a round trip through this process
+        (the server runs the second transaction right after the first; PostgreSQL 15
+        and later tell listeners at the COMMIT, earlier ones at the sync)."""
         conn = self.connection()
         try:
-            with conn.pipeline() as pipeline:
+            with conn.pipeline():
+                conn.execute("BEGIN")
                 cur = conn.execute(query, params)
-                pipeline.sync()  # its own transaction: committed (and heard) here
-                conn.execute(flush, flush_params)
+                conn.execute("COMMIT")  # committed (and heard) here
+                conn.execute(flush, flush_params)  # its own transaction, ended by the sync
             return cur.fetchall() if cur.description is not None else []
         except psycopg.Error as exc:
             # what a failed pipeline leaves unread (its other results, its mode) would
