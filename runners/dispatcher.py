@@ -30,7 +30,7 @@ from hostctl.provision.secrets import FileSecrets
 from hostctl.queues.model import Status
 from hostctl.runners import lifecycle as ops
 from hostctl.runners.home import Home
-from hostctl.runners.notify import Deliveries, Notices
+from hostctl.runners.notify import FLUSH_WAIT, Deliveries, Notices
 from hostctl.runners.periodic import (
     Computed,
     QueueState,
@@ -90,6 +90,9 @@ def pause(home: Home, wait: bool = True, poll: float = 0.2,
     for note in recovered:
         log.warning("%s", note)
     notices.recover()
+    # the ends waited for, and those the sweep recorded, are told now (with only cron's
+    # dispatch, not at the next resume); without ``wait``, the sender goes on alone
+    notices.deliveries.flush(home.paths.home, within=FLUSH_WAIT if wait else 0.0)
     return PauseResult(len(first), recovered)
 
 
@@ -247,8 +250,10 @@ class Dispatcher:
             if self.home.queue.paused():
                 report.paused = True
                 log.info("the queue is paused")
-                return report
-            self.run_due(worker, report, force, only)
+            else:
+                self.run_due(worker, report, force, only)
+            # the notices of tasks that ended, paused or not: a pause stops tasks, not
+            # the word of those that ran (nor their deliveries' next tries)
             worker.deliveries.flush(self.home.paths.home)
         return report
 

@@ -62,7 +62,8 @@ work starts one, the hidden ``hostctl --home HOME notify-send``, in a session of
 /dev/null, its log lines in hostctl.log, which it opens before anything else, so that
 its failures are written there too). The daemon does so from a thread of its own and
 waits for it, one at a time (its stderr is the daemon's); ``dispatch`` and ``wait-queue
---once`` before they exit, waiting for it FLUSH_WAIT seconds at most and leaving it at
+--once`` before they exit (on a paused queue too), and ``queue pause`` for the ends it
+waited for or recorded, waiting for it FLUSH_WAIT seconds at most and leaving it at
 work after that, its stderr /dev/null (whoever reads the runner's output to its end,
 cron's mail or a front end, is not kept waiting for it); a runner that waited for its
 sender's end logs a failed exit. So a runner killed, even with ``kill -9``, never cuts a

@@ -256,6 +256,56 @@ def test_a_receiver_that_is_down_gets_it_once_it_is_back(
         back.close()
 
 
+def test_a_paused_queue_still_tells_of_its_ended_tasks_with_only_cron(
+        run_hostctl: Any, home: Path, receiver: Receiver) -> None:
+    """A pause stops tasks, not their notices: a delivery that failed before the pause
+    is tried again by cron's dispatch while the queue stays paused."""
+    port = receiver.port
+    receiver.close()  # down: the first try fails
+    configure(home, f"http://127.0.0.1:{port}/hook")
+    save_sites(run_hostctl, home, ["a.example"])
+    task = add_task(run_hostctl, "fail", "@a.example")
+    add_task(run_hostctl, "ok", "@a.example")
+    once(home)
+    assert len(pending(home)) == 1
+    assert run_hostctl("queue", "pause").code == 0
+    queued = add_task(run_hostctl, "fail", "@a.example")
+    back = Receiver(port)
+    try:
+        time.sleep(1.2)  # the backoff before the second try
+        res = run_hostctl("dispatch")
+        assert res.code == 0, res
+        wait_for(lambda: len(back.got) == 1, 10, "the delivery")
+        assert back.docs()[0]["task"]["id"] == task and pending(home) == []
+        assert status_of(run_hostctl, queued) == "queued"  # and nothing started
+    finally:
+        back.close()
+
+
+def test_a_pause_tells_of_the_tasks_it_finds_lost(
+        run_hostctl: Any, home: Path, receiver: Receiver, procs: Procs) -> None:
+    """``queue pause`` records the end of a task whose worker died (its sweep): that
+    notice goes out then, not at the next resume (with only cron's dispatch there is no
+    daemon to send it, and a dispatch on a paused queue starts nothing)."""
+    write_config(home, {
+        "queues": {"cron": {"enabled": False}},
+        "worker": {"backoff_base": 3600, "backoff_max": 3600},
+        "tasks": {"slow": {"command": ["sleep", "120"], "context_types": ["site"]}},
+        "notify": {"webhooks": {"panel": {"url": receiver.url, "outcomes": ["lost"]}}}})
+    save_sites(run_hostctl, home, ["a.example"])
+    lost = add_task(run_hostctl, "slow", "@a.example")
+    killed = procs.start("wait-queue", "--once")
+    wait_for(lambda: task_json(run_hostctl, lost)["attempts"], 60, "the task to start")
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    res = run_hostctl("queue", "pause")
+    assert res.code == 0, res
+    assert "died during attempt 1" in res.err
+    wait_for(lambda: len(receiver.got) == 1, 30, "the notice of the loss")
+    exactly_once(receiver.docs(), [lost])
+    assert receiver.docs()[0]["outcome"] == "lost"
+
+
 def test_a_kill_9_storm_of_the_daemon_sends_each_delivery_exactly_once(
         run_hostctl: Any, home: Path, procs: Procs) -> None:
     slow = Receiver(delay=0.3)  # each answer takes a while: kills land mid-request
