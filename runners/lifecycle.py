@@ -4,6 +4,7 @@ and ``provision-TYPE`` do, returning values for the CLI to render.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import time
@@ -25,9 +26,11 @@ from hostctl.queues.model import (
     new_id,
 )
 from hostctl.runners.home import Home
+from hostctl.runners.notify import Deliveries, Notices, life
 from hostctl.times import parse_iso, utc_iso
 
 MAX_DELAY = 366 * 86400
+_DIE_BEFORE_CANCEL = os.environ.get("HOSTCTL_TEST_DIE_BEFORE_CANCEL") == "1"
 
 
 @dataclass(frozen=True)
@@ -125,9 +128,23 @@ def cancel(home: Home, task_id: str, grace: float | None = None) -> Task:
     task = queue.get(task_id)
     if task.status.finished:
         raise Conflict(f"task {task_id} has already ended ({task.status.label})")
-    done = queue.cancel_queued(task_id)
+    # a cancel before the task started ends it: its notices are held first, as a
+    # worker's are before it records an end (runners/notify.py)
+    notices = Notices(Deliveries(home.paths.spool / "notify"), lambda: home.config,
+                      queue.get, config_file=home.paths.config_file)
+    held = notices.hold(task.id, task.envelope.type, 0, "cancelled", cancel_of_life=life(task))
+    if _DIE_BEFORE_CANCEL:  # tests only: held, the cancel not recorded
+        os.kill(os.getpid(), signal.SIGKILL)
+    try:
+        done = queue.cancel_queued(task_id)
+    except BaseException:
+        notices.release(held)  # recorded or not: the next sweep's recovery finds out
+        raise
     if done is not None:
+        if notices.complete(held):
+            notices.deliveries.flush(home.paths.home, within=0.0)  # it goes on alone
         return done
+    notices.withdraw(held)  # not queued any more: its end is a worker's to tell
     task = queue.get(task_id)
     if task.status.finished:
         return task

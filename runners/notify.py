@@ -30,24 +30,30 @@ recorded, the maker reads the task and appends the delivery (the line a due deli
 holds) to the same file, fsyncs it and renames it to ``DUE.ID.0.json``: one inode, a hold
 or a due delivery, never both. The queues' own recovery of a dead worker's task (its
 sweep: a loss, a retry, a cancel) records ends too: it tells them to the runner first
-(``QueueBackend.sweep``'s ``ends``), which makes the same holds around them.
+(``QueueBackend.sweep``'s ``ends``), which makes the same holds around them. So does
+``task cancel`` of a task that has not started (runners/lifecycle.py): its hold has
+attempt 0 and the task's life (:func:`life`: how many times it was queued again by hand;
+``cancel.N`` stands for the attempt in its delivery id), and is withdrawn if the task
+was no longer queued (its end is then a worker's to tell).
 
-Recovery (:meth:`Notices.recover`, after the queue's sweep, which every runner makes when
-it starts and the daemon at each housekeeping pass): each hold whose lock can be taken
-(its maker is gone) is settled. One that holds its delivery becomes due. Else the task is
-read: the attempt's end recorded as the hold's outcome makes the delivery (the task as
-the record says; dropped if the hook is gone or wants that outcome no more); recorded as
-another outcome, it was a recovery's end, which made its own holds: dropped; no end
-recorded, dropped (the queue's recovery ends that attempt, and makes its own hold); the
-task gone (retention), dropped once no look has found it for GONE_AFTER seconds (a task
-moving between the spool's folders may be missed by one). A task that cannot be read now
-(the cluster's database away) keeps its hold for the next sweep. A worker whose claim was
-taken over (the cluster: it did not record that end; whoever took it did, with its own
-notices) removes its holds. Anything under a hold's name that cannot be one (not a
-regular file, not its line) goes to failed/; a name that is not a delivery's exactly
-(13 and 20 hex digits) is passed over by the senders. A hold of the same id that is in the way of a
-new one (its maker died before its end was recorded) is dropped under its lock (made due
-if it holds a delivery). Stale ``.hold.*.tmp`` files go after STALE_TMP seconds.
+Recovery (:meth:`Notices.recover`, after the queue's sweep, which every runner makes
+when it starts and the daemon at each housekeeping pass): each hold whose lock can be
+taken (its maker is gone) is settled. One that holds its delivery becomes due. Else the
+task is read: the attempt's end recorded as the hold's outcome makes the delivery (the
+task as the record says; dropped if the hook is gone or wants that outcome no more);
+recorded as another outcome, it was a recovery's end, which made its own holds: dropped
+(a cancel's hold: made due if that life of the task ended in a cancel before a start,
+else dropped as not recorded); no end recorded, dropped (the queue's recovery ends that
+attempt, and makes its own hold); the task gone (retention), dropped once no look has
+found it for GONE_AFTER seconds (a task moving between the spool's folders may be missed
+by one). A task that cannot be read now (the cluster's database away) keeps its hold for
+the next sweep. A worker whose claim was taken over (the cluster: it did not record that
+end; whoever took it did, with its own notices) removes its holds. Anything under a
+hold's name that cannot be one (not a regular file, not its line) goes to failed/; a
+name that is not a delivery's exactly (13 and 20 hex digits) is passed over by the
+senders. A hold of the same id that is in the way of a new one (its maker died before
+its end was recorded) is dropped under its lock (made due if it holds a delivery). Stale
+``.hold.*.tmp`` files go after STALE_TMP seconds.
 
 So a kill -9 of a worker or a sweep at any moment loses no notice of an end it recorded:
 the hold is on disk before the end is. What is lost is what is lost with the host: a
@@ -204,11 +210,41 @@ def _parse(name: str) -> tuple[float, str, int] | None:
     return int(parts[0], 16) / 1000, parts[1], int(parts[2])
 
 
-def delivery_id(task_id: str, attempt: int, kind: str, hook: str) -> str:
+def delivery_id(task_id: str, attempt: int | str, kind: str, hook: str) -> str:
     """The id of the notice of one attempt's end to one hook: the same whoever writes it
-    (``attempt``: the serial number of the attempt's ``start`` among the task's)."""
+    (``attempt``: the serial number of the attempt's ``start`` among the task's; for a
+    cancel before any start, ``cancel.N``, N its :func:`life`)."""
     key = "\0".join((task_id, str(attempt), kind, hook))
     return hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+def life(task: Task) -> int:
+    """How many times the task was queued again by hand (``task retry``): a task is
+    cancelled before it starts at most once in each of its lives."""
+    return sum(1 for ev in task.events if ev.get("event") == "retry")
+
+
+def cancelled_queued(task: Task, number: int) -> bool:
+    """Whether the task's life ``number`` (:func:`life`) ended in a cancel before any
+    attempt of it started: its last ``end`` is a cancel with no ``start`` since the end
+    before it (every attempt's end follows its start)."""
+    lives = 0
+    started = ended_cancelled = False
+    for ev in task.events:
+        kind = ev.get("event")
+        if kind == "retry":
+            if lives == number:
+                break
+            lives += 1
+            started = ended_cancelled = False
+        elif lives != number:
+            continue
+        elif kind == "start":
+            started, ended_cancelled = True, False
+        elif kind == "end":
+            ended_cancelled = not started and ev.get("outcome") == "cancelled"
+            started = False
+    return lives == number and ended_cancelled
 
 
 def _kind(hook: Webhook | Email) -> str:
@@ -271,7 +307,8 @@ def _read_hold(data: bytes) -> tuple[dict[str, Any] | None, bool]:
         intent = json.loads(first)
         if not newline or not isinstance(intent, dict) or not all(
                 isinstance(intent.get(k), str) for k in ("task", "outcome", "kind", "hook")) \
-                or not isinstance(intent.get("attempt"), int):
+                or not isinstance(intent.get("attempt"), int) \
+                or not isinstance(intent.get("life", 0), int):
             return None, False
     except (ValueError, RecursionError):  # not JSON; nested past the parser's depth
         return None, False
@@ -369,17 +406,25 @@ class Notices:
     def folder(self) -> Path:
         return self.deliveries.folder
 
-    def hold(self, task_id: str, type_name: str, attempt: int, outcome: str) -> Held:
+    def hold(self, task_id: str, type_name: str, attempt: int, outcome: str,
+             cancel_of_life: int | None = None) -> Held:
         """Before attempt ``attempt`` of a task ends as ``outcome``: a hold for each
-        notice that wants that end. One that cannot be made is logged and left out."""
+        notice that wants that end; with ``cancel_of_life`` (and ``attempt`` 0), before
+        the task is cancelled without a start, in that life of it (:func:`life`). One
+        that cannot be made is logged and left out."""
         held = Held(task_id, outcome)
         config = self.config()
         for hook in _hooks(config):
             if not hook.wants(type_name, outcome):
                 continue
-            delivery = delivery_id(task_id, attempt, _kind(hook), hook.name)
-            intent = json.dumps({"task": task_id, "attempt": attempt, "outcome": outcome,
-                                 "kind": _kind(hook), "hook": hook.name}).encode() + b"\n"
+            doc: dict[str, Any] = {"task": task_id, "attempt": attempt, "outcome": outcome,
+                                   "kind": _kind(hook), "hook": hook.name}
+            key: int | str = attempt
+            if cancel_of_life is not None:
+                doc["life"] = cancel_of_life
+                key = f"cancel.{cancel_of_life}"
+            delivery = delivery_id(task_id, key, _kind(hook), hook.name)
+            intent = json.dumps(doc).encode() + b"\n"
             try:
                 held.holds.append(self._make(delivery, hook, intent))
             except (OSError, ValueError) as exc:  # a notice is never worth a task
@@ -547,7 +592,10 @@ class Notices:
                 return 0
             attempts = task.attempts
             number = intent["attempt"]
-            ended = attempts[number - 1].outcome if 0 < number <= len(attempts) else None
+            if "life" in intent:  # a cancel before any start (hold's cancel_of_life)
+                ended = "cancelled" if cancelled_queued(task, intent["life"]) else None
+            else:
+                ended = attempts[number - 1].outcome if 0 < number <= len(attempts) else None
             if ended is None:
                 return self._drop(path, intent, "the end was not recorded")
             if ended != intent["outcome"]:

@@ -32,6 +32,8 @@ from typing import Any
 
 import pytest
 from conftest import hostctl_exe
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pghelpers import new_database
 from runnerhelpers import (
     Procs,
@@ -46,7 +48,7 @@ from runnerhelpers import (
     written_in_place,
 )
 
-from hostctl.config import Config, Webhook
+from hostctl.config import OUTCOMES, Config, Webhook
 from hostctl.errors import ExitStatus
 from hostctl.files import flocked
 from hostctl.runners.notify import (
@@ -55,6 +57,7 @@ from hostctl.runners.notify import (
     SENDER_COMMAND,
     Deliveries,
     Sender,
+    cancelled_queued,
     delivery_id,
 )
 
@@ -669,6 +672,94 @@ def test_a_worker_killed_mid_task_the_loss_its_sweep_records_is_told_once(
     assert doc["delivery"] == delivery_id(task, 1, "webhook", "panel")
     once(home)
     assert len(receiver.got) == 1 and pending(home) == []
+
+
+def notices_of_cancels(home: Path, url: str, dsn: str | None = None) -> None:
+    config: dict[str, Any] = {
+        "queues": {"cron": {"enabled": False}},
+        "tasks": {"ok": {"command": ["true"], "context_types": ["site"]}},
+        "notify": {"webhooks": {"panel": {"url": url, "outcomes": ["cancelled"]}}}}
+    if dsn is not None:
+        config["cluster"] = {"dsn": dsn}
+    write_config(home, config)
+
+
+@pytest.mark.parametrize("backend", ["spool", "cluster"])
+def test_a_task_cancelled_before_it_started_is_told_once_in_each_of_its_lives(
+        run_hostctl: Any, home: Path, receiver: Receiver, request: pytest.FixtureRequest,
+        backend: str) -> None:
+    """A cancel ends a queued task as surely as an attempt's end: a notice that wants
+    ``cancelled`` hears of it, once; queued again by hand and cancelled again, it hears
+    of that too, as another delivery."""
+    notices_of_cancels(home, receiver.url, None if backend == "spool" else new_database(
+        request.getfixturevalue("pg_server"), "notify", init=True))
+    save_sites(run_hostctl, home, ["a.example"])
+    task = add_task(run_hostctl, "ok", "@a.example")
+    res = run_hostctl("task", "cancel", task)
+    assert res.code == 0, res
+    wait_for(lambda: len(receiver.got) == 1 and not senders(home), 30, "the notice")
+    [doc] = receiver.docs()
+    assert (doc["outcome"], doc["task"]["id"], doc["task"]["status"]) == \
+        ("cancelled", task, "cancelled")
+    assert doc["task"]["attempts"] == []
+    assert doc["delivery"] == delivery_id(task, "cancel.0", "webhook", "panel")
+    assert run_hostctl("task", "retry", task).code == 0
+    assert run_hostctl("task", "cancel", task).code == 0
+    wait_for(lambda: len(receiver.got) == 2 and not senders(home), 30, "the second notice")
+    assert receiver.docs()[1]["delivery"] == delivery_id(task, "cancel.1", "webhook", "panel")
+    once(home)  # nothing left: never again
+    assert len(receiver.got) == 2 and pending(home) == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.lists(st.sampled_from(OUTCOMES), max_size=3), st.booleans(),
+                          st.booleans()), min_size=1, max_size=4),
+       st.integers(0, 4))
+def test_which_life_of_a_task_ended_in_a_cancel_before_it_started(
+        lives: list[tuple[list[str], bool, bool]], asked: int) -> None:
+    """A task's history as any runner writes it: lives (each after a ``task retry``) of
+    attempts (spawn, start, end), some with a cancel requested as they ran, each life
+    ended or not by a cancel before its next start. Whether a life ended so is told
+    from the events alone, whatever came before and after it."""
+    from hostctl.queues.model import Envelope, Task
+
+    events: list[dict[str, Any]] = []
+    expected = []
+    for i, (outcomes, cancel_requested, cancelled_queued_at_end) in enumerate(lives):
+        if i:
+            events.append({"event": "retry"})
+        for n, outcome in enumerate(outcomes, 1):
+            events += [{"event": "spawn", "attempt": n}, {"event": "start", "attempt": n}]
+            if cancel_requested:
+                events.append({"event": "cancel"})
+            events.append({"event": "end", "outcome": outcome})
+        if cancelled_queued_at_end:
+            events += [{"event": "cancel"}, {"event": "end", "outcome": "cancelled"}]
+        expected.append(cancelled_queued_at_end)
+    task = Task(Envelope("t1", "ok", "@a.example", {}, {}, 5, "2026-01-01T00:00:00Z"),
+                tuple(events), "done")
+    assert cancelled_queued(task, asked) == (asked < len(lives) and expected[asked])
+
+
+def test_a_cancel_killed_once_it_is_recorded_leaves_its_notice_to_the_next_runner(
+        run_hostctl: Any, home: Path, receiver: Receiver, procs: Procs) -> None:
+    notices_of_cancels(home, receiver.url)
+    save_sites(run_hostctl, home, ["a.example", "b.example"])
+    task = add_task(run_hostctl, "ok", "@a.example")
+    assert killed_with(home, procs, "task", "cancel", task, HOSTCTL_TEST_DIE_AFTER_END="1")
+    assert status_of(run_hostctl, task) == "cancelled"  # recorded, not yet told
+    assert len(holds(home)) == 1 and pending(home) == holds(home)
+    once(home)
+    wait_for(lambda: receiver.got and not senders(home), 30, "the notice")
+    exactly_once(receiver.docs(), [task])
+    assert receiver.docs()[0]["outcome"] == "cancelled"
+    # a hold whose cancel was never recorded (its maker killed before) is dropped
+    other = add_task(run_hostctl, "ok", "@b.example")
+    assert killed_with(home, procs, "task", "cancel", other,
+                       HOSTCTL_TEST_DIE_BEFORE_CANCEL="1")
+    assert status_of(run_hostctl, other) == "queued" and len(holds(home)) == 1
+    assert run_hostctl("queue", "pause").code == 0  # a sweep, nothing run
+    assert holds(home) == [] and len(receiver.got) == 1
 
 
 # -- what a review of the sender found --------------------------------------------------
