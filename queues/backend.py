@@ -35,6 +35,7 @@ from hostctl.queues.model import (
     Envelope,
     Policy,
     Status,
+    StatusCounts,
     Tally,
     Task,
     TaskQuery,
@@ -91,13 +92,16 @@ class Watch(Protocol):
 
 
 class Ends(Protocol):
-    """Who hears of each attempt's end that a :meth:`QueueBackend.sweep` records (the
-    runners write its notices around it: runners/notify.py)."""
+    """Who hears of each end that the queue records of its own accord (the runners write
+    its notices around it: runners/notify.py): an attempt's end that a
+    :meth:`QueueBackend.sweep` records, and the cancel of a task that a claim finds
+    asked for before the task started. Given to ``sweep`` and ``recovery``; a queue
+    keeps the last one it was given for its claims."""
 
     def ending(self, task: Task, outcome: str) -> AbstractContextManager[object]:
-        """Entered just before the end of ``task``'s last attempt is recorded as
-        ``outcome`` (``task`` as read then, that attempt's ``start`` in it), left once it
-        is recorded; left by an exception when it may not be."""
+        """Entered just before the end of ``task`` is recorded as ``outcome`` (``task``
+        as read then: its last attempt's ``start`` in it, or none since its last end),
+        left once it is recorded; left by an exception when it may not be."""
 
 
 class Registration(Protocol):
@@ -149,6 +153,11 @@ class QueueBackend(Protocol):
         order, so a short listing of a long history reads only what it shows."""
 
     def counts(self) -> Counts: ...
+
+    def status_counts(self) -> StatusCounts:
+        """How many tasks each status has, garbage set aside apart, and when the oldest
+        queued one was queued (``queue status``), reading no more of the tasks than the
+        backend needs to."""
 
     def set_aside(self, rejected: bool = False) -> list[tuple[str, str]]:
         """(entry, reason) of the garbage set aside (``rejected``: of the refused

@@ -476,6 +476,15 @@ class Counts(NamedTuple):
     rejected: int  # refused submissions
 
 
+class StatusCounts(NamedTuple):
+    """``queue status``: how many tasks each status has (garbage set aside apart: see
+    :class:`Counts`), and when the oldest queued one was queued (Unix time; None: none
+    is queued)."""
+
+    by_status: Mapping[Status, int]
+    oldest_queued: float | None
+
+
 #: the queue of tasks routed to no server in particular (and the spool's one queue)
 DEFAULT_QUEUE = "hostctl"
 #: the upper bounds (seconds) of the histogram of attempts' durations (``hostctl metrics``)

@@ -96,6 +96,7 @@ from hostctl.queues.model import (
     Envelope,
     Policy,
     Status,
+    StatusCounts,
     Tally,
     Task,
     TaskQuery,
@@ -108,7 +109,7 @@ from hostctl.queues.model import (
     valid_id,
 )
 from hostctl.queues.spool import Spool
-from hostctl.times import utc_iso
+from hostctl.times import parse_iso, utc_iso
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -558,6 +559,7 @@ class PgQueue:
         #: tasks handed to this owner, not taken up yet: id -> its notice (None: read it)
         self._handed: dict[str, dict[str, Any] | None] = {}
         self._durable: set[str] = set()  # handed tasks told to be on the disk
+        self._ends: Ends | None = None  # who hears of a cancel a claim finds (recovery)
         #: handed tasks claimed here whose spawn (the mark) is not used yet
         self._unspawned: set[str] = set()
         #: no role but hostctl's may connect (PRIVATE_DATABASE), as last looked at
@@ -959,6 +961,19 @@ class PgQueue:
                 out.append(task)
         return out
 
+    def status_counts(self) -> StatusCounts:
+        """Every task read (how one ended is its events' word, not a column's)."""
+        by_status = {s: 0 for s in Status}
+        oldest: float | None = None
+        for task in self.tasks():
+            if task.quarantined:
+                continue
+            by_status[task.status] += 1
+            if task.status is Status.QUEUED:
+                created = parse_iso(task.envelope.created)
+                oldest = created if oldest is None else min(oldest, created)
+        return StatusCounts(by_status, oldest)
+
     def recent(self, query: TaskQuery) -> list[Task]:
         """Newest first, a page of rows at a time (type, context and age filtered in the
         database, the status, which the events decide, here)."""
@@ -1311,7 +1326,9 @@ class PgQueue:
             self._unspawned.add(task_id)
         claim = PgClaim(task, self, job, len(body), handed=handed)
         if task.cancel_requested:  # cancelled while queued, before it was taken
-            self.finish(claim, "cancelled", reason="cancelled before it started")
+            with nullcontext() if self._ends is None else self._ends.ending(task,
+                                                                           "cancelled"):
+                self.finish(claim, "cancelled", reason="cancelled before it started")
             return None
         return claim
 
@@ -1492,8 +1509,10 @@ class PgQueue:
     # -- recovery ---------------------------------------------------------------------
 
     def recovery(self, policy: Callable[[Envelope], Policy], ends: Ends | None) -> None:
-        """Nothing to keep: only a sweep recovers a dead owner's claim here (a claim waits
-        for its context, whose dead owner a sweep of any host settles)."""
+        """Only ``ends`` is kept, for a cancel that a claim finds asked for before the
+        start: only a sweep recovers a dead owner's claim here (a claim waits for its
+        context, whose dead owner a sweep of any host settles)."""
+        self._ends = ends
 
     def sweep(self, policy: Callable[[Envelope], Policy], now: float | None = None,
               ends: Ends | None = None) -> list[str]:
@@ -1501,6 +1520,7 @@ class PgQueue:
         docstring), each end recorded inside ``ends.ending``; forget dead owners that hold
         nothing."""
         self.ensure()
+        self._ends = ends
         self._settle()
         me = self.owner()
         notes = []

@@ -106,6 +106,7 @@ from hostctl.queues.model import (
     Envelope,
     Policy,
     Status,
+    StatusCounts,
     Tally,
     Task,
     TaskQuery,
@@ -119,7 +120,7 @@ from hostctl.queues.model import (
 )
 from hostctl.queues.outbox import Outbox
 from hostctl.queues.tally import TallyBook
-from hostctl.times import utc_iso
+from hostctl.times import parse_iso, utc_iso
 
 if TYPE_CHECKING:  # the seam this spool implements; only its types are needed here
     from hostctl.queues.backend import TaskClaim
@@ -421,6 +422,56 @@ class Spool:
               strict: bool = False) -> list[Task]:
         wanted = set(statuses) if statuses is not None else set(Status)
         return [t for t in self.tasks_in(_folders_of(wanted), strict) if t.status in wanted]
+
+    def status_counts(self) -> StatusCounts:
+        """The folders say which tasks are queued and which are running (the queued ones
+        are read, for the oldest's time); how a finished task ended is the catalog's word
+        (as ``task list --status`` takes it), its file read only where the catalog does
+        not know (then noted in it), or for a name in done/ that is not an id."""
+        by_status = {s: 0 for s in Status}
+        oldest: float | None = None
+        for state in ("new", "deferred"):
+            for name in self._listed(state):
+                try:
+                    task = self._read_path(self.dir(state) / name, state)
+                except (FileNotFoundError, InvalidInput):
+                    continue  # moved on meanwhile, or garbage
+                except NewerFormat as exc:
+                    self._said_too_new(name, exc)
+                    continue
+                by_status[task.status] += 1
+                created = parse_iso(task.envelope.created)
+                oldest = created if oldest is None else min(oldest, created)
+        by_status[Status.PROCESSING] += sum(
+            1 for name in self._listed("active") if _id_of(name) is not None)
+        ids, odd = self._done_ids()
+        known = self.catalog.load()
+        finished = {s.label: s for s in Status if s.finished}
+        to_read = []
+        for task_id in ids:
+            rest = known.get(task_id)
+            status = finished.get(rest[rest.rfind(" ") + 1:]) if rest is not None else None
+            if status is None:  # not catalogued, or not as ended
+                to_read.append(f"{task_id}{SUFFIX}")
+            else:
+                by_status[status] += 1
+        notes: list[str | None] = []
+        for name in [*to_read, *odd]:
+            try:
+                task, size = self._read_sized(self.dir("done") / name, "done")
+            except (FileNotFoundError, InvalidInput):
+                continue
+            except NewerFormat as exc:
+                self._said_too_new(name, exc)
+                continue
+            by_status[task.status] += 1
+            if name == f"{task.id}{SUFFIX}":
+                notes.append(_entry_of(task, size))
+        if notes:
+            self.catalog.append(notes)
+            if self.catalog.known_bytes() > _COMPACT_BYTES:  # built again from the files
+                self.compact_catalog()
+        return StatusCounts(by_status, oldest)
 
     def recent(self, query: TaskQuery) -> list[Task]:
         """Newest first, by the ids in the file names. A filter on type, context or how a
@@ -818,7 +869,8 @@ class Spool:
             _hold(ctx_fd, name)
             if task.cancel_requested:  # cancelled while queued, but not moved yet
                 claim = Claim(task, target, fd, ctx_fd, self)
-                self.finish(claim, "cancelled", reason="cancelled before it started")
+                with self._ending(task, "cancelled"):
+                    self.finish(claim, "cancelled", reason="cancelled before it started")
                 return None
             return Claim(Task(task.envelope, task.events, "active", task.log_path), target,
                          fd, ctx_fd, self, known_size=len(data))
@@ -986,21 +1038,41 @@ class Spool:
                 if fd is None:  # a worker is claiming it right now
                     time.sleep(0.01)
                     continue
-                os.write(fd, encode_event("cancel"))
-                os.write(fd, encode_event("end", outcome="cancelled",
-                                          reason="cancelled before it started"))
+                try:  # still the file locked? (a claim moves it under the lock)
+                    if not os.path.samestat(os.fstat(fd), os.lstat(path)):
+                        continue
+                except FileNotFoundError:
+                    continue
+                # one write: no moment with the cancel and not its end
+                os.write(fd, encode_event("cancel") + encode_event(
+                    "end", outcome="cancelled", reason="cancelled before it started"))
                 with suppress(OSError, InvalidInput):
                     self._note_end(fd, self._read_fd(fd, state, path.name).envelope,
                                    "cancelled")
                 done = self.dir("done") / f"{task_id}{SUFFIX}"
-                try:
-                    os.rename(path, done)
-                except FileNotFoundError:
-                    continue
+                if not self._move_locked(fd, task_id, path, done):
+                    return None  # (cannot be: only this lock's holder moves it on)
                 task = self._read_fd(fd, "done", done.name)
                 self.outbox.post(task)
                 return task
         return None
+
+    def _move_locked(self, fd: int, task_id: str, path: Path, dst: Path) -> bool:
+        """Rename the task file ``fd`` holds locked from ``path`` to ``dst``, following it
+        where a move that takes no lock (a promotion from deferred/ to new/) took it
+        meanwhile; False if it is found nowhere."""
+        for _ in range(10):
+            try:
+                os.rename(path, dst)
+                return True
+            except FileNotFoundError:
+                found = self._locate(task_id)
+                if found is None:
+                    return False
+                with suppress(FileNotFoundError):
+                    if os.path.samestat(os.fstat(fd), os.lstat(found[1])):
+                        path = found[1]
+        return False
 
     def request_cancel(self, task_id: str) -> Task:
         """Mark a running task as cancelled (its runner stops it); return it."""
@@ -1197,7 +1269,8 @@ class Spool:
             os.close(fd)
 
     def _ending(self, task: Task, outcome: str) -> AbstractContextManager[object]:
-        """Where a recovery records an attempt's end: inside its caller's ``ending``."""
+        """Where a recovery records an attempt's end, and a claim a cancel before the
+        start: inside its runner's ``ending``."""
         return nullcontext() if self._ends is None else self._ends.ending(task, outcome)
 
     def promote_due(self, now: float | None = None) -> int:

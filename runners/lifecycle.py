@@ -27,7 +27,7 @@ from hostctl.queues.model import (
 )
 from hostctl.runners.home import Home
 from hostctl.runners.notify import Deliveries, Notices, life
-from hostctl.times import parse_iso, utc_iso
+from hostctl.times import utc_iso
 
 MAX_DELAY = 366 * 86400
 _DIE_BEFORE_CANCEL = os.environ.get("HOSTCTL_TEST_DIE_BEFORE_CANCEL") == "1"
@@ -230,17 +230,14 @@ class QueueStatus:
 
 def queue_status(home: Home) -> QueueStatus:
     queue = home.queue
-    tasks = [t for t in queue.tasks() if not t.quarantined]
-    counts = {s.label: 0 for s in Status}
-    for t in tasks:
-        counts[t.status.label] += 1
+    found = queue.status_counts()
+    counts = {s.label: found.by_status.get(s, 0) for s in Status}
     raw = queue.counts()
     counts["deferred"] = raw.deferred
     counts["incoming"] = raw.incoming
     counts["quarantined"] = raw.quarantined
     counts["rejected"] = raw.rejected
-    queued = [t for t in tasks if t.status is Status.QUEUED]
     oldest = None
-    if queued:
-        oldest = max(0.0, time.time() - min(parse_iso(t.envelope.created) for t in queued))
+    if found.oldest_queued is not None:
+        oldest = max(0.0, time.time() - found.oldest_queued)
     return QueueStatus(counts, oldest, queue.set_aside(), queue.set_aside(rejected=True))

@@ -34,7 +34,10 @@ sweep: a loss, a retry, a cancel) records ends too: it tells them to the runner 
 ``task cancel`` of a task that has not started (runners/lifecycle.py): its hold has
 attempt 0 and the task's life (:func:`life`: how many times it was queued again by hand;
 ``cancel.N`` stands for the attempt in its delivery id), and is withdrawn if the task
-was no longer queued (its end is then a worker's to tell).
+was no longer queued: its end is then a worker's to tell, also when the worker finds
+the cancel before it starts the task (taken up ahead, or handed to it in a cluster: the
+queue's claim, or the worker, records that end inside :meth:`Notices.ending`, which
+makes the same kind of hold).
 
 Recovery (:meth:`Notices.recover`, after the queue's sweep, which every runner makes
 when it starts and the daemon at each housekeeping pass): each hold whose lock can be
@@ -224,6 +227,13 @@ def life(task: Task) -> int:
     return sum(1 for ev in task.events if ev.get("event") == "retry")
 
 
+def attempt_open(task: Task) -> bool:
+    """Whether an attempt of the task has started and not ended (nor been let go by a
+    ``task retry``)."""
+    start = task.last_index("start")
+    return start >= 0 and start > max(task.last_index("end"), task.last_index("retry"))
+
+
 def cancelled_queued(task: Task, number: int) -> bool:
     """Whether the task's life ``number`` (:func:`life`) ended in a cancel before any
     attempt of it started: its last ``end`` is a cancel with no ``start`` since the end
@@ -308,7 +318,7 @@ def _read_hold(data: bytes) -> tuple[dict[str, Any] | None, bool]:
         if not newline or not isinstance(intent, dict) or not all(
                 isinstance(intent.get(k), str) for k in ("task", "outcome", "kind", "hook")) \
                 or not isinstance(intent.get("attempt"), int) \
-                or not isinstance(intent.get("life", 0), int):
+                or type(intent.get("life", 0)) is not int:
             return None, False
     except (ValueError, RecursionError):  # not JSON; nested past the parser's depth
         return None, False
@@ -478,11 +488,20 @@ class Notices:
         while held.holds:
             os.close(held.holds.pop().fd)
 
+    def hold_end(self, task: Task, outcome: str) -> Held:
+        """:meth:`hold` for the end of ``task`` (as read now) as ``outcome``: of its last
+        attempt, or a cancel before any attempt of this life of it started."""
+        if outcome == "cancelled" and not attempt_open(task):
+            return self.hold(task.id, task.envelope.type, 0, outcome,
+                             cancel_of_life=life(task))
+        return self.hold(task.id, task.envelope.type, len(task.attempts), outcome)
+
     @contextmanager
     def ending(self, task: Task, outcome: str) -> Iterator[None]:
-        """The queue's sweep records an end of ``task``'s last attempt as ``outcome``
-        inside this block (``QueueBackend.sweep``'s ``ends``): its holds around it."""
-        held = self.hold(task.id, task.envelope.type, len(task.attempts), outcome)
+        """A queue records an end of ``task`` as ``outcome`` inside this block: of its
+        last attempt (a sweep), or a cancel before its start (a claim that finds one
+        asked for): ``QueueBackend``'s ``ends``. Its holds around it."""
+        held = self.hold_end(task, outcome)
         try:
             yield
         except BaseException:

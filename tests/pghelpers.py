@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from contextlib import suppress
 from typing import Any
 
 from provisionhelpers import PgCluster
@@ -76,19 +77,31 @@ class AnswersHeld:
 
     def _up(self, client: Any, server: Any) -> None:
         tail = b""
-        while data := client.recv(65536):
-            if self._holding.is_set() and self._marker in tail + data:
-                self._seen.set()
-            tail = (tail + data)[-len(self._marker):]
-            server.sendall(data)
-        server.close()
+        with suppress(OSError):  # either side gone: the connection ends
+            while data := client.recv(65536):
+                if self._holding.is_set() and self._marker in tail + data:
+                    self._seen.set()
+                tail = (tail + data)[-len(self._marker):]
+                server.sendall(data)
+        self._end(client, server)
+        client.close()
 
     def _down(self, server: Any, client: Any) -> None:
-        while data := server.recv(65536):
-            if self._holding.is_set() and not self._seen.wait(self._patience):
-                self.waited_out = True
-            client.sendall(data)
-        client.close()
+        with suppress(OSError):
+            while data := server.recv(65536):
+                if self._holding.is_set() and not self._seen.wait(self._patience):
+                    self.waited_out = True
+                client.sendall(data)
+        self._end(client, server)
+        server.close()
+
+    @staticmethod
+    def _end(*sockets: Any) -> None:
+        import socket
+
+        for sock in sockets:
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
         self._listener.close()

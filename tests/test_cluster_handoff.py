@@ -18,12 +18,14 @@ import pytest
 from pghelpers import SECRET
 from provisionhelpers import PgCluster
 
+from hostctl.config import Config, Webhook
 from hostctl.contexts.pgstore import PgStore
 from hostctl.contexts.routing import server_of
 from hostctl.process import host_name
 from hostctl.queues.model import DEFAULT_QUEUE, Envelope, Policy, Status, new_id
 from hostctl.queues.pgqueue import PgQueue
 from hostctl.runners import cluster
+from hostctl.runners.notify import Deliveries, Notices, delivery_id
 from hostctl.times import utc_iso
 
 _made = [0]
@@ -237,8 +239,16 @@ def test_a_worker_that_holds_off_or_stops_gives_back_what_it_was_handed(
     assert standing._offered
 
 
-def test_a_cancel_before_the_handed_task_starts_is_kept(tmp_path: Path, dsn: str) -> None:
+def test_a_cancel_before_the_handed_task_starts_is_kept_and_told(tmp_path: Path,
+                                                                 dsn: str) -> None:
+    """The worker a task was handed to finds it cancelled before it started: it ends it
+    so, inside its runner's ``ends``, whose notice is made due (the cancel's, not an
+    attempt's: none started)."""
     worker = idle(queue(dsn, tmp_path, "w"))
+    config = Config(webhooks={"panel": Webhook("panel", "http://127.0.0.1:9/hook",
+                                               outcomes=("cancelled",))})
+    notices = Notices(Deliveries(tmp_path / "notify"), lambda: config, worker.get)
+    worker.recovery(lambda _env: Policy(), notices)
     front = queue(dsn, tmp_path, "front")
     handed = task(front)
     front.request_cancel(handed)  # it is processing: it was handed
@@ -248,6 +258,8 @@ def test_a_cancel_before_the_handed_task_starts_is_kept(tmp_path: Path, dsn: str
     found = front.get(handed)
     assert found.status is Status.CANCELLED and found.attempts == [], found
     assert found.events[-1]["outcome"] == "cancelled"
+    [due] = notices.deliveries.due()
+    assert due.split(".")[1] == delivery_id(handed, "cancel.0", "webhook", "panel")
 
 
 def test_a_handed_task_whose_notice_was_missed_is_taken_by_the_next_claim(

@@ -259,6 +259,14 @@ def test_a_receiver_that_is_down_gets_it_once_it_is_back(
         back.close()
 
 
+def kill_mid_task(run_hostctl: Any, procs: Procs, task: str) -> None:
+    """A ``wait-queue --once`` that starts ``task`` and is killed -9 as it runs."""
+    worker = procs.start("wait-queue", "--once")
+    wait_for(lambda: task_json(run_hostctl, task)["attempts"], 60, "the task to start")
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+
+
 def test_a_paused_queue_still_tells_of_its_ended_tasks_with_only_cron(
         run_hostctl: Any, home: Path, receiver: Receiver) -> None:
     """A pause stops tasks, not their notices: a delivery that failed before the pause
@@ -297,10 +305,7 @@ def test_a_pause_tells_of_the_tasks_it_finds_lost(
         "notify": {"webhooks": {"panel": {"url": receiver.url, "outcomes": ["lost"]}}}})
     save_sites(run_hostctl, home, ["a.example"])
     lost = add_task(run_hostctl, "slow", "@a.example")
-    killed = procs.start("wait-queue", "--once")
-    wait_for(lambda: task_json(run_hostctl, lost)["attempts"], 60, "the task to start")
-    os.kill(killed.pid, signal.SIGKILL)
-    killed.wait()
+    kill_mid_task(run_hostctl, procs, lost)
     res = run_hostctl("queue", "pause")
     assert res.code == 0, res
     assert "died during attempt 1" in res.err
@@ -648,10 +653,7 @@ def test_a_worker_killed_mid_task_the_loss_its_sweep_records_is_told_once(
     write_config(home, config)
     save_sites(run_hostctl, home, ["a.example"])
     task = add_task(run_hostctl, "slow", "@a.example")
-    worker = procs.start("wait-queue", "--once")
-    wait_for(lambda: task_json(run_hostctl, task)["attempts"], 60, "the task to start")
-    os.kill(worker.pid, signal.SIGKILL)
-    worker.wait()
+    kill_mid_task(run_hostctl, procs, task)
     if sweeper_dies:  # the next runner's sweep records the loss, and is killed there
         # (in a cluster, once the database has seen the dead worker's connection end)
         wait_for(lambda: killed_with(home, procs, "wait-queue", "--once",
@@ -1025,10 +1027,7 @@ def test_a_foreground_run_that_finds_a_dead_workers_task_recovers_it_by_its_rule
         "notify": {"webhooks": {"panel": {"url": receiver.url, "outcomes": ["lost"]}}}})
     save_sites(run_hostctl, home, ["a.example"])
     task = add_task(run_hostctl, "slow", "@a.example")
-    worker = procs.start("wait-queue", "--once")
-    wait_for(lambda: task_json(run_hostctl, task)["attempts"], 60, "the task to start")
-    os.kill(worker.pid, signal.SIGKILL)
-    worker.wait()
+    kill_mid_task(run_hostctl, procs, task)
     res = run_hostctl("provision-quick", "@a.example")
     assert res.code == 0, res.err
     doc = task_json(run_hostctl, task)

@@ -4,6 +4,7 @@ and given back (no attempt counted) when the worker stops."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from taskhelpers import folder_of, popen_hostctl, stop, wait_for, write_config
 
 from hostctl.paths import Paths
 from hostctl.runners import lifecycle as ops
+from hostctl.runners.notify import delivery_id
 from hostctl.runners.worker import HOLD_AHEAD, Worker, _exited
 
 WAIT = 'echo started; while [ ! -e "$0" ]; do sleep 0.02; done; echo done'
@@ -245,10 +247,14 @@ def test_a_task_claimed_ahead_is_given_back_soon_for_another_worker(
 
 def test_a_task_cancelled_while_claimed_ahead_never_runs(
         run_hostctl, home: Path, tmp_path: Path, hostctl_process) -> None:
+    """... and its cancel is told to the notices that want one (as a cancel, no attempt
+    having started), by the worker that finds it."""
     go, ran = tmp_path / "go", tmp_path / "ran"
     write_config(home, {"worker": {"kill_grace": 1},
                         "tasks": {"wait": sh_task(WAIT, str(go)),
-                                  "mark": sh_task('echo ran > "$0"', str(ran))}})
+                                  "mark": sh_task('echo ran > "$0"', str(ran))},
+                        "notify": {"webhooks": {"panel": {
+                            "url": "http://127.0.0.1:9/hook", "outcomes": ["cancelled"]}}}})
     save_sites(run_hostctl, home, ["a.example", "b.example"])
     add_task(run_hostctl, "wait", "@a.example")
     victim = add_task(run_hostctl, "mark", "@b.example")
@@ -271,6 +277,9 @@ def test_a_task_cancelled_while_claimed_ahead_never_runs(
     assert doc["status"] == "cancelled", doc
     assert doc["attempts"] == []
     assert not ran.exists()
+    told = sorted(os.listdir(home / "spool" / "notify"))
+    assert [n.split(".")[1] for n in told if n.endswith(".json")] == [
+        delivery_id(victim, "cancel.0", "webhook", "panel")], told
 
 
 def test_a_worker_that_stops_gives_its_claim_ahead_back(

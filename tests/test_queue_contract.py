@@ -35,6 +35,7 @@ from hostctl.runners import lifecycle as ops
 from hostctl.runners.daemon import WaitQueue, drain_once
 from hostctl.runners.dispatcher import Dispatcher, pause, resume
 from hostctl.runners.home import Home
+from hostctl.times import parse_iso
 
 #: name -> a function that opens a handle on the queue kept under a folder (the local
 #: part: the spool, or a cluster host's drop box) and, for the cluster, in a database
@@ -266,6 +267,40 @@ def test_retry_queues_a_finished_task_again_under_its_id(queue: Queue) -> None:
     assert again.task.attempt_count == 0 and len(again.task.attempts) == 1  # history kept
 
 
+def test_status_counts_say_what_the_tasks_say(queue: Queue) -> None:
+    """``queue status``'s counts: each status as reading every task gives it, and the
+    oldest queued task's time; a task ended, retried and ended again counts once, as it
+    ended last."""
+
+    def by_reading() -> dict[Status, int]:
+        found = {s: 0 for s in Status}
+        for task in queue.other.tasks():
+            found[task.status] += 1
+        return found
+
+    assert queue.q.status_counts() == ({s: 0 for s in Status}, None)
+    first = env("@a.example")
+    queue.q.publish(first)
+    for context in ("@b.example", "@c.example", "@d.example", "@e.example"):
+        queue.q.publish(env(context))
+    queue.q.publish(env("@f.example"), delay=3600)
+    for outcome in ("success", "warning", "error"):
+        start(queue.q, c := claim_one(queue.q, skip_contexts={"@a.example"}))
+        queue.q.finish(c, outcome)
+    start(queue.q, claim_one(queue.q, skip_contexts={"@a.example"}))  # running
+    queue.other.cancel_queued(first.id)
+    again = next(t for t in queue.other.tasks() if t.status is Status.ERROR)
+    queue.other.retry(again.id)
+    start(queue.q, c := claim_one(queue.q, skip_contexts={"@a.example"}))
+    queue.q.finish(c, "success")
+    counts = queue.other.status_counts()
+    assert counts.by_status == by_reading()
+    assert [counts.by_status[s] for s in Status] == [1, 1, 2, 0, 1, 1]
+    deferred = next(t for t in queue.other.tasks() if t.status is Status.QUEUED)
+    assert counts.oldest_queued is not None
+    assert abs(counts.oldest_queued - parse_iso(deferred.envelope.created)) < 0.002
+
+
 def test_a_foreground_task_is_published_already_claimed(queue: Queue) -> None:
     e = env()
     c = queue.q.publish_claimed(e, wait=True)
@@ -483,7 +518,7 @@ def test_the_runners_need_nothing_but_the_interface(run_hostctl, home: Path, tmp
     daemon = WaitQueue(h, max_runtime=1.0, housekeeping_every=0.2)
     assert daemon.run() == 0
     assert daemon.worker is not None and daemon.worker.summary.started == 1
-    assert {"publish", "claim", "finish", "get", "tasks", "counts", "read_log", "retry",
+    assert {"publish", "claim", "finish", "get", "status_counts", "counts", "read_log", "retry",
             "cancel_queued", "pause", "resume", "running", "sweep", "leader",
             "read_record", "write_record", "register_worker", "watch", "collect",
             "paused"} <= ProxiedHome.used

@@ -604,3 +604,27 @@ def test_claims_come_from_a_view_of_new_that_a_sweep_lists_again(sp: Spool) -> N
     [again] = sp.claim(limit=1)
     assert again.task.id == second
     again.release()
+
+
+def test_a_cancel_as_its_deferred_task_falls_due_records_one_end(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A promotion (deferred/ to new/) takes no lock: one that moves the file while a
+    cancel, holding its lock, has written its end, is followed by the cancel's move to
+    done/; the end is not written a second time, and nothing is left queued."""
+    spool = Spool(tmp_path / "spool", tmp_path / "logs")
+    spool.ensure()
+    promoter = Spool(tmp_path / "spool", tmp_path / "logs")
+    env = Envelope(new_id(), "verify", "@a.example", {}, {}, 5, utc_iso())
+    spool.publish(env, delay=3600)
+    real = Spool._note_end
+
+    def promoted_meanwhile(self: Spool, *args: object) -> None:
+        real(self, *args)  # type: ignore[arg-type]
+        assert promoter.promote_due(now=time.time() + 7200) == 1
+
+    monkeypatch.setattr(Spool, "_note_end", promoted_meanwhile)
+    done = spool.cancel_queued(env.id)
+    monkeypatch.undo()
+    assert done is not None and done.status is Status.CANCELLED
+    assert [e["event"] for e in done.events].count("end") == 1
+    assert [t.id for t in spool.tasks()] == [env.id] and spool.claim() == []

@@ -32,6 +32,20 @@ def spool_of(home: Path) -> Spool:
     return spool
 
 
+def full_scan_in(home: Path, folders: tuple[str, ...]) -> list[str]:
+    """The ids of the tasks in those folders, as their files say."""
+    spool = Spool(home / "spool", home / "logs")
+    found = []
+    for state in folders:
+        folder = home / "spool" / state
+        for name in sorted(os.listdir(folder)) if folder.exists() else []:
+            try:
+                found.append(spool._read_path(folder / name, state).id)
+            except Exception:  # noqa: BLE001 - garbage that does not read as a task
+                continue
+    return found
+
+
 def full_scan(home: Path, query: TaskQuery) -> list[str]:
     """What every task file says, newest first: the truth a list must equal."""
     spool = Spool(home / "spool", home / "logs")
@@ -74,6 +88,14 @@ def listed(run_hostctl: Callable[..., Any], argv: list[str]) -> list[str]:
 def assert_lists_equal_full_scan(run_hostctl: Callable[..., Any], home: Path) -> None:
     for argv, query in queries():
         assert listed(run_hostctl, argv) == full_scan(home, query), argv
+    # and queue status's counts, which take how a task ended from the catalog too
+    res = run_hostctl("queue", "status", "--json")
+    assert res.code == 0, res
+    counts = json.loads(res.out)["counts"]
+    quarantined = set(full_scan_in(home, ("quarantine",)))
+    for status in Status:
+        assert counts[status.label] == len(set(full_scan(home, TaskQuery(
+            statuses=frozenset([status])))) - quarantined), status
 
 
 def write_done(home: Path, task_type: str, context: str, outcome: str) -> str:
@@ -248,6 +270,40 @@ def test_a_filtered_list_opens_only_the_files_it_shows(run_hostctl, home: Path,
         path.unlink()
     again, count = opens.during(lambda: listed(run_hostctl, ["--context", "@b.example"]))
     assert again == first and count == 300
+
+
+def test_queue_status_opens_only_the_queued_tasks_files(run_hostctl, home: Path,
+                                                        monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    """How the finished tasks ended is the catalog's word: ``queue status`` reads the
+    queued tasks (for the oldest's age) and a finished one only where the catalog does
+    not know it, once."""
+    spool = spool_of(home)
+    rng = random.Random(2)
+    for i in range(200):
+        if i % 4 == 0:
+            env = Envelope(new_id(), rng.choice(TYPES), rng.choice(CONTEXTS), {}, {}, 5,
+                           utc_iso())
+            spool.publish(env)
+            spool.finish(spool.claim()[0], rng.choice(OUTCOMES))
+        else:
+            write_done(home, rng.choice(TYPES), rng.choice(CONTEXTS), rng.choice(OUTCOMES))
+    for i in range(3):
+        spool.publish(Envelope(new_id(), "verify", "@a.example", {"n": str(i)}, {}, 5,
+                               utc_iso()))
+    opens = Opens(monkeypatch)
+
+    def status() -> list[str]:
+        res = run_hostctl("queue", "status", "--json")
+        assert res.code == 0, res
+        counts = json.loads(res.out)["counts"]
+        return [str(counts[s.label]) for s in Status]
+
+    first, count = opens.during(status)
+    assert count == 150 + 3  # the finished ones unknown to the catalog, and the queued
+    again, count = opens.during(status)
+    assert again == first and count == 3
+    assert sum(map(int, first)) == 203 and first[0] == "3"
 
 
 def test_concurrent_task_adds_keep_the_catalog_whole(run_hostctl, home: Path,

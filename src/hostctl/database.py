@@ -215,6 +215,9 @@ class Session:
             self.close()
             raise self.failed(psycopg.OperationalError(
                 "the connection's answers went out of step with its statements")) from None
+        except BaseException:
+            self.close()  # (an interrupt) maybe inside the first transaction: not reused
+            raise
 
     @contextmanager
     def transaction(self, lock: int | None = None, probe: bool = True) -> Iterator[None]:
