@@ -324,13 +324,24 @@ class Task:
 
     @property
     def cancel_requested(self) -> bool:
-        """A cancel event after the last start (or with no start at all)."""
+        """A cancel event not yet honoured: none since, an end as ``cancelled`` or a
+        ``task retry``. A start after it does not hide it (a cancel written as a
+        handed or claimed task was being started), nor does an attempt that ended
+        otherwise (it ended as the cancel came: the task is not to run again)."""
         for ev in reversed(self.events):
-            if ev.get("event") == "cancel":
+            kind = ev.get("event")
+            if kind == "cancel":
                 return True
-            if ev.get("event") in ("start", "retry"):
+            if kind == "retry" or (kind == "end" and ev.get("outcome") == "cancelled"):
                 return False
         return False
+
+    @property
+    def ended_unmoved(self) -> bool:
+        """Its last event is an end: a task found queued so was cancelled by a process
+        that died before it moved the file on (the end is written; only the move is
+        left)."""
+        return bool(self.events) and self.events[-1].get("event") == "end"
 
     @property
     def status(self) -> Status:

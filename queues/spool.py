@@ -424,10 +424,11 @@ class Spool:
         return [t for t in self.tasks_in(_folders_of(wanted), strict) if t.status in wanted]
 
     def status_counts(self) -> StatusCounts:
-        """The folders say which tasks are queued and which are running (the queued ones
-        are read, for the oldest's time); how a finished task ended is the catalog's word
-        (as ``task list --status`` takes it), its file read only where the catalog does
-        not know (then noted in it), or for a name in done/ that is not an id."""
+        """The folders say which tasks are queued and which are running (those are read:
+        the queued for the oldest's time); how a finished task ended is the catalog's
+        word where its entry gives the file's size now (one ``lstat`` each), its file
+        read where the catalog does not know it so (then noted in it), or for a name in
+        done/ that is not an id."""
         by_status = {s: 0 for s in Status}
         oldest: float | None = None
         for state in ("new", "deferred"):
@@ -442,17 +443,23 @@ class Spool:
                 by_status[task.status] += 1
                 created = parse_iso(task.envelope.created)
                 oldest = created if oldest is None else min(oldest, created)
-        by_status[Status.PROCESSING] += sum(
-            1 for name in self._listed("active") if _id_of(name) is not None)
+        for name in self._listed("active"):
+            with suppress(FileNotFoundError, InvalidInput, NewerFormat):
+                by_status[self._read_path(self.dir("active") / name, "active").status] += 1
         ids, odd = self._done_ids()
         known = self.catalog.load()
         finished = {s.label: s for s in Status if s.finished}
+        folder = f"{self.dir('done')}/"
         to_read = []
         for task_id in ids:
             rest = known.get(task_id)
             status = finished.get(rest[rest.rfind(" ") + 1:]) if rest is not None else None
-            if status is None:  # not catalogued, or not as ended
-                to_read.append(f"{task_id}{SUFFIX}")
+            try:  # an entry stands for the file only at the size it gives (see catalog.py)
+                size = os.lstat(f"{folder}{task_id}{SUFFIX}").st_size
+            except FileNotFoundError:
+                continue  # collected meanwhile
+            if status is None or rest is None or size_of(rest) != size:
+                to_read.append(f"{task_id}{SUFFIX}")  # not catalogued as it is now
             else:
                 by_status[status] += 1
         notes: list[str | None] = []
@@ -867,6 +874,10 @@ class Spool:
                 return None
             keep = True
             _hold(ctx_fd, name)
+            if task.ended_unmoved:  # a cancel whose process died before its move
+                self._to_done(Claim(task, target, fd, ctx_fd, self),
+                              task.events[-1].get("outcome"))
+                return None
             if task.cancel_requested:  # cancelled while queued, but not moved yet
                 claim = Claim(task, target, fd, ctx_fd, self)
                 with self._ending(task, "cancelled"):
@@ -993,6 +1004,10 @@ class Spool:
         """Record the end of the attempt and move the task to done/."""
         claim = _own(claim)
         claim.append("end", outcome=outcome, **fields)
+        self._to_done(claim, outcome)
+
+    def _to_done(self, claim: Claim, outcome: object) -> None:
+        """Move a task whose end is recorded to done/ (catalogued as ``outcome``)."""
         self._note_end(claim.fd, claim.task.envelope, outcome)
         self._move(claim.path, self.dir("done") / f"{claim.task.id}{SUFFIX}")
         self._post_claim(claim, "done")
@@ -1043,15 +1058,23 @@ class Spool:
                         continue
                 except FileNotFoundError:
                     continue
-                # one write: no moment with the cancel and not its end
-                os.write(fd, encode_event("cancel") + encode_event(
-                    "end", outcome="cancelled", reason="cancelled before it started"))
-                with suppress(OSError, InvalidInput):
-                    self._note_end(fd, self._read_fd(fd, state, path.name).envelope,
-                                   "cancelled")
+                try:
+                    current: Task | None = self._read_fd(fd, state, path.name)
+                except InvalidInput:
+                    current = None
+                if current is None or not current.ended_unmoved:  # (else a cancel cut short)
+                    # one write: no moment with the cancel and not its end
+                    write_all(fd, encode_event("cancel") + encode_event(
+                        "end", outcome="cancelled", reason="cancelled before it started"))
+                if current is not None:
+                    with suppress(OSError):
+                        self._note_end(fd, current.envelope, "cancelled")
                 done = self.dir("done") / f"{task_id}{SUFFIX}"
                 if not self._move_locked(fd, task_id, path, done):
-                    return None  # (cannot be: only this lock's holder moves it on)
+                    # its cancel is written: said, not taken back (a claim or a sweep
+                    # that finds it moves it on)
+                    raise OperationFailed(f"task {task_id} is cancelled, but its file "
+                                          "was moved elsewhere meanwhile")
                 task = self._read_fd(fd, "done", done.name)
                 self.outbox.post(task)
                 return task

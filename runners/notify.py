@@ -125,6 +125,7 @@ A request: ``POST`` of the JSON ``{"event": "task.ended", "delivery", "hook", "h
 from __future__ import annotations
 
 import enum
+import errno
 import fcntl
 import hashlib
 import hmac
@@ -162,6 +163,7 @@ from hostctl.files import (
 from hostctl.libc import rename_noreplace
 from hostctl.paths import Paths
 from hostctl.process import host_name, hostctl_command
+from hostctl.queues.backend import LeaseLost
 from hostctl.queues.model import Task
 
 log = logging.getLogger("hostctl")
@@ -504,8 +506,12 @@ class Notices:
         held = self.hold_end(task, outcome)
         try:
             yield
-        except BaseException:
-            self.release(held)
+        except BaseException as exc:
+            if isinstance(exc, LeaseLost) or (isinstance(exc, OSError)
+                                              and exc.errno == errno.ESTALE):
+                self.withdraw(held)  # taken over: whoever took it records that end
+            else:
+                self.release(held)  # recorded or not: the recovery finds out
             raise
         self.complete(held)
 

@@ -296,18 +296,13 @@ class Worker:
             except HostctlError:  # cannot be read now: back to the queue, for later
                 self._give_back(claim)
                 continue
-            if cancelled:  # cancelled while claimed ahead: it never starts
-                held = self.notices.hold_end(claim.task, "cancelled")
-                try:
-                    self.queue.finish(claim, "cancelled", reason="cancelled before it started")
-                except (OSError, HostctlError) as exc:
-                    if isinstance(exc, LeaseLost) or getattr(exc, "errno", None) == errno.ESTALE:
-                        self.notices.withdraw(held)  # taken over: its taker tells it
-                    else:
-                        self.notices.release(held)  # recorded or not: the recovery finds out
+            if cancelled:
+                try:  # cancelled while claimed ahead: it never starts (its notices held)
+                    with self.notices.ending(claim.task, "cancelled"):
+                        self.queue.finish(claim, "cancelled",
+                                          reason="cancelled before it started")
+                except (OSError, HostctlError):
                     claim.release()
-                    continue
-                self.notices.complete(held)
                 continue
             started += self.start(claim, queued=True)
         return started

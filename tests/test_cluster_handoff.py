@@ -215,6 +215,31 @@ def test_a_task_handed_to_a_worker_that_died_counts_as_possibly_started(
     assert row(front, handed)[3] is None
 
 
+def test_a_handed_task_cancelled_before_its_worker_died_is_not_run_again(
+        tmp_path: Path, dsn: str) -> None:
+    """``task cancel`` of a task handed to a worker (not queued any more, not started)
+    asks for it; the worker dies before it took the task up. The sweep writes the spawn
+    and start the mark stood for after that cancel: the cancel still stands, and the
+    attempt ends cancelled, not lost and queued again."""
+    worker = idle(queue(dsn, tmp_path, "w"))
+    front = queue(dsn, tmp_path, "front")
+    handed = task(front)
+    assert front.cancel_queued(handed) is None  # handed: not queued
+    front.request_cancel(handed)
+    die(worker)
+    sweeper = queue(dsn, tmp_path, "sweeper")
+    notes: list[str] = []
+    for _ in range(40):  # a dead owner is judged gone over two sweeps, 3 s apart
+        notes = sweeper.sweep(lambda _e: Policy(backoff_base=0.0, backoff_max=0.0))
+        if notes:
+            break
+        time.sleep(0.25)
+    assert notes and "cancelled" in notes[0], notes
+    found = front.get(handed)
+    assert found.status is Status.CANCELLED, events(front, handed)
+    assert [a.outcome for a in found.attempts] == ["cancelled"]
+
+
 def test_a_worker_that_holds_off_or_stops_gives_back_what_it_was_handed(
         tmp_path: Path, dsn: str) -> None:
     worker, front, handed = heard(dsn, tmp_path)

@@ -628,3 +628,28 @@ def test_a_cancel_as_its_deferred_task_falls_due_records_one_end(
     assert done is not None and done.status is Status.CANCELLED
     assert [e["event"] for e in done.events].count("end") == 1
     assert [t.id for t in spool.tasks()] == [env.id] and spool.claim() == []
+
+
+def test_a_cancel_cut_short_before_its_move_is_moved_on_not_recorded_again(
+        tmp_path: Path) -> None:
+    """A ``task cancel`` killed between its write (the cancel and its end, in one) and
+    the move to done/ leaves a queued file that ends with that end: the next claim, or
+    the next cancel, moves it on; neither runs it, nor writes a second end."""
+    spool = Spool(tmp_path / "spool", tmp_path / "logs")
+    spool.ensure()
+    ids = []
+    for context in ("@a.example", "@b.example"):
+        env = Envelope(new_id(), "verify", context, {}, {}, 5, utc_iso())
+        spool.publish(env)
+        [name] = [n for n in os.listdir(tmp_path / "spool" / "new") if env.id in n]
+        with open(tmp_path / "spool" / "new" / name, "ab") as fh:  # as the kill leaves it
+            fh.write(encode_event("cancel") + encode_event(
+                "end", outcome="cancelled", reason="cancelled before it started"))
+        ids.append(env.id)
+    done = spool.cancel_queued(ids[0])
+    assert done is not None and done.status is Status.CANCELLED
+    assert spool.claim(limit=2) == []
+    for task_id in ids:
+        task = spool.get(task_id)
+        assert task.status is Status.CANCELLED and task.state == "done"
+        assert [e["event"] for e in task.events].count("end") == 1, task.events

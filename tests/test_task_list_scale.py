@@ -306,6 +306,25 @@ def test_queue_status_opens_only_the_queued_tasks_files(run_hostctl, home: Path,
     assert sum(map(int, first)) == 203 and first[0] == "3"
 
 
+def test_queue_status_reads_a_finished_task_whose_file_outgrew_its_entry(
+        run_hostctl, home: Path) -> None:
+    """A task ended again behind the catalog's back (a writer that could not note it:
+    another user, a power cut that took the log's tail): its entry no longer gives the
+    file's size, so its file is read, and it counts as it ended last."""
+    spool = spool_of(home)
+    env = Envelope(new_id(), "verify", "@a.example", {}, {}, 5, utc_iso())
+    spool.publish(env)
+    spool.finish(spool.claim()[0], "success")
+    spool.compact_catalog()  # its entry says success
+    with open(home / "spool" / "done" / f"{env.id}.task", "ab") as fh:
+        fh.write(b'{"event":"retry"}\n{"event":"cancel"}\n'
+                 b'{"event":"end","outcome":"cancelled"}\n')
+    res = run_hostctl("queue", "status", "--json")
+    assert res.code == 0, res
+    counts = json.loads(res.out)["counts"]
+    assert (counts["success"], counts["cancelled"]) == (0, 1)
+
+
 def test_concurrent_task_adds_keep_the_catalog_whole(run_hostctl, home: Path,
                                                      tmp_path_factory: pytest.TempPathFactory,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
