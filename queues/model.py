@@ -338,10 +338,11 @@ class Task:
 
     @property
     def ended_unmoved(self) -> bool:
-        """Its last event is an end: a task found queued so was cancelled by a process
-        that died before it moved the file on (the end is written; only the move is
-        left)."""
-        return bool(self.events) and self.events[-1].get("event") == "end"
+        """Its last event is an end as cancelled: a task found queued so was cancelled by
+        a process that died before it moved the file on (the end is written; only the
+        move is left)."""
+        return bool(self.events) and self.events[-1].get("event") == "end" and \
+            self.events[-1].get("outcome") == "cancelled"
 
     @property
     def status(self) -> Status:
