@@ -30,7 +30,7 @@ from hostctl.provision.secrets import FileSecrets
 from hostctl.queues.model import Status
 from hostctl.runners import lifecycle as ops
 from hostctl.runners.home import Home
-from hostctl.runners.notify import FLUSH_WAIT, Deliveries, Notices
+from hostctl.runners.notify import FLUSH_WAIT
 from hostctl.runners.periodic import (
     Computed,
     QueueState,
@@ -84,8 +84,7 @@ def pause(home: Home, wait: bool = True, poll: float = 0.2,
     if wait:
         while queue.running():
             sleep(poll)
-    notices = Notices(Deliveries(home.paths.spool / "notify"), lambda: home.config,
-                      queue.get, config_file=home.paths.config_file)
+    notices = ops.home_notices(home)
     recovered = tuple(queue.sweep(home.policy, ends=notices))
     for note in recovered:
         log.warning("%s", note)

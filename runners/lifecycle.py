@@ -121,6 +121,13 @@ def retry(home: Home, task_id: str) -> Task:
     return home.queue.retry(task_id)
 
 
+def home_notices(home: Home) -> Notices:
+    """The notices of ``home``'s task ends, for a command that records ends itself
+    (a cancel, a pause's sweep), outside a worker."""
+    return Notices(Deliveries(home.paths.spool / "notify"), lambda: home.config,
+                   home.queue.get, config_file=home.paths.config_file)
+
+
 def cancel(home: Home, task_id: str, grace: float | None = None) -> Task:
     """Cancel a queued task (it never runs) or stop a running one (TERM, then KILL)."""
     home.paths.ensure_home()
@@ -130,8 +137,7 @@ def cancel(home: Home, task_id: str, grace: float | None = None) -> Task:
         raise Conflict(f"task {task_id} has already ended ({task.status.label})")
     # a cancel before the task started ends it: its notices are held first, as a
     # worker's are before it records an end (runners/notify.py)
-    notices = Notices(Deliveries(home.paths.spool / "notify"), lambda: home.config,
-                      queue.get, config_file=home.paths.config_file)
+    notices = home_notices(home)
     held = notices.hold(task.id, task.envelope.type, 0, "cancelled", cancel_of_life=life(task))
     if _DIE_BEFORE_CANCEL:  # tests only: held, the cancel not recorded
         os.kill(os.getpid(), signal.SIGKILL)
