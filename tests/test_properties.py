@@ -752,6 +752,7 @@ PROVISION_KEYS = st.one_of(
 @example(pairs=[("json", "off", True), ("val", "x", False)])
 @example(pairs=[("json", "null", False)])
 @example(pairs=[("json", "-h", False)])
+@example(pairs=[("dry-Run", "", False), ("json", "-h", False)])
 def test_provision_options_reach_the_command_as_single_argv_items_or_are_refused(
         run_hostctl, tmp_path: Path, echo_home: Path, pairs: list[tuple[str, str, bool]],
         ) -> None:
@@ -779,9 +780,12 @@ def test_provision_options_reach_the_command_as_single_argv_items_or_are_refused
         hostctl = Hostctl(run_hostctl, home)
         files = snapshot(base)
         res = hostctl(*argv)
-        if open_ended and not refused:  # whatever it makes of it: said in one line or run
+        if open_ended:  # whatever it makes of it (the help, an option): one line, or run
             if res.code != 0:
                 one_line_error(res, argv)
+            if refused:  # with an option that is refused, nothing runs, whichever wins
+                assert not (home / "argv.json").exists(), (argv, res)
+                assert snapshot(base) == files, (argv, "a refused provision changed files")
             return
         if refused:
             one_line_error(res, argv)
